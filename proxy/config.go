@@ -1,0 +1,99 @@
+// Package proxy is the replproxy daemon: the upstream follower that keeps the
+// snapshot and backlog, and the downstream listener that serves stock
+// replicas from them.
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/replproxy/replproxy/psync/backlog"
+)
+
+// Config is everything the daemon needs; cmd/replproxy fills it from flags.
+type Config struct {
+	Upstream         string // HOST:PORT of the origin
+	UpstreamUser     string
+	UpstreamPassword string
+	Listen           string // HOST:PORT for downstream replicas
+	DataDir          string
+
+	BacklogSize  int64 // on-disk budget for the backlog, bytes
+	SegmentSize  int64 // backlog segment size; 0 picks one from BacklogSize
+	Fsync        backlog.FsyncPolicy
+	ReplTimeout  time.Duration // upstream silence before the link is declared dead
+	AnnouncePort int           // REPLCONF listening-port upstream; 0 uses the listen port
+	AnnounceIP   string
+
+	RequirePass          string // downstream AUTH; empty: none
+	ReplicaTimeout       time.Duration
+	MaxParallelFullSyncs int // 0 = unlimited
+
+	// RefreshRatio: fetch a fresh snapshot once the stream since the current
+	// one exceeds RefreshRatio × BacklogSize. Default 0.5.
+	RefreshRatio float64
+	// HoldAhead is how long a PSYNC just ahead of our end is held while the
+	// upstream catches up, before it becomes a full sync.
+	HoldAhead time.Duration
+	// Version is reported in INFO.
+	Version string
+}
+
+// Defaults for the zero values of Config.
+const (
+	DefaultBacklogSize    = 1 << 30
+	DefaultReplTimeout    = 60 * time.Second
+	DefaultReplicaTimeout = 60 * time.Second
+	DefaultHoldAhead      = 10 * time.Second
+	minSegmentSize        = 64 << 10
+	maxSegmentSize        = 64 << 20
+)
+
+func (c *Config) setDefaults() {
+	if c.BacklogSize == 0 {
+		c.BacklogSize = DefaultBacklogSize
+	}
+	if c.SegmentSize == 0 {
+		// Trimming works in whole segments: keep at least 16 per budget.
+		c.SegmentSize = min(max(c.BacklogSize/16, minSegmentSize), maxSegmentSize)
+	}
+	if c.ReplTimeout == 0 {
+		c.ReplTimeout = DefaultReplTimeout
+	}
+	if c.ReplicaTimeout == 0 {
+		c.ReplicaTimeout = DefaultReplicaTimeout
+	}
+	if c.RefreshRatio == 0 {
+		c.RefreshRatio = 0.5
+	}
+	if c.HoldAhead == 0 {
+		c.HoldAhead = DefaultHoldAhead
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.Upstream == "" {
+		errs = append(errs, errors.New("upstream address is required"))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data dir is required"))
+	}
+	if c.BacklogSize < 1<<20 {
+		errs = append(errs, fmt.Errorf("backlog size %d is below the 1mb minimum", c.BacklogSize))
+	}
+	if c.RefreshRatio <= 0 || c.RefreshRatio > 1 {
+		errs = append(errs, fmt.Errorf("refresh ratio %v must be in (0, 1]", c.RefreshRatio))
+	}
+	if c.MaxParallelFullSyncs < 0 {
+		errs = append(errs, errors.New("max parallel full syncs must be >= 0"))
+	}
+	if c.ReplTimeout < time.Second || c.ReplicaTimeout < time.Second {
+		errs = append(errs, errors.New("timeouts must be at least 1s"))
+	}
+	return errors.Join(errs...)
+}

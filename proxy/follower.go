@@ -1,0 +1,424 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/replproxy/replproxy/psync"
+	"github.com/replproxy/replproxy/psync/snapshot"
+)
+
+const (
+	backoffMin = 100 * time.Millisecond
+	backoffMax = 5 * time.Second
+	readBuf    = 256 << 10
+)
+
+// deadlineReader extends the read deadline before every read, so a link is
+// declared dead after timeout of silence, whatever phase it is in.
+type deadlineReader struct {
+	conn    net.Conn
+	timeout time.Duration
+	onRead  func()
+}
+
+func (r *deadlineReader) Read(b []byte) (int, error) {
+	if err := r.conn.SetReadDeadline(time.Now().Add(r.timeout)); err != nil {
+		return 0, err
+	}
+	n, err := r.conn.Read(b)
+	if n > 0 && r.onRead != nil {
+		r.onRead()
+	}
+	return n, err
+}
+
+// upstreamConn is one connection to the origin in the replica role. Writes
+// are serialised: ACKs come from a ticker and from the stream reader.
+type upstreamConn struct {
+	conn net.Conn
+	br   *bufio.Reader
+	wmu  sync.Mutex
+}
+
+func (u *upstreamConn) Write(b []byte) (int, error) {
+	u.wmu.Lock()
+	defer u.wmu.Unlock()
+	if err := u.conn.SetWriteDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		return 0, err
+	}
+	return u.conn.Write(b)
+}
+
+func (u *upstreamConn) ack(offset int64) error {
+	_, err := u.Write(psync.AckCommand(offset))
+	return err
+}
+
+// dialUpstream connects and runs the handshake up to PSYNC.
+func (p *Proxy) dialUpstream(ctx context.Context, rdbOnly bool, onRead func()) (*upstreamConn, error) {
+	d := net.Dialer{Timeout: p.cfg.ReplTimeout, KeepAlive: 15 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", p.cfg.Upstream)
+	if err != nil {
+		return nil, fmt.Errorf("dial upstream: %w", err)
+	}
+	u := &upstreamConn{conn: conn}
+	u.br = bufio.NewReaderSize(&deadlineReader{conn: conn, timeout: p.cfg.ReplTimeout, onRead: onRead}, readBuf)
+	port := p.cfg.AnnouncePort
+	if port == 0 {
+		if a, ok := p.Addr().(*net.TCPAddr); ok {
+			port = a.Port
+		}
+	}
+	err = psync.Handshake(u, u.br, psync.HandshakeConfig{
+		User: p.cfg.UpstreamUser, Password: p.cfg.UpstreamPassword,
+		ListeningPort: port, IPAddress: p.cfg.AnnounceIP, RDBOnly: rdbOnly,
+	})
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return u, nil
+}
+
+func (p *Proxy) touchIO() {
+	p.mu.Lock()
+	p.link.lastIO = time.Now()
+	p.mu.Unlock()
+}
+
+// follow keeps the upstream link alive until ctx ends, reconnecting with
+// capped exponential backoff and jitter.
+func (p *Proxy) follow(ctx context.Context) {
+	backoff := backoffMin
+	for ctx.Err() == nil {
+		p.stats.UpstreamConnects.Add(1)
+		streamed, err := p.syncOnce(ctx)
+		p.setLink("connect", nil)
+		if ctx.Err() != nil {
+			return
+		}
+		if streamed {
+			backoff = backoffMin
+		}
+		p.log.Warn("upstream link down", "upstream", p.cfg.Upstream, "err", err, "retry_in", backoff.String())
+		sleep := backoff/2 + rand.N(backoff/2+1)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(sleep):
+		}
+		backoff = min(backoff*2, backoffMax)
+	}
+}
+
+// syncOnce runs one connection: handshake, PSYNC, optional full sync, then
+// streaming until an error. streamed reports whether it reached streaming.
+func (p *Proxy) syncOnce(ctx context.Context) (streamed bool, err error) {
+	p.setLink("connecting", nil)
+	u, err := p.dialUpstream(ctx, false, p.touchIO)
+	if err != nil {
+		return false, err
+	}
+	defer u.conn.Close()
+	stop := context.AfterFunc(ctx, func() { u.conn.Close() })
+	defer stop()
+	p.setLink("handshake", u.conn)
+
+	pos := p.position()
+	id, off := "", int64(-1)
+	if !pos.hist.Empty() {
+		id, off = pos.hist.ReplID, pos.end+1
+	}
+	reply, err := psync.Psync(u, u.br, id, off, nil)
+	if err != nil {
+		return false, err
+	}
+	switch reply.Kind {
+	case psync.ReplyContinue:
+		p.stats.UpstreamPartialSyncs.Add(1)
+		p.onContinue(reply.ReplID, off)
+	case psync.ReplyFullResync:
+		p.log.Info("upstream full resync", "replid", reply.ReplID, "offset", reply.Offset)
+		if err := p.receiveFullSync(u, reply); err != nil {
+			p.stats.UpstreamSyncFailures.Add(1)
+			return false, fmt.Errorf("full sync: %w", err)
+		}
+	case psync.ReplyTryLater:
+		return false, fmt.Errorf("upstream not ready: %s", reply.Line)
+	default:
+		return false, fmt.Errorf("upstream refused PSYNC: %s", reply.Line)
+	}
+	p.setLink("connected", nil)
+	p.log.Info("upstream link up", "upstream", p.cfg.Upstream, "replid", p.position().hist.ReplID, "offset", p.bl.End())
+	return true, p.stream(ctx, u)
+}
+
+// onContinue handles +CONTINUE: with a new ID the history shifts and the
+// downstream replicas are disconnected to learn it through replid2.
+func (p *Proxy) onContinue(newID string, off int64) {
+	p.mu.Lock()
+	if newID == "" || newID == p.hist.ReplID {
+		p.mu.Unlock()
+		p.log.Info("upstream partial resync", "offset", off)
+		return
+	}
+	old := p.hist.ReplID
+	p.hist = p.hist.Shift(newID, p.bl.End())
+	_ = p.persistLocked()
+	p.mu.Unlock()
+	n := p.closeSessions("replid_changed")
+	p.log.Info("upstream replication ID changed", "replid", newID, "replid2", old,
+		"second_repl_offset", off, "replicas_disconnected", n)
+}
+
+// receiveFullSync reads the payload into a new snapshot, verifies and
+// installs it, and starts a new backlog after its offset. Until then the old
+// history keeps being served.
+func (p *Proxy) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) error {
+	p.setLink("sync", nil)
+	hdr, err := psync.ReadPayloadHeader(u.br, nil)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.link.syncTotal, p.link.syncRead = max(hdr.Length, 0), 0
+	p.mu.Unlock()
+	rcv, err := snapshot.NewReceiver(p.snapDir)
+	if err != nil {
+		return err
+	}
+	defer rcv.Abort()
+	start := time.Now()
+	n, err := psync.CopyPayload(rcv, u.br, hdr, func(n int64) {
+		p.mu.Lock()
+		p.link.syncRead = n
+		p.mu.Unlock()
+	})
+	p.stats.UpstreamRDBBytes.Add(n)
+	if err != nil {
+		return fmt.Errorf("receive payload after %d bytes: %w", n, err)
+	}
+	if hdr.EOFForm() {
+		// The origin sends no stream byte until this ACK (PROTOCOL.md §3.1).
+		if err := u.ack(reply.Offset); err != nil {
+			return fmt.Errorf("ack after payload: %w", err)
+		}
+	}
+	info, err := rcv.Finish(reply.ReplID, reply.Offset)
+	if err != nil {
+		p.log.Error("snapshot rejected", "replid", reply.ReplID, "offset", reply.Offset, "bytes", n, "err", err)
+		return err
+	}
+	if err := p.installFullSync(info); err != nil {
+		return err
+	}
+	p.log.Info("snapshot installed", "replid", info.ReplID, "offset", info.Offset, "bytes", info.Size,
+		"rdb_version", info.RDBVersion, "seconds", time.Since(start).Seconds())
+	return nil
+}
+
+// installFullSync makes info the snapshot of a new history. Replicas in the
+// old history lose their positions (the backlog reset ends their cursors).
+func (p *Proxy) installFullSync(info *snapshot.Info) error {
+	p.mu.Lock()
+	old := p.snap
+	if err := p.bl.Reset(info.Offset+1, snapshot.FileName(info.ReplID, info.Offset)); err != nil {
+		p.mu.Unlock()
+		_ = snapshot.Remove(p.snapDir, info)
+		return err
+	}
+	p.hist = psync.Fresh(info.ReplID)
+	p.snap = info
+	p.scanner.Reset()
+	p.stats.UpstreamFullSyncs.Add(1)
+	err := p.persistLocked()
+	close(p.snapReady)
+	p.snapReady = make(chan struct{})
+	p.mu.Unlock()
+	if old != nil && old.Name != info.Name {
+		if rerr := snapshot.Remove(p.snapDir, old); rerr != nil {
+			p.log.Warn("remove old snapshot", "err", rerr)
+		}
+	}
+	p.closeSessions("history_reset")
+	return err
+}
+
+// stream appends upstream bytes to the backlog until the link fails, ACKing
+// once a second and at once on REPLCONF GETACK.
+func (p *Proxy) stream(ctx context.Context, u *upstreamConn) error {
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if err := u.ack(p.bl.End()); err != nil {
+					u.conn.Close()
+					return
+				}
+			}
+		}
+	}()
+	if err := u.ack(p.bl.End()); err != nil {
+		return err
+	}
+	buf := make([]byte, readBuf)
+	for {
+		n, rerr := u.br.Read(buf)
+		if n > 0 {
+			if err := p.appendStream(buf[:n], u); err != nil {
+				return err
+			}
+		}
+		if rerr != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return rerr
+		}
+	}
+}
+
+// appendStream scans a chunk for command boundaries and GETACK, appends it
+// to the backlog and answers GETACK with the offset just written.
+func (p *Proxy) appendStream(chunk []byte, u *upstreamConn) error {
+	sc := p.scanner // scan a copy: it is committed only with the bytes
+	boundary, getack := -1, false
+	if err := sc.Scan(chunk, func(end int, c *psync.Command) {
+		boundary = end
+		if c.IsGetAck() {
+			getack = true
+		}
+	}); err != nil {
+		// A stock master never sends this. The bytes already relayed may be
+		// part of a corrupt command, so the history cannot be trusted.
+		p.discardHistory(err)
+		return err
+	}
+	before := p.bl.End()
+	if err := p.bl.Append(chunk, boundary); err != nil {
+		// Part of the chunk may have reached the disk (ENOSPC); the next
+		// PSYNC resumes after it, so the scanner must have seen exactly it.
+		if written := p.bl.End() - before; written > 0 {
+			_ = p.scanner.Scan(chunk[:written], nil)
+		}
+		return fmt.Errorf("append to backlog: %w", err)
+	}
+	p.scanner = sc
+	p.stats.UpstreamStreamBytes.Add(int64(len(chunk)))
+	if getack {
+		return u.ack(p.bl.End())
+	}
+	return nil
+}
+
+// discardHistory forgets the current history after stream corruption; the
+// next connection takes a full resync.
+func (p *Proxy) discardHistory(cause error) {
+	p.log.Error("invalid replication stream from upstream; discarding history", "err", cause)
+	p.mu.Lock()
+	p.hist = psync.History{}
+	p.scanner.Reset()
+	if err := saveState(p.statePath(), persisted{}); err != nil {
+		p.log.Error("persist state failed", "err", err)
+	}
+	p.mu.Unlock()
+	p.closeSessions("history_reset")
+}
+
+// errRefreshRejected: the refreshed snapshot does not fit the history.
+var errRefreshRejected = errors.New("refreshed snapshot does not fit the current history")
+
+// refreshSnapshot fetches a new snapshot on a second connection while the
+// main link keeps streaming: REPLCONF rdb-only 1 and PSYNC ? -1, or a plain
+// second sync dropped after the payload when rdb-only is refused.
+func (p *Proxy) refreshSnapshot(ctx context.Context, since int64, stale bool) {
+	p.log.Info("snapshot refresh started", "stream_since_snapshot", since, "replid_changed", stale)
+	start := time.Now()
+	info, err := p.fetchSnapshot(ctx)
+	if err != nil {
+		p.stats.RefreshFailures.Add(1)
+		p.log.Warn("snapshot refresh failed", "err", err)
+		return
+	}
+	p.stats.Refreshes.Add(1)
+	p.log.Info("snapshot refreshed", "replid", info.ReplID, "offset", info.Offset, "bytes", info.Size,
+		"seconds", time.Since(start).Seconds())
+}
+
+func (p *Proxy) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
+	u, err := p.dialUpstream(ctx, true, nil)
+	if errors.Is(err, psync.ErrRDBOnlyRefused) {
+		p.log.Info("upstream refuses rdb-only; refreshing with a plain sync")
+		u, err = p.dialUpstream(ctx, false, nil)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer u.conn.Close()
+	stop := context.AfterFunc(ctx, func() { u.conn.Close() })
+	defer stop()
+	reply, err := psync.Psync(u, u.br, "", -1, nil)
+	if err != nil {
+		return nil, err
+	}
+	if reply.Kind != psync.ReplyFullResync {
+		return nil, fmt.Errorf("refresh PSYNC answered %q", reply.Line)
+	}
+	hdr, err := psync.ReadPayloadHeader(u.br, nil)
+	if err != nil {
+		return nil, err
+	}
+	rcv, err := snapshot.NewReceiver(p.snapDir)
+	if err != nil {
+		return nil, err
+	}
+	defer rcv.Abort()
+	if _, err := psync.CopyPayload(rcv, u.br, hdr, nil); err != nil {
+		return nil, fmt.Errorf("refresh payload: %w", err)
+	}
+	u.conn.Close()
+	// The main link may not have reached the snapshot's offset yet.
+	deadline := time.Now().Add(p.cfg.ReplTimeout)
+	for p.bl.End() < reply.Offset && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	pos := p.position()
+	if reply.ReplID != pos.hist.ReplID || reply.Offset+1 < pos.first || reply.Offset > pos.end {
+		return nil, fmt.Errorf("%w: snapshot %s at %d, history %s holding [%d, %d]",
+			errRefreshRejected, reply.ReplID, reply.Offset, pos.hist.ReplID, pos.first, pos.end)
+	}
+	info, err := rcv.Finish(reply.ReplID, reply.Offset)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	first, end := p.bl.Range()
+	if p.hist.ReplID != info.ReplID || info.Offset+1 < first || info.Offset > end {
+		p.mu.Unlock()
+		_ = snapshot.Remove(p.snapDir, info)
+		return nil, errRefreshRejected
+	}
+	old := p.snap
+	p.snap = info
+	err = p.persistLocked()
+	close(p.snapReady)
+	p.snapReady = make(chan struct{})
+	p.mu.Unlock()
+	if old != nil && old.Name != info.Name {
+		_ = snapshot.Remove(p.snapDir, old)
+	}
+	return info, err
+}

@@ -1,0 +1,232 @@
+package proxy
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tidwall/resp"
+)
+
+// redisCompatVersion is the redis_version tools see; replproxy_version is
+// the real one. Tools gate features on it, and replproxy speaks 7.0's
+// replication protocol.
+const redisCompatVersion = "7.0.0"
+
+var defaultSections = []string{"server", "clients", "persistence", "stats", "replication", "keyspace", "replproxy"}
+
+// info renders INFO in Redis' format (PROTOCOL.md §7.1).
+func (p *Proxy) info(sections ...string) string {
+	want := map[string]bool{}
+	if len(sections) == 0 {
+		sections = []string{"default"}
+	}
+	for _, s := range sections {
+		switch s = strings.ToLower(s); s {
+		case "default", "all", "everything":
+			for _, d := range defaultSections {
+				want[d] = true
+			}
+		default:
+			want[s] = true
+		}
+	}
+	st := p.Status()
+	now := time.Now()
+	var b strings.Builder
+	section := func(name string, lines ...string) {
+		if !want[strings.ToLower(name)] {
+			return
+		}
+		if b.Len() > 0 {
+			b.WriteString("\r\n")
+		}
+		b.WriteString("# " + name + "\r\n")
+		for _, l := range lines {
+			b.WriteString(l + "\r\n")
+		}
+	}
+	kv := func(k string, v any) string { return fmt.Sprintf("%s:%v", k, v) }
+	tcpPort := 0
+	if a, ok := p.Addr().(*net.TCPAddr); ok {
+		tcpPort = a.Port
+	}
+	uptime := int64(now.Sub(st.Started).Seconds())
+	section("Server",
+		kv("redis_version", redisCompatVersion),
+		kv("redis_mode", "standalone"),
+		kv("process_id", os.Getpid()),
+		kv("run_id", st.RunID),
+		kv("tcp_port", tcpPort),
+		kv("uptime_in_seconds", uptime),
+		kv("uptime_in_days", uptime/86400),
+		kv("replproxy_version", st.Version),
+	)
+	section("Clients",
+		kv("connected_clients", st.Clients),
+		kv("connected_slaves", len(st.Replicas)),
+	)
+	var snapTime int64
+	if st.Snapshot != nil {
+		snapTime = st.Snapshot.Created.Unix()
+	}
+	refreshing := 0
+	if st.Refreshing {
+		refreshing = 1
+	}
+	section("Persistence",
+		kv("loading", 0),
+		kv("rdb_bgsave_in_progress", refreshing),
+		kv("rdb_last_save_time", snapTime),
+		kv("rdb_last_bgsave_status", "ok"),
+		kv("aof_enabled", 0),
+	)
+	ps := &p.stats
+	section("Stats",
+		kv("sync_full", ps.SyncFull.Load()),
+		kv("sync_partial_ok", ps.SyncPartialOK.Load()),
+		kv("sync_partial_err", ps.SyncPartialErr.Load()),
+		kv("total_net_repl_input_bytes", ps.UpstreamRDBBytes.Load()+ps.UpstreamStreamBytes.Load()),
+		kv("total_net_repl_output_bytes", ps.SentRDBBytes.Load()+ps.SentStreamBytes.Load()),
+	)
+	repl := []string{
+		kv("role", "slave"),
+		kv("master_host", st.UpstreamHost),
+		kv("master_port", st.UpstreamPort),
+		kv("master_link_status", map[bool]string{true: "up", false: "down"}[st.LinkUp]),
+	}
+	lastIO := int64(-1)
+	if st.LinkUp && !st.LastIO.IsZero() {
+		lastIO = int64(now.Sub(st.LastIO).Seconds())
+	}
+	syncing := st.LinkState == "sync"
+	repl = append(repl,
+		kv("master_last_io_seconds_ago", lastIO),
+		kv("master_sync_in_progress", map[bool]int{true: 1, false: 0}[syncing]),
+		kv("slave_read_repl_offset", st.BacklogEnd),
+		kv("slave_repl_offset", st.BacklogEnd),
+	)
+	if syncing {
+		perc := 0.0
+		if st.SyncTotalBytes > 0 {
+			perc = float64(st.SyncReadBytes) * 100 / float64(st.SyncTotalBytes)
+		}
+		repl = append(repl,
+			kv("master_sync_total_bytes", st.SyncTotalBytes),
+			kv("master_sync_read_bytes", st.SyncReadBytes),
+			kv("master_sync_left_bytes", st.SyncTotalBytes-st.SyncReadBytes),
+			fmt.Sprintf("master_sync_perc:%.2f", perc),
+			kv("master_sync_last_io_seconds_ago", int64(now.Sub(st.LastIO).Seconds())),
+		)
+	}
+	if !st.LinkUp {
+		down := int64(-1)
+		if !st.LinkDownSince.IsZero() {
+			down = int64(now.Sub(st.LinkDownSince).Seconds())
+		}
+		repl = append(repl, kv("master_link_down_since_seconds", down))
+	}
+	repl = append(repl,
+		kv("slave_priority", 0),
+		kv("slave_read_only", 1),
+		kv("replica_announced", 1),
+		kv("connected_slaves", len(st.Replicas)),
+	)
+	i := 0
+	for _, r := range st.Replicas {
+		lag := int64(0)
+		if r.State == "online" && !r.AckTime.IsZero() {
+			lag = int64(now.Sub(r.AckTime).Seconds())
+		}
+		off := max(r.AckOff, 0)
+		repl = append(repl, fmt.Sprintf("slave%d:ip=%s,port=%d,state=%s,offset=%d,lag=%d", i, r.IP, r.Port, r.State, off, lag))
+		i++
+	}
+	hist := st.History
+	replid, replid2, second := hist.ReplID, hist.ReplID2, hist.SecondOffset
+	if hist.Empty() {
+		replid, replid2, second = strings.Repeat("0", 40), strings.Repeat("0", 40), -1
+	}
+	active, first, histlen := 0, int64(0), int64(0)
+	if !hist.Empty() && st.BacklogFirst > 0 {
+		active, first, histlen = 1, st.BacklogFirst, st.BacklogEnd-st.BacklogFirst+1
+	}
+	repl = append(repl,
+		kv("master_failover_state", "no-failover"),
+		kv("master_replid", replid),
+		kv("master_replid2", replid2),
+		kv("master_repl_offset", max(st.BacklogEnd, 0)),
+		kv("second_repl_offset", second),
+		kv("repl_backlog_active", active),
+		kv("repl_backlog_size", st.BacklogSize),
+		kv("repl_backlog_first_byte_offset", first),
+		kv("repl_backlog_histlen", histlen),
+	)
+	section("Replication", repl...)
+	section("Keyspace")
+	var snapOff, snapSize int64
+	if st.Snapshot != nil {
+		snapOff, snapSize = st.Snapshot.Offset, st.Snapshot.Size
+	}
+	section("Replproxy",
+		kv("upstream_link_state", st.LinkState),
+		kv("snapshot_offset", snapOff),
+		kv("snapshot_size", snapSize),
+		kv("full_syncs_queued", st.Queued),
+		kv("upstream_full_syncs", ps.UpstreamFullSyncs.Load()),
+		kv("upstream_partial_syncs", ps.UpstreamPartialSyncs.Load()),
+		kv("upstream_sync_failures", ps.UpstreamSyncFailures.Load()),
+		kv("snapshot_refreshes", ps.Refreshes.Load()),
+		kv("snapshot_refresh_failures", ps.RefreshFailures.Load()),
+	)
+	return b.String()
+}
+
+// role renders ROLE as a replica does (PROTOCOL.md §7.2).
+func (p *Proxy) role() resp.Value {
+	st := p.Status()
+	state := map[string]string{"connect": "connect", "connecting": "connecting", "handshake": "handshake",
+		"sync": "sync", "connected": "connected"}[st.LinkState]
+	off := st.BacklogEnd
+	if st.History.Empty() {
+		off = -1
+	}
+	return resp.ArrayValue([]resp.Value{
+		resp.StringValue("slave"), resp.StringValue(st.UpstreamHost), resp.IntegerValue(st.UpstreamPort),
+		resp.StringValue(state), resp.IntegerValue(int(off)),
+	})
+}
+
+// configGet answers CONFIG GET for the few parameters tools ask for.
+func (p *Proxy) configGet(patterns [][]byte) resp.Value {
+	params := [][2]string{
+		{"repl-backlog-size", strconv.FormatInt(p.cfg.BacklogSize, 10)},
+		{"repl-timeout", strconv.Itoa(int(p.cfg.ReplTimeout.Seconds()))},
+		{"databases", "16"},
+		{"maxmemory", "0"},
+		{"slave-priority", "0"},
+		{"replica-priority", "0"},
+		{"slave-read-only", "yes"},
+		{"replica-read-only", "yes"},
+		{"masterauth", ""},
+		{"requirepass", ""},
+	}
+	var out []resp.Value
+	for _, kv := range params {
+		for _, pat := range patterns {
+			if ok, _ := path.Match(strings.ToLower(string(pat)), kv[0]); ok {
+				v := kv[1]
+				if strings.Contains(kv[0], "pass") || kv[0] == "masterauth" {
+					v = "" // never reveal secrets
+				}
+				out = append(out, resp.StringValue(kv[0]), resp.StringValue(v))
+				break
+			}
+		}
+	}
+	return resp.ArrayValue(out)
+}

@@ -1,0 +1,74 @@
+package proxy
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/replproxy/replproxy/psync"
+	"github.com/replproxy/replproxy/psync/backlog"
+	"github.com/replproxy/replproxy/psync/snapshot"
+)
+
+// Inspection is what `replproxy inspect` reports about a data dir.
+type Inspection struct {
+	History    psync.History       `json:"history"`
+	BacklogTag string              `json:"backlog_tag"`
+	Backlog    backlog.Summary     `json:"backlog"`
+	Snapshot   *snapshot.Info      `json:"snapshot,omitempty"`
+	Aux        map[string]string   `json:"aux,omitempty"`
+	Keyspace   []snapshot.KeyStats `json:"keyspace,omitempty"`
+	Consistent bool                `json:"consistent"`
+	Problem    string              `json:"problem,omitempty"`
+}
+
+// Inspect reads a data dir without changing it. withKeys parses the whole
+// snapshot to count keys per database and type.
+func Inspect(dir string, withKeys bool) (*Inspection, error) {
+	if st, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	} else if !st.IsDir() {
+		return nil, fmt.Errorf("data dir %s is not a directory", dir)
+	}
+	st, err := loadState(filepath.Join(dir, "state"))
+	if err != nil {
+		return nil, err
+	}
+	sum, err := backlog.Inspect(filepath.Join(dir, "backlog"))
+	if err != nil {
+		return nil, err
+	}
+	in := &Inspection{History: st.History, BacklogTag: st.BacklogTag, Backlog: sum, Snapshot: st.Snapshot}
+	snapDir := filepath.Join(dir, "snapshots")
+	switch {
+	case st.History.Empty():
+		in.Problem = "no history"
+	case st.Snapshot == nil:
+		in.Problem = "no snapshot"
+	case st.BacklogTag != sum.Tag:
+		in.Problem = "backlog belongs to another history"
+	case sum.First == 0 || sum.First > st.Snapshot.Offset+1 || sum.End < st.Snapshot.Offset:
+		in.Problem = "backlog does not cover the stream after the snapshot"
+	default:
+		in.Consistent = true
+	}
+	if st.Snapshot != nil {
+		f, err := snapshot.Open(snapDir, st.Snapshot)
+		if err != nil {
+			in.Consistent, in.Problem = false, err.Error()
+			return in, nil
+		}
+		head := make([]byte, 64<<10)
+		n, _ := f.ReadAt(head, 0)
+		f.Close()
+		if h, err := snapshot.ParseHeader(head[:n]); err == nil {
+			in.Aux = h.Aux
+		}
+		if withKeys {
+			if in.Keyspace, err = snapshot.Stats(snapDir, st.Snapshot); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return in, nil
+}

@@ -1,0 +1,326 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/replproxy/replproxy/psync"
+	"github.com/replproxy/replproxy/psync/backlog"
+	"github.com/replproxy/replproxy/psync/snapshot"
+)
+
+// Proxy is one relay: one upstream history, its snapshot and backlog, and the
+// downstream replicas served from them.
+type Proxy struct {
+	cfg      Config
+	log      *slog.Logger
+	runID    string
+	started  time.Time
+	stateDir string
+	snapDir  string
+	lockFile *os.File
+	bl       *backlog.Log
+	ln       net.Listener
+
+	mu        sync.Mutex
+	hist      psync.History
+	snap      *snapshot.Info
+	snapReady chan struct{} // closed and replaced whenever a snapshot is installed
+	sessions  map[*session]struct{}
+	link      linkStatus
+	scanner   psync.Scanner // stream position within a command, kept across reconnects
+	nextID    int64
+
+	slots    chan struct{} // full-sync slots; nil when unlimited
+	queued   atomic.Int64
+	stats    Stats
+	refresh  atomic.Bool // a snapshot refresh is running
+	closeErr error
+}
+
+// Stats are the event counters shown in INFO and metrics.
+type Stats struct {
+	UpstreamConnects     atomic.Int64
+	UpstreamFullSyncs    atomic.Int64
+	UpstreamPartialSyncs atomic.Int64
+	UpstreamSyncFailures atomic.Int64 // payloads rejected or cut
+	UpstreamRDBBytes     atomic.Int64
+	UpstreamStreamBytes  atomic.Int64
+	Refreshes            atomic.Int64
+	RefreshFailures      atomic.Int64
+	SyncFull             atomic.Int64 // served to replicas
+	SyncPartialOK        atomic.Int64
+	SyncPartialErr       atomic.Int64
+	SentRDBBytes         atomic.Int64
+	SentStreamBytes      atomic.Int64
+	Rejections           [5]atomic.Int64 // by psync.ContinueVerdict
+	Disconnects          sync.Map        // reason -> *atomic.Int64
+}
+
+func (s *Stats) disconnect(reason string) {
+	v, _ := s.Disconnects.LoadOrStore(reason, new(atomic.Int64))
+	v.(*atomic.Int64).Add(1)
+}
+
+// linkStatus is the upstream link as INFO shows it.
+type linkStatus struct {
+	state     string // connect, connecting, handshake, sync, connected
+	up        bool
+	lastIO    time.Time
+	downSince time.Time
+	syncTotal int64 // payload size; 0 for EOF-form
+	syncRead  int64
+	conn      net.Conn
+}
+
+// New opens the data dir, recovers it and returns a proxy ready to Run. It
+// takes an exclusive lock on the data dir.
+func New(cfg Config, log *slog.Logger) (*Proxy, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var rnd [20]byte
+	_, _ = rand.Read(rnd[:])
+	p := &Proxy{
+		cfg: cfg, log: log, runID: hex.EncodeToString(rnd[:]), started: time.Now(),
+		stateDir: cfg.DataDir, snapDir: filepath.Join(cfg.DataDir, "snapshots"),
+		snapReady: make(chan struct{}), sessions: map[*session]struct{}{},
+		link: linkStatus{state: "connect", downSince: time.Now()},
+	}
+	if cfg.MaxParallelFullSyncs > 0 {
+		p.slots = make(chan struct{}, cfg.MaxParallelFullSyncs)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	lf, err := os.OpenFile(filepath.Join(cfg.DataDir, "LOCK"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("data dir %s is in use by another replproxy: %w", cfg.DataDir, err)
+	}
+	p.lockFile = lf
+	if err := p.recover(); err != nil {
+		lf.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Proxy) statePath() string { return filepath.Join(p.stateDir, "state") }
+
+// recover loads the state file and backlog and checks that they describe one
+// consistent history (DESIGN.md §2, invariants 1–4). Anything inconsistent is
+// discarded, which leads to a full resync from upstream rather than serving
+// bytes of the wrong history.
+func (p *Proxy) recover() error {
+	st, err := loadState(p.statePath())
+	if err != nil {
+		return err
+	}
+	bl, rep, err := backlog.Open(filepath.Join(p.cfg.DataDir, "backlog"), backlog.Options{
+		SegmentSize: p.cfg.SegmentSize, Fsync: p.cfg.Fsync, ValidPrefix: streamValidPrefix,
+	})
+	if err != nil {
+		return err
+	}
+	p.bl = bl
+	if rep.TruncatedBytes > 0 || rep.DroppedBytes > 0 {
+		p.log.Warn("backlog repaired", "truncated_bytes", rep.TruncatedBytes, "dropped_bytes", rep.DroppedBytes)
+	}
+	first, end := bl.Range()
+	reason := ""
+	switch {
+	case st.History.Empty():
+		reason = "no history"
+	case st.Snapshot == nil:
+		reason = "no snapshot"
+	case st.BacklogTag == "" || st.BacklogTag != bl.Tag():
+		reason = "backlog belongs to another history"
+	case first == 0 || first > st.Snapshot.Offset+1 || end < st.Snapshot.Offset:
+		reason = fmt.Sprintf("backlog [%d, %d] does not cover the stream after snapshot offset %d", first, end, st.Snapshot.Offset)
+	}
+	if reason == "" {
+		f, err := snapshot.Open(p.snapDir, st.Snapshot)
+		if err != nil {
+			reason = err.Error()
+		} else {
+			f.Close()
+		}
+	}
+	keep := ""
+	if reason == "" {
+		p.hist, p.snap, keep = st.History, st.Snapshot, st.Snapshot.Name
+		p.log.Info("recovered state", "replid", p.hist.ReplID, "replid2", p.hist.ReplID2,
+			"backlog_first", first, "offset", end, "snapshot_offset", p.snap.Offset)
+	} else if !st.History.Empty() || first != 0 {
+		p.log.Warn("discarding stored history; a full resync follows", "reason", reason)
+	}
+	removed, err := snapshot.Cleanup(p.snapDir, keep)
+	for _, name := range removed {
+		p.log.Info("removed stale snapshot file", "file", name)
+	}
+	return err
+}
+
+// persistLocked writes the state file; called with p.mu held.
+func (p *Proxy) persistLocked() error {
+	st := persisted{History: p.hist, Snapshot: p.snap, BacklogTag: p.bl.Tag()}
+	if err := saveState(p.statePath(), st); err != nil {
+		p.log.Error("persist state failed", "err", err)
+		return err
+	}
+	return nil
+}
+
+// Run serves until ctx is cancelled, then shuts down: it stops the upstream
+// link and downstream sessions, syncs the backlog and persists state.
+func (p *Proxy) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", p.cfg.Listen)
+	if err != nil {
+		p.shutdown()
+		return fmt.Errorf("listen %s: %w", p.cfg.Listen, err)
+	}
+	return p.Serve(ctx, ln)
+}
+
+// Serve is Run on an existing listener.
+func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
+	p.ln = ln
+	p.log.Info("replproxy started", "listen", ln.Addr().String(), "upstream", p.cfg.Upstream,
+		"data_dir", p.cfg.DataDir, "backlog_size", p.cfg.BacklogSize, "fsync", p.cfg.Fsync.String())
+	var wg sync.WaitGroup
+	wg.Go(func() { p.follow(ctx) })
+	wg.Go(func() { p.maintain(ctx) })
+	wg.Go(func() { p.acceptLoop(ctx, ln) })
+	<-ctx.Done()
+	ln.Close()
+	p.closeSessions("shutdown")
+	wg.Wait()
+	return p.shutdown()
+}
+
+// Addr is the listening address once Serve has started.
+func (p *Proxy) Addr() net.Addr {
+	if p.ln == nil {
+		return nil
+	}
+	return p.ln.Addr()
+}
+
+func (p *Proxy) shutdown() error {
+	p.mu.Lock()
+	var errs []error
+	if !p.hist.Empty() {
+		errs = append(errs, p.persistLocked())
+	}
+	p.mu.Unlock()
+	errs = append(errs, p.bl.Close())
+	if p.lockFile != nil {
+		p.lockFile.Close()
+	}
+	err := errors.Join(errs...)
+	if err != nil {
+		p.log.Error("shutdown", "err", err)
+	} else {
+		p.log.Info("replproxy stopped", "offset", p.bl.End())
+	}
+	return err
+}
+
+// position is a consistent view of history, backlog range and snapshot.
+type position struct {
+	hist  psync.History
+	first int64
+	end   int64
+	snap  *snapshot.Info
+}
+
+func (p *Proxy) position() position {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	first, end := p.bl.Range()
+	return position{hist: p.hist, first: first, end: end, snap: p.snap}
+}
+
+// maintain trims the backlog to its budget and refreshes the snapshot before
+// the stream since it outgrows the budget.
+func (p *Proxy) maintain(ctx context.Context) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pos := p.position()
+		if pos.snap == nil {
+			continue
+		}
+		if n, err := p.bl.Trim(pos.snap.Offset+1, p.cfg.BacklogSize); err != nil {
+			p.log.Error("backlog trim failed", "err", err)
+		} else if n > 0 {
+			p.log.Debug("backlog trimmed", "bytes", n)
+		}
+		since := pos.end - pos.snap.Offset
+		stale := pos.snap.ReplID != pos.hist.ReplID
+		if (since > int64(float64(p.cfg.BacklogSize)*p.cfg.RefreshRatio) || stale) && p.linkUp() && p.refresh.CompareAndSwap(false, true) {
+			go func() {
+				defer p.refresh.Store(false)
+				p.refreshSnapshot(ctx, since, stale)
+			}()
+		}
+	}
+}
+
+func (p *Proxy) linkUp() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.link.up
+}
+
+func (p *Proxy) setLink(state string, conn net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	wasUp := p.link.up
+	p.link.state = state
+	p.link.up = state == "connected"
+	if conn != nil {
+		p.link.conn = conn
+	}
+	if wasUp && !p.link.up {
+		p.link.downSince = time.Now()
+	}
+}
+
+// closeSessions disconnects every downstream connection that is a replica.
+func (p *Proxy) closeSessions(reason string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for s := range p.sessions {
+		if reason == "shutdown" || s.replica.Load() {
+			s.close(reason)
+			n++
+		}
+	}
+	return n
+}

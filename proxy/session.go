@@ -1,0 +1,363 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tidwall/resp"
+)
+
+// Replica states, named as Redis names them in INFO.
+const (
+	stateHandshake  int32 = iota // a plain client, or a replica before PSYNC
+	stateWaitBgsave              // full sync: waiting for a slot or a snapshot
+	stateSendBulk                // full sync: sending the snapshot
+	stateOnline                  // streaming
+)
+
+var stateNames = [...]string{"handshake", "wait_bgsave", "send_bulk", "online"}
+
+// session is one downstream connection: a client until SYNC/PSYNC, then a
+// replica fed from the backlog.
+type session struct {
+	p      *Proxy
+	id     int64
+	conn   net.Conn
+	addr   string
+	br     *bufio.Reader
+	log    *slog.Logger
+	cancel context.CancelFunc
+
+	authed        bool
+	name          string
+	listeningPort int
+	ipAddress     string
+	capaPsync2    bool
+	capaEOF       bool
+	rdbOnly       bool
+
+	replica   atomic.Bool
+	legacy    bool // SYNC: no +FULLRESYNC, no ACKs
+	state     atomic.Int32
+	ackOff    atomic.Int64
+	ackTime   atomic.Int64 // unix nanoseconds
+	startTime time.Time
+
+	closeOnce   sync.Once
+	closeReason atomic.Value
+}
+
+func (p *Proxy) acceptLoop(ctx context.Context, ln net.Listener) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			p.log.Warn("accept failed", "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		go p.handleConn(ctx, conn)
+	}
+}
+
+func (p *Proxy) handleConn(ctx context.Context, conn net.Conn) {
+	sctx, cancel := context.WithCancel(ctx)
+	s := &session{p: p, conn: conn, addr: conn.RemoteAddr().String(), cancel: cancel,
+		br: bufio.NewReaderSize(conn, 16<<10), authed: p.cfg.RequirePass == "", startTime: time.Now()}
+	s.ackOff.Store(-1)
+	p.mu.Lock()
+	p.nextID++
+	s.id = p.nextID
+	p.sessions[s] = struct{}{}
+	p.mu.Unlock()
+	s.log = p.log.With("client", s.id, "addr", s.addr)
+	defer func() {
+		p.mu.Lock()
+		delete(p.sessions, s)
+		p.mu.Unlock()
+		s.close("closed")
+	}()
+	if err := s.serve(sctx); err != nil && sctx.Err() == nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		s.log.Info("client connection ended", "err", err)
+	}
+}
+
+// close ends the session once; the first reason is the one counted.
+func (s *session) close(reason string) {
+	s.closeOnce.Do(func() {
+		s.closeReason.Store(reason)
+		if s.replica.Load() {
+			s.p.stats.disconnect(reason)
+			s.log.Info("replica disconnected", "reason", reason, "ack_offset", s.ackOff.Load())
+		}
+		s.cancel()
+		s.conn.Close()
+	})
+}
+
+func (s *session) reply(v resp.Value) error {
+	b, err := v.MarshalRESP()
+	if err != nil {
+		return err
+	}
+	_ = s.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_, err = s.conn.Write(b)
+	return err
+}
+
+func (s *session) ok() error { return s.reply(resp.SimpleStringValue("OK")) }
+
+func (s *session) errorf(format string, a ...any) error {
+	return s.reply(resp.ErrorValue(fmt.Errorf(format, a...)))
+}
+
+// serve reads and answers commands until SYNC/PSYNC turns the connection
+// into a replica link, or it ends.
+func (s *session) serve(ctx context.Context) error {
+	rd := newCmdReader(s.br)
+	for {
+		args, err := rd.next()
+		if err != nil {
+			var pe *protocolError
+			if errors.As(err, &pe) {
+				_ = s.reply(resp.ErrorValue(errors.New("ERR " + pe.Error())))
+				s.log.Info("protocol error from client", "err", err)
+			}
+			return err
+		}
+		if len(args) == 0 {
+			continue // bare newline
+		}
+		cmd := strings.ToLower(string(args[0]))
+		if !s.authed && cmd != "auth" && cmd != "hello" && cmd != "quit" {
+			if err := s.reply(resp.ErrorValue(errors.New("NOAUTH Authentication required."))); err != nil {
+				return err
+			}
+			continue
+		}
+		switch cmd {
+		case "psync", "sync":
+			return s.startReplica(ctx, cmd, args)
+		case "quit":
+			_ = s.ok()
+			return nil
+		}
+		if err := s.command(cmd, args); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *session) command(cmd string, args [][]byte) error {
+	p := s.p
+	argc := len(args)
+	arity := func(min, max int) bool { return argc >= min && (max < 0 || argc <= max) }
+	wrongArgs := func() error {
+		return s.errorf("ERR wrong number of arguments for '%s' command", cmd)
+	}
+	switch cmd {
+	case "ping":
+		if !arity(1, 2) {
+			return wrongArgs()
+		}
+		if argc == 2 {
+			return s.reply(resp.BytesValue(args[1]))
+		}
+		return s.reply(resp.SimpleStringValue("PONG"))
+	case "echo":
+		if argc != 2 {
+			return wrongArgs()
+		}
+		return s.reply(resp.BytesValue(args[1]))
+	case "auth":
+		if !arity(2, 3) {
+			return wrongArgs()
+		}
+		return s.auth(args[1:])
+	case "hello":
+		return s.hello(args[1:])
+	case "replconf":
+		return s.replconf(args[1:])
+	case "info":
+		sections := make([]string, 0, argc-1)
+		for _, a := range args[1:] {
+			sections = append(sections, string(a))
+		}
+		return s.reply(resp.StringValue(p.info(sections...)))
+	case "role":
+		return s.reply(p.role())
+	case "client":
+		return s.client(args[1:])
+	case "command":
+		return s.reply(resp.ArrayValue(nil))
+	case "config":
+		if argc >= 3 && strings.EqualFold(string(args[1]), "get") {
+			return s.reply(p.configGet(args[2:]))
+		}
+		return s.errorf("ERR replproxy supports only CONFIG GET")
+	case "select":
+		if argc == 2 && string(args[1]) == "0" {
+			return s.ok()
+		}
+		return s.errorf("ERR replproxy serves no data; only DB 0 can be selected")
+	}
+	return s.errorf("ERR unknown command '%s': replproxy is a replication proxy and serves no data", truncate(string(args[0]), 64))
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+func (s *session) auth(args [][]byte) error {
+	pass := args[len(args)-1]
+	user := "default"
+	if len(args) == 2 {
+		user = string(args[0])
+	}
+	if err := s.checkAuth([]byte(user), pass); err != nil {
+		s.log.Warn("downstream AUTH failed")
+		return s.reply(resp.ErrorValue(err))
+	}
+	return s.ok()
+}
+
+func (s *session) hello(args [][]byte) error {
+	if len(args) > 0 {
+		if v, err := strconv.Atoi(string(args[0])); err != nil || v < 2 || v > 3 {
+			return s.errorf("NOPROTO unsupported protocol version")
+		} else if v == 3 {
+			return s.errorf("NOPROTO replproxy speaks RESP2 only")
+		}
+		for i := 1; i < len(args); i++ {
+			switch strings.ToLower(string(args[i])) {
+			case "auth":
+				if i+2 >= len(args) {
+					return s.errorf("ERR Syntax error in HELLO option 'auth'")
+				}
+				if err := s.checkAuth(args[i+1], args[i+2]); err != nil {
+					return s.reply(resp.ErrorValue(err))
+				}
+				i += 2
+			case "setname":
+				if i+1 >= len(args) {
+					return s.errorf("ERR Syntax error in HELLO option 'setname'")
+				}
+				s.name = string(args[i+1])
+				i++
+			default:
+				return s.errorf("ERR Syntax error in HELLO option '%s'", truncate(string(args[i]), 32))
+			}
+		}
+	}
+	if !s.authed {
+		return s.reply(resp.ErrorValue(errors.New("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")))
+	}
+	return s.reply(resp.ArrayValue([]resp.Value{
+		resp.StringValue("server"), resp.StringValue("redis"),
+		resp.StringValue("version"), resp.StringValue(redisCompatVersion),
+		resp.StringValue("proto"), resp.IntegerValue(2),
+		resp.StringValue("id"), resp.IntegerValue(int(s.id)),
+		resp.StringValue("mode"), resp.StringValue("standalone"),
+		resp.StringValue("role"), resp.StringValue("replica"),
+		resp.StringValue("modules"), resp.ArrayValue(nil),
+	}))
+}
+
+func (s *session) checkAuth(user, pass []byte) error {
+	if s.p.cfg.RequirePass == "" {
+		return errors.New("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
+	}
+	if string(user) != "default" || subtle.ConstantTimeCompare(pass, []byte(s.p.cfg.RequirePass)) != 1 {
+		return errors.New("WRONGPASS invalid username-password pair or user is disabled.")
+	}
+	s.authed = true
+	return nil
+}
+
+// replconf follows replconfCommand(): option/value pairs, +OK, no reply for
+// ack and getack, unknown capabilities ignored.
+func (s *session) replconf(args [][]byte) error {
+	if len(args)%2 != 0 || len(args) == 0 {
+		return s.errorf("ERR syntax error")
+	}
+	for i := 0; i < len(args); i += 2 {
+		opt, val := strings.ToLower(string(args[i])), string(args[i+1])
+		switch opt {
+		case "listening-port":
+			port, err := strconv.Atoi(val)
+			if err != nil || port < 0 || port > 65535 {
+				return s.errorf("ERR value is not an integer or out of range")
+			}
+			s.listeningPort = port
+		case "ip-address":
+			if len(val) >= 256 {
+				return s.errorf("ERR REPLCONF ip-address provided by replica instance is too long: %d bytes", len(val))
+			}
+			s.ipAddress = val
+		case "capa":
+			switch strings.ToLower(val) {
+			case "eof":
+				s.capaEOF = true
+			case "psync2":
+				s.capaPsync2 = true
+			}
+		case "ack", "getack":
+			return nil // no reply; ACKs matter only once the link is a replica
+		case "rdb-only":
+			switch val {
+			case "0":
+				s.rdbOnly = false
+			case "1":
+				s.rdbOnly = true
+			default:
+				return s.errorf("ERR syntax error")
+			}
+		case "rdb-filter-only":
+			return s.errorf("ERR replproxy serves stored snapshots and cannot filter them")
+		case "version":
+		default:
+			return s.errorf("ERR Unrecognized REPLCONF option: %s", truncate(string(args[i]), 64))
+		}
+	}
+	return s.ok()
+}
+
+func (s *session) client(args [][]byte) error {
+	if len(args) == 0 {
+		return s.errorf("ERR wrong number of arguments for 'client' command")
+	}
+	switch strings.ToLower(string(args[0])) {
+	case "setname":
+		if len(args) != 2 {
+			return s.errorf("ERR wrong number of arguments for 'client|setname' command")
+		}
+		s.name = string(args[1])
+		return s.ok()
+	case "getname":
+		if s.name == "" {
+			return s.reply(resp.NullValue())
+		}
+		return s.reply(resp.StringValue(s.name))
+	case "setinfo":
+		return s.ok()
+	case "id":
+		return s.reply(resp.IntegerValue(int(s.id)))
+	}
+	return s.errorf("ERR replproxy supports CLIENT SETNAME, GETNAME, SETINFO and ID only")
+}

@@ -1,0 +1,87 @@
+package proxy
+
+import (
+	"net"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/replproxy/replproxy/psync"
+	"github.com/replproxy/replproxy/psync/snapshot"
+)
+
+// Status is a consistent picture of the proxy for INFO, ROLE and metrics.
+type Status struct {
+	RunID   string
+	Version string
+	Started time.Time
+
+	UpstreamHost   string
+	UpstreamPort   int
+	LinkState      string // connect, connecting, handshake, sync, connected
+	LinkUp         bool
+	LastIO         time.Time // zero when never
+	LinkDownSince  time.Time // zero while up
+	SyncTotalBytes int64
+	SyncReadBytes  int64
+
+	History      psync.History
+	BacklogFirst int64
+	BacklogEnd   int64 // master_repl_offset
+	BacklogSize  int64 // configured budget
+	Snapshot     *snapshot.Info
+	Refreshing   bool
+
+	Clients  int
+	Replicas []ReplicaStatus
+	Queued   int64
+}
+
+// ReplicaStatus is one downstream replica.
+type ReplicaStatus struct {
+	ID      int64
+	IP      string
+	Port    int
+	Addr    string // peer address
+	State   string
+	AckOff  int64
+	AckTime time.Time
+	Legacy  bool
+}
+
+// Status returns the current status.
+func (p *Proxy) Status() Status {
+	host, portS, _ := net.SplitHostPort(p.cfg.Upstream)
+	port, _ := strconv.Atoi(portS)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	first, end := p.bl.Range()
+	st := Status{
+		RunID: p.runID, Version: p.cfg.Version, Started: p.started,
+		UpstreamHost: host, UpstreamPort: port,
+		LinkState: p.link.state, LinkUp: p.link.up, LastIO: p.link.lastIO,
+		SyncTotalBytes: p.link.syncTotal, SyncReadBytes: p.link.syncRead,
+		History: p.hist, BacklogFirst: first, BacklogEnd: end, BacklogSize: p.cfg.BacklogSize,
+		Snapshot: p.snap, Refreshing: p.refresh.Load(), Queued: p.queued.Load(),
+	}
+	if !p.link.up {
+		st.LinkDownSince = p.link.downSince
+	}
+	for s := range p.sessions {
+		if !s.replica.Load() {
+			st.Clients++
+			continue
+		}
+		rs := ReplicaStatus{ID: s.id, IP: s.replicaIP(), Port: s.listeningPort, Addr: s.addr,
+			State: stateNames[s.state.Load()], AckOff: s.ackOff.Load(), Legacy: s.legacy}
+		if t := s.ackTime.Load(); t > 0 {
+			rs.AckTime = time.Unix(0, t)
+		}
+		st.Replicas = append(st.Replicas, rs)
+	}
+	sort.Slice(st.Replicas, func(i, j int) bool { return st.Replicas[i].ID < st.Replicas[j].ID })
+	return st
+}
+
+// Stats returns the event counters.
+func (p *Proxy) Stats() *Stats { return &p.stats }

@@ -1,0 +1,508 @@
+// Package backlog is the replication backlog on disk: a log of raw stream
+// bytes addressed by replication offset, kept as segment files named by the
+// offset of their first byte. Cursors read from any held offset and block at
+// the tail. Memory use does not depend on how much is held.
+package backlog
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// FsyncPolicy says when appended bytes are forced to disk.
+type FsyncPolicy int
+
+const (
+	FsyncEverySec FsyncPolicy = iota // default: at most a second of data at risk on power loss
+	FsyncAlways                      // before bytes are visible to readers and ACKed
+	FsyncNo                          // leave it to the OS
+)
+
+// ParseFsyncPolicy parses "always", "everysec" or "no".
+func ParseFsyncPolicy(s string) (FsyncPolicy, error) {
+	switch strings.ToLower(s) {
+	case "everysec":
+		return FsyncEverySec, nil
+	case "always":
+		return FsyncAlways, nil
+	case "no":
+		return FsyncNo, nil
+	}
+	return 0, fmt.Errorf("fsync policy %q: want always, everysec or no", s)
+}
+
+func (p FsyncPolicy) String() string {
+	return [...]string{"everysec", "always", "no"}[p]
+}
+
+// Options configure a Log.
+type Options struct {
+	// SegmentSize is the size past which the active segment is closed at the
+	// next command boundary. Default 64 MiB.
+	SegmentSize int64
+	Fsync       FsyncPolicy
+	// ValidPrefix returns how many leading bytes of the last segment form
+	// complete, well-formed stream data; recovery truncates the rest. Nil
+	// keeps the whole segment.
+	ValidPrefix func(r io.Reader) (int64, error)
+}
+
+var (
+	ErrEmpty   = errors.New("backlog: no history; Reset first")
+	ErrTrimmed = errors.New("backlog: position was trimmed from the front")
+	ErrReset   = errors.New("backlog: history was reset")
+	ErrClosed  = errors.New("backlog: closed")
+	ErrAhead   = errors.New("backlog: position is past the end")
+)
+
+const (
+	segSuffix = ".seg"
+	tagFile   = "TAG"
+)
+
+type segment struct {
+	base int64
+	size int64
+}
+
+func (s segment) path(dir string) string {
+	return filepath.Join(dir, fmt.Sprintf("%020d%s", s.base, segSuffix))
+}
+
+// RecoveryReport says what Open found and repaired.
+type RecoveryReport struct {
+	Segments       int
+	TruncatedBytes int64 // torn tail removed from the last segment
+	DroppedBytes   int64 // segments dropped before a gap
+}
+
+// Log is the on-disk backlog. All methods are safe for concurrent use.
+type Log struct {
+	dir  string
+	opts Options
+
+	mu       sync.RWMutex
+	segs     []segment // ascending; the last one is active
+	active   *os.File
+	start    int64 // first byte held
+	end      int64 // last byte held; start-1 when empty
+	gen      uint64
+	tag      string
+	notify   chan struct{}
+	closed   bool
+	dirty    bool
+	stopSync chan struct{}
+	syncDone chan struct{}
+	written  int64
+	trimmed  int64
+}
+
+// Open opens or creates the backlog in dir and recovers it after a crash.
+func Open(dir string, opts Options) (*Log, RecoveryReport, error) {
+	if opts.SegmentSize <= 0 {
+		opts.SegmentSize = 64 << 20
+	}
+	var rep RecoveryReport
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, rep, fmt.Errorf("backlog: %w", err)
+	}
+	l := &Log{dir: dir, opts: opts, notify: make(chan struct{}), start: 0, end: -1}
+	if b, err := os.ReadFile(filepath.Join(dir, tagFile)); err == nil {
+		l.tag = strings.TrimSpace(string(b))
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, rep, fmt.Errorf("backlog: read tag: %w", err)
+	}
+	segs, err := listSegments(dir)
+	if err != nil {
+		return nil, rep, err
+	}
+	// Keep the newest contiguous run: the end of the log is what resumes.
+	first := 0
+	for i := 1; i < len(segs); i++ {
+		if segs[i-1].base+segs[i-1].size != segs[i].base {
+			first = i
+		}
+	}
+	for _, s := range segs[:first] {
+		rep.DroppedBytes += s.size
+		if err := os.Remove(s.path(dir)); err != nil {
+			return nil, rep, fmt.Errorf("backlog: drop segment before gap: %w", err)
+		}
+	}
+	segs = segs[first:]
+	if len(segs) > 0 {
+		last := &segs[len(segs)-1]
+		if opts.ValidPrefix != nil {
+			f, err := os.Open(last.path(dir))
+			if err != nil {
+				return nil, rep, fmt.Errorf("backlog: %w", err)
+			}
+			valid, err := opts.ValidPrefix(f)
+			f.Close()
+			if err != nil {
+				return nil, rep, fmt.Errorf("backlog: validate %s: %w", last.path(dir), err)
+			}
+			if valid < last.size {
+				if err := os.Truncate(last.path(dir), valid); err != nil {
+					return nil, rep, fmt.Errorf("backlog: truncate torn tail: %w", err)
+				}
+				rep.TruncatedBytes = last.size - valid
+				last.size = valid
+			}
+		}
+		f, err := os.OpenFile(last.path(dir), os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return nil, rep, fmt.Errorf("backlog: %w", err)
+		}
+		l.active = f
+		l.segs = segs
+		l.start = segs[0].base
+		l.end = last.base + last.size - 1
+	}
+	rep.Segments = len(segs)
+	if opts.Fsync == FsyncEverySec {
+		l.stopSync, l.syncDone = make(chan struct{}), make(chan struct{})
+		go l.syncLoop()
+	}
+	return l, rep, nil
+}
+
+func listSegments(dir string) ([]segment, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("backlog: %w", err)
+	}
+	var segs []segment
+	for _, e := range ents {
+		name := e.Name()
+		if !strings.HasSuffix(name, segSuffix) {
+			continue
+		}
+		base, err := strconv.ParseInt(strings.TrimSuffix(name, segSuffix), 10, 64)
+		if err != nil || base < 0 {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			return nil, fmt.Errorf("backlog: %w", err)
+		}
+		segs = append(segs, segment{base: base, size: info.Size()})
+	}
+	sort.Slice(segs, func(i, j int) bool { return segs[i].base < segs[j].base })
+	return segs, nil
+}
+
+func (l *Log) syncLoop() {
+	defer close(l.syncDone)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stopSync:
+			return
+		case <-t.C:
+			_ = l.Sync()
+		}
+	}
+}
+
+// Sync forces appended bytes to disk.
+func (l *Log) Sync() error {
+	l.mu.Lock()
+	f, dirty := l.active, l.dirty
+	l.dirty = false
+	l.mu.Unlock()
+	if f == nil || !dirty {
+		return nil
+	}
+	if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
+		return fmt.Errorf("backlog: fsync: %w", err)
+	}
+	return nil
+}
+
+// Range returns the first and last byte held; last == first-1 when empty,
+// and first == 0 when there is no history at all.
+func (l *Log) Range() (first, last int64) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.start, l.end
+}
+
+// End is the offset of the last byte held (master_repl_offset).
+func (l *Log) End() int64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.end
+}
+
+// Size is the number of bytes held.
+func (l *Log) Size() int64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.end - l.start + 1
+}
+
+// Tag is the label given at the last Reset; it ties the log to a history.
+func (l *Log) Tag() string {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.tag
+}
+
+// Counters returns bytes appended and trimmed since Open.
+func (l *Log) Counters() (written, trimmed int64) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.written, l.trimmed
+}
+
+// Reset discards everything and starts an empty log whose first byte will be
+// at offset start, labelled tag. Open cursors fail with ErrReset.
+func (l *Log) Reset(start int64, tag string) error {
+	if start < 1 {
+		return fmt.Errorf("backlog: reset to offset %d: offsets start at 1", start)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return ErrClosed
+	}
+	if l.active != nil {
+		l.active.Close()
+		l.active = nil
+	}
+	for _, s := range l.segs {
+		if err := os.Remove(s.path(l.dir)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("backlog: reset: %w", err)
+		}
+	}
+	l.segs = nil
+	l.gen++
+	l.start, l.end = start, start-1
+	close(l.notify)
+	l.notify = make(chan struct{})
+	if err := writeFileAtomic(filepath.Join(l.dir, tagFile), []byte(tag+"\n")); err != nil {
+		return fmt.Errorf("backlog: reset: %w", err)
+	}
+	l.tag = tag
+	if err := l.openSegment(start); err != nil {
+		return err
+	}
+	return syncDir(l.dir)
+}
+
+// openSegment creates the segment starting at base and makes it active.
+// Called with mu held.
+func (l *Log) openSegment(base int64) error {
+	s := segment{base: base}
+	f, err := os.OpenFile(s.path(l.dir), os.O_WRONLY|os.O_APPEND|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("backlog: new segment: %w", err)
+	}
+	l.segs = append(l.segs, s)
+	l.active = f
+	return nil
+}
+
+// Append adds stream bytes. boundary is the length of the longest prefix of p
+// that ends on a command boundary (-1 if p ends no command); segments are
+// only rolled there, so every segment starts at a command.
+func (l *Log) Append(p []byte, boundary int) error {
+	if len(p) == 0 {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return ErrClosed
+	}
+	if l.active == nil {
+		return ErrEmpty
+	}
+	if boundary > 0 {
+		if err := l.write(p[:boundary]); err != nil {
+			return err
+		}
+		p = p[boundary:]
+		if cur := l.segs[len(l.segs)-1]; cur.size >= l.opts.SegmentSize {
+			if err := l.roll(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := l.write(p); err != nil {
+		return err
+	}
+	if l.opts.Fsync == FsyncAlways {
+		if err := l.active.Sync(); err != nil {
+			return fmt.Errorf("backlog: fsync: %w", err)
+		}
+	} else {
+		l.dirty = true
+	}
+	close(l.notify)
+	l.notify = make(chan struct{})
+	return nil
+}
+
+func (l *Log) write(p []byte) error {
+	if len(p) == 0 {
+		return nil
+	}
+	n, err := l.active.Write(p)
+	cur := &l.segs[len(l.segs)-1]
+	cur.size += int64(n)
+	l.end += int64(n)
+	l.written += int64(n)
+	if err != nil {
+		return fmt.Errorf("backlog: append: %w", err)
+	}
+	return nil
+}
+
+func (l *Log) roll() error {
+	if l.opts.Fsync != FsyncNo {
+		if err := l.active.Sync(); err != nil {
+			return fmt.Errorf("backlog: fsync on roll: %w", err)
+		}
+	}
+	l.active.Close()
+	l.active = nil
+	if err := l.openSegment(l.end + 1); err != nil {
+		return err
+	}
+	return syncDir(l.dir)
+}
+
+// Trim deletes whole segments from the front while more than budget bytes
+// are held, but never a segment holding any byte at or after keepFrom, and
+// never the active segment. It returns the bytes removed.
+func (l *Log) Trim(keepFrom, budget int64) (int64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var removed int64
+	for len(l.segs) > 1 && l.end-l.start+1 > budget {
+		s := l.segs[0]
+		if s.base+s.size > keepFrom {
+			break
+		}
+		if err := os.Remove(s.path(l.dir)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return removed, fmt.Errorf("backlog: trim: %w", err)
+		}
+		l.segs = l.segs[1:]
+		l.start = l.segs[0].base
+		removed += s.size
+	}
+	l.trimmed += removed
+	return removed, nil
+}
+
+// Close syncs and closes the log; cursors fail with ErrClosed.
+func (l *Log) Close() error {
+	if l.stopSync != nil {
+		close(l.stopSync)
+		<-l.syncDone
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil
+	}
+	l.closed = true
+	close(l.notify)
+	var err error
+	if l.active != nil {
+		if l.opts.Fsync != FsyncNo {
+			err = l.active.Sync()
+		}
+		if cerr := l.active.Close(); err == nil {
+			err = cerr
+		}
+		l.active = nil
+	}
+	return err
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err = f.Write(data); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync dir %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Summary describes a backlog directory without opening it for writing.
+type Summary struct {
+	Tag      string
+	Segments int
+	First    int64 // 0 when there are no segments
+	End      int64
+	Bytes    int64
+	Gaps     int // discontinuities between segments; recovery would drop the older side
+}
+
+// Inspect reads a backlog directory without changing it.
+func Inspect(dir string) (Summary, error) {
+	var s Summary
+	if b, err := os.ReadFile(filepath.Join(dir, tagFile)); err == nil {
+		s.Tag = strings.TrimSpace(string(b))
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return s, fmt.Errorf("backlog: %w", err)
+	}
+	segs, err := listSegments(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return s, err
+	}
+	s.Segments = len(segs)
+	for i, seg := range segs {
+		if i > 0 && segs[i-1].base+segs[i-1].size != seg.base {
+			s.Gaps++
+		}
+		s.Bytes += seg.size
+	}
+	if len(segs) > 0 {
+		s.First = segs[0].base
+		last := segs[len(segs)-1]
+		s.End = last.base + last.size - 1
+	}
+	return s, nil
+}

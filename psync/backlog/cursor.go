@@ -1,0 +1,173 @@
+package backlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+)
+
+// Cursor reads the log from a position onwards. It holds at most one open
+// segment file; copies to a *net.TCPConn go through sendfile(2).
+type Cursor struct {
+	l       *Log
+	gen     uint64
+	pos     int64 // next byte to read
+	f       *os.File
+	segBase int64
+}
+
+// NewCursor returns a cursor whose next byte is pos; pos may be End()+1. It
+// opens the segment holding pos at once, so a later trim cannot take it.
+func (l *Log) NewCursor(pos int64) (*Cursor, error) {
+	l.mu.RLock()
+	gen, start, end, closed, empty := l.gen, l.start, l.end, l.closed, len(l.segs) == 0
+	l.mu.RUnlock()
+	switch {
+	case closed:
+		return nil, ErrClosed
+	case empty:
+		return nil, ErrEmpty
+	case pos < start:
+		return nil, ErrTrimmed
+	case pos > end+1:
+		return nil, ErrAhead
+	}
+	c := &Cursor{l: l, gen: gen, pos: pos}
+	if _, err := c.open(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Pos is the offset of the next byte the cursor will read.
+func (c *Cursor) Pos() int64 { return c.pos }
+
+// Close releases the open segment.
+func (c *Cursor) Close() {
+	if c.f != nil {
+		c.f.Close()
+		c.f = nil
+	}
+}
+
+// open makes sure c.f is the segment holding c.pos and returns how many
+// bytes can be read from it now.
+func (c *Cursor) open() (int64, error) {
+	l := c.l
+	l.mu.RLock()
+	if err := c.check(); err != nil {
+		l.mu.RUnlock()
+		return 0, err
+	}
+	i := sort.Search(len(l.segs), func(i int) bool { return l.segs[i].base > c.pos }) - 1
+	if i < 0 {
+		l.mu.RUnlock()
+		return 0, ErrTrimmed
+	}
+	s := l.segs[i]
+	avail := s.base + s.size - c.pos
+	path := s.path(l.dir)
+	l.mu.RUnlock()
+
+	if c.f != nil && c.segBase == s.base {
+		return avail, nil
+	}
+	c.Close()
+	f, err := os.Open(path)
+	if err != nil {
+		l.mu.RLock()
+		cerr := c.check()
+		l.mu.RUnlock()
+		if cerr != nil {
+			return 0, cerr
+		}
+		return 0, fmt.Errorf("backlog: open segment: %w", err)
+	}
+	if _, err := f.Seek(c.pos-s.base, io.SeekStart); err != nil {
+		f.Close()
+		return 0, fmt.Errorf("backlog: seek: %w", err)
+	}
+	c.f, c.segBase = f, s.base
+	return avail, nil
+}
+
+// check reports why the cursor can no longer read; called with mu held.
+func (c *Cursor) check() error {
+	l := c.l
+	switch {
+	case l.closed:
+		return ErrClosed
+	case l.gen != c.gen:
+		return ErrReset
+	case c.pos < l.start:
+		return ErrTrimmed
+	}
+	return nil
+}
+
+// CopyTo writes every byte available now to w and returns how many it wrote.
+func (c *Cursor) CopyTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		avail, err := c.open()
+		if err != nil {
+			return total, err
+		}
+		if avail <= 0 {
+			return total, nil
+		}
+		n, err := io.Copy(w, io.LimitReader(c.f, avail))
+		c.pos += n
+		total += n
+		if err != nil {
+			return total, err
+		}
+		if n < avail {
+			return total, fmt.Errorf("backlog: segment shorter than recorded: %w", io.ErrUnexpectedEOF)
+		}
+	}
+}
+
+// Read implements io.Reader over the bytes available now; it returns 0, nil
+// at the tail rather than blocking (use Wait).
+func (c *Cursor) Read(p []byte) (int, error) {
+	avail, err := c.open()
+	if err != nil || avail <= 0 {
+		return 0, err
+	}
+	if int64(len(p)) > avail {
+		p = p[:avail]
+	}
+	n, err := c.f.Read(p)
+	c.pos += int64(n)
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return n, err
+}
+
+// Wait blocks until a byte at Pos() exists, ctx ends, or the log is reset,
+// trimmed past the cursor, or closed.
+func (c *Cursor) Wait(ctx context.Context) error {
+	l := c.l
+	for {
+		l.mu.RLock()
+		err := c.check()
+		ch, end := l.notify, l.end
+		l.mu.RUnlock()
+		if err != nil {
+			return err
+		}
+		if c.pos <= end {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,115 @@
+package psync
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+)
+
+// ReplyKind classifies the master's answer to PSYNC.
+type ReplyKind int
+
+const (
+	ReplyFullResync   ReplyKind = iota // +FULLRESYNC <id> <offset>
+	ReplyContinue                      // +CONTINUE [id]
+	ReplyTryLater                      // -NOMASTERLINK, -LOADING
+	ReplyNotSupported                  // any other error or line
+)
+
+func (k ReplyKind) String() string {
+	return [...]string{"fullresync", "continue", "try_later", "not_supported"}[k]
+}
+
+// PsyncReply is a parsed PSYNC reply line.
+type PsyncReply struct {
+	Kind   ReplyKind
+	ReplID string // FULLRESYNC id; CONTINUE id or "" when absent
+	Offset int64  // FULLRESYNC offset
+	Line   string // the raw line, for logs
+}
+
+// ErrBadFullResync is a +FULLRESYNC line without a usable ID and offset. Redis
+// would fall back to pre-PSYNC mode; a relay cannot, so it is an error.
+var ErrBadFullResync = errors.New("psync: malformed +FULLRESYNC reply")
+
+// ParsePsyncReply parses one PSYNC reply line (without CRLF), following
+// slaveTryPartialResynchronization(): the ID must be exactly 40 characters.
+func ParsePsyncReply(line string) (PsyncReply, error) {
+	r := PsyncReply{Line: line}
+	switch {
+	case strings.HasPrefix(line, "+FULLRESYNC"):
+		r.Kind = ReplyFullResync
+		rest, ok := strings.CutPrefix(line, "+FULLRESYNC ")
+		if !ok {
+			return r, ErrBadFullResync
+		}
+		id, off, ok := strings.Cut(rest, " ")
+		if !ok || !ValidReplID(id) {
+			return r, ErrBadFullResync
+		}
+		n, err := strconv.ParseInt(off, 10, 64)
+		if err != nil || n < 0 {
+			return r, ErrBadFullResync
+		}
+		r.ReplID, r.Offset = id, n
+	case strings.HasPrefix(line, "+CONTINUE"):
+		r.Kind = ReplyContinue
+		if id, ok := strings.CutPrefix(line, "+CONTINUE "); ok {
+			id = strings.TrimRight(id, " ")
+			if ValidReplID(id) {
+				r.ReplID = id
+			}
+		}
+	case strings.HasPrefix(line, "-NOMASTERLINK"), strings.HasPrefix(line, "-LOADING"):
+		r.Kind = ReplyTryLater
+	default:
+		r.Kind = ReplyNotSupported
+	}
+	return r, nil
+}
+
+// ReadLine reads one line of at most max bytes, without the trailing CRLF,
+// the way connSyncReadLine() does: up to '\n', with a trailing '\r' stripped.
+func ReadLine(br *bufio.Reader, max int) (string, error) {
+	var buf []byte
+	for {
+		frag, err := br.ReadSlice('\n')
+		if len(buf)+len(frag) > max+2 {
+			return "", fmt.Errorf("psync: reply line longer than %d bytes", max)
+		}
+		buf = append(buf, frag...)
+		if err == nil {
+			break
+		}
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		if err == io.EOF && len(buf) > 0 {
+			err = io.ErrUnexpectedEOF
+		}
+		return "", err
+	}
+	buf = bytes.TrimSuffix(buf[:len(buf)-1], []byte{'\r'})
+	return string(buf), nil
+}
+
+// ReadReplyLine reads the next line that is not an empty keepalive. onKeepalive,
+// if not nil, is called for each empty line so the caller can extend deadlines.
+func ReadReplyLine(br *bufio.Reader, max int, onKeepalive func()) (string, error) {
+	for {
+		line, err := ReadLine(br, max)
+		if err != nil {
+			return "", err
+		}
+		if line != "" {
+			return line, nil
+		}
+		if onKeepalive != nil {
+			onKeepalive()
+		}
+	}
+}

@@ -1,0 +1,221 @@
+package psync
+
+import (
+	"fmt"
+)
+
+// capturedArgLen is how much of the first two arguments the scanner keeps:
+// enough to recognise REPLCONF GETACK, SELECT, PING, MULTI and EXEC.
+const capturedArgLen = 16
+
+// maxHeaderDigits bounds the digits of a "*N" or "$N" header (int64 range).
+const maxHeaderDigits = 19
+
+// Command describes one complete command found in the stream. Name and Arg1
+// hold the first bytes of the first two arguments, lowercased; long arguments
+// are truncated and flagged.
+type Command struct {
+	Argc     int64
+	Size     int64 // bytes of the command on the wire, headers included
+	Inline   bool  // a bare newline (the only inline form a master sends)
+	name     [capturedArgLen]byte
+	nameLen  int
+	nameLong bool
+	arg1     [capturedArgLen]byte
+	arg1Len  int
+	arg1Long bool
+}
+
+// Name is the lowercased command name (truncated past 16 bytes).
+func (c *Command) Name() string { return string(c.name[:c.nameLen]) }
+
+// Arg1 is the lowercased first argument (truncated past 16 bytes).
+func (c *Command) Arg1() string { return string(c.arg1[:c.arg1Len]) }
+
+// IsGetAck reports whether the command is REPLCONF GETACK.
+func (c *Command) IsGetAck() bool {
+	return !c.nameLong && !c.arg1Long && c.Name() == "replconf" && c.Arg1() == "getack"
+}
+
+// scanner states
+const (
+	stStart    = iota // expecting '*' or a bare '\n'
+	stArrayLen        // digits of "*N"
+	stArrayLF         // '\n' after "*N\r"
+	stBulkHead        // expecting '$'
+	stBulkLen         // digits of "$N"
+	stBulkLF          // '\n' after "$N\r"
+	stBulkBody        // N bytes of argument
+	stBulkCR          // '\r' after the argument
+	stBulkEndLF       // '\n' after the argument
+)
+
+// ScanError is a byte that cannot occur in a master's replication stream.
+type ScanError struct {
+	Offset int64 // stream bytes scanned before the bad one
+	Byte   byte
+	State  string
+}
+
+func (e *ScanError) Error() string {
+	return fmt.Sprintf("psync: invalid replication stream at byte %d (0x%02x, %s)", e.Offset, e.Byte, e.State)
+}
+
+// Scanner finds command boundaries in a replication stream. It is resumable:
+// feed it the stream in chunks of any size, and it never looks at a byte
+// twice. Argument bodies are skipped by length, so large values cost nothing.
+// It imposes no limit on argument count or size beyond int64.
+type Scanner struct {
+	state   int
+	num     int64
+	digits  int
+	argLeft int64 // arguments still to read in the current command
+	argIdx  int64
+	left    int64 // bytes of the current argument body still to skip
+	cmd     Command
+	scanned int64 // total bytes consumed, for error offsets
+}
+
+// Reset puts the scanner at a command boundary.
+func (s *Scanner) Reset() { *s = Scanner{scanned: s.scanned} }
+
+// AtBoundary reports whether the bytes fed so far end on a command boundary.
+func (s *Scanner) AtBoundary() bool { return s.state == stStart }
+
+var stateNames = [...]string{"command start", "array length", "array length LF", "bulk header",
+	"bulk length", "bulk length LF", "bulk body", "bulk CR", "bulk LF"}
+
+// Scan consumes p. For each command that ends inside p it calls fn with the
+// index just past the command's last byte and the command; c is only valid
+// during the call. It returns the first protocol error, after which the
+// scanner must be Reset before further use.
+func (s *Scanner) Scan(p []byte, fn func(end int, c *Command)) error {
+	i := 0
+	for i < len(p) {
+		switch s.state {
+		case stStart:
+			b := p[i]
+			s.cmd = Command{}
+			switch b {
+			case '*':
+				s.state, s.num, s.digits = stArrayLen, 0, 0
+				s.cmd.Size = 1
+			case '\n':
+				s.cmd.Inline, s.cmd.Size = true, 1
+				i++
+				if fn != nil {
+					fn(i, &s.cmd)
+				}
+				continue
+			default:
+				return s.fail(p, i)
+			}
+			i++
+		case stArrayLen, stBulkLen:
+			b := p[i]
+			if b >= '0' && b <= '9' {
+				if s.digits == maxHeaderDigits {
+					return s.fail(p, i)
+				}
+				s.num = s.num*10 + int64(b-'0')
+				s.digits++
+			} else if b == '\r' && s.digits > 0 {
+				s.state++ // to the LF state
+			} else {
+				return s.fail(p, i)
+			}
+			s.cmd.Size++
+			i++
+		case stArrayLF:
+			if p[i] != '\n' || s.num < 1 {
+				return s.fail(p, i)
+			}
+			s.cmd.Size++
+			i++
+			s.cmd.Argc, s.argLeft, s.argIdx = s.num, s.num, 0
+			s.state = stBulkHead
+		case stBulkHead:
+			if p[i] != '$' {
+				return s.fail(p, i)
+			}
+			s.cmd.Size++
+			i++
+			s.state, s.num, s.digits = stBulkLen, 0, 0
+		case stBulkLF:
+			if p[i] != '\n' {
+				return s.fail(p, i)
+			}
+			s.cmd.Size++
+			i++
+			s.left = s.num
+			s.state = stBulkBody
+			if s.argIdx == 0 {
+				s.cmd.nameLong = s.num > capturedArgLen
+			} else if s.argIdx == 1 {
+				s.cmd.arg1Long = s.num > capturedArgLen
+			}
+		case stBulkBody:
+			n := int64(len(p) - i)
+			if n > s.left {
+				n = s.left
+			}
+			if s.argIdx < 2 {
+				s.capture(p[i : i+int(n)])
+			}
+			i += int(n)
+			s.left -= n
+			s.cmd.Size += n
+			if s.left == 0 {
+				s.state = stBulkCR
+			}
+		case stBulkCR:
+			if p[i] != '\r' {
+				return s.fail(p, i)
+			}
+			s.cmd.Size++
+			i++
+			s.state = stBulkEndLF
+		case stBulkEndLF:
+			if p[i] != '\n' {
+				return s.fail(p, i)
+			}
+			s.cmd.Size++
+			i++
+			s.argIdx++
+			s.argLeft--
+			if s.argLeft > 0 {
+				s.state = stBulkHead
+				continue
+			}
+			s.state = stStart
+			if fn != nil {
+				fn(i, &s.cmd)
+			}
+		}
+	}
+	s.scanned += int64(len(p))
+	return nil
+}
+
+func (s *Scanner) capture(b []byte) {
+	dst, n := s.cmd.name[:], &s.cmd.nameLen
+	if s.argIdx == 1 {
+		dst, n = s.cmd.arg1[:], &s.cmd.arg1Len
+	}
+	for _, c := range b {
+		if *n == capturedArgLen {
+			return
+		}
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst[*n] = c
+		*n++
+	}
+}
+
+func (s *Scanner) fail(p []byte, i int) error {
+	err := &ScanError{Offset: s.scanned + int64(i), Byte: p[i], State: stateNames[s.state]}
+	s.scanned += int64(len(p))
+	return err
+}
