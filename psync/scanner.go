@@ -2,14 +2,12 @@ package psync
 
 import (
 	"fmt"
+	"math"
 )
 
 // capturedArgLen is how much of the first two arguments the scanner keeps:
 // enough to recognise REPLCONF GETACK, SELECT, PING, MULTI and EXEC.
 const capturedArgLen = 16
-
-// maxHeaderDigits bounds the digits of a "*N" or "$N" header (int64 range).
-const maxHeaderDigits = 19
 
 // Command describes one complete command found in the stream. Name and Arg1
 // hold the first bytes of the first two arguments, lowercased; long arguments
@@ -114,10 +112,11 @@ func (s *Scanner) Scan(p []byte, fn func(end int, c *Command)) error {
 		case stArrayLen, stBulkLen:
 			b := p[i]
 			if b >= '0' && b <= '9' {
-				if s.digits == maxHeaderDigits {
-					return s.fail(p, i)
+				d := int64(b - '0')
+				if s.num > (math.MaxInt64-d)/10 {
+					return s.fail(p, i) // past int64: no legal length
 				}
-				s.num = s.num*10 + int64(b-'0')
+				s.num = s.num*10 + d
 				s.digits++
 			} else if b == '\r' && s.digits > 0 {
 				s.state++ // to the LF state

@@ -1,0 +1,139 @@
+package redistest
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// StartT starts a server for a test and stops it at cleanup; on failure the
+// log tail is printed. It skips nothing: a missing redis-server fails.
+func StartT(t testing.TB, name string, extra ...string) *Server {
+	t.Helper()
+	s, err := Start(filepath.Join(t.TempDir(), name), extra...)
+	if err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		s.Kill()
+		if t.Failed() {
+			t.Logf("--- %s (port %d) log tail ---\n%s", name, s.Port, s.LogTail(40))
+		}
+	})
+	return s
+}
+
+// Eventually fails the test if cond does not hold within timeout.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	if err := WaitFor(timeout, cond); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+var (
+	buildOnce sync.Once
+	buildPath string
+	buildErr  error
+)
+
+// ProxyBinary builds cmd/replproxy once per test binary and returns its path.
+func ProxyBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		_, file, _, _ := runtime.Caller(0)
+		root := filepath.Join(filepath.Dir(file), "..", "..")
+		dir, err := os.MkdirTemp("", "replproxy-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildPath = filepath.Join(dir, "replproxy")
+		cmd := exec.Command("go", "build", "-race", "-o", buildPath, "./cmd/replproxy")
+		if os.Getenv("REPLPROXY_TEST_NORACE") != "" {
+			cmd = exec.Command("go", "build", "-o", buildPath, "./cmd/replproxy")
+		}
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build replproxy: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildPath
+}
+
+// Process is a replproxy started as its own process, for SIGKILL tests.
+type Process struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	Log  string
+}
+
+// StartProxyProcess runs the replproxy binary with args; output goes to
+// logPath (appended).
+func StartProxyProcess(t testing.TB, bin, logPath string, args ...string) *Process {
+	t.Helper()
+	lf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &Process{cmd: cmd, done: make(chan struct{}), Log: logPath}
+	go func() { _ = cmd.Wait(); lf.Close(); close(p.done) }()
+	t.Cleanup(func() {
+		p.Kill()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			lines := strings.Split(string(b), "\n")
+			if len(lines) > 60 {
+				lines = lines[len(lines)-60:]
+			}
+			t.Logf("--- replproxy log tail ---\n%s", strings.Join(lines, "\n"))
+		}
+	})
+	return p
+}
+
+// Kill sends SIGKILL and waits.
+func (p *Process) Kill() { p.Signal(syscall.SIGKILL) }
+
+// Signal sends sig and waits for the process to exit.
+func (p *Process) Signal(sig syscall.Signal) {
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// ExitCode waits for exit and returns the code.
+func (p *Process) ExitCode() int {
+	<-p.done
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// Exited reports whether the process has ended.
+func (p *Process) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}

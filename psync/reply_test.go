@@ -1,0 +1,78 @@
+package psync
+
+import (
+	"bufio"
+	"strings"
+	"testing"
+)
+
+const id40 = "0123456789abcdef0123456789abcdef01234567"
+
+func TestParsePsyncReply(t *testing.T) {
+	cases := []struct {
+		line string
+		kind ReplyKind
+		id   string
+		off  int64
+		err  bool
+	}{
+		{"+FULLRESYNC " + id40 + " 1000", ReplyFullResync, id40, 1000, false},
+		{"+FULLRESYNC " + id40 + " 0", ReplyFullResync, id40, 0, false},
+		{"+FULLRESYNC " + id40[:39] + " 1000", ReplyFullResync, "", 0, true},
+		{"+FULLRESYNC " + id40 + " x", ReplyFullResync, "", 0, true},
+		{"+FULLRESYNC", ReplyFullResync, "", 0, true},
+		{"+CONTINUE", ReplyContinue, "", 0, false},
+		{"+CONTINUE " + id40, ReplyContinue, id40, 0, false},
+		{"+CONTINUE " + id40[:20], ReplyContinue, "", 0, false},
+		{"-NOMASTERLINK Can't SYNC while not connected with my master", ReplyTryLater, "", 0, false},
+		{"-LOADING Redis is loading the dataset in memory", ReplyTryLater, "", 0, false},
+		{"-ERR unknown command 'PSYNC'", ReplyNotSupported, "", 0, false},
+	}
+	for _, c := range cases {
+		r, err := ParsePsyncReply(c.line)
+		if (err != nil) != c.err {
+			t.Errorf("%q: err %v", c.line, err)
+			continue
+		}
+		if err != nil {
+			continue
+		}
+		if r.Kind != c.kind || r.ReplID != c.id || r.Offset != c.off {
+			t.Errorf("%q: got %+v", c.line, r)
+		}
+	}
+}
+
+func TestReadReplyLineSkipsKeepalives(t *testing.T) {
+	br := bufio.NewReader(strings.NewReader("\n\n\r\n+FULLRESYNC " + id40 + " 28\r\n"))
+	n := 0
+	line, err := ReadReplyLine(br, MaxReplyLine, func() { n++ })
+	if err != nil || line != "+FULLRESYNC "+id40+" 28" || n != 3 {
+		t.Fatalf("line %q err %v keepalives %d", line, err, n)
+	}
+}
+
+func TestReadLineTooLong(t *testing.T) {
+	br := bufio.NewReaderSize(strings.NewReader(strings.Repeat("x", 5000)+"\r\n"), 16)
+	if _, err := ReadLine(br, MaxReplyLine); err == nil {
+		t.Fatal("accepted an over-long line")
+	}
+}
+
+func FuzzParsePsyncReply(f *testing.F) {
+	for _, s := range []string{"+FULLRESYNC " + id40 + " 1000", "+CONTINUE", "+CONTINUE " + id40, "-LOADING x", "", "+FULLRESYNC  ", "+CONTINUE \x00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, line string) {
+		r, err := ParsePsyncReply(line)
+		if err != nil {
+			return
+		}
+		if r.Kind == ReplyFullResync && (!ValidReplID(r.ReplID) || r.Offset < 0) {
+			t.Fatalf("accepted bad FULLRESYNC %q: %+v", line, r)
+		}
+		if r.Kind == ReplyContinue && r.ReplID != "" && !ValidReplID(r.ReplID) {
+			t.Fatalf("accepted bad CONTINUE id %q", line)
+		}
+	})
+}
