@@ -40,11 +40,11 @@ func Fresh(newID string) History {
 type ContinueVerdict int
 
 const (
-	Continue ContinueVerdict = iota
-	RejectNoHistory          // the replica asked for "?" or we have no history
-	RejectReplID             // unknown ID, or replid2 past second_replid_offset
-	RejectBehind             // offset before the first byte held
-	RejectAhead              // offset past end+1
+	Continue        ContinueVerdict = iota
+	RejectNoHistory                 // the replica asked for "?" or we have no history
+	RejectReplID                    // unknown ID, or replid2 past second_replid_offset
+	RejectBehind                    // offset before the first byte held
+	RejectAhead                     // offset past end+1
 )
 
 func (v ContinueVerdict) String() string {

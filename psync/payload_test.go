@@ -134,4 +134,3 @@ func FuzzPayload(f *testing.F) {
 		_, _ = ParsePayloadHeader(string(rdb))
 	})
 }
-

@@ -37,15 +37,15 @@ func (c *Command) IsGetAck() bool {
 
 // scanner states
 const (
-	stStart    = iota // expecting '*' or a bare '\n'
-	stArrayLen        // digits of "*N"
-	stArrayLF         // '\n' after "*N\r"
-	stBulkHead        // expecting '$'
-	stBulkLen         // digits of "$N"
-	stBulkLF          // '\n' after "$N\r"
-	stBulkBody        // N bytes of argument
-	stBulkCR          // '\r' after the argument
-	stBulkEndLF       // '\n' after the argument
+	stStart     = iota // expecting '*' or a bare '\n'
+	stArrayLen         // digits of "*N"
+	stArrayLF          // '\n' after "*N\r"
+	stBulkHead         // expecting '$'
+	stBulkLen          // digits of "$N"
+	stBulkLF           // '\n' after "$N\r"
+	stBulkBody         // N bytes of argument
+	stBulkCR           // '\r' after the argument
+	stBulkEndLF        // '\n' after the argument
 )
 
 // ScanError is a byte that cannot occur in a master's replication stream.

@@ -156,8 +156,8 @@ func TestCleanup(t *testing.T) {
 
 func TestParseHeaderEncodings(t *testing.T) {
 	b := []byte("REDIS0010")
-	b = append(b, opAux, 0x03, 'i', '8', 'x', 0xC0, 0xFE)                 // int8 -2
-	b = append(b, opAux, 0x03, 'i', '1', '6', 0xC1, 0x39, 0x30)           // int16 12345
+	b = append(b, opAux, 0x03, 'i', '8', 'x', 0xC0, 0xFE)                   // int8 -2
+	b = append(b, opAux, 0x03, 'i', '1', '6', 0xC1, 0x39, 0x30)             // int16 12345
 	b = append(b, opAux, 0x03, 'i', '3', '2', 0xC2, 0x15, 0xCD, 0x5B, 0x07) // int32 123456789
 	long := strings.Repeat("L", 100)
 	b = append(b, opAux, 0x04, 'l', 'o', 'n', 'g', 0x40, 100)
