@@ -235,12 +235,10 @@ func (p *Proxy) installFullSync(info *snapshot.Info) error {
 		return err
 	}
 	p.hist = psync.Fresh(info.ReplID)
-	p.snap = info
+	p.setSnapshotLocked(info)
 	p.scanner.Reset()
 	p.stats.UpstreamFullSyncs.Add(1)
 	err := p.persistLocked()
-	close(p.snapReady)
-	p.snapReady = make(chan struct{})
 	p.mu.Unlock()
 	if old != nil && old.Name != info.Name {
 		if rerr := snapshot.Remove(p.snapDir, old); rerr != nil {
@@ -318,8 +316,10 @@ func (p *Proxy) appendStream(chunk []byte, u *upstreamConn) error {
 	}
 	p.scanner = sc
 	p.stats.UpstreamStreamBytes.Add(int64(len(chunk)))
+	end := p.bl.End()
+	p.maybeKick(end)
 	if getack {
-		return u.ack(p.bl.End())
+		return u.ack(end)
 	}
 	return nil
 }
@@ -330,6 +330,8 @@ func (p *Proxy) discardHistory(cause error) {
 	p.log.Error("invalid replication stream from upstream; discarding history", "err", cause)
 	p.mu.Lock()
 	p.hist = psync.History{}
+	p.snap = nil
+	p.snapOffset.Store(0)
 	p.scanner.Reset()
 	if err := saveState(p.statePath(), persisted{}); err != nil {
 		p.log.Error("persist state failed", "err", err)
@@ -412,10 +414,8 @@ func (p *Proxy) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
 		return nil, errRefreshRejected
 	}
 	old := p.snap
-	p.snap = info
+	p.setSnapshotLocked(info)
 	err = p.persistLocked()
-	close(p.snapReady)
-	p.snapReady = make(chan struct{})
 	p.mu.Unlock()
 	if old != nil && old.Name != info.Name {
 		_ = snapshot.Remove(p.snapDir, old)

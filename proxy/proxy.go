@@ -46,6 +46,10 @@ type Proxy struct {
 	queued   atomic.Int64
 	stats    Stats
 	refresh  atomic.Bool // a snapshot refresh is running
+	// snapOffset mirrors snap.Offset for the append path, which checks
+	// the budget without taking mu; kick wakes maintain when it is due.
+	snapOffset atomic.Int64
+	kick       chan struct{}
 	closeErr error
 }
 
@@ -101,6 +105,7 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 		stateDir: cfg.DataDir, snapDir: filepath.Join(cfg.DataDir, "snapshots"),
 		snapReady: make(chan struct{}), sessions: map[*session]struct{}{},
 		link: linkStatus{state: "connect", downSince: time.Now()},
+		kick: make(chan struct{}, 1),
 	}
 	if cfg.MaxParallelFullSyncs > 0 {
 		p.slots = make(chan struct{}, cfg.MaxParallelFullSyncs)
@@ -167,7 +172,8 @@ func (p *Proxy) recover() error {
 	}
 	keep := ""
 	if reason == "" {
-		p.hist, p.snap, keep = st.History, st.Snapshot, st.Snapshot.Name
+		p.hist, keep = st.History, st.Snapshot.Name
+		p.setSnapshotLocked(st.Snapshot)
 		p.log.Info("recovered state", "replid", p.hist.ReplID, "replid2", p.hist.ReplID2,
 			"backlog_first", first, "offset", end, "snapshot_offset", p.snap.Offset)
 	} else if !st.History.Empty() || first != 0 {
@@ -178,6 +184,25 @@ func (p *Proxy) recover() error {
 		p.log.Info("removed stale snapshot file", "file", name)
 	}
 	return err
+}
+
+// setSnapshotLocked makes info the served snapshot; called with mu held.
+func (p *Proxy) setSnapshotLocked(info *snapshot.Info) {
+	p.snap = info
+	p.snapOffset.Store(info.Offset)
+	close(p.snapReady)
+	p.snapReady = make(chan struct{})
+}
+
+// maybeKick wakes maintain when the backlog needs trimming or the snapshot
+// a refresh; it is cheap enough for every append.
+func (p *Proxy) maybeKick(end int64) {
+	if end-p.snapOffset.Load() > int64(float64(p.cfg.BacklogSize)*p.cfg.RefreshRatio) || p.bl.Size() > p.cfg.BacklogSize {
+		select {
+		case p.kick <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // persistLocked writes the state file; called with p.mu held.
@@ -270,6 +295,7 @@ func (p *Proxy) maintain(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-p.kick:
 		}
 		pos := p.position()
 		if pos.snap == nil {

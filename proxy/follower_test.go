@@ -1,0 +1,380 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/replproxy/replproxy/internal/faultproxy"
+	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/psync"
+)
+
+func populate(t *testing.T, s *redistest.Server) {
+	t.Helper()
+	ctx := context.Background()
+	c := s.Client()
+	for db, n := range map[int]int{0: 3000, 3: 500, 7: 20} {
+		if err := c.Do(ctx, "SELECT", db).Err(); err != nil {
+			t.Fatal(err)
+		}
+		// DEBUG POPULATE runs on the connection's DB; use a dedicated conn.
+		conn := c.Conn()
+		_ = conn.Do(ctx, "SELECT", db).Err()
+		if err := conn.Do(ctx, "DEBUG", "POPULATE", n, fmt.Sprintf("db%d", db), 32).Err(); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.RPush(ctx, "list", 1, 2, 3).Err()
+		_ = conn.HSet(ctx, "hash", "a", 1).Err()
+		_ = conn.SetEx(ctx, "ttl", "x", time.Hour).Err()
+		conn.Close()
+	}
+}
+
+// TestFullSyncBothFramings: a full sync with either payload framing leaves a
+// snapshot whose keyspace matches the origin and a backlog byte-identical to
+// the origin's own stream; the origin sees the proxy online and WAIT counts it.
+func TestFullSyncBothFramings(t *testing.T) {
+	t.Parallel()
+	for _, diskless := range []string{"yes", "no"} {
+		t.Run("diskless-"+diskless, func(t *testing.T) {
+			t.Parallel()
+			origin := redistest.StartT(t, "origin", "--repl-diskless-sync", diskless)
+			populate(t, origin)
+			dir := t.TempDir()
+			p := startProxy(t, origin.Addr(), dir)
+			redistest.Eventually(t, 20*time.Second, "proxy link up", p.linkUp)
+			pos := p.position()
+			if pos.snap == nil || pos.snap.RDBVersion != 10 {
+				t.Fatalf("snapshot %+v", pos.snap)
+			}
+			in, err := Inspect(dir, true)
+			if err != nil || !in.Consistent {
+				t.Fatalf("inspect: %+v %v", in, err)
+			}
+			want := dbsizes(t, origin)
+			got := map[int]int64{}
+			for _, ks := range in.Keyspace {
+				got[ks.DB] = ks.Keys
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("snapshot keyspace %v, origin DBSIZE %v", got, want)
+			}
+
+			stop := make(chan struct{})
+			n := load(t, origin.Client(), stop, 1)
+			redistest.Eventually(t, 20*time.Second, "load runs", func() bool { return n.Load() > 2000 })
+			ctx := context.Background()
+			if got, err := origin.Client().Wait(ctx, 1, 2000).Result(); err != nil || got != 1 {
+				t.Errorf("WAIT 1 = %d, %v", got, err)
+			}
+			close(stop)
+			end := waitSynced(t, origin, p.bl.End, 20*time.Second)
+			redistest.Eventually(t, 10*time.Second, "origin sees the proxy online at its offset", func() bool {
+				s0 := mustInfo(t, origin, "replication")["slave0"]
+				return strings.Contains(s0, "state=online") && strings.Contains(s0, "offset="+strconv.FormatInt(end, 10)+",") &&
+					strings.Contains(s0, "port="+strconv.Itoa(p.port()))
+			})
+			from := pos.snap.Offset + 1
+			ref := originStream(t, origin, pos.hist.ReplID, from, end)
+			mine := backlogBytes(t, p.Proxy, from, end)
+			if !bytes.Equal(ref, mine) {
+				i := firstDiff(ref, mine)
+				t.Fatalf("backlog differs from the origin stream at offset %d", from+int64(i))
+			}
+			if tmp := tempFiles(t, dir); len(tmp) > 0 {
+				t.Fatalf("temp files left: %v", tmp)
+			}
+		})
+	}
+}
+
+// TestSIGKILLResume: a proxy killed under load resumes with +CONTINUE, the
+// origin takes no new full sync, and the backlog has no gap or duplicate.
+func TestSIGKILLResume(t *testing.T) {
+	t.Parallel()
+	bin := redistest.ProxyBinary(t)
+	origin := redistest.StartT(t, "origin", "--repl-backlog-size", "64mb")
+	dir := t.TempDir()
+	port, _ := redistest.FreePort()
+	args := []string{"--upstream", origin.Addr(), "--listen", "127.0.0.1:" + strconv.Itoa(port), "--data-dir", dir, "--log-format", "text"}
+	logPath := filepath.Join(t.TempDir(), "proxy.log")
+	proc := redistest.StartProxyProcess(t, bin, logPath, args...)
+	redistest.Eventually(t, 20*time.Second, "proxy online at origin", func() bool {
+		return strings.Contains(mustInfo(t, origin, "replication")["slave0"], "state=online")
+	})
+	stop := make(chan struct{})
+	n := load(t, origin.Client(), stop, 2)
+	for round := range 2 {
+		before := n.Load()
+		redistest.Eventually(t, 20*time.Second, "load progresses", func() bool { return n.Load() > before+3000 })
+		proc.Kill()
+		proc = redistest.StartProxyProcess(t, bin, logPath, args...)
+		redistest.Eventually(t, 20*time.Second, fmt.Sprintf("proxy back online (round %d)", round), func() bool {
+			return strings.Contains(mustInfo(t, origin, "replication")["slave0"], "state=online")
+		})
+	}
+	close(stop)
+	redistest.Eventually(t, 20*time.Second, "proxy caught up", func() bool {
+		s0 := mustInfo(t, origin, "replication")
+		return strings.Contains(s0["slave0"], "offset="+s0["master_repl_offset"]+",")
+	})
+	if got := origin.InfoInt("stats", "sync_full"); got != 1 {
+		t.Fatalf("origin sync_full = %d after restarts, want 1", got)
+	}
+	if got := origin.InfoInt("stats", "sync_partial_ok"); got < 2 {
+		t.Fatalf("origin sync_partial_ok = %d, want >= 2", got)
+	}
+	proc.Signal(15)
+	if code := proc.ExitCode(); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+	in, err := Inspect(dir, false)
+	if err != nil || !in.Consistent {
+		t.Fatalf("inspect: %+v %v", in, err)
+	}
+	end := origin.InfoInt("replication", "master_repl_offset")
+	if in.Backlog.End != end {
+		t.Fatalf("backlog ends at %d, origin at %d", in.Backlog.End, end)
+	}
+	from := in.Snapshot.Offset + 1
+	ref := originStream(t, origin, in.History.ReplID, from, end)
+	mine := backlogFileBytes(t, dir, from, end)
+	if !bytes.Equal(ref, mine) {
+		t.Fatalf("backlog differs from origin stream at offset %d", from+int64(firstDiff(ref, mine)))
+	}
+}
+
+// TestLinkCuts: cuts mid-RDB (both framings) fail that sync only: the
+// previous snapshot stays in service and no temp file remains; a cut
+// mid-stream resumes with +CONTINUE.
+func TestLinkCuts(t *testing.T) {
+	t.Parallel()
+	for _, diskless := range []string{"yes", "no"} {
+		t.Run("diskless-"+diskless, func(t *testing.T) {
+			t.Parallel()
+			origin := redistest.StartT(t, "origin", "--repl-diskless-sync", diskless, "--repl-backlog-size", "16kb")
+			populate(t, origin)
+			fp, err := faultproxy.New(origin.Addr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer fp.Close()
+			dir := t.TempDir()
+			p := startProxy(t, fp.Addr(), dir)
+			redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
+			first := p.position().snap
+
+			// Mid-stream cut: partial resync, no full sync.
+			_ = origin.Client().Set(context.Background(), "a", "1", 0).Err()
+			waitSynced(t, origin, p.bl.End, 10*time.Second)
+			partial := p.stats.UpstreamPartialSyncs.Load()
+			fp.CutAll()
+			_ = origin.Client().Set(context.Background(), "b", "2", 0).Err()
+			redistest.Eventually(t, 20*time.Second, "partial resync after a mid-stream cut", func() bool {
+				return p.stats.UpstreamPartialSyncs.Load() > partial && p.linkUp()
+			})
+			waitSynced(t, origin, p.bl.End, 10*time.Second)
+			if got := origin.InfoInt("stats", "sync_full"); got != 1 {
+				t.Fatalf("sync_full %d after a stream cut", got)
+			}
+
+			// Push the proxy out of the origin's 16kb backlog so the next
+			// connection needs a full sync, and cut that inside the RDB.
+			fp.Refuse(true)
+			fp.CutAll()
+			redistest.Eventually(t, 10*time.Second, "link down", func() bool { return !p.linkUp() })
+			big := strings.Repeat("x", 1024)
+			for i := range 64 {
+				_ = origin.Client().Set(context.Background(), "fill"+strconv.Itoa(i), big, 0).Err()
+			}
+			failures := p.stats.UpstreamSyncFailures.Load()
+			fp.CutAfter(first.Size / 2)
+			fp.Refuse(false)
+			redistest.Eventually(t, 20*time.Second, "a cut full sync is counted as failed", func() bool {
+				return p.stats.UpstreamSyncFailures.Load() > failures
+			})
+			pos := p.position()
+			if pos.snap.Name != first.Name || pos.hist.ReplID != first.ReplID {
+				t.Fatalf("snapshot changed after a failed sync: %+v", pos.snap)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "snapshots", first.Name)); err != nil {
+				t.Fatalf("previous snapshot file: %v", err)
+			}
+			if tmp := tempFiles(t, dir); len(tmp) > 0 {
+				t.Fatalf("temp files left: %v", tmp)
+			}
+			fp.CutAfter(0)
+			redistest.Eventually(t, 30*time.Second, "new full sync completes", func() bool {
+				s := p.position().snap
+				return p.linkUp() && s.Offset > first.Offset
+			})
+			waitSynced(t, origin, p.bl.End, 10*time.Second)
+			if tmp := tempFiles(t, dir); len(tmp) > 0 {
+				t.Fatalf("temp files left: %v", tmp)
+			}
+		})
+	}
+}
+
+// fakeMaster answers the replica handshake and PSYNC with a scripted full
+// sync, for payloads no real Redis would send.
+func fakeMaster(t *testing.T, payload func(conn net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				br := bufio.NewReader(conn)
+				rd := newCmdReader(br)
+				for {
+					args, err := rd.next()
+					if err != nil {
+						return
+					}
+					if len(args) == 0 {
+						continue
+					}
+					switch strings.ToLower(string(args[0])) {
+					case "ping":
+						conn.Write([]byte("+PONG\r\n"))
+					case "psync":
+						payload(conn)
+						return
+					default:
+						conn.Write([]byte("+OK\r\n"))
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestCorruptRDBRejected: one flipped byte in the payload fails the sync.
+func TestCorruptRDBRejected(t *testing.T) {
+	t.Parallel()
+	id := strings.Repeat("c", 40)
+	rdb := []byte("REDIS0010\xfe\x00\xfb\x01\x00\x00\x03key\x05value\xff")
+	rdb = binary.LittleEndian.AppendUint64(rdb, psync.CRC64(0, rdb))
+	rdb[17] ^= 0x20 // "key" -> "kEy"
+	addr := fakeMaster(t, func(conn net.Conn) {
+		fmt.Fprintf(conn, "+FULLRESYNC %s 0\r\n$%d\r\n", id, len(rdb))
+		conn.Write(rdb)
+		time.Sleep(100 * time.Millisecond)
+	})
+	dir := t.TempDir()
+	p := startProxy(t, addr, dir)
+	redistest.Eventually(t, 10*time.Second, "sync failures counted", func() bool {
+		return p.stats.UpstreamSyncFailures.Load() >= 2
+	})
+	if pos := p.position(); pos.snap != nil || !pos.hist.Empty() {
+		t.Fatalf("a corrupt snapshot was installed: %+v", pos)
+	}
+	if !strings.Contains(p.logBuf.String(), "CRC mismatch") {
+		t.Fatal("no clear log line for the CRC mismatch")
+	}
+	if tmp := tempFiles(t, dir); len(tmp) > 0 {
+		t.Fatalf("temp files left: %v", tmp)
+	}
+}
+
+// TestOriginRestartNewHistory: an origin restarted without persistence has
+// a new replid; the proxy takes a new full sync and resets its history.
+func TestOriginRestartNewHistory(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	_ = origin.Client().Set(context.Background(), "x", "1", 0).Err()
+	dir := t.TempDir()
+	p := startProxy(t, origin.Addr(), dir)
+	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
+	old := p.position()
+	if err := origin.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	_ = origin.Client().Set(context.Background(), "y", "2", 0).Err()
+	newID := mustInfo(t, origin, "replication")["master_replid"]
+	redistest.Eventually(t, 30*time.Second, "proxy follows the new history", func() bool {
+		pos := p.position()
+		return pos.hist.ReplID == newID && p.linkUp()
+	})
+	pos := p.position()
+	if pos.hist.ReplID2 != psync.NoReplID || pos.snap.ReplID != newID || pos.snap.Name == old.snap.Name {
+		t.Fatalf("history not reset: %+v snap %+v", pos.hist, pos.snap)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "snapshots", old.snap.Name)); !os.IsNotExist(err) {
+		t.Fatalf("old snapshot still on disk: %v", err)
+	}
+	waitSynced(t, origin, p.bl.End, 10*time.Second)
+	if got := p.stats.UpstreamFullSyncs.Load(); got != 2 {
+		t.Fatalf("upstream full syncs %d, want 2", got)
+	}
+}
+
+// TestSmallBacklogRefresh: with a small budget under sustained writes, disk
+// use stays near the budget and refreshed snapshots arrive on a second
+// connection without disturbing the main link.
+func TestSmallBacklogRefresh(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	populate(t, origin)
+	dir := t.TempDir()
+	const budget = 1 << 20
+	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize = budget })
+	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
+	connects := p.stats.UpstreamConnects.Load()
+	stop := make(chan struct{})
+	load(t, origin.Client(), stop, 3)
+	maxDisk := int64(0)
+	redistest.Eventually(t, 90*time.Second, "three refreshes under load", func() bool {
+		maxDisk = max(maxDisk, dirSize(t, filepath.Join(dir, "backlog")))
+		return p.stats.Refreshes.Load() >= 3
+	})
+	close(stop)
+	waitSynced(t, origin, p.bl.End, 20*time.Second)
+	// Budget plus one segment of slack, plus what accrues while a refresh
+	// runs (the refresh starts at half the budget).
+	if limit := int64(budget + budget/16 + budget/2); maxDisk > limit {
+		t.Fatalf("backlog disk use peaked at %d, limit %d", maxDisk, limit)
+	}
+	if got := p.stats.UpstreamConnects.Load(); got != connects {
+		t.Fatalf("main link reconnected %d times during refreshes", got-connects)
+	}
+	fulls := origin.InfoInt("stats", "sync_full")
+	if want := 1 + p.stats.Refreshes.Load() + p.stats.RefreshFailures.Load(); fulls != want {
+		t.Fatalf("origin sync_full %d, want 1 + refreshes = %d", fulls, want)
+	}
+	in, err := Inspect(dir, true)
+	if err != nil || !in.Consistent || in.Snapshot.Offset <= 0 {
+		t.Fatalf("inspect %+v %v", in, err)
+	}
+}
+
+func dirSize(t *testing.T, dir string) int64 {
+	ents, _ := os.ReadDir(dir)
+	var n int64
+	for _, e := range ents {
+		if info, err := e.Info(); err == nil && strings.HasSuffix(e.Name(), ".seg") {
+			n += info.Size()
+		}
+	}
+	return n
+}

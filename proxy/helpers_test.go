@@ -1,0 +1,265 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/psync"
+	"github.com/replproxy/replproxy/psync/backlog"
+)
+
+// testProxy is a proxy running in-process for a test.
+type testProxy struct {
+	*Proxy
+	addr   string
+	cancel context.CancelFunc
+	done   chan error
+	logBuf *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startProxy(t *testing.T, upstream, dataDir string, mod ...func(*Config)) *testProxy {
+	t.Helper()
+	cfg := Config{Upstream: upstream, DataDir: dataDir, Listen: "127.0.0.1:0", BacklogSize: 64 << 20,
+		Fsync: backlog.FsyncEverySec, ReplTimeout: 10 * time.Second, ReplicaTimeout: 20 * time.Second}
+	for _, m := range mod {
+		m(&cfg)
+	}
+	buf := &syncBuffer{}
+	p, err := New(cfg, slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	tp := &testProxy{Proxy: p, addr: ln.Addr().String(), cancel: cancel, done: make(chan error, 1), logBuf: buf}
+	go func() { tp.done <- p.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		tp.stop(t)
+		if t.Failed() {
+			lines := strings.Split(buf.String(), "\n")
+			if len(lines) > 80 {
+				lines = lines[len(lines)-80:]
+			}
+			t.Logf("--- proxy %s log tail ---\n%s", tp.addr, strings.Join(lines, "\n"))
+		}
+	})
+	return tp
+}
+
+func (tp *testProxy) stop(t *testing.T) {
+	if tp.cancel == nil {
+		return
+	}
+	tp.cancel()
+	tp.cancel = nil
+	select {
+	case err := <-tp.done:
+		if err != nil {
+			t.Errorf("proxy shutdown: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Error("proxy did not stop within 15s")
+	}
+}
+
+func (tp *testProxy) port() int {
+	_, p, _ := net.SplitHostPort(tp.addr)
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+// waitSynced waits until the proxy's offset equals the origin's.
+func waitSynced(t *testing.T, origin *redistest.Server, end func() int64, timeout time.Duration) int64 {
+	t.Helper()
+	var want int64
+	redistest.Eventually(t, timeout, "proxy catches up with origin", func() bool {
+		want = origin.InfoInt("replication", "master_repl_offset")
+		return want > 0 && end() == want
+	})
+	return want
+}
+
+// load writes a mixed workload to the origin until stop is closed; it
+// returns the number of commands sent.
+func load(t *testing.T, cli *redis.Client, stop <-chan struct{}, seed uint64) *atomic.Int64 {
+	n := &atomic.Int64{}
+	go func() {
+		rnd := rand.New(rand.NewPCG(seed, seed))
+		ctx := context.Background()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			pipe := cli.Pipeline()
+			for j := range 20 {
+				k := fmt.Sprintf("k%d:%d", seed, rnd.IntN(5000))
+				switch j % 5 {
+				case 0:
+					pipe.Set(ctx, k, strings.Repeat("v", rnd.IntN(200)), 0)
+				case 1:
+					pipe.Incr(ctx, k+":n")
+				case 2:
+					pipe.RPush(ctx, k+":l", i)
+				case 3:
+					pipe.HSet(ctx, k+":h", "f"+strconv.Itoa(j), i)
+				case 4:
+					pipe.ZAdd(ctx, k+":z", redis.Z{Score: float64(i), Member: j})
+				}
+			}
+			if _, err := pipe.Exec(ctx); err != nil {
+				return
+			}
+			n.Add(20)
+		}
+	}()
+	return n
+}
+
+// originStream reads the origin's own replication stream from offset from,
+// through end, with a PSYNC of its own: the reference bytes.
+func originStream(t *testing.T, origin *redistest.Server, replid string, from, end int64) []byte {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", origin.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReaderSize(conn, 1<<20)
+	if err := psync.Handshake(conn, br, psync.HandshakeConfig{ListeningPort: 1}); err != nil {
+		t.Fatal(err)
+	}
+	reply, err := psync.Psync(conn, br, replid, from, nil)
+	if err != nil || reply.Kind != psync.ReplyContinue {
+		t.Fatalf("reference PSYNC %s %d: %+v %v", replid, from, reply, err)
+	}
+	out := make([]byte, end-from+1)
+	if _, err := io.ReadFull(br, out); err != nil {
+		t.Fatalf("reference stream: %v", err)
+	}
+	return out
+}
+
+// backlogBytes reads [from, end] from the proxy's backlog.
+func backlogBytes(t *testing.T, p *Proxy, from, end int64) []byte {
+	t.Helper()
+	c, err := p.bl.NewCursor(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	out := make([]byte, end-from+1)
+	if _, err := io.ReadFull(c, out); err != nil {
+		t.Fatalf("backlog read [%d, %d]: %v", from, end, err)
+	}
+	return out
+}
+
+// backlogFileBytes reads [from, end] straight from the segment files of a
+// stopped proxy's data dir.
+func backlogFileBytes(t *testing.T, dataDir string, from, end int64) []byte {
+	t.Helper()
+	l, _, err := backlog.Open(filepath.Join(dataDir, "backlog"), backlog.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := l.NewCursor(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	out := make([]byte, end-from+1)
+	if _, err := io.ReadFull(c, out); err != nil {
+		t.Fatalf("backlog files [%d, %d]: %v", from, end, err)
+	}
+	return out
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
+
+func tempFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, _ := os.ReadDir(filepath.Join(dir, "snapshots"))
+	var tmp []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".tmp-") {
+			tmp = append(tmp, e.Name())
+		}
+	}
+	return tmp
+}
+
+func dbsizes(t *testing.T, s *redistest.Server) map[int]int64 {
+	t.Helper()
+	out := map[int]int64{}
+	for k, v := range mustInfo(t, s, "keyspace") {
+		db, _ := strconv.Atoi(strings.TrimPrefix(k, "db"))
+		keys, _, _ := strings.Cut(strings.TrimPrefix(v, "keys="), ",")
+		out[db], _ = strconv.ParseInt(keys, 10, 64)
+	}
+	return out
+}
+
+func mustInfo(t *testing.T, s *redistest.Server, section string) map[string]string {
+	t.Helper()
+	m, err := s.Info(section)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func digest(t *testing.T, s *redistest.Server) string {
+	t.Helper()
+	d, err := s.Digest()
+	if err != nil {
+		t.Fatalf("digest on %d: %v", s.Port, err)
+	}
+	return d
+}
