@@ -80,8 +80,9 @@ func TestFullSyncBothFramings(t *testing.T) {
 			close(stop)
 			end := waitSynced(t, origin, p.bl.End, 20*time.Second)
 			redistest.Eventually(t, 10*time.Second, "origin sees the proxy online at its offset", func() bool {
-				s0 := mustInfo(t, origin, "replication")["slave0"]
-				return strings.Contains(s0, "state=online") && strings.Contains(s0, "offset="+strconv.FormatInt(end, 10)+",") &&
+				info := mustInfo(t, origin, "replication")
+				s0 := info["slave0"]
+				return strings.Contains(s0, "state=online") && strings.Contains(s0, "offset="+info["master_repl_offset"]+",") &&
 					strings.Contains(s0, "port="+strconv.Itoa(p.port()))
 			})
 			from := pos.snap.Offset + 1
