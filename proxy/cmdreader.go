@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 
 	"github.com/tidwall/resp"
 )
@@ -55,7 +56,7 @@ func (r *cmdReader) next() ([][]byte, error) {
 	}
 	v, _, _, err := resp.NewReader(bytes.NewReader(r.raw)).ReadMultiBulk()
 	if err != nil {
-		return nil, &protocolError{msg: err.Error()}
+		return nil, &protocolError{msg: strings.TrimPrefix(err.Error(), "Protocol error: ")}
 	}
 	vals := v.Array()
 	args := make([][]byte, len(vals))

@@ -224,8 +224,7 @@ func (p *Proxy) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) error {
 	return nil
 }
 
-// installFullSync makes info the snapshot of a new history. Replicas in the
-// old history lose their positions (the backlog reset ends their cursors).
+// installFullSync makes info the snapshot of a new history.
 func (p *Proxy) installFullSync(info *snapshot.Info) error {
 	p.mu.Lock()
 	old := p.snap
@@ -245,7 +244,8 @@ func (p *Proxy) installFullSync(info *snapshot.Info) error {
 			p.log.Warn("remove old snapshot", "err", rerr)
 		}
 	}
-	p.closeSessions("history_reset")
+	// Replicas of the old history end on their own: the reset fails their
+	// cursors. Replicas waiting for a snapshot are served this one.
 	return err
 }
 

@@ -42,15 +42,15 @@ type Proxy struct {
 	scanner   psync.Scanner // stream position within a command, kept across reconnects
 	nextID    int64
 
-	slots    chan struct{} // full-sync slots; nil when unlimited
-	queued   atomic.Int64
-	stats    Stats
-	refresh  atomic.Bool // a snapshot refresh is running
+	slots   chan struct{} // full-sync slots; nil when unlimited
+	queued  atomic.Int64
+	stats   Stats
+	refresh atomic.Bool // a snapshot refresh is running
 	// snapOffset mirrors snap.Offset for the append path, which checks
 	// the budget without taking mu; kick wakes maintain when it is due.
 	snapOffset atomic.Int64
 	kick       chan struct{}
-	closeErr error
+	closeErr   error
 }
 
 // Stats are the event counters shown in INFO and metrics.
@@ -337,13 +337,15 @@ func (p *Proxy) setLink(state string, conn net.Conn) {
 	}
 }
 
-// closeSessions disconnects every downstream connection that is a replica.
+// closeSessions disconnects the replicas that hold a position in the
+// stream (all connections on shutdown). Replicas still waiting for a
+// snapshot have none yet and are left waiting.
 func (p *Proxy) closeSessions(reason string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := 0
 	for s := range p.sessions {
-		if reason == "shutdown" || s.replica.Load() {
+		if reason == "shutdown" || (s.replica.Load() && s.state.Load() != stateWaitBgsave) {
 			s.close(reason)
 			n++
 		}

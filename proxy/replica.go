@@ -176,10 +176,13 @@ func (s *session) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 		snap, replid = p.snap, p.hist.ReplID
 		ready := p.snapReady
 		var err error
-		if snap != nil {
+		if snap != nil && !p.hist.Empty() {
 			if f, err = snapshot.Open(p.snapDir, snap); err == nil {
 				if cur, err = p.bl.NewCursor(snap.Offset + 1); err != nil {
 					f.Close()
+				} else {
+					// Under mu, so an ID change from now on disconnects us.
+					s.state.Store(stateSendBulk)
 				}
 			}
 		}
@@ -212,7 +215,6 @@ func (s *session) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 		cur.Close()
 		return nil, err
 	}
-	s.state.Store(stateSendBulk)
 	s.log.Info("full sync started", "replid", replid, "offset", snap.Offset, "bytes", snap.Size)
 	for sent := int64(0); sent < snap.Size; {
 		_ = s.conn.SetWriteDeadline(time.Now().Add(p.cfg.ReplicaTimeout))

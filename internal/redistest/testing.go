@@ -137,3 +137,6 @@ func (p *Process) Exited() bool {
 		return false
 	}
 }
+
+// PID of the process.
+func (p *Process) PID() int { return p.cmd.Process.Pid }

@@ -1,0 +1,518 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/replproxy/replproxy/internal/faultproxy"
+	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/psync/snapshot"
+)
+
+// mixedLoad runs one round of every kind of write a replica must apply:
+// all data types, expiries, several DBs, MULTI/EXEC, Lua and a value over
+// 256 KB.
+func mixedLoad(ctx context.Context, cli *redis.Client, rnd *rand.Rand, round int) error {
+	conn := cli.Conn()
+	defer conn.Close()
+	db := round % 4
+	if err := conn.Select(ctx, db).Err(); err != nil {
+		return err
+	}
+	k := func(s string) string { return fmt.Sprintf("%s:%d", s, rnd.IntN(200)) }
+	_, err := conn.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, k("str"), rnd.Int64(), 0)
+		p.Set(ctx, k("ttl"), "v", time.Duration(1+rnd.IntN(3000))*time.Millisecond)
+		p.LPush(ctx, k("list"), rnd.IntN(1000))
+		p.LTrim(ctx, k("list"), 0, 50)
+		p.HSet(ctx, k("hash"), "f"+strconv.Itoa(rnd.IntN(20)), rnd.IntN(1000))
+		p.SAdd(ctx, k("set"), rnd.IntN(100))
+		p.ZAdd(ctx, k("zset"), redis.Z{Score: rnd.Float64(), Member: rnd.IntN(100)})
+		p.XAdd(ctx, &redis.XAddArgs{Stream: k("stream"), MaxLen: 100, Values: []any{"n", round}})
+		p.Expire(ctx, k("hash"), time.Hour)
+		p.Incr(ctx, "counter")
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := conn.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Incr(ctx, "tx:a")
+		p.Decr(ctx, "tx:b")
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := conn.Eval(ctx, "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('INCR', KEYS[2])",
+		[]string{k("lua"), "lua:n"}, round).Err(); err != nil {
+		return err
+	}
+	if round%25 == 0 {
+		big := strings.Repeat(strconv.Itoa(round%10), 300<<10)
+		if err := conn.Set(ctx, "big", big, 0).Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func runMixedLoad(t *testing.T, cli *redis.Client, stop <-chan struct{}, seed uint64) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		rnd := rand.New(rand.NewPCG(seed, seed))
+		for round := 0; ; round++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := mixedLoad(context.Background(), cli, rnd, round); err != nil {
+				t.Errorf("load: %v", err)
+				return
+			}
+		}
+	})
+	return &wg
+}
+
+func startReplicas(t *testing.T, n int, master string, extra ...string) []*redistest.Server {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(master)
+	out := make([]*redistest.Server, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			out[i] = redistest.StartT(t, fmt.Sprintf("replica%d", i), append([]string{"--replicaof", host, port}, extra...)...)
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// waitConverged waits until every replica has the origin's offset and
+// digest at the same moment. Expiring keys keep the origin moving for a
+// while after writes stop, so both are compared together and retried.
+func waitConverged(t *testing.T, origin *redistest.Server, replicas []*redistest.Server, timeout time.Duration) {
+	t.Helper()
+	var detail string
+	redistest.Eventually(t, timeout, "replicas converge to the origin", func() bool {
+		off := origin.InfoInt("replication", "master_repl_offset")
+		want, err := origin.Digest()
+		if err != nil {
+			return false
+		}
+		for _, r := range replicas {
+			got, err := r.Digest()
+			roff := r.InfoInt("replication", "master_repl_offset")
+			if err != nil || got != want || roff != off {
+				detail = fmt.Sprintf("replica %d at %d digest %s; origin at %d digest %s", r.Port, roff, got, off, want)
+				return false
+			}
+		}
+		return origin.InfoInt("replication", "master_repl_offset") == off
+	})
+	if t.Failed() {
+		t.Log(detail)
+	}
+}
+
+// TestTenReplicasConverge: ten stock replicas behind one proxy converge to
+// the origin under a mixed load; the origin forks once.
+func TestTenReplicasConverge(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	populate(t, origin)
+	p := startProxy(t, origin.Addr(), t.TempDir())
+	stop := make(chan struct{})
+	wg := runMixedLoad(t, origin.Client(), stop, 11)
+	replicas := startReplicas(t, 10, p.addr)
+	redistest.Eventually(t, 60*time.Second, "all replicas online at the proxy", func() bool {
+		n := 0
+		for _, r := range p.Status().Replicas {
+			if r.State == "online" {
+				n++
+			}
+		}
+		return n == 10
+	})
+	time.Sleep(0) // load keeps running while replicas stream
+	redistest.Eventually(t, 30*time.Second, "load covers the big value", func() bool {
+		return origin.Client().Exists(context.Background(), "big").Val() == 1
+	})
+	close(stop)
+	wg.Wait()
+	waitConverged(t, origin, replicas, 60*time.Second)
+	if got := origin.InfoInt("stats", "sync_full"); got != 1 {
+		t.Fatalf("origin sync_full %d", got)
+	}
+	if got := origin.InfoInt("stats", "total_forks"); got != 1 {
+		t.Fatalf("origin total_forks %d", got)
+	}
+	if got := p.stats.SyncFull.Load(); got != 10 {
+		t.Fatalf("proxy served %d full syncs, want 10", got)
+	}
+}
+
+// TestReplicaRestartPartial: a replica shut down with SAVE while the origin
+// takes 25 MB of writes resumes with a partial resync from the proxy.
+func TestReplicaRestartPartial(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	p := startProxy(t, origin.Addr(), t.TempDir())
+	replicas := startReplicas(t, 1, p.addr)
+	r := replicas[0]
+	waitConverged(t, origin, replicas, 30*time.Second)
+	_ = r.Client().Do(context.Background(), "SHUTDOWN", "SAVE").Err()
+	redistest.Eventually(t, 10*time.Second, "replica exits", r.Exited)
+	ctx := context.Background()
+	start := origin.InfoInt("replication", "master_repl_offset")
+	val := strings.Repeat("z", 64<<10)
+	for i := 0; origin.InfoInt("replication", "master_repl_offset")-start < 25<<20; i++ {
+		pipe := origin.Client().Pipeline()
+		for j := range 40 {
+			pipe.Set(ctx, fmt.Sprintf("w%d", (i*40+j)%500), val, 0)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fullBefore := p.stats.SyncFull.Load()
+	if err := r.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitConverged(t, origin, replicas, 30*time.Second)
+	if !r.LogContains("Partial Resynchronization") && !r.LogContains("partial resynchronization") {
+		t.Fatalf("replica log shows no partial resync:\n%s", r.LogTail(20))
+	}
+	if p.stats.SyncFull.Load() != fullBefore {
+		t.Fatal("the restarted replica took a full sync")
+	}
+}
+
+// TestReplicaLinkCuts: a replica link cut mid-stream continues; one cut
+// inside the payload retries cleanly.
+func TestReplicaLinkCuts(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	populate(t, origin)
+	p := startProxy(t, origin.Addr(), t.TempDir())
+	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
+	fp, err := faultproxy.New(p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fp.Close()
+	fp.CutAfter(p.position().snap.Size / 2)
+	replicas := startReplicas(t, 1, fp.Addr())
+	redistest.Eventually(t, 20*time.Second, "a payload cut is seen", func() bool {
+		return p.stats.SyncFull.Load() >= 2
+	})
+	fp.CutAfter(0)
+	waitConverged(t, origin, replicas, 30*time.Second)
+	ok := p.stats.SyncPartialOK.Load()
+	fp.CutAll()
+	_ = origin.Client().Set(context.Background(), "after-cut", "1", 0).Err()
+	waitConverged(t, origin, replicas, 30*time.Second)
+	if p.stats.SyncPartialOK.Load() != ok+1 {
+		t.Fatalf("partial syncs %d, want %d", p.stats.SyncPartialOK.Load(), ok+1)
+	}
+}
+
+// TestProxyKilledThreeTimes: replicas behind a proxy SIGKILLed and restarted
+// three times under load resume with partial syncs; the origin never syncs again.
+func TestProxyKilledThreeTimes(t *testing.T) {
+	t.Parallel()
+	bin := redistest.ProxyBinary(t)
+	origin := redistest.StartT(t, "origin", "--repl-backlog-size", "64mb")
+	populate(t, origin)
+	dir := t.TempDir()
+	port, _ := redistest.FreePort()
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	args := []string{"--upstream", origin.Addr(), "--listen", addr, "--data-dir", dir, "--log-format", "text"}
+	logPath := filepath.Join(t.TempDir(), "proxy.log")
+	proc := redistest.StartProxyProcess(t, bin, logPath, args...)
+	replicas := startReplicas(t, 3, addr)
+	waitConverged(t, origin, replicas, 60*time.Second)
+	stop := make(chan struct{})
+	wg := runMixedLoad(t, origin.Client(), stop, 12)
+	for round := range 3 {
+		time.Sleep(300 * time.Millisecond) // let load accumulate between kills; not a synchronisation
+		proc.Kill()
+		proc = redistest.StartProxyProcess(t, bin, logPath, args...)
+		redistest.Eventually(t, 30*time.Second, fmt.Sprintf("replicas back online (round %d)", round), func() bool {
+			for _, r := range replicas {
+				if mustInfo(t, r, "replication")["master_link_status"] != "up" {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	close(stop)
+	wg.Wait()
+	waitConverged(t, origin, replicas, 60*time.Second)
+	if got := origin.InfoInt("stats", "sync_full"); got != 1 {
+		t.Fatalf("origin sync_full %d", got)
+	}
+	for _, r := range replicas {
+		b, _ := os.ReadFile(r.Log)
+		full := strings.Count(string(b), "Full resync from master")
+		partial := strings.Count(string(b), "Successful partial resynchronization")
+		if full != 1 || partial < 3 {
+			t.Fatalf("replica %d: %d full, %d partial resyncs", r.Port, full, partial)
+		}
+	}
+}
+
+func rssKB(t *testing.T, pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// TestStoppedReplicaDoesNotSlowOthers: a replica SIGSTOPped for 30 s under
+// load does not delay the others, the proxy's memory does not grow with its
+// backlog, and it catches up after SIGCONT.
+func TestStoppedReplicaDoesNotSlowOthers(t *testing.T) {
+	t.Parallel()
+	bin := redistest.ProxyBinary(t)
+	origin := redistest.StartT(t, "origin")
+	dir := t.TempDir()
+	port, _ := redistest.FreePort()
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	proc := redistest.StartProxyProcess(t, bin, filepath.Join(t.TempDir(), "proxy.log"),
+		"--upstream", origin.Addr(), "--listen", addr, "--data-dir", dir, "--log-format", "text", "--replica-timeout", "120s")
+	replicas := startReplicas(t, 3, addr)
+	waitConverged(t, origin, replicas, 30*time.Second)
+	slow, fast := replicas[0], replicas[1:]
+	if err := slow.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	n := load(t, origin.Client(), stop, 5)
+	pid := proc.PID()
+	rssStart := rssKB(t, pid)
+	ctx := context.Background()
+	var worst time.Duration
+	offStart := origin.InfoInt("replication", "master_repl_offset")
+	pausedAt := time.Now()
+	for i := 0; time.Since(pausedAt) < 30*time.Second; i++ {
+		marker := strconv.Itoa(i)
+		if err := origin.Client().Set(ctx, "marker", marker, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Now()
+		for _, r := range fast {
+			redistest.Eventually(t, 5*time.Second, "marker reaches a fast replica", func() bool {
+				return r.Client().Get(ctx, "marker").Val() == marker
+			})
+		}
+		worst = max(worst, time.Since(t0))
+		time.Sleep(200 * time.Millisecond) // marker cadence, not synchronisation
+	}
+	close(stop)
+	rssEnd := rssKB(t, pid)
+	behind := origin.InfoInt("replication", "master_repl_offset") - offStart
+	t.Logf("stopped replica fell %d MB behind; worst marker lag on others %v; proxy RSS %d -> %d KB; %d commands",
+		behind>>20, worst, rssStart, rssEnd, n.Load())
+	if worst > time.Second {
+		t.Errorf("a stopped replica slowed the others: marker lag %v", worst)
+	}
+	if behind < 20<<20 {
+		t.Errorf("load too light to tell: only %d bytes behind", behind)
+	}
+	if growth := (rssEnd - rssStart) << 10; growth > behind/2 {
+		t.Errorf("proxy RSS grew by %d bytes while a replica fell %d bytes behind", growth, behind)
+	}
+	if err := slow.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	waitConverged(t, origin, replicas, 60*time.Second)
+}
+
+// TestLoadModesAndAuth: replicas with diskless load disabled and swapdb both
+// sync; with --requirepass, a replica with masterauth syncs and one without
+// is refused.
+func TestLoadModesAndAuth(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	populate(t, origin)
+	p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) { c.RequirePass = "s3cret" })
+	good := append(startReplicas(t, 1, p.addr, "--repl-diskless-load", "disabled", "--masterauth", "s3cret"),
+		startReplicas(t, 1, p.addr, "--repl-diskless-load", "swapdb", "--masterauth", "s3cret")...)
+	bad := startReplicas(t, 1, p.addr)[0]
+	_ = origin.Client().Set(context.Background(), "after", "1", 0).Err()
+	waitConverged(t, origin, good, 30*time.Second)
+	redistest.Eventually(t, 15*time.Second, "replica without masterauth refused", func() bool {
+		return bad.LogContains("NOAUTH") || bad.LogContains("Authentication required")
+	})
+	if mustInfo(t, bad, "replication")["master_link_status"] != "down" {
+		t.Fatal("replica without masterauth got a link")
+	}
+	for _, r := range p.Status().Replicas {
+		if r.State == "online" && r.Port == bad.Port {
+			t.Fatal("unauthenticated replica is online")
+		}
+	}
+}
+
+// TestTieringAndRDBDump: a second proxy whose upstream is the first serves
+// replicas that converge to the origin; redis-cli --rdb against a proxy
+// writes an RDB that loads into a stock server with the origin's digest.
+func TestTieringAndRDBDump(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	populate(t, origin)
+	p1 := startProxy(t, origin.Addr(), t.TempDir())
+	p2 := startProxy(t, p1.addr, t.TempDir())
+	replicas := startReplicas(t, 2, p2.addr)
+	stop := make(chan struct{})
+	wg := runMixedLoad(t, origin.Client(), stop, 13)
+	redistest.Eventually(t, 30*time.Second, "load runs through both tiers", func() bool {
+		return origin.InfoInt("replication", "master_repl_offset") > 200000
+	})
+	close(stop)
+	wg.Wait()
+	waitConverged(t, origin, replicas, 60*time.Second)
+	if p1.position().hist.ReplID != p2.position().hist.ReplID {
+		t.Fatal("tiers disagree on the replication ID")
+	}
+
+	// A dump taken now loads into a stock server with the origin's data.
+	rdbPath := filepath.Join(t.TempDir(), "dump.rdb")
+	out, err := exec.Command("redis-cli", "-p", strconv.Itoa(p2.port()), "--rdb", rdbPath).CombinedOutput()
+	if err != nil {
+		t.Fatalf("redis-cli --rdb: %v\n%s", err, out)
+	}
+	// The dump is the proxy's snapshot (taken at its offset, not now): it
+	// must be byte-for-byte that file and load into a stock server.
+	f, err := os.ReadFile(rdbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := p2.position().snap
+	if int64(len(f)) != snap.Size {
+		t.Fatalf("dump is %d bytes, snapshot %d", len(f), snap.Size)
+	}
+	dumpDir := filepath.Dir(rdbPath)
+	loaded := redistest.StartT(t, "loaded", "--dir", dumpDir, "--dbfilename", "dump.rdb")
+	if loaded.InfoInt("persistence", "loading") != 0 {
+		t.Fatal("still loading")
+	}
+	stats, err := snapshot.Stats(filepath.Join(p2.cfg.DataDir, "snapshots"), snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys int64
+	for _, s := range stats {
+		keys += s.Keys
+	}
+	var loadedKeys int64
+	for _, n := range dbsizes(t, loaded) {
+		loadedKeys += n
+	}
+	if loadedKeys != keys || keys == 0 {
+		t.Fatalf("loaded dump holds %d keys, snapshot %d", loadedKeys, keys)
+	}
+}
+
+// TestBadInput: garbage, oversized arguments, nonsense PSYNC and idle
+// connections get an error or a close, and never disturb a live replica.
+func TestBadInput(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	p := startProxy(t, origin.Addr(), t.TempDir())
+	replicas := startReplicas(t, 1, p.addr)
+	waitConverged(t, origin, replicas, 30*time.Second)
+	send := func(payload string) string {
+		conn, err := net.Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := conn.Write([]byte(payload)); err != nil {
+			return "write error: " + err.Error()
+		}
+		line, _ := bufio.NewReader(conn).ReadString('\n')
+		return line
+	}
+	cases := map[string]string{
+		"garbage":            "\x00\x01\x02\xff\r\n",
+		"bad multibulk":      "*abc\r\n",
+		"too many args":      "*100000\r\n",
+		"huge bulk":          "*1\r\n$999999999\r\n",
+		"long inline":        strings.Repeat("a", 100<<10) + "\r\n",
+		"psync bad id":       "PSYNC nonsense 5\r\n",
+		"psync bad offset":   "PSYNC " + strings.Repeat("a", 40) + " xyz\r\n",
+		"psync failover":     "PSYNC " + p.position().hist.ReplID + " 1 FAILOVER\r\n",
+		"replconf odd":       "REPLCONF listening-port\r\n",
+		"replconf unknown":   "REPLCONF bogus 1\r\n",
+		"data command":       "SET a b\r\n",
+		"hello 3":            "HELLO 3\r\n",
+		"unbalanced quotes":  "PING \"abc\r\n",
+		"negative bulk size": "*1\r\n$-5\r\n",
+	}
+	for name, payload := range cases {
+		reply := send(payload)
+		if name == "psync bad id" {
+			// A nonsense ID is a full sync request: it gets one.
+			if !strings.HasPrefix(reply, "+FULLRESYNC") {
+				t.Errorf("%s: %q", name, reply)
+			}
+			continue
+		}
+		if !strings.HasPrefix(reply, "-") && reply != "" {
+			t.Errorf("%s: reply %q, want an error or a close", name, reply)
+		}
+	}
+	// Idle and half-open connections cost nothing and change nothing.
+	var idle []net.Conn
+	for range 20 {
+		c, err := net.Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+		_, _ = c.Write([]byte("*3\r\n$3\r\nSET\r\n")) // half a command
+	}
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	if got := send("PING\r\n"); got != "+PONG\r\n" {
+		t.Fatalf("PING: %q", got)
+	}
+	_ = origin.Client().Set(context.Background(), "still", "flowing", 0).Err()
+	waitConverged(t, origin, replicas, 20*time.Second)
+	if n := p.stats.SyncFull.Load(); n != 2 { // the replica and "psync bad id"
+		t.Fatalf("full syncs %d", n)
+	}
+	for _, r := range p.Status().Replicas {
+		if r.Port == replicas[0].Port && r.State != "online" {
+			t.Fatalf("live replica disturbed: %+v", r)
+		}
+	}
+}
