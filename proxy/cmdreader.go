@@ -91,7 +91,7 @@ func (r *cmdReader) header(prefix byte, limit int64, what string) (int64, error)
 	}
 	line := bytes.TrimSuffix(bytes.TrimSuffix(r.raw[start:], []byte{'\n'}), []byte{'\r'})
 	if len(line) < 2 || line[0] != prefix {
-		return 0, &protocolError{msg: fmt.Sprintf("expected '%c', got '%c'", prefix, line[0])}
+		return 0, &protocolError{msg: fmt.Sprintf("expected '%c', got %.8q", prefix, line)}
 	}
 	n, err := strconv.ParseInt(string(line[1:]), 10, 64)
 	if err != nil || n < 0 || n > limit {

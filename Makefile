@@ -1,0 +1,44 @@
+# replproxy. `make demo` and `make test` work on a fresh Debian machine with Go.
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+FUZZTIME ?= 5s
+
+.PHONY: all build test unit fuzz demo bench lint deps clean image
+
+all: build
+
+deps:
+	@./scripts/ensure-redis.sh
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/replproxy ./cmd/replproxy
+	$(GO) build -o bin/replbench ./cmd/replbench
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# The whole suite: lint, unit and integration tests against real
+# redis-server processes under the race detector, then every fuzz target
+# for $(FUZZTIME).
+test: deps lint
+	$(GO) test -race -count=1 -timeout 20m ./...
+	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
+
+fuzz:
+	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
+
+demo: deps build
+	./bin/replbench demo $(DEMO_ARGS)
+
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchmem ./psync/...
+	./bin/replbench all --out out/bench $(BENCH_ARGS)
+
+image:
+	@command -v docker >/dev/null 2>&1 || { echo "error: make image needs a Docker engine"; exit 1; }
+	docker build --build-arg VERSION=$(VERSION) -t replproxy:$(VERSION) .
+
+clean:
+	rm -rf bin out
