@@ -72,3 +72,16 @@ func FuzzCmdReader(f *testing.F) {
 		}
 	})
 }
+
+func TestDataDirLocked(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{Upstream: "127.0.0.1:1", DataDir: dir, Listen: "127.0.0.1:0"}
+	p, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.shutdown()
+	if _, err := New(cfg, nil); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second proxy on the same data dir: %v", err)
+	}
+}

@@ -516,3 +516,86 @@ func TestBadInput(t *testing.T) {
 		}
 	}
 }
+
+// TestTrimmedReplicaDropped: a stopped replica whose position is trimmed
+// away is disconnected at once with a counted reason, and resyncs after.
+func TestTrimmedReplicaDropped(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) { c.BacklogSize = 1 << 20 })
+	replicas := startReplicas(t, 1, p.addr)
+	waitConverged(t, origin, replicas, 30*time.Second)
+	if err := replicas[0].Pause(); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	load(t, origin.Client(), stop, 9)
+	redistest.Eventually(t, 60*time.Second, "stopped replica dropped for being trimmed", func() bool {
+		v, ok := p.stats.Disconnects.Load("offset_trimmed")
+		return ok && v.(interface{ Load() int64 }).Load() >= 1
+	})
+	close(stop)
+	if !strings.Contains(p.logBuf.String(), "fell behind the backlog front") {
+		t.Fatal("no log line for the trimmed replica")
+	}
+	full := p.stats.SyncFull.Load()
+	if err := replicas[0].Resume(); err != nil {
+		t.Fatal(err)
+	}
+	waitConverged(t, origin, replicas, 60*time.Second)
+	if p.stats.SyncFull.Load() <= full {
+		t.Fatal("the trimmed replica resumed without a full sync")
+	}
+}
+
+// TestServingWithoutUpstream: before the first snapshot a replica is held
+// with keepalives (it would time out in 2s without them); while the
+// upstream is down, a replica that reconnects still gets +CONTINUE.
+func TestServingWithoutUpstream(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	populate(t, origin)
+	up, err := faultproxy.New(origin.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	up.Refuse(true)
+	p := startProxy(t, up.Addr(), t.TempDir())
+	down, err := faultproxy.New(p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer down.Close()
+	replicas := startReplicas(t, 1, down.Addr(), "--repl-timeout", "2")
+	var held int64
+	redistest.Eventually(t, 10*time.Second, "replica waits for a snapshot", func() bool {
+		for _, r := range p.Status().Replicas {
+			if r.State == "wait_bgsave" {
+				held = r.ID
+				return true
+			}
+		}
+		return false
+	})
+	time.Sleep(5 * time.Second) // hold longer than the replica's repl-timeout
+	st := p.Status()
+	if len(st.Replicas) != 1 || st.Replicas[0].ID != held || st.Replicas[0].State != "wait_bgsave" {
+		t.Fatalf("held replica reconnected or moved: %+v", st.Replicas)
+	}
+	up.Refuse(false)
+	waitConverged(t, origin, replicas, 30*time.Second)
+
+	// Upstream down: the backlog still serves a partial resync.
+	up.Refuse(true)
+	up.CutAll()
+	redistest.Eventually(t, 10*time.Second, "upstream link down", func() bool { return !p.linkUp() })
+	ok := p.stats.SyncPartialOK.Load()
+	down.CutAll()
+	redistest.Eventually(t, 20*time.Second, "replica continues from the backlog", func() bool {
+		return p.stats.SyncPartialOK.Load() == ok+1 && mustInfo(t, replicas[0], "replication")["master_link_status"] == "up"
+	})
+	if p.stats.SyncFull.Load() != 1 {
+		t.Fatalf("full syncs %d", p.stats.SyncFull.Load())
+	}
+}

@@ -305,6 +305,7 @@ func (p *Proxy) maintain(ctx context.Context) {
 			p.log.Error("backlog trim failed", "err", err)
 		} else if n > 0 {
 			p.log.Debug("backlog trimmed", "bytes", n)
+			p.dropTrimmedReplicas()
 		}
 		since := pos.end - pos.snap.Offset
 		stale := pos.snap.ReplID != pos.hist.ReplID
@@ -334,6 +335,21 @@ func (p *Proxy) setLink(state string, conn net.Conn) {
 	}
 	if wasUp && !p.link.up {
 		p.link.downSince = time.Now()
+	}
+}
+
+// dropTrimmedReplicas disconnects replicas whose next byte was trimmed
+// away. Their writers may be blocked on a full socket and would otherwise
+// notice only at the replica timeout.
+func (p *Proxy) dropTrimmedReplicas() {
+	first, _ := p.bl.Range()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for s := range p.sessions {
+		if c := s.cur.Load(); c != nil && c.Pos() < first {
+			s.log.Warn("replica fell behind the backlog front; disconnecting", "offset", c.Pos(), "backlog_first", first)
+			s.close("offset_trimmed")
+		}
 	}
 }
 

@@ -243,6 +243,8 @@ func (s *session) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 // stream feeds the replica from its cursor and reads its ACKs until the link
 // ends. Nothing but stream bytes at the right offsets is ever written here.
 func (s *session) stream(ctx context.Context, cur *backlog.Cursor) error {
+	s.cur.Store(cur)
+	defer s.cur.Store(nil)
 	go s.readAcks()
 	for {
 		_ = s.conn.SetWriteDeadline(time.Now().Add(s.p.cfg.ReplicaTimeout))

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/tidwall/resp"
+
+	"github.com/replproxy/replproxy/psync/backlog"
 )
 
 // Replica states, named as Redis names them in INFO.
@@ -48,6 +50,7 @@ type session struct {
 	rdbOnly       bool
 
 	replica   atomic.Bool
+	cur       atomic.Pointer[backlog.Cursor] // set while streaming
 	legacy    bool // SYNC: no +FULLRESYNC, no ACKs
 	state     atomic.Int32
 	ackOff    atomic.Int64

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"sync/atomic"
 )
 
 // Cursor reads the log from a position onwards. It holds at most one open
@@ -14,7 +15,7 @@ import (
 type Cursor struct {
 	l       *Log
 	gen     uint64
-	pos     int64 // next byte to read
+	pos     atomic.Int64 // next byte to read; read by other goroutines for lag
 	f       *os.File
 	segBase int64
 }
@@ -35,7 +36,8 @@ func (l *Log) NewCursor(pos int64) (*Cursor, error) {
 	case pos > end+1:
 		return nil, ErrAhead
 	}
-	c := &Cursor{l: l, gen: gen, pos: pos}
+	c := &Cursor{l: l, gen: gen}
+	c.pos.Store(pos)
 	if _, err := c.open(); err != nil {
 		return nil, err
 	}
@@ -43,7 +45,7 @@ func (l *Log) NewCursor(pos int64) (*Cursor, error) {
 }
 
 // Pos is the offset of the next byte the cursor will read.
-func (c *Cursor) Pos() int64 { return c.pos }
+func (c *Cursor) Pos() int64 { return c.pos.Load() }
 
 // Close releases the open segment.
 func (c *Cursor) Close() {
@@ -62,13 +64,14 @@ func (c *Cursor) open() (int64, error) {
 		l.mu.RUnlock()
 		return 0, err
 	}
-	i := sort.Search(len(l.segs), func(i int) bool { return l.segs[i].base > c.pos }) - 1
+	pos := c.pos.Load()
+	i := sort.Search(len(l.segs), func(i int) bool { return l.segs[i].base > pos }) - 1
 	if i < 0 {
 		l.mu.RUnlock()
 		return 0, ErrTrimmed
 	}
 	s := l.segs[i]
-	avail := s.base + s.size - c.pos
+	avail := s.base + s.size - pos
 	path := s.path(l.dir)
 	l.mu.RUnlock()
 
@@ -86,7 +89,7 @@ func (c *Cursor) open() (int64, error) {
 		}
 		return 0, fmt.Errorf("backlog: open segment: %w", err)
 	}
-	if _, err := f.Seek(c.pos-s.base, io.SeekStart); err != nil {
+	if _, err := f.Seek(pos-s.base, io.SeekStart); err != nil {
 		f.Close()
 		return 0, fmt.Errorf("backlog: seek: %w", err)
 	}
@@ -102,7 +105,7 @@ func (c *Cursor) check() error {
 		return ErrClosed
 	case l.gen != c.gen:
 		return ErrReset
-	case c.pos < l.start:
+	case c.pos.Load() < l.start:
 		return ErrTrimmed
 	}
 	return nil
@@ -120,7 +123,7 @@ func (c *Cursor) CopyTo(w io.Writer) (int64, error) {
 			return total, nil
 		}
 		n, err := io.Copy(w, io.LimitReader(c.f, avail))
-		c.pos += n
+		c.pos.Add(n)
 		total += n
 		if err != nil {
 			return total, err
@@ -142,7 +145,7 @@ func (c *Cursor) Read(p []byte) (int, error) {
 		p = p[:avail]
 	}
 	n, err := c.f.Read(p)
-	c.pos += int64(n)
+	c.pos.Add(int64(n))
 	if errors.Is(err, io.EOF) {
 		err = nil
 	}
@@ -161,7 +164,7 @@ func (c *Cursor) Wait(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if c.pos <= end {
+		if c.pos.Load() <= end {
 			return nil
 		}
 		select {
