@@ -51,7 +51,7 @@ type session struct {
 
 	replica   atomic.Bool
 	cur       atomic.Pointer[backlog.Cursor] // set while streaming
-	legacy    bool // SYNC: no +FULLRESYNC, no ACKs
+	legacy    bool                           // SYNC: no +FULLRESYNC, no ACKs
 	state     atomic.Int32
 	ackOff    atomic.Int64
 	ackTime   atomic.Int64 // unix nanoseconds
