@@ -38,7 +38,23 @@ type Config struct {
 	HoldAhead time.Duration
 	// Version is reported in INFO.
 	Version string
+	// Observer receives events for histograms; nil ignores them.
+	Observer Observer
 }
+
+// Observer receives the events that metrics turn into distributions. The
+// proxy calls it inline, so implementations must be cheap.
+type Observer interface {
+	ObserveAck(lagBytes int64, lagSeconds float64)
+	ObserveUpstreamFullSync(seconds float64)
+	ObserveDownstreamFullSync(seconds float64)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) ObserveAck(int64, float64)        {}
+func (nopObserver) ObserveUpstreamFullSync(float64)   {}
+func (nopObserver) ObserveDownstreamFullSync(float64) {}
 
 // Defaults for the zero values of Config.
 const (
@@ -72,6 +88,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Version == "" {
 		c.Version = "dev"
+	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
 	}
 }
 

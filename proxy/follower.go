@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/replproxy/replproxy/psync"
@@ -102,8 +104,10 @@ func (p *Proxy) follow(ctx context.Context) {
 		streamed, err := p.syncOnce(ctx)
 		p.setLink("connect", nil)
 		if ctx.Err() != nil {
+			countReason(&p.stats.UpstreamDisconnects, "shutdown")
 			return
 		}
+		countReason(&p.stats.UpstreamDisconnects, disconnectReason(err))
 		if streamed {
 			backoff = backoffMin
 		}
@@ -160,6 +164,19 @@ func (p *Proxy) syncOnce(ctx context.Context) (streamed bool, err error) {
 	return true, p.stream(ctx, u)
 }
 
+// disconnectReason classifies why an upstream connection ended.
+func disconnectReason(err error) string {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, psync.ErrShortPayload),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, net.ErrClosed):
+		return "closed"
+	}
+	return "error"
+}
+
 // onContinue handles +CONTINUE: with a new ID the history shifts and the
 // downstream replicas are disconnected to learn it through replid2.
 func (p *Proxy) onContinue(newID string, off int64) {
@@ -196,6 +213,7 @@ func (p *Proxy) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) error {
 	}
 	defer rcv.Abort()
 	start := time.Now()
+	defer func() { p.cfg.Observer.ObserveUpstreamFullSync(time.Since(start).Seconds()) }()
 	n, err := psync.CopyPayload(rcv, u.br, hdr, func(n int64) {
 		p.mu.Lock()
 		p.link.syncRead = n
@@ -234,6 +252,7 @@ func (p *Proxy) installFullSync(info *snapshot.Info) error {
 		return err
 	}
 	p.hist = psync.Fresh(info.ReplID)
+	p.arrivals.reset()
 	p.setSnapshotLocked(info)
 	p.scanner.Reset()
 	p.stats.UpstreamFullSyncs.Add(1)
@@ -317,6 +336,7 @@ func (p *Proxy) appendStream(chunk []byte, u *upstreamConn) error {
 	p.scanner = sc
 	p.stats.UpstreamStreamBytes.Add(int64(len(chunk)))
 	end := p.bl.End()
+	p.arrivals.record(end, time.Now())
 	p.maybeKick(end)
 	if getack {
 		return u.ack(end)

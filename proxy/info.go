@@ -167,13 +167,22 @@ func (p *Proxy) info(sections ...string) string {
 		kv("repl_backlog_histlen", histlen),
 	)
 	section("Replication", repl...)
-	section("Keyspace")
+	var ks []string
+	for _, k := range st.Keyspace {
+		ks = append(ks, fmt.Sprintf("db%d:keys=%d,expires=%d,avg_ttl=0", k.DB, k.Keys, k.Expires))
+	}
+	section("Keyspace", ks...)
 	var snapOff, snapSize int64
 	if st.Snapshot != nil {
 		snapOff, snapSize = st.Snapshot.Offset, st.Snapshot.Size
 	}
-	section("Replproxy",
+	window := int64(0)
+	if !st.OldestEntry.IsZero() {
+		window = int64(now.Sub(st.OldestEntry).Seconds())
+	}
+	rp := []string{
 		kv("upstream_link_state", st.LinkState),
+		kv("psync_window_seconds", window),
 		kv("snapshot_offset", snapOff),
 		kv("snapshot_size", snapSize),
 		kv("full_syncs_queued", st.Queued),
@@ -182,7 +191,12 @@ func (p *Proxy) info(sections ...string) string {
 		kv("upstream_sync_failures", ps.UpstreamSyncFailures.Load()),
 		kv("snapshot_refreshes", ps.Refreshes.Load()),
 		kv("snapshot_refresh_failures", ps.RefreshFailures.Load()),
-	)
+	}
+	for i, r := range st.Replicas {
+		rp = append(rp, fmt.Sprintf("replica%d:ip=%s,port=%d,state=%s,ack_offset=%d,lag_bytes=%d,lag_seconds=%.3f",
+			i, r.IP, r.Port, r.State, max(r.AckOff, 0), r.LagBytes, r.LagSeconds))
+	}
+	section("Replproxy", rp...)
 	return b.String()
 }
 

@@ -50,12 +50,17 @@ type Proxy struct {
 	// the budget without taking mu; kick wakes maintain when it is due.
 	snapOffset atomic.Int64
 	kick       chan struct{}
+	arrivals   *arrivalIndex
+	keyspace   keyspaceStats
 	closeErr   error
 }
 
 // Stats are the event counters shown in INFO and metrics.
 type Stats struct {
 	UpstreamConnects     atomic.Int64
+	UpstreamLinkChanges  atomic.Int64
+	UpstreamDownNanos    atomic.Int64 // time the link was down, closed periods only
+	UpstreamDisconnects  sync.Map     // reason -> *atomic.Int64
 	UpstreamFullSyncs    atomic.Int64
 	UpstreamPartialSyncs atomic.Int64
 	UpstreamSyncFailures atomic.Int64 // payloads rejected or cut
@@ -72,9 +77,21 @@ type Stats struct {
 	Disconnects          sync.Map        // reason -> *atomic.Int64
 }
 
-func (s *Stats) disconnect(reason string) {
-	v, _ := s.Disconnects.LoadOrStore(reason, new(atomic.Int64))
+func (s *Stats) disconnect(reason string) { countReason(&s.Disconnects, reason) }
+
+func countReason(m *sync.Map, reason string) {
+	v, _ := m.LoadOrStore(reason, new(atomic.Int64))
 	v.(*atomic.Int64).Add(1)
+}
+
+// Reasons returns a snapshot of a reason-counter map.
+func Reasons(m *sync.Map) map[string]int64 {
+	out := map[string]int64{}
+	m.Range(func(k, v any) bool {
+		out[k.(string)] = v.(*atomic.Int64).Load()
+		return true
+	})
+	return out
 }
 
 // linkStatus is the upstream link as INFO shows it.
@@ -105,7 +122,7 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 		stateDir: cfg.DataDir, snapDir: filepath.Join(cfg.DataDir, "snapshots"),
 		snapReady: make(chan struct{}), sessions: map[*session]struct{}{},
 		link: linkStatus{state: "connect", downSince: time.Now()},
-		kick: make(chan struct{}, 1),
+		kick: make(chan struct{}, 1), arrivals: newArrivalIndex(),
 	}
 	if cfg.MaxParallelFullSyncs > 0 {
 		p.slots = make(chan struct{}, cfg.MaxParallelFullSyncs)
@@ -174,6 +191,8 @@ func (p *Proxy) recover() error {
 	if reason == "" {
 		p.hist, keep = st.History, st.Snapshot.Name
 		p.setSnapshotLocked(st.Snapshot)
+		// Recovered bytes arrived before now; when exactly is not kept.
+		p.arrivals.record(end, time.Now())
 		p.log.Info("recovered state", "replid", p.hist.ReplID, "replid2", p.hist.ReplID2,
 			"backlog_first", first, "offset", end, "snapshot_offset", p.snap.Offset)
 	} else if !st.History.Empty() || first != 0 {
@@ -192,6 +211,7 @@ func (p *Proxy) setSnapshotLocked(info *snapshot.Info) {
 	p.snapOffset.Store(info.Offset)
 	close(p.snapReady)
 	p.snapReady = make(chan struct{})
+	go p.keyspace.compute(p.snapDir, info, p.log)
 }
 
 // maybeKick wakes maintain when the backlog needs trimming or the snapshot
@@ -333,8 +353,14 @@ func (p *Proxy) setLink(state string, conn net.Conn) {
 	if conn != nil {
 		p.link.conn = conn
 	}
-	if wasUp && !p.link.up {
-		p.link.downSince = time.Now()
+	if wasUp != p.link.up {
+		p.stats.UpstreamLinkChanges.Add(1)
+		now := time.Now()
+		if wasUp {
+			p.link.downSince = now
+		} else {
+			p.stats.UpstreamDownNanos.Add(int64(now.Sub(p.link.downSince)))
+		}
 	}
 }
 

@@ -230,6 +230,7 @@ func (s *session) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 		}
 	}
 	s.log.Info("full sync payload sent", "bytes", snap.Size, "seconds", time.Since(start).Seconds())
+	p.cfg.Observer.ObserveDownstreamFullSync(time.Since(start).Seconds())
 	if s.rdbOnly {
 		cur.Close()
 		return nil, nil
@@ -321,6 +322,9 @@ func (s *session) readAcks() {
 				}
 			}
 			s.ackTime.Store(now)
+			acked := s.ackOff.Load()
+			end := s.p.bl.End()
+			s.p.cfg.Observer.ObserveAck(max(end-acked, 0), s.p.arrivals.lagSeconds(acked, time.Unix(0, now)))
 		}
 	}
 }

@@ -211,6 +211,20 @@ func (s *session) command(cmd string, args [][]byte) error {
 			return s.reply(p.configGet(args[2:]))
 		}
 		return s.errorf("ERR replproxy supports only CONFIG GET")
+	case "subscribe", "psubscribe", "unsubscribe", "punsubscribe":
+		// Sentinel subscribes to __sentinel__:hello on every instance it
+		// watches. Nothing is ever published here; confirm and stay quiet.
+		for i, ch := range args[1:] {
+			if err := s.reply(resp.ArrayValue([]resp.Value{resp.StringValue(cmd), resp.BytesValue(ch), resp.IntegerValue(i + 1)})); err != nil {
+				return err
+			}
+		}
+		return nil
+	case "publish":
+		if argc != 3 {
+			return wrongArgs()
+		}
+		return s.reply(resp.IntegerValue(0))
 	case "select":
 		if argc == 2 && string(args[1]) == "0" {
 			return s.ok()

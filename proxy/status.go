@@ -32,9 +32,13 @@ type Status struct {
 	Snapshot     *snapshot.Info
 	Refreshing   bool
 
-	Clients  int
-	Replicas []ReplicaStatus
-	Queued   int64
+	Clients      int
+	Replicas     []ReplicaStatus
+	Queued       int64
+	FullSyncing  int       // replicas receiving a snapshot
+	OldestEntry  time.Time // arrival of the backlog's first byte (zero if unknown)
+	Keyspace     []snapshot.KeyStats
+	DownDuration time.Duration // total time the upstream link was down, now included
 }
 
 // ReplicaStatus is one downstream replica.
@@ -47,6 +51,11 @@ type ReplicaStatus struct {
 	AckOff  int64
 	AckTime time.Time
 	Legacy  bool
+	// LagBytes is the proxy's end offset minus the ACKed offset; LagSeconds
+	// is how long ago the first unacknowledged byte arrived from upstream.
+	LagBytes   int64
+	LagSeconds float64
+	SentOffset int64 // last byte written to the replica; -1 before streaming
 }
 
 // Status returns the current status.
@@ -64,18 +73,35 @@ func (p *Proxy) Status() Status {
 		History: p.hist, BacklogFirst: first, BacklogEnd: end, BacklogSize: p.cfg.BacklogSize,
 		Snapshot: p.snap, Refreshing: p.refresh.Load(), Queued: p.queued.Load(),
 	}
+	now := time.Now()
+	st.DownDuration = time.Duration(p.stats.UpstreamDownNanos.Load())
 	if !p.link.up {
 		st.LinkDownSince = p.link.downSince
+		st.DownDuration += now.Sub(p.link.downSince)
 	}
+	if t, ok := p.arrivals.arrival(first); ok && end >= first {
+		st.OldestEntry = t
+	}
+	st.Keyspace = p.keyspace.get(p.snap)
 	for s := range p.sessions {
 		if !s.replica.Load() {
 			st.Clients++
 			continue
 		}
 		rs := ReplicaStatus{ID: s.id, IP: s.replicaIP(), Port: s.listeningPort, Addr: s.addr,
-			State: stateNames[s.state.Load()], AckOff: s.ackOff.Load(), Legacy: s.legacy}
+			State: stateNames[s.state.Load()], AckOff: s.ackOff.Load(), Legacy: s.legacy, SentOffset: -1}
 		if t := s.ackTime.Load(); t > 0 {
 			rs.AckTime = time.Unix(0, t)
+		}
+		if c := s.cur.Load(); c != nil {
+			rs.SentOffset = c.Pos() - 1
+		}
+		if rs.State == "send_bulk" {
+			st.FullSyncing++
+		}
+		if rs.State == "online" && rs.AckOff >= 0 {
+			rs.LagBytes = max(end-rs.AckOff, 0)
+			rs.LagSeconds = p.arrivals.lagSeconds(rs.AckOff, now)
 		}
 		st.Replicas = append(st.Replicas, rs)
 	}
