@@ -241,7 +241,7 @@ func TestProxyKilledThreeTimes(t *testing.T) {
 	dir := t.TempDir()
 	port, _ := redistest.FreePort()
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	args := []string{"--upstream", origin.Addr(), "--listen", addr, "--data-dir", dir, "--log-format", "text"}
+	args := []string{"--upstream", origin.Addr(), "--listen", addr, "--data-dir", dir, "--log-format", "text", "--metrics-listen", "127.0.0.1:0"}
 	logPath := filepath.Join(t.TempDir(), "proxy.log")
 	proc := redistest.StartProxyProcess(t, bin, logPath, args...)
 	replicas := startReplicas(t, 3, addr)
@@ -302,7 +302,7 @@ func TestStoppedReplicaDoesNotSlowOthers(t *testing.T) {
 	port, _ := redistest.FreePort()
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	proc := redistest.StartProxyProcess(t, bin, filepath.Join(t.TempDir(), "proxy.log"),
-		"--upstream", origin.Addr(), "--listen", addr, "--data-dir", dir, "--log-format", "text", "--replica-timeout", "120s")
+		"--upstream", origin.Addr(), "--listen", addr, "--data-dir", dir, "--log-format", "text", "--metrics-listen", "127.0.0.1:0", "--replica-timeout", "120s")
 	replicas := startReplicas(t, 3, addr)
 	waitConverged(t, origin, replicas, 30*time.Second)
 	slow, fast := replicas[0], replicas[1:]

@@ -107,7 +107,7 @@ func TestSIGKILLResume(t *testing.T) {
 	origin := redistest.StartT(t, "origin", "--repl-backlog-size", "64mb")
 	dir := t.TempDir()
 	port, _ := redistest.FreePort()
-	args := []string{"--upstream", origin.Addr(), "--listen", "127.0.0.1:" + strconv.Itoa(port), "--data-dir", dir, "--log-format", "text"}
+	args := []string{"--upstream", origin.Addr(), "--listen", "127.0.0.1:" + strconv.Itoa(port), "--data-dir", dir, "--log-format", "text", "--metrics-listen", "127.0.0.1:0"}
 	logPath := filepath.Join(t.TempDir(), "proxy.log")
 	proc := redistest.StartProxyProcess(t, bin, logPath, args...)
 	redistest.Eventually(t, 20*time.Second, "proxy online at origin", func() bool {

@@ -100,6 +100,7 @@ type linkStatus struct {
 	up        bool
 	lastIO    time.Time
 	downSince time.Time
+	changed   time.Time // last up/down transition
 	syncTotal int64 // payload size; 0 for EOF-form
 	syncRead  int64
 	conn      net.Conn
@@ -356,6 +357,7 @@ func (p *Proxy) setLink(state string, conn net.Conn) {
 	if wasUp != p.link.up {
 		p.stats.UpstreamLinkChanges.Add(1)
 		now := time.Now()
+		p.link.changed = now
 		if wasUp {
 			p.link.downSince = now
 		} else {

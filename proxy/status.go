@@ -22,6 +22,7 @@ type Status struct {
 	LinkUp         bool
 	LastIO         time.Time // zero when never
 	LinkDownSince  time.Time // zero while up
+	LinkChanged    time.Time // last up/down transition; zero if none
 	SyncTotalBytes int64
 	SyncReadBytes  int64
 
@@ -68,7 +69,7 @@ func (p *Proxy) Status() Status {
 	st := Status{
 		RunID: p.runID, Version: p.cfg.Version, Started: p.started,
 		UpstreamHost: host, UpstreamPort: port,
-		LinkState: p.link.state, LinkUp: p.link.up, LastIO: p.link.lastIO,
+		LinkState: p.link.state, LinkUp: p.link.up, LastIO: p.link.lastIO, LinkChanged: p.link.changed,
 		SyncTotalBytes: p.link.syncTotal, SyncReadBytes: p.link.syncRead,
 		History: p.hist, BacklogFirst: first, BacklogEnd: end, BacklogSize: p.cfg.BacklogSize,
 		Snapshot: p.snap, Refreshing: p.refresh.Load(), Queued: p.queued.Load(),
@@ -111,3 +112,11 @@ func (p *Proxy) Status() Status {
 
 // Stats returns the event counters.
 func (p *Proxy) Stats() *Stats { return &p.stats }
+
+// Config returns the effective configuration (secrets included: callers
+// must not print it).
+func (p *Proxy) Config() Config { return p.cfg }
+
+// BacklogCounters returns bytes appended to and trimmed from the backlog
+// since start.
+func (p *Proxy) BacklogCounters() (written, trimmed int64) { return p.bl.Counters() }

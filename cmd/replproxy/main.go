@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
@@ -18,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/replproxy/replproxy/metrics"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/psync/backlog"
 )
@@ -40,7 +43,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "inspect" {
 		return inspect(args[1:], stdout, stderr)
 	}
-	cfg, logger, showVersion, err := parseFlags(args, stderr)
+	cfg, web, logger, showVersion, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -52,6 +55,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "replproxy %s (%s %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0
 	}
+	obs := metrics.NewObserver()
+	cfg.Observer = obs
 	p, err := proxy.New(cfg, logger)
 	if err != nil {
 		fmt.Fprintln(stderr, "replproxy:", err)
@@ -59,16 +64,45 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	var webDone chan error
+	if web.listen != "" {
+		ln, err := net.Listen("tcp", web.listen)
+		if err != nil {
+			logger.Error("metrics listener failed", "addr", web.listen, "err", err)
+			return 1
+		}
+		reg := metrics.NewRegistry(p, obs, metrics.Options{PerReplica: web.perReplica, PerReplicaLimit: web.perReplicaLimit, Version: version})
+		h := metrics.Handler(p, reg, metrics.HandlerOptions{Readiness: web.readiness, EnablePprof: web.pprof})
+		webDone = make(chan error, 1)
+		go func() { webDone <- metrics.Serve(ctx, ln, h) }()
+		logger.Info("metrics listening", "addr", ln.Addr().String(), "readiness", web.readiness)
+	}
+	code := 0
 	if err := p.Run(ctx); err != nil {
 		logger.Error("replproxy failed", "err", err)
-		return 1
+		code = 1
 	}
-	return 0
+	stop()
+	if webDone != nil {
+		if err := <-webDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("metrics server", "err", err)
+		}
+	}
+	return code
+}
+
+// webConfig is the HTTP side: metrics, probes, status page.
+type webConfig struct {
+	listen          string
+	readiness       string
+	perReplica      bool
+	perReplicaLimit int
+	pprof           bool
 }
 
 // parseFlags reads flags, then fills every flag not given on the command
 // line from REPLPROXY_<FLAG_NAME>: flags win over the environment.
-func parseFlags(args []string, stderr io.Writer) (proxy.Config, *slog.Logger, bool, error) {
+func parseFlags(args []string, stderr io.Writer) (proxy.Config, webConfig, *slog.Logger, bool, error) {
 	fs := flag.NewFlagSet("replproxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
@@ -82,6 +116,7 @@ func parseFlags(args []string, stderr io.Writer) (proxy.Config, *slog.Logger, bo
 		showVersion  bool
 		replTimeout  time.Duration
 		replicaTmout time.Duration
+		web          webConfig
 	)
 	fs.StringVar(&cfg.Upstream, "upstream", "", "origin Redis `HOST:PORT` to replicate from (required)")
 	fs.StringVar(&cfg.Listen, "listen", "0.0.0.0:6380", "`HOST:PORT` where downstream replicas connect")
@@ -100,6 +135,11 @@ func parseFlags(args []string, stderr io.Writer) (proxy.Config, *slog.Logger, bo
 	fs.StringVar(&cfg.AnnounceIP, "announce-ip", "", "IP announced to the origin (REPLCONF ip-address)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "json", "json or text")
+	fs.StringVar(&web.listen, "metrics-listen", "0.0.0.0:9380", "`HOST:PORT` for /metrics, /livez, /readyz and the status page; empty disables")
+	fs.StringVar(&web.readiness, "readiness", metrics.ReadySynced, "what /readyz means: synced (upstream link up and a snapshot) or process (sidecar in the master pod)")
+	fs.BoolVar(&web.perReplica, "metrics-per-replica", false, "export per-replica series")
+	fs.IntVar(&web.perReplicaLimit, "metrics-per-replica-limit", 50, "at most this many replicas get per-replica series")
+	fs.BoolVar(&web.pprof, "pprof", false, "serve /debug/pprof on the metrics listener")
 	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: replproxy --upstream HOST:PORT --data-dir DIR [flags]\n"+
@@ -108,16 +148,16 @@ func parseFlags(args []string, stderr io.Writer) (proxy.Config, *slog.Logger, bo
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return cfg, nil, false, err
+		return cfg, web, nil, false, err
 	}
 	if fs.NArg() > 0 {
-		return cfg, nil, false, usageError{fmt.Errorf("unexpected arguments: %q", fs.Args())}
+		return cfg, web, nil, false, usageError{fmt.Errorf("unexpected arguments: %q", fs.Args())}
 	}
 	if err := applyEnv(fs, os.LookupEnv); err != nil {
-		return cfg, nil, false, err
+		return cfg, web, nil, false, err
 	}
 	if showVersion {
-		return cfg, nil, true, nil
+		return cfg, web, nil, true, nil
 	}
 	var errs []error
 	level, err := parseLevel(logLevel)
@@ -144,15 +184,18 @@ func parseFlags(args []string, stderr io.Writer) (proxy.Config, *slog.Logger, bo
 	} else if st, err := os.Stat(cfg.DataDir); err == nil && !st.IsDir() {
 		errs = append(errs, fmt.Errorf("--data-dir %s is not a directory", cfg.DataDir))
 	}
+	if web.readiness != metrics.ReadySynced && web.readiness != metrics.ReadyProcess {
+		errs = append(errs, fmt.Errorf("--readiness %q: want synced or process", web.readiness))
+	}
 	if err := errors.Join(errs...); err != nil {
-		return cfg, nil, false, err
+		return cfg, web, nil, false, err
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	var h slog.Handler = slog.NewJSONHandler(stderr, opts)
 	if logFormat == "text" {
 		h = slog.NewTextHandler(stderr, opts)
 	}
-	return cfg, slog.New(h), false, nil
+	return cfg, web, slog.New(h), false, nil
 }
 
 // applyEnv sets each flag not given on the command line from the

@@ -1,0 +1,318 @@
+// Package metrics exposes a proxy to Prometheus and to probes: a collector
+// that reads the proxy's state at scrape time (so departed replicas simply
+// vanish), histograms fed by the proxy's events, and the HTTP endpoints
+// /metrics, /livez, /readyz, /healthz and a status page.
+package metrics
+
+import (
+	"fmt"
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/replproxy/replproxy/proxy"
+)
+
+const ns = "replproxy"
+
+// Known label values, pre-initialised to 0 so series exist from the start.
+var (
+	upstreamStates     = []string{"connect", "connecting", "handshake", "sync", "connected"}
+	upstreamReasons    = []string{"timeout", "closed", "error", "shutdown"}
+	replicaStates      = []string{"wait_bgsave", "send_bulk", "online"}
+	rejectionReasons   = []string{"no_backlog", "replid_mismatch", "offset_behind_backlog", "offset_ahead"}
+	downstreamReasons  = []string{"closed", "timeout", "error", "offset_trimmed", "history_reset", "replid_changed", "protocol_error", "shutdown"}
+	histogramBucketsS  = prometheus.ExponentialBuckets(0.001, 4, 10) // 1ms .. 262s
+	histogramBucketsB  = prometheus.ExponentialBuckets(1024, 4, 12)  // 1KiB .. 4GiB
+	nativeBucketFactor = 1.1
+)
+
+func histogram(name, help string, buckets []float64) prometheus.Histogram {
+	return prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: ns, Name: name, Help: help, Buckets: buckets,
+		NativeHistogramBucketFactor: nativeBucketFactor, NativeHistogramMaxBucketNumber: 160,
+		NativeHistogramMinResetDuration: time.Hour,
+	})
+}
+
+// Observer turns proxy events into histograms. Pass it as the proxy's
+// Config.Observer, then to NewRegistry.
+type Observer struct {
+	ackLagBytes      prometheus.Histogram
+	ackLagSeconds    prometheus.Histogram
+	upstreamFullSync prometheus.Histogram
+	downFullSync     prometheus.Histogram
+}
+
+// NewObserver creates the histograms.
+func NewObserver() *Observer {
+	return &Observer{
+		ackLagBytes: histogram("downstream_ack_lag_bytes",
+			"Replica lag in bytes (end offset minus ACKed offset), observed at every REPLCONF ACK.", histogramBucketsB),
+		ackLagSeconds: histogram("downstream_ack_lag_seconds",
+			"Replica lag in seconds (age of the first unacknowledged byte), observed at every REPLCONF ACK.", histogramBucketsS),
+		upstreamFullSync: histogram("upstream_full_sync_duration_seconds",
+			"Time to receive and install a full sync from upstream.", histogramBucketsS),
+		downFullSync: histogram("downstream_full_sync_duration_seconds",
+			"Time to send the snapshot to a replica.", histogramBucketsS),
+	}
+}
+
+func (o *Observer) ObserveAck(lagBytes int64, lagSeconds float64) {
+	o.ackLagBytes.Observe(float64(lagBytes))
+	o.ackLagSeconds.Observe(lagSeconds)
+}
+func (o *Observer) ObserveUpstreamFullSync(s float64)   { o.upstreamFullSync.Observe(s) }
+func (o *Observer) ObserveDownstreamFullSync(s float64) { o.downFullSync.Observe(s) }
+
+// Options shape what is exported.
+type Options struct {
+	PerReplica      bool // per-replica series (opt-in)
+	PerReplicaLimit int  // at most this many replicas get per-replica series
+	Version         string
+}
+
+// NewRegistry returns a registry with the proxy collector, the observer's
+// histograms and the Go and process collectors.
+func NewRegistry(p *proxy.Proxy, obs *Observer, opts Options) *prometheus.Registry {
+	if opts.PerReplicaLimit <= 0 {
+		opts.PerReplicaLimit = 50
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&collector{p: p, opts: opts},
+		obs.ackLagBytes, obs.ackLagSeconds, obs.upstreamFullSync, obs.downFullSync,
+	)
+	return reg
+}
+
+type collector struct {
+	p    *proxy.Proxy
+	opts Options
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(prometheus.BuildFQName(ns, "", name), help, labels, nil)
+}
+
+var (
+	dBuildInfo        = desc("build_info", "Build metadata; always 1.", "version", "goversion")
+	dCfgBacklog       = desc("config_backlog_capacity_bytes", "Configured on-disk backlog budget.")
+	dCfgParallel      = desc("config_max_parallel_full_syncs", "Configured limit of concurrent downstream full syncs (0 = unlimited).")
+	dUpInfo           = desc("upstream_info", "The upstream followed and its replication ID; always 1.", "master_host", "master_port", "master_replid")
+	dUpLinkUp         = desc("upstream_link_up", "1 while the replication link to upstream is streaming.", "master_host", "master_port")
+	dUpState          = desc("upstream_state", "1 for the current upstream link state.", "state")
+	dUpSyncing        = desc("upstream_sync_in_progress", "1 while a full sync from upstream is being received.")
+	dUpOffset         = desc("upstream_offset_bytes", "Replication offset received from upstream (master_repl_offset).")
+	dUpLastIO         = desc("upstream_last_io_timestamp_seconds", "Last time bytes arrived from upstream.")
+	dUpChanges        = desc("upstream_link_changes_total", "Upstream link up/down transitions.")
+	dUpLastChange     = desc("upstream_last_link_change_timestamp_seconds", "Time of the last upstream link transition.")
+	dUpDownSeconds    = desc("upstream_disconnected_seconds_total", "Cumulative time the upstream link was down.")
+	dUpAttempts       = desc("upstream_connect_attempts_total", "Upstream connection attempts.")
+	dUpDisconnects    = desc("upstream_disconnects_total", "Upstream connections ended, by reason.", "reason")
+	dUpSyncs          = desc("upstream_syncs_total", "Successful resyncs with upstream, by mode.", "mode")
+	dUpSyncFailures   = desc("upstream_sync_failures_total", "Full syncs from upstream that were cut or rejected.")
+	dUpRDBSize        = desc("upstream_rdb_transfer_size_bytes", "Size of the RDB being received (0 when unknown, as with diskless transfers).")
+	dUpRDBRecv        = desc("upstream_rdb_transfer_received_bytes", "Bytes of the RDB received so far in the current transfer.")
+	dUpRecv           = desc("upstream_received_bytes_total", "Bytes received from upstream, by phase.", "phase")
+	dBlUsed           = desc("backlog_used_bytes", "Bytes held in the backlog.")
+	dBlStart          = desc("backlog_start_offset_bytes", "Offset of the first byte held (repl_backlog_first_byte_offset).")
+	dBlEnd            = desc("backlog_end_offset_bytes", "Offset of the last byte held (master_repl_offset).")
+	dBlOldest         = desc("backlog_oldest_entry_timestamp_seconds", "When the backlog's first byte arrived; time() minus this is the PSYNC window in seconds.")
+	dBlWritten        = desc("backlog_written_bytes_total", "Bytes appended to the backlog.")
+	dBlTrimmed        = desc("backlog_trimmed_bytes_total", "Bytes trimmed from the backlog front.")
+	dSecondOffset     = desc("second_repl_offset_bytes", "Offset up to which replid2 is accepted (-1 if none).")
+	dSnapSize         = desc("snapshot_size_bytes", "Size of the stored snapshot.")
+	dSnapOffset       = desc("snapshot_offset_bytes", "Replication offset of the stored snapshot.")
+	dSnapTime         = desc("snapshot_timestamp_seconds", "When the stored snapshot was taken.")
+	dSnapVersion      = desc("snapshot_rdb_version", "RDB format version of the stored snapshot.")
+	dSnapInProgress   = desc("snapshot_in_progress", "1 while a snapshot refresh runs.")
+	dSnapRefreshes    = desc("snapshot_refreshes_total", "Snapshot refreshes fetched from upstream.")
+	dSnapFailures     = desc("snapshot_refresh_failures_total", "Snapshot refreshes that failed.")
+	dDownReplicas     = desc("downstream_replicas", "Connected replicas by state.", "state")
+	dDownClients      = desc("downstream_clients", "Connected non-replica clients.")
+	dDownSyncs        = desc("downstream_syncs_total", "Syncs served to replicas, by mode.", "mode")
+	dDownRejections   = desc("downstream_partial_sync_rejections_total", "PSYNC requests answered with a full sync, by reason.", "reason")
+	dDownDisconnects  = desc("downstream_disconnects_total", "Replica links ended, by reason.", "reason")
+	dDownFullSyncing  = desc("downstream_full_syncs_in_progress", "Replicas receiving a snapshot now.")
+	dDownQueue        = desc("downstream_full_sync_queue_length", "Replicas waiting for a full-sync slot.")
+	dDownSent         = desc("downstream_sent_bytes_total", "Bytes sent to replicas, by phase.", "phase")
+	dDownMaxLagB      = desc("downstream_max_lag_bytes", "Largest lag in bytes over online replicas.")
+	dDownMaxLagS      = desc("downstream_max_lag_seconds", "Largest lag in seconds over online replicas.")
+	dDownOldestAck    = desc("downstream_oldest_ack_timestamp_seconds", "Oldest last-ACK time over online replicas.")
+	dRepInfo          = desc("downstream_replica_info", "A replica's identity and state; always 1.", "replica", "addr", "state")
+	dRepAckOffset     = desc("downstream_replica_ack_offset_bytes", "Offset a replica last acknowledged.", "replica")
+	dRepLagBytes      = desc("downstream_replica_lag_bytes", "A replica's lag in bytes.", "replica")
+	dRepLagSeconds    = desc("downstream_replica_lag_seconds", "A replica's lag in seconds.", "replica")
+	dRepLastAck       = desc("downstream_replica_last_ack_timestamp_seconds", "When a replica last acknowledged.", "replica")
+	dRepSeriesDropped = desc("downstream_replica_series_dropped", "Replicas left out of per-replica series by the limit.")
+)
+
+func unix(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return float64(t.UnixNano()) / 1e9
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	st := c.p.Status()
+	stats := c.p.Stats()
+	g := func(d *prometheus.Desc, v float64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, l...)
+	}
+	cnt := func(d *prometheus.Desc, v float64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, l...)
+	}
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	cfg := c.p.Config()
+	port := strconv.Itoa(st.UpstreamPort)
+	g(dBuildInfo, 1, c.opts.Version, runtime.Version())
+	g(dCfgBacklog, float64(cfg.BacklogSize))
+	g(dCfgParallel, float64(cfg.MaxParallelFullSyncs))
+
+	g(dUpInfo, 1, st.UpstreamHost, port, st.History.ReplID)
+	g(dUpLinkUp, b(st.LinkUp), st.UpstreamHost, port)
+	for _, s := range upstreamStates {
+		g(dUpState, b(st.LinkState == s), s)
+	}
+	g(dUpSyncing, b(st.LinkState == "sync"))
+	g(dUpOffset, float64(max(st.BacklogEnd, 0)))
+	g(dUpLastIO, unix(st.LastIO))
+	cnt(dUpChanges, float64(stats.UpstreamLinkChanges.Load()))
+	g(dUpLastChange, unix(st.LinkChanged))
+	cnt(dUpDownSeconds, st.DownDuration.Seconds())
+	cnt(dUpAttempts, float64(stats.UpstreamConnects.Load()))
+	reasons := proxy.Reasons(&stats.UpstreamDisconnects)
+	for _, r := range union(upstreamReasons, reasons) {
+		cnt(dUpDisconnects, float64(reasons[r]), r)
+	}
+	cnt(dUpSyncs, float64(stats.UpstreamFullSyncs.Load()), "full")
+	cnt(dUpSyncs, float64(stats.UpstreamPartialSyncs.Load()), "partial")
+	cnt(dUpSyncFailures, float64(stats.UpstreamSyncFailures.Load()))
+	var rdbSize, rdbRead float64
+	if st.LinkState == "sync" {
+		rdbSize, rdbRead = float64(st.SyncTotalBytes), float64(st.SyncReadBytes)
+	}
+	g(dUpRDBSize, rdbSize)
+	g(dUpRDBRecv, rdbRead)
+	cnt(dUpRecv, float64(stats.UpstreamRDBBytes.Load()), "rdb")
+	cnt(dUpRecv, float64(stats.UpstreamStreamBytes.Load()), "stream")
+
+	used := float64(0)
+	if st.BacklogFirst > 0 {
+		used = float64(st.BacklogEnd - st.BacklogFirst + 1)
+	}
+	written, trimmed := c.p.BacklogCounters()
+	g(dBlUsed, used)
+	g(dBlStart, float64(st.BacklogFirst))
+	g(dBlEnd, float64(max(st.BacklogEnd, 0)))
+	g(dBlOldest, unix(st.OldestEntry))
+	cnt(dBlWritten, float64(written))
+	cnt(dBlTrimmed, float64(trimmed))
+	second := float64(-1)
+	if !st.History.Empty() {
+		second = float64(st.History.SecondOffset)
+	}
+	g(dSecondOffset, second)
+
+	var snapSize, snapOff, snapTime, snapVer float64
+	if s := st.Snapshot; s != nil {
+		snapSize, snapOff, snapTime, snapVer = float64(s.Size), float64(s.Offset), unix(s.Created), float64(s.RDBVersion)
+	}
+	g(dSnapSize, snapSize)
+	g(dSnapOffset, snapOff)
+	g(dSnapTime, snapTime)
+	g(dSnapVersion, snapVer)
+	g(dSnapInProgress, b(st.Refreshing))
+	cnt(dSnapRefreshes, float64(stats.Refreshes.Load()))
+	cnt(dSnapFailures, float64(stats.RefreshFailures.Load()))
+
+	byState := map[string]int{}
+	var maxLagB, maxLagS float64
+	var oldestAck time.Time
+	for _, r := range st.Replicas {
+		byState[r.State]++
+		if r.State != "online" {
+			continue
+		}
+		maxLagB = max(maxLagB, float64(r.LagBytes))
+		maxLagS = max(maxLagS, r.LagSeconds)
+		if !r.AckTime.IsZero() && (oldestAck.IsZero() || r.AckTime.Before(oldestAck)) {
+			oldestAck = r.AckTime
+		}
+	}
+	for _, s := range replicaStates {
+		g(dDownReplicas, float64(byState[s]), s)
+	}
+	g(dDownClients, float64(st.Clients))
+	cnt(dDownSyncs, float64(stats.SyncFull.Load()), "full")
+	cnt(dDownSyncs, float64(stats.SyncPartialOK.Load()), "partial")
+	for i, r := range rejectionReasons {
+		cnt(dDownRejections, float64(stats.Rejections[i+1].Load()), r)
+	}
+	dreasons := proxy.Reasons(&stats.Disconnects)
+	for _, r := range union(downstreamReasons, dreasons) {
+		cnt(dDownDisconnects, float64(dreasons[r]), r)
+	}
+	g(dDownFullSyncing, float64(st.FullSyncing))
+	g(dDownQueue, float64(st.Queued))
+	cnt(dDownSent, float64(stats.SentRDBBytes.Load()), "rdb")
+	cnt(dDownSent, float64(stats.SentStreamBytes.Load()), "stream")
+	g(dDownMaxLagB, maxLagB)
+	g(dDownMaxLagS, maxLagS)
+	g(dDownOldestAck, unix(oldestAck))
+
+	if !c.opts.PerReplica {
+		return
+	}
+	seen := map[string]bool{}
+	dropped := 0
+	for i, r := range st.Replicas {
+		if i >= c.opts.PerReplicaLimit {
+			dropped++
+			continue
+		}
+		name := fmt.Sprintf("%s:%d", r.IP, r.Port)
+		if seen[name] {
+			name = fmt.Sprintf("%s#%d", name, r.ID) // two replicas announcing the same address
+		}
+		seen[name] = true
+		g(dRepInfo, 1, name, r.Addr, r.State)
+		g(dRepAckOffset, float64(max(r.AckOff, 0)), name)
+		g(dRepLagBytes, float64(r.LagBytes), name)
+		g(dRepLagSeconds, r.LagSeconds, name)
+		g(dRepLastAck, unix(r.AckTime), name)
+	}
+	g(dRepSeriesDropped, float64(dropped))
+}
+
+// union lists known label values first, then any others seen.
+func union(known []string, seen map[string]int64) []string {
+	out := append([]string{}, known...)
+	for k := range seen {
+		found := false
+		for _, v := range known {
+			if v == k {
+				found = true
+				break
+			}
+		}
+		if !found {
+			out = append(out, k)
+		}
+	}
+	return out
+}
