@@ -52,7 +52,7 @@ type Observer interface {
 
 type nopObserver struct{}
 
-func (nopObserver) ObserveAck(int64, float64)        {}
+func (nopObserver) ObserveAck(int64, float64)         {}
 func (nopObserver) ObserveUpstreamFullSync(float64)   {}
 func (nopObserver) ObserveDownstreamFullSync(float64) {}
 

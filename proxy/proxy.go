@@ -101,7 +101,7 @@ type linkStatus struct {
 	lastIO    time.Time
 	downSince time.Time
 	changed   time.Time // last up/down transition
-	syncTotal int64 // payload size; 0 for EOF-form
+	syncTotal int64     // payload size; 0 for EOF-form
 	syncRead  int64
 	conn      net.Conn
 }
