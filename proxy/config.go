@@ -94,6 +94,12 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// Validate checks a configuration after defaults are applied to a copy.
+func (c Config) Validate() error {
+	c.setDefaults()
+	return c.validate()
+}
+
 func (c *Config) validate() error {
 	var errs []error
 	if c.Upstream == "" {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,36 +41,6 @@ func TestBadInputExitsTwoAndTouchesNothing(t *testing.T) {
 	}
 }
 
-func TestEnvTwinsFlagsWin(t *testing.T) {
-	fs := flag.NewFlagSet("x", flag.ContinueOnError)
-	a := fs.String("upstream", "", "")
-	b := fs.String("backlog-size", "", "")
-	c := fs.String("log-level", "info", "")
-	if err := fs.Parse([]string{"--upstream", "flag:1"}); err != nil {
-		t.Fatal(err)
-	}
-	env := map[string]string{"REPLPROXY_UPSTREAM": "env:1", "REPLPROXY_BACKLOG_SIZE": "2gb"}
-	if err := applyEnv(fs, func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
-		t.Fatal(err)
-	}
-	if *a != "flag:1" || *b != "2gb" || *c != "info" {
-		t.Fatalf("upstream %q backlog %q level %q", *a, *b, *c)
-	}
-}
-
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"1gb": 1 << 30, "512mb": 512 << 20, "64kb": 64 << 10, "1000": 1000, "2g": 2e9, "10GB": 10 << 30} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("%s: %d %v", in, got, err)
-		}
-	}
-	for _, in := range []string{"", "x", "-1mb", "1tb", "99999999999gb"} {
-		if _, err := parseSize(in); err == nil {
-			t.Errorf("%q accepted", in)
-		}
-	}
-}
-
 func TestVersionAndInspectErrors(t *testing.T) {
 	var out, errb bytes.Buffer
 	if code := run([]string{"--version"}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "replproxy ") {
@@ -82,5 +51,24 @@ func TestVersionAndInspectErrors(t *testing.T) {
 	}
 	if code := run([]string{"inspect"}, &out, &errb); code != 2 {
 		t.Fatalf("inspect without a dir: %d", code)
+	}
+}
+
+func TestCheckConfig(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	_ = os.WriteFile(good, []byte("upstream: 10.0.0.1:6379\ndata-dir: "+dir+"\nrequirepass: topsecret\n"), 0o644)
+	var out, errb bytes.Buffer
+	if code := run([]string{"check-config", "--config", good}, &out, &errb); code != 0 {
+		t.Fatalf("check-config: %d %s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), "10.0.0.1:6379") || strings.Contains(out.String(), "topsecret") {
+		t.Fatalf("effective config:\n%s", out.String())
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	_ = os.WriteFile(bad, []byte("upstream: a:1\ndata-dir: "+dir+"\nbogus-key: 1\n"), 0o644)
+	errb.Reset()
+	if code := run([]string{"check-config", "--config", bad}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "bogus-key") {
+		t.Fatalf("bad file: %d %q", code, errb.String())
 	}
 }

@@ -1,0 +1,349 @@
+// Package config turns flags, REPLPROXY_* environment variables and an
+// optional YAML file into the daemon's configuration. Precedence: flags >
+// environment > file > defaults. Every flag has a twin in the other two.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/replproxy/replproxy/metrics"
+	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/psync/backlog"
+)
+
+// EnvPrefix prefixes the environment twin of every flag.
+const EnvPrefix = "REPLPROXY_"
+
+// Readiness modes, as metrics defines them.
+const (
+	ReadySynced  = metrics.ReadySynced
+	ReadyProcess = metrics.ReadyProcess
+)
+
+// Web is the HTTP side: metrics, probes, status page.
+type Web struct {
+	Listen          string
+	Readiness       string
+	PerReplica      bool
+	PerReplicaLimit int
+	Pprof           bool
+}
+
+// Settings is the parsed result.
+type Settings struct {
+	Proxy     proxy.Config
+	Web       Web
+	LogLevel  slog.Level
+	LogFormat string
+	Version   bool
+	// Sources says where each set value came from: flag, env or file.
+	Sources map[string]string
+	fs      *flag.FlagSet
+}
+
+// secretFlags are never printed.
+var secretFlags = map[string]bool{"upstream-password": true, "requirepass": true}
+
+// UsageError is bad input: exit code 2, nothing touched.
+type UsageError struct{ Err error }
+
+func (e UsageError) Error() string { return e.Err.Error() }
+func (e UsageError) Unwrap() error { return e.Err }
+
+type raw struct {
+	backlogSize              sizeValue
+	passFile, reqPassFile    string
+	fsync, logLevel, logFmt  string
+	replTimeout, replicaTime time.Duration
+	configFile               string
+}
+
+// newFlagSet defines every flag; it is the single list of options.
+func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("replproxy", flag.ContinueOnError)
+	fs.SetOutput(out)
+	c := &s.Proxy
+	r.backlogSize = sizeValue(proxy.DefaultBacklogSize)
+	fs.StringVar(&r.configFile, "config", "", "YAML `FILE` with the same keys as the flags (lowest precedence after defaults)")
+	fs.StringVar(&c.Upstream, "upstream", "", "origin Redis `HOST:PORT` to replicate from (required)")
+	fs.StringVar(&c.Listen, "listen", "0.0.0.0:6380", "`HOST:PORT` where downstream replicas connect")
+	fs.StringVar(&c.DataDir, "data-dir", "", "`DIR` for the snapshot, backlog and state (required)")
+	fs.StringVar(&c.UpstreamUser, "upstream-user", "", "ACL user for AUTH to the origin")
+	fs.StringVar(&c.UpstreamPassword, "upstream-password", "", "password for AUTH to the origin")
+	fs.StringVar(&r.passFile, "upstream-password-file", "", "read the origin password from `FILE`")
+	fs.StringVar(&c.RequirePass, "requirepass", "", "password downstream clients must AUTH with")
+	fs.StringVar(&r.reqPassFile, "requirepass-file", "", "read the downstream password from `FILE`")
+	fs.Var(&r.backlogSize, "backlog-size", "on-disk backlog budget, e.g. 512mb, 10gb")
+	fs.DurationVar(&r.replTimeout, "repl-timeout", proxy.DefaultReplTimeout, "declare the upstream link dead after this much silence")
+	fs.DurationVar(&r.replicaTime, "replica-timeout", proxy.DefaultReplicaTimeout, "drop an online replica silent for this long")
+	fs.IntVar(&c.MaxParallelFullSyncs, "max-parallel-full-syncs", 0, "full syncs served at once; 0 = unlimited")
+	fs.StringVar(&r.fsync, "fsync", "everysec", "backlog fsync policy: always, everysec or no")
+	fs.IntVar(&c.AnnouncePort, "announce-port", 0, "port announced to the origin (REPLCONF listening-port); default the listen port")
+	fs.StringVar(&c.AnnounceIP, "announce-ip", "", "IP announced to the origin (REPLCONF ip-address)")
+	fs.StringVar(&s.Web.Listen, "metrics-listen", "0.0.0.0:9380", "`HOST:PORT` for /metrics, /livez, /readyz and the status page; empty disables")
+	fs.StringVar(&s.Web.Readiness, "readiness", ReadySynced, "what /readyz means: synced (upstream link up and a snapshot) or process (sidecar in the master pod)")
+	fs.BoolVar(&s.Web.PerReplica, "metrics-per-replica", false, "export per-replica series")
+	fs.IntVar(&s.Web.PerReplicaLimit, "metrics-per-replica-limit", 50, "at most this many replicas get per-replica series")
+	fs.BoolVar(&s.Web.Pprof, "pprof", false, "serve /debug/pprof on the metrics listener")
+	fs.StringVar(&r.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&r.logFmt, "log-format", "json", "json or text")
+	fs.BoolVar(&s.Version, "version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: replproxy --upstream HOST:PORT --data-dir DIR [flags]\n"+
+			"       replproxy check-config [flags]      validate and print the effective configuration\n"+
+			"       replproxy inspect [--json] DATA-DIR  show what a data dir holds\n"+
+			"       replproxy healthcheck [--addr HOST:PORT]\n\n"+
+			"Every flag can also be set as %s<FLAG_NAME> (e.g. %sUPSTREAM) or as a key of the --config file.\n"+
+			"Precedence: flags > environment > file > defaults.\n\n", EnvPrefix, EnvPrefix)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// Parse reads flags, then the environment, then the config file.
+func Parse(args []string, lookup func(string) (string, bool), out io.Writer) (*Settings, error) {
+	s := &Settings{Sources: map[string]string{}}
+	var r raw
+	fs := newFlagSet(s, &r, out)
+	s.fs = fs
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, UsageError{err}
+	}
+	if fs.NArg() > 0 {
+		return nil, UsageError{fmt.Errorf("unexpected arguments: %q", fs.Args())}
+	}
+	fs.Visit(func(f *flag.Flag) { s.Sources[f.Name] = "flag" })
+	if err := applyEnv(fs, lookup, s.Sources); err != nil {
+		return nil, UsageError{err}
+	}
+	if r.configFile != "" {
+		if err := applyFile(fs, r.configFile, s.Sources); err != nil {
+			return nil, UsageError{err}
+		}
+	}
+	if s.Version {
+		return s, nil
+	}
+	if err := s.finish(&r); err != nil {
+		return nil, UsageError{err}
+	}
+	return s, nil
+}
+
+func applyEnv(fs *flag.FlagSet, lookup func(string) (string, bool), sources map[string]string) error {
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if sources[f.Name] != "" {
+			return
+		}
+		name := EnvPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := lookup(name); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
+			}
+			sources[f.Name] = "env"
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func applyFile(fs *flag.FlagSet, path string, sources map[string]string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var errs []error
+	for _, k := range keys {
+		f := fs.Lookup(k)
+		if f == nil || k == "config" {
+			errs = append(errs, fmt.Errorf("config file %s: unknown key %q", path, k))
+			continue
+		}
+		if sources[k] != "" {
+			continue // flags and environment win
+		}
+		var v string
+		switch x := m[k].(type) {
+		case string:
+			v = x
+		case bool:
+			v = strconv.FormatBool(x)
+		case float64:
+			v = strconv.FormatFloat(x, 'f', -1, 64)
+		default:
+			errs = append(errs, fmt.Errorf("config file %s: key %q: want a scalar, got %T", path, k, x))
+			continue
+		}
+		if err := fs.Set(k, v); err != nil {
+			errs = append(errs, fmt.Errorf("config file %s: key %q: %w", path, k, err))
+			continue
+		}
+		sources[k] = "file"
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Settings) finish(r *raw) error {
+	c := &s.Proxy
+	var errs []error
+	var err error
+	if err = s.LogLevel.UnmarshalText([]byte(r.logLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("log-level %q: want debug, info, warn or error", r.logLevel))
+	}
+	s.LogFormat = r.logFmt
+	if r.logFmt != "json" && r.logFmt != "text" {
+		errs = append(errs, fmt.Errorf("log-format %q: want json or text", r.logFmt))
+	}
+	if c.Fsync, err = backlog.ParseFsyncPolicy(r.fsync); err != nil {
+		errs = append(errs, err)
+	}
+	c.BacklogSize = int64(r.backlogSize)
+	c.ReplTimeout, c.ReplicaTimeout = r.replTimeout, r.replicaTime
+	if c.UpstreamPassword, err = secret(c.UpstreamPassword, r.passFile, "upstream-password"); err != nil {
+		errs = append(errs, err)
+	}
+	if c.RequirePass, err = secret(c.RequirePass, r.reqPassFile, "requirepass"); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Upstream == "" {
+		errs = append(errs, errors.New("upstream is required"))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data-dir is required"))
+	} else if st, err := os.Stat(c.DataDir); err == nil && !st.IsDir() {
+		errs = append(errs, fmt.Errorf("data-dir %s is not a directory", c.DataDir))
+	}
+	if s.Web.Readiness != ReadySynced && s.Web.Readiness != ReadyProcess {
+		errs = append(errs, fmt.Errorf("readiness %q: want synced or process", s.Web.Readiness))
+	}
+	if err := c.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func secret(value, file, name string) (string, error) {
+	if file == "" {
+		return value, nil
+	}
+	if value != "" {
+		return "", fmt.Errorf("%s and %s-file are both set; use one", name, name)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("%s-file: %w", name, err)
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+// Logger builds the slog logger the settings ask for.
+func (s *Settings) Logger(w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: s.LogLevel}
+	if s.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// Effective renders every option with its value and source, secrets
+// redacted, as check-config prints it.
+func (s *Settings) Effective() string {
+	var b strings.Builder
+	s.fs.VisitAll(func(f *flag.Flag) {
+		if f.Name == "version" {
+			return
+		}
+		v := f.Value.String()
+		if secretFlags[f.Name] && v != "" {
+			v = "<redacted>"
+		}
+		src := s.Sources[f.Name]
+		if src == "" {
+			src = "default"
+		}
+		fmt.Fprintf(&b, "%-26s %-30q (%s)\n", f.Name+":", v, src)
+	})
+	return b.String()
+}
+
+// FlagTable is the markdown table of every option, for the README.
+func FlagTable() string {
+	var s Settings
+	var r raw
+	fs := newFlagSet(&s, &r, io.Discard)
+	var b strings.Builder
+	b.WriteString("| flag | environment | default | meaning |\n|---|---|---|---|\n")
+	fs.VisitAll(func(f *flag.Flag) {
+		name, usage := flag.UnquoteUsage(f)
+		arg := ""
+		if name != "" {
+			arg = " " + name
+		}
+		def := f.DefValue
+		if def != "" {
+			def = "`" + def + "`"
+		}
+		fmt.Fprintf(&b, "| `--%s%s` | `%s%s` | %s | %s |\n", f.Name, arg, EnvPrefix,
+			strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_")), def, strings.ReplaceAll(usage, "|", "\\|"))
+	})
+	return b.String()
+}
+
+// sizeValue is a byte count written as Redis writes memory sizes: 1gb,
+// 512mb, 64kb or plain bytes (k/m/g are powers of 1000, kb/mb/gb of 1024).
+type sizeValue int64
+
+func (s *sizeValue) String() string { return strconv.FormatInt(int64(*s), 10) }
+
+func (s *sizeValue) Set(v string) error {
+	n, err := ParseSize(v)
+	if err != nil {
+		return err
+	}
+	*s = sizeValue(n)
+	return nil
+}
+
+// ParseSize parses "1gb", "512mb", "64kb", "2g" or plain bytes.
+func ParseSize(v string) (int64, error) {
+	t := strings.ToLower(strings.TrimSpace(v))
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"gb", 1 << 30}, {"mb", 1 << 20}, {"kb", 1 << 10}, {"g", 1e9}, {"m", 1e6}, {"k", 1e3}, {"b", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSuffix(t, u.suffix), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("size %q: want a number with an optional unit (kb, mb, gb)", v)
+	}
+	return n * mult, nil
+}

@@ -1,0 +1,105 @@
+package config
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "replproxy.yaml")
+	if err := os.WriteFile(file, []byte("upstream: file:1\nbacklog-size: 2gb\nrepl-timeout: 30s\nfsync: always\nmetrics-per-replica: true\nmax-parallel-full-syncs: 3\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"--config", file, "--data-dir", dir}
+	cases := []struct {
+		name     string
+		args     []string
+		env      map[string]string
+		upstream string
+		backlog  int64
+		timeout  time.Duration
+		source   string
+	}{
+		{"file only", nil, nil, "file:1", 2 << 30, 30 * time.Second, "file"},
+		{"env beats file", nil, map[string]string{"REPLPROXY_UPSTREAM": "env:1", "REPLPROXY_BACKLOG_SIZE": "3gb"}, "env:1", 3 << 30, 30 * time.Second, "env"},
+		{"flag beats env", []string{"--upstream", "flag:1"}, map[string]string{"REPLPROXY_UPSTREAM": "env:1"}, "flag:1", 2 << 30, 30 * time.Second, "flag"},
+		{"flag beats file", []string{"--repl-timeout", "5s"}, nil, "file:1", 2 << 30, 5 * time.Second, "file"},
+	}
+	for _, c := range cases {
+		lookup := func(k string) (string, bool) { v, ok := c.env[k]; return v, ok }
+		s, err := Parse(append(append([]string{}, base...), c.args...), lookup, io.Discard)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		p := s.Proxy
+		if p.Upstream != c.upstream || p.BacklogSize != c.backlog || p.ReplTimeout != c.timeout {
+			t.Errorf("%s: upstream %q backlog %d timeout %v", c.name, p.Upstream, p.BacklogSize, p.ReplTimeout)
+		}
+		if s.Sources["upstream"] != c.source {
+			t.Errorf("%s: upstream source %q", c.name, s.Sources["upstream"])
+		}
+		if p.Fsync.String() != "always" || !s.Web.PerReplica || p.MaxParallelFullSyncs != 3 {
+			t.Errorf("%s: file values lost: %+v", c.name, s.Web)
+		}
+	}
+}
+
+func TestBadFileNamesTheKey(t *testing.T) {
+	dir := t.TempDir()
+	for content, want := range map[string]string{
+		"upstream: a:1\nbaklog-size: 1gb\n": `unknown key "baklog-size"`,
+		"upstream: a:1\nfsync: [1, 2]\n":    `key "fsync": want a scalar`,
+		"upstream: a:1\nrepl-timeout: soon": `key "repl-timeout"`,
+		"upstream: [unclosed":               "config file",
+	} {
+		file := filepath.Join(dir, "c.yaml")
+		_ = os.WriteFile(file, []byte(content), 0o644)
+		_, err := Parse([]string{"--config", file, "--data-dir", dir}, func(string) (string, bool) { return "", false }, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want it to mention %s", content, err, want)
+		}
+	}
+}
+
+func TestEffectiveRedactsSecrets(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Parse([]string{"--upstream", "a:1", "--data-dir", dir, "--requirepass", "hunter2", "--upstream-password", "pw"},
+		func(string) (string, bool) { return "", false }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := s.Effective()
+	if strings.Contains(out, "hunter2") || strings.Contains(out, `"pw"`) || !strings.Contains(out, "<redacted>") {
+		t.Fatalf("secrets leak:\n%s", out)
+	}
+	if !strings.Contains(out, "upstream:") || !strings.Contains(out, "(flag)") || !strings.Contains(out, "(default)") {
+		t.Fatalf("effective config:\n%s", out)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"1gb": 1 << 30, "512mb": 512 << 20, "64kb": 64 << 10, "1000": 1000, "2g": 2e9, "10GB": 10 << 30} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("%s: %d %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"", "x", "-1mb", "1tb", "99999999999gb"} {
+		if _, err := ParseSize(in); err == nil {
+			t.Errorf("%q accepted", in)
+		}
+	}
+}
+
+func TestFlagTableListsEveryFlag(t *testing.T) {
+	table := FlagTable()
+	for _, f := range []string{"--upstream", "--backlog-size", "REPLPROXY_METRICS_LISTEN", "--config"} {
+		if !strings.Contains(table, f) {
+			t.Errorf("table lacks %s", f)
+		}
+	}
+}
