@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -597,5 +598,62 @@ func TestServingWithoutUpstream(t *testing.T) {
 	})
 	if p.stats.SyncFull.Load() != 1 {
 		t.Fatalf("full syncs %d", p.stats.SyncFull.Load())
+	}
+}
+
+// TestSIGTERMWhileStreaming: SIGTERM under load exits 0 within a grace
+// period; a restart resumes with partial syncs both ways; and when the
+// origin vanishes first (a sidecar stopped after its main container), the
+// proxy neither crash-loops nor hangs on shutdown.
+func TestSIGTERMWhileStreaming(t *testing.T) {
+	t.Parallel()
+	bin := redistest.ProxyBinary(t)
+	origin := redistest.StartT(t, "origin", "--repl-backlog-size", "64mb")
+	dir := t.TempDir()
+	port, _ := redistest.FreePort()
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	args := []string{"--upstream", origin.Addr(), "--listen", addr, "--data-dir", dir, "--log-format", "text", "--metrics-listen", "127.0.0.1:0"}
+	logPath := filepath.Join(t.TempDir(), "proxy.log")
+	proc := redistest.StartProxyProcess(t, bin, logPath, args...)
+	replicas := startReplicas(t, 2, addr)
+	waitConverged(t, origin, replicas, 30*time.Second)
+	stop := make(chan struct{})
+	wg := runMixedLoad(t, origin.Client(), stop, 21)
+	redistest.Eventually(t, 10*time.Second, "load flows", func() bool {
+		return origin.InfoInt("replication", "master_repl_offset") > 100000
+	})
+	start := time.Now()
+	proc.Signal(syscall.SIGTERM)
+	if code := proc.ExitCode(); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("shutdown took %v", took)
+	}
+	partialUp := origin.InfoInt("stats", "sync_partial_ok")
+	proc = redistest.StartProxyProcess(t, bin, logPath, args...)
+	close(stop)
+	wg.Wait()
+	waitConverged(t, origin, replicas, 60*time.Second)
+	if origin.InfoInt("stats", "sync_full") != 1 || origin.InfoInt("stats", "sync_partial_ok") != partialUp+1 {
+		t.Fatalf("upstream: sync_full %d, sync_partial_ok %d (was %d)", origin.InfoInt("stats", "sync_full"),
+			origin.InfoInt("stats", "sync_partial_ok"), partialUp)
+	}
+	for _, r := range replicas {
+		b, _ := os.ReadFile(r.Log)
+		if n := strings.Count(string(b), "Full resync from master"); n != 1 {
+			t.Fatalf("replica %d took %d full syncs", r.Port, n)
+		}
+	}
+
+	// Pod shutdown order: the origin goes first, then SIGTERM.
+	downs := func() int { b, _ := os.ReadFile(logPath); return strings.Count(string(b), "upstream link down") }
+	before := downs()
+	origin.Kill()
+	redistest.Eventually(t, 10*time.Second, "proxy notices the origin is gone", func() bool { return downs() > before })
+	start = time.Now()
+	proc.Signal(syscall.SIGTERM)
+	if code := proc.ExitCode(); code != 0 || time.Since(start) > 10*time.Second {
+		t.Fatalf("shutdown without upstream: exit %d after %v", code, time.Since(start))
 	}
 }

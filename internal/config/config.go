@@ -113,6 +113,17 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 
 // Parse reads flags, then the environment, then the config file.
 func Parse(args []string, lookup func(string) (string, bool), out io.Writer) (*Settings, error) {
+	return parse(args, lookup, out, false)
+}
+
+// CheckArgs validates arguments as Parse does, but without touching the
+// filesystem (secret files, data dir): for checking manifests offline.
+func CheckArgs(args []string, lookup func(string) (string, bool)) error {
+	_, err := parse(args, lookup, io.Discard, true)
+	return err
+}
+
+func parse(args []string, lookup func(string) (string, bool), out io.Writer, offline bool) (*Settings, error) {
 	s := &Settings{Sources: map[string]string{}}
 	var r raw
 	fs := newFlagSet(s, &r, out)
@@ -130,7 +141,7 @@ func Parse(args []string, lookup func(string) (string, bool), out io.Writer) (*S
 	if err := applyEnv(fs, lookup, s.Sources); err != nil {
 		return nil, UsageError{err}
 	}
-	if r.configFile != "" {
+	if r.configFile != "" && !offline {
 		if err := applyFile(fs, r.configFile, s.Sources); err != nil {
 			return nil, UsageError{err}
 		}
@@ -138,7 +149,10 @@ func Parse(args []string, lookup func(string) (string, bool), out io.Writer) (*S
 	if s.Version {
 		return s, nil
 	}
-	if err := s.finish(&r); err != nil {
+	if offline {
+		r.passFile, r.reqPassFile = "", ""
+	}
+	if err := s.finish(&r, offline); err != nil {
 		return nil, UsageError{err}
 	}
 	return s, nil
@@ -206,7 +220,7 @@ func applyFile(fs *flag.FlagSet, path string, sources map[string]string) error {
 	return errors.Join(errs...)
 }
 
-func (s *Settings) finish(r *raw) error {
+func (s *Settings) finish(r *raw, offline bool) error {
 	c := &s.Proxy
 	var errs []error
 	var err error
@@ -233,7 +247,7 @@ func (s *Settings) finish(r *raw) error {
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data-dir is required"))
-	} else if st, err := os.Stat(c.DataDir); err == nil && !st.IsDir() {
+	} else if st, err := os.Stat(c.DataDir); !offline && err == nil && !st.IsDir() {
 		errs = append(errs, fmt.Errorf("data-dir %s is not a directory", c.DataDir))
 	}
 	if s.Web.Readiness != ReadySynced && s.Web.Readiness != ReadyProcess {
