@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,7 +31,19 @@ var (
 	nativeBucketFactor = 1.1
 )
 
+// MetricDoc describes one exported metric, for the README.
+type MetricDoc struct {
+	Name, Type, Help string
+	Labels           []string
+}
+
+var catalog []MetricDoc
+
+// Catalog lists every metric replproxy exports (besides go_ and process_).
+func Catalog() []MetricDoc { return catalog }
+
 func histogram(name, help string, buckets []float64) prometheus.Histogram {
+	catalog = append(catalog, MetricDoc{Name: ns + "_" + name, Type: "histogram (classic + native)", Help: help})
 	return prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: ns, Name: name, Help: help, Buckets: buckets,
 		NativeHistogramBucketFactor: nativeBucketFactor, NativeHistogramMaxBucketNumber: 160,
@@ -99,6 +112,11 @@ type collector struct {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
+	typ := "gauge"
+	if strings.HasSuffix(name, "_total") {
+		typ = "counter"
+	}
+	catalog = append(catalog, MetricDoc{Name: ns + "_" + name, Type: typ, Help: help, Labels: labels})
 	return prometheus.NewDesc(prometheus.BuildFQName(ns, "", name), help, labels, nil)
 }
 
