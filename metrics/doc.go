@@ -6,10 +6,6 @@ import (
 	"strings"
 )
 
-// init makes sure the histograms are in the catalog even if no Observer
-// was created yet.
-func init() { _ = NewObserver() }
-
 // CatalogTable is the markdown table of every metric, for the README.
 func CatalogTable() string {
 	seen := map[string]bool{}

@@ -37,15 +37,35 @@ type MetricDoc struct {
 	Labels           []string
 }
 
+// catalog is filled by package initialisation only (desc and init).
 var catalog []MetricDoc
 
 // Catalog lists every metric replproxy exports (besides go_ and process_).
 func Catalog() []MetricDoc { return catalog }
 
-func histogram(name, help string, buckets []float64) prometheus.Histogram {
-	catalog = append(catalog, MetricDoc{Name: ns + "_" + name, Type: "histogram (classic + native)", Help: help})
+// histDef is one histogram; the definitions are static so the catalog
+// lists them without an Observer.
+type histDef struct {
+	name, help string
+	buckets    []float64
+}
+
+var (
+	hAckLagBytes   = histDef{"downstream_ack_lag_bytes", "Replica lag in bytes (end offset minus ACKed offset), observed at every REPLCONF ACK.", histogramBucketsB}
+	hAckLagSeconds = histDef{"downstream_ack_lag_seconds", "Replica lag in seconds (age of the first unacknowledged byte), observed at every REPLCONF ACK.", histogramBucketsS}
+	hUpFullSync    = histDef{"upstream_full_sync_duration_seconds", "Time to receive and install a full sync from upstream.", histogramBucketsS}
+	hDownFullSync  = histDef{"downstream_full_sync_duration_seconds", "Time to send the snapshot to a replica.", histogramBucketsS}
+)
+
+func init() {
+	for _, h := range []histDef{hAckLagBytes, hAckLagSeconds, hUpFullSync, hDownFullSync} {
+		catalog = append(catalog, MetricDoc{Name: ns + "_" + h.name, Type: "histogram (classic + native)", Help: h.help})
+	}
+}
+
+func (h histDef) new() prometheus.Histogram {
 	return prometheus.NewHistogram(prometheus.HistogramOpts{
-		Namespace: ns, Name: name, Help: help, Buckets: buckets,
+		Namespace: ns, Name: h.name, Help: h.help, Buckets: h.buckets,
 		NativeHistogramBucketFactor: nativeBucketFactor, NativeHistogramMaxBucketNumber: 160,
 		NativeHistogramMinResetDuration: time.Hour,
 	})
@@ -62,16 +82,8 @@ type Observer struct {
 
 // NewObserver creates the histograms.
 func NewObserver() *Observer {
-	return &Observer{
-		ackLagBytes: histogram("downstream_ack_lag_bytes",
-			"Replica lag in bytes (end offset minus ACKed offset), observed at every REPLCONF ACK.", histogramBucketsB),
-		ackLagSeconds: histogram("downstream_ack_lag_seconds",
-			"Replica lag in seconds (age of the first unacknowledged byte), observed at every REPLCONF ACK.", histogramBucketsS),
-		upstreamFullSync: histogram("upstream_full_sync_duration_seconds",
-			"Time to receive and install a full sync from upstream.", histogramBucketsS),
-		downFullSync: histogram("downstream_full_sync_duration_seconds",
-			"Time to send the snapshot to a replica.", histogramBucketsS),
-	}
+	return &Observer{ackLagBytes: hAckLagBytes.new(), ackLagSeconds: hAckLagSeconds.new(),
+		upstreamFullSync: hUpFullSync.new(), downFullSync: hDownFullSync.new()}
 }
 
 func (o *Observer) ObserveAck(lagBytes int64, lagSeconds float64) {

@@ -17,7 +17,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 		usage(stderr)
 		return 2
 	}
+	for _, sc := range scenarios {
+		if sc.name == args[0] {
+			return runScenario(sc, args[1:], stdout, stderr)
+		}
+	}
 	switch args[0] {
+	case "all":
+		for _, sc := range scenarios {
+			if code := runScenario(sc, args[1:], stdout, stderr); code != 0 {
+				return code
+			}
+		}
+		return 0
 	case "demo":
 		return demo(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
@@ -30,9 +42,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func usage(w io.Writer) {
-	fmt.Fprint(w, `Usage: replbench COMMAND [flags]
-
-Commands:
-  demo      origin -> replproxy -> stock replicas on loopback, with a live status table
-`)
+	fmt.Fprint(w, "Usage: replbench COMMAND [flags]\n\nCommands:\n")
+	fmt.Fprintf(w, "  %-8s  %s\n", "demo", "origin -> replproxy -> stock replicas on loopback, with a live status table")
+	for _, sc := range scenarios {
+		fmt.Fprintf(w, "  %-8s  %s\n", sc.name, sc.help)
+	}
+	fmt.Fprintf(w, "  %-8s  %s\n", "all", "every scenario in turn, with the same flags")
+	fmt.Fprint(w, "\nCommon flags: --replicas N --dataset SIZE --duration D --rate N --out DIR\n")
 }

@@ -51,6 +51,10 @@ func (p *Proxy) CutAll() {
 	}
 }
 
+// Forwarded is the number of target->client bytes forwarded by finished
+// and running connections (counted as they finish).
+func (p *Proxy) Forwarded() int64 { return p.forwarded.Load() }
+
 // Close stops the proxy and its connections.
 func (p *Proxy) Close() {
 	p.ln.Close()
@@ -100,10 +104,20 @@ func (p *Proxy) handle(client net.Conn) {
 		server.Close()
 	}()
 	limit := p.cutAfter.Load()
-	var src io.Reader = server
+	var src io.Reader = &countingReader{r: server, n: &p.forwarded}
 	if limit > 0 {
-		src = io.LimitReader(server, limit)
+		src = io.LimitReader(src, limit)
 	}
-	n, _ := io.Copy(client, src)
-	p.forwarded.Add(n)
+	_, _ = io.Copy(client, src)
+}
+
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n.Add(int64(n))
+	return n, err
 }

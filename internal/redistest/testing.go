@@ -44,31 +44,39 @@ var (
 	buildErr  error
 )
 
-// ProxyBinary builds cmd/replproxy once per test binary and returns its path.
+// ProxyBinary builds cmd/replproxy once per test binary (with the race
+// detector unless REPLPROXY_TEST_NORACE is set) and returns its path.
 func ProxyBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		_, file, _, _ := runtime.Caller(0)
-		root := filepath.Join(filepath.Dir(file), "..", "..")
 		dir, err := os.MkdirTemp("", "replproxy-bin-")
 		if err != nil {
 			buildErr = err
 			return
 		}
-		buildPath = filepath.Join(dir, "replproxy")
-		cmd := exec.Command("go", "build", "-race", "-o", buildPath, "./cmd/replproxy")
-		if os.Getenv("REPLPROXY_TEST_NORACE") != "" {
-			cmd = exec.Command("go", "build", "-o", buildPath, "./cmd/replproxy")
-		}
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("build replproxy: %v\n%s", err, out)
-		}
+		buildPath, buildErr = BuildProxy(dir, os.Getenv("REPLPROXY_TEST_NORACE") == "")
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
 	return buildPath
+}
+
+// BuildProxy builds cmd/replproxy into dir and returns the binary's path.
+func BuildProxy(dir string, race bool) (string, error) {
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(file), "..", "..")
+	path := filepath.Join(dir, "replproxy")
+	args := []string{"build", "-o", path}
+	if race {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, "./cmd/replproxy")...)
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build replproxy: %v\n%s", err, out)
+	}
+	return path, nil
 }
 
 // Process is a replproxy started as its own process, for SIGKILL tests.

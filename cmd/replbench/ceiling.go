@@ -1,0 +1,272 @@
+package main
+
+import (
+	"bufio"
+	"encoding/binary"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/replproxy/replproxy/psync"
+)
+
+// ceiling: how fast replproxy can relay, with nothing else in the way: a
+// synthetic upstream streams as fast as it can, synthetic sinks read and
+// ACK. Next to it, a plain Go fan-out copy over the same loopback.
+func ceiling(c *common, _ *flag.FlagSet) (*report, error) {
+	rep := &report{Scenario: "ceiling", Headline: "aggregate MB/s", Lower: false,
+		Columns: []string{"aggregate MB/s", "seconds", "relay CPU s per GB in", "relay peak RSS MB"},
+		Params:  map[string]string{"sinks": strconv.Itoa(c.replicas), "stream": strconv.FormatInt(c.dataset>>20, 10) + "MB"}}
+	stream := buildStream(c.dataset)
+
+	rw := row{Label: "plain socket fan-out", Values: map[string]float64{}}
+	if secs, err := plainFanout(stream, c.replicas); err != nil {
+		rw.Error = err.Error()
+	} else {
+		rw.Values["seconds"] = secs
+		rw.Values["aggregate MB/s"] = float64(len(stream)) * float64(c.replicas) / secs / 1e6
+	}
+	rep.Rows = append(rep.Rows, rw)
+
+	rw = row{Label: "proxy", Values: map[string]float64{}}
+	if err := proxyCeiling(c, stream, &rw); err != nil {
+		rw.Error = err.Error()
+	}
+	rep.Rows = append(rep.Rows, rw)
+	rep.Notes = append(rep.Notes, "The stream is SET commands with 16 KB values. replproxy writes every byte to its disk backlog (fsync everysec) and each sink reads it back through its own cursor; the plain copy keeps one buffer in memory. Both run on the same 2 cores as their sinks.")
+	return rep, nil
+}
+
+func buildStream(size int64) []byte {
+	val := strings.Repeat("s", 16<<10)
+	var b []byte
+	for i := 0; int64(len(b)) < size; i++ {
+		b = append(b, psync.EncodeCommand("SET", "k"+strconv.Itoa(i%1000), val)...)
+	}
+	return b
+}
+
+// minimalRDB is an empty RDB 10 with a correct checksum.
+func minimalRDB() []byte {
+	b := []byte("REDIS0010\xff")
+	return binary.LittleEndian.AppendUint64(b, psync.CRC64(0, b))
+}
+
+// fakeUpstream answers the replica handshake, sends a full sync of an
+// empty RDB at offset 0, then the stream as fast as the socket takes it.
+func fakeUpstream(stream []byte) (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	id := strings.Repeat("f", 40)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				br := bufio.NewReader(conn)
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if !strings.HasPrefix(line, "*") {
+						continue
+					}
+					n, _ := strconv.Atoi(strings.TrimSpace(line[1:]))
+					var args []string
+					for range n {
+						if _, err := br.ReadString('\n'); err != nil {
+							return
+						}
+						a, _ := br.ReadString('\n')
+						args = append(args, strings.TrimSpace(a))
+					}
+					switch strings.ToUpper(args[0]) {
+					case "PING":
+						fmt.Fprint(conn, "+PONG\r\n")
+					case "PSYNC":
+						rdb := minimalRDB()
+						fmt.Fprintf(conn, "+FULLRESYNC %s 0\r\n$%d\r\n", id, len(rdb))
+						conn.Write(rdb)
+						go io.Copy(io.Discard, br) // ACKs
+						conn.Write(stream)
+						time.Sleep(time.Hour) // keep the link open; the scenario closes it
+						return
+					default:
+						fmt.Fprint(conn, "+OK\r\n")
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), func() { ln.Close() }, nil
+}
+
+// sink is a synthetic replica: PSYNC, skip the payload, read n stream bytes.
+func sink(addr string, n int64) error {
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	br := bufio.NewReaderSize(conn, 1<<20)
+	if err := psync.Handshake(conn, br, psync.HandshakeConfig{ListeningPort: 1}); err != nil {
+		return err
+	}
+	reply, err := psync.Psync(conn, br, "", -1, nil)
+	if err != nil || reply.Kind != psync.ReplyFullResync {
+		return fmt.Errorf("sink PSYNC: %+v %v", reply, err)
+	}
+	h, err := psync.ReadPayloadHeader(br, nil)
+	if err != nil {
+		return err
+	}
+	if _, err := psync.CopyPayload(io.Discard, br, h, nil); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	defer close(done)
+	var got int64
+	var mu sync.Mutex
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				mu.Lock()
+				off := reply.Offset + got
+				mu.Unlock()
+				conn.Write(psync.AckCommand(off))
+			}
+		}
+	}()
+	buf := make([]byte, 1<<20)
+	for got < n {
+		m, err := br.Read(buf)
+		mu.Lock()
+		got += int64(m)
+		mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("sink read after %d bytes: %w", got, err)
+		}
+	}
+	return nil
+}
+
+func proxyCeiling(c *common, stream []byte, rw *row) error {
+	up, closeUp, err := fakeUpstream(stream)
+	if err != nil {
+		return err
+	}
+	defer closeUp()
+	p, err := startProxyProc(c.proxyBin, up, c.dir("ceiling", "data"), c.dir("ceiling", "replproxy.log"), int64(len(stream))*2)
+	if err != nil {
+		return err
+	}
+	defer p.kill()
+	// Sinks attach once the snapshot exists, then everything is timed from
+	// the first one's PSYNC; the upstream streams from its own start, so the
+	// proxy may already hold part of the stream: that is the point of it.
+	if err := waitFor(time.Minute, func() bool {
+		m, err := infoOf(p.addr, "replication")
+		return err == nil && m["master_link_status"] == "up"
+	}); err != nil {
+		return err
+	}
+	cpu0, _ := procStats(p.PID())
+	start := time.Now()
+	errs := make(chan error, c.replicas)
+	for range c.replicas {
+		go func() { errs <- sink(p.addr, int64(len(stream))) }()
+	}
+	for range c.replicas {
+		if err := <-errs; err != nil {
+			return err
+		}
+	}
+	secs := time.Since(start).Seconds()
+	cpu, rss := procStats(p.PID())
+	rw.Values["seconds"] = secs
+	rw.Values["aggregate MB/s"] = float64(len(stream)) * float64(c.replicas) / secs / 1e6
+	rw.Values["relay CPU s per GB in"] = (cpu - cpu0) / (float64(len(stream)) / 1e9)
+	rw.Values["relay peak RSS MB"] = float64(rss >> 20)
+	return nil
+}
+
+// plainFanout: one source socket, a relay goroutine that copies each read
+// to k sink sockets, k readers. The physical reference for the machine.
+func plainFanout(stream []byte, k int) (float64, error) {
+	srcLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer srcLn.Close()
+	sinkLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer sinkLn.Close()
+	go func() {
+		c, err := srcLn.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.Write(stream)
+	}()
+	var readers sync.WaitGroup
+	for range k {
+		readers.Go(func() {
+			c, err := net.Dial("tcp", sinkLn.Addr().String())
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			io.CopyN(io.Discard, c, int64(len(stream)))
+		})
+	}
+	var outs []net.Conn
+	for range k {
+		c, err := sinkLn.Accept()
+		if err != nil {
+			return 0, err
+		}
+		defer c.Close()
+		outs = append(outs, c)
+	}
+	src, err := net.Dial("tcp", srcLn.Addr().String())
+	if err != nil {
+		return 0, err
+	}
+	defer src.Close()
+	start := time.Now()
+	buf := make([]byte, 256<<10)
+	var n int64
+	for n < int64(len(stream)) {
+		m, err := src.Read(buf)
+		for _, o := range outs {
+			if _, werr := o.Write(buf[:m]); werr != nil {
+				return 0, werr
+			}
+		}
+		n += int64(m)
+		if err != nil {
+			break
+		}
+	}
+	readers.Wait()
+	return time.Since(start).Seconds(), nil
+}
