@@ -33,8 +33,7 @@ demo: deps build
 	./bin/replbench demo $(DEMO_ARGS)
 
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchmem ./psync/...
-	./bin/replbench all --out out/bench $(BENCH_ARGS)
+	./scripts/bench.sh
 
 image:
 	@command -v docker >/dev/null 2>&1 || { echo "error: make image needs a Docker engine"; exit 1; }

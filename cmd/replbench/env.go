@@ -33,6 +33,7 @@ type common struct {
 	budget   int64
 	work     string
 	log      io.Writer
+	delay    int
 }
 
 func (c *common) register(fs *flag.FlagSet, replicas int, dataset string, duration time.Duration) {
@@ -52,6 +53,7 @@ func (c *common) register(fs *flag.FlagSet, replicas int, dataset string, durati
 	fs.DurationVar(&c.duration, "duration", duration, "how long load runs")
 	fs.IntVar(&c.rate, "rate", 0, "write rate in commands/s (0: as fast as the origin takes them)")
 	fs.StringVar(&c.out, "out", "out/bench", "directory for the markdown, JSON and SVG results")
+	fs.IntVar(&c.delay, "origin-diskless-delay", 5, "origins' repl-diskless-sync-delay in seconds (Redis' default is 5)")
 	fs.StringVar(&c.proxyBin, "replproxy", "", "replproxy binary (default: bin/replproxy next to replbench, else built)")
 }
 
@@ -94,7 +96,7 @@ func (c *common) dir(parts ...string) string {
 // benchOrigin starts an origin with Redis' own replication defaults (the
 // test harness shortens the diskless delay; benchmarks must not).
 func (c *common) benchOrigin(name string, extra ...string) (*redistest.Server, error) {
-	return redistest.Start(c.dir(name, "origin"), append([]string{"--repl-diskless-sync-delay", "5"}, extra...)...)
+	return redistest.Start(c.dir(name, "origin"), append([]string{"--repl-diskless-sync-delay", strconv.Itoa(c.delay)}, extra...)...)
 }
 
 // proc is a process whose CPU time and peak memory can be read.
@@ -229,7 +231,7 @@ func (c *common) intermediate(kind string, origin *redistest.Server, name string
 	case "direct":
 		return t, nil
 	case "chained", "chained-sized":
-		args := []string{"--replicaof", host, port, "--repl-diskless-sync-delay", "5"}
+		args := []string{"--replicaof", host, port, "--repl-diskless-sync-delay", strconv.Itoa(c.delay)}
 		if kind == "chained-sized" {
 			args = append(args, "--repl-backlog-size", strconv.FormatInt(c.budget, 10))
 		}
@@ -311,7 +313,8 @@ func converged(t *topology) bool {
 		return false
 	}
 	for _, r := range t.replicas {
-		if r.InfoInt("replication", "master_repl_offset") != off {
+		m, err := r.Info("replication")
+		if err != nil || m["master_link_status"] != "up" || m["master_repl_offset"] != strconv.FormatInt(off, 10) {
 			return false
 		}
 		if d, err := r.Digest(); err != nil || d != want {
@@ -364,13 +367,20 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "%s=%s ", k, r.Params[k])
 	}
 	b.WriteString("\n\n| topology | " + strings.Join(r.Columns, " | ") + " |\n|---|" + strings.Repeat("---|", len(r.Columns)) + "\n")
-	var proxyRow *row
-	for i := range r.Rows {
-		if strings.HasPrefix(r.Rows[i].Label, "proxy") {
-			proxyRow = &r.Rows[i]
+	// Each row is compared with the proxy row of the same parameters (the
+	// label's part after a comma, as in "direct, 5s").
+	proxyFor := func(label string) *row {
+		_, param, _ := strings.Cut(label, ",")
+		for i := range r.Rows {
+			_, p, _ := strings.Cut(r.Rows[i].Label, ",")
+			if strings.HasPrefix(r.Rows[i].Label, "proxy") && p == param && r.Rows[i].Error == "" {
+				return &r.Rows[i]
+			}
 		}
+		return nil
 	}
 	for _, rw := range r.Rows {
+		proxyRow := proxyFor(rw.Label)
 		b.WriteString("| " + rw.Label + " |")
 		for _, c := range r.Columns {
 			switch {
@@ -385,7 +395,7 @@ func (r *report) markdown() string {
 					continue
 				}
 				cell := fmtNum(v)
-				if proxyRow != nil && &rw != proxyRow && !strings.HasPrefix(rw.Label, "proxy") {
+				if proxyRow != nil && !strings.HasPrefix(rw.Label, "proxy") {
 					if pv, ok := proxyRow.Values[c]; ok && v != 0 {
 						cell += fmt.Sprintf(" (proxy ×%s)", fmtNum(pv/v))
 					}

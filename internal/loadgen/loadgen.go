@@ -92,15 +92,21 @@ func mixedRound(ctx context.Context, cli *redis.Client, rnd *rand.Rand, round in
 }
 
 // Fill writes about size bytes of data as pipelined SETs of valueSize
-// values, for datasets of a given size.
+// values, for datasets of a given size. Values are pseudo-random letters,
+// so the RDB does not compress to nothing.
 func Fill(ctx context.Context, cli *redis.Client, size int64, valueSize int) error {
-	val := strings.Repeat("x", valueSize)
+	rnd := rand.New(rand.NewPCG(1, 2))
+	pool := make([]byte, 1<<20+valueSize)
+	for i := range pool {
+		pool[i] = byte('a' + rnd.IntN(26))
+	}
 	n := size / int64(valueSize+24)
 	const batch = 1000
 	for i := int64(0); i < n; i += batch {
 		pipe := cli.Pipeline()
 		for j := i; j < min(i+batch, n); j++ {
-			pipe.Set(ctx, "fill:"+strconv.FormatInt(j, 10), val, 0)
+			off := rnd.IntN(1 << 20)
+			pipe.Set(ctx, "fill:"+strconv.FormatInt(j, 10), pool[off:off+valueSize], 0)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			return err
