@@ -3,9 +3,14 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
+	"net"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/replproxy/replproxy/psync"
 )
 
 func TestCmdReader(t *testing.T) {
@@ -83,5 +88,52 @@ func TestDataDirLocked(t *testing.T) {
 	defer p.shutdown()
 	if _, err := New(cfg, nil); err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Fatalf("second proxy on the same data dir: %v", err)
+	}
+}
+
+// TestHandshakeOfNewerReplicas: what Redis 8 and Valkey 8 replicas send
+// first is accepted so they fall back to the classic sync (PROTOCOL.md §8.5).
+func TestHandshakeOfNewerReplicas(t *testing.T) {
+	p, err := New(Config{Upstream: "127.0.0.1:1", DataDir: t.TempDir(), Listen: "127.0.0.1:0"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Serve(ctx, ln) }()
+	defer func() { cancel(); <-done }()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(conn)
+	for _, c := range []struct {
+		cmd  []string
+		want string
+	}{
+		{[]string{"REPLCONF", "capa", "eof", "capa", "psync2", "capa", "dual-channel"}, "+OK"},
+		{[]string{"REPLCONF", "capa", "eof", "capa", "psync2", "capa", "rdb-channel-repl"}, "+OK"},
+		{[]string{"REPLCONF", "version", "8.0.1"}, "+OK"},
+		{[]string{"REPLCONF", "listening-port", "6379", "ip-address", "10.0.0.7"}, "+OK"},
+		{[]string{"REPLCONF", "rdb-filter-only", ""}, "-ERR"},
+		{[]string{"REPLCONF", "ACK", "5"}, ""}, // no reply at all
+		{[]string{"PING"}, "+PONG"},
+	} {
+		if _, err := conn.Write(psync.EncodeCommand(c.cmd...)); err != nil {
+			t.Fatal(err)
+		}
+		if c.want == "" {
+			continue
+		}
+		line, err := br.ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, c.want) {
+			t.Fatalf("%v: %q %v, want %s", c.cmd, line, err, c.want)
+		}
 	}
 }

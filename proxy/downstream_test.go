@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -19,71 +18,23 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/replproxy/replproxy/internal/faultproxy"
+	"github.com/replproxy/replproxy/internal/loadgen"
 	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
 
-// mixedLoad runs one round of every kind of write a replica must apply:
-// all data types, expiries, several DBs, MULTI/EXEC, Lua and a value over
-// 256 KB.
-func mixedLoad(ctx context.Context, cli *redis.Client, rnd *rand.Rand, round int) error {
-	conn := cli.Conn()
-	defer conn.Close()
-	db := round % 4
-	if err := conn.Select(ctx, db).Err(); err != nil {
-		return err
-	}
-	k := func(s string) string { return fmt.Sprintf("%s:%d", s, rnd.IntN(200)) }
-	_, err := conn.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.Set(ctx, k("str"), rnd.Int64(), 0)
-		p.Set(ctx, k("ttl"), "v", time.Duration(1+rnd.IntN(3000))*time.Millisecond)
-		p.LPush(ctx, k("list"), rnd.IntN(1000))
-		p.LTrim(ctx, k("list"), 0, 50)
-		p.HSet(ctx, k("hash"), "f"+strconv.Itoa(rnd.IntN(20)), rnd.IntN(1000))
-		p.SAdd(ctx, k("set"), rnd.IntN(100))
-		p.ZAdd(ctx, k("zset"), redis.Z{Score: rnd.Float64(), Member: rnd.IntN(100)})
-		p.XAdd(ctx, &redis.XAddArgs{Stream: k("stream"), MaxLen: 100, Values: []any{"n", round}})
-		p.Expire(ctx, k("hash"), time.Hour)
-		p.Incr(ctx, "counter")
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	if _, err := conn.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Incr(ctx, "tx:a")
-		p.Decr(ctx, "tx:b")
-		return nil
-	}); err != nil {
-		return err
-	}
-	if err := conn.Eval(ctx, "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('INCR', KEYS[2])",
-		[]string{k("lua"), "lua:n"}, round).Err(); err != nil {
-		return err
-	}
-	if round%25 == 0 {
-		big := strings.Repeat(strconv.Itoa(round%10), 300<<10)
-		if err := conn.Set(ctx, "big", big, 0).Err(); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
+// runMixedLoad runs loadgen's mixed workload (all data types, expiries,
+// several DBs, MULTI/EXEC, Lua, a 300 KB value) until stop is closed.
 func runMixedLoad(t *testing.T, cli *redis.Client, stop <-chan struct{}, seed uint64) *sync.WaitGroup {
+	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		rnd := rand.New(rand.NewPCG(seed, seed))
-		for round := 0; ; round++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if err := mixedLoad(context.Background(), cli, rnd, round); err != nil {
-				t.Errorf("load: %v", err)
-				return
-			}
+		<-stop
+		cancel()
+	})
+	wg.Go(func() {
+		if err := loadgen.Mixed(ctx, cli, 0, seed, nil); err != nil {
+			t.Errorf("load: %v", err)
 		}
 	})
 	return &wg
@@ -109,7 +60,7 @@ func startReplicas(t *testing.T, n int, master string, extra ...string) []*redis
 func waitConverged(t *testing.T, origin *redistest.Server, replicas []*redistest.Server, timeout time.Duration) {
 	t.Helper()
 	var detail string
-	redistest.Eventually(t, timeout, "replicas converge to the origin", func() bool {
+	err := redistest.WaitFor(timeout, func() bool {
 		off := origin.InfoInt("replication", "master_repl_offset")
 		want, err := origin.Digest()
 		if err != nil {
@@ -125,8 +76,8 @@ func waitConverged(t *testing.T, origin *redistest.Server, replicas []*redistest
 		}
 		return origin.InfoInt("replication", "master_repl_offset") == off
 	})
-	if t.Failed() {
-		t.Log(detail)
+	if err != nil {
+		t.Fatalf("replicas do not converge to the origin: %v: %s", err, detail)
 	}
 }
 
@@ -656,4 +607,75 @@ func TestSIGTERMWhileStreaming(t *testing.T) {
 	if code := proc.ExitCode(); code != 0 || time.Since(start) > 10*time.Second {
 		t.Fatalf("shutdown without upstream: exit %d after %v", code, time.Since(start))
 	}
+}
+
+// TestUpstreamFailover: the origin's replica is promoted and the proxy's
+// upstream address moves to it (as behind a virtual IP). The promoted
+// replica answers +CONTINUE with its new ID; the proxy shifts its history,
+// its replicas re-PSYNC through replid2, and nobody takes a full sync.
+func TestUpstreamFailover(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	populate(t, origin) // DEBUG POPULATE is not replicated: before any replica
+	host, port, _ := net.SplitHostPort(origin.Addr())
+	standby := redistest.StartT(t, "standby", "--replicaof", host, port)
+	vip, err := faultproxy.New(origin.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vip.Close()
+	p := startProxy(t, vip.Addr(), t.TempDir())
+	replicas := startReplicas(t, 2, p.addr)
+	stop := make(chan struct{})
+	wg := runMixedLoad(t, origin.Client(), stop, 31)
+	redistest.Eventually(t, 20*time.Second, "load flows", func() bool { return origin.InfoInt("replication", "master_repl_offset") > 100000 })
+	close(stop)
+	wg.Wait()
+	waitConverged(t, origin, append([]*redistest.Server{standby}, replicas...), 30*time.Second)
+	oldID := p.position().hist.ReplID
+
+	// Fail over: the standby becomes master; the old origin goes away.
+	ctx := context.Background()
+	if err := standby.Client().Do(ctx, "REPLICAOF", "NO", "ONE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	vip.SetTarget(standby.Addr())
+	vip.CutAll()
+	origin.Kill()
+	newID := mustInfo(t, standby, "replication")["master_replid"]
+	redistest.Eventually(t, 20*time.Second, "proxy follows the promoted replica", func() bool {
+		h := p.position().hist
+		return p.linkUp() && h.ReplID == newID && h.ReplID2 == oldID
+	})
+	wg = runMixedLoad(t, standby.Client(), closeAfter(2*time.Second), 32)
+	wg.Wait()
+	waitConverged(t, standby, replicas, 30*time.Second)
+	if got := standby.InfoInt("stats", "sync_full"); got != 0 {
+		t.Fatalf("promoted replica served %d full syncs", got)
+	}
+	if got := p.stats.SyncFull.Load(); got != 2 {
+		t.Fatalf("proxy served %d full syncs, want only the initial 2", got)
+	}
+	for _, r := range replicas {
+		if got := mustInfo(t, r, "replication")["master_replid2"]; got != oldID {
+			t.Fatalf("replica %d replid2 %s, want %s", r.Port, got, oldID)
+		}
+	}
+	// A replica joining now gets the snapshot from before the failover
+	// under the new ID, and the stream across the shift.
+	late := startReplicas(t, 1, p.addr)
+	waitConverged(t, standby, append(replicas, late...), 30*time.Second)
+	if got := mustInfo(t, late[0], "replication")["master_replid"]; got != newID {
+		t.Fatalf("late replica follows %s, want %s", got, newID)
+	}
+	if got := standby.InfoInt("stats", "sync_full"); got != 0 {
+		t.Fatalf("promoted replica forked for a late replica: sync_full %d", got)
+	}
+}
+
+// closeAfter returns a channel closed after d: load for a while.
+func closeAfter(d time.Duration) chan struct{} {
+	c := make(chan struct{})
+	time.AfterFunc(d, func() { close(c) })
+	return c
 }

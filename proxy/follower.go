@@ -366,8 +366,8 @@ var errRefreshRejected = errors.New("refreshed snapshot does not fit the current
 // refreshSnapshot fetches a new snapshot on a second connection while the
 // main link keeps streaming: REPLCONF rdb-only 1 and PSYNC ? -1, or a plain
 // second sync dropped after the payload when rdb-only is refused.
-func (p *Proxy) refreshSnapshot(ctx context.Context, since int64, stale bool) {
-	p.log.Info("snapshot refresh started", "stream_since_snapshot", since, "replid_changed", stale)
+func (p *Proxy) refreshSnapshot(ctx context.Context, since int64) {
+	p.log.Info("snapshot refresh started", "stream_since_snapshot", since)
 	start := time.Now()
 	info, err := p.fetchSnapshot(ctx)
 	if err != nil {

@@ -328,12 +328,15 @@ func (p *Proxy) maintain(ctx context.Context) {
 			p.log.Debug("backlog trimmed", "bytes", n)
 			p.dropTrimmedReplicas()
 		}
+		// A snapshot from before an ID shift stays servable: its offset is
+		// below second_repl_offset, so it continues through replid2. Only
+		// the budget triggers a refresh; a failover must not fork the
+		// newly promoted master.
 		since := pos.end - pos.snap.Offset
-		stale := pos.snap.ReplID != pos.hist.ReplID
-		if (since > int64(float64(p.cfg.BacklogSize)*p.cfg.RefreshRatio) || stale) && p.linkUp() && p.refresh.CompareAndSwap(false, true) {
+		if since > int64(float64(p.cfg.BacklogSize)*p.cfg.RefreshRatio) && p.linkUp() && p.refresh.CompareAndSwap(false, true) {
 			go func() {
 				defer p.refresh.Store(false)
-				p.refreshSnapshot(ctx, since, stale)
+				p.refreshSnapshot(ctx, since)
 			}()
 		}
 	}

@@ -34,6 +34,7 @@ type common struct {
 	work     string
 	log      io.Writer
 	delay    int
+	topos    string
 }
 
 func (c *common) register(fs *flag.FlagSet, replicas int, dataset string, duration time.Duration) {
@@ -53,6 +54,7 @@ func (c *common) register(fs *flag.FlagSet, replicas int, dataset string, durati
 	fs.DurationVar(&c.duration, "duration", duration, "how long load runs")
 	fs.IntVar(&c.rate, "rate", 0, "write rate in commands/s (0: as fast as the origin takes them)")
 	fs.StringVar(&c.out, "out", "out/bench", "directory for the markdown, JSON and SVG results")
+	fs.StringVar(&c.topos, "topologies", "", "comma-separated topologies to run (default: all the scenario has)")
 	fs.IntVar(&c.delay, "origin-diskless-delay", 5, "origins' repl-diskless-sync-delay in seconds (Redis' default is 5)")
 	fs.StringVar(&c.proxyBin, "replproxy", "", "replproxy binary (default: bin/replproxy next to replbench, else built)")
 }
@@ -86,6 +88,22 @@ func (c *common) setup() error {
 }
 
 func (c *common) cleanup() { os.RemoveAll(c.work) }
+
+// pick filters a scenario's topologies by --topologies.
+func (c *common) pick(all []string) []string {
+	if c.topos == "" {
+		return all
+	}
+	var out []string
+	for _, k := range all {
+		for _, w := range strings.Split(c.topos, ",") {
+			if strings.TrimSpace(w) == k {
+				out = append(out, k)
+			}
+		}
+	}
+	return out
+}
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
@@ -198,6 +216,8 @@ type topology struct {
 	proxy    *proxyProc
 	replicas []*redistest.Server
 	attach   string // where replicas connect
+	// ownsOrigin: close stops the origin too.
+	ownsOrigin bool
 }
 
 func (t *topology) midPID() int {
@@ -220,12 +240,23 @@ func (t *topology) close() {
 	if t.mid != nil {
 		t.mid.Kill()
 	}
+	if t.ownsOrigin {
+		t.origin.Kill()
+	}
 }
 
 // intermediate starts the middle of the topology and waits until it has
 // synced with the origin.
 func (c *common) intermediate(kind string, origin *redistest.Server, name string) (*topology, error) {
 	t := &topology{kind: kind, origin: origin, attach: origin.Addr()}
+	cleanup := func() {
+		if t.mid != nil {
+			t.mid.Kill()
+		}
+		if t.proxy != nil {
+			t.proxy.kill()
+		}
+	}
 	host, port, _ := net.SplitHostPort(origin.Addr())
 	switch kind {
 	case "direct":
@@ -240,22 +271,28 @@ func (c *common) intermediate(kind string, origin *redistest.Server, name string
 			return nil, err
 		}
 		t.mid, t.attach = mid, mid.Addr()
-		err = waitFor(10*time.Minute, func() bool {
+		if err = waitFor(10*time.Minute, func() bool {
 			m, err := mid.Info("replication")
 			return err == nil && m["master_link_status"] == "up"
-		})
-		return t, err
+		}); err != nil {
+			cleanup()
+			return nil, err
+		}
+		return t, nil
 	case "proxy":
 		p, err := startProxyProc(c.proxyBin, origin.Addr(), c.dir(name, kind, "data"), c.dir(name, kind, "replproxy.log"), c.budget)
 		if err != nil {
 			return nil, err
 		}
 		t.proxy, t.attach = p, p.addr
-		err = waitFor(10*time.Minute, func() bool {
+		if err = waitFor(10*time.Minute, func() bool {
 			m, err := infoOf(p.addr, "replication")
 			return err == nil && m["master_link_status"] == "up"
-		})
-		return t, err
+		}); err != nil {
+			cleanup()
+			return nil, err
+		}
+		return t, nil
 	}
 	return nil, fmt.Errorf("unknown topology %q", kind)
 }
@@ -305,18 +342,26 @@ func infoOf(addr, section string) (map[string]string, error) {
 	return redistest.ParseInfo(string(body)), nil
 }
 
-// converged: every replica is at the origin's offset with its digest.
+// converged: every replica is linked at the origin's offset, then has the
+// origin's digest. Offsets are checked first and in one quick pass (the
+// origin's PINGs move them every 10 s); digests, which PINGs do not change
+// and which take seconds on large datasets, only after.
 func converged(t *topology) bool {
 	off := t.origin.InfoInt("replication", "master_repl_offset")
-	want, err := t.origin.Digest()
-	if err != nil {
-		return false
-	}
 	for _, r := range t.replicas {
 		m, err := r.Info("replication")
 		if err != nil || m["master_link_status"] != "up" || m["master_repl_offset"] != strconv.FormatInt(off, 10) {
 			return false
 		}
+	}
+	if t.origin.InfoInt("replication", "master_repl_offset") != off {
+		return false
+	}
+	want, err := t.origin.Digest()
+	if err != nil {
+		return false
+	}
+	for _, r := range t.replicas {
 		if d, err := r.Digest(); err != nil || d != want {
 			return false
 		}

@@ -74,7 +74,7 @@ func fanout(c *common, _ *flag.FlagSet) (*report, error) {
 	rep := &report{Scenario: "fanout", Headline: "seconds to all in sync", Lower: true,
 		Columns: []string{"seconds to all in sync", "origin forks", "origin CPU s (incl. probe)", "origin worst PING ms", "intermediate CPU s", "intermediate peak RSS MB"},
 		Params:  map[string]string{"replicas": strconv.Itoa(c.replicas), "dataset": strconv.FormatInt(c.dataset>>20, 10) + "MB"}}
-	for _, kind := range topologies {
+	for _, kind := range c.pick(topologies) {
 		fmt.Fprintf(c.log, "fanout: %s\n", kind)
 		rw := row{Label: kind, Values: map[string]float64{}}
 		err := func() error {
@@ -164,7 +164,7 @@ func relay(c *common, _ *flag.FlagSet) (*report, error) {
 	rep := &report{Scenario: "relay", Headline: "lag p99 ms", Lower: true,
 		Columns: []string{"writes/s", "lag p50 ms", "lag p99 ms", "lag max ms", "MB relayed", "intermediate CPU s per GB", "intermediate peak RSS MB"},
 		Params:  map[string]string{"replicas": strconv.Itoa(c.replicas), "duration": c.duration.String(), "rate": strconv.Itoa(c.rate)}}
-	for _, kind := range topologies {
+	for _, kind := range c.pick(topologies) {
 		fmt.Fprintf(c.log, "relay: %s\n", kind)
 		rw := row{Label: kind, Values: map[string]float64{}}
 		if err := relayOne(c, kind, &rw); err != nil {
@@ -320,7 +320,7 @@ func outage(c *common, fs *flag.FlagSet) (*report, error) {
 	rep := &report{Scenario: "outage", Headline: "MB sent on reconnect", Lower: true,
 		Columns: []string{"resync", "MB sent on reconnect", "seconds to converge", "MB missed"},
 		Params:  map[string]string{"write_rate": strconv.FormatInt(bps>>20, 10) + "MB/s", "backlog": strconv.FormatInt(c.budget>>20, 10) + "MB", "dataset": strconv.FormatInt(c.dataset>>20, 10) + "MB"}}
-	for _, kind := range []string{"direct", "chained", "chained-sized", "proxy"} {
+	for _, kind := range c.pick([]string{"direct", "chained", "chained-sized", "proxy"}) {
 		for _, d := range durations {
 			fmt.Fprintf(c.log, "outage: %s %v\n", kind, d)
 			rw := row{Label: fmt.Sprintf("%s, %v", kind, d), Values: map[string]float64{}, Text: map[string]string{}}
@@ -336,20 +336,12 @@ func outage(c *common, fs *flag.FlagSet) (*report, error) {
 
 func outageOne(c *common, kind string, d time.Duration, bps int64, rw *row) error {
 	name := fmt.Sprintf("outage-%s-%d", kind, d.Milliseconds())
-	origin, err := c.benchOrigin(name)
-	if err != nil {
-		return err
-	}
-	defer origin.Kill()
-	ctx := context.Background()
-	if err := loadgen.Fill(ctx, origin.Client(), c.dataset, 1000); err != nil {
-		return err
-	}
-	t, err := c.intermediate(kind, origin, name)
+	t, err := c.filledTopology(name, kind)
 	if err != nil {
 		return err
 	}
 	defer t.close()
+	origin, ctx := t.origin, context.Background()
 	fp, err := faultproxy.New(t.attach)
 	if err != nil {
 		return err
@@ -400,6 +392,26 @@ func outageOne(c *common, kind string, d time.Duration, bps int64, rw *row) erro
 	return waitFor(2*time.Minute, func() bool { return converged(t) })
 }
 
+// filledTopology starts an origin holding the dataset and the intermediate
+// of kind, synced; closing the topology stops the origin too.
+func (c *common) filledTopology(name, kind string) (*topology, error) {
+	origin, err := c.benchOrigin(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := loadgen.Fill(context.Background(), origin.Client(), c.dataset, 1000); err != nil {
+		origin.Kill()
+		return nil, err
+	}
+	t, err := c.intermediate(kind, origin, name)
+	if err != nil {
+		origin.Kill()
+		return nil, err
+	}
+	t.ownsOrigin = true
+	return t, nil
+}
+
 func readFile(p string) string { b, _ := os.ReadFile(p); return string(b) }
 
 // byteRateLoad writes about bps bytes a second as 1 KB SETs.
@@ -429,7 +441,7 @@ func restart(c *common, _ *flag.FlagSet) (*report, error) {
 	rep := &report{Scenario: "restart", Headline: "downstream full syncs", Lower: true,
 		Columns: []string{"downstream full syncs", "upstream full syncs", "seconds to converge"},
 		Params:  map[string]string{"replicas": strconv.Itoa(c.replicas), "dataset": strconv.FormatInt(c.dataset>>20, 10) + "MB"}}
-	for _, kind := range []string{"chained", "proxy"} {
+	for _, kind := range c.pick([]string{"chained", "proxy"}) {
 		fmt.Fprintf(c.log, "restart: %s\n", kind)
 		rw := row{Label: kind, Values: map[string]float64{}}
 		if err := restartOne(c, kind, &rw); err != nil {
@@ -443,20 +455,12 @@ func restart(c *common, _ *flag.FlagSet) (*report, error) {
 
 func restartOne(c *common, kind string, rw *row) error {
 	name := "restart-" + kind
-	origin, err := c.benchOrigin(name)
-	if err != nil {
-		return err
-	}
-	defer origin.Kill()
-	ctx := context.Background()
-	if err := loadgen.Fill(ctx, origin.Client(), c.dataset, 1000); err != nil {
-		return err
-	}
-	t, err := c.intermediate(kind, origin, name)
+	t, err := c.filledTopology(name, kind)
 	if err != nil {
 		return err
 	}
 	defer t.close()
+	origin, ctx := t.origin, context.Background()
 	if err := c.addReplicas(t, name, c.replicas); err != nil {
 		return err
 	}

@@ -12,7 +12,7 @@ import (
 // Proxy forwards connections from Addr to a target.
 type Proxy struct {
 	ln     net.Listener
-	target string
+	target atomic.Value // string
 
 	mu        sync.Mutex
 	conns     map[net.Conn]struct{}
@@ -27,7 +27,8 @@ func New(target string) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{ln: ln, conns: map[net.Conn]struct{}{}}
+	p.target.Store(target)
 	go p.accept()
 	return p, nil
 }
@@ -38,6 +39,10 @@ func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 // CutAfter makes every new byte stream from the target end after n bytes
 // (counted per connection); 0 disables it.
 func (p *Proxy) CutAfter(n int64) { p.cutAfter.Store(n) }
+
+// SetTarget points new connections elsewhere (a failover, as a client
+// behind a virtual IP sees it).
+func (p *Proxy) SetTarget(addr string) { p.target.Store(addr) }
 
 // Refuse closes new connections at once while set.
 func (p *Proxy) Refuse(v bool) { p.refuse.Store(v) }
@@ -86,7 +91,7 @@ func (p *Proxy) accept() {
 }
 
 func (p *Proxy) handle(client net.Conn) {
-	server, err := net.Dial("tcp", p.target)
+	server, err := net.Dial("tcp", p.target.Load().(string))
 	if err != nil {
 		client.Close()
 		return
