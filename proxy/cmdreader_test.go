@@ -92,7 +92,8 @@ func TestDataDirLocked(t *testing.T) {
 }
 
 // TestHandshakeOfNewerReplicas: what Redis 8 and Valkey 8 replicas send
-// first is accepted so they fall back to the classic sync (PROTOCOL.md §8.5).
+// first is accepted, unknown capabilities ignored, so they fall back to the
+// classic single-connection sync as they do against Redis 7.
 func TestHandshakeOfNewerReplicas(t *testing.T) {
 	p, err := New(Config{Upstream: "127.0.0.1:1", DataDir: t.TempDir(), Listen: "127.0.0.1:0"}, nil)
 	if err != nil {

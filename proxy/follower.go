@@ -224,7 +224,8 @@ func (p *Proxy) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) error {
 		return fmt.Errorf("receive payload after %d bytes: %w", n, err)
 	}
 	if hdr.EOFForm() {
-		// The origin sends no stream byte until this ACK (PROTOCOL.md §3.1).
+		// The origin sends no stream byte until this ACK (replication.c:
+		// updateSlavesWaitingBgsave() sets repl_start_cmd_stream_on_ack).
 		if err := u.ack(reply.Offset); err != nil {
 			return fmt.Errorf("ack after payload: %w", err)
 		}

@@ -19,7 +19,7 @@ const redisCompatVersion = "7.0.0"
 
 var defaultSections = []string{"server", "clients", "persistence", "stats", "replication", "keyspace", "replproxy"}
 
-// info renders INFO in Redis' format (PROTOCOL.md §7.1).
+// info renders INFO in Redis' format and field order (server.c:genRedisInfoString()).
 func (p *Proxy) info(sections ...string) string {
 	want := map[string]bool{}
 	if len(sections) == 0 {
@@ -200,7 +200,7 @@ func (p *Proxy) info(sections ...string) string {
 	return b.String()
 }
 
-// role renders ROLE as a replica does (PROTOCOL.md §7.2).
+// role renders ROLE as a replica does (replication.c:roleCommand()).
 func (p *Proxy) role() resp.Value {
 	st := p.Status()
 	state := map[string]string{"connect": "connect", "connecting": "connecting", "handshake": "handshake",

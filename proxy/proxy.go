@@ -150,7 +150,8 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 func (p *Proxy) statePath() string { return filepath.Join(p.stateDir, "state") }
 
 // recover loads the state file and backlog and checks that they describe one
-// consistent history (DESIGN.md §2, invariants 1–4). Anything inconsistent is
+// consistent history: the backlog belongs to the state (same tag) and covers
+// every byte after the snapshot. Anything inconsistent is
 // discarded, which leads to a full resync from upstream rather than serving
 // bytes of the wrong history.
 func (p *Proxy) recover() error {

@@ -22,7 +22,7 @@ const sendChunk = 4 << 20
 
 // startReplica turns the session into a replica link (SYNC or PSYNC) and
 // feeds it until it ends. The reply line is written in one write; before it,
-// only keepalive newlines (PROTOCOL.md §1–2).
+// only keepalive newlines, which stock replicas skip while they wait.
 func (s *session) startReplica(ctx context.Context, cmd string, args [][]byte) error {
 	id, off := "?", int64(-1)
 	if cmd == "sync" {

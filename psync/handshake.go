@@ -56,7 +56,7 @@ var ErrRDBOnlyRefused = &HandshakeError{Step: "REPLCONF rdb-only", Reply: "refus
 
 // Handshake runs the replica side up to (not including) PSYNC, reading each
 // reply before sending the next command, and tolerating the errors a stock
-// replica tolerates (PROTOCOL.md §2.2).
+// replica tolerates (replication.c:syncWithMaster()).
 func Handshake(w io.Writer, br *bufio.Reader, cfg HandshakeConfig) error {
 	ask := func(step string, cmd []byte) (string, error) {
 		if _, err := w.Write(cmd); err != nil {

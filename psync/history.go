@@ -63,7 +63,7 @@ func (v ContinueVerdict) String() string {
 	return "unknown"
 }
 
-// CanContinue is masterTryPartialResynchronization()'s rule (PROTOCOL.md §5.2)
+// CanContinue is replication.c:masterTryPartialResynchronization()'s rule
 // for a backlog holding the bytes [first, end]; first == end+1 when it is empty.
 // An offset of end+1 continues with nothing to send.
 func (h History) CanContinue(reqID string, reqOff, first, end int64) ContinueVerdict {

@@ -168,7 +168,7 @@ func TestScannerGetAck(t *testing.T) {
 	if strings.Join(names, " ") != want {
 		t.Fatalf("names %q", strings.Join(names, " "))
 	}
-	// GETACK is exactly 37 bytes on the wire (PROTOCOL.md §4.2).
+	// GETACK is exactly 37 bytes on the wire.
 	var sz int64
 	_ = (&Scanner{}).Scan([]byte("*3\r\n$8\r\nREPLCONF\r\n$6\r\nGETACK\r\n$1\r\n*\r\n"), func(_ int, c *Command) { sz = c.Size })
 	if sz != 37 {
