@@ -132,11 +132,7 @@ func statusTable(origin *redistest.Server, p *proxy.Proxy, reps []*redistest.Ser
 			fmt.Fprintf(&b, "%-22s %-12s\n", r.Addr(), "connecting")
 			continue
 		}
-		lagSec := 0.0
-		if !rs.AckTime.IsZero() {
-			lagSec = time.Since(rs.AckTime).Seconds()
-		}
-		fmt.Fprintf(&b, "%-22s %-12s %14d %12d %10.1f\n", r.Addr(), rs.State, rs.AckOff, st.BacklogEnd-rs.AckOff, lagSec)
+		fmt.Fprintf(&b, "%-22s %-12s %14d %12d %10.3f\n", r.Addr(), rs.State, rs.AckOff, rs.LagBytes, rs.LagSeconds)
 	}
 	return b.String()
 }
