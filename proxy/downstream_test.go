@@ -331,7 +331,8 @@ func TestLoadModesAndAuth(t *testing.T) {
 
 // TestTieringAndRDBDump: a second proxy whose upstream is the first serves
 // replicas that converge to the origin; redis-cli --rdb against a proxy
-// writes an RDB that loads into a stock server with the origin's digest.
+// writes the stored snapshot, byte for byte, and it loads into a stock server
+// with the snapshot's key count.
 func TestTieringAndRDBDump(t *testing.T) {
 	t.Parallel()
 	origin := redistest.StartT(t, "origin")
