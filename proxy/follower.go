@@ -102,7 +102,7 @@ func (p *Proxy) follow(ctx context.Context) {
 	for ctx.Err() == nil {
 		p.stats.UpstreamConnects.Add(1)
 		streamed, err := p.syncOnce(ctx)
-		p.setLink("connect", nil)
+		p.setLink("connect")
 		if ctx.Err() != nil {
 			countReason(&p.stats.UpstreamDisconnects, "shutdown")
 			return
@@ -125,7 +125,7 @@ func (p *Proxy) follow(ctx context.Context) {
 // syncOnce runs one connection: handshake, PSYNC, optional full sync, then
 // streaming until an error. streamed reports whether it reached streaming.
 func (p *Proxy) syncOnce(ctx context.Context) (streamed bool, err error) {
-	p.setLink("connecting", nil)
+	p.setLink("connecting")
 	u, err := p.dialUpstream(ctx, false, p.touchIO)
 	if err != nil {
 		return false, err
@@ -133,7 +133,7 @@ func (p *Proxy) syncOnce(ctx context.Context) (streamed bool, err error) {
 	defer u.conn.Close()
 	stop := context.AfterFunc(ctx, func() { u.conn.Close() })
 	defer stop()
-	p.setLink("handshake", u.conn)
+	p.setLink("handshake")
 
 	pos := p.position()
 	id, off := "", int64(-1)
@@ -159,7 +159,7 @@ func (p *Proxy) syncOnce(ctx context.Context) (streamed bool, err error) {
 	default:
 		return false, fmt.Errorf("upstream refused PSYNC: %s", reply.Line)
 	}
-	p.setLink("connected", nil)
+	p.setLink("connected")
 	p.log.Info("upstream link up", "upstream", p.cfg.Upstream, "replid", p.position().hist.ReplID, "offset", p.bl.End())
 	return true, p.stream(ctx, u)
 }
@@ -199,7 +199,7 @@ func (p *Proxy) onContinue(newID string, off int64) {
 // installs it, and starts a new backlog after its offset. Until then the old
 // history keeps being served.
 func (p *Proxy) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) error {
-	p.setLink("sync", nil)
+	p.setLink("sync")
 	hdr, err := psync.ReadPayloadHeader(u.br, nil)
 	if err != nil {
 		return err

@@ -35,7 +35,7 @@ func populate(t *testing.T, s *redistest.Server) {
 		}
 		_ = conn.RPush(ctx, "list", 1, 2, 3).Err()
 		_ = conn.HSet(ctx, "hash", "a", 1).Err()
-		_ = conn.SetEx(ctx, "ttl", "x", time.Hour).Err()
+		_ = conn.Set(ctx, "ttl", "x", time.Hour).Err()
 		conn.Close()
 	}
 }

@@ -254,12 +254,3 @@ func mustInfo(t *testing.T, s *redistest.Server, section string) map[string]stri
 	}
 	return m
 }
-
-func digest(t *testing.T, s *redistest.Server) string {
-	t.Helper()
-	d, err := s.Digest()
-	if err != nil {
-		t.Fatalf("digest on %d: %v", s.Port, err)
-	}
-	return d
-}

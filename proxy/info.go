@@ -203,15 +203,13 @@ func (p *Proxy) info(sections ...string) string {
 // role renders ROLE as a replica does (replication.c:roleCommand()).
 func (p *Proxy) role() resp.Value {
 	st := p.Status()
-	state := map[string]string{"connect": "connect", "connecting": "connecting", "handshake": "handshake",
-		"sync": "sync", "connected": "connected"}[st.LinkState]
 	off := st.BacklogEnd
 	if st.History.Empty() {
 		off = -1
 	}
 	return resp.ArrayValue([]resp.Value{
 		resp.StringValue("slave"), resp.StringValue(st.UpstreamHost), resp.IntegerValue(st.UpstreamPort),
-		resp.StringValue(state), resp.IntegerValue(int(off)),
+		resp.StringValue(st.LinkState), resp.IntegerValue(int(off)),
 	})
 }
 

@@ -52,7 +52,6 @@ type Proxy struct {
 	kick       chan struct{}
 	arrivals   *arrivalIndex
 	keyspace   keyspaceStats
-	closeErr   error
 }
 
 // Stats are the event counters shown in INFO and metrics.
@@ -103,7 +102,6 @@ type linkStatus struct {
 	changed   time.Time // last up/down transition
 	syncTotal int64     // payload size; 0 for EOF-form
 	syncRead  int64
-	conn      net.Conn
 }
 
 // New opens the data dir, recovers it and returns a proxy ready to Run. It
@@ -349,15 +347,12 @@ func (p *Proxy) linkUp() bool {
 	return p.link.up
 }
 
-func (p *Proxy) setLink(state string, conn net.Conn) {
+func (p *Proxy) setLink(state string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	wasUp := p.link.up
 	p.link.state = state
 	p.link.up = state == "connected"
-	if conn != nil {
-		p.link.conn = conn
-	}
 	if wasUp != p.link.up {
 		p.stats.UpstreamLinkChanges.Add(1)
 		now := time.Now()

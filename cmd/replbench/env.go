@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -117,9 +116,6 @@ func (c *common) benchOrigin(name string, extra ...string) (*redistest.Server, e
 	return redistest.Start(c.dir(name, "origin"), append([]string{"--repl-diskless-sync-delay", strconv.Itoa(c.delay)}, extra...)...)
 }
 
-// proc is a process whose CPU time and peak memory can be read.
-type proc interface{ PID() int }
-
 // procStats reads CPU seconds (user+system) and peak RSS of a process.
 func procStats(pid int) (cpu float64, peakRSS int64) {
 	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
@@ -197,15 +193,6 @@ func (p *proxyProc) start() error {
 func (p *proxyProc) kill() {
 	_ = p.cmd.Process.Kill()
 	<-p.done
-}
-
-func (p *proxyProc) stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(15 * time.Second):
-		p.kill()
-	}
 }
 
 // topology is origin -> [intermediate] -> replicas.
@@ -522,8 +509,4 @@ func (r *report) write(c *common, stdout io.Writer) error {
 	}
 	fmt.Fprintln(stdout, md)
 	return nil
-}
-
-func ctxTimeout(d time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), d)
 }
