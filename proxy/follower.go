@@ -325,13 +325,10 @@ func (p *Proxy) appendStream(chunk []byte, u *upstreamConn) error {
 		p.discardHistory(err)
 		return err
 	}
-	before := p.bl.End()
-	if err := p.bl.Append(chunk, boundary); err != nil {
+	if n, err := p.bl.Append(chunk, boundary); err != nil {
 		// Part of the chunk may have reached the disk (ENOSPC); the next
 		// PSYNC resumes after it, so the scanner must have seen exactly it.
-		if written := p.bl.End() - before; written > 0 {
-			_ = p.scanner.Scan(chunk[:written], nil)
-		}
+		_ = p.scanner.Scan(chunk[:n], nil)
 		return fmt.Errorf("append to backlog: %w", err)
 	}
 	p.scanner = sc

@@ -313,21 +313,33 @@ func (l *Log) openSegment(base int64) error {
 	return nil
 }
 
-// Append adds stream bytes. boundary is the length of the longest prefix of p
-// that ends on a command boundary (-1 if p ends no command); segments are
-// only rolled there, so every segment starts at a command.
-func (l *Log) Append(p []byte, boundary int) error {
+// Append adds stream bytes and returns how many it stored, which is less
+// than len(p) only with an error (a full disk): those bytes are held, the
+// rest are not. boundary is the length of the longest prefix of p that ends
+// on a command boundary (-1 if p ends no command); segments are only rolled
+// there, so every segment starts at a command.
+func (l *Log) Append(p []byte, boundary int) (int, error) {
 	if len(p) == 0 {
-		return nil
+		return 0, nil
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
-		return ErrClosed
+		return 0, ErrClosed
 	}
 	if l.active == nil {
-		return ErrEmpty
+		return 0, ErrEmpty
 	}
+	start := l.end
+	err := l.appendLocked(p, boundary)
+	if l.end > start { // wake readers for whatever was stored
+		close(l.notify)
+		l.notify = make(chan struct{})
+	}
+	return int(l.end - start), err
+}
+
+func (l *Log) appendLocked(p []byte, boundary int) error {
 	if boundary > 0 {
 		if err := l.write(p[:boundary]); err != nil {
 			return err
@@ -349,8 +361,6 @@ func (l *Log) Append(p []byte, boundary int) error {
 	} else {
 		l.dirty = true
 	}
-	close(l.notify)
-	l.notify = make(chan struct{})
 	return nil
 }
 

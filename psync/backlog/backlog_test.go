@@ -40,7 +40,7 @@ func appendN(t *testing.T, l *Log, from, n int) []byte {
 	var all []byte
 	for i := from; i < from+n; i++ {
 		c := cmd(i)
-		if err := l.Append(c, len(c)); err != nil {
+		if _, err := l.Append(c, len(c)); err != nil {
 			t.Fatal(err)
 		}
 		all = append(all, c...)
@@ -65,7 +65,7 @@ func readAll(t *testing.T, l *Log, from int64) []byte {
 func TestAppendReadAcrossSegments(t *testing.T) {
 	for _, p := range []FsyncPolicy{FsyncNo, FsyncEverySec, FsyncAlways} {
 		l := open(t, t.TempDir(), 100, p)
-		if err := l.Append([]byte("x"), 1); !errors.Is(err, ErrEmpty) {
+		if _, err := l.Append([]byte("x"), 1); !errors.Is(err, ErrEmpty) {
 			t.Fatalf("append before reset: %v", err)
 		}
 		if err := l.Reset(1001, "tag"); err != nil {
@@ -100,10 +100,10 @@ func TestSegmentsStartAtBoundaries(t *testing.T) {
 	for i := 0; i < 40; i += 2 {
 		a, b := cmd(i), cmd(i+1)
 		chunk := append(append([]byte{}, a...), b[:5]...)
-		if err := l.Append(chunk, len(a)); err != nil {
+		if _, err := l.Append(chunk, len(a)); err != nil {
 			t.Fatal(err)
 		}
-		if err := l.Append(b[5:], len(b)-5); err != nil {
+		if _, err := l.Append(b[5:], len(b)-5); err != nil {
 			t.Fatal(err)
 		}
 		all = append(all, a...)
@@ -272,7 +272,7 @@ func BenchmarkAppend(b *testing.B) {
 	chunk := bytes.Repeat([]byte("x"), 64<<10)
 	b.SetBytes(int64(len(chunk)))
 	for b.Loop() {
-		if err := l.Append(chunk, len(chunk)); err != nil {
+		if _, err := l.Append(chunk, len(chunk)); err != nil {
 			b.Fatal(err)
 		}
 		if l.Size() > 512<<20 {
@@ -291,7 +291,7 @@ func BenchmarkCursorRead(b *testing.B) {
 	_ = l.Reset(1, "bench")
 	chunk := bytes.Repeat([]byte("x"), 1<<20)
 	for range 128 {
-		_ = l.Append(chunk, len(chunk))
+		_, _ = l.Append(chunk, len(chunk))
 	}
 	b.SetBytes(l.Size())
 	for b.Loop() {
