@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -103,13 +104,9 @@ func TestFullSyncBothFramings(t *testing.T) {
 // origin takes no new full sync, and the backlog has no gap or duplicate.
 func TestSIGKILLResume(t *testing.T) {
 	t.Parallel()
-	bin := redistest.ProxyBinary(t)
 	origin := redistest.StartT(t, "origin", "--repl-backlog-size", "64mb")
-	dir := t.TempDir()
-	port, _ := redistest.FreePort()
-	args := []string{"--upstream", origin.Addr(), "--listen", "127.0.0.1:" + strconv.Itoa(port), "--data-dir", dir, "--log-format", "text", "--metrics-listen", "127.0.0.1:0"}
-	logPath := filepath.Join(t.TempDir(), "proxy.log")
-	proc := redistest.StartProxyProcess(t, bin, logPath, args...)
+	proc := startProxyProcess(t, origin.Addr())
+	dir := proc.dataDir
 	redistest.Eventually(t, 20*time.Second, "proxy online at origin", func() bool {
 		return strings.Contains(mustInfo(t, origin, "replication")["slave0"], "state=online")
 	})
@@ -119,7 +116,7 @@ func TestSIGKILLResume(t *testing.T) {
 		before := n.Load()
 		redistest.Eventually(t, 20*time.Second, "load progresses", func() bool { return n.Load() > before+3000 })
 		proc.Kill()
-		proc = redistest.StartProxyProcess(t, bin, logPath, args...)
+		proc.restart()
 		redistest.Eventually(t, 20*time.Second, fmt.Sprintf("proxy back online (round %d)", round), func() bool {
 			return strings.Contains(mustInfo(t, origin, "replication")["slave0"], "state=online")
 		})
@@ -280,7 +277,7 @@ func TestCorruptRDBRejected(t *testing.T) {
 	addr := fakeMaster(t, func(conn net.Conn) {
 		fmt.Fprintf(conn, "+FULLRESYNC %s 0\r\n$%d\r\n", id, len(rdb))
 		conn.Write(rdb)
-		time.Sleep(100 * time.Millisecond)
+		_, _ = io.Copy(io.Discard, conn) // until the proxy hangs up
 	})
 	dir := t.TempDir()
 	p := startProxy(t, addr, dir)

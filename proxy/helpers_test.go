@@ -254,3 +254,43 @@ func mustInfo(t *testing.T, s *redistest.Server, section string) map[string]stri
 	}
 	return m
 }
+
+// proxyProcess is the replproxy binary run against an upstream, for tests
+// that SIGKILL or SIGTERM it. restart starts it again on the same data dir,
+// port and log.
+type proxyProcess struct {
+	*redistest.Process
+	t       *testing.T
+	bin     string
+	addr    string
+	dataDir string
+	logPath string
+	args    []string
+}
+
+func startProxyProcess(t *testing.T, upstream string, extra ...string) *proxyProcess {
+	t.Helper()
+	port, err := redistest.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pp := &proxyProcess{t: t, bin: redistest.ProxyBinary(t), addr: "127.0.0.1:" + strconv.Itoa(port),
+		dataDir: t.TempDir(), logPath: filepath.Join(t.TempDir(), "proxy.log")}
+	pp.args = append([]string{"--upstream", upstream, "--listen", pp.addr, "--data-dir", pp.dataDir,
+		"--log-format", "text", "--metrics-listen", "127.0.0.1:0"}, extra...)
+	pp.restart()
+	return pp
+}
+
+func (pp *proxyProcess) restart() {
+	pp.Process = redistest.StartProxyProcess(pp.t, pp.bin, pp.logPath, pp.args...)
+}
+
+// waitOffsetGrows waits until the origin's stream has grown by n bytes.
+func waitOffsetGrows(t *testing.T, origin *redistest.Server, n int64) {
+	t.Helper()
+	from := origin.InfoInt("replication", "master_repl_offset")
+	redistest.Eventually(t, 20*time.Second, "the origin's stream grows", func() bool {
+		return origin.InfoInt("replication", "master_repl_offset") >= from+n
+	})
+}
