@@ -107,11 +107,16 @@ func (p *Proxy) follow(ctx context.Context) {
 			countReason(&p.stats.UpstreamDisconnects, "shutdown")
 			return
 		}
-		countReason(&p.stats.UpstreamDisconnects, disconnectReason(err))
-		if streamed {
+		reason := disconnectReason(err)
+		countReason(&p.stats.UpstreamDisconnects, reason)
+		// A link that streamed was healthy; one the backlog could not store
+		// was not, and retrying it at once would ask the origin to resend
+		// its backlog every few milliseconds.
+		if streamed && reason != "backlog_write" {
 			backoff = backoffMin
 		}
-		p.log.Warn("upstream link down", "upstream", p.cfg.Upstream, "err", err, "retry_in", backoff.String())
+		p.log.Warn("upstream link down", "upstream", p.cfg.Upstream, "reason", reason, "err", err,
+			"retry_in", backoff.String())
 		sleep := backoff/2 + rand.N(backoff/2+1)
 		select {
 		case <-ctx.Done():
@@ -168,6 +173,8 @@ func (p *Proxy) syncOnce(ctx context.Context) (streamed bool, err error) {
 func disconnectReason(err error) string {
 	var ne net.Error
 	switch {
+	case errors.Is(err, errBacklogWrite):
+		return "backlog_write"
 	case errors.As(err, &ne) && ne.Timeout():
 		return "timeout"
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, psync.ErrShortPayload),
@@ -329,7 +336,7 @@ func (p *Proxy) appendStream(chunk []byte, u *upstreamConn) error {
 		// Part of the chunk may have reached the disk (ENOSPC); the next
 		// PSYNC resumes after it, so the scanner must have seen exactly it.
 		_ = p.scanner.Scan(chunk[:n], nil)
-		return fmt.Errorf("append to backlog: %w", err)
+		return fmt.Errorf("%w: %w", errBacklogWrite, err)
 	}
 	p.scanner = sc
 	p.stats.UpstreamStreamBytes.Add(int64(len(chunk)))
@@ -357,6 +364,10 @@ func (p *Proxy) discardHistory(cause error) {
 	p.mu.Unlock()
 	p.closeSessions("history_reset")
 }
+
+// errBacklogWrite: the backlog could not store received bytes (disk full,
+// I/O error). The link is dropped and resumes after what was stored.
+var errBacklogWrite = errors.New("append to backlog")
 
 // errRefreshRejected: the refreshed snapshot does not fit the history.
 var errRefreshRejected = errors.New("refreshed snapshot does not fit the current history")

@@ -12,8 +12,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/replproxy/replproxy/internal/faultproxy"
 	"github.com/replproxy/replproxy/internal/redistest"
@@ -381,4 +384,97 @@ func dirSize(t *testing.T, dir string) int64 {
 		}
 	}
 	return n
+}
+
+// TestBacklogWriteFailure: the data dir refuses writes mid-stream (a file
+// size limit on the proxy process stands in for a full disk; both end a
+// write short). The proxy keeps what it stored, drops the link, retries with
+// backoff, and once writes succeed again resumes with a partial sync: the
+// origin never forks again, the backlog has no gap and no duplicate, and the
+// replicas converge.
+func TestBacklogWriteFailure(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin", "--repl-backlog-size", "128mb")
+	proc := startProxyProcess(t, origin.Addr())
+	replicas := startReplicas(t, 2, proc.addr)
+	waitConverged(t, origin, replicas, 30*time.Second)
+	stop := make(chan struct{})
+	n := load(t, origin.Client(), stop, 41)
+	redistest.Eventually(t, 20*time.Second, "load flows", func() bool { return n.Load() > 2000 })
+
+	limit := uint64(activeSegmentSize(t, proc.dataDir) + 1<<20)
+	setFileSizeLimit(t, proc.PID(), limit)
+	failures := func() int {
+		b, _ := os.ReadFile(proc.logPath)
+		return strings.Count(string(b), "reason=backlog_write")
+	}
+	redistest.Eventually(t, 30*time.Second, "writes refused twice (a retry)", func() bool { return failures() >= 2 })
+	if size := activeSegmentSize(t, proc.dataDir); size != int64(limit) {
+		t.Fatalf("active segment is %d bytes, the limit %d: a short write was not kept", size, limit)
+	}
+	setFileSizeLimit(t, proc.PID(), unix.RLIM_INFINITY)
+	waitOffsetGrows(t, origin, 256<<10)
+	close(stop)
+	waitConverged(t, origin, replicas, 60*time.Second)
+
+	if got := origin.InfoInt("stats", "sync_full"); got != 1 {
+		t.Fatalf("origin sync_full %d, want 1", got)
+	}
+	if got := origin.InfoInt("stats", "sync_partial_ok"); got < 2 {
+		t.Fatalf("origin sync_partial_ok %d: the proxy did not resume after each refusal", got)
+	}
+	for _, r := range replicas {
+		b, _ := os.ReadFile(r.Log)
+		if full := strings.Count(string(b), "Full resync from master"); full != 1 {
+			t.Fatalf("replica %d: %d full syncs", r.Port, full)
+		}
+	}
+	proc.Signal(syscall.SIGTERM)
+	in, err := Inspect(proc.dataDir, false)
+	if err != nil || !in.Consistent {
+		t.Fatalf("inspect: %+v %v", in, err)
+	}
+	end := origin.InfoInt("replication", "master_repl_offset")
+	if in.Backlog.End != end {
+		t.Fatalf("backlog ends at %d, origin at %d", in.Backlog.End, end)
+	}
+	from := in.Snapshot.Offset + 1
+	ref := originStream(t, origin, in.History.ReplID, from, end)
+	mine := backlogFileBytes(t, proc.dataDir, from, end)
+	if !bytes.Equal(ref, mine) {
+		t.Fatalf("backlog differs from origin stream at offset %d", from+int64(firstDiff(ref, mine)))
+	}
+}
+
+// activeSegmentSize is the size of the newest backlog segment file.
+func activeSegmentSize(t *testing.T, dataDir string) int64 {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(dataDir, "backlog"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var newest os.DirEntry
+	for _, e := range ents { // names are zero-padded offsets: lexical order is offset order
+		if strings.HasSuffix(e.Name(), ".seg") && (newest == nil || e.Name() > newest.Name()) {
+			newest = e
+		}
+	}
+	if newest == nil {
+		t.Fatal("no backlog segment")
+	}
+	fi, err := newest.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+// setFileSizeLimit sets RLIMIT_FSIZE of a running process: writes past the
+// limit end short with EFBIG, as on a full disk.
+func setFileSizeLimit(t *testing.T, pid int, limit uint64) {
+	t.Helper()
+	lim := unix.Rlimit{Cur: limit, Max: unix.RLIM_INFINITY}
+	if err := unix.Prlimit(pid, unix.RLIMIT_FSIZE, &lim, nil); err != nil {
+		t.Fatalf("prlimit: %v", err)
+	}
 }
