@@ -117,6 +117,9 @@ func (c *Config) validate() error {
 	if c.MaxParallelFullSyncs < 0 {
 		errs = append(errs, errors.New("max parallel full syncs must be >= 0"))
 	}
+	if c.HoldAhead < 0 {
+		errs = append(errs, errors.New("hold-ahead must be >= 0"))
+	}
 	if c.ReplTimeout < time.Second || c.ReplicaTimeout < time.Second {
 		errs = append(errs, errors.New("timeouts must be at least 1s"))
 	}

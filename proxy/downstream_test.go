@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -674,4 +675,76 @@ func closeAfter(d time.Duration) chan struct{} {
 	c := make(chan struct{})
 	time.AfterFunc(d, func() { close(c) })
 	return c
+}
+
+// TestLostTailHoldsReplicasAhead: the proxy loses the unsynced tail of its
+// backlog (a power cut with --fsync everysec, done here by truncating the
+// newest segment of a killed proxy) while its replicas kept those bytes.
+// Restarted with its upstream out of reach, it holds their PSYNCs, which
+// are ahead of its end, instead of full-syncing them; once the upstream
+// refills the tail, both resume with +CONTINUE.
+func TestLostTailHoldsReplicasAhead(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin", "--repl-backlog-size", "64mb")
+	up, err := faultproxy.New(origin.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	proc := startProxyProcess(t, up.Addr(), "--hold-ahead", "60s")
+	replicas := startReplicas(t, 2, proc.addr)
+	wg := runMixedLoad(t, origin.Client(), closeAfter(2*time.Second), 51)
+	wg.Wait()
+	waitConverged(t, origin, replicas, 30*time.Second)
+
+	proc.Kill()
+	seg := newestSegment(t, proc.dataDir)
+	fi, err := os.Stat(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const lost = 64 << 10
+	if fi.Size() < 2*lost {
+		t.Fatalf("segment of %d bytes is too short to lose %d", fi.Size(), lost)
+	}
+	if err := os.Truncate(seg, fi.Size()-lost); err != nil {
+		t.Fatal(err)
+	}
+	up.Refuse(true)
+	logBefore, _ := os.ReadFile(proc.logPath)
+	newLog := func() string {
+		b, _ := os.ReadFile(proc.logPath)
+		return strings.TrimPrefix(string(b), string(logBefore))
+	}
+	proc.restart()
+	redistest.Eventually(t, 30*time.Second, "both replicas ask while the upstream is away", func() bool {
+		return strings.Count(newLog(), "replica sync requested") >= 2
+	})
+	if l := newLog(); strings.Contains(l, "partial resync accepted") || strings.Contains(l, "full sync started") ||
+		strings.Contains(l, "partial resync not possible") {
+		t.Fatalf("a replica was answered before the proxy reached its offset:\n%s", l)
+	}
+	up.Refuse(false)
+	redistest.Eventually(t, 30*time.Second, "held replicas continue", func() bool {
+		return strings.Count(newLog(), "partial resync accepted") >= 2
+	})
+	_ = origin.Client().Set(context.Background(), "after-hold", "1", 0).Err()
+	waitConverged(t, origin, replicas, 30*time.Second)
+	if l := newLog(); strings.Contains(l, "full sync started") {
+		t.Fatalf("a replica took a full sync after the restart:\n%s", l)
+	}
+	if got := origin.InfoInt("stats", "sync_full"); got != 1 {
+		t.Fatalf("origin sync_full %d", got)
+	}
+}
+
+// newestSegment is the path of the newest backlog segment file.
+func newestSegment(t *testing.T, dataDir string) string {
+	t.Helper()
+	segs, err := filepath.Glob(filepath.Join(dataDir, "backlog", "*.seg"))
+	if err != nil || len(segs) == 0 {
+		t.Fatalf("no backlog segment: %v", err)
+	}
+	slices.Sort(segs) // zero-padded offsets: lexical order is offset order
+	return segs[len(segs)-1]
 }

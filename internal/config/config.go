@@ -87,6 +87,7 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.Var(&r.backlogSize, "backlog-size", "on-disk backlog budget, e.g. 512mb, 10gb")
 	fs.DurationVar(&r.replTimeout, "repl-timeout", proxy.DefaultReplTimeout, "declare the upstream link dead after this much silence")
 	fs.DurationVar(&r.replicaTime, "replica-timeout", proxy.DefaultReplicaTimeout, "drop an online replica silent for this long")
+	fs.DurationVar(&c.HoldAhead, "hold-ahead", proxy.DefaultHoldAhead, "hold a replica whose PSYNC offset is ahead of the backlog (a lost unsynced tail) this long while the upstream refills it, before a full sync")
 	fs.IntVar(&c.MaxParallelFullSyncs, "max-parallel-full-syncs", 0, "full syncs served at once; 0 = unlimited")
 	fs.StringVar(&r.fsync, "fsync", "everysec", "backlog fsync policy: always, everysec or no")
 	fs.IntVar(&c.AnnouncePort, "announce-port", 0, "port announced to the origin (REPLCONF listening-port); default the listen port")
@@ -236,6 +237,9 @@ func (s *Settings) finish(r *raw, offline bool) error {
 	}
 	c.BacklogSize = int64(r.backlogSize)
 	c.ReplTimeout, c.ReplicaTimeout = r.replTimeout, r.replicaTime
+	if c.HoldAhead <= 0 {
+		errs = append(errs, fmt.Errorf("hold-ahead %v: must be positive", c.HoldAhead))
+	}
 	if c.UpstreamPassword, err = secret(c.UpstreamPassword, r.passFile, "upstream-password"); err != nil {
 		errs = append(errs, err)
 	}
