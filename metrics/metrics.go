@@ -158,6 +158,7 @@ var (
 	dBlOldest         = desc("backlog_oldest_entry_timestamp_seconds", "When the backlog's first byte arrived; time() minus this is the PSYNC window in seconds.")
 	dBlWritten        = desc("backlog_written_bytes_total", "Bytes appended to the backlog.")
 	dBlTrimmed        = desc("backlog_trimmed_bytes_total", "Bytes trimmed from the backlog front.")
+	dBlSyncErrors     = desc("backlog_fsync_errors_total", "Background fsyncs of the backlog that failed (--fsync everysec).")
 	dSecondOffset     = desc("second_repl_offset_bytes", "Offset up to which replid2 is accepted (-1 if none).")
 	dSnapSize         = desc("snapshot_size_bytes", "Size of the stored snapshot.")
 	dSnapOffset       = desc("snapshot_offset_bytes", "Replication offset of the stored snapshot.")
@@ -252,6 +253,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	g(dBlOldest, unix(st.OldestEntry))
 	cnt(dBlWritten, float64(written))
 	cnt(dBlTrimmed, float64(trimmed))
+	cnt(dBlSyncErrors, float64(c.p.BacklogSyncErrors()))
 	second := float64(-1)
 	if !st.History.Empty() {
 		second = float64(st.History.SecondOffset)

@@ -120,3 +120,6 @@ func (p *Proxy) Config() Config { return p.cfg }
 // BacklogCounters returns bytes appended to and trimmed from the backlog
 // since start.
 func (p *Proxy) BacklogCounters() (written, trimmed int64) { return p.bl.Counters() }
+
+// BacklogSyncErrors counts failed background fsyncs of the backlog.
+func (p *Proxy) BacklogSyncErrors() int64 { return p.bl.SyncErrors() }

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -53,6 +54,10 @@ type Options struct {
 	// complete, well-formed stream data; recovery truncates the rest. Nil
 	// keeps the whole segment.
 	ValidPrefix func(r io.Reader) (int64, error)
+	// OnSyncError hears of failed background fsyncs (--fsync everysec),
+	// which no caller would otherwise see. Nil ignores them; SyncErrors
+	// counts them either way.
+	OnSyncError func(error)
 }
 
 var (
@@ -103,6 +108,8 @@ type Log struct {
 	syncDone chan struct{}
 	written  int64
 	trimmed  int64
+
+	syncErrors atomic.Int64
 }
 
 // Open opens or creates the backlog in dir and recovers it after a crash.
@@ -209,7 +216,12 @@ func (l *Log) syncLoop() {
 		case <-l.stopSync:
 			return
 		case <-t.C:
-			_ = l.Sync()
+			if err := l.Sync(); err != nil {
+				l.syncErrors.Add(1)
+				if l.opts.OnSyncError != nil {
+					l.opts.OnSyncError(err)
+				}
+			}
 		}
 	}
 }
@@ -224,6 +236,9 @@ func (l *Log) Sync() error {
 		return nil
 	}
 	if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
+		l.mu.Lock()
+		l.dirty = l.dirty || f == l.active // try again next time
+		l.mu.Unlock()
 		return fmt.Errorf("backlog: fsync: %w", err)
 	}
 	return nil
@@ -264,6 +279,9 @@ func (l *Log) Counters() (written, trimmed int64) {
 	defer l.mu.RUnlock()
 	return l.written, l.trimmed
 }
+
+// SyncErrors counts background fsyncs that failed since Open.
+func (l *Log) SyncErrors() int64 { return l.syncErrors.Load() }
 
 // Reset discards everything and starts an empty log whose first byte will be
 // at offset start, labelled tag. Open cursors fail with ErrReset.

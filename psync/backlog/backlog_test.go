@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // cmd is a fake "command": the log itself does not parse, so a fixed-size
@@ -303,5 +305,65 @@ func BenchmarkCursorRead(b *testing.B) {
 			b.Fatal(err)
 		}
 		c.Close()
+	}
+}
+
+// TestBackgroundFsyncErrorsAreReported: a failing background fsync is
+// counted, handed to OnSyncError, and retried on the next tick. The active
+// segment's descriptor is swapped for a pipe, on which fsync fails (EINVAL).
+func TestBackgroundFsyncErrorsAreReported(t *testing.T) {
+	errs := make(chan error, 8)
+	l, _, err := Open(t.TempDir(), Options{Fsync: FsyncEverySec, ValidPrefix: validLines,
+		OnSyncError: func(err error) {
+			select {
+			case errs <- err:
+			default:
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Reset(1, "t"); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, 0, 10)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	l.mu.Lock()
+	fd := int(l.active.Fd())
+	saved, err := unix.Dup(fd)
+	if err == nil {
+		err = unix.Dup2(int(w.Fd()), fd)
+	}
+	l.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 { // the failure leaves the log dirty: the next tick retries
+		select {
+		case err := <-errs:
+			if !errors.Is(err, unix.EINVAL) {
+				t.Fatalf("fsync error %d: %v, want EINVAL", i, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no fsync error %d reported", i)
+		}
+	}
+	if n := l.SyncErrors(); n < 2 {
+		t.Fatalf("SyncErrors %d, want >= 2", n)
+	}
+	if err := unix.Dup2(saved, fd); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(saved)
+	if err := l.Sync(); err != nil {
+		t.Fatalf("fsync after the segment is back: %v", err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
 	}
 }
