@@ -159,7 +159,9 @@ func (p *Proxy) recover() error {
 	}
 	bl, rep, err := backlog.Open(filepath.Join(p.cfg.DataDir, "backlog"), backlog.Options{
 		SegmentSize: p.cfg.SegmentSize, Fsync: p.cfg.Fsync, ValidPrefix: streamValidPrefix,
-		OnSyncError: func(err error) { p.log.Error("backlog fsync failed; bytes since the last fsync may not survive a power loss", "err", err) },
+		OnSyncError: func(err error) {
+			p.log.Error("backlog fsync failed; bytes since the last fsync may not survive a power loss", "err", err)
+		},
 	})
 	if err != nil {
 		return err
