@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -22,6 +24,7 @@ import (
 	"github.com/replproxy/replproxy/internal/faultproxy"
 	"github.com/replproxy/replproxy/internal/loadgen"
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
 
@@ -747,4 +750,64 @@ func newestSegment(t *testing.T, dataDir string) string {
 	}
 	slices.Sort(segs) // zero-padded offsets: lexical order is offset order
 	return segs[len(segs)-1]
+}
+
+// TestRDBVersionMismatch: the upstream writes RDB 12 (Redis 7.4+), newer
+// than the real 7.0.15 replica can load. The replica hangs up after each
+// payload; the proxy names that in a disconnect reason and a warning. A
+// replica announcing Valkey 8 (REPLCONF version), which cannot load it
+// either, is refused up front with an error it logs.
+func TestRDBVersionMismatch(t *testing.T) {
+	t.Parallel()
+	id := strings.Repeat("d", 40)
+	rdb := []byte("REDIS0012\xfa\x0erepl-stream-db\xc0\x00\xfa\x07repl-id\x28" + id +
+		"\xfa\x0brepl-offset\xc0\x00\xfe\x00\xfb\x01\x00\x00\x03key\x05value\xff")
+	rdb = binary.LittleEndian.AppendUint64(rdb, psync.CRC64(0, rdb))
+	addr := fakeMaster(t, func(conn net.Conn) {
+		fmt.Fprintf(conn, "+FULLRESYNC %s 0\r\n$%d\r\n", id, len(rdb))
+		conn.Write(rdb)
+		_, _ = io.Copy(io.Discard, conn) // ACKs, until the proxy hangs up
+	})
+	p := startProxy(t, addr, t.TempDir())
+	redistest.Eventually(t, 10*time.Second, "link up", p.linkUp)
+	if v := p.position().snap.RDBVersion; v != 12 {
+		t.Fatalf("snapshot RDB version %d", v)
+	}
+
+	r := startReplicas(t, 1, p.addr)[0]
+	redistest.Eventually(t, 30*time.Second, "the replica fails to load and the proxy says so", func() bool {
+		return Reasons(&p.stats.Disconnects)["closed_before_ack"] >= 1 && r.LogContains("Can't handle RDB format version 12")
+	})
+	if !strings.Contains(p.logBuf.String(), "replica hung up after a full sync without acknowledging it") {
+		t.Fatal("no warning for the replica that hung up")
+	}
+
+	conn, err := net.DialTimeout("tcp", p.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(conn)
+	fmt.Fprint(conn, "REPLCONF version 8.0.1\r\n")
+	if line, _ := br.ReadString('\n'); line != "+OK\r\n" {
+		t.Fatalf("REPLCONF version: %q", line)
+	}
+	full := p.stats.SyncFull.Load()
+	fmt.Fprint(conn, "PSYNC ? -1\r\n")
+	line := "\n"
+	for line == "\n" { // keepalives may come first
+		if line, err = br.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !strings.HasPrefix(line, "-ERR replproxy holds an RDB version 12 snapshot, which version 8.0.1 cannot load") {
+		t.Fatalf("PSYNC from a Valkey 8 replica: %q", line)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("link not closed after the refusal: %v", err)
+	}
+	if got := p.stats.SyncFull.Load(); got != full {
+		t.Fatalf("a refused full sync was counted: %d -> %d", full, got)
+	}
 }

@@ -128,6 +128,10 @@ func (s *session) tryContinue(ctx context.Context, id string, off int64) (*backl
 	}
 }
 
+// errRDBVersion: the replica announced a release that cannot load the
+// stored snapshot's RDB version.
+var errRDBVersion = errors.New("replica cannot load the snapshot's RDB version")
+
 // write sends bytes with a write deadline.
 func (s *session) write(b []byte) error {
 	_ = s.conn.SetWriteDeadline(time.Now().Add(s.p.cfg.ReplicaTimeout))
@@ -204,6 +208,19 @@ func (s *session) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 		}
 	}
 	defer f.Close()
+	switch replicaRDBCompat(s.version, snap.RDBVersion) {
+	case rdbRejects:
+		cur.Close()
+		s.log.Warn("replica cannot load the stored snapshot; full sync refused",
+			"replica_version", s.version, "rdb_version", snap.RDBVersion)
+		_ = s.errorf("ERR replproxy holds an RDB version %d snapshot, which version %s cannot load; "+
+			"replicate from an upstream of a release it can read", snap.RDBVersion, s.version)
+		s.close("rdb_version")
+		return nil, errRDBVersion
+	case rdbMayReject:
+		s.log.Warn("replica may refuse the stored snapshot (Valkey rdb-version-check strict)",
+			"replica_version", s.version, "rdb_version", snap.RDBVersion)
+	}
 	p.stats.SyncFull.Add(1)
 	start := time.Now()
 	var head string
@@ -235,6 +252,7 @@ func (s *session) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 		cur.Close()
 		return nil, nil
 	}
+	s.sentRDB.Store(int32(snap.RDBVersion))
 	s.state.Store(stateOnline)
 	s.ackOff.Store(snap.Offset)
 	s.ackTime.Store(time.Now().UnixNano())
@@ -293,6 +311,11 @@ func (s *session) readAcks() {
 			case isTimeout(err):
 				s.log.Warn("replica timed out: no ACK", "timeout", s.p.cfg.ReplicaTimeout.String())
 				s.close("timeout")
+			case s.sentRDB.Load() != 0 && !s.acked.Load() && !s.legacy && errors.Is(err, io.EOF):
+				s.log.Warn("replica hung up after a full sync without acknowledging it; "+
+					"its log says why (e.g. \"Can't handle RDB format version\": it is older than the upstream)",
+					"rdb_version", s.sentRDB.Load())
+				s.close("closed_before_ack")
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 				s.close("closed")
 			default:
@@ -322,6 +345,7 @@ func (s *session) readAcks() {
 				}
 			}
 			s.ackTime.Store(now)
+			s.acked.Store(true)
 			acked := s.ackOff.Load()
 			end := s.p.bl.End()
 			s.p.cfg.Observer.ObserveAck(max(end-acked, 0), s.p.arrivals.lagSeconds(acked, time.Unix(0, now)))

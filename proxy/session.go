@@ -48,13 +48,19 @@ type session struct {
 	capaPsync2    bool
 	capaEOF       bool
 	rdbOnly       bool
+	version       string // REPLCONF version: only Valkey 8+ announce one
 
-	replica   atomic.Bool
-	cur       atomic.Pointer[backlog.Cursor] // set while streaming
-	legacy    bool                           // SYNC: no +FULLRESYNC, no ACKs
-	state     atomic.Int32
-	ackOff    atomic.Int64
-	ackTime   atomic.Int64 // unix nanoseconds
+	replica atomic.Bool
+	cur     atomic.Pointer[backlog.Cursor] // set while streaming
+	legacy  bool                           // SYNC: no +FULLRESYNC, no ACKs
+	state   atomic.Int32
+	ackOff  atomic.Int64
+	ackTime atomic.Int64 // unix nanoseconds
+	// sentRDB: the RDB version of the snapshot sent on this link (0: none);
+	// acked: an ACK arrived. A replica that hangs up in between most likely
+	// could not load the snapshot.
+	sentRDB   atomic.Int32
+	acked     atomic.Bool
 	startTime time.Time
 
 	closeOnce   sync.Once
@@ -348,6 +354,7 @@ func (s *session) replconf(args [][]byte) error {
 		case "rdb-filter-only":
 			return s.errorf("ERR replproxy serves stored snapshots and cannot filter them")
 		case "version":
+			s.version = truncate(val, 32)
 		default:
 			return s.errorf("ERR Unrecognized REPLCONF option: %s", truncate(string(args[i]), 64))
 		}
