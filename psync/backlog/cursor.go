@@ -72,14 +72,13 @@ func (c *Cursor) open() (int64, error) {
 	}
 	s := l.segs[i]
 	avail := s.base + s.size - pos
-	path := s.path(l.dir)
 	l.mu.RUnlock()
 
 	if c.f != nil && c.segBase == s.base {
 		return avail, nil
 	}
 	c.Close()
-	f, err := os.Open(path)
+	f, err := os.Open(s.path(l.dir)) // dir never changes: no lock needed
 	if err != nil {
 		l.mu.RLock()
 		cerr := c.check()
