@@ -814,3 +814,71 @@ func TestRDBVersionMismatch(t *testing.T) {
 		t.Fatalf("a refused full sync was counted: %d -> %d", full, got)
 	}
 }
+
+// TestReplicaofMovesUpstream: with no virtual IP in front of the origin, an
+// operator points the proxy at the promoted replica with REPLICAOF. The
+// proxy continues there (+CONTINUE with the new ID), its replicas follow
+// through replid2, and nobody takes a full sync.
+func TestReplicaofMovesUpstream(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	populate(t, origin)
+	host, port, _ := net.SplitHostPort(origin.Addr())
+	standby := redistest.StartT(t, "standby", "--replicaof", host, port)
+	p := startProxy(t, origin.Addr(), t.TempDir())
+	replicas := startReplicas(t, 2, p.addr)
+	wg := runMixedLoad(t, origin.Client(), closeAfter(time.Second), 61)
+	wg.Wait()
+	waitConverged(t, origin, append([]*redistest.Server{standby}, replicas...), 30*time.Second)
+	oldID := p.position().hist.ReplID
+
+	ctx := context.Background()
+	admin := redis.NewClient(&redis.Options{Addr: p.addr})
+	defer admin.Close()
+	for _, c := range []struct{ args []any }{
+		{[]any{"REPLICAOF", "NO", "ONE"}},
+		{[]any{"REPLICAOF", "127.0.0.1", "0"}},
+		{[]any{"REPLICAOF", "127.0.0.1", "http"}},
+		{[]any{"REPLICAOF", "127.0.0.1"}},
+	} {
+		if err := admin.Do(ctx, c.args...).Err(); err == nil || !strings.HasPrefix(err.Error(), "ERR ") {
+			t.Fatalf("%v: %v, want an ERR", c.args, err)
+		}
+	}
+	if got, err := admin.Do(ctx, "REPLICAOF", host, port).Text(); err != nil || got != "OK Already connected to specified master" {
+		t.Fatalf("REPLICAOF to the current upstream: %q %v", got, err)
+	}
+
+	if err := standby.Client().Do(ctx, "REPLICAOF", "NO", "ONE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	newID := mustInfo(t, standby, "replication")["master_replid"]
+	sHost, sPort, _ := net.SplitHostPort(standby.Addr())
+	if err := admin.Do(ctx, "SLAVEOF", sHost, sPort).Err(); err != nil {
+		t.Fatal(err)
+	}
+	origin.Kill()
+	redistest.Eventually(t, 20*time.Second, "proxy follows the promoted replica", func() bool {
+		h := p.position().hist
+		return p.linkUp() && h.ReplID == newID && h.ReplID2 == oldID
+	})
+	info, err := admin.Info(ctx, "replication").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(info, "master_port:"+sPort+"\r\n") {
+		t.Fatalf("INFO does not show the new upstream:\n%s", info)
+	}
+	if got := Reasons(&p.stats.UpstreamDisconnects)["replicaof"]; got != 1 {
+		t.Fatalf("upstream disconnects for replicaof: %d", got)
+	}
+	wg = runMixedLoad(t, standby.Client(), closeAfter(time.Second), 62)
+	wg.Wait()
+	waitConverged(t, standby, replicas, 30*time.Second)
+	if got := standby.InfoInt("stats", "sync_full"); got != 0 {
+		t.Fatalf("promoted replica served %d full syncs", got)
+	}
+	if got := p.stats.SyncFull.Load(); got != 2 {
+		t.Fatalf("proxy served %d full syncs, want only the initial 2", got)
+	}
+}

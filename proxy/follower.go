@@ -66,7 +66,7 @@ func (u *upstreamConn) ack(offset int64) error {
 // dialUpstream connects and runs the handshake up to PSYNC.
 func (p *Proxy) dialUpstream(ctx context.Context, rdbOnly bool, onRead func()) (*upstreamConn, error) {
 	d := net.Dialer{Timeout: p.cfg.ReplTimeout, KeepAlive: 15 * time.Second}
-	conn, err := d.DialContext(ctx, "tcp", p.cfg.Upstream)
+	conn, err := d.DialContext(ctx, "tcp", p.upstreamAddr())
 	if err != nil {
 		return nil, fmt.Errorf("dial upstream: %w", err)
 	}
@@ -89,6 +89,37 @@ func (p *Proxy) dialUpstream(ctx context.Context, rdbOnly bool, onRead func()) (
 	return u, nil
 }
 
+// upstreamAddr is the address the follower connects to.
+func (p *Proxy) upstreamAddr() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.upstream
+}
+
+// moveUpstream points the follower at another upstream (REPLICAOF) and ends
+// the current link; the next one PSYNCs the new address with the current
+// history, so a promoted replica of the same history answers +CONTINUE.
+// It reports false when addr is the current upstream already.
+func (p *Proxy) moveUpstream(addr string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if addr == p.upstream {
+		return false
+	}
+	p.log.Warn("upstream moved by REPLICAOF; a restart goes back to the configured address",
+		"from", p.upstream, "to", addr, "configured", p.cfg.Upstream)
+	p.upstream = addr
+	if p.cutLink != nil {
+		p.moved = true
+		p.cutLink()
+	}
+	select { // cut a backoff short
+	case p.movedCh <- struct{}{}:
+	default:
+	}
+	return true
+}
+
 func (p *Proxy) touchIO() {
 	p.mu.Lock()
 	p.link.lastIO = time.Now()
@@ -108,19 +139,38 @@ func (p *Proxy) follow(ctx context.Context) {
 			return
 		}
 		reason := disconnectReason(err)
+		p.mu.Lock()
+		moved := p.moved
+		p.moved = false
+		p.mu.Unlock()
+		if moved {
+			reason = "replicaof"
+		}
 		countReason(&p.stats.UpstreamDisconnects, reason)
+		if moved { // an operator's order, not a failure: connect at once
+			p.log.Info("upstream link moved by REPLICAOF", "upstream", p.upstreamAddr())
+			select {
+			case <-p.movedCh:
+			default:
+			}
+			backoff = backoffMin
+			continue
+		}
 		// A link that streamed was healthy; one the backlog could not store
 		// was not, and retrying it at once would ask the origin to resend
 		// its backlog every few milliseconds.
 		if streamed && reason != "backlog_write" {
 			backoff = backoffMin
 		}
-		p.log.Warn("upstream link down", "upstream", p.cfg.Upstream, "reason", reason, "err", err,
+		p.log.Warn("upstream link down", "upstream", p.upstreamAddr(), "reason", reason, "err", err,
 			"retry_in", backoff.String())
 		sleep := backoff/2 + rand.N(backoff/2+1)
 		select {
 		case <-ctx.Done():
 			return
+		case <-p.movedCh:
+			backoff = backoffMin
+			continue
 		case <-time.After(sleep):
 		}
 		backoff = min(backoff*2, backoffMax)
@@ -130,6 +180,16 @@ func (p *Proxy) follow(ctx context.Context) {
 // syncOnce runs one connection: handshake, PSYNC, optional full sync, then
 // streaming until an error. streamed reports whether it reached streaming.
 func (p *Proxy) syncOnce(ctx context.Context) (streamed bool, err error) {
+	ctx, cut := context.WithCancel(ctx)
+	p.mu.Lock()
+	p.cutLink = cut
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.cutLink = nil
+		p.mu.Unlock()
+		cut()
+	}()
 	p.setLink("connecting")
 	u, err := p.dialUpstream(ctx, false, p.touchIO)
 	if err != nil {
@@ -165,7 +225,7 @@ func (p *Proxy) syncOnce(ctx context.Context) (streamed bool, err error) {
 		return false, fmt.Errorf("upstream refused PSYNC: %s", reply.Line)
 	}
 	p.setLink("connected")
-	p.log.Info("upstream link up", "upstream", p.cfg.Upstream, "replid", p.position().hist.ReplID, "offset", p.bl.End())
+	p.log.Info("upstream link up", "upstream", p.upstreamAddr(), "replid", p.position().hist.ReplID, "offset", p.bl.End())
 	return true, p.stream(ctx, u)
 }
 

@@ -39,8 +39,14 @@ type Proxy struct {
 	snapReady chan struct{} // closed and replaced whenever a snapshot is installed
 	sessions  map[*session]struct{}
 	link      linkStatus
-	scanner   psync.Scanner // stream position within a command, kept across reconnects
-	nextID    int64
+	// upstream is where the follower connects: --upstream, until an
+	// operator's REPLICAOF moves it. cutLink ends the current connection.
+	upstream string
+	cutLink  context.CancelFunc
+	moved    bool          // the last link ended because REPLICAOF moved it
+	movedCh  chan struct{} // wakes a reconnect backoff after a move
+	scanner  psync.Scanner // stream position within a command, kept across reconnects
+	nextID   int64
 
 	slots   chan struct{} // full-sync slots; nil when unlimited
 	queued  atomic.Int64
@@ -120,8 +126,9 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 		cfg: cfg, log: log, runID: hex.EncodeToString(rnd[:]), started: time.Now(),
 		stateDir: cfg.DataDir, snapDir: filepath.Join(cfg.DataDir, "snapshots"),
 		snapReady: make(chan struct{}), sessions: map[*session]struct{}{},
-		link: linkStatus{state: "connect", downSince: time.Now()},
-		kick: make(chan struct{}, 1), arrivals: newArrivalIndex(),
+		link: linkStatus{state: "connect", downSince: time.Now()}, upstream: cfg.Upstream,
+		movedCh: make(chan struct{}, 1),
+		kick:    make(chan struct{}, 1), arrivals: newArrivalIndex(),
 	}
 	if cfg.MaxParallelFullSyncs > 0 {
 		p.slots = make(chan struct{}, cfg.MaxParallelFullSyncs)
@@ -252,7 +259,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 // Serve is Run on an existing listener.
 func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	p.ln = ln
-	p.log.Info("replproxy started", "listen", ln.Addr().String(), "upstream", p.cfg.Upstream,
+	p.log.Info("replproxy started", "listen", ln.Addr().String(), "upstream", p.upstreamAddr(),
 		"data_dir", p.cfg.DataDir, "backlog_size", p.cfg.BacklogSize, "fsync", p.cfg.Fsync.String())
 	var wg sync.WaitGroup
 	wg.Go(func() { p.follow(ctx) })

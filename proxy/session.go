@@ -231,6 +231,11 @@ func (s *session) command(cmd string, args [][]byte) error {
 			return wrongArgs()
 		}
 		return s.reply(resp.IntegerValue(0))
+	case "replicaof", "slaveof":
+		if argc != 3 {
+			return wrongArgs()
+		}
+		return s.replicaof(string(args[1]), string(args[2]))
 	case "select":
 		if argc == 2 && string(args[1]) == "0" {
 			return s.ok()
@@ -238,6 +243,26 @@ func (s *session) command(cmd string, args [][]byte) error {
 		return s.errorf("ERR replproxy serves no data; only DB 0 can be selected")
 	}
 	return s.errorf("ERR unknown command '%s': replproxy is a replication proxy and serves no data", truncate(string(args[0]), 64))
+}
+
+// replicaof moves the upstream, as REPLICAOF moves a Redis replica: for an
+// operator repointing the proxy after a failover. The proxy never becomes a
+// master, so NO ONE is refused.
+func (s *session) replicaof(host, port string) error {
+	if strings.EqualFold(host, "no") && strings.EqualFold(port, "one") {
+		return s.errorf("ERR replproxy never becomes a master; promote a Redis replica and point replproxy at it with REPLICAOF <host> <port>")
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return s.errorf("ERR Invalid master port")
+	}
+	if host == "" || strings.ContainsAny(host, " \r\n") {
+		return s.errorf("ERR Invalid master host")
+	}
+	if !s.p.moveUpstream(net.JoinHostPort(host, port)) {
+		return s.reply(resp.SimpleStringValue("OK Already connected to specified master"))
+	}
+	return s.ok()
 }
 
 func truncate(s string, n int) string {

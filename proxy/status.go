@@ -61,7 +61,7 @@ type ReplicaStatus struct {
 
 // Status returns the current status.
 func (p *Proxy) Status() Status {
-	host, portS, _ := net.SplitHostPort(p.cfg.Upstream)
+	host, portS, _ := net.SplitHostPort(p.upstreamAddr())
 	port, _ := strconv.Atoi(portS)
 	p.mu.Lock()
 	defer p.mu.Unlock()
