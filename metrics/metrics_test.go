@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -441,21 +440,9 @@ func TestSentinelCoexistence(t *testing.T) {
 	origin := redistest.StartT(t, "origin")
 	r := startRig(t, origin.Addr())
 	replicas := replicasOf(t, 1, r.addr)
-	port, _ := redistest.FreePort()
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "sentinel.conf")
 	_, oport, _ := net.SplitHostPort(origin.Addr())
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nlogfile %s\n"+
-		"sentinel monitor mymaster 127.0.0.1 %s 1\nsentinel down-after-milliseconds mymaster 2000\n",
-		port, dir, filepath.Join(dir, "sentinel.log"), oport)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(redistest.Binary(), conf, "--sentinel")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	sentinel := redis.NewSentinelClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
+	sen := redistest.StartSentinelT(t, origin.Addr(), "sentinel down-after-milliseconds mymaster 2000")
+	sentinel := redis.NewSentinelClient(&redis.Options{Addr: sen.Addr})
 	defer sentinel.Close()
 	ctx := context.Background()
 	_, proxyPort, _ := net.SplitHostPort(r.addr)

@@ -882,3 +882,57 @@ func TestReplicaofMovesUpstream(t *testing.T) {
 		t.Fatalf("proxy served %d full syncs, want only the initial 2", got)
 	}
 }
+
+// TestSentinelFailoverRepointsProxy: a real Sentinel fails the origin over to
+// its standby. It never promotes the proxy (slave-priority 0) and
+// reconfigures it like any replica; the SLAVEOF in that reconfiguration
+// moves the proxy, which continues on the promoted replica, and the
+// replicas behind it follow without a full sync.
+func TestSentinelFailoverRepointsProxy(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	host, port, _ := net.SplitHostPort(origin.Addr())
+	standby := redistest.StartT(t, "standby", "--replicaof", host, port)
+	p := startProxy(t, origin.Addr(), t.TempDir())
+	replicas := startReplicas(t, 1, p.addr)
+	wg := runMixedLoad(t, origin.Client(), closeAfter(time.Second), 71)
+	wg.Wait()
+	waitConverged(t, origin, append([]*redistest.Server{standby}, replicas...), 30*time.Second)
+
+	sen := redistest.StartSentinelT(t, origin.Addr(),
+		"sentinel down-after-milliseconds mymaster 1000", "sentinel failover-timeout mymaster 10000")
+	sentinel := redis.NewSentinelClient(&redis.Options{Addr: sen.Addr})
+	defer sentinel.Close()
+	ctx := context.Background()
+	_, proxyPort, _ := net.SplitHostPort(p.addr)
+	redistest.Eventually(t, 30*time.Second, "sentinel knows the standby and the proxy", func() bool {
+		reps, _ := sentinel.Replicas(ctx, "mymaster").Result()
+		seen := 0
+		for _, e := range reps {
+			if (e["port"] == proxyPort || e["port"] == strconv.Itoa(standby.Port)) && e["master-link-status"] == "ok" {
+				seen++
+			}
+		}
+		return seen == 2
+	})
+	oldID := p.position().hist.ReplID
+	origin.Kill()
+	redistest.Eventually(t, 60*time.Second, "sentinel promotes the standby", func() bool {
+		m, err := sentinel.GetMasterAddrByName(ctx, "mymaster").Result()
+		return err == nil && len(m) == 2 && m[1] == strconv.Itoa(standby.Port)
+	})
+	newID := mustInfo(t, standby, "replication")["master_replid"]
+	redistest.Eventually(t, 60*time.Second, "sentinel moves the proxy to the promoted replica", func() bool {
+		h := p.position().hist
+		return p.linkUp() && h.ReplID == newID && h.ReplID2 == oldID
+	})
+	wg = runMixedLoad(t, standby.Client(), closeAfter(time.Second), 72)
+	wg.Wait()
+	waitConverged(t, standby, replicas, 30*time.Second)
+	if got := standby.InfoInt("stats", "sync_full"); got != 0 {
+		t.Fatalf("promoted replica served %d full syncs", got)
+	}
+	if got := p.stats.SyncFull.Load(); got != 1 {
+		t.Fatalf("proxy served %d full syncs, want only the initial one", got)
+	}
+}

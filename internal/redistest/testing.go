@@ -2,10 +2,12 @@ package redistest
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -148,3 +150,46 @@ func (p *Process) Exited() bool {
 
 // PID of the process.
 func (p *Process) PID() int { return p.cmd.Process.Pid }
+
+// Sentinel is a redis-server in sentinel mode, for tests.
+type Sentinel struct {
+	Addr string
+	Log  string
+}
+
+// StartSentinelT runs a sentinel monitoring master as "mymaster" with
+// quorum 1; conf adds lines to its configuration. It is killed at cleanup
+// and its log tail printed on failure.
+func StartSentinelT(t testing.TB, master string, conf ...string) *Sentinel {
+	t.Helper()
+	port, err := FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, mport, err := net.SplitHostPort(master)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	s := &Sentinel{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Log: filepath.Join(dir, "sentinel.log")}
+	text := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nlogfile %s\nsentinel monitor mymaster %s %s 1\n%s\n",
+		port, dir, s.Log, host, mport, strings.Join(conf, "\n"))
+	file := filepath.Join(dir, "sentinel.conf")
+	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(Binary(), file, "--sentinel")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(s.Log)
+			lines := strings.Split(string(b), "\n")
+			t.Logf("--- sentinel log tail ---\n%s", strings.Join(lines[max(0, len(lines)-40):], "\n"))
+		}
+	})
+	return s
+}
