@@ -618,24 +618,16 @@ func TestSIGTERMWhileStreaming(t *testing.T) {
 // its replicas re-PSYNC through replid2, and nobody takes a full sync.
 func TestUpstreamFailover(t *testing.T) {
 	t.Parallel()
-	origin := redistest.StartT(t, "origin")
-	populate(t, origin) // DEBUG POPULATE is not replicated: before any replica
-	host, port, _ := net.SplitHostPort(origin.Addr())
-	standby := redistest.StartT(t, "standby", "--replicaof", host, port)
-	vip, err := faultproxy.New(origin.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vip.Close()
-	p := startProxy(t, vip.Addr(), t.TempDir())
-	replicas := startReplicas(t, 2, p.addr)
-	stop := make(chan struct{})
-	wg := runMixedLoad(t, origin.Client(), stop, 31)
-	redistest.Eventually(t, 20*time.Second, "load flows", func() bool { return origin.InfoInt("replication", "master_repl_offset") > 100000 })
-	close(stop)
-	wg.Wait()
-	waitConverged(t, origin, append([]*redistest.Server{standby}, replicas...), 30*time.Second)
-	oldID := p.position().hist.ReplID
+	var vip *faultproxy.Proxy
+	rig := startFailoverRig(t, 2, 31, func(origin string) string {
+		var err error
+		if vip, err = faultproxy.New(origin); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(vip.Close)
+		return vip.Addr()
+	})
+	origin, standby, p, replicas, oldID := rig.origin, rig.standby, rig.p, rig.replicas, rig.oldID
 
 	// Fail over: the standby becomes master; the old origin goes away.
 	ctx := context.Background()
@@ -650,15 +642,7 @@ func TestUpstreamFailover(t *testing.T) {
 		h := p.position().hist
 		return p.linkUp() && h.ReplID == newID && h.ReplID2 == oldID
 	})
-	wg = runMixedLoad(t, standby.Client(), closeAfter(2*time.Second), 32)
-	wg.Wait()
-	waitConverged(t, standby, replicas, 30*time.Second)
-	if got := standby.InfoInt("stats", "sync_full"); got != 0 {
-		t.Fatalf("promoted replica served %d full syncs", got)
-	}
-	if got := p.stats.SyncFull.Load(); got != 2 {
-		t.Fatalf("proxy served %d full syncs, want only the initial 2", got)
-	}
+	rig.continuesOnStandby(t, 32)
 	for _, r := range replicas {
 		if got := mustInfo(t, r, "replication")["master_replid2"]; got != oldID {
 			t.Fatalf("replica %d replid2 %s, want %s", r.Port, got, oldID)
@@ -673,6 +657,50 @@ func TestUpstreamFailover(t *testing.T) {
 	}
 	if got := standby.InfoInt("stats", "sync_full"); got != 0 {
 		t.Fatalf("promoted replica forked for a late replica: sync_full %d", got)
+	}
+}
+
+// failoverRig: an origin with a standby replica, and a proxy following the
+// origin with replicas of its own, converged after a second of load.
+type failoverRig struct {
+	origin, standby *redistest.Server
+	p               *testProxy
+	replicas        []*redistest.Server
+	oldID           string // the origin's replication ID
+}
+
+// startFailoverRig builds the rig; upstream, when not nil, gives the
+// address the proxy uses for the origin's (a virtual IP in front of it).
+func startFailoverRig(t *testing.T, replicas int, seed uint64, upstream func(origin string) string) *failoverRig {
+	t.Helper()
+	r := &failoverRig{origin: redistest.StartT(t, "origin")}
+	populate(t, r.origin) // DEBUG POPULATE is not replicated: before any replica
+	host, port, _ := net.SplitHostPort(r.origin.Addr())
+	r.standby = redistest.StartT(t, "standby", "--replicaof", host, port)
+	addr := r.origin.Addr()
+	if upstream != nil {
+		addr = upstream(addr)
+	}
+	r.p = startProxy(t, addr, t.TempDir())
+	r.replicas = startReplicas(t, replicas, r.p.addr)
+	runMixedLoad(t, r.origin.Client(), closeAfter(time.Second), seed).Wait()
+	waitConverged(t, r.origin, append([]*redistest.Server{r.standby}, r.replicas...), 30*time.Second)
+	r.oldID = r.p.position().hist.ReplID
+	return r
+}
+
+// continuesOnStandby checks the end of every failover: load on the promoted
+// standby reaches the replicas behind the proxy, and neither the standby nor
+// the proxy served a full sync beyond the replicas' initial ones.
+func (r *failoverRig) continuesOnStandby(t *testing.T, seed uint64) {
+	t.Helper()
+	runMixedLoad(t, r.standby.Client(), closeAfter(time.Second), seed).Wait()
+	waitConverged(t, r.standby, r.replicas, 30*time.Second)
+	if got := r.standby.InfoInt("stats", "sync_full"); got != 0 {
+		t.Fatalf("promoted replica served %d full syncs", got)
+	}
+	if got := r.p.stats.SyncFull.Load(); got != int64(len(r.replicas)) {
+		t.Fatalf("proxy served %d full syncs, want only the initial %d", got, len(r.replicas))
 	}
 }
 
@@ -821,16 +849,9 @@ func TestRDBVersionMismatch(t *testing.T) {
 // through replid2, and nobody takes a full sync.
 func TestReplicaofMovesUpstream(t *testing.T) {
 	t.Parallel()
-	origin := redistest.StartT(t, "origin")
-	populate(t, origin)
+	rig := startFailoverRig(t, 2, 61, nil)
+	origin, standby, p, oldID := rig.origin, rig.standby, rig.p, rig.oldID
 	host, port, _ := net.SplitHostPort(origin.Addr())
-	standby := redistest.StartT(t, "standby", "--replicaof", host, port)
-	p := startProxy(t, origin.Addr(), t.TempDir())
-	replicas := startReplicas(t, 2, p.addr)
-	wg := runMixedLoad(t, origin.Client(), closeAfter(time.Second), 61)
-	wg.Wait()
-	waitConverged(t, origin, append([]*redistest.Server{standby}, replicas...), 30*time.Second)
-	oldID := p.position().hist.ReplID
 
 	ctx := context.Background()
 	admin := redis.NewClient(&redis.Options{Addr: p.addr})
@@ -872,15 +893,7 @@ func TestReplicaofMovesUpstream(t *testing.T) {
 	if got := Reasons(&p.stats.UpstreamDisconnects)["replicaof"]; got != 1 {
 		t.Fatalf("upstream disconnects for replicaof: %d", got)
 	}
-	wg = runMixedLoad(t, standby.Client(), closeAfter(time.Second), 62)
-	wg.Wait()
-	waitConverged(t, standby, replicas, 30*time.Second)
-	if got := standby.InfoInt("stats", "sync_full"); got != 0 {
-		t.Fatalf("promoted replica served %d full syncs", got)
-	}
-	if got := p.stats.SyncFull.Load(); got != 2 {
-		t.Fatalf("proxy served %d full syncs, want only the initial 2", got)
-	}
+	rig.continuesOnStandby(t, 62)
 }
 
 // TestSentinelFailoverRepointsProxy: a real Sentinel fails the origin over to
@@ -890,14 +903,8 @@ func TestReplicaofMovesUpstream(t *testing.T) {
 // replicas behind it follow without a full sync.
 func TestSentinelFailoverRepointsProxy(t *testing.T) {
 	t.Parallel()
-	origin := redistest.StartT(t, "origin")
-	host, port, _ := net.SplitHostPort(origin.Addr())
-	standby := redistest.StartT(t, "standby", "--replicaof", host, port)
-	p := startProxy(t, origin.Addr(), t.TempDir())
-	replicas := startReplicas(t, 1, p.addr)
-	wg := runMixedLoad(t, origin.Client(), closeAfter(time.Second), 71)
-	wg.Wait()
-	waitConverged(t, origin, append([]*redistest.Server{standby}, replicas...), 30*time.Second)
+	rig := startFailoverRig(t, 1, 71, nil)
+	origin, standby, p, oldID := rig.origin, rig.standby, rig.p, rig.oldID
 
 	sen := redistest.StartSentinelT(t, origin.Addr(),
 		"sentinel down-after-milliseconds mymaster 1000", "sentinel failover-timeout mymaster 10000")
@@ -915,7 +922,6 @@ func TestSentinelFailoverRepointsProxy(t *testing.T) {
 		}
 		return seen == 2
 	})
-	oldID := p.position().hist.ReplID
 	origin.Kill()
 	redistest.Eventually(t, 60*time.Second, "sentinel promotes the standby", func() bool {
 		m, err := sentinel.GetMasterAddrByName(ctx, "mymaster").Result()
@@ -926,13 +932,5 @@ func TestSentinelFailoverRepointsProxy(t *testing.T) {
 		h := p.position().hist
 		return p.linkUp() && h.ReplID == newID && h.ReplID2 == oldID
 	})
-	wg = runMixedLoad(t, standby.Client(), closeAfter(time.Second), 72)
-	wg.Wait()
-	waitConverged(t, standby, replicas, 30*time.Second)
-	if got := standby.InfoInt("stats", "sync_full"); got != 0 {
-		t.Fatalf("promoted replica served %d full syncs", got)
-	}
-	if got := p.stats.SyncFull.Load(); got != 1 {
-		t.Fatalf("proxy served %d full syncs, want only the initial one", got)
-	}
+	rig.continuesOnStandby(t, 72)
 }

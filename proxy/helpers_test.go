@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -212,6 +213,27 @@ func backlogFileBytes(t *testing.T, dataDir string, from, end int64) []byte {
 		t.Fatalf("backlog files [%d, %d]: %v", from, end, err)
 	}
 	return out
+}
+
+// backlogMatchesOrigin checks a stopped proxy's data dir: consistent, ending
+// where the origin's stream ends, and byte-identical to the origin's own
+// stream from the snapshot on (no gap, no duplicate).
+func backlogMatchesOrigin(t *testing.T, dataDir string, origin *redistest.Server) {
+	t.Helper()
+	in, err := Inspect(dataDir, false)
+	if err != nil || !in.Consistent {
+		t.Fatalf("inspect: %+v %v", in, err)
+	}
+	end := origin.InfoInt("replication", "master_repl_offset")
+	if in.Backlog.End != end {
+		t.Fatalf("backlog ends at %d, origin at %d", in.Backlog.End, end)
+	}
+	from := in.Snapshot.Offset + 1
+	ref := originStream(t, origin, in.History.ReplID, from, end)
+	mine := backlogFileBytes(t, dataDir, from, end)
+	if !bytes.Equal(ref, mine) {
+		t.Fatalf("backlog differs from origin stream at offset %d", from+int64(firstDiff(ref, mine)))
+	}
 }
 
 func firstDiff(a, b []byte) int {
