@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -305,6 +306,113 @@ func BenchmarkCursorRead(b *testing.B) {
 			b.Fatal(err)
 		}
 		c.Close()
+	}
+}
+
+// shortWriter takes limit bytes, then fails.
+type shortWriter struct {
+	buf   bytes.Buffer
+	limit int
+}
+
+func (w *shortWriter) Write(p []byte) (int, error) {
+	n := min(len(p), w.limit-w.buf.Len())
+	w.buf.Write(p[:n])
+	if n < len(p) {
+		return n, errors.New("peer went away")
+	}
+	return n, nil
+}
+
+// TestCopyAfterShortWrite: a copy cut short leaves the cursor exactly after
+// the bytes that went out, on both copy paths, so a retry neither skips nor
+// repeats a byte.
+func TestCopyAfterShortWrite(t *testing.T) {
+	for _, size := range []int{100, 200 << 10} { // buffered and sendfile-sized
+		l := open(t, t.TempDir(), 1<<20, FsyncNo)
+		if err := l.Reset(1, "t"); err != nil {
+			t.Fatal(err)
+		}
+		want := appendN(t, l, 0, size/len(cmd(0)))
+		c, err := l.NewCursor(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := &shortWriter{limit: len(want) / 3}
+		if n, err := c.CopyTo(w); err == nil || n != int64(w.limit) || c.Pos() != 1+n {
+			t.Fatalf("size %d: short copy: n %d pos %d err %v", size, n, c.Pos(), err)
+		}
+		var rest bytes.Buffer
+		if _, err := c.CopyTo(&rest); err != nil {
+			t.Fatal(err)
+		}
+		if got := append(w.buf.Bytes(), rest.Bytes()...); !bytes.Equal(got, want) {
+			t.Fatalf("size %d: bytes differ at %d after a retry", size, firstDiffBytes(got, want))
+		}
+		c.Close()
+	}
+}
+
+func firstDiffBytes(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
+
+// BenchmarkCursorTail is a caught-up replica: each op appends one small
+// chunk (a few commands) and copies it to a loopback TCP socket, through a
+// buffer (below smallCopy) and through sendfile, side by side.
+func BenchmarkCursorTail(b *testing.B) {
+	for _, bc := range []struct {
+		name  string
+		small int64
+	}{{"buffer", 64 << 10}, {"sendfile", 0}} {
+		b.Run(bc.name, func(b *testing.B) {
+			defer func(v int64) { smallCopy = v }(smallCopy)
+			smallCopy = bc.small
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ln.Close()
+			drained := make(chan struct{})
+			go func() {
+				defer close(drained)
+				if c, err := ln.Accept(); err == nil {
+					_, _ = io.Copy(io.Discard, c)
+				}
+			}()
+			conn, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			l, _, err := Open(b.TempDir(), Options{SegmentSize: 64 << 20, Fsync: FsyncNo})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			_ = l.Reset(1, "bench")
+			cur, err := l.NewCursor(1)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer cur.Close()
+			chunk := bytes.Repeat([]byte("x"), 600)
+			b.SetBytes(int64(len(chunk)))
+			for b.Loop() {
+				if _, err := l.Append(chunk, len(chunk)); err != nil {
+					b.Fatal(err)
+				}
+				if n, err := cur.CopyTo(conn); err != nil || n != int64(len(chunk)) {
+					b.Fatalf("copied %d: %v", n, err)
+				}
+			}
+			conn.Close()
+			<-drained
+		})
 	}
 }
 
