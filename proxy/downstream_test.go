@@ -737,9 +737,9 @@ func TestLostTailHoldsReplicasAhead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const lost = 64 << 10
-	if fi.Size() < 2*lost {
-		t.Fatalf("segment of %d bytes is too short to lose %d", fi.Size(), lost)
+	lost := min(64<<10, fi.Size()/2) // the newest segment may have just rolled
+	if lost == 0 {
+		t.Fatal("the newest segment is empty")
 	}
 	if err := os.Truncate(seg, fi.Size()-lost); err != nil {
 		t.Fatal(err)
