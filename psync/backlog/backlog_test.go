@@ -325,10 +325,10 @@ func (w *shortWriter) Write(p []byte) (int, error) {
 }
 
 // TestCopyAfterShortWrite: a copy cut short leaves the cursor exactly after
-// the bytes that went out, on both copy paths, so a retry neither skips nor
-// repeats a byte.
+// the bytes that went out, whether it ended inside one read or across
+// several, so a retry neither skips nor repeats a byte.
 func TestCopyAfterShortWrite(t *testing.T) {
-	for _, size := range []int{100, 200 << 10} { // buffered and sendfile-sized
+	for _, size := range []int{100, 200 << 10} {
 		l := open(t, t.TempDir(), 1<<20, FsyncNo)
 		if err := l.Reset(1, "t"); err != nil {
 			t.Fatal(err)
@@ -363,57 +363,47 @@ func firstDiffBytes(a, b []byte) int {
 }
 
 // BenchmarkCursorTail is a caught-up replica: each op appends one small
-// chunk (a few commands) and copies it to a loopback TCP socket, through a
-// buffer (below smallCopy) and through sendfile, side by side.
+// chunk (a few commands) and copies it to a loopback TCP socket (sendfile).
 func BenchmarkCursorTail(b *testing.B) {
-	for _, bc := range []struct {
-		name  string
-		small int64
-	}{{"buffer", 64 << 10}, {"sendfile", 0}} {
-		b.Run(bc.name, func(b *testing.B) {
-			defer func(v int64) { smallCopy = v }(smallCopy)
-			smallCopy = bc.small
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer ln.Close()
-			drained := make(chan struct{})
-			go func() {
-				defer close(drained)
-				if c, err := ln.Accept(); err == nil {
-					_, _ = io.Copy(io.Discard, c)
-				}
-			}()
-			conn, err := net.Dial("tcp", ln.Addr().String())
-			if err != nil {
-				b.Fatal(err)
-			}
-			l, _, err := Open(b.TempDir(), Options{SegmentSize: 64 << 20, Fsync: FsyncNo})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer l.Close()
-			_ = l.Reset(1, "bench")
-			cur, err := l.NewCursor(1)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer cur.Close()
-			chunk := bytes.Repeat([]byte("x"), 600)
-			b.SetBytes(int64(len(chunk)))
-			for b.Loop() {
-				if _, err := l.Append(chunk, len(chunk)); err != nil {
-					b.Fatal(err)
-				}
-				if n, err := cur.CopyTo(conn); err != nil || n != int64(len(chunk)) {
-					b.Fatalf("copied %d: %v", n, err)
-				}
-			}
-			conn.Close()
-			<-drained
-		})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
 	}
+	defer ln.Close()
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		if c, err := ln.Accept(); err == nil {
+			_, _ = io.Copy(io.Discard, c)
+		}
+	}()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	l, _, err := Open(b.TempDir(), Options{SegmentSize: 64 << 20, Fsync: FsyncNo})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	_ = l.Reset(1, "bench")
+	cur, err := l.NewCursor(1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cur.Close()
+	chunk := bytes.Repeat([]byte("x"), 600)
+	b.SetBytes(int64(len(chunk)))
+	for b.Loop() {
+		if _, err := l.Append(chunk, len(chunk)); err != nil {
+			b.Fatal(err)
+		}
+		if n, err := cur.CopyTo(conn); err != nil || n != int64(len(chunk)) {
+			b.Fatalf("copied %d: %v", n, err)
+		}
+	}
+	conn.Close()
+	<-drained
 }
 
 // TestBackgroundFsyncErrorsAreReported: a failing background fsync is

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"sort"
-	"sync"
 	"sync/atomic"
 )
 
@@ -122,12 +121,7 @@ func (c *Cursor) CopyTo(w io.Writer) (int64, error) {
 		if avail <= 0 {
 			return total, nil
 		}
-		var n int64
-		if avail <= smallCopy {
-			n, err = c.copySmall(w, avail)
-		} else {
-			n, err = io.Copy(w, io.LimitReader(c.f, avail))
-		}
+		n, err := io.Copy(w, io.LimitReader(c.f, avail))
 		c.pos.Add(n)
 		total += n
 		if err != nil {
@@ -140,29 +134,6 @@ func (c *Cursor) CopyTo(w io.Writer) (int64, error) {
 			return total, fmt.Errorf("backlog: segment shorter than recorded: %w", io.ErrUnexpectedEOF)
 		}
 	}
-}
-
-// smallCopy: below this, read(2) + write(2) through a pooled buffer is a
-// little cheaper than sendfile(2) for the few hundred bytes a caught-up
-// replica is sent at a time (BenchmarkCursorTail: about 7% per op).
-// A variable so benchmarks can compare both paths.
-var smallCopy int64 = 64 << 10
-
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, smallCopy); return &b }}
-
-// copySmall sends the next n bytes of the open segment through a buffer.
-func (c *Cursor) copySmall(w io.Writer, n int64) (int64, error) {
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	buf := (*bp)[:n]
-	if _, err := io.ReadFull(c.f, buf); err != nil {
-		return 0, fmt.Errorf("backlog: segment shorter than recorded: %w", err)
-	}
-	wn, err := w.Write(buf)
-	if err == nil && wn < len(buf) {
-		err = io.ErrShortWrite
-	}
-	return int64(wn), err
 }
 
 // Read implements io.Reader over the bytes available now; it returns 0, nil
