@@ -149,10 +149,6 @@ func (p *Proxy) follow(ctx context.Context) {
 		countReason(&p.stats.UpstreamDisconnects, reason)
 		if moved { // an operator's order, not a failure: connect at once
 			p.log.Info("upstream link moved by REPLICAOF", "upstream", p.upstreamAddr())
-			select {
-			case <-p.movedCh:
-			default:
-			}
 			backoff = backoffMin
 			continue
 		}
@@ -183,6 +179,10 @@ func (p *Proxy) syncOnce(ctx context.Context) (streamed bool, err error) {
 	ctx, cut := context.WithCancel(ctx)
 	p.mu.Lock()
 	p.cutLink = cut
+	select { // a move before now is already in effect: this dial uses it
+	case <-p.movedCh:
+	default:
+	}
 	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
