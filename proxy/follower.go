@@ -132,6 +132,7 @@ func (p *Proxy) follow(ctx context.Context) {
 	backoff := backoffMin
 	for ctx.Err() == nil {
 		p.stats.UpstreamConnects.Add(1)
+		endBefore := p.bl.End()
 		streamed, err := p.syncOnce(ctx)
 		p.setLink("connect")
 		if ctx.Err() != nil {
@@ -152,10 +153,10 @@ func (p *Proxy) follow(ctx context.Context) {
 			backoff = backoffMin
 			continue
 		}
-		// A link that streamed was healthy; one the backlog could not store
-		// was not, and retrying it at once would ask the origin to resend
-		// its backlog every few milliseconds.
-		if streamed && reason != "backlog_write" {
+		// Only a link that stored something was healthy. One that streamed
+		// but could not store (a full disk) would, retried at once, have the
+		// origin resend its backlog every few milliseconds.
+		if streamed && p.bl.End() != endBefore {
 			backoff = backoffMin
 		}
 		p.log.Warn("upstream link down", "upstream", p.upstreamAddr(), "reason", reason, "err", err,

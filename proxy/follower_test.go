@@ -391,11 +391,25 @@ func TestBacklogWriteFailure(t *testing.T) {
 
 	limit := uint64(activeSegmentSize(t, proc.dataDir) + 1<<20)
 	setFileSizeLimit(t, proc.PID(), limit)
-	failures := func() int {
+	// retries lists the backoff logged for each refusal.
+	retries := func() []time.Duration {
 		b, _ := os.ReadFile(proc.logPath)
-		return strings.Count(string(b), "reason=backlog_write")
+		var out []time.Duration
+		for _, line := range strings.Split(string(b), "\n") {
+			if _, after, ok := strings.Cut(line, "reason=backlog_write"); ok {
+				_, v, _ := strings.Cut(after, "retry_in=")
+				d, _ := time.ParseDuration(strings.Fields(v + " ")[0])
+				out = append(out, d)
+			}
+		}
+		return out
 	}
-	redistest.Eventually(t, 30*time.Second, "writes refused twice (a retry)", func() bool { return failures() >= 2 })
+	redistest.Eventually(t, 30*time.Second, "writes refused three times", func() bool { return len(retries()) >= 3 })
+	// A link that stores nothing is no reason to retry at once: the
+	// backoff grows instead of having the origin resend every 100 ms.
+	if r := retries(); r[2] <= r[0] {
+		t.Fatalf("backoff does not grow while writes fail: %v", r)
+	}
 	if size := activeSegmentSize(t, proc.dataDir); size != int64(limit) {
 		t.Fatalf("active segment is %d bytes, the limit %d: a short write was not kept", size, limit)
 	}
