@@ -860,6 +860,7 @@ func TestReplicaofMovesUpstream(t *testing.T) {
 		{[]any{"REPLICAOF", "127.0.0.1", "0"}},
 		{[]any{"REPLICAOF", "127.0.0.1", "http"}},
 		{[]any{"REPLICAOF", "127.0.0.1"}},
+		{[]any{"REPLICAOF", "127.0.0.1", strconv.Itoa(p.port())}}, // itself
 	} {
 		if err := admin.Do(ctx, c.args...).Err(); err == nil || !strings.HasPrefix(err.Error(), "ERR ") {
 			t.Fatalf("%v: %v, want an ERR", c.args, err)

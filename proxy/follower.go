@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -94,6 +95,39 @@ func (p *Proxy) upstreamAddr() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.upstream
+}
+
+// isSelf reports whether host:port is this proxy's own listener: a local
+// address (or the announced IP) on the listening port.
+func (p *Proxy) isSelf(host string, port int) bool {
+	a, ok := p.Addr().(*net.TCPAddr)
+	if !ok || a.Port != port {
+		return false
+	}
+	if host == p.cfg.AnnounceIP {
+		return true
+	}
+	if strings.EqualFold(host, "localhost") {
+		host = "127.0.0.1"
+	}
+	ip := net.ParseIP(host)
+	switch {
+	case ip == nil:
+		return false // a name: not resolved here
+	case ip.Equal(a.IP):
+		return true
+	case !a.IP.IsUnspecified():
+		return false
+	case ip.IsLoopback():
+		return true
+	}
+	addrs, _ := net.InterfaceAddrs()
+	for _, ad := range addrs {
+		if n, ok := ad.(*net.IPNet); ok && n.IP.Equal(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // moveUpstream points the follower at another upstream (REPLICAOF) and ends

@@ -259,6 +259,9 @@ func (s *session) replicaof(host, port string) error {
 	if host == "" || strings.ContainsAny(host, " \r\n") {
 		return s.errorf("ERR Invalid master host")
 	}
+	if s.p.isSelf(host, n) {
+		return s.errorf("ERR %s:%d is this replproxy itself", host, n)
+	}
 	if !s.p.moveUpstream(net.JoinHostPort(host, port)) {
 		return s.reply(resp.SimpleStringValue("OK Already connected to specified master"))
 	}
