@@ -144,8 +144,7 @@ func (p *Proxy) moveUpstream(addr string) bool {
 		"from", p.upstream, "to", addr, "configured", p.cfg.Upstream)
 	p.upstream = addr
 	if p.cutLink != nil {
-		p.moved = true
-		p.cutLink()
+		p.cutLink(errMoved)
 	}
 	select { // cut a backoff short
 	case p.movedCh <- struct{}{}:
@@ -174,15 +173,8 @@ func (p *Proxy) follow(ctx context.Context) {
 			return
 		}
 		reason := disconnectReason(err)
-		p.mu.Lock()
-		moved := p.moved
-		p.moved = false
-		p.mu.Unlock()
-		if moved {
-			reason = "replicaof"
-		}
 		countReason(&p.stats.UpstreamDisconnects, reason)
-		if moved { // an operator's order, not a failure: connect at once
+		if errors.Is(err, errMoved) { // an operator's order, not a failure: connect at once
 			p.log.Info("upstream link moved by REPLICAOF", "upstream", p.upstreamAddr())
 			backoff = backoffMin
 			continue
@@ -211,7 +203,7 @@ func (p *Proxy) follow(ctx context.Context) {
 // syncOnce runs one connection: handshake, PSYNC, optional full sync, then
 // streaming until an error. streamed reports whether it reached streaming.
 func (p *Proxy) syncOnce(ctx context.Context) (streamed bool, err error) {
-	ctx, cut := context.WithCancel(ctx)
+	ctx, cut := context.WithCancelCause(ctx)
 	p.mu.Lock()
 	p.cutLink = cut
 	select { // a move before now is already in effect: this dial uses it
@@ -223,7 +215,10 @@ func (p *Proxy) syncOnce(ctx context.Context) (streamed bool, err error) {
 		p.mu.Lock()
 		p.cutLink = nil
 		p.mu.Unlock()
-		cut()
+		if errors.Is(context.Cause(ctx), errMoved) {
+			err = errMoved // whatever the cut connection reported
+		}
+		cut(nil)
 	}()
 	p.setLink("connecting")
 	u, err := p.dialUpstream(ctx, false, p.touchIO)
@@ -270,6 +265,8 @@ func disconnectReason(err error) string {
 	switch {
 	case errors.Is(err, errBacklogWrite):
 		return "backlog_write"
+	case errors.Is(err, errMoved):
+		return "replicaof"
 	case errors.As(err, &ne) && ne.Timeout():
 		return "timeout"
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, psync.ErrShortPayload),
@@ -459,6 +456,9 @@ func (p *Proxy) discardHistory(cause error) {
 	p.mu.Unlock()
 	p.closeSessions("history_reset")
 }
+
+// errMoved: REPLICAOF cut the link to point it elsewhere.
+var errMoved = errors.New("upstream moved by REPLICAOF")
 
 // errBacklogWrite: the backlog could not store received bytes (disk full,
 // I/O error). The link is dropped and resumes after what was stored.

@@ -42,8 +42,7 @@ type Proxy struct {
 	// upstream is where the follower connects: --upstream, until an
 	// operator's REPLICAOF moves it. cutLink ends the current connection.
 	upstream string
-	cutLink  context.CancelFunc
-	moved    bool          // the last link ended because REPLICAOF moved it
+	cutLink  context.CancelCauseFunc
 	movedCh  chan struct{} // wakes a reconnect backoff after a move
 	scanner  psync.Scanner // stream position within a command, kept across reconnects
 	nextID   int64
