@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"net"
 	"strings"
@@ -95,19 +94,8 @@ func TestDataDirLocked(t *testing.T) {
 // first is accepted, unknown capabilities ignored, so they fall back to the
 // classic single-connection sync as they do against Redis 7.
 func TestHandshakeOfNewerReplicas(t *testing.T) {
-	p, err := New(Config{Upstream: "127.0.0.1:1", DataDir: t.TempDir(), Listen: "127.0.0.1:0"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Serve(ctx, ln) }()
-	defer func() { cancel(); <-done }()
-	conn, err := net.Dial("tcp", ln.Addr().String())
+	p := startProxy(t, "127.0.0.1:1", t.TempDir()) // no upstream needed
+	conn, err := net.Dial("tcp", p.addr)
 	if err != nil {
 		t.Fatal(err)
 	}

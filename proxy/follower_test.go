@@ -398,8 +398,10 @@ func TestBacklogWriteFailure(t *testing.T) {
 		for _, line := range strings.Split(string(b), "\n") {
 			if _, after, ok := strings.Cut(line, "reason=backlog_write"); ok {
 				_, v, _ := strings.Cut(after, "retry_in=")
-				d, _ := time.ParseDuration(strings.Fields(v + " ")[0])
-				out = append(out, d)
+				if f := strings.Fields(v); len(f) > 0 {
+					d, _ := time.ParseDuration(f[0])
+					out = append(out, d)
+				}
 			}
 		}
 		return out
