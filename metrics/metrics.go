@@ -183,6 +183,9 @@ var (
 	dRepLagBytes      = desc("downstream_replica_lag_bytes", "A replica's lag in bytes.", "replica")
 	dRepLagSeconds    = desc("downstream_replica_lag_seconds", "A replica's lag in seconds.", "replica")
 	dRepLastAck       = desc("downstream_replica_last_ack_timestamp_seconds", "When a replica last acknowledged.", "replica")
+	dPeakRSS          = desc("process_peak_resident_memory_bytes", "Peak resident set size since the process started (VmHWM): the worst moment, which a scrape interval can miss.")
+	dCfgMaxClients    = desc("config_max_clients", "Configured limit of downstream connections (--max-clients).")
+	dDownRejected     = desc("downstream_rejected_connections_total", "Connections refused because --max-clients were connected.")
 	dRepSeriesDropped = desc("downstream_replica_series_dropped", "Replicas left out of per-replica series by the limit.")
 )
 
@@ -213,6 +216,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	g(dBuildInfo, 1, c.opts.Version, runtime.Version())
 	g(dCfgBacklog, float64(cfg.BacklogSize))
 	g(dCfgParallel, float64(cfg.MaxParallelFullSyncs))
+	g(dCfgMaxClients, float64(cfg.MaxClients))
+	if hwm, err := PeakRSS(); err == nil {
+		g(dPeakRSS, float64(hwm))
+	}
 
 	g(dUpInfo, 1, st.UpstreamHost, port, st.History.ReplID)
 	g(dUpLinkUp, b(st.LinkUp), st.UpstreamHost, port)
@@ -290,6 +297,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		g(dDownReplicas, float64(byState[s]), s)
 	}
 	g(dDownClients, float64(st.Clients))
+	cnt(dDownRejected, float64(stats.RejectedConns.Load()))
 	cnt(dDownSyncs, float64(stats.SyncFull.Load()), "full")
 	cnt(dDownSyncs, float64(stats.SyncPartialOK.Load()), "partial")
 	for i, r := range rejectionReasons {

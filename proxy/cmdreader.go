@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -19,6 +20,12 @@ const (
 	maxArgLen     = 64 << 10
 	maxInlineLen  = 64 << 10
 	maxHeaderLine = 32
+	// maxCommandLen bounds a whole command, so a session's buffer (and a
+	// burst of connections times it) stays small.
+	maxCommandLen = 1 << 20
+	// keepRawCap: a buffer grown past this by one large command is
+	// dropped rather than kept for the session's life.
+	keepRawCap = 64 << 10
 )
 
 // protocolError is a malformed or oversized command; the reply names it and
@@ -39,6 +46,9 @@ func newCmdReader(br *bufio.Reader) *cmdReader { return &cmdReader{br: br} }
 // next returns the next command's arguments; an empty slice is a bare
 // newline (a keepalive).
 func (r *cmdReader) next() ([][]byte, error) {
+	if cap(r.raw) > keepRawCap {
+		r.raw = nil
+	}
 	r.raw = r.raw[:0]
 	b, err := r.br.Peek(1)
 	if err != nil {
@@ -111,7 +121,10 @@ func (r *cmdReader) frameMultibulk() error {
 			return err
 		}
 		start := len(r.raw)
-		r.raw = append(r.raw, make([]byte, n+2)...)
+		if int64(start)+n+2 > maxCommandLen {
+			return &protocolError{msg: "too big request"}
+		}
+		r.raw = slices.Grow(r.raw, int(n)+2)[:start+int(n)+2]
 		if _, err := io.ReadFull(r.br, r.raw[start:]); err != nil {
 			return err
 		}

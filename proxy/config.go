@@ -29,6 +29,9 @@ type Config struct {
 	RequirePass          string // downstream AUTH; empty: none
 	ReplicaTimeout       time.Duration
 	MaxParallelFullSyncs int // 0 = unlimited
+	// MaxClients bounds downstream connections (replicas and tools), and
+	// with it the memory they can take; as Redis' maxclients.
+	MaxClients int
 
 	// RefreshRatio: fetch a fresh snapshot once the stream since the current
 	// one exceeds RefreshRatio × BacklogSize. Default 0.5.
@@ -62,8 +65,11 @@ const (
 	DefaultReplTimeout    = 60 * time.Second
 	DefaultReplicaTimeout = 60 * time.Second
 	DefaultHoldAhead      = 10 * time.Second
-	minSegmentSize        = 64 << 10
-	maxSegmentSize        = 64 << 20
+	// DefaultMaxClients: a session costs ~40 KB when idle (buffers and
+	// goroutine stacks), so a flood of connections stays under ~40 MB.
+	DefaultMaxClients = 1000
+	minSegmentSize    = 64 << 10
+	maxSegmentSize    = 64 << 20
 )
 
 func (c *Config) setDefaults() {
@@ -82,6 +88,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RefreshRatio == 0 {
 		c.RefreshRatio = 0.5
+	}
+	if c.MaxClients == 0 {
+		c.MaxClients = DefaultMaxClients
 	}
 	if c.HoldAhead == 0 {
 		c.HoldAhead = DefaultHoldAhead
@@ -113,6 +122,9 @@ func (c *Config) validate() error {
 	}
 	if c.RefreshRatio <= 0 || c.RefreshRatio > 1 {
 		errs = append(errs, fmt.Errorf("refresh ratio %v must be in (0, 1]", c.RefreshRatio))
+	}
+	if c.MaxClients < 0 {
+		errs = append(errs, errors.New("max clients must be >= 0 (0 picks the default)"))
 	}
 	if c.MaxParallelFullSyncs < 0 {
 		errs = append(errs, errors.New("max parallel full syncs must be >= 0"))

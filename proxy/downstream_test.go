@@ -378,7 +378,7 @@ func TestTieringAndRDBDump(t *testing.T) {
 	if loaded.InfoInt("persistence", "loading") != 0 {
 		t.Fatal("still loading")
 	}
-	stats, err := snapshot.Stats(filepath.Join(p2.cfg.DataDir, "snapshots"), snap)
+	stats, err := snapshot.ScanFile(t.Context(), filepath.Join(p2.cfg.DataDir, "snapshots"), snap, snapshot.ScanOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

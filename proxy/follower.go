@@ -329,7 +329,7 @@ func (p *Proxy) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) error {
 			return fmt.Errorf("ack after payload: %w", err)
 		}
 	}
-	info, err := rcv.Finish(reply.ReplID, reply.Offset)
+	info, err := p.finishSnapshot(rcv, reply)
 	if err != nil {
 		p.log.Error("snapshot rejected", "replid", reply.ReplID, "offset", reply.Offset, "bytes", n, "err", err)
 		return err
@@ -526,7 +526,7 @@ func (p *Proxy) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
 		return nil, fmt.Errorf("%w: snapshot %s at %d, history %s holding [%d, %d]",
 			errRefreshRejected, reply.ReplID, reply.Offset, pos.hist.ReplID, pos.first, pos.end)
 	}
-	info, err := rcv.Finish(reply.ReplID, reply.Offset)
+	info, err := p.finishSnapshot(rcv, reply)
 	if err != nil {
 		return nil, err
 	}
@@ -543,6 +543,16 @@ func (p *Proxy) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
 	p.mu.Unlock()
 	if old != nil && old.Name != info.Name {
 		_ = snapshot.Remove(p.snapDir, old)
+	}
+	return info, err
+}
+
+// finishSnapshot verifies and installs a received payload as the snapshot
+// file of reply's (replid, offset).
+func (p *Proxy) finishSnapshot(rcv *snapshot.Receiver, reply psync.PsyncReply) (*snapshot.Info, error) {
+	info, err := rcv.Finish(reply.ReplID, reply.Offset)
+	if err == nil && rcv.KeyspaceError() != nil {
+		p.log.Warn("snapshot keys not counted; INFO shows no keyspace for it", "snapshot", info.Name, "err", rcv.KeyspaceError())
 	}
 	return info, err
 }

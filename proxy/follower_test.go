@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/replproxy/replproxy/internal/faultproxy"
+	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/psync"
 )
@@ -61,7 +62,7 @@ func TestFullSyncBothFramings(t *testing.T) {
 			if pos.snap == nil || pos.snap.RDBVersion != 10 {
 				t.Fatalf("snapshot %+v", pos.snap)
 			}
-			in, err := Inspect(dir, true)
+			in, err := Inspect(t.Context(), dir, InspectOptions{Keys: true, Types: true})
 			if err != nil || !in.Consistent {
 				t.Fatalf("inspect: %+v %v", in, err)
 			}
@@ -221,7 +222,7 @@ func TestLinkCuts(t *testing.T) {
 // sync, for payloads no real Redis would send.
 func fakeMaster(t *testing.T, payload func(conn net.Conn)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := loopback.Listen()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,7 +357,7 @@ func TestSmallBacklogRefresh(t *testing.T) {
 		want = 1 + p.stats.Refreshes.Load() + p.stats.RefreshFailures.Load()
 		return !busy && fulls == want
 	})
-	in, err := Inspect(dir, true)
+	in, err := Inspect(t.Context(), dir, InspectOptions{Keys: true, Types: true})
 	if err != nil || !in.Consistent || in.Snapshot.Offset <= 0 {
 		t.Fatalf("inspect %+v %v", in, err)
 	}

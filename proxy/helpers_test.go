@@ -20,6 +20,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/backlog"
@@ -63,7 +64,7 @@ func startProxy(t *testing.T, upstream, dataDir string, mod ...func(*Config)) *t
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	ln, err := loopback.Listen()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +221,7 @@ func backlogFileBytes(t *testing.T, dataDir string, from, end int64) []byte {
 // stream from the snapshot on (no gap, no duplicate).
 func backlogMatchesOrigin(t *testing.T, dataDir string, origin *redistest.Server) {
 	t.Helper()
-	in, err := Inspect(dataDir, false)
+	in, err := Inspect(t.Context(), dataDir, InspectOptions{})
 	if err != nil || !in.Consistent {
 		t.Fatalf("inspect: %+v %v", in, err)
 	}
@@ -292,11 +293,17 @@ type proxyProcess struct {
 
 func startProxyProcess(t *testing.T, upstream string, extra ...string) *proxyProcess {
 	t.Helper()
+	return startProxyBinary(t, redistest.ProxyBinary(t), upstream, extra...)
+}
+
+// startProxyBinary is startProxyProcess with a given binary.
+func startProxyBinary(t *testing.T, bin, upstream string, extra ...string) *proxyProcess {
+	t.Helper()
 	port, err := redistest.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	pp := &proxyProcess{t: t, bin: redistest.ProxyBinary(t), addr: "127.0.0.1:" + strconv.Itoa(port),
+	pp := &proxyProcess{t: t, bin: bin, addr: "127.0.0.1:" + strconv.Itoa(port),
 		dataDir: t.TempDir(), logPath: filepath.Join(t.TempDir(), "proxy.log")}
 	pp.args = append([]string{"--upstream", upstream, "--listen", pp.addr, "--data-dir", pp.dataDir,
 		"--log-format", "text", "--metrics-listen", "127.0.0.1:0"}, extra...)

@@ -87,6 +87,7 @@ func (p *Proxy) info(sections ...string) string {
 	)
 	ps := &p.stats
 	section("Stats",
+		kv("rejected_connections", ps.RejectedConns.Load()),
 		kv("sync_full", ps.SyncFull.Load()),
 		kv("sync_partial_ok", ps.SyncPartialOK.Load()),
 		kv("sync_partial_err", ps.SyncPartialErr.Load()),
@@ -182,6 +183,9 @@ func (p *Proxy) info(sections ...string) string {
 	}
 	rp := []string{
 		kv("upstream_link_state", st.LinkState),
+		// The # Keyspace counts are the stored snapshot's, taken at its offset.
+		kv("keyspace_source", "snapshot"),
+		kv("keyspace_offset", snapOff),
 		kv("psync_window_seconds", window),
 		kv("snapshot_offset", snapOff),
 		kv("snapshot_size", snapSize),

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -22,9 +23,17 @@ type Inspection struct {
 	Problem    string              `json:"problem,omitempty"`
 }
 
-// Inspect reads a data dir without changing it. withKeys parses the whole
-// snapshot to count keys per database and type.
-func Inspect(dir string, withKeys bool) (*Inspection, error) {
+// InspectOptions choose what Inspect counts.
+type InspectOptions struct {
+	// Keys reports key counts per database: the snapshot's own, or a scan.
+	Keys bool
+	// Types scans the snapshot to count keys by type as well.
+	Types bool
+}
+
+// Inspect reads a data dir without changing it. Key counts come from a
+// scan that skips values (memory stays at one buffer whatever the data).
+func Inspect(ctx context.Context, dir string, opts InspectOptions) (*Inspection, error) {
 	if st, err := os.Stat(dir); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	} else if !st.IsDir() {
@@ -64,10 +73,13 @@ func Inspect(dir string, withKeys bool) (*Inspection, error) {
 		if h, err := snapshot.ParseHeader(head[:n]); err == nil {
 			in.Aux = h.Aux
 		}
-		if withKeys {
-			if in.Keyspace, err = snapshot.Stats(snapDir, st.Snapshot); err != nil {
+		switch {
+		case opts.Types || (opts.Keys && st.Snapshot.Keyspace == nil):
+			if in.Keyspace, err = snapshot.ScanFile(ctx, snapDir, st.Snapshot, snapshot.ScanOptions{Types: opts.Types}); err != nil {
 				return nil, err
 			}
+		case opts.Keys:
+			in.Keyspace = st.Snapshot.Keyspace
 		}
 	}
 	return in, nil

@@ -1,28 +1,30 @@
 package proxy
 
 import (
+	"context"
 	"log/slog"
 	"sync"
 
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
 
-// keyspaceStats holds per-DB key counts of the current snapshot, computed
-// in the background after each install: parsing a large RDB takes seconds.
+// keyspaceStats serves INFO's key counts. A snapshot carries its counts,
+// taken while it was received; one recovered from a data dir written
+// before counts were kept is scanned once in the background (values
+// skipped, a fixed buffer: memory does not follow the data).
 type keyspaceStats struct {
 	mu    sync.Mutex
 	name  string
 	stats []snapshot.KeyStats
-	busy  sync.Mutex // one computation at a time
 }
 
-func (k *keyspaceStats) compute(dir string, info *snapshot.Info, log *slog.Logger) {
-	k.busy.Lock()
-	defer k.busy.Unlock()
-	stats, err := snapshot.Stats(dir, info)
+// scan counts the keys of info; run by Serve's group, cancelled with ctx.
+func (k *keyspaceStats) scan(ctx context.Context, dir string, info *snapshot.Info, log *slog.Logger) {
+	stats, err := snapshot.ScanFile(ctx, dir, info, snapshot.ScanOptions{})
 	if err != nil {
-		// The file may be replaced while it is read; the next install retries.
-		log.Debug("keyspace stats unavailable", "snapshot", info.Name, "err", err)
+		if ctx.Err() == nil {
+			log.Warn("keyspace counts unavailable", "snapshot", info.Name, "err", err)
+		}
 		return
 	}
 	k.mu.Lock()
@@ -30,11 +32,17 @@ func (k *keyspaceStats) compute(dir string, info *snapshot.Info, log *slog.Logge
 	k.mu.Unlock()
 }
 
-// get returns the stats if they belong to snap.
+// get returns the counts of snap, nil when unknown.
 func (k *keyspaceStats) get(snap *snapshot.Info) []snapshot.KeyStats {
+	switch {
+	case snap == nil:
+		return nil
+	case snap.Keyspace != nil:
+		return snap.Keyspace
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if snap == nil || snap.Name != k.name {
+	if snap.Name != k.name {
 		return nil
 	}
 	return k.stats

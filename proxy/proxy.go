@@ -79,6 +79,7 @@ type Stats struct {
 	SentStreamBytes      atomic.Int64
 	Rejections           [5]atomic.Int64 // by psync.ContinueVerdict
 	Disconnects          sync.Map        // reason -> *atomic.Int64
+	RejectedConns        atomic.Int64    // refused at --max-clients
 }
 
 func (s *Stats) disconnect(reason string) { countReason(&s.Disconnects, reason) }
@@ -220,7 +221,6 @@ func (p *Proxy) setSnapshotLocked(info *snapshot.Info) {
 	p.snapOffset.Store(info.Offset)
 	close(p.snapReady)
 	p.snapReady = make(chan struct{})
-	go p.keyspace.compute(p.snapDir, info, p.log)
 }
 
 // maybeKick wakes maintain when the backlog needs trimming or the snapshot
@@ -264,6 +264,9 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	wg.Go(func() { p.follow(ctx) })
 	wg.Go(func() { p.maintain(ctx) })
 	wg.Go(func() { p.acceptLoop(ctx, ln) })
+	if snap := p.position().snap; snap != nil && snap.Keyspace == nil {
+		wg.Go(func() { p.keyspace.scan(ctx, p.snapDir, snap, p.log) })
+	}
 	<-ctx.Done()
 	ln.Close()
 	p.closeSessions("shutdown")

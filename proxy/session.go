@@ -88,6 +88,16 @@ func (p *Proxy) handleConn(ctx context.Context, conn net.Conn) {
 		br: bufio.NewReaderSize(conn, 16<<10), authed: p.cfg.RequirePass == "", startTime: time.Now()}
 	s.ackOff.Store(-1)
 	p.mu.Lock()
+	if len(p.sessions) >= p.cfg.MaxClients {
+		p.mu.Unlock()
+		p.stats.RejectedConns.Add(1)
+		// As Redis (networking.c:acceptCommonHandler): one error line, then close.
+		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = conn.Write([]byte("-ERR max number of clients reached\r\n"))
+		conn.Close()
+		cancel()
+		return
+	}
 	p.nextID++
 	s.id = p.nextID
 	p.sessions[s] = struct{}{}

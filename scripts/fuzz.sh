@@ -10,6 +10,7 @@ targets=(
   "./psync FuzzParsePsyncReply"
   "./psync FuzzPayload"
   "./psync/snapshot FuzzParseHeader"
+  "./psync/snapshot FuzzScanKeyspace"
   "./proxy FuzzCmdReader"
 )
 for t in "${targets[@]}"; do

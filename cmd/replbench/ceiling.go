@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/psync"
 )
 
@@ -60,7 +61,7 @@ func minimalRDB() []byte {
 // fakeUpstream answers the replica handshake, sends a full sync of an
 // empty RDB at offset 0, then the stream as fast as the socket takes it.
 func fakeUpstream(stream []byte) (string, func(), error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := loopback.Listen()
 	if err != nil {
 		return "", nil, err
 	}
@@ -209,12 +210,12 @@ func proxyCeiling(c *common, stream []byte, rw *row) error {
 // plainFanout: one source socket, a relay goroutine that copies each read
 // to k sink sockets, k readers. The physical reference for the machine.
 func plainFanout(stream []byte, k int) (float64, error) {
-	srcLn, err := net.Listen("tcp", "127.0.0.1:0")
+	srcLn, err := loopback.Listen()
 	if err != nil {
 		return 0, err
 	}
 	defer srcLn.Close()
-	sinkLn, err := net.Listen("tcp", "127.0.0.1:0")
+	sinkLn, err := loopback.Listen()
 	if err != nil {
 		return 0, err
 	}

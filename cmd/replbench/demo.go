@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/loadgen"
+	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/proxy"
 )
@@ -72,7 +73,7 @@ func demo(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := loopback.Listen()
 	if err != nil {
 		return fail(err)
 	}

@@ -141,15 +141,16 @@ func inspect(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("inspect", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
-	keys := fs.Bool("keys", true, "parse the snapshot and count keys per database and type")
+	keys := fs.Bool("keys", true, "show key counts per database")
+	types := fs.Bool("types", false, "scan the snapshot to count keys by type too")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if fs.NArg() != 1 {
-		fmt.Fprintln(stderr, "usage: replproxy inspect [--json] [--keys=false] DATA-DIR")
+		fmt.Fprintln(stderr, "usage: replproxy inspect [--json] [--keys=false] [--types] DATA-DIR")
 		return 2
 	}
-	in, err := proxy.Inspect(fs.Arg(0), *keys)
+	in, err := proxy.Inspect(context.Background(), fs.Arg(0), proxy.InspectOptions{Keys: *keys, Types: *types})
 	if err != nil {
 		fmt.Fprintln(stderr, "replproxy inspect:", err)
 		return 2

@@ -7,6 +7,8 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+
+	"github.com/replproxy/replproxy/internal/loopback"
 )
 
 // Proxy forwards connections from Addr to a target.
@@ -23,7 +25,7 @@ type Proxy struct {
 
 // New listens on a free loopback port and forwards to target.
 func New(target string) (*Proxy, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := loopback.Listen()
 	if err != nil {
 		return nil, err
 	}

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/replproxy/replproxy/internal/loopback"
 )
 
 // Binary is the redis-server to run; REDIS_SERVER overrides it.
@@ -53,14 +55,8 @@ func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.It
 func (s *Server) PID() int { return s.cmd.Process.Pid }
 
 // FreePort returns a loopback port that was free a moment ago.
-func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+// It is below the ephemeral range (see package loopback).
+func FreePort() (int, error) { return loopback.FreePort() }
 
 // Start runs redis-server in dir (created if needed) with test-friendly
 // defaults — no persistence, debug commands on, no diskless delay — and any

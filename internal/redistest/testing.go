@@ -44,7 +44,29 @@ var (
 	buildOnce sync.Once
 	buildPath string
 	buildErr  error
+
+	releaseOnce sync.Once
+	releasePath string
+	releaseErr  error
 )
+
+// ReleaseProxyBinary builds cmd/replproxy once per test binary without the
+// race detector, whose shadow memory would swamp a measurement of RSS.
+func ReleaseProxyBinary(t testing.TB) string {
+	t.Helper()
+	releaseOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "replproxy-bin-")
+		if err != nil {
+			releaseErr = err
+			return
+		}
+		releasePath, releaseErr = BuildProxy(dir, false)
+	})
+	if releaseErr != nil {
+		t.Fatal(releaseErr)
+	}
+	return releasePath
+}
 
 // ProxyBinary builds cmd/replproxy once per test binary (with the race
 // detector unless REPLPROXY_TEST_NORACE is set) and returns its path.

@@ -1,7 +1,9 @@
-// Package snapshot stores the RDB snapshot a relay serves for full syncs:
-// it receives a payload into a temp file, verifies it (magic, version, the
-// EOF opcode and the CRC-64 trailer), installs it atomically and opens it
-// for serving.
+// Package snapshot is storage for the RDB snapshot a relay serves for full
+// syncs: it receives a payload into a temp file, verifies it (magic,
+// version, the EOF opcode and the CRC-64 trailer), counts its keys as it
+// streams by, installs it atomically and opens it for serving. It never
+// holds a value in memory: the key count comes from a scan that skips
+// values by their encoded lengths (ScanKeyspace).
 package snapshot
 
 import (
@@ -10,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -39,6 +42,9 @@ type Info struct {
 	CRC        uint64    `json:"crc"`
 	Created    time.Time `json:"created"`
 	StreamDB   int       `json:"repl_stream_db"` // -1 when the RDB does not say
+	// Keyspace is the per-database key count, taken while the payload was
+	// received; nil when the scan could not walk it.
+	Keyspace []KeyStats `json:"keyspace,omitempty"`
 }
 
 // FileName is where a snapshot of (replid, offset) lives.
@@ -61,6 +67,53 @@ type Receiver struct {
 	tailLen int
 	head    []byte
 	done    bool
+	count   *keyCounter
+	// keyspaceErr: why the counts are missing.
+	keyspaceErr error
+}
+
+// keyCounter scans a payload for its key counts while it is received: the
+// receiver feeds it through a pipe, one goroutine that Finish and Abort
+// join. A payload it cannot walk costs the counts, never the sync.
+type keyCounter struct {
+	pw     *io.PipeWriter
+	failed bool // the scan ended early; stop feeding it
+	done   chan struct{}
+	stats  []KeyStats
+	err    error
+}
+
+func startKeyCounter() *keyCounter {
+	pr, pw := io.Pipe()
+	k := &keyCounter{pw: pw, done: make(chan struct{})}
+	go func() {
+		defer close(k.done)
+		k.stats, k.err = ScanKeyspace(pr, ScanOptions{})
+		pr.CloseWithError(errScanEnded) // unblocks a writer after an early end
+	}()
+	return k
+}
+
+var errScanEnded = errors.New("snapshot: key scan ended")
+
+func (k *keyCounter) write(p []byte) {
+	if k.failed {
+		return
+	}
+	if _, err := k.pw.Write(p); err != nil {
+		k.failed = true
+	}
+}
+
+// finish ends the input and waits for the scan's result.
+func (k *keyCounter) finish(cause error) ([]KeyStats, error) {
+	if cause != nil {
+		k.pw.CloseWithError(cause)
+	} else {
+		k.pw.Close()
+	}
+	<-k.done
+	return k.stats, k.err
 }
 
 // NewReceiver starts receiving a payload into dir.
@@ -74,7 +127,7 @@ func NewReceiver(dir string) (*Receiver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: create temp file: %w", err)
 	}
-	return &Receiver{dir: dir, f: f, head: make([]byte, 0, 4096)}, nil
+	return &Receiver{dir: dir, f: f, head: make([]byte, 0, 4096), count: startKeyCounter()}, nil
 }
 
 // Write appends payload bytes. The CRC covers everything but the final 8
@@ -85,6 +138,7 @@ func (r *Receiver) Write(p []byte) (int, error) {
 		return n, fmt.Errorf("snapshot: write temp file: %w", err)
 	}
 	r.size += int64(n)
+	r.count.write(p)
 	if len(r.head) < headKeep {
 		k := min(headKeep-len(r.head), len(p))
 		r.head = append(r.head, p[:k]...)
@@ -114,10 +168,17 @@ func (r *Receiver) Abort() {
 		return
 	}
 	r.done = true
+	_, _ = r.count.finish(errAborted)
 	name := r.f.Name()
 	r.f.Close()
 	os.Remove(name)
 }
+
+var errAborted = errors.New("snapshot: receive aborted")
+
+// KeyspaceError is why a finished snapshot has no key counts (nil when it
+// has them).
+func (r *Receiver) KeyspaceError() error { return r.keyspaceErr }
 
 // Finish verifies the payload and installs it as the snapshot of (replid,
 // offset). On any error the temp file is removed.
@@ -130,6 +191,7 @@ func (r *Receiver) Finish(replid string, offset int64) (*Info, error) {
 		r.Abort()
 		return nil, err
 	}
+	info.Keyspace, r.keyspaceErr = r.count.finish(nil)
 	if err := r.f.Sync(); err != nil {
 		r.Abort()
 		return nil, fmt.Errorf("snapshot: fsync: %w", err)
