@@ -431,6 +431,7 @@ func TestBadInput(t *testing.T) {
 		"hello 3":            "HELLO 3\r\n",
 		"unbalanced quotes":  "PING \"abc\r\n",
 		"negative bulk size": "*1\r\n$-5\r\n",
+		"command over 1 MB":  "*20\r\n" + strings.Repeat("$65536\r\n"+strings.Repeat("x", 65536)+"\r\n", 20),
 	}
 	for name, payload := range cases {
 		reply := send(payload)
@@ -933,4 +934,40 @@ func TestSentinelFailoverRepointsProxy(t *testing.T) {
 		return p.linkUp() && h.ReplID == newID && h.ReplID2 == oldID
 	})
 	rig.continuesOnStandby(t, 72)
+}
+
+// TestMaxClients: past --max-clients a connection gets Redis' error and a
+// close, is counted, and the ones already connected keep working.
+func TestMaxClients(t *testing.T) {
+	t.Parallel()
+	p := startProxy(t, "127.0.0.1:1", t.TempDir(), func(c *Config) { c.MaxClients = 3 })
+	var conns []*bufio.ReadWriter
+	for i := range 4 {
+		c, err := net.Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		rw := bufio.NewReadWriter(bufio.NewReader(c), bufio.NewWriter(c))
+		_, _ = rw.WriteString("PING\r\n")
+		_ = rw.Flush()
+		line, _ := rw.ReadString('\n')
+		want := "+PONG\r\n"
+		if i == 3 {
+			want = "-ERR max number of clients reached\r\n"
+		}
+		if line != want {
+			t.Fatalf("connection %d: %q, want %q", i, line, want)
+		}
+		conns = append(conns, rw)
+	}
+	if n := p.stats.RejectedConns.Load(); n != 1 {
+		t.Fatalf("rejected %d", n)
+	}
+	_, _ = conns[0].WriteString("PING\r\n")
+	_ = conns[0].Flush()
+	if line, _ := conns[0].ReadString('\n'); line != "+PONG\r\n" {
+		t.Fatalf("connected client after the refusal: %q", line)
+	}
 }
