@@ -12,7 +12,7 @@ FUZZTIME ?= 200000x
 all: build
 
 deps:
-	@./scripts/ensure-redis.sh
+	@./scripts/ensure-deps.sh
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/replproxy ./cmd/replproxy
@@ -26,7 +26,7 @@ lint:
 # redis-server processes under the race detector, then every fuzz target
 # for $(FUZZTIME) inputs.
 test: deps lint
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -parallel 4 -timeout 20m ./...
 	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 
 fuzz:

@@ -66,6 +66,8 @@ func notReady(p *proxy.Proxy, mode string) string {
 	}
 	st := p.Status()
 	switch {
+	case !st.LinkUp && st.FullSync.Blocked != "":
+		return "upstream link " + st.LinkState + "; full sync held back: " + st.FullSync.Blocked
 	case !st.LinkUp:
 		return "upstream link " + st.LinkState
 	case st.Snapshot == nil:
@@ -103,7 +105,7 @@ type replicaRow struct {
 type page struct {
 	Upstream, Link, ReplID, ReplID2 string
 	Offset, First, Second           int64
-	Window, Snapshot                string
+	Window, Snapshot, FullSync      string
 	Replicas                        []replicaRow
 	Now                             string
 }
@@ -122,6 +124,16 @@ func pageData(p *proxy.Proxy) page {
 	if s := st.Snapshot; s != nil {
 		pg.Snapshot = fmt.Sprintf("offset %d, %d bytes, RDB %s %d, taken %s ago", s.Offset, s.Size, s.Magic, s.RDBVersion,
 			now.Sub(s.Created).Truncate(time.Second))
+	}
+	pg.FullSync = "no failure"
+	if fs := st.FullSync; fs.LastClass != "" {
+		pg.FullSync = fmt.Sprintf("%d failed in a row (%s: %s)", fs.InARow, fs.LastClass, fs.LastError)
+		if !fs.NextAt.IsZero() {
+			pg.FullSync += fmt.Sprintf("; next attempt in %s", fs.NextAt.Sub(now).Truncate(time.Second))
+		}
+	}
+	if b := st.FullSync.Blocked; b != "" {
+		pg.FullSync += "; held back: " + b
 	}
 	for _, r := range st.Replicas {
 		row := replicaRow{Name: fmt.Sprintf("%s:%d", r.IP, r.Port), State: r.State, AckOffset: r.AckOff,
@@ -146,6 +158,7 @@ var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
 <tr><th>replid2</th><td>{{.ReplID2}} up to {{.Second}}</td></tr>
 <tr><th>backlog</th><td>[{{.First}}, {{.Offset}}], PSYNC window {{.Window}}</td></tr>
 <tr><th>snapshot</th><td>{{.Snapshot}}</td></tr>
+<tr><th>origin full syncs</th><td>{{.FullSync}}</td></tr>
 </table>
 <h2>Replicas</h2>
 <table id="replicas">

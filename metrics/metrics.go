@@ -22,7 +22,8 @@ const ns = "replproxy"
 // Known label values, pre-initialised to 0 so series exist from the start.
 var (
 	upstreamStates     = []string{"connect", "connecting", "handshake", "sync", "connected"}
-	upstreamReasons    = []string{"timeout", "closed", "error", "shutdown"}
+	upstreamReasons    = []string{"timeout", "closed", "error", "shutdown", "data_dir"}
+	failureClasses     = []string{"local", "payload", "link"}
 	replicaStates      = []string{"wait_bgsave", "send_bulk", "online"}
 	rejectionReasons   = []string{"no_backlog", "replid_mismatch", "offset_behind_backlog", "offset_ahead"}
 	downstreamReasons  = []string{"closed", "timeout", "error", "offset_trimmed", "history_reset", "replid_changed", "protocol_error", "shutdown"}
@@ -152,6 +153,10 @@ var (
 	dUpRDBSize        = desc("upstream_rdb_transfer_size_bytes", "Size of the RDB being received (0 when unknown, as with diskless transfers).")
 	dUpRDBRecv        = desc("upstream_rdb_transfer_received_bytes", "Bytes of the RDB received so far in the current transfer.")
 	dUpRecv           = desc("upstream_received_bytes_total", "Bytes received from upstream, by phase.", "phase")
+	dUpFullSyncs      = desc("upstream_full_syncs_total", "Full syncs the upstream started for the proxy, each a fork and a BGSAVE on the origin, by purpose (initial, history_change, refresh) and outcome (ok, or the failure class: local, payload, link).", "purpose", "outcome")
+	dUpFSInARow       = desc("upstream_full_sync_failures_in_a_row", "Consecutive failed upstream full syncs of the last failure's class (0 for the other classes).", "class")
+	dUpFSNext         = desc("upstream_full_sync_next_attempt_timestamp_seconds", "When the next request that costs the origin a fork may be made after a failure (0: no wait).")
+	dUpFSBlocked      = desc("upstream_full_sync_blocked", "1 while a full sync is held back by a local cause (disk_full, data_dir_error) that retrying cannot fix.", "reason")
 	dBlUsed           = desc("backlog_used_bytes", "Bytes held in the backlog.")
 	dBlStart          = desc("backlog_start_offset_bytes", "Offset of the first byte held (repl_backlog_first_byte_offset).")
 	dBlEnd            = desc("backlog_end_offset_bytes", "Offset of the last byte held (master_repl_offset).")
@@ -240,6 +245,23 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	cnt(dUpSyncs, float64(stats.UpstreamFullSyncs.Load()), "full")
 	cnt(dUpSyncs, float64(stats.UpstreamPartialSyncs.Load()), "partial")
 	cnt(dUpSyncFailures, float64(stats.UpstreamSyncFailures.Load()))
+	for purpose, outcomes := range stats.FullSyncs() {
+		for outcome, n := range outcomes {
+			cnt(dUpFullSyncs, float64(n), purpose, outcome)
+		}
+	}
+	fs := st.FullSync
+	for _, class := range failureClasses {
+		n := 0
+		if fs.LastClass == class {
+			n = fs.InARow
+		}
+		g(dUpFSInARow, float64(n), class)
+	}
+	g(dUpFSNext, unix(fs.NextAt))
+	for _, r := range proxy.BlockedReasons {
+		g(dUpFSBlocked, b(strings.HasPrefix(fs.Blocked, r+":")), r)
+	}
 	var rdbSize, rdbRead float64
 	if st.LinkState == "sync" {
 		rdbSize, rdbRead = float64(st.SyncTotalBytes), float64(st.SyncReadBytes)

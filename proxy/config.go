@@ -36,6 +36,11 @@ type Config struct {
 	// RefreshRatio: fetch a fresh snapshot once the stream since the current
 	// one exceeds RefreshRatio × BacklogSize. Default 0.5.
 	RefreshRatio float64
+	// FullSyncRetryMin and FullSyncRetryMax bound the backoff between
+	// attempts that cost the origin a fork (full syncs, refreshes), apart
+	// from the cheap reconnect backoff.
+	FullSyncRetryMin time.Duration
+	FullSyncRetryMax time.Duration
 	// HoldAhead is how long a PSYNC just ahead of our end is held while the
 	// upstream catches up, before it becomes a full sync.
 	HoldAhead time.Duration
@@ -89,6 +94,12 @@ func (c *Config) setDefaults() {
 	if c.RefreshRatio == 0 {
 		c.RefreshRatio = 0.5
 	}
+	if c.FullSyncRetryMin == 0 {
+		c.FullSyncRetryMin = DefaultFullSyncRetryMin
+	}
+	if c.FullSyncRetryMax == 0 {
+		c.FullSyncRetryMax = max(DefaultFullSyncRetryMax, c.FullSyncRetryMin)
+	}
 	if c.MaxClients == 0 {
 		c.MaxClients = DefaultMaxClients
 	}
@@ -122,6 +133,10 @@ func (c *Config) validate() error {
 	}
 	if c.RefreshRatio <= 0 || c.RefreshRatio > 1 {
 		errs = append(errs, fmt.Errorf("refresh ratio %v must be in (0, 1]", c.RefreshRatio))
+	}
+	if c.FullSyncRetryMin < 100*time.Millisecond || c.FullSyncRetryMax < c.FullSyncRetryMin {
+		errs = append(errs, fmt.Errorf("full-sync retry backoff %v..%v: the minimum must be at least 100ms and the maximum not below it",
+			c.FullSyncRetryMin, c.FullSyncRetryMax))
 	}
 	if c.MaxClients < 0 {
 		errs = append(errs, errors.New("max clients must be >= 0 (0 picks the default)"))

@@ -45,9 +45,10 @@ func (r *deadlineReader) Read(b []byte) (int, error) {
 // upstreamConn is one connection to the origin in the replica role. Writes
 // are serialised: ACKs come from a ticker and from the stream reader.
 type upstreamConn struct {
-	conn net.Conn
-	br   *bufio.Reader
-	wmu  sync.Mutex
+	conn    net.Conn
+	br      *bufio.Reader
+	wmu     sync.Mutex
+	eofForm bool // the payload came in the $EOF: framing
 }
 
 func (u *upstreamConn) Write(b []byte) (int, error) {
@@ -135,6 +136,14 @@ func (p *Proxy) isSelf(host string, port int) bool {
 // history, so a promoted replica of the same history answers +CONTINUE.
 // It reports false when addr is the current upstream already.
 func (p *Proxy) moveUpstream(addr string) bool {
+	if !p.repoint(addr) {
+		return false
+	}
+	p.gate.moved() // a new upstream has its own costs; persisted outside mu
+	return true
+}
+
+func (p *Proxy) repoint(addr string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if addr == p.upstream {
@@ -164,6 +173,9 @@ func (p *Proxy) touchIO() {
 func (p *Proxy) follow(ctx context.Context) {
 	backoff := backoffMin
 	for ctx.Err() == nil {
+		if !p.awaitFullSyncTurn(ctx) {
+			return
+		}
 		p.stats.UpstreamConnects.Add(1)
 		endBefore := p.bl.End()
 		streamed, err := p.syncOnce(ctx)
@@ -185,9 +197,12 @@ func (p *Proxy) follow(ctx context.Context) {
 		if streamed && p.bl.End() != endBefore {
 			backoff = backoffMin
 		}
-		p.log.Warn("upstream link down", "upstream", p.upstreamAddr(), "reason", reason, "err", err,
-			"retry_in", backoff.String())
 		sleep := backoff/2 + rand.N(backoff/2+1)
+		// After a failed full sync the next connection most likely needs
+		// one again: it waits the cost backoff, not the cheap one.
+		sleep = max(sleep, p.gate.wait(true, p.position().hist.Empty()))
+		p.log.Warn("upstream link down", "upstream", p.upstreamAddr(), "reason", reason, "err", err,
+			"retry_in", sleep.Round(time.Millisecond).String())
 		select {
 		case <-ctx.Done():
 			return
@@ -242,13 +257,22 @@ func (p *Proxy) syncOnce(ctx context.Context) (streamed bool, err error) {
 	switch reply.Kind {
 	case psync.ReplyContinue:
 		p.stats.UpstreamPartialSyncs.Add(1)
+		p.gate.continued()
 		p.onContinue(reply.ReplID, off)
 	case psync.ReplyFullResync:
-		p.log.Info("upstream full resync", "replid", reply.ReplID, "offset", reply.Offset)
-		if err := p.receiveFullSync(u, reply); err != nil {
+		purpose := purposeHistoryChange
+		if pos.hist.Empty() {
+			purpose = purposeInitial
+		}
+		p.log.Info("upstream full resync", "replid", reply.ReplID, "offset", reply.Offset, "purpose", purpose)
+		p.gate.started(purpose)
+		info, got, err := p.receiveFullSync(u, reply)
+		if err != nil {
 			p.stats.UpstreamSyncFailures.Add(1)
+			p.fullSyncFailed(purpose, err, got)
 			return false, fmt.Errorf("full sync: %w", err)
 		}
+		p.fullSyncSucceeded(purpose, info)
 	case psync.ReplyTryLater:
 		return false, fmt.Errorf("upstream not ready: %s", reply.Line)
 	default:
@@ -267,6 +291,8 @@ func disconnectReason(err error) string {
 		return "backlog_write"
 	case errors.Is(err, errMoved):
 		return "replicaof"
+	case errors.Is(err, errLocal):
+		return "data_dir"
 	case errors.As(err, &ne) && ne.Timeout():
 		return "timeout"
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, psync.ErrShortPayload),
@@ -297,49 +323,161 @@ func (p *Proxy) onContinue(newID string, off int64) {
 // receiveFullSync reads the payload into a new snapshot, verifies and
 // installs it, and starts a new backlog after its offset. Until then the old
 // history keeps being served.
-func (p *Proxy) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) error {
+// It returns the snapshot and how many payload bytes arrived (also on error).
+func (p *Proxy) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*snapshot.Info, int64, error) {
 	p.setLink("sync")
-	hdr, err := psync.ReadPayloadHeader(u.br, nil)
-	if err != nil {
-		return err
-	}
-	p.mu.Lock()
-	p.link.syncTotal, p.link.syncRead = max(hdr.Length, 0), 0
-	p.mu.Unlock()
-	rcv, err := snapshot.NewReceiver(p.snapDir)
-	if err != nil {
-		return err
-	}
-	defer rcv.Abort()
 	start := time.Now()
 	defer func() { p.cfg.Observer.ObserveUpstreamFullSync(time.Since(start).Seconds()) }()
-	n, err := psync.CopyPayload(rcv, u.br, hdr, func(n int64) {
+	rcv, n, err := p.receivePayload(u, reply, func(n int64) {
 		p.mu.Lock()
 		p.link.syncRead = n
 		p.mu.Unlock()
+	}, func(h psync.PayloadHeader) {
+		p.mu.Lock()
+		p.link.syncTotal, p.link.syncRead = max(h.Length, 0), 0
+		p.mu.Unlock()
 	})
-	p.stats.UpstreamRDBBytes.Add(n)
 	if err != nil {
-		return fmt.Errorf("receive payload after %d bytes: %w", n, err)
+		return nil, n, err
 	}
-	if hdr.EOFForm() {
+	defer rcv.Abort()
+	if u.eofForm {
 		// The origin sends no stream byte until this ACK (replication.c:
 		// updateSlavesWaitingBgsave() sets repl_start_cmd_stream_on_ack).
 		if err := u.ack(reply.Offset); err != nil {
-			return fmt.Errorf("ack after payload: %w", err)
+			return nil, n, fmt.Errorf("ack after payload: %w", err)
 		}
 	}
 	info, err := p.finishSnapshot(rcv, reply)
 	if err != nil {
 		p.log.Error("snapshot rejected", "replid", reply.ReplID, "offset", reply.Offset, "bytes", n, "err", err)
-		return err
+		return nil, n, err
 	}
 	if err := p.installFullSync(info); err != nil {
-		return err
+		return nil, n, localError(err)
 	}
 	p.log.Info("snapshot installed", "replid", info.ReplID, "offset", info.Offset, "bytes", info.Size,
 		"rdb_version", info.RDBVersion, "seconds", time.Since(start).Seconds())
-	return nil
+	return info, n, nil
+}
+
+// receivePayload reads a payload header and the payload into a new
+// receiver, for the main link and refreshes alike. A payload whose
+// announced length cannot fit the data dir is refused at its header,
+// before the origin sends the rest. Data-dir failures come back as local
+// errors; the caller owns the receiver (Abort) on success.
+func (p *Proxy) receivePayload(u *upstreamConn, reply psync.PsyncReply, progress func(int64),
+	onHeader func(psync.PayloadHeader)) (*snapshot.Receiver, int64, error) {
+	hdr, err := psync.ReadPayloadHeader(u.br, nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	u.eofForm = hdr.EOFForm()
+	if onHeader != nil {
+		onHeader(hdr)
+	}
+	if hdr.Length >= 0 {
+		if reason := p.diskCheck(hdr.Length, false); reason != "" {
+			return nil, hdr.Length, localError(errors.New(reason))
+		}
+	}
+	rcv, err := snapshot.NewReceiver(p.snapDir)
+	if err != nil {
+		return nil, 0, localError(err)
+	}
+	n, err := psync.CopyPayload(localWriter{rcv}, u.br, hdr, progress)
+	p.stats.UpstreamRDBBytes.Add(n)
+	if err != nil {
+		rcv.Abort()
+		return nil, max(n, hdr.Length), fmt.Errorf("receive payload after %d bytes: %w", n, err)
+	}
+	return rcv, n, nil
+}
+
+// localWriter marks a receiver's write errors as the data dir's.
+type localWriter struct{ w io.Writer }
+
+func (l localWriter) Write(b []byte) (int, error) {
+	n, err := l.w.Write(b)
+	if err != nil {
+		err = localError(err)
+	}
+	return n, err
+}
+
+// fullSyncFailed records a failed fork-costing sync and says when the next
+// may be asked for.
+func (p *Proxy) fullSyncFailed(purpose syncPurpose, err error, got int64) {
+	class := p.gate.failed(err, got)
+	p.stats.countFullSync(purpose, class)
+	gs := p.gate.status()
+	attrs := []any{"purpose", purpose, "class", class, "failures_in_a_row", gs.InARow, "err", err}
+	if !gs.NextAt.IsZero() {
+		attrs = append(attrs, "next_attempt_in", time.Until(gs.NextAt).Round(time.Second).String())
+	}
+	if class == failPayload && gs.InARow >= 2 {
+		p.log.Error("the upstream keeps sending RDBs that fail verification; each attempt costs it a fork", attrs...)
+	} else {
+		p.log.Warn("full sync from the upstream failed; the origin forked for nothing", attrs...)
+	}
+	if perr := p.gate.persistError(); perr != nil {
+		p.log.Warn("full-sync backoff state not persisted; a restart forgets it", "err", perr)
+	}
+}
+
+func (p *Proxy) fullSyncSucceeded(purpose syncPurpose, info *snapshot.Info) {
+	p.gate.succeeded(purpose, info.Size)
+	p.stats.countFullSync(purpose, "")
+}
+
+// awaitFullSyncTurn holds the main link back while a full sync, which the
+// next connection will most likely need, must wait: the cost backoff, or a
+// local cause (a full data dir) that retrying cannot fix. It reports false
+// when ctx ends.
+func (p *Proxy) awaitFullSyncTurn(ctx context.Context) bool {
+	for {
+		noHistory := p.position().hist.Empty()
+		d := p.gate.wait(true, noHistory)
+		if d == 0 {
+			gs := p.gate.status()
+			if !noHistory && !gs.Pending { // a partial resync is expected: no fork
+				return true
+			}
+			if p.roomForSnapshot(p.gate.expected()) {
+				return true
+			}
+			d = diskRecheck
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-p.movedCh:
+			select { // leave the move for syncOnce to take
+			case p.movedCh <- struct{}{}:
+			default:
+			}
+			return true
+		case <-time.After(d):
+		}
+	}
+}
+
+// diskRecheck is how often a held-back full sync looks at the data dir again.
+const diskRecheck = 2 * time.Second
+
+// roomForSnapshot reports whether a snapshot of about size bytes fits the
+// data dir now; a change of verdict is logged once.
+func (p *Proxy) roomForSnapshot(size int64) bool {
+	reason := p.diskCheck(size, p.gate.status().LastClass == string(failLocal))
+	if p.gate.setBlocked(reason) {
+		if reason != "" {
+			p.log.Error("full sync from the upstream held back until the data dir has room; not asking the origin to fork",
+				"reason", reason, "data_dir", p.cfg.DataDir)
+		} else {
+			p.log.Info("data dir has room again; full syncs from the upstream may proceed", "data_dir", p.cfg.DataDir)
+		}
+	}
+	return reason == ""
 }
 
 // installFullSync makes info the snapshot of a new history.
@@ -479,6 +617,7 @@ func (p *Proxy) refreshSnapshot(ctx context.Context, since int64) {
 		p.log.Warn("snapshot refresh failed", "err", err)
 		return
 	}
+	p.fullSyncSucceeded(purposeRefresh, info)
 	p.stats.Refreshes.Add(1)
 	p.log.Info("snapshot refreshed", "replid", info.ReplID, "offset", info.Offset, "bytes", info.Size,
 		"seconds", time.Since(start).Seconds())
@@ -503,18 +642,23 @@ func (p *Proxy) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
 	if reply.Kind != psync.ReplyFullResync {
 		return nil, fmt.Errorf("refresh PSYNC answered %q", reply.Line)
 	}
-	hdr, err := psync.ReadPayloadHeader(u.br, nil)
+	// The origin forks now: from here on, a failure is a wasted fork.
+	p.gate.started(purposeRefresh)
+	info, got, err := p.receiveRefresh(ctx, u, reply)
 	if err != nil {
-		return nil, err
+		p.fullSyncFailed(purposeRefresh, err, got)
 	}
-	rcv, err := snapshot.NewReceiver(p.snapDir)
+	return info, err
+}
+
+// receiveRefresh receives and installs a refreshed snapshot of the current
+// history; it returns how many payload bytes arrived (also on error).
+func (p *Proxy) receiveRefresh(ctx context.Context, u *upstreamConn, reply psync.PsyncReply) (*snapshot.Info, int64, error) {
+	rcv, got, err := p.receivePayload(u, reply, nil, nil)
 	if err != nil {
-		return nil, err
+		return nil, got, fmt.Errorf("refresh payload: %w", err)
 	}
 	defer rcv.Abort()
-	if _, err := psync.CopyPayload(rcv, u.br, hdr, nil); err != nil {
-		return nil, fmt.Errorf("refresh payload: %w", err)
-	}
 	u.conn.Close()
 	// The main link may not have reached the snapshot's offset yet.
 	deadline := time.Now().Add(p.cfg.ReplTimeout)
@@ -523,19 +667,19 @@ func (p *Proxy) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
 	}
 	pos := p.position()
 	if reply.ReplID != pos.hist.ReplID || reply.Offset+1 < pos.first || reply.Offset > pos.end {
-		return nil, fmt.Errorf("%w: snapshot %s at %d, history %s holding [%d, %d]",
+		return nil, got, fmt.Errorf("%w: snapshot %s at %d, history %s holding [%d, %d]",
 			errRefreshRejected, reply.ReplID, reply.Offset, pos.hist.ReplID, pos.first, pos.end)
 	}
 	info, err := p.finishSnapshot(rcv, reply)
 	if err != nil {
-		return nil, err
+		return nil, got, err
 	}
 	p.mu.Lock()
 	first, end := p.bl.Range()
 	if p.hist.ReplID != info.ReplID || info.Offset+1 < first || info.Offset > end {
 		p.mu.Unlock()
 		_ = snapshot.Remove(p.snapDir, info)
-		return nil, errRefreshRejected
+		return nil, got, errRefreshRejected
 	}
 	old := p.snap
 	p.setSnapshotLocked(info)
@@ -544,13 +688,20 @@ func (p *Proxy) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
 	if old != nil && old.Name != info.Name {
 		_ = snapshot.Remove(p.snapDir, old)
 	}
-	return info, err
+	if err != nil {
+		return nil, got, localError(err)
+	}
+	return info, got, nil
 }
 
 // finishSnapshot verifies and installs a received payload as the snapshot
 // file of reply's (replid, offset).
 func (p *Proxy) finishSnapshot(rcv *snapshot.Receiver, reply psync.PsyncReply) (*snapshot.Info, error) {
 	info, err := rcv.Finish(reply.ReplID, reply.Offset)
+	var ve *snapshot.VerifyError
+	if err != nil && !errors.As(err, &ve) {
+		return nil, localError(err) // fsync, rename: the data dir's
+	}
 	if err == nil && rcv.KeyspaceError() != nil {
 		p.log.Warn("snapshot keys not counted; INFO shows no keyspace for it", "snapshot", info.Name, "err", rcv.KeyspaceError())
 	}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -261,23 +262,44 @@ func fakeMaster(t *testing.T, payload func(conn net.Conn)) string {
 	return ln.Addr().String()
 }
 
-// TestCorruptRDBRejected: one flipped byte in the payload fails the sync.
+// TestCorruptRDBRejected: an upstream that serves a corrupt RDB (one
+// flipped byte) every time fails each sync, and, since each attempt costs
+// a real origin a fork, is asked at most 3 times in the first minute, then
+// minutes apart; the failures are classed "payload" and counted for the
+// alert after the second in a row.
 func TestCorruptRDBRejected(t *testing.T) {
 	t.Parallel()
 	id := strings.Repeat("c", 40)
 	rdb := []byte("REDIS0010\xfe\x00\xfb\x01\x00\x00\x03key\x05value\xff")
 	rdb = binary.LittleEndian.AppendUint64(rdb, psync.CRC64(0, rdb))
 	rdb[17] ^= 0x20 // "key" -> "kEy"
+	var served atomic.Int64
 	addr := fakeMaster(t, func(conn net.Conn) {
+		served.Add(1)
 		fmt.Fprintf(conn, "+FULLRESYNC %s 0\r\n$%d\r\n", id, len(rdb))
 		conn.Write(rdb)
 		_, _ = io.Copy(io.Discard, conn) // until the proxy hangs up
 	})
 	dir := t.TempDir()
 	p := startProxy(t, addr, dir)
-	redistest.Eventually(t, 10*time.Second, "sync failures counted", func() bool {
-		return p.stats.UpstreamSyncFailures.Load() >= 2
-	})
+	start := time.Now()
+	redistest.Eventually(t, 30*time.Second, "the sync is retried", func() bool { return served.Load() >= 2 })
+	for time.Since(start) < 62*time.Second {
+		if n := served.Load(); n > 3 {
+			t.Fatalf("%d full syncs asked for within %v", n, time.Since(start))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	fs := p.Status().FullSync
+	if fs.LastClass != "payload" || fs.InARow < 2 || fs.NextAt.Sub(fs.LastAt) < 45*time.Second {
+		t.Fatalf("after %d failed syncs: %+v (want payload, the next attempt a minute or more later)", served.Load(), fs)
+	}
+	if got := p.stats.FullSyncs()["initial"]["payload"]; got != served.Load() {
+		t.Fatalf("%d payload failures counted, %d served", got, served.Load())
+	}
+	if !strings.Contains(p.logBuf.String(), "keeps sending RDBs that fail verification") {
+		t.Fatal("no error line after the second failure in a row")
+	}
 	if pos := p.position(); pos.snap != nil || !pos.hist.Empty() {
 		t.Fatalf("a corrupt snapshot was installed: %+v", pos)
 	}

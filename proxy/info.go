@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"path"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -196,6 +198,35 @@ func (p *Proxy) info(sections ...string) string {
 		kv("snapshot_refreshes", ps.Refreshes.Load()),
 		kv("snapshot_refresh_failures", ps.RefreshFailures.Load()),
 	}
+	// Requests that cost the origin a fork, and why the next one waits.
+	fs := st.FullSync
+	next := int64(0)
+	if !fs.NextAt.IsZero() {
+		next = int64(math.Ceil(fs.NextAt.Sub(now).Seconds()))
+	}
+	lastClass := fs.LastClass
+	if lastClass == "" {
+		lastClass = "none"
+	}
+	for purpose, outcomes := range ps.FullSyncs() {
+		var ok, failed int64
+		for o, n := range outcomes {
+			if o == "ok" {
+				ok += n
+			} else {
+				failed += n
+			}
+		}
+		rp = append(rp, fmt.Sprintf("origin_full_syncs_%s:ok=%d,failed=%d", purpose, ok, failed))
+	}
+	sort.Strings(rp[len(rp)-len(SyncPurposes()):])
+	rp = append(rp,
+		kv("full_sync_failures_in_a_row", fs.InARow),
+		kv("full_sync_last_failure", lastClass),
+		kv("full_sync_last_error", oneLine(fs.LastError)),
+		kv("full_sync_next_attempt_in_seconds", next),
+		kv("full_sync_blocked", oneLine(fs.Blocked)),
+	)
 	for i, r := range st.Replicas {
 		rp = append(rp, fmt.Sprintf("replica%d:ip=%s,port=%d,state=%s,ack_offset=%d,lag_bytes=%d,lag_seconds=%.3f",
 			i, r.IP, r.Port, r.State, max(r.AckOff, 0), r.LagBytes, r.LagSeconds))
@@ -203,6 +234,9 @@ func (p *Proxy) info(sections ...string) string {
 	section("Replproxy", rp...)
 	return b.String()
 }
+
+// oneLine keeps an INFO value on its line.
+func oneLine(s string) string { return strings.NewReplacer("\r", " ", "\n", " ").Replace(s) }
 
 // role renders ROLE as a replica does (replication.c:roleCommand()).
 func (p *Proxy) role() resp.Value {

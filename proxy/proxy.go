@@ -57,6 +57,8 @@ type Proxy struct {
 	kick       chan struct{}
 	arrivals   *arrivalIndex
 	keyspace   keyspaceStats
+	// gate spaces out requests that cost the origin a fork.
+	gate *forkGate
 }
 
 // Stats are the event counters shown in INFO and metrics.
@@ -80,6 +82,36 @@ type Stats struct {
 	Rejections           [5]atomic.Int64 // by psync.ContinueVerdict
 	Disconnects          sync.Map        // reason -> *atomic.Int64
 	RejectedConns        atomic.Int64    // refused at --max-clients
+	// UpstreamFullSyncOutcomes counts full syncs the upstream started (each
+	// a fork on the origin) by purpose and outcome (SyncOutcomes order).
+	UpstreamFullSyncOutcomes [3][4]atomic.Int64
+}
+
+// countFullSync counts one upstream full sync; class "" is success.
+func (s *Stats) countFullSync(purpose syncPurpose, class failureClass) {
+	outcome := "ok"
+	if class != "" {
+		outcome = string(class)
+	}
+	for i, pp := range syncPurposes {
+		for j, o := range SyncOutcomes {
+			if pp == purpose && o == outcome {
+				s.UpstreamFullSyncOutcomes[i][j].Add(1)
+			}
+		}
+	}
+}
+
+// FullSyncs returns the upstream full-sync counts by purpose, then outcome.
+func (s *Stats) FullSyncs() map[string]map[string]int64 {
+	out := map[string]map[string]int64{}
+	for i, pp := range syncPurposes {
+		out[string(pp)] = map[string]int64{}
+		for j, o := range SyncOutcomes {
+			out[string(pp)][o] = s.UpstreamFullSyncOutcomes[i][j].Load()
+		}
+	}
+	return out
 }
 
 func (s *Stats) disconnect(reason string) { countReason(&s.Disconnects, reason) }
@@ -129,6 +161,7 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 		link: linkStatus{state: "connect", downSince: time.Now()}, upstream: cfg.Upstream,
 		movedCh: make(chan struct{}, 1),
 		kick:    make(chan struct{}, 1), arrivals: newArrivalIndex(),
+		gate: newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, filepath.Join(cfg.DataDir, "fullsync-backoff")),
 	}
 	if cfg.MaxParallelFullSyncs > 0 {
 		p.slots = make(chan struct{}, cfg.MaxParallelFullSyncs)
@@ -145,6 +178,13 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 		return nil, fmt.Errorf("data dir %s is in use by another replproxy: %w", cfg.DataDir, err)
 	}
 	p.lockFile = lf
+	if err := p.gate.load(); err != nil {
+		log.Warn("full-sync backoff state unreadable; starting without it", "err", err)
+	}
+	if gs := p.gate.status(); !gs.NextAt.IsZero() {
+		log.Warn("a full sync from the upstream failed or was cut before this start; the next one waits",
+			"next_attempt_in", time.Until(gs.NextAt).Round(time.Second).String(), "last_failure", gs.LastClass, "err", gs.LastError)
+	}
 	if err := p.recover(); err != nil {
 		lf.Close()
 		return nil, err
@@ -322,6 +362,8 @@ func (p *Proxy) position() position {
 func (p *Proxy) maintain(ctx context.Context) {
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
+	var refreshes sync.WaitGroup // joined before maintain returns
+	defer refreshes.Wait()
 	for {
 		select {
 		case <-ctx.Done():
@@ -344,12 +386,15 @@ func (p *Proxy) maintain(ctx context.Context) {
 		// the budget triggers a refresh; a failover must not fork the
 		// newly promoted master.
 		since := pos.end - pos.snap.Offset
-		if since > int64(float64(p.cfg.BacklogSize)*p.cfg.RefreshRatio) && p.linkUp() && p.refresh.CompareAndSwap(false, true) {
-			go func() {
-				defer p.refresh.Store(false)
-				p.refreshSnapshot(ctx, since)
-			}()
+		if since <= int64(float64(p.cfg.BacklogSize)*p.cfg.RefreshRatio) || !p.linkUp() || p.refresh.Load() ||
+			p.gate.wait(false, false) > 0 || !p.roomForSnapshot(max(pos.snap.Size, p.gate.expected())) {
+			continue
 		}
+		p.refresh.Store(true)
+		refreshes.Go(func() {
+			defer p.refresh.Store(false)
+			p.refreshSnapshot(ctx, since)
+		})
 	}
 }
 

@@ -42,19 +42,28 @@ func loadState(path string) (persisted, error) {
 	return st, nil
 }
 
-// saveState replaces the state file atomically: temp, fsync, rename, fsync dir.
+// saveState replaces the state file atomically.
 func saveState(path string, st persisted) error {
 	st.Version = stateVersion
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
 	}
+	if err := writeFileAtomic(path, append(b, '\n')); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	return nil
+}
+
+// writeFileAtomic replaces path with data so that a crash leaves the old
+// or the new content: write a temp file, fsync, rename, fsync the dir.
+func writeFileAtomic(path string, data []byte) error {
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
-		return fmt.Errorf("write state: %w", err)
+		return err
 	}
-	if _, err = f.Write(append(b, '\n')); err == nil {
+	if _, err = f.Write(data); err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -65,15 +74,15 @@ func saveState(path string, st persisted) error {
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("write state: %w", err)
+		return err
 	}
 	d, err := os.Open(filepath.Dir(path))
 	if err != nil {
-		return fmt.Errorf("write state: %w", err)
+		return err
 	}
 	defer d.Close()
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("write state: fsync dir: %w", err)
+		return fmt.Errorf("fsync dir: %w", err)
 	}
 	return nil
 }

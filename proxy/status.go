@@ -40,6 +40,8 @@ type Status struct {
 	OldestEntry  time.Time // arrival of the backlog's first byte (zero if unknown)
 	Keyspace     []snapshot.KeyStats
 	DownDuration time.Duration // total time the upstream link was down, now included
+	// FullSync is the cost backoff of requests that fork the origin.
+	FullSync GateStatus
 }
 
 // ReplicaStatus is one downstream replica.
@@ -63,6 +65,7 @@ type ReplicaStatus struct {
 func (p *Proxy) Status() Status {
 	host, portS, _ := net.SplitHostPort(p.upstreamAddr())
 	port, _ := strconv.Atoi(portS)
+	gate := p.gate.status()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	first, end := p.bl.Range()
@@ -72,7 +75,7 @@ func (p *Proxy) Status() Status {
 		LinkState: p.link.state, LinkUp: p.link.up, LastIO: p.link.lastIO, LinkChanged: p.link.changed,
 		SyncTotalBytes: p.link.syncTotal, SyncReadBytes: p.link.syncRead,
 		History: p.hist, BacklogFirst: first, BacklogEnd: end, BacklogSize: p.cfg.BacklogSize,
-		Snapshot: p.snap, Refreshing: p.refresh.Load(), Queued: p.queued.Load(),
+		Snapshot: p.snap, Refreshing: p.refresh.Load(), Queued: p.queued.Load(), FullSync: gate,
 	}
 	now := time.Now()
 	st.DownDuration = time.Duration(p.stats.UpstreamDownNanos.Load())

@@ -88,6 +88,7 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&r.replTimeout, "repl-timeout", proxy.DefaultReplTimeout, "declare the upstream link dead after this much silence")
 	fs.DurationVar(&r.replicaTime, "replica-timeout", proxy.DefaultReplicaTimeout, "drop an online replica silent for this long")
 	fs.DurationVar(&c.HoldAhead, "hold-ahead", proxy.DefaultHoldAhead, "hold a replica whose PSYNC offset is ahead of the backlog (a lost unsynced tail) this long while the upstream refills it, before a full sync")
+	fs.DurationVar(&c.FullSyncRetryMax, "full-sync-retry-max", proxy.DefaultFullSyncRetryMax, "longest wait between failed requests that cost the origin a fork (full syncs, snapshot refreshes); they back off exponentially from 15s, apart from cheap reconnects")
 	fs.IntVar(&c.MaxClients, "max-clients", proxy.DefaultMaxClients, "downstream connections accepted at once (replicas and tools); more get -ERR max number of clients reached")
 	fs.IntVar(&c.MaxParallelFullSyncs, "max-parallel-full-syncs", 0, "full syncs served at once; 0 = unlimited")
 	fs.StringVar(&r.fsync, "fsync", "everysec", "backlog fsync policy: always, everysec or no")

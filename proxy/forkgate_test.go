@@ -1,0 +1,134 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/replproxy/replproxy/psync/snapshot"
+)
+
+func testGate(t *testing.T, jitter float64) (*forkGate, *time.Time) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	g := newForkGate(DefaultFullSyncRetryMin, DefaultFullSyncRetryMax, filepath.Join(t.TempDir(), "gate"))
+	g.now = func() time.Time { return now }
+	g.jitter = func() float64 { return jitter }
+	return g, &now
+}
+
+func TestClassify(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want failureClass
+	}{
+		{localError(syscall.ENOSPC), failLocal},
+		{fmt.Errorf("full sync: %w", localError(errors.New("disk_full: ..."))), failLocal},
+		{&snapshot.VerifyError{Reason: "CRC mismatch"}, failPayload},
+		{fmt.Errorf("refresh: %w", errRefreshRejected), failPayload},
+		{syscall.ECONNRESET, failLink},
+		{errors.New("i/o timeout"), failLink},
+	} {
+		if got := classify(c.err); got != c.want {
+			t.Errorf("%v: %s, want %s", c.err, got, c.want)
+		}
+	}
+}
+
+// TestGateSchedule: failed fork-costing syncs back off from 15 s, doubling
+// to the 5 min cap, whatever the jitter does: at most 3 attempts in the
+// first minute. A success resets it; a cheap reconnect never waits.
+func TestGateSchedule(t *testing.T) {
+	for _, jitter := range []float64{0, 0.5, 0.999} {
+		g, now := testGate(t, jitter)
+		var attempts []time.Duration
+		start := *now
+		for range 8 {
+			if d := g.wait(true, true); d > 0 {
+				*now = now.Add(d)
+			}
+			attempts = append(attempts, now.Sub(start))
+			g.started(purposeInitial)
+			g.failed(&snapshot.VerifyError{Reason: "bad"}, 100)
+		}
+		inFirstMinute := 0
+		for _, a := range attempts {
+			if a < time.Minute {
+				inFirstMinute++
+			}
+		}
+		if inFirstMinute > 3 {
+			t.Errorf("jitter %v: %d attempts in the first minute: %v", jitter, inFirstMinute, attempts)
+		}
+		for i := 1; i < len(attempts); i++ {
+			gap := attempts[i] - attempts[i-1]
+			want := min(DefaultFullSyncRetryMin<<(i-1), DefaultFullSyncRetryMax)
+			if gap < want*3/4 || gap > want {
+				t.Errorf("jitter %v: gap %d is %v, want within [%v, %v]", jitter, i, gap, want*3/4, want)
+			}
+		}
+		if gs := g.status(); gs.InARow != 8 || gs.LastClass != "payload" || gs.NextAt.IsZero() {
+			t.Errorf("status %+v", gs)
+		}
+		// A history in hand and no pending main sync: a reconnect is cheap.
+		g.succeeded(purposeInitial, 1000)
+		if d := g.wait(true, false); d != 0 {
+			t.Errorf("after a success the main link waits %v", d)
+		}
+		if gs := g.status(); gs.InARow != 0 || !gs.NextAt.IsZero() {
+			t.Errorf("after a success: %+v", gs)
+		}
+	}
+}
+
+// TestGateRefreshDoesNotHoldMainLink: a failed refresh spaces out the next
+// refresh but not the main link's partial resyncs; a failed main full sync
+// holds the main link back too.
+func TestGateRefreshDoesNotHoldMainLink(t *testing.T) {
+	g, now := testGate(t, 0.5)
+	g.started(purposeRefresh)
+	g.failed(errors.New("connection reset"), 10)
+	if d := g.wait(false, false); d <= 0 {
+		t.Fatal("the next refresh does not wait")
+	}
+	if d := g.wait(true, false); d != 0 {
+		t.Fatalf("the main link waits %v after a failed refresh", d)
+	}
+	g.started(purposeHistoryChange)
+	g.failed(localError(syscall.ENOSPC), 5000)
+	if d := g.wait(true, false); d <= 0 {
+		t.Fatal("a pending main full sync does not wait")
+	}
+	if g.expected() != 5000 {
+		t.Fatalf("expected %d", g.expected())
+	}
+	*now = now.Add(time.Hour)
+	g.continued() // the upstream took our history after all
+	if d := g.wait(true, false); d != 0 {
+		t.Fatalf("after +CONTINUE the main link waits %v", d)
+	}
+}
+
+// TestGatePersists: a proxy restarted (or crash-looping) mid-sync keeps
+// its distance: the wait was recorded when the fork started.
+func TestGatePersists(t *testing.T) {
+	g, _ := testGate(t, 0.5)
+	g.started(purposeInitial) // and the process dies here
+	g2 := newForkGate(DefaultFullSyncRetryMin, DefaultFullSyncRetryMax, g.path)
+	g2.now = g.now
+	if err := g2.load(); err != nil {
+		t.Fatal(err)
+	}
+	if d := g2.wait(true, true); d < DefaultFullSyncRetryMin*3/4 {
+		t.Fatalf("after a restart mid-sync the next full sync waits only %v", d)
+	}
+	if gs := g2.status(); !gs.Pending {
+		t.Fatalf("%+v", gs)
+	}
+	g2.moved()
+	if d := g2.wait(true, true); d != 0 {
+		t.Fatalf("a new upstream waits %v", d)
+	}
+}
