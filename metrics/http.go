@@ -67,9 +67,9 @@ func notReady(p *proxy.Proxy, mode string) string {
 	st := p.Status()
 	switch {
 	case !st.LinkUp && st.FullSync.Blocked != "":
-		return "upstream link " + st.LinkState + "; full sync held back: " + st.FullSync.Blocked
+		return "upstream link " + string(st.LinkState) + "; full sync held back: " + st.FullSync.Blocked
 	case !st.LinkUp:
-		return "upstream link " + st.LinkState
+		return "upstream link " + string(st.LinkState)
 	case st.Snapshot == nil:
 		return "no snapshot yet"
 	}
@@ -114,7 +114,7 @@ func pageData(p *proxy.Proxy) page {
 	st := p.Status()
 	now := time.Now()
 	pg := page{
-		Upstream: fmt.Sprintf("%s:%d", st.UpstreamHost, st.UpstreamPort), Link: st.LinkState,
+		Upstream: fmt.Sprintf("%s:%d", st.UpstreamHost, st.UpstreamPort), Link: string(st.LinkState),
 		ReplID: st.History.ReplID, ReplID2: st.History.ReplID2, Offset: st.BacklogEnd, First: st.BacklogFirst,
 		Second: st.History.SecondOffset, Snapshot: "none", Window: "unknown", Now: now.UTC().Format(time.RFC3339),
 	}
@@ -136,7 +136,7 @@ func pageData(p *proxy.Proxy) page {
 		pg.FullSync += "; held back: " + b
 	}
 	for _, r := range st.Replicas {
-		row := replicaRow{Name: fmt.Sprintf("%s:%d", r.IP, r.Port), State: r.State, AckOffset: r.AckOff,
+		row := replicaRow{Name: fmt.Sprintf("%s:%d", r.IP, r.Port), State: string(r.State), AckOffset: r.AckOff,
 			LagB: r.LagBytes, LagS: fmt.Sprintf("%.3f", r.LagSeconds), Connected: r.Addr}
 		if !r.AckTime.IsZero() {
 			row.LastAck = now.Sub(r.AckTime).Truncate(time.Millisecond).String() + " ago"

@@ -15,18 +15,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/psync"
 )
 
 const ns = "replproxy"
 
 // Known label values, pre-initialised to 0 so series exist from the start.
 var (
-	upstreamStates     = []string{"connect", "connecting", "handshake", "sync", "connected"}
-	upstreamReasons    = []string{"timeout", "closed", "error", "shutdown", "data_dir"}
 	failureClasses     = []string{"local", "payload", "link"}
-	replicaStates      = []string{"wait_bgsave", "send_bulk", "online"}
-	rejectionReasons   = []string{"no_backlog", "replid_mismatch", "offset_behind_backlog", "offset_ahead"}
-	downstreamReasons  = []string{"closed", "timeout", "error", "offset_trimmed", "history_reset", "replid_changed", "protocol_error", "shutdown"}
 	histogramBucketsS  = prometheus.ExponentialBuckets(0.001, 4, 10) // 1ms .. 262s
 	histogramBucketsB  = prometheus.ExponentialBuckets(1024, 4, 12)  // 1KiB .. 4GiB
 	nativeBucketFactor = 1.1
@@ -228,19 +224,18 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 
 	g(dUpInfo, 1, st.UpstreamHost, port, st.History.ReplID)
 	g(dUpLinkUp, b(st.LinkUp), st.UpstreamHost, port)
-	for _, s := range upstreamStates {
-		g(dUpState, b(st.LinkState == s), s)
+	for _, s := range proxy.LinkStates {
+		g(dUpState, b(st.LinkState == s), string(s))
 	}
-	g(dUpSyncing, b(st.LinkState == "sync"))
+	g(dUpSyncing, b(st.LinkState == proxy.LinkSync))
 	g(dUpOffset, float64(max(st.BacklogEnd, 0)))
 	g(dUpLastIO, unix(st.LastIO))
 	cnt(dUpChanges, float64(stats.UpstreamLinkChanges.Load()))
 	g(dUpLastChange, unix(st.LinkChanged))
 	cnt(dUpDownSeconds, st.DownDuration.Seconds())
 	cnt(dUpAttempts, float64(stats.UpstreamConnects.Load()))
-	reasons := proxy.Reasons(&stats.UpstreamDisconnects)
-	for _, r := range union(upstreamReasons, reasons) {
-		cnt(dUpDisconnects, float64(reasons[r]), r)
+	for _, r := range proxy.UpstreamReasons {
+		cnt(dUpDisconnects, float64(stats.UpstreamDisconnects.Load(r)), string(r))
 	}
 	cnt(dUpSyncs, float64(stats.UpstreamFullSyncs.Load()), "full")
 	cnt(dUpSyncs, float64(stats.UpstreamPartialSyncs.Load()), "partial")
@@ -263,7 +258,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		g(dUpFSBlocked, b(strings.HasPrefix(fs.Blocked, r+":")), r)
 	}
 	var rdbSize, rdbRead float64
-	if st.LinkState == "sync" {
+	if st.LinkState == proxy.LinkSync {
 		rdbSize, rdbRead = float64(st.SyncTotalBytes), float64(st.SyncReadBytes)
 	}
 	g(dUpRDBSize, rdbSize)
@@ -301,12 +296,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	cnt(dSnapRefreshes, float64(stats.Refreshes.Load()))
 	cnt(dSnapFailures, float64(stats.RefreshFailures.Load()))
 
-	byState := map[string]int{}
+	byState := map[proxy.ReplicaState]int{}
 	var maxLagB, maxLagS float64
 	var oldestAck time.Time
 	for _, r := range st.Replicas {
 		byState[r.State]++
-		if r.State != "online" {
+		if r.State != proxy.ReplicaOnline {
 			continue
 		}
 		maxLagB = max(maxLagB, float64(r.LagBytes))
@@ -315,19 +310,18 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			oldestAck = r.AckTime
 		}
 	}
-	for _, s := range replicaStates {
-		g(dDownReplicas, float64(byState[s]), s)
+	for _, s := range proxy.ReplicaStates {
+		g(dDownReplicas, float64(byState[s]), string(s))
 	}
 	g(dDownClients, float64(st.Clients))
 	cnt(dDownRejected, float64(stats.RejectedConns.Load()))
 	cnt(dDownSyncs, float64(stats.SyncFull.Load()), "full")
 	cnt(dDownSyncs, float64(stats.SyncPartialOK.Load()), "partial")
-	for i, r := range rejectionReasons {
-		cnt(dDownRejections, float64(stats.Rejections[i+1].Load()), r)
+	for _, v := range psync.RejectVerdicts {
+		cnt(dDownRejections, float64(stats.Rejections[v].Load()), v.String())
 	}
-	dreasons := proxy.Reasons(&stats.Disconnects)
-	for _, r := range union(downstreamReasons, dreasons) {
-		cnt(dDownDisconnects, float64(dreasons[r]), r)
+	for _, r := range proxy.DisconnectReasons {
+		cnt(dDownDisconnects, float64(stats.Disconnects.Load(r)), string(r))
 	}
 	g(dDownFullSyncing, float64(st.FullSyncing))
 	g(dDownQueue, float64(st.Queued))
@@ -352,29 +346,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			name = fmt.Sprintf("%s#%d", name, r.ID) // two replicas announcing the same address
 		}
 		seen[name] = true
-		g(dRepInfo, 1, name, r.Addr, r.State)
+		g(dRepInfo, 1, name, r.Addr, string(r.State))
 		g(dRepAckOffset, float64(max(r.AckOff, 0)), name)
 		g(dRepLagBytes, float64(r.LagBytes), name)
 		g(dRepLagSeconds, r.LagSeconds, name)
 		g(dRepLastAck, unix(r.AckTime), name)
 	}
 	g(dRepSeriesDropped, float64(dropped))
-}
-
-// union lists known label values first, then any others seen.
-func union(known []string, seen map[string]int64) []string {
-	out := append([]string{}, known...)
-	for k := range seen {
-		found := false
-		for _, v := range known {
-			if v == k {
-				found = true
-				break
-			}
-		}
-		if !found {
-			out = append(out, k)
-		}
-	}
-	return out
 }

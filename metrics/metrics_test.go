@@ -28,6 +28,7 @@ import (
 	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/psync"
 )
 
 type rig struct {
@@ -480,4 +481,64 @@ func TestSentinelCoexistence(t *testing.T) {
 	if m["port"] != oport {
 		t.Fatalf("sentinel's master moved: %v", m)
 	}
+}
+
+// TestEveryLabelAtZeroFromStart: right after start-up, before any event,
+// every reason, state and outcome series exists, so that increase()
+// alerts can fire on the first event of each.
+func TestEveryLabelAtZeroFromStart(t *testing.T) {
+	t.Parallel()
+	r := startRig(t, "127.0.0.1:1")
+	want := map[string][]string{}
+	for _, s := range proxy.UpstreamReasons {
+		want["replproxy_upstream_disconnects_total"] = append(want["replproxy_upstream_disconnects_total"], "reason="+string(s))
+	}
+	for _, s := range proxy.DisconnectReasons {
+		want["replproxy_downstream_disconnects_total"] = append(want["replproxy_downstream_disconnects_total"], "reason="+string(s))
+	}
+	for _, v := range psync.RejectVerdicts {
+		want["replproxy_downstream_partial_sync_rejections_total"] = append(want["replproxy_downstream_partial_sync_rejections_total"], "reason="+v.String())
+	}
+	for _, s := range proxy.LinkStates {
+		want["replproxy_upstream_state"] = append(want["replproxy_upstream_state"], "state="+string(s))
+	}
+	for _, s := range proxy.ReplicaStates {
+		want["replproxy_downstream_replicas"] = append(want["replproxy_downstream_replicas"], "state="+string(s))
+	}
+	for _, p := range proxy.SyncPurposes() {
+		for _, o := range proxy.SyncOutcomes {
+			want["replproxy_upstream_full_syncs_total"] = append(want["replproxy_upstream_full_syncs_total"], "purpose="+p+",outcome="+o)
+		}
+	}
+	for _, reason := range proxy.BlockedReasons {
+		want["replproxy_upstream_full_sync_blocked"] = append(want["replproxy_upstream_full_sync_blocked"], "reason="+reason)
+	}
+	fams := families(t, r.reg)
+	for name, series := range want {
+		mf := fams[name]
+		if mf == nil {
+			t.Errorf("%s missing at start-up", name)
+			continue
+		}
+		have := map[string]bool{}
+		for _, m := range mf.GetMetric() {
+			var kv []string
+			for _, lp := range m.GetLabel() {
+				kv = append(kv, lp.GetName()+"="+lp.GetValue())
+			}
+			have[strings.Join(kv, ",")] = true
+		}
+		for _, s := range series {
+			if !have[s] && !have[sortedLabels(s)] {
+				t.Errorf("%s{%s} missing at start-up (have %v)", name, s, have)
+			}
+		}
+	}
+}
+
+// sortedLabels puts "a=1,b=2" label pairs in the order the registry gives.
+func sortedLabels(s string) string {
+	kv := strings.Split(s, ",")
+	sort.Strings(kv)
+	return strings.Join(kv, ",")
 }

@@ -490,8 +490,7 @@ func TestTrimmedReplicaDropped(t *testing.T) {
 	stop := make(chan struct{})
 	load(t, origin.Client(), stop, 9)
 	redistest.Eventually(t, 60*time.Second, "stopped replica dropped for being trimmed", func() bool {
-		v, ok := p.stats.Disconnects.Load("offset_trimmed")
-		return ok && v.(interface{ Load() int64 }).Load() >= 1
+		return p.stats.Disconnects.Load(DownOffsetTrimmed) >= 1
 	})
 	close(stop)
 	if !strings.Contains(p.logBuf.String(), "fell behind the backlog front") {
@@ -808,7 +807,7 @@ func TestRDBVersionMismatch(t *testing.T) {
 
 	r := startReplicas(t, 1, p.addr)[0]
 	redistest.Eventually(t, 30*time.Second, "the replica fails to load and the proxy says so", func() bool {
-		return Reasons(&p.stats.Disconnects)["closed_before_ack"] >= 1 && r.LogContains("Can't handle RDB format version 12")
+		return p.stats.Disconnects.Load(DownClosedBeforeAck) >= 1 && r.LogContains("Can't handle RDB format version 12")
 	})
 	if !strings.Contains(p.logBuf.String(), "replica hung up after a full sync without acknowledging it") {
 		t.Fatal("no warning for the replica that hung up")
@@ -838,7 +837,7 @@ func TestRDBVersionMismatch(t *testing.T) {
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Fatalf("link not closed after the refusal: %v", err)
 	}
-	if got := Reasons(&p.stats.Disconnects)["rdb_version"]; got != 1 {
+	if got := p.stats.Disconnects.Load(DownRDBVersion); got != 1 {
 		t.Fatalf("disconnects for rdb_version: %d, want 1", got)
 	}
 }
@@ -891,7 +890,7 @@ func TestReplicaofMovesUpstream(t *testing.T) {
 	if !strings.Contains(info, "master_port:"+sPort+"\r\n") {
 		t.Fatalf("INFO does not show the new upstream:\n%s", info)
 	}
-	if got := Reasons(&p.stats.UpstreamDisconnects)["replicaof"]; got != 1 {
+	if got := p.stats.UpstreamDisconnects.Load(UpReplicaof); got != 1 {
 		t.Fatalf("upstream disconnects for replicaof: %d", got)
 	}
 	rig.continuesOnStandby(t, 62)

@@ -179,13 +179,13 @@ func (p *Proxy) follow(ctx context.Context) {
 		p.stats.UpstreamConnects.Add(1)
 		endBefore := p.bl.End()
 		streamed, err := p.syncOnce(ctx)
-		p.setLink("connect")
+		p.setLink(LinkConnect)
 		if ctx.Err() != nil {
-			countReason(&p.stats.UpstreamDisconnects, "shutdown")
+			p.stats.UpstreamDisconnects.add(UpShutdown, UpError)
 			return
 		}
 		reason := disconnectReason(err)
-		countReason(&p.stats.UpstreamDisconnects, reason)
+		p.stats.UpstreamDisconnects.add(reason, UpError)
 		if errors.Is(err, errMoved) { // an operator's order, not a failure: connect at once
 			p.log.Info("upstream link moved by REPLICAOF", "upstream", p.upstreamAddr())
 			backoff = backoffMin
@@ -235,7 +235,7 @@ func (p *Proxy) syncOnce(ctx context.Context) (streamed bool, err error) {
 		}
 		cut(nil)
 	}()
-	p.setLink("connecting")
+	p.setLink(LinkConnecting)
 	u, err := p.dialUpstream(ctx, false, p.touchIO)
 	if err != nil {
 		return false, err
@@ -243,7 +243,7 @@ func (p *Proxy) syncOnce(ctx context.Context) (streamed bool, err error) {
 	defer u.conn.Close()
 	stop := context.AfterFunc(ctx, func() { u.conn.Close() })
 	defer stop()
-	p.setLink("handshake")
+	p.setLink(LinkHandshake)
 
 	pos := p.position()
 	id, off := "", int64(-1)
@@ -278,28 +278,28 @@ func (p *Proxy) syncOnce(ctx context.Context) (streamed bool, err error) {
 	default:
 		return false, fmt.Errorf("upstream refused PSYNC: %s", reply.Line)
 	}
-	p.setLink("connected")
+	p.setLink(LinkConnected)
 	p.log.Info("upstream link up", "upstream", p.upstreamAddr(), "replid", p.position().hist.ReplID, "offset", p.bl.End())
 	return true, p.stream(ctx, u)
 }
 
 // disconnectReason classifies why an upstream connection ended.
-func disconnectReason(err error) string {
+func disconnectReason(err error) UpstreamReason {
 	var ne net.Error
 	switch {
 	case errors.Is(err, errBacklogWrite):
-		return "backlog_write"
+		return UpBacklogWrite
 	case errors.Is(err, errMoved):
-		return "replicaof"
+		return UpReplicaof
 	case errors.Is(err, errLocal):
-		return "data_dir"
+		return UpDataDir
 	case errors.As(err, &ne) && ne.Timeout():
-		return "timeout"
+		return UpTimeout
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, psync.ErrShortPayload),
 		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, net.ErrClosed):
-		return "closed"
+		return UpClosed
 	}
-	return "error"
+	return UpError
 }
 
 // onContinue handles +CONTINUE: with a new ID the history shifts and the
@@ -315,7 +315,7 @@ func (p *Proxy) onContinue(newID string, off int64) {
 	p.hist = p.hist.Shift(newID, p.bl.End())
 	_ = p.persistLocked()
 	p.mu.Unlock()
-	n := p.closeSessions("replid_changed")
+	n := p.closeSessions(DownReplIDChanged)
 	p.log.Info("upstream replication ID changed", "replid", newID, "replid2", old,
 		"second_repl_offset", off, "replicas_disconnected", n)
 }
@@ -325,7 +325,7 @@ func (p *Proxy) onContinue(newID string, off int64) {
 // history keeps being served.
 // It returns the snapshot and how many payload bytes arrived (also on error).
 func (p *Proxy) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*snapshot.Info, int64, error) {
-	p.setLink("sync")
+	p.setLink(LinkSync)
 	start := time.Now()
 	defer func() { p.cfg.Observer.ObserveUpstreamFullSync(time.Since(start).Seconds()) }()
 	rcv, n, err := p.receivePayload(u, reply, func(n int64) {
@@ -592,7 +592,7 @@ func (p *Proxy) discardHistory(cause error) {
 		p.log.Error("persist state failed", "err", err)
 	}
 	p.mu.Unlock()
-	p.closeSessions("history_reset")
+	p.closeSessions(DownHistoryReset)
 }
 
 // errMoved: REPLICAOF cut the link to point it elsewhere.

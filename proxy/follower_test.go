@@ -325,10 +325,13 @@ func TestOriginRestartNewHistory(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = origin.Client().Set(context.Background(), "y", "2", 0).Err()
-	newID := mustInfo(t, origin, "replication")["master_replid"]
+	// The restarted origin takes yet another ID when it creates its backlog
+	// for the proxy's PSYNC: read it each time, not once before.
+	var newID string
 	redistest.Eventually(t, 30*time.Second, "proxy follows the new history", func() bool {
+		newID = mustInfo(t, origin, "replication")["master_replid"]
 		pos := p.position()
-		return pos.hist.ReplID == newID && p.linkUp()
+		return pos.hist.ReplID == newID && pos.hist.ReplID != old.hist.ReplID && p.linkUp()
 	})
 	pos := p.position()
 	if pos.hist.ReplID2 != psync.NoReplID || pos.snap.ReplID != newID || pos.snap.Name == old.snap.Name {

@@ -87,7 +87,7 @@ func (p *Proxy) info(sections ...string) string {
 		kv("rdb_last_bgsave_status", "ok"),
 		kv("aof_enabled", 0),
 	)
-	ps := &p.stats
+	ps := p.stats
 	section("Stats",
 		kv("rejected_connections", ps.RejectedConns.Load()),
 		kv("sync_full", ps.SyncFull.Load()),
@@ -106,7 +106,7 @@ func (p *Proxy) info(sections ...string) string {
 	if st.LinkUp && !st.LastIO.IsZero() {
 		lastIO = int64(now.Sub(st.LastIO).Seconds())
 	}
-	syncing := st.LinkState == "sync"
+	syncing := st.LinkState == LinkSync
 	repl = append(repl,
 		kv("master_last_io_seconds_ago", lastIO),
 		kv("master_sync_in_progress", map[bool]int{true: 1, false: 0}[syncing]),
@@ -142,7 +142,7 @@ func (p *Proxy) info(sections ...string) string {
 	i := 0
 	for _, r := range st.Replicas {
 		lag := int64(0)
-		if r.State == "online" && !r.AckTime.IsZero() {
+		if r.State == ReplicaOnline && !r.AckTime.IsZero() {
 			lag = int64(now.Sub(r.AckTime).Seconds())
 		}
 		off := max(r.AckOff, 0)
@@ -247,7 +247,7 @@ func (p *Proxy) role() resp.Value {
 	}
 	return resp.ArrayValue([]resp.Value{
 		resp.StringValue("slave"), resp.StringValue(st.UpstreamHost), resp.IntegerValue(st.UpstreamPort),
-		resp.StringValue(st.LinkState), resp.IntegerValue(int(off)),
+		resp.StringValue(string(st.LinkState)), resp.IntegerValue(int(off)),
 	})
 }
 

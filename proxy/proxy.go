@@ -49,7 +49,7 @@ type Proxy struct {
 
 	slots   chan struct{} // full-sync slots; nil when unlimited
 	queued  atomic.Int64
-	stats   Stats
+	stats   *Stats
 	refresh atomic.Bool // a snapshot refresh is running
 	// snapOffset mirrors snap.Offset for the append path, which checks
 	// the budget without taking mu; kick wakes maintain when it is due.
@@ -66,7 +66,7 @@ type Stats struct {
 	UpstreamConnects     atomic.Int64
 	UpstreamLinkChanges  atomic.Int64
 	UpstreamDownNanos    atomic.Int64 // time the link was down, closed periods only
-	UpstreamDisconnects  sync.Map     // reason -> *atomic.Int64
+	UpstreamDisconnects  counts[UpstreamReason]
 	UpstreamFullSyncs    atomic.Int64
 	UpstreamPartialSyncs atomic.Int64
 	UpstreamSyncFailures atomic.Int64 // payloads rejected or cut
@@ -80,8 +80,8 @@ type Stats struct {
 	SentRDBBytes         atomic.Int64
 	SentStreamBytes      atomic.Int64
 	Rejections           [5]atomic.Int64 // by psync.ContinueVerdict
-	Disconnects          sync.Map        // reason -> *atomic.Int64
-	RejectedConns        atomic.Int64    // refused at --max-clients
+	Disconnects          counts[DisconnectReason]
+	RejectedConns        atomic.Int64 // refused at --max-clients
 	// UpstreamFullSyncOutcomes counts full syncs the upstream started (each
 	// a fork on the origin) by purpose and outcome (SyncOutcomes order).
 	UpstreamFullSyncOutcomes [3][4]atomic.Int64
@@ -114,26 +114,13 @@ func (s *Stats) FullSyncs() map[string]map[string]int64 {
 	return out
 }
 
-func (s *Stats) disconnect(reason string) { countReason(&s.Disconnects, reason) }
-
-func countReason(m *sync.Map, reason string) {
-	v, _ := m.LoadOrStore(reason, new(atomic.Int64))
-	v.(*atomic.Int64).Add(1)
-}
-
-// Reasons returns a snapshot of a reason-counter map.
-func Reasons(m *sync.Map) map[string]int64 {
-	out := map[string]int64{}
-	m.Range(func(k, v any) bool {
-		out[k.(string)] = v.(*atomic.Int64).Load()
-		return true
-	})
-	return out
+func newStats() *Stats {
+	return &Stats{UpstreamDisconnects: newCounts(UpstreamReasons), Disconnects: newCounts(DisconnectReasons)}
 }
 
 // linkStatus is the upstream link as INFO shows it.
 type linkStatus struct {
-	state     string // connect, connecting, handshake, sync, connected
+	state     LinkState
 	up        bool
 	lastIO    time.Time
 	downSince time.Time
@@ -158,10 +145,11 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 		cfg: cfg, log: log, runID: hex.EncodeToString(rnd[:]), started: time.Now(),
 		stateDir: cfg.DataDir, snapDir: filepath.Join(cfg.DataDir, "snapshots"),
 		snapReady: make(chan struct{}), sessions: map[*session]struct{}{},
-		link: linkStatus{state: "connect", downSince: time.Now()}, upstream: cfg.Upstream,
+		link: linkStatus{state: LinkConnect, downSince: time.Now()}, upstream: cfg.Upstream,
 		movedCh: make(chan struct{}, 1),
 		kick:    make(chan struct{}, 1), arrivals: newArrivalIndex(),
-		gate: newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, filepath.Join(cfg.DataDir, "fullsync-backoff")),
+		stats: newStats(),
+		gate:  newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, filepath.Join(cfg.DataDir, "fullsync-backoff")),
 	}
 	if cfg.MaxParallelFullSyncs > 0 {
 		p.slots = make(chan struct{}, cfg.MaxParallelFullSyncs)
@@ -309,7 +297,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	<-ctx.Done()
 	ln.Close()
-	p.closeSessions("shutdown")
+	p.closeSessions(DownShutdown)
 	wg.Wait()
 	return p.shutdown()
 }
@@ -404,12 +392,12 @@ func (p *Proxy) linkUp() bool {
 	return p.link.up
 }
 
-func (p *Proxy) setLink(state string) {
+func (p *Proxy) setLink(state LinkState) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	wasUp := p.link.up
 	p.link.state = state
-	p.link.up = state == "connected"
+	p.link.up = state == LinkConnected
 	if wasUp != p.link.up {
 		p.stats.UpstreamLinkChanges.Add(1)
 		now := time.Now()
@@ -432,7 +420,7 @@ func (p *Proxy) dropTrimmedReplicas() {
 	for s := range p.sessions {
 		if c := s.cur.Load(); c != nil && c.Pos() < first {
 			s.log.Warn("replica fell behind the backlog front; disconnecting", "offset", c.Pos(), "backlog_first", first)
-			s.close("offset_trimmed")
+			s.close(DownOffsetTrimmed)
 		}
 	}
 }
@@ -440,12 +428,12 @@ func (p *Proxy) dropTrimmedReplicas() {
 // closeSessions disconnects the replicas that hold a position in the
 // stream (all connections on shutdown). Replicas still waiting for a
 // snapshot have none yet and are left waiting.
-func (p *Proxy) closeSessions(reason string) int {
+func (p *Proxy) closeSessions(reason DisconnectReason) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := 0
 	for s := range p.sessions {
-		if reason == "shutdown" || (s.replica.Load() && s.state.Load() != stateWaitBgsave) {
+		if reason == DownShutdown || (s.replica.Load() && s.state.Load() != stateWaitBgsave) {
 			s.close(reason)
 			n++
 		}

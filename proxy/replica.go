@@ -46,8 +46,10 @@ func (s *session) startReplica(ctx context.Context, cmd string, args [][]byte) e
 		}
 		off = n
 	}
-	s.replica.Store(true)
+	// Everything others read once they see a replica (the logger, the
+	// announced address) is written before it is published.
 	s.log = s.log.With("replica", s.replicaAddr())
+	s.replica.Store(true)
 	s.log.Info("replica sync requested", "command", cmd, "replid", id, "offset", off, "rdb_only", s.rdbOnly)
 
 	var cur *backlog.Cursor
@@ -215,7 +217,7 @@ func (s *session) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 			"replica_version", s.version, "rdb_version", snap.RDBVersion)
 		_ = s.errorf("ERR replproxy holds an RDB version %d snapshot, which version %s cannot load; "+
 			"replicate from an upstream of a release it can read", snap.RDBVersion, s.version)
-		s.close("rdb_version")
+		s.close(DownRDBVersion)
 		return nil, errRDBVersion
 	case rdbMayReject:
 		s.log.Warn("replica may refuse the stored snapshot (Valkey rdb-version-check strict)",
@@ -276,15 +278,15 @@ func (s *session) stream(ctx context.Context, cur *backlog.Cursor) error {
 			switch {
 			case errors.Is(err, backlog.ErrTrimmed):
 				s.log.Warn("replica fell behind the backlog front; disconnecting", "offset", cur.Pos())
-				s.close("offset_trimmed")
+				s.close(DownOffsetTrimmed)
 			case errors.Is(err, backlog.ErrReset):
-				s.close("history_reset")
+				s.close(DownHistoryReset)
 			case errors.Is(err, backlog.ErrClosed), ctx.Err() != nil:
-				s.close("shutdown")
+				s.close(DownShutdown)
 			case isTimeout(err):
-				s.close("timeout")
+				s.close(DownTimeout)
 			default:
-				s.close("error")
+				s.close(DownError)
 			}
 			return err
 		}
@@ -310,16 +312,16 @@ func (s *session) readAcks() {
 			switch {
 			case isTimeout(err):
 				s.log.Warn("replica timed out: no ACK", "timeout", s.p.cfg.ReplicaTimeout.String())
-				s.close("timeout")
+				s.close(DownTimeout)
 			case s.sentRDB.Load() != 0 && !s.acked.Load() && !s.legacy && errors.Is(err, io.EOF):
 				s.log.Warn("replica hung up after a full sync without acknowledging it; "+
 					"its log says why (e.g. \"Can't handle RDB format version\": it is older than the upstream)",
 					"rdb_version", s.sentRDB.Load())
-				s.close("closed_before_ack")
+				s.close(DownClosedBeforeAck)
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
-				s.close("closed")
+				s.close(DownClosed)
 			default:
-				s.close("error")
+				s.close(DownError)
 			}
 			return
 		}
@@ -330,7 +332,7 @@ func (s *session) readAcks() {
 		}
 		if !strings.EqualFold(string(args[0]), "replconf") || len(args) < 3 {
 			s.log.Warn("unexpected command on a replica link; disconnecting", "command", truncate(string(args[0]), 32))
-			s.close("protocol_error")
+			s.close(DownProtocolError)
 			return
 		}
 		if strings.EqualFold(string(args[1]), "ack") {

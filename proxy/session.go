@@ -20,15 +20,13 @@ import (
 	"github.com/replproxy/replproxy/psync/backlog"
 )
 
-// Replica states, named as Redis names them in INFO.
+// Replica state codes (replicaStateByCode names them).
 const (
 	stateHandshake  int32 = iota // a plain client, or a replica before PSYNC
 	stateWaitBgsave              // full sync: waiting for a slot or a snapshot
 	stateSendBulk                // full sync: sending the snapshot
 	stateOnline                  // streaming
 )
-
-var stateNames = [...]string{"handshake", "wait_bgsave", "send_bulk", "online"}
 
 // session is one downstream connection: a client until SYNC/PSYNC, then a
 // replica fed from the backlog.
@@ -107,7 +105,7 @@ func (p *Proxy) handleConn(ctx context.Context, conn net.Conn) {
 		p.mu.Lock()
 		delete(p.sessions, s)
 		p.mu.Unlock()
-		s.close("closed")
+		s.close(DownClosed)
 	}()
 	if err := s.serve(sctx); err != nil && sctx.Err() == nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		s.log.Info("client connection ended", "err", err)
@@ -115,11 +113,11 @@ func (p *Proxy) handleConn(ctx context.Context, conn net.Conn) {
 }
 
 // close ends the session once; the first reason is the one counted.
-func (s *session) close(reason string) {
+func (s *session) close(reason DisconnectReason) {
 	s.closeOnce.Do(func() {
 		s.closeReason.Store(reason)
 		if s.replica.Load() {
-			s.p.stats.disconnect(reason)
+			s.p.stats.Disconnects.add(reason, DownError)
 			s.log.Info("replica disconnected", "reason", reason, "ack_offset", s.ackOff.Load())
 		}
 		s.cancel()

@@ -18,7 +18,7 @@ type Status struct {
 
 	UpstreamHost   string
 	UpstreamPort   int
-	LinkState      string // connect, connecting, handshake, sync, connected
+	LinkState      LinkState
 	LinkUp         bool
 	LastIO         time.Time // zero when never
 	LinkDownSince  time.Time // zero while up
@@ -50,7 +50,7 @@ type ReplicaStatus struct {
 	IP      string
 	Port    int
 	Addr    string // peer address
-	State   string
+	State   ReplicaState
 	AckOff  int64
 	AckTime time.Time
 	Legacy  bool
@@ -93,17 +93,17 @@ func (p *Proxy) Status() Status {
 			continue
 		}
 		rs := ReplicaStatus{ID: s.id, IP: s.replicaIP(), Port: s.listeningPort, Addr: s.addr,
-			State: stateNames[s.state.Load()], AckOff: s.ackOff.Load(), Legacy: s.legacy, SentOffset: -1}
+			State: replicaStateByCode[s.state.Load()], AckOff: s.ackOff.Load(), Legacy: s.legacy, SentOffset: -1}
 		if t := s.ackTime.Load(); t > 0 {
 			rs.AckTime = time.Unix(0, t)
 		}
 		if c := s.cur.Load(); c != nil {
 			rs.SentOffset = c.Pos() - 1
 		}
-		if rs.State == "send_bulk" {
+		if rs.State == ReplicaSendBulk {
 			st.FullSyncing++
 		}
-		if rs.State == "online" && rs.AckOff >= 0 {
+		if rs.State == ReplicaOnline && rs.AckOff >= 0 {
 			rs.LagBytes = max(end-rs.AckOff, 0)
 			rs.LagSeconds = p.arrivals.lagSeconds(rs.AckOff, now)
 		}
@@ -114,7 +114,7 @@ func (p *Proxy) Status() Status {
 }
 
 // Stats returns the event counters.
-func (p *Proxy) Stats() *Stats { return &p.stats }
+func (p *Proxy) Stats() *Stats { return p.stats }
 
 // Config returns the effective configuration (secrets included: callers
 // must not print it).

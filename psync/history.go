@@ -47,6 +47,10 @@ const (
 	RejectAhead                     // offset past end+1
 )
 
+// RejectVerdicts lists the verdicts that refuse a partial resync, for
+// counters that exist from the start.
+var RejectVerdicts = []ContinueVerdict{RejectNoHistory, RejectReplID, RejectBehind, RejectAhead}
+
 func (v ContinueVerdict) String() string {
 	switch v {
 	case Continue:
