@@ -6,6 +6,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/replproxy/replproxy/psync/backlog"
@@ -48,6 +49,9 @@ type Config struct {
 	Version string
 	// Observer receives events for histograms; nil ignores them.
 	Observer Observer
+
+	// syncFile replaces fsync in the backlog: a test hook.
+	syncFile func(*os.File) error
 }
 
 // Observer receives the events that metrics turn into distributions. The

@@ -177,7 +177,7 @@ func (p *Proxy) follow(ctx context.Context) {
 			return
 		}
 		p.stats.UpstreamConnects.Add(1)
-		endBefore := p.bl.End()
+		endBefore := p.store.bl.End()
 		streamed, err := p.syncOnce(ctx)
 		p.setLink(LinkConnect)
 		if ctx.Err() != nil {
@@ -194,7 +194,7 @@ func (p *Proxy) follow(ctx context.Context) {
 		// Only a link that stored something was healthy. One that streamed
 		// but could not store (a full disk) would, retried at once, have the
 		// origin resend its backlog every few milliseconds.
-		if streamed && p.bl.End() != endBefore {
+		if streamed && p.store.bl.End() != endBefore {
 			backoff = backoffMin
 		}
 		sleep := backoff/2 + rand.N(backoff/2+1)
@@ -279,7 +279,7 @@ func (p *Proxy) syncOnce(ctx context.Context) (streamed bool, err error) {
 		return false, fmt.Errorf("upstream refused PSYNC: %s", reply.Line)
 	}
 	p.setLink(LinkConnected)
-	p.log.Info("upstream link up", "upstream", p.upstreamAddr(), "replid", p.position().hist.ReplID, "offset", p.bl.End())
+	p.log.Info("upstream link up", "upstream", p.upstreamAddr(), "replid", p.position().hist.ReplID, "offset", p.store.bl.End())
 	return true, p.stream(ctx, u)
 }
 
@@ -305,16 +305,11 @@ func disconnectReason(err error) UpstreamReason {
 // onContinue handles +CONTINUE: with a new ID the history shifts and the
 // downstream replicas are disconnected to learn it through replid2.
 func (p *Proxy) onContinue(newID string, off int64) {
-	p.mu.Lock()
-	if newID == "" || newID == p.hist.ReplID {
-		p.mu.Unlock()
+	old, changed := p.store.shiftHistory(newID)
+	if !changed {
 		p.log.Info("upstream partial resync", "offset", off)
 		return
 	}
-	old := p.hist.ReplID
-	p.hist = p.hist.Shift(newID, p.bl.End())
-	_ = p.persistLocked()
-	p.mu.Unlock()
 	n := p.closeSessions(DownReplIDChanged)
 	p.log.Info("upstream replication ID changed", "replid", newID, "replid2", old,
 		"second_repl_offset", off, "replicas_disconnected", n)
@@ -381,7 +376,7 @@ func (p *Proxy) receivePayload(u *upstreamConn, reply psync.PsyncReply, progress
 			return nil, hdr.Length, localError(errors.New(reason))
 		}
 	}
-	rcv, err := snapshot.NewReceiver(p.snapDir)
+	rcv, err := snapshot.NewReceiver(p.store.snapDir)
 	if err != nil {
 		return nil, 0, localError(err)
 	}
@@ -482,36 +477,22 @@ func (p *Proxy) roomForSnapshot(size int64) bool {
 
 // installFullSync makes info the snapshot of a new history.
 func (p *Proxy) installFullSync(info *snapshot.Info) error {
-	p.mu.Lock()
-	old := p.snap
-	if err := p.bl.Reset(info.Offset+1, snapshot.FileName(info.ReplID, info.Offset)); err != nil {
-		p.mu.Unlock()
-		_ = snapshot.Remove(p.snapDir, info)
-		return err
+	err := p.store.installFullSync(info)
+	if err == nil || p.store.published().snap == info {
+		p.scanner.Reset() // the new backlog starts at a command boundary
+		p.stats.UpstreamFullSyncs.Add(1)
 	}
-	p.hist = psync.Fresh(info.ReplID)
-	p.arrivals.reset()
-	p.setSnapshotLocked(info)
-	p.scanner.Reset()
-	p.stats.UpstreamFullSyncs.Add(1)
-	err := p.persistLocked()
-	p.mu.Unlock()
-	if old != nil && old.Name != info.Name {
-		if rerr := snapshot.Remove(p.snapDir, old); rerr != nil {
-			p.log.Warn("remove old snapshot", "err", rerr)
-		}
-	}
-	// Replicas of the old history end on their own: the reset fails their
-	// cursors. Replicas waiting for a snapshot are served this one.
 	return err
 }
 
 // stream appends upstream bytes to the backlog until the link fails, ACKing
 // once a second and at once on REPLCONF GETACK.
 func (p *Proxy) stream(ctx context.Context, u *upstreamConn) error {
+	var acks sync.WaitGroup
+	defer acks.Wait()
 	done := make(chan struct{})
-	defer close(done)
-	go func() {
+	defer close(done) // before the Wait: defers run last-in first-out
+	acks.Go(func() {
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		for {
@@ -519,14 +500,14 @@ func (p *Proxy) stream(ctx context.Context, u *upstreamConn) error {
 			case <-done:
 				return
 			case <-t.C:
-				if err := u.ack(p.bl.End()); err != nil {
+				if err := u.ack(p.store.bl.End()); err != nil {
 					u.conn.Close()
 					return
 				}
 			}
 		}
-	}()
-	if err := u.ack(p.bl.End()); err != nil {
+	})
+	if err := u.ack(p.store.bl.End()); err != nil {
 		return err
 	}
 	buf := make([]byte, readBuf)
@@ -562,7 +543,7 @@ func (p *Proxy) appendStream(chunk []byte, u *upstreamConn) error {
 		p.discardHistory(err)
 		return err
 	}
-	if n, err := p.bl.Append(chunk, boundary); err != nil {
+	if n, err := p.store.bl.Append(chunk, boundary); err != nil {
 		// Part of the chunk may have reached the disk (ENOSPC); the next
 		// PSYNC resumes after it, so the scanner must have seen exactly it.
 		_ = p.scanner.Scan(chunk[:n], nil)
@@ -570,8 +551,8 @@ func (p *Proxy) appendStream(chunk []byte, u *upstreamConn) error {
 	}
 	p.scanner = sc
 	p.stats.UpstreamStreamBytes.Add(int64(len(chunk)))
-	end := p.bl.End()
-	p.arrivals.record(end, time.Now())
+	end := p.store.bl.End()
+	p.store.arrivals.record(end, time.Now())
 	p.maybeKick(end)
 	if getack {
 		return u.ack(end)
@@ -583,15 +564,8 @@ func (p *Proxy) appendStream(chunk []byte, u *upstreamConn) error {
 // next connection takes a full resync.
 func (p *Proxy) discardHistory(cause error) {
 	p.log.Error("invalid replication stream from upstream; discarding history", "err", cause)
-	p.mu.Lock()
-	p.hist = psync.History{}
-	p.snap = nil
-	p.snapOffset.Store(0)
 	p.scanner.Reset()
-	if err := saveState(p.statePath(), persisted{}); err != nil {
-		p.log.Error("persist state failed", "err", err)
-	}
-	p.mu.Unlock()
+	p.store.discard()
 	p.closeSessions(DownHistoryReset)
 }
 
@@ -601,9 +575,6 @@ var errMoved = errors.New("upstream moved by REPLICAOF")
 // errBacklogWrite: the backlog could not store received bytes (disk full,
 // I/O error). The link is dropped and resumes after what was stored.
 var errBacklogWrite = errors.New("append to backlog")
-
-// errRefreshRejected: the refreshed snapshot does not fit the history.
-var errRefreshRejected = errors.New("refreshed snapshot does not fit the current history")
 
 // refreshSnapshot fetches a new snapshot on a second connection while the
 // main link keeps streaming: REPLCONF rdb-only 1 and PSYNC ? -1, or a plain
@@ -662,7 +633,7 @@ func (p *Proxy) receiveRefresh(ctx context.Context, u *upstreamConn, reply psync
 	u.conn.Close()
 	// The main link may not have reached the snapshot's offset yet.
 	deadline := time.Now().Add(p.cfg.ReplTimeout)
-	for p.bl.End() < reply.Offset && time.Now().Before(deadline) && ctx.Err() == nil {
+	for p.store.bl.End() < reply.Offset && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond)
 	}
 	pos := p.position()
@@ -674,21 +645,10 @@ func (p *Proxy) receiveRefresh(ctx context.Context, u *upstreamConn, reply psync
 	if err != nil {
 		return nil, got, err
 	}
-	p.mu.Lock()
-	first, end := p.bl.Range()
-	if p.hist.ReplID != info.ReplID || info.Offset+1 < first || info.Offset > end {
-		p.mu.Unlock()
-		_ = snapshot.Remove(p.snapDir, info)
-		return nil, got, errRefreshRejected
-	}
-	old := p.snap
-	p.setSnapshotLocked(info)
-	err = p.persistLocked()
-	p.mu.Unlock()
-	if old != nil && old.Name != info.Name {
-		_ = snapshot.Remove(p.snapDir, old)
-	}
-	if err != nil {
+	if err := p.store.installRefresh(info); err != nil {
+		if errors.Is(err, errRefreshRejected) {
+			return nil, got, err
+		}
 		return nil, got, localError(err)
 	}
 	return info, got, nil

@@ -84,7 +84,7 @@ func TestFullSyncBothFramings(t *testing.T) {
 				t.Errorf("WAIT 1 = %d, %v", got, err)
 			}
 			close(stop)
-			end := waitSynced(t, origin, p.bl.End, 20*time.Second)
+			end := waitSynced(t, origin, p.backlogEnd, 20*time.Second)
 			redistest.Eventually(t, 10*time.Second, "origin sees the proxy online at its offset", func() bool {
 				info := mustInfo(t, origin, "replication")
 				s0 := info["slave0"]
@@ -169,14 +169,14 @@ func TestLinkCuts(t *testing.T) {
 
 			// Mid-stream cut: partial resync, no full sync.
 			_ = origin.Client().Set(context.Background(), "a", "1", 0).Err()
-			waitSynced(t, origin, p.bl.End, 10*time.Second)
+			waitSynced(t, origin, p.backlogEnd, 10*time.Second)
 			partial := p.stats.UpstreamPartialSyncs.Load()
 			fp.CutAll()
 			_ = origin.Client().Set(context.Background(), "b", "2", 0).Err()
 			redistest.Eventually(t, 20*time.Second, "partial resync after a mid-stream cut", func() bool {
 				return p.stats.UpstreamPartialSyncs.Load() > partial && p.linkUp()
 			})
-			waitSynced(t, origin, p.bl.End, 10*time.Second)
+			waitSynced(t, origin, p.backlogEnd, 10*time.Second)
 			if got := origin.InfoInt("stats", "sync_full"); got != 1 {
 				t.Fatalf("sync_full %d after a stream cut", got)
 			}
@@ -211,7 +211,7 @@ func TestLinkCuts(t *testing.T) {
 				s := p.position().snap
 				return p.linkUp() && s.Offset > first.Offset
 			})
-			waitSynced(t, origin, p.bl.End, 10*time.Second)
+			waitSynced(t, origin, p.backlogEnd, 10*time.Second)
 			if tmp := tempFiles(t, dir); len(tmp) > 0 {
 				t.Fatalf("temp files left: %v", tmp)
 			}
@@ -340,7 +340,7 @@ func TestOriginRestartNewHistory(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "snapshots", old.snap.Name)); !os.IsNotExist(err) {
 		t.Fatalf("old snapshot still on disk: %v", err)
 	}
-	waitSynced(t, origin, p.bl.End, 10*time.Second)
+	waitSynced(t, origin, p.backlogEnd, 10*time.Second)
 	if got := p.stats.UpstreamFullSyncs.Load(); got != 2 {
 		t.Fatalf("upstream full syncs %d, want 2", got)
 	}
@@ -366,7 +366,7 @@ func TestSmallBacklogRefresh(t *testing.T) {
 		return p.stats.Refreshes.Load() >= 3
 	})
 	close(stop)
-	waitSynced(t, origin, p.bl.End, 20*time.Second)
+	waitSynced(t, origin, p.backlogEnd, 20*time.Second)
 	// Budget plus one segment of slack, plus what accrues while a refresh
 	// runs (the refresh starts at half the budget).
 	if limit := int64(budget + budget/16 + budget/2); maxDisk > limit {

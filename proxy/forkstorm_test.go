@@ -73,7 +73,7 @@ func TestDiskFullNoForkStorm(t *testing.T) {
 			redistest.Eventually(t, 60*time.Second, "the full sync succeeds once there is room", func() bool {
 				return p.linkUp() && p.position().snap != nil
 			})
-			waitSynced(t, origin, p.bl.End, 10*time.Second)
+			waitSynced(t, origin, p.backlogEnd, 10*time.Second)
 			fs := p.stats.FullSyncs()["initial"]
 			if fs["ok"] != 1 || fs["local"] < 1 {
 				t.Fatalf("full syncs by outcome %v", fs)
@@ -102,7 +102,7 @@ func TestOriginRestartWithPersistenceIsCheap(t *testing.T) {
 	p := startProxy(t, origin.Addr(), t.TempDir())
 	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
 	_ = origin.Client().Set(ctx, "y", "2", 0).Err()
-	waitSynced(t, origin, p.bl.End, 10*time.Second)
+	waitSynced(t, origin, p.backlogEnd, 10*time.Second)
 	partial := p.stats.UpstreamPartialSyncs.Load()
 	_ = origin.Client().Do(ctx, "SHUTDOWN", "SAVE").Err()
 	redistest.Eventually(t, 10*time.Second, "origin down", func() bool { return !p.linkUp() })

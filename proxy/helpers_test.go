@@ -183,7 +183,7 @@ func originStream(t *testing.T, origin *redistest.Server, replid string, from, e
 // backlogBytes reads [from, end] from the proxy's backlog.
 func backlogBytes(t *testing.T, p *Proxy, from, end int64) []byte {
 	t.Helper()
-	c, err := p.bl.NewCursor(from)
+	c, err := p.backlogLog().NewCursor(from)
 	if err != nil {
 		t.Fatal(err)
 	}

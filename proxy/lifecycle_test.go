@@ -2,12 +2,19 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/replproxy/replproxy/internal/faultproxy"
 	"github.com/replproxy/replproxy/internal/redistest"
 )
@@ -44,7 +51,7 @@ func TestSessionLifecycleRace(t *testing.T) {
 				_ = c.SetDeadline(time.Now().Add(2 * time.Second))
 				fmt.Fprintf(c, "REPLCONF listening-port %d\r\nREPLCONF capa eof capa psync2\r\n", 20000+w*1000+i%1000)
 				if i%3 == 0 {
-					fmt.Fprintf(c, "PSYNC %s %d\r\n", p.position().hist.ReplID, p.bl.End()+1)
+					fmt.Fprintf(c, "PSYNC %s %d\r\n", p.position().hist.ReplID, p.backlogEnd()+1)
 				} else {
 					fmt.Fprint(c, "PSYNC ? -1\r\n")
 				}
@@ -84,4 +91,121 @@ func TestSessionLifecycleRace(t *testing.T) {
 	p.stop(t)
 	close(stop)
 	wg.Wait()
+}
+
+// TestReadersDoNotWaitForFsync: while the store fsyncs a reset (held by a
+// hook until the test lets it go), INFO over the wire and Status (what
+// /metrics reads) still answer.
+func TestReadersDoNotWaitForFsync(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	_ = origin.Client().Set(context.Background(), "x", "1", 0).Err()
+	var hold atomic.Bool
+	held := make(chan struct{}, 1)
+	release := make(chan struct{})
+	hook := func(f *os.File) error {
+		if hold.Load() && strings.HasSuffix(f.Name(), "TAG.tmp") { // the reset's tag: the backlog's lock is held
+			select {
+			case held <- struct{}{}:
+			default:
+			}
+			<-release
+		}
+		return f.Sync()
+	}
+	p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) { c.syncFile = hook })
+	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
+	released := sync.OnceFunc(func() { close(release) })
+	defer released()
+	hold.Store(true)
+	if err := origin.Restart(); err != nil { // a new history: a full sync and a backlog reset
+		t.Fatal(err)
+	}
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the reset's fsync never came")
+	}
+	cli := redis.NewClient(&redis.Options{Addr: p.addr, ReadTimeout: 5 * time.Second})
+	defer cli.Close()
+	start := time.Now()
+	info, err := cli.Info(context.Background(), "replication").Result()
+	infoRTT := time.Since(start)
+	if err != nil || !strings.Contains(info, "role:slave") {
+		t.Fatalf("INFO during the fsync: %v %q", err, info)
+	}
+	start = time.Now()
+	_ = p.Status()
+	statusTime := time.Since(start)
+	select {
+	case <-release:
+		t.Fatal("the fsync ended before INFO returned")
+	default:
+	}
+	t.Logf("while the reset's fsync was held: INFO round trip %v, Status %v", infoRTT, statusTime)
+	hold.Store(false)
+	released()
+	redistest.Eventually(t, 20*time.Second, "the new history is installed", func() bool {
+		return p.linkUp() && p.stats.UpstreamFullSyncs.Load() == 2
+	})
+}
+
+// proxyGoroutines counts goroutines running this package's code, other
+// than the caller's.
+func proxyGoroutines() (int, string) {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	var sample string
+	for i, g := range strings.Split(string(buf), "\n\n") {
+		if i == 0 || !strings.Contains(g, "replproxy/replproxy/proxy.") {
+			continue // the caller is first
+		}
+		n++
+		sample = g
+	}
+	return n, sample
+}
+
+// TestShutdownDuringRefresh: a shutdown while a snapshot refresh is being
+// received returns promptly and cleanly, removes the temp file and leaves
+// no goroutine of the daemon behind. Not parallel: it counts goroutines.
+func TestShutdownDuringRefresh(t *testing.T) {
+	before, _ := proxyGoroutines()
+	origin := redistest.StartT(t, "origin")
+	populate(t, origin)
+	dir := t.TempDir()
+	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize = 1 << 20 })
+	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
+	ctx := context.Background()
+	// From now on the origin writes its RDBs slowly: 1 ms per key.
+	if err := origin.Client().ConfigSet(ctx, "rdb-key-save-delay", "1000").Err(); err != nil {
+		t.Fatal(err)
+	}
+	val := strings.Repeat("r", 16<<10)
+	for i := range 40 { // 640 KB: past half the budget
+		_ = origin.Client().Set(ctx, "r"+strconv.Itoa(i), val, 0).Err()
+	}
+	redistest.Eventually(t, 20*time.Second, "a refresh is being received", func() bool {
+		return p.refresh.Load() && len(tempFiles(t, dir)) > 0
+	})
+	start := time.Now()
+	p.stop(t)
+	took := time.Since(start)
+	if took > 5*time.Second {
+		t.Errorf("shutdown took %v", took)
+	}
+	if tmp := tempFiles(t, dir); len(tmp) > 0 {
+		t.Errorf("temp files left: %v", tmp)
+	}
+	var after int
+	var sample string
+	err := redistest.WaitFor(5*time.Second, func() bool {
+		after, sample = proxyGoroutines()
+		return after <= before
+	})
+	if err != nil {
+		t.Fatalf("%d goroutines of the daemon before, %d after shutdown; one of them:\n%s", before, after, sample)
+	}
+	t.Logf("shutdown with a refresh in flight took %v", took)
 }

@@ -4,41 +4,32 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/replproxy/replproxy/psync"
-	"github.com/replproxy/replproxy/psync/backlog"
-	"github.com/replproxy/replproxy/psync/snapshot"
 )
 
 // Proxy is one relay: one upstream history, its snapshot and backlog, and the
 // downstream replicas served from them.
 type Proxy struct {
-	cfg      Config
-	log      *slog.Logger
-	runID    string
-	started  time.Time
-	stateDir string
-	snapDir  string
-	lockFile *os.File
-	bl       *backlog.Log
-	ln       net.Listener
+	cfg     Config
+	log     *slog.Logger
+	runID   string
+	started time.Time
+	store   *store
+	ln      net.Listener
 
-	mu        sync.Mutex
-	hist      psync.History
-	snap      *snapshot.Info
-	snapReady chan struct{} // closed and replaced whenever a snapshot is installed
-	sessions  map[*session]struct{}
-	link      linkStatus
+	// mu guards the session set, the link status and the upstream address;
+	// nothing does I/O while holding it.
+	mu       sync.Mutex
+	sessions map[*session]struct{}
+	link     linkStatus
 	// upstream is where the follower connects: --upstream, until an
 	// operator's REPLICAOF moves it. cutLink ends the current connection.
 	upstream string
@@ -50,13 +41,8 @@ type Proxy struct {
 	slots   chan struct{} // full-sync slots; nil when unlimited
 	queued  atomic.Int64
 	stats   *Stats
-	refresh atomic.Bool // a snapshot refresh is running
-	// snapOffset mirrors snap.Offset for the append path, which checks
-	// the budget without taking mu; kick wakes maintain when it is due.
-	snapOffset atomic.Int64
-	kick       chan struct{}
-	arrivals   *arrivalIndex
-	keyspace   keyspaceStats
+	refresh atomic.Bool   // a snapshot refresh is running
+	kick    chan struct{} // wakes maintain when trimming or a refresh is due
 	// gate spaces out requests that cost the origin a fork.
 	gate *forkGate
 }
@@ -143,29 +129,21 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	_, _ = rand.Read(rnd[:])
 	p := &Proxy{
 		cfg: cfg, log: log, runID: hex.EncodeToString(rnd[:]), started: time.Now(),
-		stateDir: cfg.DataDir, snapDir: filepath.Join(cfg.DataDir, "snapshots"),
-		snapReady: make(chan struct{}), sessions: map[*session]struct{}{},
-		link: linkStatus{state: LinkConnect, downSince: time.Now()}, upstream: cfg.Upstream,
+		sessions: map[*session]struct{}{},
+		link:     linkStatus{state: LinkConnect, downSince: time.Now()}, upstream: cfg.Upstream,
 		movedCh: make(chan struct{}, 1),
-		kick:    make(chan struct{}, 1), arrivals: newArrivalIndex(),
-		stats: newStats(),
-		gate:  newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, filepath.Join(cfg.DataDir, "fullsync-backoff")),
+		kick:    make(chan struct{}, 1),
+		stats:   newStats(),
+		gate:    newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, filepath.Join(cfg.DataDir, "fullsync-backoff")),
 	}
 	if cfg.MaxParallelFullSyncs > 0 {
 		p.slots = make(chan struct{}, cfg.MaxParallelFullSyncs)
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
-	}
-	lf, err := os.OpenFile(filepath.Join(cfg.DataDir, "LOCK"), os.O_RDWR|os.O_CREATE, 0o644)
+	st, err := openStore(storeOptions{dataDir: cfg.DataDir, segmentSize: cfg.SegmentSize, fsync: cfg.Fsync, syncFile: cfg.syncFile}, log)
 	if err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
+		return nil, err
 	}
-	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		lf.Close()
-		return nil, fmt.Errorf("data dir %s is in use by another replproxy: %w", cfg.DataDir, err)
-	}
-	p.lockFile = lf
+	p.store = st
 	if err := p.gate.load(); err != nil {
 		log.Warn("full-sync backoff state unreadable; starting without it", "err", err)
 	}
@@ -173,103 +151,18 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 		log.Warn("a full sync from the upstream failed or was cut before this start; the next one waits",
 			"next_attempt_in", time.Until(gs.NextAt).Round(time.Second).String(), "last_failure", gs.LastClass, "err", gs.LastError)
 	}
-	if err := p.recover(); err != nil {
-		lf.Close()
-		return nil, err
-	}
 	return p, nil
-}
-
-func (p *Proxy) statePath() string { return filepath.Join(p.stateDir, "state") }
-
-// recover loads the state file and backlog and checks that they describe one
-// consistent history: the backlog belongs to the state (same tag) and covers
-// every byte after the snapshot. Anything inconsistent is
-// discarded, which leads to a full resync from upstream rather than serving
-// bytes of the wrong history.
-func (p *Proxy) recover() error {
-	st, err := loadState(p.statePath())
-	if err != nil {
-		return err
-	}
-	bl, rep, err := backlog.Open(filepath.Join(p.cfg.DataDir, "backlog"), backlog.Options{
-		SegmentSize: p.cfg.SegmentSize, Fsync: p.cfg.Fsync, ValidPrefix: streamValidPrefix,
-		OnSyncError: func(err error) {
-			p.log.Error("backlog fsync failed; bytes since the last fsync may not survive a power loss", "err", err)
-		},
-	})
-	if err != nil {
-		return err
-	}
-	p.bl = bl
-	if rep.TruncatedBytes > 0 || rep.DroppedBytes > 0 {
-		p.log.Warn("backlog repaired", "truncated_bytes", rep.TruncatedBytes, "dropped_bytes", rep.DroppedBytes)
-	}
-	first, end := bl.Range()
-	reason := ""
-	switch {
-	case st.History.Empty():
-		reason = "no history"
-	case st.Snapshot == nil:
-		reason = "no snapshot"
-	case st.BacklogTag == "" || st.BacklogTag != bl.Tag():
-		reason = "backlog belongs to another history"
-	case first == 0 || first > st.Snapshot.Offset+1 || end < st.Snapshot.Offset:
-		reason = fmt.Sprintf("backlog [%d, %d] does not cover the stream after snapshot offset %d", first, end, st.Snapshot.Offset)
-	}
-	if reason == "" {
-		f, err := snapshot.Open(p.snapDir, st.Snapshot)
-		if err != nil {
-			reason = err.Error()
-		} else {
-			f.Close()
-		}
-	}
-	keep := ""
-	if reason == "" {
-		p.hist, keep = st.History, st.Snapshot.Name
-		p.setSnapshotLocked(st.Snapshot)
-		// Recovered bytes arrived before now; when exactly is not kept.
-		p.arrivals.record(end, time.Now())
-		p.log.Info("recovered state", "replid", p.hist.ReplID, "replid2", p.hist.ReplID2,
-			"backlog_first", first, "offset", end, "snapshot_offset", p.snap.Offset)
-	} else if !st.History.Empty() || first != 0 {
-		p.log.Warn("discarding stored history; a full resync follows", "reason", reason)
-	}
-	removed, err := snapshot.Cleanup(p.snapDir, keep)
-	for _, name := range removed {
-		p.log.Info("removed stale snapshot file", "file", name)
-	}
-	return err
-}
-
-// setSnapshotLocked makes info the served snapshot; called with mu held.
-func (p *Proxy) setSnapshotLocked(info *snapshot.Info) {
-	p.snap = info
-	p.snapOffset.Store(info.Offset)
-	close(p.snapReady)
-	p.snapReady = make(chan struct{})
 }
 
 // maybeKick wakes maintain when the backlog needs trimming or the snapshot
 // a refresh; it is cheap enough for every append.
 func (p *Proxy) maybeKick(end int64) {
-	if end-p.snapOffset.Load() > int64(float64(p.cfg.BacklogSize)*p.cfg.RefreshRatio) || p.bl.Size() > p.cfg.BacklogSize {
+	if end-p.store.snapOffset.Load() > int64(float64(p.cfg.BacklogSize)*p.cfg.RefreshRatio) || p.store.bl.Size() > p.cfg.BacklogSize {
 		select {
 		case p.kick <- struct{}{}:
 		default:
 		}
 	}
-}
-
-// persistLocked writes the state file; called with p.mu held.
-func (p *Proxy) persistLocked() error {
-	st := persisted{History: p.hist, Snapshot: p.snap, BacklogTag: p.bl.Tag()}
-	if err := saveState(p.statePath(), st); err != nil {
-		p.log.Error("persist state failed", "err", err)
-		return err
-	}
-	return nil
 }
 
 // Run serves until ctx is cancelled, then shuts down: it stops the upstream
@@ -293,7 +186,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	wg.Go(func() { p.maintain(ctx) })
 	wg.Go(func() { p.acceptLoop(ctx, ln) })
 	if snap := p.position().snap; snap != nil && snap.Keyspace == nil {
-		wg.Go(func() { p.keyspace.scan(ctx, p.snapDir, snap, p.log) })
+		wg.Go(func() { p.store.keyspace.scan(ctx, p.store.snapDir, snap, p.log) })
 	}
 	<-ctx.Done()
 	ln.Close()
@@ -311,39 +204,17 @@ func (p *Proxy) Addr() net.Addr {
 }
 
 func (p *Proxy) shutdown() error {
-	p.mu.Lock()
-	var errs []error
-	if !p.hist.Empty() {
-		errs = append(errs, p.persistLocked())
-	}
-	p.mu.Unlock()
-	errs = append(errs, p.bl.Close())
-	if p.lockFile != nil {
-		p.lockFile.Close()
-	}
-	err := errors.Join(errs...)
+	end := p.store.bl.End()
+	err := p.store.close()
 	if err != nil {
 		p.log.Error("shutdown", "err", err)
 	} else {
-		p.log.Info("replproxy stopped", "offset", p.bl.End())
+		p.log.Info("replproxy stopped", "offset", end)
 	}
 	return err
 }
 
-// position is a consistent view of history, backlog range and snapshot.
-type position struct {
-	hist  psync.History
-	first int64
-	end   int64
-	snap  *snapshot.Info
-}
-
-func (p *Proxy) position() position {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	first, end := p.bl.Range()
-	return position{hist: p.hist, first: first, end: end, snap: p.snap}
-}
+func (p *Proxy) position() position { return p.store.position() }
 
 // maintain trims the backlog to its budget and refreshes the snapshot before
 // the stream since it outgrows the budget.
@@ -363,7 +234,7 @@ func (p *Proxy) maintain(ctx context.Context) {
 		if pos.snap == nil {
 			continue
 		}
-		if n, err := p.bl.Trim(pos.snap.Offset+1, p.cfg.BacklogSize); err != nil {
+		if n, err := p.store.bl.Trim(pos.snap.Offset+1, p.cfg.BacklogSize); err != nil {
 			p.log.Error("backlog trim failed", "err", err)
 		} else if n > 0 {
 			p.log.Debug("backlog trimmed", "bytes", n)
@@ -414,14 +285,14 @@ func (p *Proxy) setLink(state LinkState) {
 // away. Their writers may be blocked on a full socket and would otherwise
 // notice only at the replica timeout.
 func (p *Proxy) dropTrimmedReplicas() {
-	first, _ := p.bl.Range()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for s := range p.sessions {
-		if c := s.cur.Load(); c != nil && c.Pos() < first {
-			s.log.Warn("replica fell behind the backlog front; disconnecting", "offset", c.Pos(), "backlog_first", first)
-			s.close(DownOffsetTrimmed)
-		}
+	first, _ := p.store.bl.Range()
+	behind := p.selectSessions(func(s *session) bool {
+		c := s.cur.Load()
+		return c != nil && c.Pos() < first
+	})
+	for _, s := range behind {
+		s.log.Warn("replica fell behind the backlog front; disconnecting", "backlog_first", first)
+		s.close(DownOffsetTrimmed)
 	}
 }
 
@@ -429,14 +300,25 @@ func (p *Proxy) dropTrimmedReplicas() {
 // stream (all connections on shutdown). Replicas still waiting for a
 // snapshot have none yet and are left waiting.
 func (p *Proxy) closeSessions(reason DisconnectReason) int {
+	victims := p.selectSessions(func(s *session) bool {
+		return reason == DownShutdown || (s.replica.Load() && s.state.Load() != stateWaitBgsave)
+	})
+	for _, s := range victims {
+		s.close(reason)
+	}
+	return len(victims)
+}
+
+// selectSessions returns the sessions that match; the caller acts on them
+// outside mu (closing logs and touches sockets).
+func (p *Proxy) selectSessions(match func(*session) bool) []*session {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	n := 0
+	var out []*session
 	for s := range p.sessions {
-		if reason == DownShutdown || (s.replica.Load() && s.state.Load() != stateWaitBgsave) {
-			s.close(reason)
-			n++
+		if match(s) {
+			out = append(out, s)
 		}
 	}
-	return n
+	return out
 }

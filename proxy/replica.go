@@ -9,9 +9,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
-	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/backlog"
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
@@ -52,82 +52,12 @@ func (s *session) startReplica(ctx context.Context, cmd string, args [][]byte) e
 	s.replica.Store(true)
 	s.log.Info("replica sync requested", "command", cmd, "replid", id, "offset", off, "rdb_only", s.rdbOnly)
 
-	var cur *backlog.Cursor
-	if !s.legacy && !s.rdbOnly {
-		var err error
-		if cur, err = s.tryContinue(ctx, id, off); err != nil {
-			return err
-		}
-	}
-	if cur == nil {
-		var err error
-		if cur, err = s.fullSync(ctx); err != nil || cur == nil {
-			return err
-		}
+	cur, err := s.sync(ctx, syncRequest{legacy: s.legacy, rdbOnly: s.rdbOnly, replID: id, offset: off, version: s.version})
+	if err != nil || cur == nil {
+		return err
 	}
 	defer cur.Close()
 	return s.stream(ctx, cur)
-}
-
-// tryContinue applies the partial-resync rule. A request just ahead of our
-// end (we are catching up after a restart) is held until we reach it. It
-// returns nil, nil when a full sync is needed.
-func (s *session) tryContinue(ctx context.Context, id string, off int64) (*backlog.Cursor, error) {
-	p := s.p
-	deadline := time.Now().Add(p.cfg.HoldAhead)
-	lastKeepalive := time.Now()
-	for {
-		p.mu.Lock()
-		first, end := p.bl.Range()
-		v := p.hist.CanContinue(id, off, first, end)
-		replid := p.hist.ReplID
-		var cur *backlog.Cursor
-		var err error
-		if v == psync.Continue {
-			cur, err = p.bl.NewCursor(off)
-		}
-		p.mu.Unlock()
-		if v == psync.Continue && err == nil {
-			line := "+CONTINUE\r\n"
-			if s.capaPsync2 {
-				line = "+CONTINUE " + replid + "\r\n"
-			}
-			if werr := s.write([]byte(line)); werr != nil {
-				cur.Close()
-				return nil, werr
-			}
-			p.stats.SyncPartialOK.Add(1)
-			s.state.Store(stateOnline)
-			s.ackOff.Store(off - 1)
-			s.ackTime.Store(time.Now().UnixNano())
-			s.log.Info("partial resync accepted", "offset", off, "backlog_end", end)
-			return cur, nil
-		}
-		if v == psync.RejectAhead && time.Now().Before(deadline) {
-			if time.Since(lastKeepalive) >= time.Second {
-				if err := s.write([]byte{'\n'}); err != nil {
-					return nil, err
-				}
-				lastKeepalive = time.Now()
-			}
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(50 * time.Millisecond):
-			}
-			continue
-		}
-		if v == psync.Continue {
-			v = psync.RejectBehind // trimmed between the check and the cursor
-		}
-		if id != "?" {
-			p.stats.SyncPartialErr.Add(1)
-		}
-		p.stats.Rejections[v].Add(1)
-		s.log.Info("partial resync not possible", "reason", v.String(), "replid", id, "offset", off,
-			"backlog_first", first, "backlog_end", end)
-		return nil, nil
-	}
 }
 
 // errRDBVersion: the replica announced a release that cannot load the
@@ -141,66 +71,83 @@ func (s *session) write(b []byte) error {
 	return err
 }
 
-// fullSync waits for a full-sync slot and a snapshot, holding the replica
-// with one newline a second, then sends +FULLRESYNC, the snapshot with a
-// known length, and returns a cursor at the byte after the snapshot. For
-// rdb-only clients it returns nil after the payload.
-func (s *session) fullSync(ctx context.Context) (*backlog.Cursor, error) {
+// sync carries out the planner's answers (planSync) until the replica
+// continues, has been sent a snapshot, or is refused: it writes the
+// replies, holds the replica with one newline a second while it waits (a
+// full-sync slot, a snapshot, the upstream catching up), and asks again.
+// It returns the cursor to stream from, or nil when nothing follows (an
+// rdb-only client).
+func (s *session) sync(ctx context.Context, req syncRequest) (*backlog.Cursor, error) {
 	p := s.p
-	s.state.Store(stateWaitBgsave)
+	holdUntil := time.Now().Add(p.cfg.HoldAhead)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	keepalive := func() error { return s.write([]byte{'\n'}) }
-
-	if p.slots != nil {
-		p.queued.Add(1)
-		acquired := false
-		for !acquired {
+	full := false // the continue rule has been judged: a full sync it is
+	for {
+		pub := p.store.published()
+		pos := p.store.position()
+		plan := planSync(planInput{req: req, pos: pos, holdAhead: time.Now().Before(holdUntil), fullSync: full})
+		if plan.kind == planContinue {
+			cur, err := p.store.bl.NewCursorGen(req.offset, pos.gen)
+			if err != nil { // trimmed or reset since the position: judge again
+				continue
+			}
+			return cur, s.continued(cur, pos)
+		}
+		if plan.kind == planHold && !plan.waitSnapshot { // just ahead of our end: the upstream is refilling it
 			select {
-			case p.slots <- struct{}{}:
-				acquired = true
+			case <-ctx.Done():
+				return nil, ctx.Err()
 			case <-tick.C:
 				if err := keepalive(); err != nil {
-					p.queued.Add(-1)
 					return nil, err
 				}
-			case <-ctx.Done():
-				p.queued.Add(-1)
-				return nil, ctx.Err()
+			case <-time.After(50 * time.Millisecond):
 			}
+			continue
 		}
-		p.queued.Add(-1)
-		defer func() { <-p.slots }()
-	}
-
-	var f *os.File
-	var cur *backlog.Cursor
-	var snap *snapshot.Info
-	var replid string
-	for cur == nil {
-		p.mu.Lock()
-		snap, replid = p.snap, p.hist.ReplID
-		ready := p.snapReady
-		var err error
-		if snap != nil && !p.hist.Empty() {
-			if f, err = snapshot.Open(p.snapDir, snap); err == nil {
-				if cur, err = p.bl.NewCursor(snap.Offset + 1); err != nil {
-					f.Close()
-				} else {
-					// Under mu, so an ID change from now on disconnects us.
-					s.state.Store(stateSendBulk)
+		if !full {
+			full = true
+			if !req.legacy && !req.rdbOnly {
+				if plan.counted {
+					p.stats.SyncPartialErr.Add(1)
 				}
+				p.stats.Rejections[plan.verdict].Add(1)
+				s.log.Info("partial resync not possible", "reason", plan.verdict.String(), "replid", req.replID,
+					"offset", req.offset, "backlog_first", pos.first, "backlog_end", pos.end)
+			}
+			s.state.Store(stateWaitBgsave)
+			release, err := s.fullSyncSlot(ctx, tick.C, keepalive)
+			if err != nil {
+				return nil, err
+			}
+			defer release()
+			continue // the position may have moved while queued
+		}
+		switch plan.kind {
+		case planRefuse:
+			s.log.Warn("replica cannot load the stored snapshot; full sync refused",
+				"replica_version", req.version, "rdb_version", plan.snap.RDBVersion)
+			_ = s.errorf("ERR replproxy holds an RDB version %d snapshot, which version %s cannot load; "+
+				"replicate from an upstream of a release it can read", plan.snap.RDBVersion, req.version)
+			s.close(plan.reason)
+			return nil, errRDBVersion
+		case planFullSync:
+			f, cur, err := s.openSnapshot(plan.snap, pos, pub)
+			if err != nil {
+				s.log.Warn("snapshot not servable; waiting for the next", "err", err)
+			} else if cur != nil {
+				defer f.Close()
+				if plan.rdbWarn {
+					s.log.Warn("replica may refuse the stored snapshot (Valkey rdb-version-check strict)",
+						"replica_version", req.version, "rdb_version", plan.snap.RDBVersion)
+				}
+				return s.sendSnapshot(f, cur, plan.snap, pos.hist.ReplID)
 			}
 		}
-		p.mu.Unlock()
-		if snap != nil && err != nil {
-			s.log.Warn("snapshot not servable; waiting for the next", "err", err)
-		}
-		if cur != nil {
-			break
-		}
-		select {
-		case <-ready:
+		select { // no snapshot to serve yet: wait for the next one
+		case <-pub.next:
 		case <-tick.C:
 			if err := keepalive(); err != nil {
 				return nil, err
@@ -209,20 +156,79 @@ func (s *session) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 			return nil, ctx.Err()
 		}
 	}
-	defer f.Close()
-	switch replicaRDBCompat(s.version, snap.RDBVersion) {
-	case rdbRejects:
-		cur.Close()
-		s.log.Warn("replica cannot load the stored snapshot; full sync refused",
-			"replica_version", s.version, "rdb_version", snap.RDBVersion)
-		_ = s.errorf("ERR replproxy holds an RDB version %d snapshot, which version %s cannot load; "+
-			"replicate from an upstream of a release it can read", snap.RDBVersion, s.version)
-		s.close(DownRDBVersion)
-		return nil, errRDBVersion
-	case rdbMayReject:
-		s.log.Warn("replica may refuse the stored snapshot (Valkey rdb-version-check strict)",
-			"replica_version", s.version, "rdb_version", snap.RDBVersion)
+}
+
+// continued answers +CONTINUE and puts the replica online at the offset.
+func (s *session) continued(cur *backlog.Cursor, pos position) error {
+	line := "+CONTINUE\r\n"
+	if s.capaPsync2 {
+		line = "+CONTINUE " + pos.hist.ReplID + "\r\n"
 	}
+	if err := s.write([]byte(line)); err != nil {
+		cur.Close()
+		return err
+	}
+	off := cur.Pos()
+	s.p.stats.SyncPartialOK.Add(1)
+	s.state.Store(stateOnline)
+	s.ackOff.Store(off - 1)
+	s.ackTime.Store(time.Now().UnixNano())
+	s.log.Info("partial resync accepted", "offset", off, "backlog_end", pos.end)
+	return nil
+}
+
+// fullSyncSlot waits for one of --max-parallel-full-syncs, with
+// keepalives; release gives it back.
+func (s *session) fullSyncSlot(ctx context.Context, tick <-chan time.Time, keepalive func() error) (release func(), err error) {
+	p := s.p
+	if p.slots == nil {
+		return func() {}, nil
+	}
+	p.queued.Add(1)
+	defer p.queued.Add(-1)
+	for {
+		select {
+		case p.slots <- struct{}{}:
+			return func() { <-p.slots }, nil
+		case <-tick:
+			if err := keepalive(); err != nil {
+				return nil, err
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// openSnapshot opens snap and a cursor at the byte after it. It returns a
+// nil cursor when the history moved on meanwhile (the caller asks again):
+// the replica is marked as receiving the snapshot before the re-check, so
+// a history change published after it disconnects the replica.
+func (s *session) openSnapshot(snap *snapshot.Info, pos position, pub *published) (*os.File, *backlog.Cursor, error) {
+	f, err := snapshot.Open(s.p.store.snapDir, snap)
+	if err != nil {
+		return nil, nil, err
+	}
+	cur, err := s.p.store.bl.NewCursorGen(snap.Offset+1, pos.gen)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	s.state.Store(stateSendBulk)
+	if s.p.store.published() != pub {
+		s.state.Store(stateWaitBgsave)
+		cur.Close()
+		f.Close()
+		return nil, nil, nil
+	}
+	return f, cur, nil
+}
+
+// sendSnapshot sends +FULLRESYNC (not to SYNC clients) and the snapshot
+// with a known length; the replica is then online at the snapshot's
+// offset. For rdb-only clients it returns a nil cursor.
+func (s *session) sendSnapshot(f *os.File, cur *backlog.Cursor, snap *snapshot.Info, replid string) (*backlog.Cursor, error) {
+	p := s.p
 	p.stats.SyncFull.Add(1)
 	start := time.Now()
 	var head string
@@ -266,7 +272,11 @@ func (s *session) fullSync(ctx context.Context) (*backlog.Cursor, error) {
 func (s *session) stream(ctx context.Context, cur *backlog.Cursor) error {
 	s.cur.Store(cur)
 	defer s.cur.Store(nil)
-	go s.readAcks()
+	// The ACK reader ends when the connection closes, which every way out
+	// of the loop below does first.
+	var acks sync.WaitGroup
+	defer acks.Wait()
+	acks.Go(s.readAcks)
 	for {
 		_ = s.conn.SetWriteDeadline(time.Now().Add(s.p.cfg.ReplicaTimeout))
 		n, err := cur.CopyTo(s.conn)
@@ -349,8 +359,8 @@ func (s *session) readAcks() {
 			s.ackTime.Store(now)
 			s.acked.Store(true)
 			acked := s.ackOff.Load()
-			end := s.p.bl.End()
-			s.p.cfg.Observer.ObserveAck(max(end-acked, 0), s.p.arrivals.lagSeconds(acked, time.Unix(0, now)))
+			end := s.p.store.bl.End()
+			s.p.cfg.Observer.ObserveAck(max(end-acked, 0), s.p.store.arrivals.lagSeconds(acked, time.Unix(0, now)))
 		}
 	}
 }

@@ -65,7 +65,11 @@ type session struct {
 	closeReason atomic.Value
 }
 
+// acceptLoop accepts connections until the listener closes, then waits for
+// the sessions it started: Serve closes them all on shutdown.
 func (p *Proxy) acceptLoop(ctx context.Context, ln net.Listener) {
+	var sessions sync.WaitGroup
+	defer sessions.Wait()
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -76,7 +80,7 @@ func (p *Proxy) acceptLoop(ctx context.Context, ln net.Listener) {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		go p.handleConn(ctx, conn)
+		sessions.Go(func() { p.handleConn(ctx, conn) })
 	}
 }
 
@@ -86,6 +90,12 @@ func (p *Proxy) handleConn(ctx context.Context, conn net.Conn) {
 		br: bufio.NewReaderSize(conn, 16<<10), authed: p.cfg.RequirePass == "", startTime: time.Now()}
 	s.ackOff.Store(-1)
 	p.mu.Lock()
+	if ctx.Err() != nil { // shutting down: closeSessions has run or will not see us
+		p.mu.Unlock()
+		conn.Close()
+		cancel()
+		return
+	}
 	if len(p.sessions) >= p.cfg.MaxClients {
 		p.mu.Unlock()
 		p.stats.RejectedConns.Add(1)
@@ -98,9 +108,9 @@ func (p *Proxy) handleConn(ctx context.Context, conn net.Conn) {
 	}
 	p.nextID++
 	s.id = p.nextID
+	s.log = p.log.With("client", s.id, "addr", s.addr) // before others can see the session
 	p.sessions[s] = struct{}{}
 	p.mu.Unlock()
-	s.log = p.log.With("client", s.id, "addr", s.addr)
 	defer func() {
 		p.mu.Lock()
 		delete(p.sessions, s)

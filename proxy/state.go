@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
+	"github.com/replproxy/replproxy/internal/atomicfile"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
@@ -55,37 +55,8 @@ func saveState(path string, st persisted) error {
 	return nil
 }
 
-// writeFileAtomic replaces path with data so that a crash leaves the old
-// or the new content: write a temp file, fsync, rename, fsync the dir.
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err = f.Write(data); err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync dir: %w", err)
-	}
-	return nil
-}
+// writeFileAtomic replaces path with data (see package atomicfile).
+func writeFileAtomic(path string, data []byte) error { return atomicfile.Write(path, data, nil) }
 
 // streamValidPrefix is the backlog's recovery check: the length of the
 // longest prefix made of complete, well-formed commands. A segment always

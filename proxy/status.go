@@ -66,27 +66,30 @@ func (p *Proxy) Status() Status {
 	host, portS, _ := net.SplitHostPort(p.upstreamAddr())
 	port, _ := strconv.Atoi(portS)
 	gate := p.gate.status()
+	pub := p.store.published()
+	first, end := p.store.bl.Range()
+	now := time.Now()
+	// The store's part is read without its lock; mu covers the link and
+	// the sessions, and nothing holds it across I/O.
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	first, end := p.bl.Range()
 	st := Status{
 		RunID: p.runID, Version: p.cfg.Version, Started: p.started,
 		UpstreamHost: host, UpstreamPort: port,
 		LinkState: p.link.state, LinkUp: p.link.up, LastIO: p.link.lastIO, LinkChanged: p.link.changed,
 		SyncTotalBytes: p.link.syncTotal, SyncReadBytes: p.link.syncRead,
-		History: p.hist, BacklogFirst: first, BacklogEnd: end, BacklogSize: p.cfg.BacklogSize,
-		Snapshot: p.snap, Refreshing: p.refresh.Load(), Queued: p.queued.Load(), FullSync: gate,
+		History: pub.hist, BacklogFirst: first, BacklogEnd: end, BacklogSize: p.cfg.BacklogSize,
+		Snapshot: pub.snap, Refreshing: p.refresh.Load(), Queued: p.queued.Load(), FullSync: gate,
 	}
-	now := time.Now()
 	st.DownDuration = time.Duration(p.stats.UpstreamDownNanos.Load())
 	if !p.link.up {
 		st.LinkDownSince = p.link.downSince
 		st.DownDuration += now.Sub(p.link.downSince)
 	}
-	if t, ok := p.arrivals.arrival(first); ok && end >= first {
+	if t, ok := p.store.arrivals.arrival(first); ok && end >= first {
 		st.OldestEntry = t
 	}
-	st.Keyspace = p.keyspace.get(p.snap)
+	st.Keyspace = p.store.keyspace.get(pub.snap)
 	for s := range p.sessions {
 		if !s.replica.Load() {
 			st.Clients++
@@ -105,7 +108,7 @@ func (p *Proxy) Status() Status {
 		}
 		if rs.State == ReplicaOnline && rs.AckOff >= 0 {
 			rs.LagBytes = max(end-rs.AckOff, 0)
-			rs.LagSeconds = p.arrivals.lagSeconds(rs.AckOff, now)
+			rs.LagSeconds = p.store.arrivals.lagSeconds(rs.AckOff, now)
 		}
 		st.Replicas = append(st.Replicas, rs)
 	}
@@ -122,7 +125,7 @@ func (p *Proxy) Config() Config { return p.cfg }
 
 // BacklogCounters returns bytes appended to and trimmed from the backlog
 // since start.
-func (p *Proxy) BacklogCounters() (written, trimmed int64) { return p.bl.Counters() }
+func (p *Proxy) BacklogCounters() (written, trimmed int64) { return p.store.bl.Counters() }
 
 // BacklogSyncErrors counts failed background fsyncs of the backlog.
-func (p *Proxy) BacklogSyncErrors() int64 { return p.bl.SyncErrors() }
+func (p *Proxy) BacklogSyncErrors() int64 { return p.store.bl.SyncErrors() }

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/replproxy/replproxy/internal/atomicfile"
 )
 
 // FsyncPolicy says when appended bytes are forced to disk.
@@ -58,6 +60,9 @@ type Options struct {
 	// which no caller would otherwise see. Nil ignores them; SyncErrors
 	// counts them either way.
 	OnSyncError func(error)
+	// SyncFile replaces f.Sync() for every fsync of a segment, the tag or
+	// the directory: a test hook to hold or fail fsyncs. Nil uses f.Sync.
+	SyncFile func(f *os.File) error
 }
 
 var (
@@ -110,6 +115,33 @@ type Log struct {
 	trimmed  int64
 
 	syncErrors atomic.Int64
+	// view is what readers see, published after every change under mu, so
+	// that they never wait on a writer (or on its fsync).
+	view atomic.Pointer[View]
+}
+
+// View is the log's state at one moment: readers get it without a lock.
+type View struct {
+	Start, End int64  // first and last byte held; End == Start-1 when empty
+	Gen        uint64 // incremented by every Reset
+	Tag        string
+	Written    int64 // bytes appended since Open
+	Trimmed    int64 // bytes trimmed since Open
+}
+
+// publishLocked publishes the current state; called with mu held.
+func (l *Log) publishLocked() {
+	l.view.Store(&View{Start: l.start, End: l.end, Gen: l.gen, Tag: l.tag, Written: l.written, Trimmed: l.trimmed})
+}
+
+// View returns the log's state now, without waiting for a writer.
+func (l *Log) View() View { return *l.view.Load() }
+
+func (l *Log) fsync(f *os.File) error {
+	if l.opts.SyncFile != nil {
+		return l.opts.SyncFile(f)
+	}
+	return f.Sync()
 }
 
 // Open opens or creates the backlog in dir and recovers it after a crash.
@@ -175,6 +207,7 @@ func Open(dir string, opts Options) (*Log, RecoveryReport, error) {
 		l.end = last.base + last.size - 1
 	}
 	rep.Segments = len(segs)
+	l.publishLocked()
 	if opts.Fsync == FsyncEverySec {
 		l.stopSync, l.syncDone = make(chan struct{}), make(chan struct{})
 		go l.syncLoop()
@@ -235,7 +268,7 @@ func (l *Log) Sync() error {
 	if f == nil || !dirty {
 		return nil
 	}
-	if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
+	if err := l.fsync(f); err != nil && !errors.Is(err, os.ErrClosed) {
 		l.mu.Lock()
 		l.dirty = l.dirty || f == l.active // try again next time
 		l.mu.Unlock()
@@ -247,37 +280,26 @@ func (l *Log) Sync() error {
 // Range returns the first and last byte held; last == first-1 when empty,
 // and first == 0 when there is no history at all.
 func (l *Log) Range() (first, last int64) {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return l.start, l.end
+	v := l.view.Load()
+	return v.Start, v.End
 }
 
 // End is the offset of the last byte held (master_repl_offset).
-func (l *Log) End() int64 {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return l.end
-}
+func (l *Log) End() int64 { return l.view.Load().End }
 
 // Size is the number of bytes held.
 func (l *Log) Size() int64 {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return l.end - l.start + 1
+	v := l.view.Load()
+	return v.End - v.Start + 1
 }
 
 // Tag is the label given at the last Reset; it ties the log to a history.
-func (l *Log) Tag() string {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return l.tag
-}
+func (l *Log) Tag() string { return l.view.Load().Tag }
 
 // Counters returns bytes appended and trimmed since Open.
 func (l *Log) Counters() (written, trimmed int64) {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return l.written, l.trimmed
+	v := l.view.Load()
+	return v.Written, v.Trimmed
 }
 
 // SyncErrors counts background fsyncs that failed since Open.
@@ -306,16 +328,22 @@ func (l *Log) Reset(start int64, tag string) error {
 	l.segs = nil
 	l.gen++
 	l.start, l.end = start, start-1
+	l.tag = ""
+	l.publishLocked()
 	close(l.notify)
 	l.notify = make(chan struct{})
-	if err := writeFileAtomic(filepath.Join(l.dir, tagFile), []byte(tag+"\n")); err != nil {
+	if err := l.writeFileAtomic(filepath.Join(l.dir, tagFile), []byte(tag+"\n")); err != nil {
 		return fmt.Errorf("backlog: reset: %w", err)
 	}
 	l.tag = tag
 	if err := l.openSegment(start); err != nil {
 		return err
 	}
-	return syncDir(l.dir)
+	if err := l.syncDir(l.dir); err != nil {
+		return err
+	}
+	l.publishLocked()
+	return nil
 }
 
 // openSegment creates the segment starting at base and makes it active.
@@ -351,6 +379,7 @@ func (l *Log) Append(p []byte, boundary int) (int, error) {
 	start := l.end
 	err := l.appendLocked(p, boundary)
 	if l.end > start { // wake readers for whatever was stored
+		l.publishLocked()
 		close(l.notify)
 		l.notify = make(chan struct{})
 	}
@@ -373,7 +402,7 @@ func (l *Log) appendLocked(p []byte, boundary int) error {
 		return err
 	}
 	if l.opts.Fsync == FsyncAlways {
-		if err := l.active.Sync(); err != nil {
+		if err := l.fsync(l.active); err != nil {
 			return fmt.Errorf("backlog: fsync: %w", err)
 		}
 	} else {
@@ -399,7 +428,7 @@ func (l *Log) write(p []byte) error {
 
 func (l *Log) roll() error {
 	if l.opts.Fsync != FsyncNo {
-		if err := l.active.Sync(); err != nil {
+		if err := l.fsync(l.active); err != nil {
 			return fmt.Errorf("backlog: fsync on roll: %w", err)
 		}
 	}
@@ -408,7 +437,7 @@ func (l *Log) roll() error {
 	if err := l.openSegment(l.end + 1); err != nil {
 		return err
 	}
-	return syncDir(l.dir)
+	return l.syncDir(l.dir)
 }
 
 // Trim deletes whole segments from the front while more than budget bytes
@@ -431,6 +460,9 @@ func (l *Log) Trim(keepFrom, budget int64) (int64, error) {
 		removed += s.size
 	}
 	l.trimmed += removed
+	if removed > 0 {
+		l.publishLocked()
+	}
 	return removed, nil
 }
 
@@ -450,7 +482,7 @@ func (l *Log) Close() error {
 	var err error
 	if l.active != nil {
 		if l.opts.Fsync != FsyncNo {
-			err = l.active.Sync()
+			err = l.fsync(l.active)
 		}
 		if cerr := l.active.Close(); err == nil {
 			err = cerr
@@ -460,40 +492,11 @@ func (l *Log) Close() error {
 	return err
 }
 
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err = f.Write(data); err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(filepath.Dir(path))
+func (l *Log) writeFileAtomic(path string, data []byte) error {
+	return atomicfile.Write(path, data, l.fsync)
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync dir %s: %w", dir, err)
-	}
-	return nil
-}
+func (l *Log) syncDir(dir string) error { return atomicfile.SyncDir(dir, l.fsync) }
 
 // Summary describes a backlog directory without opening it for writing.
 type Summary struct {

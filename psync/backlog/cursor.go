@@ -22,11 +22,21 @@ type Cursor struct {
 
 // NewCursor returns a cursor whose next byte is pos; pos may be End()+1. It
 // opens the segment holding pos at once, so a later trim cannot take it.
-func (l *Log) NewCursor(pos int64) (*Cursor, error) {
+func (l *Log) NewCursor(pos int64) (*Cursor, error) { return l.newCursor(pos, 0, false) }
+
+// NewCursorGen is NewCursor for a caller that decided on pos from a View
+// of generation gen: after a Reset since, it fails with ErrReset.
+func (l *Log) NewCursorGen(pos int64, gen uint64) (*Cursor, error) {
+	return l.newCursor(pos, gen, true)
+}
+
+func (l *Log) newCursor(pos int64, want uint64, checkGen bool) (*Cursor, error) {
 	l.mu.RLock()
 	gen, start, end, closed, empty := l.gen, l.start, l.end, l.closed, len(l.segs) == 0
 	l.mu.RUnlock()
 	switch {
+	case checkGen && gen != want:
+		return nil, ErrReset
 	case closed:
 		return nil, ErrClosed
 	case empty:

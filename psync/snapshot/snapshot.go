@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/replproxy/replproxy/internal/atomicfile"
 	"github.com/replproxy/replproxy/psync"
 )
 
@@ -318,13 +319,8 @@ func Cleanup(dir, keep string) ([]string, error) {
 }
 
 func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
+	if err := atomicfile.SyncDir(dir, nil); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("snapshot: fsync dir: %w", err)
 	}
 	return nil
 }

@@ -1,0 +1,284 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/replproxy/replproxy/psync"
+	"github.com/replproxy/replproxy/psync/backlog"
+	"github.com/replproxy/replproxy/psync/snapshot"
+)
+
+// store owns the data dir: its lock, the replication history, the snapshot,
+// the backlog and the state file. It is the only writer of persistent
+// state. Writers (the follower and its refreshes) take wmu, and persist
+// while holding it; readers never take it: they load the published value,
+// which is replaced, never changed, so INFO, metrics and PSYNC decisions
+// never wait for an fsync.
+type store struct {
+	log      *slog.Logger
+	dir      string
+	snapDir  string
+	lock     *os.File
+	bl       *backlog.Log
+	arrivals *arrivalIndex // when stream offsets arrived, for lag in seconds
+	keyspace keyspaceStats
+	// snapOffset mirrors the snapshot's offset for the append path's
+	// budget check.
+	snapOffset atomic.Int64
+
+	wmu sync.Mutex
+	cur atomic.Pointer[published]
+}
+
+// published is one version of the history and its snapshot.
+type published struct {
+	hist psync.History
+	snap *snapshot.Info
+	gen  uint64        // the backlog generation this history is for
+	next chan struct{} // closed when a newer version is published
+}
+
+// position is a consistent view of history, backlog range and snapshot.
+type position struct {
+	hist  psync.History
+	first int64
+	end   int64
+	snap  *snapshot.Info
+	gen   uint64 // backlog generation: cursors opened from this view check it
+}
+
+// storeOptions are what the store needs of the configuration.
+type storeOptions struct {
+	dataDir     string
+	segmentSize int64
+	fsync       backlog.FsyncPolicy
+	syncFile    func(*os.File) error // test hook for the backlog's fsyncs
+}
+
+// openStore locks the data dir, opens the backlog and recovers the state
+// that goes with it.
+func openStore(opts storeOptions, log *slog.Logger) (*store, error) {
+	s := &store{log: log, dir: opts.dataDir, snapDir: filepath.Join(opts.dataDir, "snapshots"), arrivals: newArrivalIndex()}
+	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	lf, err := os.OpenFile(filepath.Join(s.dir, "LOCK"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("data dir %s is in use by another replproxy: %w", s.dir, err)
+	}
+	s.lock = lf
+	bl, rep, err := backlog.Open(filepath.Join(s.dir, "backlog"), backlog.Options{
+		SegmentSize: opts.segmentSize, Fsync: opts.fsync, ValidPrefix: streamValidPrefix, SyncFile: opts.syncFile,
+		OnSyncError: func(err error) {
+			log.Error("backlog fsync failed; bytes since the last fsync may not survive a power loss", "err", err)
+		},
+	})
+	if err != nil {
+		lf.Close()
+		return nil, err
+	}
+	s.bl = bl
+	if rep.TruncatedBytes > 0 || rep.DroppedBytes > 0 {
+		log.Warn("backlog repaired", "truncated_bytes", rep.TruncatedBytes, "dropped_bytes", rep.DroppedBytes)
+	}
+	if err := s.recover(); err != nil {
+		bl.Close()
+		lf.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *store) statePath() string { return filepath.Join(s.dir, "state") }
+
+// inconsistency is the data-dir rule, in one place: the state, the
+// backlog it is tagged with and the snapshot must describe one history,
+// with every byte after the snapshot held. It returns why not, "" if so.
+func inconsistency(st persisted, tag string, first, end int64, snapDir string) string {
+	switch {
+	case st.History.Empty():
+		return "no history"
+	case st.Snapshot == nil:
+		return "no snapshot"
+	case st.BacklogTag == "" || st.BacklogTag != tag:
+		return "backlog belongs to another history"
+	case first == 0 || first > st.Snapshot.Offset+1 || end < st.Snapshot.Offset:
+		return fmt.Sprintf("backlog [%d, %d] does not cover the stream after snapshot offset %d", first, end, st.Snapshot.Offset)
+	}
+	f, err := snapshot.Open(snapDir, st.Snapshot)
+	if err != nil {
+		return err.Error()
+	}
+	f.Close()
+	return ""
+}
+
+// recover publishes the stored history if it is consistent; anything else
+// is discarded, which leads to a full resync rather than serving bytes of
+// the wrong history.
+func (s *store) recover() error {
+	st, err := loadState(s.statePath())
+	if err != nil {
+		return err
+	}
+	v := s.bl.View()
+	keep := ""
+	if reason := inconsistency(st, v.Tag, v.Start, v.End, s.snapDir); reason == "" {
+		keep = st.Snapshot.Name
+		s.publishLocked(st.History, st.Snapshot)
+		s.arrivals.record(v.End, time.Now()) // recovered bytes arrived before now; when is not kept
+		s.log.Info("recovered state", "replid", st.History.ReplID, "replid2", st.History.ReplID2,
+			"backlog_first", v.Start, "offset", v.End, "snapshot_offset", st.Snapshot.Offset)
+	} else {
+		s.publishLocked(psync.History{}, nil)
+		if !st.History.Empty() || v.Start != 0 {
+			s.log.Warn("discarding stored history; a full resync follows", "reason", reason)
+		}
+	}
+	removed, err := snapshot.Cleanup(s.snapDir, keep)
+	for _, name := range removed {
+		s.log.Info("removed stale snapshot file", "file", name)
+	}
+	return err
+}
+
+// publishLocked replaces the published version; called with wmu held (or
+// before the store is shared).
+func (s *store) publishLocked(hist psync.History, snap *snapshot.Info) {
+	p := &published{hist: hist, snap: snap, gen: s.bl.View().Gen, next: make(chan struct{})}
+	if snap != nil {
+		s.snapOffset.Store(snap.Offset)
+	} else {
+		s.snapOffset.Store(0)
+	}
+	if old := s.cur.Swap(p); old != nil {
+		close(old.next)
+	}
+}
+
+// published returns the current version: a waiter for a newer one selects
+// on its next channel.
+func (s *store) published() *published { return s.cur.Load() }
+
+// position is what a reader may act on. While a reset is under way (the
+// backlog of a new history exists, its history is not yet published) it
+// offers no history at all, so no replica continues into the wrong one.
+func (s *store) position() position {
+	p := s.cur.Load()
+	v := s.bl.View()
+	if v.Gen != p.gen {
+		return position{first: v.Start, end: v.End, gen: v.Gen}
+	}
+	return position{hist: p.hist, first: v.Start, end: v.End, snap: p.snap, gen: v.Gen}
+}
+
+// persistLocked writes the state file; called with wmu held.
+func (s *store) persistLocked() error {
+	p := s.cur.Load()
+	if err := saveState(s.statePath(), persisted{History: p.hist, Snapshot: p.snap, BacklogTag: s.bl.Tag()}); err != nil {
+		s.log.Error("persist state failed", "err", err)
+		return err
+	}
+	return nil
+}
+
+// installFullSync makes info the snapshot of a new history: the backlog
+// restarts after its offset. Replicas of the old history end on their own
+// (the reset fails their cursors); those waiting for a snapshot get this.
+func (s *store) installFullSync(info *snapshot.Info) error {
+	s.wmu.Lock()
+	old := s.cur.Load().snap
+	if err := s.bl.Reset(info.Offset+1, snapshot.FileName(info.ReplID, info.Offset)); err != nil {
+		s.wmu.Unlock()
+		_ = snapshot.Remove(s.snapDir, info)
+		return err
+	}
+	s.arrivals.reset()
+	s.publishLocked(psync.Fresh(info.ReplID), info)
+	err := s.persistLocked()
+	s.wmu.Unlock()
+	s.removeOld(old, info)
+	return err
+}
+
+// errRefreshRejected: the refreshed snapshot does not fit the history.
+var errRefreshRejected = errors.New("refreshed snapshot does not fit the current history")
+
+// installRefresh makes info the served snapshot of the current history,
+// if it still fits it.
+func (s *store) installRefresh(info *snapshot.Info) error {
+	s.wmu.Lock()
+	cur := s.cur.Load()
+	first, end := s.bl.Range()
+	if cur.hist.ReplID != info.ReplID || info.Offset+1 < first || info.Offset > end || cur.gen != s.bl.View().Gen {
+		s.wmu.Unlock()
+		_ = snapshot.Remove(s.snapDir, info)
+		return errRefreshRejected
+	}
+	s.publishLocked(cur.hist, info)
+	err := s.persistLocked()
+	s.wmu.Unlock()
+	s.removeOld(cur.snap, info)
+	return err
+}
+
+func (s *store) removeOld(old, now *snapshot.Info) {
+	if old != nil && old.Name != now.Name {
+		if err := snapshot.Remove(s.snapDir, old); err != nil {
+			s.log.Warn("remove old snapshot", "err", err)
+		}
+	}
+}
+
+// shiftHistory takes the upstream's new ID after +CONTINUE <newid>: the
+// old one becomes replid2, valid up to the current end. It reports the
+// old ID and whether anything changed.
+func (s *store) shiftHistory(newID string) (string, bool) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	cur := s.cur.Load()
+	if newID == "" || newID == cur.hist.ReplID {
+		return "", false
+	}
+	s.publishLocked(cur.hist.Shift(newID, s.bl.End()), cur.snap)
+	_ = s.persistLocked()
+	return cur.hist.ReplID, true
+}
+
+// discard forgets the history (after stream corruption): the next
+// connection takes a full resync.
+func (s *store) discard() {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.publishLocked(psync.History{}, nil)
+	if err := saveState(s.statePath(), persisted{}); err != nil {
+		s.log.Error("persist state failed", "err", err)
+	}
+}
+
+// close persists the state, closes the backlog and releases the lock.
+func (s *store) close() error {
+	s.wmu.Lock()
+	var err error
+	if !s.cur.Load().hist.Empty() {
+		err = s.persistLocked()
+	}
+	s.wmu.Unlock()
+	if cerr := s.bl.Close(); err == nil {
+		err = cerr
+	}
+	s.lock.Close()
+	return err
+}
