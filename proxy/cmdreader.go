@@ -8,9 +8,6 @@ import (
 	"io"
 	"slices"
 	"strconv"
-	"strings"
-
-	"github.com/tidwall/resp"
 )
 
 // Limits on what a downstream client may send. Replicas and tools send short
@@ -34,22 +31,25 @@ type protocolError struct{ msg string }
 
 func (e *protocolError) Error() string { return "Protocol error: " + e.msg }
 
-// cmdReader frames one command at a time under our limits, then decodes the
-// frame with tidwall/resp, which then never sees unbounded input.
+// cmdReader reads one command at a time under our limits, collecting its
+// arguments as it frames them: RESP multibulk, or an inline line split as
+// Redis splits it (sdssplitargs: quotes and escapes).
 type cmdReader struct {
-	br  *bufio.Reader
-	raw []byte
+	br    *bufio.Reader
+	raw   []byte
+	args  [][]byte
+	spans [][2]int // argument bounds in raw, for multibulk
 }
 
 func newCmdReader(br *bufio.Reader) *cmdReader { return &cmdReader{br: br} }
 
-// next returns the next command's arguments; an empty slice is a bare
-// newline (a keepalive).
+// next returns the next command's arguments, valid until the next call; an
+// empty slice is a bare newline (a keepalive).
 func (r *cmdReader) next() ([][]byte, error) {
 	if cap(r.raw) > keepRawCap {
 		r.raw = nil
 	}
-	r.raw = r.raw[:0]
+	r.raw, r.args, r.spans = r.raw[:0], r.args[:0], r.spans[:0]
 	b, err := r.br.Peek(1)
 	if err != nil {
 		return nil, err
@@ -58,22 +58,125 @@ func (r *cmdReader) next() ([][]byte, error) {
 		if err := r.frameMultibulk(); err != nil {
 			return nil, err
 		}
-	} else if err := r.frameLine(maxInlineLen, "too big inline request"); err != nil {
+		for _, sp := range r.spans {
+			r.args = append(r.args, r.raw[sp[0]:sp[1]])
+		}
+		return r.args, nil
+	}
+	if err := r.frameLine(maxInlineLen, "too big inline request"); err != nil {
 		return nil, err
 	}
-	if len(bytes.TrimSpace(r.raw)) == 0 {
-		return [][]byte{}, nil
+	return splitInline(r.raw, r.args)
+}
+
+// splitInline splits an inline command line as Redis' sdssplitargs does:
+// arguments separated by white space, "double quotes" with \n \r \t \b
+// \a \\ \" and \xHH escapes, 'single quotes' with \' only; a closing
+// quote must end the argument. Quoted arguments are unescaped in place.
+func splitInline(line []byte, args [][]byte) ([][]byte, error) {
+	errQuotes := &protocolError{msg: "unbalanced quotes in request"}
+	isSpace := func(c byte) bool { return c == ' ' || c == '\n' || c == '\r' || c == '\t' || c == '\v' || c == '\f' }
+	i := 0
+	for {
+		for i < len(line) && isSpace(line[i]) {
+			i++
+		}
+		if i == len(line) {
+			return args, nil
+		}
+		start, w := i, i // arguments are written back over the line
+		inDQ, inSQ := false, false
+		for done := false; !done; {
+			if i == len(line) {
+				if inDQ || inSQ {
+					return nil, errQuotes
+				}
+				break
+			}
+			c := line[i]
+			switch {
+			case inDQ:
+				switch {
+				case c == '\\' && i+3 < len(line) && line[i+1] == 'x' && isHex(line[i+2]) && isHex(line[i+3]):
+					line[w] = unhex(line[i+2])<<4 | unhex(line[i+3])
+					i += 3
+				case c == '\\' && i+1 < len(line):
+					i++
+					line[w] = unescape(line[i])
+				case c == '"':
+					if i+1 < len(line) && !isSpace(line[i+1]) {
+						return nil, errQuotes // the closing quote must end the argument
+					}
+					done = true
+					w--
+				default:
+					line[w] = c
+				}
+			case inSQ:
+				switch {
+				case c == '\\' && i+1 < len(line) && line[i+1] == '\'':
+					i++
+					line[w] = '\''
+				case c == '\'':
+					if i+1 < len(line) && !isSpace(line[i+1]) {
+						return nil, errQuotes
+					}
+					done = true
+					w--
+				default:
+					line[w] = c
+				}
+			case isSpace(c):
+				done = true
+				w--
+			case c == '"':
+				inDQ = true
+				w--
+			case c == '\'':
+				inSQ = true
+				w--
+			default:
+				line[w] = c
+			}
+			i++
+			w++
+		}
+		args = append(args, line[start:w])
+		if len(args) > maxArgs {
+			return nil, &protocolError{msg: "too many arguments"}
+		}
 	}
-	v, _, _, err := resp.NewReader(bytes.NewReader(r.raw)).ReadMultiBulk()
-	if err != nil {
-		return nil, &protocolError{msg: strings.TrimPrefix(err.Error(), "Protocol error: ")}
+}
+
+// unescape is the character a backslash escape in double quotes stands for.
+func unescape(c byte) byte {
+	switch c {
+	case 'n':
+		return '\n'
+	case 'r':
+		return '\r'
+	case 't':
+		return '\t'
+	case 'b':
+		return '\b'
+	case 'a':
+		return '\a'
 	}
-	vals := v.Array()
-	args := make([][]byte, len(vals))
-	for i, a := range vals {
-		args[i] = a.Bytes()
+	return c
+}
+
+func isHex(c byte) bool {
+	return ('0' <= c && c <= '9') || ('a' <= c && c <= 'f') || ('A' <= c && c <= 'F')
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c <= 'F':
+		return c - 'A' + 10
 	}
-	return args, nil
+	return c - 'a' + 10
 }
 
 // frameLine appends one line (through '\n') of at most max bytes to raw.
@@ -131,6 +234,7 @@ func (r *cmdReader) frameMultibulk() error {
 		if !bytes.HasSuffix(r.raw, []byte("\r\n")) {
 			return &protocolError{msg: "bulk not terminated by CRLF"}
 		}
+		r.spans = append(r.spans, [2]int{start, start + int(n)})
 	}
 	return nil
 }

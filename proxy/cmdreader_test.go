@@ -39,14 +39,37 @@ func TestCmdReaderLimits(t *testing.T) {
 	for _, in := range []string{
 		"*1025\r\n", "*1\r\n$65537\r\n", strings.Repeat("x", maxInlineLen+10) + "\r\n",
 		"*1\r\n$3\r\nabcde", "*1\r\n+ok\r\n", "*1\n\n",
-		// tidwall/resp never closes an inline quote; quoted inline
-		// arguments are refused cleanly rather than misparsed.
-		"set \"a b\" c\r\n", "*x\r\n", "*" + strings.Repeat("1", 40) + "\r\n",
+		"set \"a b\"c\r\n", "PING \"abc\r\n", "PING 'abc\r\n", "*x\r\n", "*" + strings.Repeat("1", 40) + "\r\n",
 	} {
 		_, err := newCmdReader(bufio.NewReader(strings.NewReader(in))).next()
 		var pe *protocolError
 		if !errors.As(err, &pe) {
 			t.Errorf("%.30q: %v, want a protocol error", in, err)
+		}
+	}
+}
+
+// TestInlineQuotes: inline commands split as Redis' sdssplitargs does.
+func TestInlineQuotes(t *testing.T) {
+	for in, want := range map[string][]string{
+		"set \"a b\" c\r\n":          {"set", "a b", "c"},
+		"  a \t b  \r\n":            {"a", "b"},
+		`echo "x\x41\n\"y"` + "\r\n": {"echo", "xA\n\"y"},
+		`echo 'it\'s' '\n'` + "\n":    {"echo", "it's", `\n`},
+		`echo ""` + "\n":             {"echo", ""},
+		`echo "\xZZ"` + "\n":         {"echo", "xZZ"},
+	} {
+		args, err := newCmdReader(bufio.NewReader(strings.NewReader(in))).next()
+		if err != nil {
+			t.Errorf("%q: %v", in, err)
+			continue
+		}
+		var got []string
+		for _, a := range args {
+			got = append(got, string(a))
+		}
+		if strings.Join(got, "|") != strings.Join(want, "|") {
+			t.Errorf("%q: %q, want %q", in, got, want)
 		}
 	}
 }

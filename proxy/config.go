@@ -1,6 +1,3 @@
-// Package proxy is the replproxy daemon: the upstream follower that keeps the
-// snapshot and backlog, and the downstream listener that serves stock
-// replicas from them.
 package proxy
 
 import (
@@ -127,10 +124,10 @@ func (c Config) Validate() error {
 func (c *Config) validate() error {
 	var errs []error
 	if c.Upstream == "" {
-		errs = append(errs, errors.New("upstream address is required"))
+		errs = append(errs, errors.New("upstream is required (--upstream HOST:PORT)"))
 	}
 	if c.DataDir == "" {
-		errs = append(errs, errors.New("data dir is required"))
+		errs = append(errs, errors.New("data-dir is required (--data-dir DIR)"))
 	}
 	if c.BacklogSize < 1<<20 {
 		errs = append(errs, fmt.Errorf("backlog size %d is below the 1mb minimum", c.BacklogSize))
@@ -149,7 +146,7 @@ func (c *Config) validate() error {
 		errs = append(errs, errors.New("max parallel full syncs must be >= 0"))
 	}
 	if c.HoldAhead < 0 {
-		errs = append(errs, errors.New("hold-ahead must be >= 0"))
+		errs = append(errs, fmt.Errorf("hold-ahead %v: must be >= 0 (0 picks the default %v)", c.HoldAhead, DefaultHoldAhead))
 	}
 	if c.ReplTimeout < time.Second || c.ReplicaTimeout < time.Second {
 		errs = append(errs, errors.New("timeouts must be at least 1s"))

@@ -38,8 +38,8 @@ var BlockedReasons = []string{blockedDiskFull, blockedDataDir}
 // into the data dir now, "" when it can. probe also writes, syncs and
 // removes a small file, for causes free space does not show (read-only,
 // permissions, I/O errors).
-func (p *Proxy) diskCheck(size int64, probe bool) string {
-	free, err := freeBytes(p.cfg.DataDir)
+func (f *follower) diskCheck(size int64, probe bool) string {
+	free, err := freeBytes(f.cfg.DataDir)
 	if err != nil {
 		return blockedDataDir + ": " + err.Error()
 	}
@@ -48,7 +48,7 @@ func (p *Proxy) diskCheck(size int64, probe bool) string {
 			blockedDiskFull, humanBytes(need), humanBytes(size), humanBytes(free))
 	}
 	if probe {
-		if err := probeWritable(p.cfg.DataDir); err != nil {
+		if err := probeWritable(f.cfg.DataDir); err != nil {
 			return blockedDataDir + ": " + err.Error()
 		}
 	}

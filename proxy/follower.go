@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
-	"strings"
+	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -22,6 +24,41 @@ const (
 	backoffMax = 5 * time.Second
 	readBuf    = 256 << 10
 )
+
+// follower owns the upstream side: the connection, the stream scanner,
+// the reconnect and full-sync backoffs, the ACKs, the link state and the
+// snapshot refreshes. Its goroutines are follow and maintain (both run by
+// Serve) and their children: the ACK ticker of a link (joined when the
+// link ends) and one refresh at a time (joined by maintain).
+type follower struct {
+	cfg   Config
+	log   *slog.Logger
+	stats *Stats
+	store *store
+	down  *downstream // to disconnect replicas when the history moves
+
+	// mu guards the link status and the upstream address; nothing holds
+	// it across I/O.
+	mu   sync.Mutex
+	link linkStatus
+	// upstream is where the follower connects: --upstream, until an
+	// operator's REPLICAOF moves it. cutLink ends the current connection.
+	upstream string
+	cutLink  context.CancelCauseFunc
+	movedCh  chan struct{} // wakes a reconnect backoff after a move
+
+	scanner psync.Scanner // the stream's position within a command; follow's goroutine only
+	refresh atomic.Bool   // a snapshot refresh is running
+	kick    chan struct{} // wakes maintain when trimming or a refresh is due
+	gate    *forkGate     // spaces out requests that cost the origin a fork
+}
+
+func newFollower(cfg Config, log *slog.Logger, stats *Stats, st *store, down *downstream) *follower {
+	return &follower{cfg: cfg, log: log, stats: stats, store: st, down: down,
+		link: linkStatus{state: LinkConnect, downSince: time.Now()}, upstream: cfg.Upstream,
+		movedCh: make(chan struct{}, 1), kick: make(chan struct{}, 1),
+		gate: newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, filepath.Join(cfg.DataDir, "fullsync-backoff"))}
+}
 
 // deadlineReader extends the read deadline before every read, so a link is
 // declared dead after timeout of silence, whatever phase it is in.
@@ -66,23 +103,21 @@ func (u *upstreamConn) ack(offset int64) error {
 }
 
 // dialUpstream connects and runs the handshake up to PSYNC.
-func (p *Proxy) dialUpstream(ctx context.Context, rdbOnly bool, onRead func()) (*upstreamConn, error) {
-	d := net.Dialer{Timeout: p.cfg.ReplTimeout, KeepAlive: 15 * time.Second}
-	conn, err := d.DialContext(ctx, "tcp", p.upstreamAddr())
+func (f *follower) dialUpstream(ctx context.Context, rdbOnly bool, onRead func()) (*upstreamConn, error) {
+	d := net.Dialer{Timeout: f.cfg.ReplTimeout, KeepAlive: 15 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", f.upstreamAddr())
 	if err != nil {
 		return nil, fmt.Errorf("dial upstream: %w", err)
 	}
 	u := &upstreamConn{conn: conn}
-	u.br = bufio.NewReaderSize(&deadlineReader{conn: conn, timeout: p.cfg.ReplTimeout, onRead: onRead}, readBuf)
-	port := p.cfg.AnnouncePort
+	u.br = bufio.NewReaderSize(&deadlineReader{conn: conn, timeout: f.cfg.ReplTimeout, onRead: onRead}, readBuf)
+	port := f.cfg.AnnouncePort
 	if port == 0 {
-		if a, ok := p.Addr().(*net.TCPAddr); ok {
-			port = a.Port
-		}
+		port = f.down.port()
 	}
 	err = psync.Handshake(u, u.br, psync.HandshakeConfig{
-		User: p.cfg.UpstreamUser, Password: p.cfg.UpstreamPassword,
-		ListeningPort: port, IPAddress: p.cfg.AnnounceIP, RDBOnly: rdbOnly,
+		User: f.cfg.UpstreamUser, Password: f.cfg.UpstreamPassword,
+		ListeningPort: port, IPAddress: f.cfg.AnnounceIP, RDBOnly: rdbOnly,
 	})
 	if err != nil {
 		conn.Close()
@@ -92,121 +127,88 @@ func (p *Proxy) dialUpstream(ctx context.Context, rdbOnly bool, onRead func()) (
 }
 
 // upstreamAddr is the address the follower connects to.
-func (p *Proxy) upstreamAddr() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.upstream
-}
-
-// isSelf reports whether host:port is this proxy's own listener: a local
-// address (or the announced IP) on the listening port.
-func (p *Proxy) isSelf(host string, port int) bool {
-	a, ok := p.Addr().(*net.TCPAddr)
-	if !ok || a.Port != port {
-		return false
-	}
-	if host == p.cfg.AnnounceIP {
-		return true
-	}
-	if strings.EqualFold(host, "localhost") {
-		host = "127.0.0.1"
-	}
-	ip := net.ParseIP(host)
-	switch {
-	case ip == nil:
-		return false // a name: not resolved here
-	case ip.Equal(a.IP):
-		return true
-	case !a.IP.IsUnspecified():
-		return false
-	case ip.IsLoopback():
-		return true
-	}
-	addrs, _ := net.InterfaceAddrs()
-	for _, ad := range addrs {
-		if n, ok := ad.(*net.IPNet); ok && n.IP.Equal(ip) {
-			return true
-		}
-	}
-	return false
+func (f *follower) upstreamAddr() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.upstream
 }
 
 // moveUpstream points the follower at another upstream (REPLICAOF) and ends
 // the current link; the next one PSYNCs the new address with the current
 // history, so a promoted replica of the same history answers +CONTINUE.
 // It reports false when addr is the current upstream already.
-func (p *Proxy) moveUpstream(addr string) bool {
-	if !p.repoint(addr) {
+func (f *follower) moveUpstream(addr string) bool {
+	if !f.repoint(addr) {
 		return false
 	}
-	p.gate.moved() // a new upstream has its own costs; persisted outside mu
+	f.gate.moved() // a new upstream has its own costs; persisted outside mu
 	return true
 }
 
-func (p *Proxy) repoint(addr string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if addr == p.upstream {
+func (f *follower) repoint(addr string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if addr == f.upstream {
 		return false
 	}
-	p.log.Warn("upstream moved by REPLICAOF; a restart goes back to the configured address",
-		"from", p.upstream, "to", addr, "configured", p.cfg.Upstream)
-	p.upstream = addr
-	if p.cutLink != nil {
-		p.cutLink(errMoved)
+	f.log.Warn("upstream moved by REPLICAOF; a restart goes back to the configured address",
+		"from", f.upstream, "to", addr, "configured", f.cfg.Upstream)
+	f.upstream = addr
+	if f.cutLink != nil {
+		f.cutLink(errMoved)
 	}
 	select { // cut a backoff short
-	case p.movedCh <- struct{}{}:
+	case f.movedCh <- struct{}{}:
 	default:
 	}
 	return true
 }
 
-func (p *Proxy) touchIO() {
-	p.mu.Lock()
-	p.link.lastIO = time.Now()
-	p.mu.Unlock()
+func (f *follower) touchIO() {
+	f.mu.Lock()
+	f.link.lastIO = time.Now()
+	f.mu.Unlock()
 }
 
 // follow keeps the upstream link alive until ctx ends, reconnecting with
 // capped exponential backoff and jitter.
-func (p *Proxy) follow(ctx context.Context) {
+func (f *follower) follow(ctx context.Context) {
 	backoff := backoffMin
 	for ctx.Err() == nil {
-		if !p.awaitFullSyncTurn(ctx) {
+		if !f.awaitFullSyncTurn(ctx) {
 			return
 		}
-		p.stats.UpstreamConnects.Add(1)
-		endBefore := p.store.bl.End()
-		streamed, err := p.syncOnce(ctx)
-		p.setLink(LinkConnect)
+		f.stats.UpstreamConnects.Add(1)
+		endBefore := f.store.bl.End()
+		streamed, err := f.syncOnce(ctx)
+		f.setLink(LinkConnect)
 		if ctx.Err() != nil {
-			p.stats.UpstreamDisconnects.add(UpShutdown, UpError)
+			f.stats.UpstreamDisconnects.add(UpShutdown, UpError)
 			return
 		}
 		reason := disconnectReason(err)
-		p.stats.UpstreamDisconnects.add(reason, UpError)
+		f.stats.UpstreamDisconnects.add(reason, UpError)
 		if errors.Is(err, errMoved) { // an operator's order, not a failure: connect at once
-			p.log.Info("upstream link moved by REPLICAOF", "upstream", p.upstreamAddr())
+			f.log.Info("upstream link moved by REPLICAOF", "upstream", f.upstreamAddr())
 			backoff = backoffMin
 			continue
 		}
 		// Only a link that stored something was healthy. One that streamed
 		// but could not store (a full disk) would, retried at once, have the
 		// origin resend its backlog every few milliseconds.
-		if streamed && p.store.bl.End() != endBefore {
+		if streamed && f.store.bl.End() != endBefore {
 			backoff = backoffMin
 		}
 		sleep := backoff/2 + rand.N(backoff/2+1)
 		// After a failed full sync the next connection most likely needs
 		// one again: it waits the cost backoff, not the cheap one.
-		sleep = max(sleep, p.gate.wait(true, p.position().hist.Empty()))
-		p.log.Warn("upstream link down", "upstream", p.upstreamAddr(), "reason", reason, "err", err,
+		sleep = max(sleep, f.gate.wait(true, f.store.position().hist.Empty()))
+		f.log.Warn("upstream link down", "upstream", f.upstreamAddr(), "reason", reason, "err", err,
 			"retry_in", sleep.Round(time.Millisecond).String())
 		select {
 		case <-ctx.Done():
 			return
-		case <-p.movedCh:
+		case <-f.movedCh:
 			backoff = backoffMin
 			continue
 		case <-time.After(sleep):
@@ -217,35 +219,35 @@ func (p *Proxy) follow(ctx context.Context) {
 
 // syncOnce runs one connection: handshake, PSYNC, optional full sync, then
 // streaming until an error. streamed reports whether it reached streaming.
-func (p *Proxy) syncOnce(ctx context.Context) (streamed bool, err error) {
+func (f *follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 	ctx, cut := context.WithCancelCause(ctx)
-	p.mu.Lock()
-	p.cutLink = cut
+	f.mu.Lock()
+	f.cutLink = cut
 	select { // a move before now is already in effect: this dial uses it
-	case <-p.movedCh:
+	case <-f.movedCh:
 	default:
 	}
-	p.mu.Unlock()
+	f.mu.Unlock()
 	defer func() {
-		p.mu.Lock()
-		p.cutLink = nil
-		p.mu.Unlock()
+		f.mu.Lock()
+		f.cutLink = nil
+		f.mu.Unlock()
 		if errors.Is(context.Cause(ctx), errMoved) {
 			err = errMoved // whatever the cut connection reported
 		}
 		cut(nil)
 	}()
-	p.setLink(LinkConnecting)
-	u, err := p.dialUpstream(ctx, false, p.touchIO)
+	f.setLink(LinkConnecting)
+	u, err := f.dialUpstream(ctx, false, f.touchIO)
 	if err != nil {
 		return false, err
 	}
 	defer u.conn.Close()
 	stop := context.AfterFunc(ctx, func() { u.conn.Close() })
 	defer stop()
-	p.setLink(LinkHandshake)
+	f.setLink(LinkHandshake)
 
-	pos := p.position()
+	pos := f.store.position()
 	id, off := "", int64(-1)
 	if !pos.hist.Empty() {
 		id, off = pos.hist.ReplID, pos.end+1
@@ -256,31 +258,31 @@ func (p *Proxy) syncOnce(ctx context.Context) (streamed bool, err error) {
 	}
 	switch reply.Kind {
 	case psync.ReplyContinue:
-		p.stats.UpstreamPartialSyncs.Add(1)
-		p.gate.continued()
-		p.onContinue(reply.ReplID, off)
+		f.stats.UpstreamPartialSyncs.Add(1)
+		f.gate.continued()
+		f.onContinue(reply.ReplID, off)
 	case psync.ReplyFullResync:
 		purpose := purposeHistoryChange
 		if pos.hist.Empty() {
 			purpose = purposeInitial
 		}
-		p.log.Info("upstream full resync", "replid", reply.ReplID, "offset", reply.Offset, "purpose", purpose)
-		p.gate.started(purpose)
-		info, got, err := p.receiveFullSync(u, reply)
+		f.log.Info("upstream full resync", "replid", reply.ReplID, "offset", reply.Offset, "purpose", purpose)
+		f.gate.started(purpose)
+		info, got, err := f.receiveFullSync(u, reply)
 		if err != nil {
-			p.stats.UpstreamSyncFailures.Add(1)
-			p.fullSyncFailed(purpose, err, got)
+			f.stats.UpstreamSyncFailures.Add(1)
+			f.fullSyncFailed(purpose, err, got)
 			return false, fmt.Errorf("full sync: %w", err)
 		}
-		p.fullSyncSucceeded(purpose, info)
+		f.fullSyncSucceeded(purpose, info)
 	case psync.ReplyTryLater:
 		return false, fmt.Errorf("upstream not ready: %s", reply.Line)
 	default:
 		return false, fmt.Errorf("upstream refused PSYNC: %s", reply.Line)
 	}
-	p.setLink(LinkConnected)
-	p.log.Info("upstream link up", "upstream", p.upstreamAddr(), "replid", p.position().hist.ReplID, "offset", p.store.bl.End())
-	return true, p.stream(ctx, u)
+	f.setLink(LinkConnected)
+	f.log.Info("upstream link up", "upstream", f.upstreamAddr(), "replid", f.store.position().hist.ReplID, "offset", f.store.bl.End())
+	return true, f.stream(ctx, u)
 }
 
 // disconnectReason classifies why an upstream connection ended.
@@ -304,14 +306,14 @@ func disconnectReason(err error) UpstreamReason {
 
 // onContinue handles +CONTINUE: with a new ID the history shifts and the
 // downstream replicas are disconnected to learn it through replid2.
-func (p *Proxy) onContinue(newID string, off int64) {
-	old, changed := p.store.shiftHistory(newID)
+func (f *follower) onContinue(newID string, off int64) {
+	old, changed := f.store.shiftHistory(newID)
 	if !changed {
-		p.log.Info("upstream partial resync", "offset", off)
+		f.log.Info("upstream partial resync", "offset", off)
 		return
 	}
-	n := p.closeSessions(DownReplIDChanged)
-	p.log.Info("upstream replication ID changed", "replid", newID, "replid2", old,
+	n := f.down.closeSessions(DownReplIDChanged)
+	f.log.Info("upstream replication ID changed", "replid", newID, "replid2", old,
 		"second_repl_offset", off, "replicas_disconnected", n)
 }
 
@@ -319,18 +321,18 @@ func (p *Proxy) onContinue(newID string, off int64) {
 // installs it, and starts a new backlog after its offset. Until then the old
 // history keeps being served.
 // It returns the snapshot and how many payload bytes arrived (also on error).
-func (p *Proxy) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*snapshot.Info, int64, error) {
-	p.setLink(LinkSync)
+func (f *follower) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*snapshot.Info, int64, error) {
+	f.setLink(LinkSync)
 	start := time.Now()
-	defer func() { p.cfg.Observer.ObserveUpstreamFullSync(time.Since(start).Seconds()) }()
-	rcv, n, err := p.receivePayload(u, reply, func(n int64) {
-		p.mu.Lock()
-		p.link.syncRead = n
-		p.mu.Unlock()
+	defer func() { f.cfg.Observer.ObserveUpstreamFullSync(time.Since(start).Seconds()) }()
+	rcv, n, err := f.receivePayload(u, reply, func(n int64) {
+		f.mu.Lock()
+		f.link.syncRead = n
+		f.mu.Unlock()
 	}, func(h psync.PayloadHeader) {
-		p.mu.Lock()
-		p.link.syncTotal, p.link.syncRead = max(h.Length, 0), 0
-		p.mu.Unlock()
+		f.mu.Lock()
+		f.link.syncTotal, f.link.syncRead = max(h.Length, 0), 0
+		f.mu.Unlock()
 	})
 	if err != nil {
 		return nil, n, err
@@ -343,15 +345,15 @@ func (p *Proxy) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*snaps
 			return nil, n, fmt.Errorf("ack after payload: %w", err)
 		}
 	}
-	info, err := p.finishSnapshot(rcv, reply)
+	info, err := f.finishSnapshot(rcv, reply)
 	if err != nil {
-		p.log.Error("snapshot rejected", "replid", reply.ReplID, "offset", reply.Offset, "bytes", n, "err", err)
+		f.log.Error("snapshot rejected", "replid", reply.ReplID, "offset", reply.Offset, "bytes", n, "err", err)
 		return nil, n, err
 	}
-	if err := p.installFullSync(info); err != nil {
+	if err := f.installFullSync(info); err != nil {
 		return nil, n, localError(err)
 	}
-	p.log.Info("snapshot installed", "replid", info.ReplID, "offset", info.Offset, "bytes", info.Size,
+	f.log.Info("snapshot installed", "replid", info.ReplID, "offset", info.Offset, "bytes", info.Size,
 		"rdb_version", info.RDBVersion, "seconds", time.Since(start).Seconds())
 	return info, n, nil
 }
@@ -361,7 +363,7 @@ func (p *Proxy) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*snaps
 // announced length cannot fit the data dir is refused at its header,
 // before the origin sends the rest. Data-dir failures come back as local
 // errors; the caller owns the receiver (Abort) on success.
-func (p *Proxy) receivePayload(u *upstreamConn, reply psync.PsyncReply, progress func(int64),
+func (f *follower) receivePayload(u *upstreamConn, reply psync.PsyncReply, progress func(int64),
 	onHeader func(psync.PayloadHeader)) (*snapshot.Receiver, int64, error) {
 	hdr, err := psync.ReadPayloadHeader(u.br, nil)
 	if err != nil {
@@ -372,16 +374,16 @@ func (p *Proxy) receivePayload(u *upstreamConn, reply psync.PsyncReply, progress
 		onHeader(hdr)
 	}
 	if hdr.Length >= 0 {
-		if reason := p.diskCheck(hdr.Length, false); reason != "" {
+		if reason := f.diskCheck(hdr.Length, false); reason != "" {
 			return nil, hdr.Length, localError(errors.New(reason))
 		}
 	}
-	rcv, err := snapshot.NewReceiver(p.store.snapDir)
+	rcv, err := snapshot.NewReceiver(f.store.snapDir)
 	if err != nil {
 		return nil, 0, localError(err)
 	}
 	n, err := psync.CopyPayload(localWriter{rcv}, u.br, hdr, progress)
-	p.stats.UpstreamRDBBytes.Add(n)
+	f.stats.UpstreamRDBBytes.Add(n)
 	if err != nil {
 		rcv.Abort()
 		return nil, max(n, hdr.Length), fmt.Errorf("receive payload after %d bytes: %w", n, err)
@@ -402,43 +404,43 @@ func (l localWriter) Write(b []byte) (int, error) {
 
 // fullSyncFailed records a failed fork-costing sync and says when the next
 // may be asked for.
-func (p *Proxy) fullSyncFailed(purpose syncPurpose, err error, got int64) {
-	class := p.gate.failed(err, got)
-	p.stats.countFullSync(purpose, class)
-	gs := p.gate.status()
+func (f *follower) fullSyncFailed(purpose syncPurpose, err error, got int64) {
+	class := f.gate.failed(err, got)
+	f.stats.countFullSync(purpose, class)
+	gs := f.gate.status()
 	attrs := []any{"purpose", purpose, "class", class, "failures_in_a_row", gs.InARow, "err", err}
 	if !gs.NextAt.IsZero() {
 		attrs = append(attrs, "next_attempt_in", time.Until(gs.NextAt).Round(time.Second).String())
 	}
 	if class == failPayload && gs.InARow >= 2 {
-		p.log.Error("the upstream keeps sending RDBs that fail verification; each attempt costs it a fork", attrs...)
+		f.log.Error("the upstream keeps sending RDBs that fail verification; each attempt costs it a fork", attrs...)
 	} else {
-		p.log.Warn("full sync from the upstream failed; the origin forked for nothing", attrs...)
+		f.log.Warn("full sync from the upstream failed; the origin forked for nothing", attrs...)
 	}
-	if perr := p.gate.persistError(); perr != nil {
-		p.log.Warn("full-sync backoff state not persisted; a restart forgets it", "err", perr)
+	if perr := f.gate.persistError(); perr != nil {
+		f.log.Warn("full-sync backoff state not persisted; a restart forgets it", "err", perr)
 	}
 }
 
-func (p *Proxy) fullSyncSucceeded(purpose syncPurpose, info *snapshot.Info) {
-	p.gate.succeeded(purpose, info.Size)
-	p.stats.countFullSync(purpose, "")
+func (f *follower) fullSyncSucceeded(purpose syncPurpose, info *snapshot.Info) {
+	f.gate.succeeded(purpose, info.Size)
+	f.stats.countFullSync(purpose, "")
 }
 
 // awaitFullSyncTurn holds the main link back while a full sync, which the
 // next connection will most likely need, must wait: the cost backoff, or a
 // local cause (a full data dir) that retrying cannot fix. It reports false
 // when ctx ends.
-func (p *Proxy) awaitFullSyncTurn(ctx context.Context) bool {
+func (f *follower) awaitFullSyncTurn(ctx context.Context) bool {
 	for {
-		noHistory := p.position().hist.Empty()
-		d := p.gate.wait(true, noHistory)
+		noHistory := f.store.position().hist.Empty()
+		d := f.gate.wait(true, noHistory)
 		if d == 0 {
-			gs := p.gate.status()
+			gs := f.gate.status()
 			if !noHistory && !gs.Pending { // a partial resync is expected: no fork
 				return true
 			}
-			if p.roomForSnapshot(p.gate.expected()) {
+			if f.roomForSnapshot(f.gate.expected()) {
 				return true
 			}
 			d = diskRecheck
@@ -446,9 +448,9 @@ func (p *Proxy) awaitFullSyncTurn(ctx context.Context) bool {
 		select {
 		case <-ctx.Done():
 			return false
-		case <-p.movedCh:
+		case <-f.movedCh:
 			select { // leave the move for syncOnce to take
-			case p.movedCh <- struct{}{}:
+			case f.movedCh <- struct{}{}:
 			default:
 			}
 			return true
@@ -462,32 +464,32 @@ const diskRecheck = 2 * time.Second
 
 // roomForSnapshot reports whether a snapshot of about size bytes fits the
 // data dir now; a change of verdict is logged once.
-func (p *Proxy) roomForSnapshot(size int64) bool {
-	reason := p.diskCheck(size, p.gate.status().LastClass == string(failLocal))
-	if p.gate.setBlocked(reason) {
+func (f *follower) roomForSnapshot(size int64) bool {
+	reason := f.diskCheck(size, f.gate.status().LastClass == string(failLocal))
+	if f.gate.setBlocked(reason) {
 		if reason != "" {
-			p.log.Error("full sync from the upstream held back until the data dir has room; not asking the origin to fork",
-				"reason", reason, "data_dir", p.cfg.DataDir)
+			f.log.Error("full sync from the upstream held back until the data dir has room; not asking the origin to fork",
+				"reason", reason, "data_dir", f.cfg.DataDir)
 		} else {
-			p.log.Info("data dir has room again; full syncs from the upstream may proceed", "data_dir", p.cfg.DataDir)
+			f.log.Info("data dir has room again; full syncs from the upstream may proceed", "data_dir", f.cfg.DataDir)
 		}
 	}
 	return reason == ""
 }
 
 // installFullSync makes info the snapshot of a new history.
-func (p *Proxy) installFullSync(info *snapshot.Info) error {
-	err := p.store.installFullSync(info)
-	if err == nil || p.store.published().snap == info {
-		p.scanner.Reset() // the new backlog starts at a command boundary
-		p.stats.UpstreamFullSyncs.Add(1)
+func (f *follower) installFullSync(info *snapshot.Info) error {
+	err := f.store.installFullSync(info)
+	if err == nil || f.store.published().snap == info {
+		f.scanner.Reset() // the new backlog starts at a command boundary
+		f.stats.UpstreamFullSyncs.Add(1)
 	}
 	return err
 }
 
 // stream appends upstream bytes to the backlog until the link fails, ACKing
 // once a second and at once on REPLCONF GETACK.
-func (p *Proxy) stream(ctx context.Context, u *upstreamConn) error {
+func (f *follower) stream(ctx context.Context, u *upstreamConn) error {
 	var acks sync.WaitGroup
 	defer acks.Wait()
 	done := make(chan struct{})
@@ -500,21 +502,21 @@ func (p *Proxy) stream(ctx context.Context, u *upstreamConn) error {
 			case <-done:
 				return
 			case <-t.C:
-				if err := u.ack(p.store.bl.End()); err != nil {
+				if err := u.ack(f.store.bl.End()); err != nil {
 					u.conn.Close()
 					return
 				}
 			}
 		}
 	})
-	if err := u.ack(p.store.bl.End()); err != nil {
+	if err := u.ack(f.store.bl.End()); err != nil {
 		return err
 	}
 	buf := make([]byte, readBuf)
 	for {
 		n, rerr := u.br.Read(buf)
 		if n > 0 {
-			if err := p.appendStream(buf[:n], u); err != nil {
+			if err := f.appendStream(buf[:n], u); err != nil {
 				return err
 			}
 		}
@@ -529,8 +531,8 @@ func (p *Proxy) stream(ctx context.Context, u *upstreamConn) error {
 
 // appendStream scans a chunk for command boundaries and GETACK, appends it
 // to the backlog and answers GETACK with the offset just written.
-func (p *Proxy) appendStream(chunk []byte, u *upstreamConn) error {
-	sc := p.scanner // scan a copy: it is committed only with the bytes
+func (f *follower) appendStream(chunk []byte, u *upstreamConn) error {
+	sc := f.scanner // scan a copy: it is committed only with the bytes
 	boundary, getack := -1, false
 	if err := sc.Scan(chunk, func(end int, c *psync.Command) {
 		boundary = end
@@ -540,20 +542,20 @@ func (p *Proxy) appendStream(chunk []byte, u *upstreamConn) error {
 	}); err != nil {
 		// A stock master never sends this. The bytes already relayed may be
 		// part of a corrupt command, so the history cannot be trusted.
-		p.discardHistory(err)
+		f.discardHistory(err)
 		return err
 	}
-	if n, err := p.store.bl.Append(chunk, boundary); err != nil {
+	if n, err := f.store.bl.Append(chunk, boundary); err != nil {
 		// Part of the chunk may have reached the disk (ENOSPC); the next
 		// PSYNC resumes after it, so the scanner must have seen exactly it.
-		_ = p.scanner.Scan(chunk[:n], nil)
+		_ = f.scanner.Scan(chunk[:n], nil)
 		return fmt.Errorf("%w: %w", errBacklogWrite, err)
 	}
-	p.scanner = sc
-	p.stats.UpstreamStreamBytes.Add(int64(len(chunk)))
-	end := p.store.bl.End()
-	p.store.arrivals.record(end, time.Now())
-	p.maybeKick(end)
+	f.scanner = sc
+	f.stats.UpstreamStreamBytes.Add(int64(len(chunk)))
+	end := f.store.bl.End()
+	f.store.arrivals.record(end, time.Now())
+	f.maybeKick(end)
 	if getack {
 		return u.ack(end)
 	}
@@ -562,11 +564,11 @@ func (p *Proxy) appendStream(chunk []byte, u *upstreamConn) error {
 
 // discardHistory forgets the current history after stream corruption; the
 // next connection takes a full resync.
-func (p *Proxy) discardHistory(cause error) {
-	p.log.Error("invalid replication stream from upstream; discarding history", "err", cause)
-	p.scanner.Reset()
-	p.store.discard()
-	p.closeSessions(DownHistoryReset)
+func (f *follower) discardHistory(cause error) {
+	f.log.Error("invalid replication stream from upstream; discarding history", "err", cause)
+	f.scanner.Reset()
+	f.store.discard()
+	f.down.closeSessions(DownHistoryReset)
 }
 
 // errMoved: REPLICAOF cut the link to point it elsewhere.
@@ -579,26 +581,26 @@ var errBacklogWrite = errors.New("append to backlog")
 // refreshSnapshot fetches a new snapshot on a second connection while the
 // main link keeps streaming: REPLCONF rdb-only 1 and PSYNC ? -1, or a plain
 // second sync dropped after the payload when rdb-only is refused.
-func (p *Proxy) refreshSnapshot(ctx context.Context, since int64) {
-	p.log.Info("snapshot refresh started", "stream_since_snapshot", since)
+func (f *follower) refreshSnapshot(ctx context.Context, since int64) {
+	f.log.Info("snapshot refresh started", "stream_since_snapshot", since)
 	start := time.Now()
-	info, err := p.fetchSnapshot(ctx)
+	info, err := f.fetchSnapshot(ctx)
 	if err != nil {
-		p.stats.RefreshFailures.Add(1)
-		p.log.Warn("snapshot refresh failed", "err", err)
+		f.stats.RefreshFailures.Add(1)
+		f.log.Warn("snapshot refresh failed", "err", err)
 		return
 	}
-	p.fullSyncSucceeded(purposeRefresh, info)
-	p.stats.Refreshes.Add(1)
-	p.log.Info("snapshot refreshed", "replid", info.ReplID, "offset", info.Offset, "bytes", info.Size,
+	f.fullSyncSucceeded(purposeRefresh, info)
+	f.stats.Refreshes.Add(1)
+	f.log.Info("snapshot refreshed", "replid", info.ReplID, "offset", info.Offset, "bytes", info.Size,
 		"seconds", time.Since(start).Seconds())
 }
 
-func (p *Proxy) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
-	u, err := p.dialUpstream(ctx, true, nil)
+func (f *follower) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
+	u, err := f.dialUpstream(ctx, true, nil)
 	if errors.Is(err, psync.ErrRDBOnlyRefused) {
-		p.log.Info("upstream refuses rdb-only; refreshing with a plain sync")
-		u, err = p.dialUpstream(ctx, false, nil)
+		f.log.Info("upstream refuses rdb-only; refreshing with a plain sync")
+		u, err = f.dialUpstream(ctx, false, nil)
 	}
 	if err != nil {
 		return nil, err
@@ -614,38 +616,38 @@ func (p *Proxy) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
 		return nil, fmt.Errorf("refresh PSYNC answered %q", reply.Line)
 	}
 	// The origin forks now: from here on, a failure is a wasted fork.
-	p.gate.started(purposeRefresh)
-	info, got, err := p.receiveRefresh(ctx, u, reply)
+	f.gate.started(purposeRefresh)
+	info, got, err := f.receiveRefresh(ctx, u, reply)
 	if err != nil {
-		p.fullSyncFailed(purposeRefresh, err, got)
+		f.fullSyncFailed(purposeRefresh, err, got)
 	}
 	return info, err
 }
 
 // receiveRefresh receives and installs a refreshed snapshot of the current
 // history; it returns how many payload bytes arrived (also on error).
-func (p *Proxy) receiveRefresh(ctx context.Context, u *upstreamConn, reply psync.PsyncReply) (*snapshot.Info, int64, error) {
-	rcv, got, err := p.receivePayload(u, reply, nil, nil)
+func (f *follower) receiveRefresh(ctx context.Context, u *upstreamConn, reply psync.PsyncReply) (*snapshot.Info, int64, error) {
+	rcv, got, err := f.receivePayload(u, reply, nil, nil)
 	if err != nil {
 		return nil, got, fmt.Errorf("refresh payload: %w", err)
 	}
 	defer rcv.Abort()
 	u.conn.Close()
 	// The main link may not have reached the snapshot's offset yet.
-	deadline := time.Now().Add(p.cfg.ReplTimeout)
-	for p.store.bl.End() < reply.Offset && time.Now().Before(deadline) && ctx.Err() == nil {
+	deadline := time.Now().Add(f.cfg.ReplTimeout)
+	for f.store.bl.End() < reply.Offset && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond)
 	}
-	pos := p.position()
+	pos := f.store.position()
 	if reply.ReplID != pos.hist.ReplID || reply.Offset+1 < pos.first || reply.Offset > pos.end {
 		return nil, got, fmt.Errorf("%w: snapshot %s at %d, history %s holding [%d, %d]",
 			errRefreshRejected, reply.ReplID, reply.Offset, pos.hist.ReplID, pos.first, pos.end)
 	}
-	info, err := p.finishSnapshot(rcv, reply)
+	info, err := f.finishSnapshot(rcv, reply)
 	if err != nil {
 		return nil, got, err
 	}
-	if err := p.store.installRefresh(info); err != nil {
+	if err := f.store.installRefresh(info); err != nil {
 		if errors.Is(err, errRefreshRejected) {
 			return nil, got, err
 		}
@@ -656,14 +658,97 @@ func (p *Proxy) receiveRefresh(ctx context.Context, u *upstreamConn, reply psync
 
 // finishSnapshot verifies and installs a received payload as the snapshot
 // file of reply's (replid, offset).
-func (p *Proxy) finishSnapshot(rcv *snapshot.Receiver, reply psync.PsyncReply) (*snapshot.Info, error) {
+func (f *follower) finishSnapshot(rcv *snapshot.Receiver, reply psync.PsyncReply) (*snapshot.Info, error) {
 	info, err := rcv.Finish(reply.ReplID, reply.Offset)
 	var ve *snapshot.VerifyError
 	if err != nil && !errors.As(err, &ve) {
 		return nil, localError(err) // fsync, rename: the data dir's
 	}
 	if err == nil && rcv.KeyspaceError() != nil {
-		p.log.Warn("snapshot keys not counted; INFO shows no keyspace for it", "snapshot", info.Name, "err", rcv.KeyspaceError())
+		f.log.Warn("snapshot keys not counted; INFO shows no keyspace for it", "snapshot", info.Name, "err", rcv.KeyspaceError())
 	}
 	return info, err
+}
+
+// maybeKick wakes maintain when the backlog needs trimming or the snapshot
+// a refresh; it is cheap enough for every append.
+func (f *follower) maybeKick(end int64) {
+	if end-f.store.snapOffset.Load() > int64(float64(f.cfg.BacklogSize)*f.cfg.RefreshRatio) || f.store.bl.Size() > f.cfg.BacklogSize {
+		select {
+		case f.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// maintain trims the backlog to its budget and refreshes the snapshot before
+// the stream since it outgrows the budget.
+func (f *follower) maintain(ctx context.Context) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	var refreshes sync.WaitGroup // joined before maintain returns
+	defer refreshes.Wait()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-f.kick:
+		}
+		pos := f.store.position()
+		if pos.snap == nil {
+			continue
+		}
+		if n, err := f.store.bl.Trim(pos.snap.Offset+1, f.cfg.BacklogSize); err != nil {
+			f.log.Error("backlog trim failed", "err", err)
+		} else if n > 0 {
+			f.log.Debug("backlog trimmed", "bytes", n)
+			f.down.dropTrimmedReplicas()
+		}
+		// A snapshot from before an ID shift stays servable: its offset is
+		// below second_repl_offset, so it continues through replid2. Only
+		// the budget triggers a refresh; a failover must not fork the
+		// newly promoted master.
+		since := pos.end - pos.snap.Offset
+		if since <= int64(float64(f.cfg.BacklogSize)*f.cfg.RefreshRatio) || !f.linkUp() || f.refresh.Load() ||
+			f.gate.wait(false, false) > 0 || !f.roomForSnapshot(max(pos.snap.Size, f.gate.expected())) {
+			continue
+		}
+		f.refresh.Store(true)
+		refreshes.Go(func() {
+			defer f.refresh.Store(false)
+			f.refreshSnapshot(ctx, since)
+		})
+	}
+}
+
+// linkStatus returns a copy of the link's state.
+func (f *follower) linkStatus() linkStatus {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.link
+}
+
+func (f *follower) linkUp() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.link.up
+}
+
+func (f *follower) setLink(state LinkState) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	wasUp := f.link.up
+	f.link.state = state
+	f.link.up = state == LinkConnected
+	if wasUp != f.link.up {
+		f.stats.UpstreamLinkChanges.Add(1)
+		now := time.Now()
+		f.link.changed = now
+		if wasUp {
+			f.link.downSince = now
+		} else {
+			f.stats.UpstreamDownNanos.Add(int64(now.Sub(f.link.downSince)))
+		}
+	}
 }

@@ -377,7 +377,7 @@ func TestSmallBacklogRefresh(t *testing.T) {
 	}
 	var fulls, want int64
 	redistest.Eventually(t, 30*time.Second, "origin full syncs are the initial one plus refreshes", func() bool {
-		busy := p.refresh.Load()
+		busy := p.refreshing()
 		fulls = origin.InfoInt("stats", "sync_full")
 		want = 1 + p.stats.Refreshes.Load() + p.stats.RefreshFailures.Load()
 		return !busy && fulls == want
@@ -507,7 +507,7 @@ func TestIsSelf(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer ln.Close()
-		p := &Proxy{ln: ln, cfg: Config{AnnounceIP: "10.9.8.7"}}
+		p := &downstream{ln: ln, cfg: Config{AnnounceIP: "10.9.8.7"}}
 		port := ln.Addr().(*net.TCPAddr).Port
 		for _, c := range []struct {
 			host string

@@ -14,3 +14,21 @@ func (p *Proxy) backlogEnd() int64 { return p.store.bl.End() }
 
 // snapshotDir is where the snapshot files are.
 func (p *Proxy) snapshotDir() string { return p.store.snapDir }
+
+// linkUp reports whether the upstream link is streaming.
+func (p *Proxy) linkUp() bool { return p.follower.linkUp() }
+
+// refreshing reports whether a snapshot refresh is running.
+func (p *Proxy) refreshing() bool { return p.follower.refresh.Load() }
+
+// moveUpstream is REPLICAOF host:port.
+func (p *Proxy) moveUpstream(addr string) bool { return p.follower.moveUpstream(addr) }
+
+// closeSessions disconnects replicas as a history change does.
+func (p *Proxy) closeSessions(reason DisconnectReason) int { return p.down.closeSessions(reason) }
+
+// dropTrimmedReplicas runs the trim check.
+func (p *Proxy) dropTrimmedReplicas() { p.down.dropTrimmedReplicas() }
+
+// upstreamAddr is where the follower connects.
+func (p *Proxy) upstreamAddr() string { return p.follower.upstreamAddr() }

@@ -49,22 +49,12 @@ func Inspect(ctx context.Context, dir string, opts InspectOptions) (*Inspection,
 	}
 	in := &Inspection{History: st.History, BacklogTag: st.BacklogTag, Backlog: sum, Snapshot: st.Snapshot}
 	snapDir := filepath.Join(dir, "snapshots")
-	switch {
-	case st.History.Empty():
-		in.Problem = "no history"
-	case st.Snapshot == nil:
-		in.Problem = "no snapshot"
-	case st.BacklogTag != sum.Tag:
-		in.Problem = "backlog belongs to another history"
-	case sum.First == 0 || sum.First > st.Snapshot.Offset+1 || sum.End < st.Snapshot.Offset:
-		in.Problem = "backlog does not cover the stream after the snapshot"
-	default:
-		in.Consistent = true
-	}
+	// The rule the daemon recovers by: a data dir it would serve from.
+	in.Problem = inconsistency(st, sum.Tag, sum.First, sum.End, snapDir)
+	in.Consistent = in.Problem == ""
 	if st.Snapshot != nil {
 		f, err := snapshot.Open(snapDir, st.Snapshot)
 		if err != nil {
-			in.Consistent, in.Problem = false, err.Error()
 			return in, nil
 		}
 		head := make([]byte, 64<<10)

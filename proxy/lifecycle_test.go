@@ -187,7 +187,7 @@ func TestShutdownDuringRefresh(t *testing.T) {
 		_ = origin.Client().Set(ctx, "r"+strconv.Itoa(i), val, 0).Err()
 	}
 	redistest.Eventually(t, 20*time.Second, "a refresh is being received", func() bool {
-		return p.refresh.Load() && len(tempFiles(t, dir)) > 0
+		return p.refreshing() && len(tempFiles(t, dir)) > 0
 	})
 	start := time.Now()
 	p.stop(t)

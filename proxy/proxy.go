@@ -7,44 +7,24 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/replproxy/replproxy/psync"
 )
 
-// Proxy is one relay: one upstream history, its snapshot and backlog, and the
-// downstream replicas served from them.
+// Proxy is one relay: one upstream history, its snapshot and backlog, and
+// the downstream replicas served from them. It composes three components,
+// each the one owner of its state (see the package doc): the store, the
+// follower and the downstream.
 type Proxy struct {
-	cfg     Config
-	log     *slog.Logger
-	runID   string
-	started time.Time
-	store   *store
-	ln      net.Listener
-
-	// mu guards the session set, the link status and the upstream address;
-	// nothing does I/O while holding it.
-	mu       sync.Mutex
-	sessions map[*session]struct{}
-	link     linkStatus
-	// upstream is where the follower connects: --upstream, until an
-	// operator's REPLICAOF moves it. cutLink ends the current connection.
-	upstream string
-	cutLink  context.CancelCauseFunc
-	movedCh  chan struct{} // wakes a reconnect backoff after a move
-	scanner  psync.Scanner // stream position within a command, kept across reconnects
-	nextID   int64
-
-	slots   chan struct{} // full-sync slots; nil when unlimited
-	queued  atomic.Int64
-	stats   *Stats
-	refresh atomic.Bool   // a snapshot refresh is running
-	kick    chan struct{} // wakes maintain when trimming or a refresh is due
-	// gate spaces out requests that cost the origin a fork.
-	gate *forkGate
+	cfg      Config
+	log      *slog.Logger
+	runID    string
+	started  time.Time
+	stats    *Stats
+	store    *store
+	follower *follower
+	down     *downstream
 }
 
 // Stats are the event counters shown in INFO and metrics.
@@ -127,42 +107,23 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	}
 	var rnd [20]byte
 	_, _ = rand.Read(rnd[:])
-	p := &Proxy{
-		cfg: cfg, log: log, runID: hex.EncodeToString(rnd[:]), started: time.Now(),
-		sessions: map[*session]struct{}{},
-		link:     linkStatus{state: LinkConnect, downSince: time.Now()}, upstream: cfg.Upstream,
-		movedCh: make(chan struct{}, 1),
-		kick:    make(chan struct{}, 1),
-		stats:   newStats(),
-		gate:    newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, filepath.Join(cfg.DataDir, "fullsync-backoff")),
-	}
-	if cfg.MaxParallelFullSyncs > 0 {
-		p.slots = make(chan struct{}, cfg.MaxParallelFullSyncs)
-	}
+	p := &Proxy{cfg: cfg, log: log, runID: hex.EncodeToString(rnd[:]), started: time.Now(), stats: newStats()}
 	st, err := openStore(storeOptions{dataDir: cfg.DataDir, segmentSize: cfg.SegmentSize, fsync: cfg.Fsync, syncFile: cfg.syncFile}, log)
 	if err != nil {
 		return nil, err
 	}
 	p.store = st
-	if err := p.gate.load(); err != nil {
+	p.down = newDownstream(p)
+	p.follower = newFollower(cfg, log, p.stats, st, p.down)
+	gate := p.follower.gate
+	if err := gate.load(); err != nil {
 		log.Warn("full-sync backoff state unreadable; starting without it", "err", err)
 	}
-	if gs := p.gate.status(); !gs.NextAt.IsZero() {
+	if gs := gate.status(); !gs.NextAt.IsZero() {
 		log.Warn("a full sync from the upstream failed or was cut before this start; the next one waits",
 			"next_attempt_in", time.Until(gs.NextAt).Round(time.Second).String(), "last_failure", gs.LastClass, "err", gs.LastError)
 	}
 	return p, nil
-}
-
-// maybeKick wakes maintain when the backlog needs trimming or the snapshot
-// a refresh; it is cheap enough for every append.
-func (p *Proxy) maybeKick(end int64) {
-	if end-p.store.snapOffset.Load() > int64(float64(p.cfg.BacklogSize)*p.cfg.RefreshRatio) || p.store.bl.Size() > p.cfg.BacklogSize {
-		select {
-		case p.kick <- struct{}{}:
-		default:
-		}
-	}
 }
 
 // Run serves until ctx is cancelled, then shuts down: it stops the upstream
@@ -177,31 +138,32 @@ func (p *Proxy) Run(ctx context.Context) error {
 }
 
 // Serve is Run on an existing listener.
+//
+// It runs and joins every goroutine of the daemon: the follower's follow
+// and maintain loops, the downstream's accept loop (which joins its
+// sessions) and a keyspace scan of a recovered snapshot. Shutdown closes
+// the listener and every session, waits for all of them, then closes the
+// store (persist, backlog, lock).
 func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
-	p.ln = ln
-	p.log.Info("replproxy started", "listen", ln.Addr().String(), "upstream", p.upstreamAddr(),
+	p.down.ln = ln // before any goroutine reads it
+	p.log.Info("replproxy started", "listen", ln.Addr().String(), "upstream", p.follower.upstreamAddr(),
 		"data_dir", p.cfg.DataDir, "backlog_size", p.cfg.BacklogSize, "fsync", p.cfg.Fsync.String())
 	var wg sync.WaitGroup
-	wg.Go(func() { p.follow(ctx) })
-	wg.Go(func() { p.maintain(ctx) })
-	wg.Go(func() { p.acceptLoop(ctx, ln) })
+	wg.Go(func() { p.follower.follow(ctx) })
+	wg.Go(func() { p.follower.maintain(ctx) })
+	wg.Go(func() { p.down.acceptLoop(ctx, ln) })
 	if snap := p.position().snap; snap != nil && snap.Keyspace == nil {
 		wg.Go(func() { p.store.keyspace.scan(ctx, p.store.snapDir, snap, p.log) })
 	}
 	<-ctx.Done()
 	ln.Close()
-	p.closeSessions(DownShutdown)
+	p.down.closeSessions(DownShutdown)
 	wg.Wait()
 	return p.shutdown()
 }
 
 // Addr is the listening address once Serve has started.
-func (p *Proxy) Addr() net.Addr {
-	if p.ln == nil {
-		return nil
-	}
-	return p.ln.Addr()
-}
+func (p *Proxy) Addr() net.Addr { return p.down.addr() }
 
 func (p *Proxy) shutdown() error {
 	end := p.store.bl.End()
@@ -215,110 +177,3 @@ func (p *Proxy) shutdown() error {
 }
 
 func (p *Proxy) position() position { return p.store.position() }
-
-// maintain trims the backlog to its budget and refreshes the snapshot before
-// the stream since it outgrows the budget.
-func (p *Proxy) maintain(ctx context.Context) {
-	t := time.NewTicker(500 * time.Millisecond)
-	defer t.Stop()
-	var refreshes sync.WaitGroup // joined before maintain returns
-	defer refreshes.Wait()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-p.kick:
-		}
-		pos := p.position()
-		if pos.snap == nil {
-			continue
-		}
-		if n, err := p.store.bl.Trim(pos.snap.Offset+1, p.cfg.BacklogSize); err != nil {
-			p.log.Error("backlog trim failed", "err", err)
-		} else if n > 0 {
-			p.log.Debug("backlog trimmed", "bytes", n)
-			p.dropTrimmedReplicas()
-		}
-		// A snapshot from before an ID shift stays servable: its offset is
-		// below second_repl_offset, so it continues through replid2. Only
-		// the budget triggers a refresh; a failover must not fork the
-		// newly promoted master.
-		since := pos.end - pos.snap.Offset
-		if since <= int64(float64(p.cfg.BacklogSize)*p.cfg.RefreshRatio) || !p.linkUp() || p.refresh.Load() ||
-			p.gate.wait(false, false) > 0 || !p.roomForSnapshot(max(pos.snap.Size, p.gate.expected())) {
-			continue
-		}
-		p.refresh.Store(true)
-		refreshes.Go(func() {
-			defer p.refresh.Store(false)
-			p.refreshSnapshot(ctx, since)
-		})
-	}
-}
-
-func (p *Proxy) linkUp() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.link.up
-}
-
-func (p *Proxy) setLink(state LinkState) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	wasUp := p.link.up
-	p.link.state = state
-	p.link.up = state == LinkConnected
-	if wasUp != p.link.up {
-		p.stats.UpstreamLinkChanges.Add(1)
-		now := time.Now()
-		p.link.changed = now
-		if wasUp {
-			p.link.downSince = now
-		} else {
-			p.stats.UpstreamDownNanos.Add(int64(now.Sub(p.link.downSince)))
-		}
-	}
-}
-
-// dropTrimmedReplicas disconnects replicas whose next byte was trimmed
-// away. Their writers may be blocked on a full socket and would otherwise
-// notice only at the replica timeout.
-func (p *Proxy) dropTrimmedReplicas() {
-	first, _ := p.store.bl.Range()
-	behind := p.selectSessions(func(s *session) bool {
-		c := s.cur.Load()
-		return c != nil && c.Pos() < first
-	})
-	for _, s := range behind {
-		s.log.Warn("replica fell behind the backlog front; disconnecting", "backlog_first", first)
-		s.close(DownOffsetTrimmed)
-	}
-}
-
-// closeSessions disconnects the replicas that hold a position in the
-// stream (all connections on shutdown). Replicas still waiting for a
-// snapshot have none yet and are left waiting.
-func (p *Proxy) closeSessions(reason DisconnectReason) int {
-	victims := p.selectSessions(func(s *session) bool {
-		return reason == DownShutdown || (s.replica.Load() && s.state.Load() != stateWaitBgsave)
-	})
-	for _, s := range victims {
-		s.close(reason)
-	}
-	return len(victims)
-}
-
-// selectSessions returns the sessions that match; the caller acts on them
-// outside mu (closing logs and touches sockets).
-func (p *Proxy) selectSessions(match func(*session) bool) []*session {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var out []*session
-	for s := range p.sessions {
-		if match(s) {
-			out = append(out, s)
-		}
-	}
-	return out
-}

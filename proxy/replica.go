@@ -181,15 +181,15 @@ func (s *session) continued(cur *backlog.Cursor, pos position) error {
 // keepalives; release gives it back.
 func (s *session) fullSyncSlot(ctx context.Context, tick <-chan time.Time, keepalive func() error) (release func(), err error) {
 	p := s.p
-	if p.slots == nil {
+	if p.down.slots == nil {
 		return func() {}, nil
 	}
-	p.queued.Add(1)
-	defer p.queued.Add(-1)
+	p.down.queued.Add(1)
+	defer p.down.queued.Add(-1)
 	for {
 		select {
-		case p.slots <- struct{}{}:
-			return func() { <-p.slots }, nil
+		case p.down.slots <- struct{}{}:
+			return func() { <-p.down.slots }, nil
 		case <-tick:
 			if err := keepalive(); err != nil {
 				return nil, err

@@ -6,7 +6,6 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -63,63 +62,6 @@ type session struct {
 
 	closeOnce   sync.Once
 	closeReason atomic.Value
-}
-
-// acceptLoop accepts connections until the listener closes, then waits for
-// the sessions it started: Serve closes them all on shutdown.
-func (p *Proxy) acceptLoop(ctx context.Context, ln net.Listener) {
-	var sessions sync.WaitGroup
-	defer sessions.Wait()
-	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			p.log.Warn("accept failed", "err", err)
-			time.Sleep(50 * time.Millisecond)
-			continue
-		}
-		sessions.Go(func() { p.handleConn(ctx, conn) })
-	}
-}
-
-func (p *Proxy) handleConn(ctx context.Context, conn net.Conn) {
-	sctx, cancel := context.WithCancel(ctx)
-	s := &session{p: p, conn: conn, addr: conn.RemoteAddr().String(), cancel: cancel,
-		br: bufio.NewReaderSize(conn, 16<<10), authed: p.cfg.RequirePass == "", startTime: time.Now()}
-	s.ackOff.Store(-1)
-	p.mu.Lock()
-	if ctx.Err() != nil { // shutting down: closeSessions has run or will not see us
-		p.mu.Unlock()
-		conn.Close()
-		cancel()
-		return
-	}
-	if len(p.sessions) >= p.cfg.MaxClients {
-		p.mu.Unlock()
-		p.stats.RejectedConns.Add(1)
-		// As Redis (networking.c:acceptCommonHandler): one error line, then close.
-		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
-		_, _ = conn.Write([]byte("-ERR max number of clients reached\r\n"))
-		conn.Close()
-		cancel()
-		return
-	}
-	p.nextID++
-	s.id = p.nextID
-	s.log = p.log.With("client", s.id, "addr", s.addr) // before others can see the session
-	p.sessions[s] = struct{}{}
-	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		delete(p.sessions, s)
-		p.mu.Unlock()
-		s.close(DownClosed)
-	}()
-	if err := s.serve(sctx); err != nil && sctx.Err() == nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-		s.log.Info("client connection ended", "err", err)
-	}
 }
 
 // close ends the session once; the first reason is the one counted.
@@ -277,10 +219,10 @@ func (s *session) replicaof(host, port string) error {
 	if host == "" || strings.ContainsAny(host, " \r\n") {
 		return s.errorf("ERR Invalid master host")
 	}
-	if s.p.isSelf(host, n) {
+	if s.p.down.isSelf(host, n) {
 		return s.errorf("ERR %s:%d is this replproxy itself", host, n)
 	}
-	if !s.p.moveUpstream(net.JoinHostPort(host, port)) {
+	if !s.p.follower.moveUpstream(net.JoinHostPort(host, port)) {
 		return s.reply(resp.SimpleStringValue("OK Already connected to specified master"))
 	}
 	return s.ok()

@@ -61,38 +61,50 @@ type ReplicaStatus struct {
 	SentOffset int64 // last byte written to the replica; -1 before streaming
 }
 
-// Status returns the current status.
+// Status returns the current status: each component's part read under
+// its own lock (the store's without any), none held across I/O.
 func (p *Proxy) Status() Status {
-	host, portS, _ := net.SplitHostPort(p.upstreamAddr())
+	f := p.follower
+	host, portS, _ := net.SplitHostPort(f.upstreamAddr())
 	port, _ := strconv.Atoi(portS)
-	gate := p.gate.status()
 	pub := p.store.published()
 	first, end := p.store.bl.Range()
 	now := time.Now()
-	// The store's part is read without its lock; mu covers the link and
-	// the sessions, and nothing holds it across I/O.
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	st := Status{
 		RunID: p.runID, Version: p.cfg.Version, Started: p.started,
 		UpstreamHost: host, UpstreamPort: port,
-		LinkState: p.link.state, LinkUp: p.link.up, LastIO: p.link.lastIO, LinkChanged: p.link.changed,
-		SyncTotalBytes: p.link.syncTotal, SyncReadBytes: p.link.syncRead,
 		History: pub.hist, BacklogFirst: first, BacklogEnd: end, BacklogSize: p.cfg.BacklogSize,
-		Snapshot: pub.snap, Refreshing: p.refresh.Load(), Queued: p.queued.Load(), FullSync: gate,
+		Snapshot: pub.snap, Refreshing: f.refresh.Load(), Queued: p.down.queued.Load(), FullSync: f.gate.status(),
 	}
+	link := f.linkStatus()
+	st.LinkState, st.LinkUp, st.LastIO, st.LinkChanged = link.state, link.up, link.lastIO, link.changed
+	st.SyncTotalBytes, st.SyncReadBytes = link.syncTotal, link.syncRead
 	st.DownDuration = time.Duration(p.stats.UpstreamDownNanos.Load())
-	if !p.link.up {
-		st.LinkDownSince = p.link.downSince
-		st.DownDuration += now.Sub(p.link.downSince)
+	if !link.up {
+		st.LinkDownSince = link.downSince
+		st.DownDuration += now.Sub(link.downSince)
 	}
 	if t, ok := p.store.arrivals.arrival(first); ok && end >= first {
 		st.OldestEntry = t
 	}
 	st.Keyspace = p.store.keyspace.get(pub.snap)
-	for s := range p.sessions {
+	st.Clients, st.Replicas = p.down.replicaStatus(end, now)
+	for _, r := range st.Replicas {
+		if r.State == ReplicaSendBulk {
+			st.FullSyncing++
+		}
+	}
+	return st
+}
+
+// replicaStatus lists the replicas (by ID) and counts the other clients.
+func (d *downstream) replicaStatus(end int64, now time.Time) (clients int, out []ReplicaStatus) {
+	arrivals := d.p.store.arrivals
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for s := range d.sessions {
 		if !s.replica.Load() {
-			st.Clients++
+			clients++
 			continue
 		}
 		rs := ReplicaStatus{ID: s.id, IP: s.replicaIP(), Port: s.listeningPort, Addr: s.addr,
@@ -103,17 +115,14 @@ func (p *Proxy) Status() Status {
 		if c := s.cur.Load(); c != nil {
 			rs.SentOffset = c.Pos() - 1
 		}
-		if rs.State == ReplicaSendBulk {
-			st.FullSyncing++
-		}
 		if rs.State == ReplicaOnline && rs.AckOff >= 0 {
 			rs.LagBytes = max(end-rs.AckOff, 0)
-			rs.LagSeconds = p.store.arrivals.lagSeconds(rs.AckOff, now)
+			rs.LagSeconds = arrivals.lagSeconds(rs.AckOff, now)
 		}
-		st.Replicas = append(st.Replicas, rs)
+		out = append(out, rs)
 	}
-	sort.Slice(st.Replicas, func(i, j int) bool { return st.Replicas[i].ID < st.Replicas[j].ID })
-	return st
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return clients, out
 }
 
 // Stats returns the event counters.

@@ -87,7 +87,7 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.Var(&r.backlogSize, "backlog-size", "on-disk backlog budget, e.g. 512mb, 10gb")
 	fs.DurationVar(&r.replTimeout, "repl-timeout", proxy.DefaultReplTimeout, "declare the upstream link dead after this much silence")
 	fs.DurationVar(&r.replicaTime, "replica-timeout", proxy.DefaultReplicaTimeout, "drop an online replica silent for this long")
-	fs.DurationVar(&c.HoldAhead, "hold-ahead", proxy.DefaultHoldAhead, "hold a replica whose PSYNC offset is ahead of the backlog (a lost unsynced tail) this long while the upstream refills it, before a full sync")
+	fs.DurationVar(&c.HoldAhead, "hold-ahead", proxy.DefaultHoldAhead, "hold a replica whose PSYNC offset is ahead of the backlog (a lost unsynced tail) this long while the upstream refills it, before a full sync (0: the default)")
 	fs.DurationVar(&c.FullSyncRetryMax, "full-sync-retry-max", proxy.DefaultFullSyncRetryMax, "longest wait between failed requests that cost the origin a fork (full syncs, snapshot refreshes); they back off exponentially from 15s, apart from cheap reconnects")
 	fs.IntVar(&c.MaxClients, "max-clients", proxy.DefaultMaxClients, "downstream connections accepted at once (replicas and tools); more get -ERR max number of clients reached")
 	fs.IntVar(&c.MaxParallelFullSyncs, "max-parallel-full-syncs", 0, "full syncs served at once; 0 = unlimited")
@@ -239,21 +239,15 @@ func (s *Settings) finish(r *raw, offline bool) error {
 	}
 	c.BacklogSize = int64(r.backlogSize)
 	c.ReplTimeout, c.ReplicaTimeout = r.replTimeout, r.replicaTime
-	if c.HoldAhead <= 0 {
-		errs = append(errs, fmt.Errorf("hold-ahead %v: must be positive", c.HoldAhead))
-	}
 	if c.UpstreamPassword, err = secret(c.UpstreamPassword, r.passFile, "upstream-password"); err != nil {
 		errs = append(errs, err)
 	}
 	if c.RequirePass, err = secret(c.RequirePass, r.reqPassFile, "requirepass"); err != nil {
 		errs = append(errs, err)
 	}
-	if c.Upstream == "" {
-		errs = append(errs, errors.New("upstream is required"))
-	}
-	if c.DataDir == "" {
-		errs = append(errs, errors.New("data-dir is required"))
-	} else if st, err := os.Stat(c.DataDir); !offline && err == nil && !st.IsDir() {
+	// Semantic checks (required options, ranges) are proxy.Config's, made
+	// once by Validate below; this layer checks only what it parses.
+	if st, err := os.Stat(c.DataDir); c.DataDir != "" && !offline && err == nil && !st.IsDir() {
 		errs = append(errs, fmt.Errorf("data-dir %s is not a directory", c.DataDir))
 	}
 	if s.Web.Readiness != ReadySynced && s.Web.Readiness != ReadyProcess {

@@ -56,7 +56,7 @@ func TestBadFileNamesTheKey(t *testing.T) {
 		"upstream: a:1\nfsync: [1, 2]\n":    `key "fsync": want a scalar`,
 		"upstream: a:1\nrepl-timeout: soon": `key "repl-timeout"`,
 		"upstream: [unclosed":               "config file",
-		"upstream: a:1\nhold-ahead: 0s\n":   "hold-ahead 0s: must be positive",
+		"upstream: a:1\nhold-ahead: -1s\n":  "hold-ahead -1s: must be >= 0",
 	} {
 		file := filepath.Join(dir, "c.yaml")
 		_ = os.WriteFile(file, []byte(content), 0o644)

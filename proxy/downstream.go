@@ -1,0 +1,192 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// downstream owns the replica side: the listener and the sessions. Each
+// session is a thin executor around the sync planner (planSync): it reads
+// commands, writes replies and streams from the store's backlog. Its
+// goroutines: acceptLoop (run by Serve), one per session (joined by
+// acceptLoop before it returns) and each replica's ACK reader (joined by
+// its session).
+type downstream struct {
+	cfg   Config
+	log   *slog.Logger
+	stats *Stats
+	p     *Proxy // what sessions answer from: INFO, ROLE, the store, REPLICAOF
+	ln    net.Listener
+
+	// mu guards the session set; nothing holds it across I/O.
+	mu       sync.Mutex
+	sessions map[*session]struct{}
+	nextID   int64
+
+	slots  chan struct{} // full-sync slots; nil when unlimited
+	queued atomic.Int64  // replicas waiting for a slot
+}
+
+func newDownstream(p *Proxy) *downstream {
+	d := &downstream{cfg: p.cfg, log: p.log, stats: p.stats, p: p, sessions: map[*session]struct{}{}}
+	if p.cfg.MaxParallelFullSyncs > 0 {
+		d.slots = make(chan struct{}, p.cfg.MaxParallelFullSyncs)
+	}
+	return d
+}
+
+// addr is the listening address once serving; nil before.
+func (d *downstream) addr() net.Addr {
+	if d.ln == nil {
+		return nil
+	}
+	return d.ln.Addr()
+}
+
+// port is the listening port (0 before serving).
+func (d *downstream) port() int {
+	if a, ok := d.addr().(*net.TCPAddr); ok {
+		return a.Port
+	}
+	return 0
+}
+
+// acceptLoop accepts connections until the listener closes, then waits for
+// the sessions it started: Serve closes them all on shutdown.
+func (d *downstream) acceptLoop(ctx context.Context, ln net.Listener) {
+	var sessions sync.WaitGroup
+	defer sessions.Wait()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			d.log.Warn("accept failed", "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		sessions.Go(func() { d.handleConn(ctx, conn) })
+	}
+}
+
+func (d *downstream) handleConn(ctx context.Context, conn net.Conn) {
+	sctx, cancel := context.WithCancel(ctx)
+	s := &session{p: d.p, conn: conn, addr: conn.RemoteAddr().String(), cancel: cancel,
+		br: bufio.NewReaderSize(conn, 16<<10), authed: d.cfg.RequirePass == "", startTime: time.Now()}
+	s.ackOff.Store(-1)
+	d.mu.Lock()
+	if ctx.Err() != nil { // shutting down: closeSessions has run or will not see us
+		d.mu.Unlock()
+		conn.Close()
+		cancel()
+		return
+	}
+	if len(d.sessions) >= d.cfg.MaxClients {
+		d.mu.Unlock()
+		d.stats.RejectedConns.Add(1)
+		// As Redis (networking.c:acceptCommonHandler): one error line, then close.
+		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = conn.Write([]byte("-ERR max number of clients reached\r\n"))
+		conn.Close()
+		cancel()
+		return
+	}
+	d.nextID++
+	s.id = d.nextID
+	s.log = d.log.With("client", s.id, "addr", s.addr) // before others can see the session
+	d.sessions[s] = struct{}{}
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		delete(d.sessions, s)
+		d.mu.Unlock()
+		s.close(DownClosed)
+	}()
+	if err := s.serve(sctx); err != nil && sctx.Err() == nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		s.log.Info("client connection ended", "err", err)
+	}
+}
+
+// dropTrimmedReplicas disconnects replicas whose next byte was trimmed
+// away. Their writers may be blocked on a full socket and would otherwise
+// notice only at the replica timeout.
+func (d *downstream) dropTrimmedReplicas() {
+	first, _ := d.p.store.bl.Range()
+	behind := d.selectSessions(func(s *session) bool {
+		c := s.cur.Load()
+		return c != nil && c.Pos() < first
+	})
+	for _, s := range behind {
+		s.log.Warn("replica fell behind the backlog front; disconnecting", "backlog_first", first)
+		s.close(DownOffsetTrimmed)
+	}
+}
+
+// closeSessions disconnects the replicas that hold a position in the
+// stream (all connections on shutdown). Replicas still waiting for a
+// snapshot have none yet and are left waiting.
+func (d *downstream) closeSessions(reason DisconnectReason) int {
+	victims := d.selectSessions(func(s *session) bool {
+		return reason == DownShutdown || (s.replica.Load() && s.state.Load() != stateWaitBgsave)
+	})
+	for _, s := range victims {
+		s.close(reason)
+	}
+	return len(victims)
+}
+
+// selectSessions returns the sessions that match; the caller acts on them
+// outside mu (closing logs and touches sockets).
+func (d *downstream) selectSessions(match func(*session) bool) []*session {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []*session
+	for s := range d.sessions {
+		if match(s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// isSelf reports whether host:port is this proxy's own listener: a local
+// address (or the announced IP) on the listening port.
+func (d *downstream) isSelf(host string, port int) bool {
+	a, ok := d.addr().(*net.TCPAddr)
+	if !ok || a.Port != port {
+		return false
+	}
+	if host == d.cfg.AnnounceIP {
+		return true
+	}
+	if strings.EqualFold(host, "localhost") {
+		host = "127.0.0.1"
+	}
+	ip := net.ParseIP(host)
+	switch {
+	case ip == nil:
+		return false // a name: not resolved here
+	case ip.Equal(a.IP):
+		return true
+	case !a.IP.IsUnspecified():
+		return false
+	case ip.IsLoopback():
+		return true
+	}
+	addrs, _ := net.InterfaceAddrs()
+	for _, ad := range addrs {
+		if n, ok := ad.(*net.IPNet); ok && n.IP.Equal(ip) {
+			return true
+		}
+	}
+	return false
+}
