@@ -42,7 +42,7 @@ func startRig(t *testing.T, upstream string) *rig {
 	t.Helper()
 	obs := NewObserver()
 	p, err := proxy.New(proxy.Config{Upstream: upstream, DataDir: t.TempDir(), Listen: "127.0.0.1:0",
-		BacklogSize: 64 << 20, ReplTimeout: 5 * time.Second, Observer: obs}, slog.New(slog.DiscardHandler))
+		BacklogSize: 64 << 20, ReplTimeout: 30 * time.Second, Observer: obs}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,14 +272,22 @@ func TestMetricsLiveTopology(t *testing.T) {
 	}
 	defer slow.Resume()
 	stop := make(chan struct{})
+	// About 2 MB/s: the lag passes 1 MB and 3 s long before the 64 MB
+	// backlog could trim past the stopped replica (which would drop it).
 	go func() {
+		tick := time.NewTicker(25 * time.Millisecond)
+		defer tick.Stop()
 		for i := 0; ; i++ {
 			select {
 			case <-stop:
 				return
-			default:
+			case <-tick.C:
 			}
-			_ = origin.Client().Set(ctx, "load"+strconv.Itoa(i%1000), strings.Repeat("x", 500), 0).Err()
+			pipe := origin.Client().Pipeline()
+			for j := range 100 {
+				pipe.Set(ctx, "load"+strconv.Itoa((i*100+j)%1000), strings.Repeat("x", 500), 0)
+			}
+			_, _ = pipe.Exec(ctx)
 		}
 	}()
 	redistest.Eventually(t, 30*time.Second, "stopped replica's lag rises", func() bool {

@@ -53,9 +53,9 @@ func TestCmdReaderLimits(t *testing.T) {
 func TestInlineQuotes(t *testing.T) {
 	for in, want := range map[string][]string{
 		"set \"a b\" c\r\n":          {"set", "a b", "c"},
-		"  a \t b  \r\n":            {"a", "b"},
+		"  a \t b  \r\n":             {"a", "b"},
 		`echo "x\x41\n\"y"` + "\r\n": {"echo", "xA\n\"y"},
-		`echo 'it\'s' '\n'` + "\n":    {"echo", "it's", `\n`},
+		`echo 'it\'s' '\n'` + "\n":   {"echo", "it's", `\n`},
 		`echo ""` + "\n":             {"echo", ""},
 		`echo "\xZZ"` + "\n":         {"echo", "xZZ"},
 	} {

@@ -117,7 +117,7 @@ func TestTenReplicasConverge(t *testing.T) {
 	if got := origin.InfoInt("stats", "total_forks"); got != 1 {
 		t.Fatalf("origin total_forks %d", got)
 	}
-	if got := p.stats.SyncFull.Load(); got != 10 {
+	if got := p.Stats().SyncFull.Load(); got != 10 {
 		t.Fatalf("proxy served %d full syncs, want 10", got)
 	}
 }
@@ -145,7 +145,7 @@ func TestReplicaRestartPartial(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	fullBefore := p.stats.SyncFull.Load()
+	fullBefore := p.Stats().SyncFull.Load()
 	logBefore, _ := os.ReadFile(r.Log)
 	if err := r.Restart(); err != nil {
 		t.Fatal(err)
@@ -157,7 +157,7 @@ func TestReplicaRestartPartial(t *testing.T) {
 	if after := strings.TrimPrefix(string(logAfter), string(logBefore)); !strings.Contains(after, "Successful partial resynchronization with master") {
 		t.Fatalf("restarted replica did not partially resync:\n%s", r.LogTail(20))
 	}
-	if p.stats.SyncFull.Load() != fullBefore {
+	if p.Stats().SyncFull.Load() != fullBefore {
 		t.Fatal("the restarted replica took a full sync")
 	}
 }
@@ -178,16 +178,16 @@ func TestReplicaLinkCuts(t *testing.T) {
 	fp.CutAfter(p.position().snap.Size / 2)
 	replicas := startReplicas(t, 1, fp.Addr())
 	redistest.Eventually(t, 20*time.Second, "a payload cut is seen", func() bool {
-		return p.stats.SyncFull.Load() >= 2
+		return p.Stats().SyncFull.Load() >= 2
 	})
 	fp.CutAfter(0)
 	waitConverged(t, origin, replicas, 30*time.Second)
-	ok := p.stats.SyncPartialOK.Load()
+	ok := p.Stats().SyncPartialOK.Load()
 	fp.CutAll()
 	_ = origin.Client().Set(context.Background(), "after-cut", "1", 0).Err()
 	waitConverged(t, origin, replicas, 30*time.Second)
-	if p.stats.SyncPartialOK.Load() != ok+1 {
-		t.Fatalf("partial syncs %d, want %d", p.stats.SyncPartialOK.Load(), ok+1)
+	if p.Stats().SyncPartialOK.Load() != ok+1 {
+		t.Fatalf("partial syncs %d, want %d", p.Stats().SyncPartialOK.Load(), ok+1)
 	}
 }
 
@@ -366,7 +366,7 @@ func TestTieringAndRDBDump(t *testing.T) {
 		t.Fatal(err)
 	}
 	snap := p2.position().snap
-	stored, err := os.ReadFile(filepath.Join(p2.cfg.DataDir, "snapshots", snap.Name))
+	stored, err := os.ReadFile(filepath.Join(p2.Config().DataDir, "snapshots", snap.Name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -378,7 +378,7 @@ func TestTieringAndRDBDump(t *testing.T) {
 	if loaded.InfoInt("persistence", "loading") != 0 {
 		t.Fatal("still loading")
 	}
-	stats, err := snapshot.ScanFile(t.Context(), filepath.Join(p2.cfg.DataDir, "snapshots"), snap, snapshot.ScanOptions{})
+	stats, err := snapshot.ScanFile(t.Context(), filepath.Join(p2.Config().DataDir, "snapshots"), snap, snapshot.ScanOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -466,7 +466,7 @@ func TestBadInput(t *testing.T) {
 	}
 	_ = origin.Client().Set(context.Background(), "still", "flowing", 0).Err()
 	waitConverged(t, origin, replicas, 20*time.Second)
-	if n := p.stats.SyncFull.Load(); n != 2 { // the replica and "psync bad id"
+	if n := p.Stats().SyncFull.Load(); n != 2 { // the replica and "psync bad id"
 		t.Fatalf("full syncs %d", n)
 	}
 	for _, r := range p.Status().Replicas {
@@ -490,18 +490,18 @@ func TestTrimmedReplicaDropped(t *testing.T) {
 	stop := make(chan struct{})
 	load(t, origin.Client(), stop, 9)
 	redistest.Eventually(t, 60*time.Second, "stopped replica dropped for being trimmed", func() bool {
-		return p.stats.Disconnects.Load(DownOffsetTrimmed) >= 1
+		return p.Stats().Disconnects.Load(DownOffsetTrimmed) >= 1
 	})
 	close(stop)
 	if !strings.Contains(p.logBuf.String(), "fell behind the backlog front") {
 		t.Fatal("no log line for the trimmed replica")
 	}
-	full := p.stats.SyncFull.Load()
+	full := p.Stats().SyncFull.Load()
 	if err := replicas[0].Resume(); err != nil {
 		t.Fatal(err)
 	}
 	waitConverged(t, origin, replicas, 60*time.Second)
-	if p.stats.SyncFull.Load() <= full {
+	if p.Stats().SyncFull.Load() <= full {
 		t.Fatal("the trimmed replica resumed without a full sync")
 	}
 }
@@ -551,13 +551,13 @@ func TestServingWithoutUpstream(t *testing.T) {
 	up.Refuse(true)
 	up.CutAll()
 	redistest.Eventually(t, 10*time.Second, "upstream link down", func() bool { return !p.linkUp() })
-	ok := p.stats.SyncPartialOK.Load()
+	ok := p.Stats().SyncPartialOK.Load()
 	down.CutAll()
 	redistest.Eventually(t, 20*time.Second, "replica continues from the backlog", func() bool {
-		return p.stats.SyncPartialOK.Load() == ok+1 && mustInfo(t, replicas[0], "replication")["master_link_status"] == "up"
+		return p.Stats().SyncPartialOK.Load() == ok+1 && mustInfo(t, replicas[0], "replication")["master_link_status"] == "up"
 	})
-	if p.stats.SyncFull.Load() != 1 {
-		t.Fatalf("full syncs %d", p.stats.SyncFull.Load())
+	if p.Stats().SyncFull.Load() != 1 {
+		t.Fatalf("full syncs %d", p.Stats().SyncFull.Load())
 	}
 }
 
@@ -699,7 +699,7 @@ func (r *failoverRig) continuesOnStandby(t *testing.T, seed uint64) {
 	if got := r.standby.InfoInt("stats", "sync_full"); got != 0 {
 		t.Fatalf("promoted replica served %d full syncs", got)
 	}
-	if got := r.p.stats.SyncFull.Load(); got != int64(len(r.replicas)) {
+	if got := r.p.Stats().SyncFull.Load(); got != int64(len(r.replicas)) {
 		t.Fatalf("proxy served %d full syncs, want only the initial %d", got, len(r.replicas))
 	}
 }
@@ -807,7 +807,7 @@ func TestRDBVersionMismatch(t *testing.T) {
 
 	r := startReplicas(t, 1, p.addr)[0]
 	redistest.Eventually(t, 30*time.Second, "the replica fails to load and the proxy says so", func() bool {
-		return p.stats.Disconnects.Load(DownClosedBeforeAck) >= 1 && r.LogContains("Can't handle RDB format version 12")
+		return p.Stats().Disconnects.Load(DownClosedBeforeAck) >= 1 && r.LogContains("Can't handle RDB format version 12")
 	})
 	if !strings.Contains(p.logBuf.String(), "replica hung up after a full sync without acknowledging it") {
 		t.Fatal("no warning for the replica that hung up")
@@ -837,7 +837,7 @@ func TestRDBVersionMismatch(t *testing.T) {
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Fatalf("link not closed after the refusal: %v", err)
 	}
-	if got := p.stats.Disconnects.Load(DownRDBVersion); got != 1 {
+	if got := p.Stats().Disconnects.Load(DownRDBVersion); got != 1 {
 		t.Fatalf("disconnects for rdb_version: %d, want 1", got)
 	}
 }
@@ -890,7 +890,7 @@ func TestReplicaofMovesUpstream(t *testing.T) {
 	if !strings.Contains(info, "master_port:"+sPort+"\r\n") {
 		t.Fatalf("INFO does not show the new upstream:\n%s", info)
 	}
-	if got := p.stats.UpstreamDisconnects.Load(UpReplicaof); got != 1 {
+	if got := p.Stats().UpstreamDisconnects.Load(UpReplicaof); got != 1 {
 		t.Fatalf("upstream disconnects for replicaof: %d", got)
 	}
 	rig.continuesOnStandby(t, 62)
@@ -961,7 +961,7 @@ func TestMaxClients(t *testing.T) {
 		}
 		conns = append(conns, rw)
 	}
-	if n := p.stats.RejectedConns.Load(); n != 1 {
+	if n := p.Stats().RejectedConns.Load(); n != 1 {
 		t.Fatalf("rejected %d", n)
 	}
 	_, _ = conns[0].WriteString("PING\r\n")

@@ -347,8 +347,7 @@ func (f *follower) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*sn
 	}
 	info, err := f.finishSnapshot(rcv, reply)
 	if err != nil {
-		f.log.Error("snapshot rejected", "replid", reply.ReplID, "offset", reply.Offset, "bytes", n, "err", err)
-		return nil, n, err
+		return nil, n, err // logged with its class by fullSyncFailed
 	}
 	if err := f.installFullSync(info); err != nil {
 		return nil, n, localError(err)

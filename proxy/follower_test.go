@@ -170,11 +170,11 @@ func TestLinkCuts(t *testing.T) {
 			// Mid-stream cut: partial resync, no full sync.
 			_ = origin.Client().Set(context.Background(), "a", "1", 0).Err()
 			waitSynced(t, origin, p.backlogEnd, 10*time.Second)
-			partial := p.stats.UpstreamPartialSyncs.Load()
+			partial := p.Stats().UpstreamPartialSyncs.Load()
 			fp.CutAll()
 			_ = origin.Client().Set(context.Background(), "b", "2", 0).Err()
 			redistest.Eventually(t, 20*time.Second, "partial resync after a mid-stream cut", func() bool {
-				return p.stats.UpstreamPartialSyncs.Load() > partial && p.linkUp()
+				return p.Stats().UpstreamPartialSyncs.Load() > partial && p.linkUp()
 			})
 			waitSynced(t, origin, p.backlogEnd, 10*time.Second)
 			if got := origin.InfoInt("stats", "sync_full"); got != 1 {
@@ -190,11 +190,11 @@ func TestLinkCuts(t *testing.T) {
 			for i := range 64 {
 				_ = origin.Client().Set(context.Background(), "fill"+strconv.Itoa(i), big, 0).Err()
 			}
-			failures := p.stats.UpstreamSyncFailures.Load()
+			failures := p.Stats().UpstreamSyncFailures.Load()
 			fp.CutAfter(first.Size / 2)
 			fp.Refuse(false)
 			redistest.Eventually(t, 20*time.Second, "a cut full sync is counted as failed", func() bool {
-				return p.stats.UpstreamSyncFailures.Load() > failures
+				return p.Stats().UpstreamSyncFailures.Load() > failures
 			})
 			pos := p.position()
 			if pos.snap.Name != first.Name || pos.hist.ReplID != first.ReplID {
@@ -294,7 +294,7 @@ func TestCorruptRDBRejected(t *testing.T) {
 	if fs.LastClass != "payload" || fs.InARow < 2 || fs.NextAt.Sub(fs.LastAt) < 45*time.Second {
 		t.Fatalf("after %d failed syncs: %+v (want payload, the next attempt a minute or more later)", served.Load(), fs)
 	}
-	if got := p.stats.FullSyncs()["initial"]["payload"]; got != served.Load() {
+	if got := p.Stats().FullSyncs()["initial"]["payload"]; got != served.Load() {
 		t.Fatalf("%d payload failures counted, %d served", got, served.Load())
 	}
 	if !strings.Contains(p.logBuf.String(), "keeps sending RDBs that fail verification") {
@@ -341,7 +341,7 @@ func TestOriginRestartNewHistory(t *testing.T) {
 		t.Fatalf("old snapshot still on disk: %v", err)
 	}
 	waitSynced(t, origin, p.backlogEnd, 10*time.Second)
-	if got := p.stats.UpstreamFullSyncs.Load(); got != 2 {
+	if got := p.Stats().UpstreamFullSyncs.Load(); got != 2 {
 		t.Fatalf("upstream full syncs %d, want 2", got)
 	}
 }
@@ -357,13 +357,13 @@ func TestSmallBacklogRefresh(t *testing.T) {
 	const budget = 1 << 20
 	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize = budget })
 	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
-	connects := p.stats.UpstreamConnects.Load()
+	connects := p.Stats().UpstreamConnects.Load()
 	stop := make(chan struct{})
 	load(t, origin.Client(), stop, 3)
 	maxDisk := int64(0)
 	redistest.Eventually(t, 90*time.Second, "three refreshes under load", func() bool {
 		maxDisk = max(maxDisk, dirSize(t, filepath.Join(dir, "backlog")))
-		return p.stats.Refreshes.Load() >= 3
+		return p.Stats().Refreshes.Load() >= 3
 	})
 	close(stop)
 	waitSynced(t, origin, p.backlogEnd, 20*time.Second)
@@ -372,14 +372,14 @@ func TestSmallBacklogRefresh(t *testing.T) {
 	if limit := int64(budget + budget/16 + budget/2); maxDisk > limit {
 		t.Fatalf("backlog disk use peaked at %d, limit %d", maxDisk, limit)
 	}
-	if got := p.stats.UpstreamConnects.Load(); got != connects {
+	if got := p.Stats().UpstreamConnects.Load(); got != connects {
 		t.Fatalf("main link reconnected %d times during refreshes", got-connects)
 	}
 	var fulls, want int64
 	redistest.Eventually(t, 30*time.Second, "origin full syncs are the initial one plus refreshes", func() bool {
 		busy := p.refreshing()
 		fulls = origin.InfoInt("stats", "sync_full")
-		want = 1 + p.stats.Refreshes.Load() + p.stats.RefreshFailures.Load()
+		want = 1 + p.Stats().Refreshes.Load() + p.Stats().RefreshFailures.Load()
 		return !busy && fulls == want
 	})
 	in, err := Inspect(t.Context(), dir, InspectOptions{Keys: true, Types: true})

@@ -74,7 +74,7 @@ func TestDiskFullNoForkStorm(t *testing.T) {
 				return p.linkUp() && p.position().snap != nil
 			})
 			waitSynced(t, origin, p.backlogEnd, 10*time.Second)
-			fs := p.stats.FullSyncs()["initial"]
+			fs := p.Stats().FullSyncs()["initial"]
 			if fs["ok"] != 1 || fs["local"] < 1 {
 				t.Fatalf("full syncs by outcome %v", fs)
 			}
@@ -103,7 +103,7 @@ func TestOriginRestartWithPersistenceIsCheap(t *testing.T) {
 	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
 	_ = origin.Client().Set(ctx, "y", "2", 0).Err()
 	waitSynced(t, origin, p.backlogEnd, 10*time.Second)
-	partial := p.stats.UpstreamPartialSyncs.Load()
+	partial := p.Stats().UpstreamPartialSyncs.Load()
 	_ = origin.Client().Do(ctx, "SHUTDOWN", "SAVE").Err()
 	redistest.Eventually(t, 10*time.Second, "origin down", func() bool { return !p.linkUp() })
 	redistest.Eventually(t, 10*time.Second, "a few cheap retries", func() bool {
@@ -113,7 +113,7 @@ func TestOriginRestartWithPersistenceIsCheap(t *testing.T) {
 		t.Fatal(err)
 	}
 	redistest.Eventually(t, 20*time.Second, "partial resync with the restarted origin", func() bool {
-		return p.stats.UpstreamPartialSyncs.Load() > partial && p.linkUp()
+		return p.Stats().UpstreamPartialSyncs.Load() > partial && p.linkUp()
 	})
 	if n := origin.InfoInt("stats", "sync_full"); n != 0 {
 		t.Fatalf("the restarted origin served %d full syncs", n)
@@ -167,16 +167,16 @@ func TestRefreshHeldBackWithoutRoom(t *testing.T) {
 			t.Fatalf("the origin forked for a refresh that cannot fit (%d -> %d)", forks, n)
 		}
 	}
-	if p.stats.Refreshes.Load()+p.stats.RefreshFailures.Load() != 0 {
+	if p.Stats().Refreshes.Load()+p.Stats().RefreshFailures.Load() != 0 {
 		t.Fatal("a refresh was attempted")
 	}
 	if out, err := exec.Command("mount", "-o", "remount,size=64m", mnt).CombinedOutput(); err != nil {
 		t.Fatalf("grow the volume: %v %s", err, out)
 	}
 	redistest.Eventually(t, 30*time.Second, "the refresh runs once there is room", func() bool {
-		return p.stats.Refreshes.Load() == 1
+		return p.Stats().Refreshes.Load() == 1
 	})
-	if fs := p.stats.FullSyncs()["refresh"]; fs["ok"] != 1 {
+	if fs := p.Stats().FullSyncs()["refresh"]; fs["ok"] != 1 {
 		t.Fatalf("refreshes by outcome %v", fs)
 	}
 }

@@ -55,7 +55,7 @@ func (s *syncBuffer) String() string {
 func startProxy(t *testing.T, upstream, dataDir string, mod ...func(*Config)) *testProxy {
 	t.Helper()
 	cfg := Config{Upstream: upstream, DataDir: dataDir, Listen: "127.0.0.1:0", BacklogSize: 64 << 20,
-		Fsync: backlog.FsyncEverySec, ReplTimeout: 10 * time.Second, ReplicaTimeout: 20 * time.Second}
+		Fsync: backlog.FsyncEverySec, ReplTimeout: 30 * time.Second, ReplicaTimeout: 20 * time.Second} // repl-timeout above the origin's 10 s PING period, or an idle link flaps
 	for _, m := range mod {
 		m(&cfg)
 	}

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"runtime"
@@ -146,7 +148,7 @@ func TestReadersDoNotWaitForFsync(t *testing.T) {
 	hold.Store(false)
 	released()
 	redistest.Eventually(t, 20*time.Second, "the new history is installed", func() bool {
-		return p.linkUp() && p.stats.UpstreamFullSyncs.Load() == 2
+		return p.linkUp() && p.Stats().UpstreamFullSyncs.Load() == 2
 	})
 }
 
@@ -208,4 +210,88 @@ func TestShutdownDuringRefresh(t *testing.T) {
 		t.Fatalf("%d goroutines of the daemon before, %d after shutdown; one of them:\n%s", before, after, sample)
 	}
 	t.Logf("shutdown with a refresh in flight took %v", took)
+}
+
+// TestRaceBinaryKillCycles: the replproxy binary built with -race, in the
+// demo topology (origin, proxy, three replicas) under load, survives 20
+// SIGKILL/restart cycles with a burst of garbage connections in each and
+// never reports a data race; the replicas converge and the origin forked
+// once.
+func TestRaceBinaryKillCycles(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin", "--repl-backlog-size", "64mb")
+	populate(t, origin)
+	proc := startProxyBinary(t, raceBinary(t), origin.Addr())
+	replicas := startReplicas(t, 3, proc.addr)
+	waitConverged(t, origin, replicas, 60*time.Second)
+	stop := make(chan struct{})
+	wg := runMixedLoad(t, origin.Client(), stop, 21)
+	stopLoad := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	defer stopLoad()
+	pcli := redis.NewClient(&redis.Options{Addr: proc.addr, MaxRetries: -1})
+	defer pcli.Close()
+	rnd := rand.New(rand.NewPCG(9, 9))
+	for round := range 20 {
+		redistest.Eventually(t, 30*time.Second, fmt.Sprintf("proxy back (round %d)", round), func() bool {
+			info, err := pcli.Info(context.Background(), "replication").Result()
+			return err == nil && strings.Contains(info, "master_link_status:up") && strings.Contains(info, "state=online")
+		})
+		var garbage sync.WaitGroup
+		for i := range 10 {
+			size := 64 + rnd.IntN(4096)
+			garbage.Go(func() {
+				c, err := net.DialTimeout("tcp", proc.addr, time.Second)
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(time.Second))
+				junk := make([]byte, size)
+				for j := range junk {
+					junk[j] = byte(i*31 + j*7)
+				}
+				switch i % 4 {
+				case 0:
+					_, _ = c.Write(junk)
+				case 1:
+					_, _ = c.Write([]byte("*3\r\n$8\r\nREPLCONF\r\n")) // half a command, then silence
+				case 2:
+					_, _ = c.Write([]byte("PSYNC ? -1\r\n")) // a replica that never reads
+				case 3:
+					_, _ = c.Write([]byte("INFO\r\nROLE\r\nPSYNC nonsense x\r\n"))
+					_, _ = io.Copy(io.Discard, c)
+				}
+			})
+		}
+		garbage.Wait()
+		proc.Kill()
+		proc.restart()
+	}
+	stopLoad()
+	waitConverged(t, origin, replicas, 120*time.Second)
+	b, err := os.ReadFile(proc.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), "WARNING: DATA RACE"); n > 0 {
+		i := strings.Index(string(b), "WARNING: DATA RACE")
+		t.Fatalf("%d data races reported; the first:\n%s", n, string(b)[i:min(len(b), i+4000)])
+	}
+	if got := origin.InfoInt("stats", "sync_full"); got != 1 {
+		t.Fatalf("origin sync_full %d", got)
+	}
+}
+
+// raceBinary is the replproxy binary with the race detector, whatever
+// REPLPROXY_TEST_NORACE says.
+func raceBinary(t *testing.T) string {
+	t.Helper()
+	if os.Getenv("REPLPROXY_TEST_NORACE") == "" {
+		return redistest.ProxyBinary(t)
+	}
+	path, err := redistest.BuildProxy(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/backlog"
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
@@ -160,11 +161,7 @@ func (s *session) sync(ctx context.Context, req syncRequest) (*backlog.Cursor, e
 
 // continued answers +CONTINUE and puts the replica online at the offset.
 func (s *session) continued(cur *backlog.Cursor, pos position) error {
-	line := "+CONTINUE\r\n"
-	if s.capaPsync2 {
-		line = "+CONTINUE " + pos.hist.ReplID + "\r\n"
-	}
-	if err := s.write([]byte(line)); err != nil {
+	if err := s.write(psync.EncodeContinue(pos.hist.ReplID, s.capaPsync2)); err != nil {
 		cur.Close()
 		return err
 	}
@@ -231,12 +228,12 @@ func (s *session) sendSnapshot(f *os.File, cur *backlog.Cursor, snap *snapshot.I
 	p := s.p
 	p.stats.SyncFull.Add(1)
 	start := time.Now()
-	var head string
+	var head []byte
 	if !s.legacy {
-		head = fmt.Sprintf("+FULLRESYNC %s %d\r\n", replid, snap.Offset)
+		head = psync.EncodeFullResync(replid, snap.Offset)
 	}
-	head += fmt.Sprintf("$%d\r\n", snap.Size)
-	if err := s.write([]byte(head)); err != nil {
+	head = append(head, psync.EncodePayloadHeader(snap.Size)...)
+	if err := s.write(head); err != nil {
 		cur.Close()
 		return nil, err
 	}

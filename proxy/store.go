@@ -187,11 +187,7 @@ func (s *store) position() position {
 // persistLocked writes the state file; called with wmu held.
 func (s *store) persistLocked() error {
 	p := s.cur.Load()
-	if err := saveState(s.statePath(), persisted{History: p.hist, Snapshot: p.snap, BacklogTag: s.bl.Tag()}); err != nil {
-		s.log.Error("persist state failed", "err", err)
-		return err
-	}
-	return nil
+	return saveState(s.statePath(), persisted{History: p.hist, Snapshot: p.snap, BacklogTag: s.bl.Tag()})
 }
 
 // installFullSync makes info the snapshot of a new history: the backlog
@@ -253,7 +249,10 @@ func (s *store) shiftHistory(newID string) (string, bool) {
 		return "", false
 	}
 	s.publishLocked(cur.hist.Shift(newID, s.bl.End()), cur.snap)
-	_ = s.persistLocked()
+	if err := s.persistLocked(); err != nil {
+		// In force in memory; a restart before the next persist resumes with the old ID, which the upstream still continues.
+		s.log.Error("persist state after the replication ID change failed", "err", err)
+	}
 	return cur.hist.ReplID, true
 }
 

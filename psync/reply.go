@@ -113,3 +113,20 @@ func ReadReplyLine(br *bufio.Reader, max int, onKeepalive func()) (string, error
 		}
 	}
 }
+
+// EncodeContinue is a master's +CONTINUE line (masterTryPartialResynchronization):
+// with the replication ID for replicas that sent capa psync2.
+func EncodeContinue(replid string, psync2 bool) []byte {
+	if psync2 {
+		return []byte("+CONTINUE " + replid + "\r\n")
+	}
+	return []byte("+CONTINUE\r\n")
+}
+
+// EncodeFullResync is a master's "+FULLRESYNC <replid> <offset>" line.
+func EncodeFullResync(replid string, offset int64) []byte {
+	return fmt.Appendf(nil, "+FULLRESYNC %s %d\r\n", replid, offset)
+}
+
+// EncodePayloadHeader is the "$<length>" line before a disk-form payload.
+func EncodePayloadHeader(length int64) []byte { return fmt.Appendf(nil, "$%d\r\n", length) }

@@ -76,3 +76,27 @@ func FuzzParsePsyncReply(f *testing.F) {
 		}
 	})
 }
+
+// TestEncodeParseRoundTrip: the master-side lines the proxy writes parse
+// back, as a replica reads them, to what was meant.
+func TestEncodeParseRoundTrip(t *testing.T) {
+	id := strings.Repeat("ab", 20)
+	r, err := ParsePsyncReply(strings.TrimSuffix(string(EncodeFullResync(id, 12345)), "\r\n"))
+	if err != nil || r.Kind != ReplyFullResync || r.ReplID != id || r.Offset != 12345 {
+		t.Fatalf("FULLRESYNC: %+v %v", r, err)
+	}
+	for _, psync2 := range []bool{true, false} {
+		r, err := ParsePsyncReply(strings.TrimSuffix(string(EncodeContinue(id, psync2)), "\r\n"))
+		want := ""
+		if psync2 {
+			want = id
+		}
+		if err != nil || r.Kind != ReplyContinue || r.ReplID != want {
+			t.Fatalf("CONTINUE psync2=%v: %+v %v", psync2, r, err)
+		}
+	}
+	h, err := ParsePayloadHeader(strings.TrimSuffix(string(EncodePayloadHeader(99)), "\r\n"))
+	if err != nil || h.Length != 99 {
+		t.Fatalf("payload header: %+v %v", h, err)
+	}
+}
