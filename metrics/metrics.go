@@ -22,7 +22,6 @@ const ns = "replproxy"
 
 // Known label values, pre-initialised to 0 so series exist from the start.
 var (
-	failureClasses     = []string{"local", "payload", "link"}
 	histogramBucketsS  = prometheus.ExponentialBuckets(0.001, 4, 10) // 1ms .. 262s
 	histogramBucketsB  = prometheus.ExponentialBuckets(1024, 4, 12)  // 1KiB .. 4GiB
 	nativeBucketFactor = 1.1
@@ -246,7 +245,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	fs := st.FullSync
-	for _, class := range failureClasses {
+	for _, class := range proxy.FailureClasses {
 		n := 0
 		if fs.LastClass == class {
 			n = fs.InARow

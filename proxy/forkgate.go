@@ -27,8 +27,8 @@ const (
 	failLink    failureClass = "link"    // the connection broke or timed out mid-transfer
 )
 
-// failureClasses are the classes, in the order metrics list them.
-var failureClasses = []failureClass{failLocal, failPayload, failLink}
+// FailureClasses are the failure classes, as metrics label them.
+var FailureClasses = []string{string(failLocal), string(failPayload), string(failLink)}
 
 // syncPurpose is why the proxy asked the upstream for an RDB.
 type syncPurpose string

@@ -12,9 +12,6 @@ func (p *Proxy) backlogLog() *backlog.Log { return p.store.bl }
 // backlogEnd is master_repl_offset.
 func (p *Proxy) backlogEnd() int64 { return p.store.bl.End() }
 
-// snapshotDir is where the snapshot files are.
-func (p *Proxy) snapshotDir() string { return p.store.snapDir }
-
 // linkUp reports whether the upstream link is streaming.
 func (p *Proxy) linkUp() bool { return p.follower.linkUp() }
 
@@ -29,6 +26,3 @@ func (p *Proxy) closeSessions(reason DisconnectReason) int { return p.down.close
 
 // dropTrimmedReplicas runs the trim check.
 func (p *Proxy) dropTrimmedReplicas() { p.down.dropTrimmedReplicas() }
-
-// upstreamAddr is where the follower connects.
-func (p *Proxy) upstreamAddr() string { return p.follower.upstreamAddr() }

@@ -27,8 +27,23 @@ const (
 	stateOnline                  // streaming
 )
 
+// Redis' replies, byte for byte (the final period included).
+var (
+	errNoAuth    = redisError("NOAUTH Authentication required.")
+	errWrongPass = redisError("WRONGPASS invalid username-password pair or user is disabled.")
+)
+
+// redisError is an error reply in Redis' exact words.
+type redisError string
+
+func (e redisError) Error() string { return string(e) }
+
 // session is one downstream connection: a client until SYNC/PSYNC, then a
-// replica fed from the backlog.
+// replica fed from the backlog. Publication rule: id, conn, addr and log
+// are set before the session joins the downstream's set; the handshake
+// fields (name, listening port, capabilities...) are written only by the
+// session's goroutine before replica is stored true, and others read them
+// only after loading replica == true; everything else is atomic.
 type session struct {
 	p      *Proxy
 	id     int64
@@ -112,7 +127,7 @@ func (s *session) serve(ctx context.Context) error {
 		}
 		cmd := strings.ToLower(string(args[0]))
 		if !s.authed && cmd != "auth" && cmd != "hello" && cmd != "quit" {
-			if err := s.reply(resp.ErrorValue(errors.New("NOAUTH Authentication required."))); err != nil {
+			if err := s.reply(resp.ErrorValue(errNoAuth)); err != nil {
 				return err
 			}
 			continue
@@ -295,7 +310,7 @@ func (s *session) checkAuth(user, pass []byte) error {
 		return errors.New("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
 	}
 	if string(user) != "default" || subtle.ConstantTimeCompare(pass, []byte(s.p.cfg.RequirePass)) != 1 {
-		return errors.New("WRONGPASS invalid username-password pair or user is disabled.")
+		return errWrongPass
 	}
 	s.authed = true
 	return nil
