@@ -166,6 +166,9 @@ var (
 	dSnapVersion      = desc("snapshot_rdb_version", "RDB format version of the stored snapshot.")
 	dSnapInProgress   = desc("snapshot_in_progress", "1 while a snapshot refresh runs.")
 	dSnapRefreshes    = desc("snapshot_refreshes_total", "Snapshot refreshes fetched from upstream.")
+	dSnapSource       = desc("snapshot_source", "1 for where the stored snapshot came from: a downstream replica (no fork on the origin) or the upstream.", "source")
+	dSnapAttempts     = desc("snapshot_refresh_attempts_total", "Snapshot refresh attempts by source (replica, upstream) and outcome (ok, failed).", "source", "outcome")
+	dSnapOverBudget   = desc("snapshot_budget_exceeded", "1 while the stream since the snapshot exceeds the backlog budget: no refresh succeeded, so the backlog cannot be trimmed.")
 	dSnapFailures     = desc("snapshot_refresh_failures_total", "Snapshot refreshes that failed.")
 	dDownReplicas     = desc("downstream_replicas", "Connected replicas by state.", "state")
 	dDownClients      = desc("downstream_clients", "Connected non-replica clients.")
@@ -294,6 +297,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	g(dSnapInProgress, b(st.Refreshing))
 	cnt(dSnapRefreshes, float64(stats.Refreshes.Load()))
 	cnt(dSnapFailures, float64(stats.RefreshFailures.Load()))
+	for _, src := range proxy.SnapshotSources {
+		g(dSnapSource, b(st.Snapshot != nil && proxy.SnapshotSource(st.Snapshot) == src), src)
+		for _, o := range proxy.RefreshOutcomes {
+			cnt(dSnapAttempts, float64(stats.RefreshAttempts.Load(src+"/"+o)), src, o)
+		}
+	}
+	g(dSnapOverBudget, b(st.BudgetExceeded()))
 
 	byState := map[proxy.ReplicaState]int{}
 	var maxLagB, maxLagS float64

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/replproxy/replproxy/psync/backlog"
@@ -30,6 +31,15 @@ type Config struct {
 	// MaxClients bounds downstream connections (replicas and tools), and
 	// with it the memory they can take; as Redis' maxclients.
 	MaxClients int
+
+	// RefreshFrom is where snapshot refreshes are fetched from, in order:
+	// SourceReplicas (a downstream replica forks, the origin does not)
+	// and/or SourceUpstream. Default: replicas, then upstream.
+	RefreshFrom []string
+	// ReplicaAuthUser and ReplicaAuthPassword authenticate refreshes at
+	// replicas; both empty: the upstream credentials.
+	ReplicaAuthUser     string
+	ReplicaAuthPassword string
 
 	// RefreshRatio: fetch a fresh snapshot once the stream since the current
 	// one exceeds RefreshRatio × BacklogSize. Default 0.5.
@@ -101,6 +111,12 @@ func (c *Config) setDefaults() {
 	if c.FullSyncRetryMax == 0 {
 		c.FullSyncRetryMax = max(DefaultFullSyncRetryMax, c.FullSyncRetryMin)
 	}
+	if len(c.RefreshFrom) == 0 {
+		c.RefreshFrom = []string{SourceReplicas, SourceUpstream}
+	}
+	if c.ReplicaAuthUser == "" && c.ReplicaAuthPassword == "" {
+		c.ReplicaAuthUser, c.ReplicaAuthPassword = c.UpstreamUser, c.UpstreamPassword
+	}
 	if c.MaxClients == 0 {
 		c.MaxClients = DefaultMaxClients
 	}
@@ -138,6 +154,15 @@ func (c *Config) validate() error {
 	if c.FullSyncRetryMin < 100*time.Millisecond || c.FullSyncRetryMax < c.FullSyncRetryMin {
 		errs = append(errs, fmt.Errorf("full-sync retry backoff %v..%v: the minimum must be at least 100ms and the maximum not below it",
 			c.FullSyncRetryMin, c.FullSyncRetryMax))
+	}
+	seen := map[string]bool{}
+	for _, src := range c.RefreshFrom {
+		if src != SourceReplicas && src != SourceUpstream || seen[src] {
+			errs = append(errs, fmt.Errorf("snapshot-refresh-from %q: want replicas and/or upstream, each once, in the order to try",
+				strings.Join(c.RefreshFrom, ",")))
+			break
+		}
+		seen[src] = true
 	}
 	if c.MaxClients < 0 {
 		errs = append(errs, errors.New("max clients must be >= 0 (0 picks the default)"))

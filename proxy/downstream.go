@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -189,4 +190,35 @@ func (d *downstream) isSelf(host string, port int) bool {
 		}
 	}
 	return false
+}
+
+// refreshCandidates lists the replicas a snapshot refresh may ask, most
+// caught up first: online (so not busy with a full sync), at the proxy's
+// current history, with an announced listening port. The one asked last
+// time goes last while others exist.
+func (d *downstream) refreshCandidates(avoid string) []string {
+	type cand struct {
+		addr string
+		ack  int64
+	}
+	var cs []cand
+	for _, s := range d.selectSessions(func(s *session) bool {
+		return s.replica.Load() && !s.legacy && !s.rdbOnly && s.listeningPort > 0 && s.state.Load() == stateOnline
+	}) {
+		cs = append(cs, cand{addr: s.replicaAddr(), ack: s.ackOff.Load()})
+	}
+	sort.SliceStable(cs, func(i, j int) bool {
+		if (cs[i].addr == avoid) != (cs[j].addr == avoid) {
+			return cs[j].addr == avoid
+		}
+		if cs[i].ack != cs[j].ack {
+			return cs[i].ack > cs[j].ack
+		}
+		return cs[i].addr < cs[j].addr
+	})
+	out := make([]string, len(cs))
+	for i, c := range cs {
+		out[i] = c.addr
+	}
+	return out
 }

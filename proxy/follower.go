@@ -51,6 +51,12 @@ type follower struct {
 	refresh atomic.Bool   // a snapshot refresh is running
 	kick    chan struct{} // wakes maintain when trimming or a refresh is due
 	gate    *forkGate     // spaces out requests that cost the origin a fork
+
+	// Refresh state, touched by one refresh at a time (maintain starts the
+	// next only after the last one ended).
+	refreshBackoff     time.Duration
+	lastRefreshReplica string       // not asked twice in a row while others exist
+	refreshNotBefore   atomic.Int64 // unix nanoseconds; read by maintain
 }
 
 func newFollower(cfg Config, log *slog.Logger, stats *Stats, st *store, down *downstream) *follower {
@@ -104,22 +110,28 @@ func (u *upstreamConn) ack(offset int64) error {
 
 // dialUpstream connects and runs the handshake up to PSYNC.
 func (f *follower) dialUpstream(ctx context.Context, rdbOnly bool, onRead func()) (*upstreamConn, error) {
-	d := net.Dialer{Timeout: f.cfg.ReplTimeout, KeepAlive: 15 * time.Second}
-	conn, err := d.DialContext(ctx, "tcp", f.upstreamAddr())
-	if err != nil {
-		return nil, fmt.Errorf("dial upstream: %w", err)
-	}
-	u := &upstreamConn{conn: conn}
-	u.br = bufio.NewReaderSize(&deadlineReader{conn: conn, timeout: f.cfg.ReplTimeout, onRead: onRead}, readBuf)
 	port := f.cfg.AnnouncePort
 	if port == 0 {
 		port = f.down.port()
 	}
-	err = psync.Handshake(u, u.br, psync.HandshakeConfig{
+	u, err := f.dial(ctx, "upstream", f.upstreamAddr(), psync.HandshakeConfig{
 		User: f.cfg.UpstreamUser, Password: f.cfg.UpstreamPassword,
 		ListeningPort: port, IPAddress: f.cfg.AnnounceIP, RDBOnly: rdbOnly,
-	})
+	}, onRead)
+	return u, err
+}
+
+// dial connects to addr (the upstream, or a replica for a refresh) and runs
+// the replica handshake up to PSYNC.
+func (f *follower) dial(ctx context.Context, what, addr string, hs psync.HandshakeConfig, onRead func()) (*upstreamConn, error) {
+	d := net.Dialer{Timeout: f.cfg.ReplTimeout, KeepAlive: 15 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", what, err)
+	}
+	u := &upstreamConn{conn: conn}
+	u.br = bufio.NewReaderSize(&deadlineReader{conn: conn, timeout: f.cfg.ReplTimeout, onRead: onRead}, readBuf)
+	if err := psync.Handshake(u, u.br, hs); err != nil {
 		conn.Close()
 		return nil, err
 	}
@@ -349,6 +361,7 @@ func (f *follower) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*sn
 	if err != nil {
 		return nil, n, err // logged with its class by fullSyncFailed
 	}
+	info.Source = snapFromUpstream
 	if err := f.installFullSync(info); err != nil {
 		return nil, n, localError(err)
 	}
@@ -577,55 +590,21 @@ var errMoved = errors.New("upstream moved by REPLICAOF")
 // I/O error). The link is dropped and resumes after what was stored.
 var errBacklogWrite = errors.New("append to backlog")
 
-// refreshSnapshot fetches a new snapshot on a second connection while the
-// main link keeps streaming: REPLCONF rdb-only 1 and PSYNC ? -1, or a plain
-// second sync dropped after the payload when rdb-only is refused.
-func (f *follower) refreshSnapshot(ctx context.Context, since int64) {
-	f.log.Info("snapshot refresh started", "stream_since_snapshot", since)
-	start := time.Now()
-	info, err := f.fetchSnapshot(ctx)
-	if err != nil {
-		f.stats.RefreshFailures.Add(1)
-		f.log.Warn("snapshot refresh failed", "err", err)
-		return
+// refreshSourceReady reports whether some configured source may be asked
+// now: replicas always may; the upstream only outside the cost backoff.
+func (f *follower) refreshSourceReady() bool {
+	for _, src := range f.cfg.RefreshFrom {
+		if src == SourceReplicas || f.gate.wait(false, false) == 0 {
+			return true
+		}
 	}
-	f.fullSyncSucceeded(purposeRefresh, info)
-	f.stats.Refreshes.Add(1)
-	f.log.Info("snapshot refreshed", "replid", info.ReplID, "offset", info.Offset, "bytes", info.Size,
-		"seconds", time.Since(start).Seconds())
-}
-
-func (f *follower) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
-	u, err := f.dialUpstream(ctx, true, nil)
-	if errors.Is(err, psync.ErrRDBOnlyRefused) {
-		f.log.Info("upstream refuses rdb-only; refreshing with a plain sync")
-		u, err = f.dialUpstream(ctx, false, nil)
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer u.conn.Close()
-	stop := context.AfterFunc(ctx, func() { u.conn.Close() })
-	defer stop()
-	reply, err := psync.Psync(u, u.br, "", -1, nil)
-	if err != nil {
-		return nil, err
-	}
-	if reply.Kind != psync.ReplyFullResync {
-		return nil, fmt.Errorf("refresh PSYNC answered %q", reply.Line)
-	}
-	// The origin forks now: from here on, a failure is a wasted fork.
-	f.gate.started(purposeRefresh)
-	info, got, err := f.receiveRefresh(ctx, u, reply)
-	if err != nil {
-		f.fullSyncFailed(purposeRefresh, err, got)
-	}
-	return info, err
+	return false
 }
 
 // receiveRefresh receives and installs a refreshed snapshot of the current
-// history; it returns how many payload bytes arrived (also on error).
-func (f *follower) receiveRefresh(ctx context.Context, u *upstreamConn, reply psync.PsyncReply) (*snapshot.Info, int64, error) {
+// history from source; it returns how many payload bytes arrived (also on
+// error).
+func (f *follower) receiveRefresh(ctx context.Context, u *upstreamConn, reply psync.PsyncReply, source string) (*snapshot.Info, int64, error) {
 	rcv, got, err := f.receivePayload(u, reply, nil, nil)
 	if err != nil {
 		return nil, got, fmt.Errorf("refresh payload: %w", err)
@@ -646,6 +625,7 @@ func (f *follower) receiveRefresh(ctx context.Context, u *upstreamConn, reply ps
 	if err != nil {
 		return nil, got, err
 	}
+	info.Source = source // not shared until installed
 	if err := f.store.installRefresh(info); err != nil {
 		if errors.Is(err, errRefreshRejected) {
 			return nil, got, err
@@ -710,7 +690,8 @@ func (f *follower) maintain(ctx context.Context) {
 		// newly promoted master.
 		since := pos.end - pos.snap.Offset
 		if since <= int64(float64(f.cfg.BacklogSize)*f.cfg.RefreshRatio) || !f.linkUp() || f.refresh.Load() ||
-			f.gate.wait(false, false) > 0 || !f.roomForSnapshot(max(pos.snap.Size, f.gate.expected())) {
+			time.Now().UnixNano() < f.refreshNotBefore.Load() || !f.refreshSourceReady() ||
+			!f.roomForSnapshot(max(pos.snap.Size, f.gate.expected())) {
 			continue
 		}
 		f.refresh.Store(true)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/replproxy/replproxy/psync/snapshot"
 	"github.com/tidwall/resp"
 )
 
@@ -197,6 +198,12 @@ func (p *Proxy) info(sections ...string) string {
 		kv("upstream_sync_failures", ps.UpstreamSyncFailures.Load()),
 		kv("snapshot_refreshes", ps.Refreshes.Load()),
 		kv("snapshot_refresh_failures", ps.RefreshFailures.Load()),
+		kv("snapshot_source", SnapshotSource(st.Snapshot)),
+		kv("snapshot_budget_exceeded", map[bool]int{true: 1, false: 0}[st.BudgetExceeded()]),
+	}
+	for _, src := range SnapshotSources {
+		rp = append(rp, fmt.Sprintf("snapshot_refreshes_from_%s:ok=%d,failed=%d", src,
+			ps.RefreshAttempts.Load(src+"/ok"), ps.RefreshAttempts.Load(src+"/failed")))
 	}
 	// Requests that cost the origin a fork, and why the next one waits.
 	fs := st.FullSync
@@ -233,6 +240,18 @@ func (p *Proxy) info(sections ...string) string {
 	}
 	section("Replproxy", rp...)
 	return b.String()
+}
+
+// SnapshotSource names where a snapshot came from; snapshots kept from before
+// sources were recorded came from the upstream.
+func SnapshotSource(s *snapshot.Info) string {
+	switch {
+	case s == nil:
+		return "none"
+	case s.Source == "":
+		return snapFromUpstream
+	}
+	return s.Source
 }
 
 // oneLine keeps an INFO value on its line.

@@ -48,6 +48,8 @@ type Stats struct {
 	Rejections           [5]atomic.Int64 // by psync.ContinueVerdict
 	Disconnects          counts[DisconnectReason]
 	RejectedConns        atomic.Int64 // refused at --max-clients
+	// RefreshAttempts counts refresh attempts by "source/outcome".
+	RefreshAttempts counts[string]
 	// UpstreamFullSyncOutcomes counts full syncs the upstream started (each
 	// a fork on the origin) by purpose and outcome (SyncOutcomes order).
 	UpstreamFullSyncOutcomes [3][4]atomic.Int64
@@ -81,7 +83,14 @@ func (s *Stats) FullSyncs() map[string]map[string]int64 {
 }
 
 func newStats() *Stats {
-	return &Stats{UpstreamDisconnects: newCounts(UpstreamReasons), Disconnects: newCounts(DisconnectReasons)}
+	var attempts []string
+	for _, src := range SnapshotSources {
+		for _, o := range RefreshOutcomes {
+			attempts = append(attempts, src+"/"+o)
+		}
+	}
+	return &Stats{UpstreamDisconnects: newCounts(UpstreamReasons), Disconnects: newCounts(DisconnectReasons),
+		RefreshAttempts: newCounts(attempts)}
 }
 
 // linkStatus is the upstream link as INFO shows it.

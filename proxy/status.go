@@ -44,6 +44,12 @@ type Status struct {
 	FullSync GateStatus
 }
 
+// BudgetExceeded reports whether the stream since the snapshot outgrew the
+// backlog budget: no refresh succeeded, so the backlog cannot be trimmed.
+func (st Status) BudgetExceeded() bool {
+	return st.Snapshot != nil && st.BacklogEnd-st.Snapshot.Offset > st.BacklogSize
+}
+
 // ReplicaStatus is one downstream replica.
 type ReplicaStatus struct {
 	ID      int64

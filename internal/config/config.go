@@ -53,7 +53,7 @@ type Settings struct {
 }
 
 // secretFlags are never printed.
-var secretFlags = map[string]bool{"upstream-password": true, "requirepass": true}
+var secretFlags = map[string]bool{"upstream-password": true, "requirepass": true, "replica-auth-password": true}
 
 // UsageError is bad input: exit code 2, nothing touched.
 type UsageError struct{ Err error }
@@ -64,6 +64,8 @@ func (e UsageError) Unwrap() error { return e.Err }
 type raw struct {
 	backlogSize              sizeValue
 	passFile, reqPassFile    string
+	replicaPassFile          string
+	refreshFrom              string
 	fsync, logLevel, logFmt  string
 	replTimeout, replicaTime time.Duration
 	configFile               string
@@ -84,6 +86,10 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&r.passFile, "upstream-password-file", "", "read the origin password from `FILE`")
 	fs.StringVar(&c.RequirePass, "requirepass", "", "password downstream clients must AUTH with")
 	fs.StringVar(&r.reqPassFile, "requirepass-file", "", "read the downstream password from `FILE`")
+	fs.StringVar(&r.refreshFrom, "snapshot-refresh-from", "replicas,upstream", "where snapshot refreshes come from, in the order tried: replicas (a downstream replica forks, the origin does not) and/or upstream (a fork on the origin); replicas alone never forks the origin and lets the backlog outgrow its budget instead")
+	fs.StringVar(&c.ReplicaAuthUser, "replica-auth-user", "", "ACL user for AUTH at downstream replicas when refreshing from them (default: the upstream credentials)")
+	fs.StringVar(&c.ReplicaAuthPassword, "replica-auth-password", "", "password for AUTH at downstream replicas when refreshing from them (default: the upstream credentials)")
+	fs.StringVar(&r.replicaPassFile, "replica-auth-password-file", "", "read the replicas' password from `FILE`")
 	fs.Var(&r.backlogSize, "backlog-size", "on-disk backlog budget, e.g. 512mb, 10gb")
 	fs.DurationVar(&r.replTimeout, "repl-timeout", proxy.DefaultReplTimeout, "declare the upstream link dead after this much silence")
 	fs.DurationVar(&r.replicaTime, "replica-timeout", proxy.DefaultReplicaTimeout, "drop an online replica silent for this long")
@@ -153,7 +159,7 @@ func parse(args []string, lookup func(string) (string, bool), out io.Writer, off
 		return s, nil
 	}
 	if offline {
-		r.passFile, r.reqPassFile = "", ""
+		r.passFile, r.reqPassFile, r.replicaPassFile = "", "", ""
 	}
 	if err := s.finish(&r, offline); err != nil {
 		return nil, UsageError{err}
@@ -244,6 +250,13 @@ func (s *Settings) finish(r *raw, offline bool) error {
 	}
 	if c.RequirePass, err = secret(c.RequirePass, r.reqPassFile, "requirepass"); err != nil {
 		errs = append(errs, err)
+	}
+	if c.ReplicaAuthPassword, err = secret(c.ReplicaAuthPassword, r.replicaPassFile, "replica-auth-password"); err != nil {
+		errs = append(errs, err)
+	}
+	c.RefreshFrom = nil
+	for _, src := range strings.Split(r.refreshFrom, ",") {
+		c.RefreshFrom = append(c.RefreshFrom, strings.TrimSpace(src))
 	}
 	// Semantic checks (required options, ranges) are proxy.Config's, made
 	// once by Validate below; this layer checks only what it parses.

@@ -46,6 +46,8 @@ type Info struct {
 	// Keyspace is the per-database key count, taken while the payload was
 	// received; nil when the scan could not walk it.
 	Keyspace []KeyStats `json:"keyspace,omitempty"`
+	// Source is where the snapshot came from: "upstream" or "replica".
+	Source string `json:"source,omitempty"`
 }
 
 // FileName is where a snapshot of (replid, offset) lives.

@@ -1,0 +1,201 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/replproxy/replproxy/psync"
+	"github.com/replproxy/replproxy/psync/snapshot"
+)
+
+// A snapshot refresh fetches a fresh RDB of the current history, so the
+// backlog may be trimmed past the old one. Every online downstream replica
+// holds a full copy at the proxy's replication ID: asked first, it forks
+// and the origin does not. The upstream is asked last, under the cost
+// backoff of full syncs.
+
+// Refresh sources, in --snapshot-refresh-from.
+const (
+	SourceReplicas = "replicas"
+	SourceUpstream = "upstream"
+)
+
+// Snapshot sources, as INFO and metrics label them.
+const (
+	snapFromReplica  = "replica"
+	snapFromUpstream = "upstream"
+)
+
+// SnapshotSources are the label values of a snapshot's source.
+var SnapshotSources = []string{snapFromReplica, snapFromUpstream}
+
+// RefreshOutcomes are the label values of a refresh attempt's outcome.
+var RefreshOutcomes = []string{"ok", "failed"}
+
+// errNoReplica: no online replica to ask (an expected state, not a fault).
+var errNoReplica = errors.New("no online replica with an announced address to ask")
+
+// replicaRefreshAttempts bounds the replicas one refresh tries.
+const replicaRefreshAttempts = 2
+
+// Backoff between refreshes that failed from every source: replicas fork
+// too, so a refresh that cannot succeed must not run every tick.
+const (
+	refreshRetryMin = 5 * time.Second
+	refreshRetryMax = 5 * time.Minute
+)
+
+// refreshSnapshot runs one refresh through the configured sources in order.
+func (f *follower) refreshSnapshot(ctx context.Context, since int64) {
+	f.log.Info("snapshot refresh started", "stream_since_snapshot", since, "sources", strings.Join(f.cfg.RefreshFrom, ","))
+	start := time.Now()
+	var errs []error
+	for _, src := range f.cfg.RefreshFrom {
+		var info *snapshot.Info
+		var err error
+		switch src {
+		case SourceReplicas:
+			info, err = f.refreshFromReplicas(ctx)
+		case SourceUpstream:
+			if d := f.gate.wait(false, false); d > 0 {
+				err = fmt.Errorf("upstream: the full-sync backoff holds it for %v", d.Round(time.Second))
+				break
+			}
+			info, err = f.fetchSnapshot(ctx)
+			f.countRefresh(snapFromUpstream, err)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			f.stats.Refreshes.Add(1)
+			f.refreshBackoff = 0
+			f.log.Info("snapshot refreshed", "source", info.Source, "replid", info.ReplID, "offset", info.Offset,
+				"bytes", info.Size, "seconds", time.Since(start).Seconds())
+			return
+		}
+		errs = append(errs, err)
+		if errors.Is(err, errNoReplica) {
+			f.log.Info("snapshot refresh: no replica to ask", "next_source", nextSource(f.cfg.RefreshFrom, src))
+		} else {
+			f.log.Warn("snapshot refresh from "+src+" failed", "next_source", nextSource(f.cfg.RefreshFrom, src), "err", err)
+		}
+	}
+	f.stats.RefreshFailures.Add(1)
+	f.refreshBackoff = min(max(f.refreshBackoff*2, refreshRetryMin), refreshRetryMax)
+	wait := time.Duration(float64(f.refreshBackoff) * (0.75 + 0.25*rand.Float64()))
+	f.refreshNotBefore.Store(time.Now().Add(wait).UnixNano())
+	f.log.Warn("snapshot refresh failed from every source; the backlog grows past its budget until one succeeds",
+		"sources", strings.Join(f.cfg.RefreshFrom, ","), "next_attempt_in", wait.Round(time.Second).String(), "err", errors.Join(errs...))
+}
+
+// nextSource names the source tried after src, "none" when it is the last.
+func nextSource(order []string, src string) string {
+	for i, s := range order {
+		if s == src && i+1 < len(order) {
+			return order[i+1]
+		}
+	}
+	return "none"
+}
+
+// countRefresh counts one attempt from a source.
+func (f *follower) countRefresh(source string, err error) {
+	outcome := "ok"
+	if err != nil {
+		outcome = "failed"
+	}
+	f.stats.RefreshAttempts[source+"/"+outcome].Add(1)
+}
+
+// refreshFromReplicas asks downstream replicas for a snapshot: the most
+// caught-up online one first, not the one asked last time while others
+// exist, at most replicaRefreshAttempts of them.
+func (f *follower) refreshFromReplicas(ctx context.Context) (*snapshot.Info, error) {
+	cands := f.down.refreshCandidates(f.lastRefreshReplica)
+	if len(cands) == 0 {
+		return nil, errNoReplica
+	}
+	var errs []error
+	for _, addr := range cands[:min(len(cands), replicaRefreshAttempts)] {
+		info, err := f.fetchFromReplica(ctx, addr)
+		f.countRefresh(snapFromReplica, err)
+		if err == nil {
+			f.lastRefreshReplica = addr
+			return info, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		f.log.Warn("snapshot refresh from a replica failed; trying the next source", "replica", addr, "err", err)
+		errs = append(errs, fmt.Errorf("replica %s: %w", addr, err))
+	}
+	return nil, errors.Join(errs...)
+}
+
+// fetchFromReplica takes a snapshot from the replica at addr, as a replica
+// of it: REPLCONF rdb-only 1, PSYNC ? -1. It is accepted only as an
+// upstream snapshot would be (header, CRC, version) and only of the current
+// history at an offset the backlog holds.
+func (f *follower) fetchFromReplica(ctx context.Context, addr string) (*snapshot.Info, error) {
+	u, err := f.dial(ctx, "replica", addr, psync.HandshakeConfig{
+		User: f.cfg.ReplicaAuthUser, Password: f.cfg.ReplicaAuthPassword, RDBOnly: true,
+	}, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer u.conn.Close()
+	stop := context.AfterFunc(ctx, func() { u.conn.Close() })
+	defer stop()
+	reply, err := psync.Psync(u, u.br, "", -1, nil)
+	if err != nil {
+		return nil, err
+	}
+	if reply.Kind != psync.ReplyFullResync {
+		return nil, fmt.Errorf("PSYNC answered %q", reply.Line)
+	}
+	if cur := f.store.position(); reply.ReplID != cur.hist.ReplID {
+		return nil, fmt.Errorf("%w: the replica is at history %s, the proxy at %s", errRefreshRejected, reply.ReplID, cur.hist.ReplID)
+	}
+	info, _, err := f.receiveRefresh(ctx, u, reply, snapFromReplica)
+	return info, err
+}
+
+// fetchSnapshot takes a snapshot from the upstream on a second connection
+// while the main link keeps streaming: REPLCONF rdb-only 1 and PSYNC ? -1,
+// or a plain second sync dropped after the payload when rdb-only is
+// refused. Each is a fork on the origin.
+func (f *follower) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
+	u, err := f.dialUpstream(ctx, true, nil)
+	if errors.Is(err, psync.ErrRDBOnlyRefused) {
+		f.log.Info("upstream refuses rdb-only; refreshing with a plain sync")
+		u, err = f.dialUpstream(ctx, false, nil)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer u.conn.Close()
+	stop := context.AfterFunc(ctx, func() { u.conn.Close() })
+	defer stop()
+	reply, err := psync.Psync(u, u.br, "", -1, nil)
+	if err != nil {
+		return nil, err
+	}
+	if reply.Kind != psync.ReplyFullResync {
+		return nil, fmt.Errorf("refresh PSYNC answered %q", reply.Line)
+	}
+	// The origin forks now: from here on, a failure is a wasted fork.
+	f.gate.started(purposeRefresh)
+	info, got, err := f.receiveRefresh(ctx, u, reply, snapFromUpstream)
+	switch {
+	case err == nil:
+		f.fullSyncSucceeded(purposeRefresh, info)
+	case ctx.Err() == nil: // a shutdown is no failure of the origin's
+		f.fullSyncFailed(purposeRefresh, err, got)
+	}
+	return info, err
+}

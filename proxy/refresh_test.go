@@ -1,0 +1,296 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/psync"
+)
+
+// overwrite rewrites n keys with values of size bytes at about rate bytes/s
+// until total bytes were written or stop closes; it returns when done.
+func overwrite(t *testing.T, cli *redis.Client, stop <-chan struct{}, total, rate int64, size int) {
+	t.Helper()
+	val := strings.Repeat("o", size)
+	perTick := max(rate/20/int64(size), 1) // 20 ticks a second
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	ctx := context.Background()
+	for written, i := int64(0), 0; written < total; {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+		pipe := cli.Pipeline()
+		for range perTick {
+			pipe.Set(ctx, "ow:"+strconv.Itoa(i%1000), val, 0)
+			i++
+			written += int64(size)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			t.Errorf("load: %v", err)
+			return
+		}
+	}
+}
+
+// TestRefreshFromReplicasNoOriginFork is the scenario of a sustained write
+// load: 200k keys, a 128 MB budget, about 1 GB of stream, then a replica
+// joining. The snapshot is refreshed from the downstream replicas, so the
+// origin forks exactly once (the proxy's first sync), and the late replica
+// converges from a replica-made snapshot.
+func TestRefreshFromReplicasNoOriginFork(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin", "--repl-backlog-size", "16mb")
+	if err := origin.Client().Do(context.Background(), "DEBUG", "POPULATE", 200000, "key", 64).Err(); err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) { c.BacklogSize = 128 << 20 })
+	replicas := startReplicas(t, 2, p.addr)
+	waitConverged(t, origin, replicas, 60*time.Second)
+	overwrite(t, origin.Client(), nil, 1<<30, 60<<20, 64<<10)
+	late := startReplicas(t, 1, p.addr)[0]
+	waitConverged(t, origin, append(replicas, late), 120*time.Second)
+	st := p.Status()
+	ok := p.Stats().RefreshAttempts.Load("replica/ok")
+	t.Logf("refreshes from replicas: %d ok, %d failed; from upstream: %d; snapshot source %s",
+		ok, p.Stats().RefreshAttempts.Load("replica/failed"), p.Stats().RefreshAttempts.Load("upstream/ok"), SnapshotSource(st.Snapshot))
+	if forks, fulls := origin.InfoInt("stats", "total_forks"), origin.InfoInt("stats", "sync_full"); forks != 1 || fulls != 1 {
+		t.Fatalf("origin total_forks %d, sync_full %d; want 1 and 1", forks, fulls)
+	}
+	if ok < 5 || SnapshotSource(st.Snapshot) != "replica" {
+		t.Fatalf("%d refreshes from replicas; snapshot from %s", ok, SnapshotSource(st.Snapshot))
+	}
+	if !strings.Contains(p.info("replproxy"), "snapshot_source:replica") {
+		t.Fatal("INFO does not say the snapshot came from a replica")
+	}
+}
+
+// TestRefreshFromUpstreamOnly: --snapshot-refresh-from upstream refreshes
+// from the origin as before, though replicas could serve.
+func TestRefreshFromUpstreamOnly(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	populate(t, origin)
+	p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) {
+		c.BacklogSize, c.RefreshFrom = 2<<20, []string{SourceUpstream}
+	})
+	replicas := startReplicas(t, 1, p.addr)
+	waitConverged(t, origin, replicas, 30*time.Second)
+	overwrite(t, origin.Client(), nil, 4<<20, 8<<20, 16<<10)
+	redistest.Eventually(t, 30*time.Second, "a refresh from the origin", func() bool {
+		return p.Stats().RefreshAttempts.Load("upstream/ok") >= 1
+	})
+	if n := p.Stats().RefreshAttempts.Load("replica/ok") + p.Stats().RefreshAttempts.Load("replica/failed"); n != 0 {
+		t.Fatalf("%d refreshes asked of replicas", n)
+	}
+	if forks := origin.InfoInt("stats", "total_forks"); forks < 2 {
+		t.Fatalf("origin forked %d times", forks)
+	}
+}
+
+// TestRefreshNoReplicaReachable: replicas that announce an address that
+// refuses: with replicas,upstream the refresh falls back to the origin and
+// says why; with replicas alone it never forks the origin and reports the
+// budget overrun instead.
+func TestRefreshNoReplicaReachable(t *testing.T) {
+	t.Parallel()
+	for _, only := range []bool{false, true} {
+		t.Run(fmt.Sprintf("replicas-only-%v", only), func(t *testing.T) {
+			t.Parallel()
+			origin := redistest.StartT(t, "origin")
+			populate(t, origin)
+			p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) {
+				c.BacklogSize = 2 << 20
+				if only {
+					c.RefreshFrom = []string{SourceReplicas}
+				}
+			})
+			refused, err := redistest.FreePort()
+			if err != nil {
+				t.Fatal(err)
+			}
+			replicas := startReplicas(t, 1, p.addr, "--replica-announce-port", strconv.Itoa(refused))
+			waitConverged(t, origin, replicas, 30*time.Second)
+			forks := origin.InfoInt("stats", "total_forks")
+			overwrite(t, origin.Client(), nil, 4<<20, 8<<20, 16<<10)
+			if !only {
+				redistest.Eventually(t, 30*time.Second, "the refresh falls back to the origin", func() bool {
+					return p.Stats().RefreshAttempts.Load("upstream/ok") >= 1
+				})
+				if !strings.Contains(p.logBuf.String(), "connection refused") {
+					t.Fatal("no log line saying why the replica could not serve")
+				}
+				return
+			}
+			redistest.Eventually(t, 30*time.Second, "the budget overrun is reported", func() bool {
+				return strings.Contains(p.info("replproxy"), "snapshot_budget_exceeded:1")
+			})
+			if n := origin.InfoInt("stats", "total_forks"); n != forks {
+				t.Fatalf("the origin forked (%d -> %d) with --snapshot-refresh-from replicas", forks, n)
+			}
+			if p.Stats().RefreshAttempts.Load("replica/failed") < 1 || !strings.Contains(p.logBuf.String(), "failed from every source") {
+				t.Fatal("the failed refreshes are not reported")
+			}
+		})
+	}
+}
+
+// fakeReplica joins the proxy as a replica that announces port, reads what
+// it is sent and ACKs far ahead, so the proxy takes it for the most caught
+// up; it ends with the test.
+func fakeReplica(t *testing.T, proxyAddr string, port int) {
+	t.Helper()
+	conn, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)                 // runs second:
+	t.Cleanup(func() { conn.Close() }) // cleanups run last-in first-out
+	br := bufio.NewReader(conn)
+	if err := psync.Handshake(conn, br, psync.HandshakeConfig{ListeningPort: port}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := psync.Psync(conn, br, "", -1, nil); err != nil {
+		t.Fatal(err)
+	}
+	wg.Go(func() { _, _ = io.Copy(io.Discard, br) })
+	wg.Go(func() {
+		for {
+			if _, err := conn.Write(psync.AckCommand(1 << 50)); err != nil {
+				return
+			}
+			time.Sleep(500 * time.Millisecond) // an ACK cadence, not synchronisation
+		}
+	})
+}
+
+// TestRefreshSkipsCorruptReplica: a replica that serves a corrupt RDB (a
+// scripted fake that announces itself as the most caught up) is skipped
+// for a good one; the origin does not fork; no temp file remains.
+func TestRefreshSkipsCorruptReplica(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	populate(t, origin)
+	dir := t.TempDir()
+	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize = 2 << 20 })
+	replicas := startReplicas(t, 1, p.addr)
+	waitConverged(t, origin, replicas, 30*time.Second)
+	replid := p.position().hist.ReplID
+	rdb := []byte("REDIS0010\xfe\x00\xfb\x01\x00\x00\x03key\x05value\xff")
+	rdb = binary.LittleEndian.AppendUint64(rdb, psync.CRC64(0, rdb))
+	rdb[17] ^= 0x20
+	corrupt := fakeMaster(t, func(conn net.Conn) {
+		fmt.Fprintf(conn, "+FULLRESYNC %s %d\r\n$%d\r\n", replid, p.backlogEnd(), len(rdb))
+		conn.Write(rdb)
+		_, _ = io.Copy(io.Discard, conn)
+	})
+	_, cport, _ := net.SplitHostPort(corrupt)
+	n, _ := strconv.Atoi(cport)
+	fakeReplica(t, p.addr, n)
+	overwrite(t, origin.Client(), nil, 2<<20, 8<<20, 16<<10)
+	redistest.Eventually(t, 30*time.Second, "the corrupt payload refused, the good replica's taken", func() bool {
+		return p.Stats().RefreshAttempts.Load("replica/failed") >= 1 && p.Stats().RefreshAttempts.Load("replica/ok") >= 1
+	})
+	if forks := origin.InfoInt("stats", "total_forks"); forks != 1 {
+		t.Fatalf("the origin forked %d times", forks)
+	}
+	if tmp := tempFiles(t, dir); len(tmp) > 0 {
+		t.Fatalf("temp files left: %v", tmp)
+	}
+	if !strings.Contains(p.logBuf.String(), "CRC mismatch") {
+		t.Fatal("no log line for the corrupt replica")
+	}
+}
+
+// TestRefreshReplicaKilledMidway: the replica serving a refresh is killed
+// while it sends its RDB: the previous snapshot stays in service, no temp
+// file remains, and the refresh moves on (here to the upstream, the only
+// other source).
+func TestRefreshReplicaKilledMidway(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	populate(t, origin)
+	dir := t.TempDir()
+	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize = 2 << 20 })
+	replicas := startReplicas(t, 1, p.addr)
+	waitConverged(t, origin, replicas, 30*time.Second)
+	slow := replicas[0]
+	if err := slow.Client().ConfigSet(context.Background(), "rdb-key-save-delay", "20000").Err(); err != nil {
+		t.Fatal(err)
+	}
+	before := p.position().snap
+	overwrite(t, origin.Client(), nil, 2<<20, 8<<20, 16<<10)
+	redistest.Eventually(t, 30*time.Second, "the replica is saving for the refresh", func() bool {
+		return p.refreshing() && slow.InfoInt("persistence", "rdb_bgsave_in_progress") == 1
+	})
+	if s := p.position().snap; s.Name != before.Name {
+		t.Fatal("the snapshot changed before the refresh completed")
+	}
+	slow.Kill()
+	redistest.Eventually(t, 60*time.Second, "the refresh moves on to the upstream", func() bool {
+		return p.Stats().RefreshAttempts.Load("replica/failed") >= 1 && p.Stats().RefreshAttempts.Load("upstream/ok") >= 1
+	})
+	if tmp := tempFiles(t, dir); len(tmp) > 0 {
+		t.Fatalf("temp files left: %v", tmp)
+	}
+}
+
+// TestRefreshFromReplicasWithAuth: replicas with requirepass are asked with
+// the configured credentials; a wrong password is a clear log line and a
+// fallback to the upstream, not a loop.
+func TestRefreshFromReplicasWithAuth(t *testing.T) {
+	t.Parallel()
+	for _, pass := range []string{"s3cret", "wrong"} {
+		t.Run(pass, func(t *testing.T) {
+			t.Parallel()
+			origin := redistest.StartT(t, "origin")
+			populate(t, origin)
+			p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) {
+				c.BacklogSize, c.ReplicaAuthPassword = 2<<20, pass
+			})
+			replicas := startReplicas(t, 1, p.addr)
+			redistest.Eventually(t, 30*time.Second, "replica online", func() bool {
+				r := p.Status().Replicas
+				return len(r) == 1 && r[0].State == ReplicaOnline
+			})
+			// Set after start: the test harness's own client has no password.
+			if err := replicas[0].Client().ConfigSet(context.Background(), "requirepass", "s3cret").Err(); err != nil {
+				t.Fatal(err)
+			}
+			overwrite(t, origin.Client(), nil, 4<<20, 8<<20, 16<<10)
+			if pass == "s3cret" {
+				redistest.Eventually(t, 30*time.Second, "a refresh from the replica", func() bool {
+					return p.Stats().RefreshAttempts.Load("replica/ok") >= 1
+				})
+				if forks := origin.InfoInt("stats", "total_forks"); forks != 1 {
+					t.Fatalf("the origin forked %d times", forks)
+				}
+				return
+			}
+			redistest.Eventually(t, 30*time.Second, "a fallback to the origin", func() bool {
+				return p.Stats().RefreshAttempts.Load("upstream/ok") >= 1
+			})
+			if !strings.Contains(p.logBuf.String(), "WRONGPASS") && !strings.Contains(p.logBuf.String(), "invalid password") {
+				t.Fatal("no log line with the replica's refusal")
+			}
+			if n := p.Stats().RefreshAttempts.Load("replica/failed"); n > 3 {
+				t.Fatalf("%d failed attempts at the replica: a loop", n)
+			}
+		})
+	}
+}
