@@ -168,6 +168,7 @@ var (
 	dSnapRefreshes    = desc("snapshot_refreshes_total", "Snapshot refreshes fetched from upstream.")
 	dSnapSource       = desc("snapshot_source", "1 for where the stored snapshot came from: a downstream replica (no fork on the origin) or the upstream.", "source")
 	dSnapAttempts     = desc("snapshot_refresh_attempts_total", "Snapshot refresh attempts by source (replica, upstream) and outcome (ok, failed).", "source", "outcome")
+	dSnapStale        = desc("snapshot_stale", "1 while the stored snapshot has lapsed (--snapshot-refresh lazy): the next full sync waits for a refresh.")
 	dSnapOverBudget   = desc("snapshot_budget_exceeded", "1 while the stream since the snapshot exceeds the backlog budget: no refresh succeeded, so the backlog cannot be trimmed.")
 	dSnapFailures     = desc("snapshot_refresh_failures_total", "Snapshot refreshes that failed.")
 	dDownReplicas     = desc("downstream_replicas", "Connected replicas by state.", "state")
@@ -304,6 +305,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	g(dSnapOverBudget, b(st.BudgetExceeded()))
+	g(dSnapStale, b(st.SnapshotStale()))
 
 	byState := map[proxy.ReplicaState]int{}
 	var maxLagB, maxLagS float64

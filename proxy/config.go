@@ -32,6 +32,11 @@ type Config struct {
 	// with it the memory they can take; as Redis' maxclients.
 	MaxClients int
 
+	// RefreshMode is RefreshEager (refresh before the stream since the
+	// snapshot outgrows the budget; the default) or RefreshLazy (never in
+	// the background: the snapshot lapses, and is refreshed only when a
+	// replica needs a full sync).
+	RefreshMode string
 	// RefreshFrom is where snapshot refreshes are fetched from, in order:
 	// SourceReplicas (a downstream replica forks, the origin does not)
 	// and/or SourceUpstream. Default: replicas, then upstream.
@@ -111,6 +116,9 @@ func (c *Config) setDefaults() {
 	if c.FullSyncRetryMax == 0 {
 		c.FullSyncRetryMax = max(DefaultFullSyncRetryMax, c.FullSyncRetryMin)
 	}
+	if c.RefreshMode == "" {
+		c.RefreshMode = RefreshEager
+	}
 	if len(c.RefreshFrom) == 0 {
 		c.RefreshFrom = []string{SourceReplicas, SourceUpstream}
 	}
@@ -154,6 +162,9 @@ func (c *Config) validate() error {
 	if c.FullSyncRetryMin < 100*time.Millisecond || c.FullSyncRetryMax < c.FullSyncRetryMin {
 		errs = append(errs, fmt.Errorf("full-sync retry backoff %v..%v: the minimum must be at least 100ms and the maximum not below it",
 			c.FullSyncRetryMin, c.FullSyncRetryMax))
+	}
+	if c.RefreshMode != RefreshEager && c.RefreshMode != RefreshLazy {
+		errs = append(errs, fmt.Errorf("snapshot-refresh %q: want eager or lazy", c.RefreshMode))
 	}
 	seen := map[string]bool{}
 	for _, src := range c.RefreshFrom {

@@ -55,8 +55,34 @@ type follower struct {
 	// Refresh state, touched by one refresh at a time (maintain starts the
 	// next only after the last one ended).
 	refreshBackoff     time.Duration
-	lastRefreshReplica string       // not asked twice in a row while others exist
-	refreshNotBefore   atomic.Int64 // unix nanoseconds; read by maintain
+	lastRefreshReplica string             // not asked twice in a row while others exist
+	refreshNotBefore   atomic.Int64       // unix nanoseconds; read by maintain
+	refreshWanted      atomic.Bool        // lazy mode: a replica waits for a fresh snapshot
+	refreshCancel      context.CancelFunc // ends the refresh in flight; guarded by mu
+}
+
+// wantRefresh asks for a refresh now (lazy mode: a replica needs a full
+// sync and the snapshot has lapsed).
+func (f *follower) wantRefresh() {
+	if f.refreshWanted.CompareAndSwap(false, true) {
+		f.log.Info("a replica needs a full sync and the snapshot has lapsed: refreshing it")
+	}
+	select {
+	case f.kick <- struct{}{}:
+	default:
+	}
+}
+
+// cancelRefresh ends a refresh in flight: its snapshot would not fit the
+// history any more (a history change, REPLICAOF).
+func (f *follower) cancelRefresh(why string) {
+	f.mu.Lock()
+	cancel := f.refreshCancel
+	f.mu.Unlock()
+	if cancel != nil {
+		f.log.Info("snapshot refresh cancelled", "reason", why)
+		cancel()
+	}
 }
 
 func newFollower(cfg Config, log *slog.Logger, stats *Stats, st *store, down *downstream) *follower {
@@ -154,6 +180,7 @@ func (f *follower) moveUpstream(addr string) bool {
 		return false
 	}
 	f.gate.moved() // a new upstream has its own costs; persisted outside mu
+	f.cancelRefresh("REPLICAOF")
 	return true
 }
 
@@ -324,6 +351,7 @@ func (f *follower) onContinue(newID string, off int64) {
 		f.log.Info("upstream partial resync", "offset", off)
 		return
 	}
+	f.cancelRefresh("replication ID changed")
 	n := f.down.closeSessions(DownReplIDChanged)
 	f.log.Info("upstream replication ID changed", "replid", newID, "replid2", old,
 		"second_repl_offset", off, "replicas_disconnected", n)
@@ -491,6 +519,7 @@ func (f *follower) roomForSnapshot(size int64) bool {
 
 // installFullSync makes info the snapshot of a new history.
 func (f *follower) installFullSync(info *snapshot.Info) error {
+	f.cancelRefresh("new history")
 	err := f.store.installFullSync(info)
 	if err == nil || f.store.published().snap == info {
 		f.scanner.Reset() // the new backlog starts at a command boundary
@@ -579,6 +608,7 @@ func (f *follower) appendStream(chunk []byte, u *upstreamConn) error {
 func (f *follower) discardHistory(cause error) {
 	f.log.Error("invalid replication stream from upstream; discarding history", "err", cause)
 	f.scanner.Reset()
+	f.cancelRefresh("history discarded")
 	f.store.discard()
 	f.down.closeSessions(DownHistoryReset)
 }
@@ -678,7 +708,14 @@ func (f *follower) maintain(ctx context.Context) {
 		if pos.snap == nil {
 			continue
 		}
-		if n, err := f.store.bl.Trim(pos.snap.Offset+1, f.cfg.BacklogSize); err != nil {
+		// Eager: never trim past the snapshot (a refresh comes first). Lazy:
+		// trim to the budget and let the snapshot lapse; a replica that
+		// needs a full sync asks for a refresh (wantRefresh).
+		keepFrom := pos.snap.Offset + 1
+		if f.cfg.RefreshMode == RefreshLazy {
+			keepFrom = pos.end + 1
+		}
+		if n, err := f.store.bl.Trim(keepFrom, f.cfg.BacklogSize); err != nil {
 			f.log.Error("backlog trim failed", "err", err)
 		} else if n > 0 {
 			f.log.Debug("backlog trimmed", "bytes", n)
@@ -689,15 +726,30 @@ func (f *follower) maintain(ctx context.Context) {
 		// the budget triggers a refresh; a failover must not fork the
 		// newly promoted master.
 		since := pos.end - pos.snap.Offset
-		if since <= int64(float64(f.cfg.BacklogSize)*f.cfg.RefreshRatio) || !f.linkUp() || f.refresh.Load() ||
+		due := since > int64(float64(f.cfg.BacklogSize)*f.cfg.RefreshRatio)
+		if f.cfg.RefreshMode == RefreshLazy {
+			due = f.refreshWanted.Load()
+		}
+		if !due || !f.linkUp() || f.refresh.Load() ||
 			time.Now().UnixNano() < f.refreshNotBefore.Load() || !f.refreshSourceReady() ||
 			!f.roomForSnapshot(max(pos.snap.Size, f.gate.expected())) {
 			continue
 		}
 		f.refresh.Store(true)
+		f.refreshWanted.Store(false)
+		rctx, cancel := context.WithCancel(ctx)
+		f.mu.Lock()
+		f.refreshCancel = cancel
+		f.mu.Unlock()
 		refreshes.Go(func() {
 			defer f.refresh.Store(false)
-			f.refreshSnapshot(ctx, since)
+			defer func() {
+				f.mu.Lock()
+				f.refreshCancel = nil
+				f.mu.Unlock()
+				cancel()
+			}()
+			f.refreshSnapshot(rctx, since)
 		})
 	}
 }

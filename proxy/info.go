@@ -200,6 +200,7 @@ func (p *Proxy) info(sections ...string) string {
 		kv("snapshot_refresh_failures", ps.RefreshFailures.Load()),
 		kv("snapshot_source", SnapshotSource(st.Snapshot)),
 		kv("snapshot_budget_exceeded", map[bool]int{true: 1, false: 0}[st.BudgetExceeded()]),
+		kv("snapshot_stale", map[bool]int{true: 1, false: 0}[st.SnapshotStale()]),
 	}
 	for _, src := range SnapshotSources {
 		rp = append(rp, fmt.Sprintf("snapshot_refreshes_from_%s:ok=%d,failed=%d", src,

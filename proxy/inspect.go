@@ -20,7 +20,10 @@ type Inspection struct {
 	Aux        map[string]string   `json:"aux,omitempty"`
 	Keyspace   []snapshot.KeyStats `json:"keyspace,omitempty"`
 	Consistent bool                `json:"consistent"`
-	Problem    string              `json:"problem,omitempty"`
+	// SnapshotStale: the backlog starts after the snapshot (lazy refresh);
+	// the next full sync refreshes it first.
+	SnapshotStale bool   `json:"snapshot_stale,omitempty"`
+	Problem       string `json:"problem,omitempty"`
 }
 
 // InspectOptions choose what Inspect counts.
@@ -52,6 +55,7 @@ func Inspect(ctx context.Context, dir string, opts InspectOptions) (*Inspection,
 	// The rule the daemon recovers by: a data dir it would serve from.
 	in.Problem = inconsistency(st, sum.Tag, sum.First, sum.End, snapDir)
 	in.Consistent = in.Problem == ""
+	in.SnapshotStale = in.Consistent && sum.First > st.Snapshot.Offset+1
 	if st.Snapshot != nil {
 		f, err := snapshot.Open(snapDir, st.Snapshot)
 		if err != nil {

@@ -54,6 +54,9 @@ type syncPlan struct {
 	// waitSnapshot: a hold for a snapshot (rather than for the offset).
 	waitSnapshot bool
 	snap         *snapshot.Info
+	// stale: the hold is for a lapsed snapshot (lazy refresh: the backlog
+	// no longer holds the stream after it); a refresh must be asked for.
+	stale bool
 	// rdbWarn: the replica may refuse this RDB version (strict check).
 	rdbWarn bool
 	reason  DisconnectReason // planRefuse
@@ -75,6 +78,10 @@ func planSync(in planInput) syncPlan {
 	}
 	if pos.snap == nil || pos.hist.Empty() {
 		out.kind, out.waitSnapshot = planHold, true
+		return out
+	}
+	if pos.snap.Offset+1 < pos.first { // the stream after it was trimmed
+		out.kind, out.waitSnapshot, out.stale = planHold, true, true
 		return out
 	}
 	out.snap = pos.snap

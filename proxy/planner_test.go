@@ -45,6 +45,8 @@ func TestPlanSync(t *testing.T) {
 			syncPlan{kind: planHold, verdict: psync.RejectNoHistory, waitSnapshot: true}},
 		{"history but no snapshot: wait", planInput{req: psyncReq(b, 5), pos: position{hist: psync.Fresh(a), first: 101, end: 200}},
 			syncPlan{kind: planHold, verdict: psync.RejectReplID, counted: true, waitSnapshot: true}},
+		{"lapsed snapshot (lazy): hold and ask for a refresh", planInput{req: psyncReq("?", -1), pos: position{hist: fresh.hist, first: 102, end: 2000, snap: snap10}},
+			syncPlan{kind: planHold, verdict: psync.RejectNoHistory, waitSnapshot: true, stale: true}},
 		{"SYNC never continues", planInput{req: syncRequest{legacy: true}, pos: fresh}, syncPlan{kind: planFullSync, snap: snap10}},
 		{"rdb-only never continues", planInput{req: syncRequest{rdbOnly: true, replID: a, offset: 500}, pos: fresh},
 			syncPlan{kind: planFullSync, snap: snap10}},

@@ -18,6 +18,12 @@ import (
 // and the origin does not. The upstream is asked last, under the cost
 // backoff of full syncs.
 
+// Refresh modes, --snapshot-refresh.
+const (
+	RefreshEager = "eager"
+	RefreshLazy  = "lazy"
+)
+
 // Refresh sources, in --snapshot-refresh-from.
 const (
 	SourceReplicas = "replicas"

@@ -15,6 +15,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/replproxy/replproxy/internal/faultproxy"
 	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/psync"
 )
@@ -292,5 +293,77 @@ func TestRefreshFromReplicasWithAuth(t *testing.T) {
 				t.Fatalf("%d failed attempts at the replica: a loop", n)
 			}
 		})
+	}
+}
+
+// TestLazyRefresh: with --snapshot-refresh lazy a long write load causes
+// no refresh at all (the snapshot lapses, the backlog stays in budget); a
+// replica joining afterwards is held, and gets its full sync after exactly
+// one refresh, from the other replica: the origin forked once in all.
+func TestLazyRefresh(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	populate(t, origin)
+	dir := t.TempDir()
+	const budget = 2 << 20
+	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize, c.RefreshMode = budget, RefreshLazy })
+	first := startReplicas(t, 1, p.addr)
+	waitConverged(t, origin, first, 30*time.Second)
+	overwrite(t, origin.Client(), nil, 8<<20, 8<<20, 16<<10)
+	redistest.Eventually(t, 30*time.Second, "the snapshot lapses", func() bool {
+		return strings.Contains(p.info("replproxy"), "snapshot_stale:1")
+	})
+	if n := p.Stats().Refreshes.Load() + p.Stats().RefreshFailures.Load(); n != 0 {
+		t.Fatalf("%d refreshes under load in lazy mode", n)
+	}
+	if st := p.Status(); st.BacklogEnd-st.BacklogFirst+1 > budget+budget/16 {
+		t.Fatalf("backlog holds %d bytes, budget %d", st.BacklogEnd-st.BacklogFirst+1, budget)
+	}
+	late := startReplicas(t, 1, p.addr)
+	waitConverged(t, origin, append(first, late...), 60*time.Second)
+	if n := p.Stats().Refreshes.Load(); n != 1 {
+		t.Fatalf("%d refreshes for one late replica, want 1", n)
+	}
+	if forks := origin.InfoInt("stats", "total_forks"); forks != 1 {
+		t.Fatalf("the origin forked %d times", forks)
+	}
+	if in, err := Inspect(t.Context(), dir, InspectOptions{}); err != nil || !in.Consistent {
+		t.Fatalf("inspect: %+v %v", in, err)
+	}
+}
+
+// TestRefreshCancelledByReplicaof: a REPLICAOF while a refresh is being
+// received cancels it cleanly: no temp file, the old snapshot in service.
+func TestRefreshCancelledByReplicaof(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	populate(t, origin)
+	alt, err := faultproxy.New(origin.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alt.Close()
+	dir := t.TempDir()
+	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize = 2 << 20 })
+	replicas := startReplicas(t, 1, p.addr)
+	waitConverged(t, origin, replicas, 30*time.Second)
+	if err := replicas[0].Client().ConfigSet(context.Background(), "rdb-key-save-delay", "20000").Err(); err != nil {
+		t.Fatal(err)
+	}
+	before := p.position().snap
+	overwrite(t, origin.Client(), nil, 2<<20, 8<<20, 16<<10)
+	redistest.Eventually(t, 30*time.Second, "a refresh in flight", func() bool {
+		return p.refreshing() && replicas[0].InfoInt("persistence", "rdb_bgsave_in_progress") == 1
+	})
+	p.moveUpstream(alt.Addr())
+	redistest.Eventually(t, 10*time.Second, "the refresh ends", func() bool { return !p.refreshing() })
+	if !strings.Contains(p.logBuf.String(), "snapshot refresh cancelled") {
+		t.Fatal("no log line for the cancelled refresh")
+	}
+	if s := p.position().snap; s.Name != before.Name {
+		t.Fatalf("snapshot changed: %s -> %s", before.Name, s.Name)
+	}
+	if tmp := tempFiles(t, dir); len(tmp) > 0 {
+		t.Fatalf("temp files left: %v", tmp)
 	}
 }

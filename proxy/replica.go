@@ -147,6 +147,9 @@ func (s *session) sync(ctx context.Context, req syncRequest) (*backlog.Cursor, e
 				return s.sendSnapshot(f, cur, plan.snap, pos.hist.ReplID)
 			}
 		}
+		if plan.stale {
+			p.follower.wantRefresh()
+		}
 		select { // no snapshot to serve yet: wait for the next one
 		case <-pub.next:
 		case <-tick.C:

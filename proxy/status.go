@@ -44,10 +44,17 @@ type Status struct {
 	FullSync GateStatus
 }
 
+// SnapshotStale reports whether the snapshot has lapsed: the backlog no
+// longer holds the stream after it (lazy refresh), so a full sync needs a
+// refresh first.
+func (st Status) SnapshotStale() bool {
+	return st.Snapshot != nil && st.BacklogFirst > st.Snapshot.Offset+1
+}
+
 // BudgetExceeded reports whether the stream since the snapshot outgrew the
 // backlog budget: no refresh succeeded, so the backlog cannot be trimmed.
 func (st Status) BudgetExceeded() bool {
-	return st.Snapshot != nil && st.BacklogEnd-st.Snapshot.Offset > st.BacklogSize
+	return st.Snapshot != nil && !st.SnapshotStale() && st.BacklogEnd-st.Snapshot.Offset > st.BacklogSize
 }
 
 // ReplicaStatus is one downstream replica.

@@ -114,9 +114,11 @@ func inconsistency(st persisted, tag string, first, end int64, snapDir string) s
 		return "no snapshot"
 	case st.BacklogTag == "" || st.BacklogTag != tag:
 		return "backlog belongs to another history"
-	case first == 0 || first > st.Snapshot.Offset+1 || end < st.Snapshot.Offset:
-		return fmt.Sprintf("backlog [%d, %d] does not cover the stream after snapshot offset %d", first, end, st.Snapshot.Offset)
+	case first == 0 || end < st.Snapshot.Offset:
+		return fmt.Sprintf("backlog [%d, %d] does not reach snapshot offset %d", first, end, st.Snapshot.Offset)
 	}
+	// A backlog starting after the snapshot is a lapsed snapshot (lazy
+	// refresh): the history stands; a full sync refreshes it first.
 	f, err := snapshot.Open(snapDir, st.Snapshot)
 	if err != nil {
 		return err.Error()

@@ -47,6 +47,14 @@ func TestScenariosTiny(t *testing.T) {
 				t.Errorf("proxy restart caused full syncs: %v", p.Values)
 			}
 		}},
+		{"churn", []string{"--replicas", "1", "--dataset", "2mb", "--duration", "4s", "--churn-every", "1500ms", "--write-rate", "4mb", "--backlog-size", "4mb"}, func(t *testing.T, r report) {
+			if v := rowOf(t, r, "proxy").Values["origin forks"]; v != 0 {
+				t.Errorf("proxy topology: the churn forked the origin %v times", v)
+			}
+			if v := rowOf(t, r, "direct").Values["origin forks"]; v < 2 {
+				t.Errorf("direct topology: %v origin forks for the churn", v)
+			}
+		}},
 		{"ceiling", []string{"--replicas", "2", "--dataset", "16mb"}, func(t *testing.T, r report) {
 			if v := rowOf(t, r, "proxy").Values["aggregate MB/s"]; v <= 0 {
 				t.Errorf("proxy ceiling %v MB/s", v)

@@ -33,6 +33,7 @@ var scenarios = []scenario{
 	{"relay", "steady write load relayed to K replicas: end-to-end lag", 3, "0", 15 * time.Second, relay},
 	{"outage", "one replica offline T seconds under load: which resync, how many bytes", 2, "32mb", 0, outage},
 	{"restart", "the intermediate SIGKILLed and restarted under load", 3, "32mb", 5 * time.Second, restart},
+	{"churn", "sustained writes at a fixed byte rate, replicas joining and restarting: what it costs the origin", 2, "64mb", time.Minute, churn},
 	{"ceiling", "synthetic upstream at full speed into replproxy with K sinks, next to a plain socket copy", 4, "512mb", 0, ceiling},
 }
 
@@ -41,6 +42,10 @@ func runScenario(s scenario, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	c := &common{log: stderr}
 	c.register(fs, s.replicas, s.dataset, s.duration)
+	if s.name == "churn" {
+		fs.String("write-rate", "8mb", "load, bytes/s")
+		fs.String("churn-every", "10s", "interval between churn steps (a replica restarted, one added)")
+	}
 	if s.name == "outage" {
 		fs.String("outages", "1s,5s,15s", "offline durations to sweep")
 		fs.Int64("write-rate-bytes", 2<<20, "load during outages, bytes/s")

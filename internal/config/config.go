@@ -86,6 +86,7 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&r.passFile, "upstream-password-file", "", "read the origin password from `FILE`")
 	fs.StringVar(&c.RequirePass, "requirepass", "", "password downstream clients must AUTH with")
 	fs.StringVar(&r.reqPassFile, "requirepass-file", "", "read the downstream password from `FILE`")
+	fs.StringVar(&c.RefreshMode, "snapshot-refresh", "eager", "eager: refresh the snapshot before the stream since it outgrows half the backlog budget; lazy: never in the background, let it lapse and refresh it only when a replica needs a full sync (held with keepalives meanwhile)")
 	fs.StringVar(&r.refreshFrom, "snapshot-refresh-from", "replicas,upstream", "where snapshot refreshes come from, in the order tried: replicas (a downstream replica forks, the origin does not) and/or upstream (a fork on the origin); replicas alone never forks the origin and lets the backlog outgrow its budget instead")
 	fs.StringVar(&c.ReplicaAuthUser, "replica-auth-user", "", "ACL user for AUTH at downstream replicas when refreshing from them (default: the upstream credentials)")
 	fs.StringVar(&c.ReplicaAuthPassword, "replica-auth-password", "", "password for AUTH at downstream replicas when refreshing from them (default: the upstream credentials)")
