@@ -170,6 +170,7 @@ func inspect(args []string, stdout, stderr io.Writer) int {
 	if s := in.Snapshot; s != nil {
 		w("snapshot:             %s offset %d, %d bytes, %s version %d, taken %s",
 			s.Name, s.Offset, s.Size, s.Magic, s.RDBVersion, s.Created.Format(time.RFC3339))
+		w("snapshot source:      %s", proxy.SnapshotSource(s))
 	} else {
 		w("snapshot:             none")
 	}
@@ -188,6 +189,9 @@ func inspect(args []string, stdout, stderr io.Writer) int {
 		}
 		sort.Strings(types)
 		w("db%d: keys=%d expires=%d %s", ks.DB, ks.Keys, ks.Expires, strings.Join(types, " "))
+	}
+	if in.SnapshotStale {
+		w("snapshot lapsed:      the backlog starts after it; the next full sync refreshes it first")
 	}
 	if in.Consistent {
 		w("consistent:           yes")
