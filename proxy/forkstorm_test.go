@@ -13,6 +13,21 @@ import (
 	"github.com/replproxy/replproxy/internal/redistest"
 )
 
+// fillRandom writes n keys of size random (incompressible) bytes.
+func fillRandom(t *testing.T, origin *redistest.Server, n, size int) {
+	t.Helper()
+	ctx := context.Background()
+	pipe := origin.Client().Pipeline()
+	for i := range n {
+		v := make([]byte, size)
+		_, _ = rand.Read(v)
+		pipe.Set(ctx, "k"+strconv.Itoa(i), v, 0)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // mountTmpfs mounts a tmpfs of size at a new dir for the test's length.
 func mountTmpfs(t *testing.T, size string) string {
 	t.Helper()
@@ -38,16 +53,7 @@ func TestDiskFullNoForkStorm(t *testing.T) {
 			t.Parallel()
 			mnt := mountTmpfs(t, "8m")
 			origin := redistest.StartT(t, "origin", "--repl-diskless-sync", diskless)
-			ctx := context.Background()
-			pipe := origin.Client().Pipeline()
-			for i := range 1700 { // ~14 MB of incompressible values
-				v := make([]byte, 8<<10)
-				_, _ = rand.Read(v)
-				pipe.Set(ctx, "k"+strconv.Itoa(i), v, 0)
-			}
-			if _, err := pipe.Exec(ctx); err != nil {
-				t.Fatal(err)
-			}
+			fillRandom(t, origin, 1700, 8<<10) // ~14 MB of incompressible values
 			forks0 := origin.InfoInt("stats", "total_forks")
 			p := startProxy(t, origin.Addr(), mnt)
 			start := time.Now()
@@ -142,15 +148,7 @@ func TestRefreshHeldBackWithoutRoom(t *testing.T) {
 	mnt := mountTmpfs(t, "24m")
 	origin := redistest.StartT(t, "origin")
 	ctx := context.Background()
-	pipe := origin.Client().Pipeline()
-	for i := range 1200 { // ~10 MB of incompressible values
-		v := make([]byte, 8<<10)
-		_, _ = rand.Read(v)
-		pipe.Set(ctx, "k"+strconv.Itoa(i), v, 0)
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		t.Fatal(err)
-	}
+	fillRandom(t, origin, 1200, 8<<10) // ~10 MB of incompressible values
 	p := startProxy(t, origin.Addr(), mnt, func(c *Config) { c.BacklogSize = 2 << 20 })
 	redistest.Eventually(t, 30*time.Second, "link up", p.linkUp)
 	forks := origin.InfoInt("stats", "total_forks")

@@ -155,15 +155,11 @@ func (f *follower) fetchFromReplica(ctx context.Context, addr string) (*snapshot
 		return nil, err
 	}
 	defer u.conn.Close()
-	stop := context.AfterFunc(ctx, func() { u.conn.Close() })
-	defer stop()
-	reply, err := psync.Psync(u, u.br, "", -1, nil)
+	reply, stop, err := askSnapshot(ctx, u)
 	if err != nil {
 		return nil, err
 	}
-	if reply.Kind != psync.ReplyFullResync {
-		return nil, fmt.Errorf("PSYNC answered %q", reply.Line)
-	}
+	defer stop()
 	if cur := f.store.position(); reply.ReplID != cur.hist.ReplID {
 		return nil, fmt.Errorf("%w: the replica is at history %s, the proxy at %s", errRefreshRejected, reply.ReplID, cur.hist.ReplID)
 	}
@@ -185,15 +181,11 @@ func (f *follower) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
 		return nil, err
 	}
 	defer u.conn.Close()
-	stop := context.AfterFunc(ctx, func() { u.conn.Close() })
-	defer stop()
-	reply, err := psync.Psync(u, u.br, "", -1, nil)
+	reply, stop, err := askSnapshot(ctx, u)
 	if err != nil {
 		return nil, err
 	}
-	if reply.Kind != psync.ReplyFullResync {
-		return nil, fmt.Errorf("refresh PSYNC answered %q", reply.Line)
-	}
+	defer stop()
 	// The origin forks now: from here on, a failure is a wasted fork.
 	f.gate.started(purposeRefresh)
 	info, got, err := f.receiveRefresh(ctx, u, reply, snapFromUpstream)
@@ -204,4 +196,19 @@ func (f *follower) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
 		f.fullSyncFailed(purposeRefresh, err, got)
 	}
 	return info, err
+}
+
+// askSnapshot sends PSYNC ? -1 on a handshaken connection and expects a
+// full sync. Until stop is called, the connection closes when ctx ends.
+func askSnapshot(ctx context.Context, u *upstreamConn) (psync.PsyncReply, func() bool, error) {
+	stop := context.AfterFunc(ctx, func() { u.conn.Close() })
+	reply, err := psync.Psync(u, u.br, "", -1, nil)
+	if err == nil && reply.Kind != psync.ReplyFullResync {
+		err = fmt.Errorf("PSYNC ? -1 answered %q", reply.Line)
+	}
+	if err != nil {
+		stop()
+		return reply, nil, err
+	}
+	return reply, stop, nil
 }
