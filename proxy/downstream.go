@@ -192,18 +192,25 @@ func (d *downstream) isSelf(host string, port int) bool {
 	return false
 }
 
+// candidateAckAge: replicas ACK every second; one silent for longer is
+// not asked for a snapshot.
+const candidateAckAge = 3 * time.Second
+
 // refreshCandidates lists the replicas a snapshot refresh may ask, most
-// caught up first: online (so not busy with a full sync), at the proxy's
-// current history, with an announced listening port. The one asked last
-// time goes last while others exist.
+// caught up first: online (so not busy with a full sync), ACKing (a frozen
+// replica still accepts connections, and would hold the refresh for the
+// repl-timeout), with an announced listening port. The one asked last time
+// goes last while others exist.
 func (d *downstream) refreshCandidates(avoid string) []string {
 	type cand struct {
 		addr string
 		ack  int64
 	}
+	recent := time.Now().Add(-candidateAckAge).UnixNano()
 	var cs []cand
 	for _, s := range d.selectSessions(func(s *session) bool {
-		return s.replica.Load() && !s.legacy && !s.rdbOnly && s.listeningPort > 0 && s.state.Load() == stateOnline
+		return s.replica.Load() && !s.legacy && !s.rdbOnly && s.listeningPort > 0 && s.state.Load() == stateOnline &&
+			s.ackTime.Load() >= recent
 	}) {
 		cs = append(cs, cand{addr: s.replicaAddr(), ack: s.ackOff.Load()})
 	}

@@ -116,6 +116,7 @@ func (r *deadlineReader) Read(b []byte) (int, error) {
 type upstreamConn struct {
 	conn    net.Conn
 	br      *bufio.Reader
+	dr      *deadlineReader // its timeout may change between phases (owner's goroutine only)
 	wmu     sync.Mutex
 	eofForm bool // the payload came in the $EOF: framing
 }
@@ -143,20 +144,21 @@ func (f *follower) dialUpstream(ctx context.Context, rdbOnly bool, onRead func()
 	u, err := f.dial(ctx, "upstream", f.upstreamAddr(), psync.HandshakeConfig{
 		User: f.cfg.UpstreamUser, Password: f.cfg.UpstreamPassword,
 		ListeningPort: port, IPAddress: f.cfg.AnnounceIP, RDBOnly: rdbOnly,
-	}, onRead)
+	}, onRead, f.cfg.ReplTimeout)
 	return u, err
 }
 
 // dial connects to addr (the upstream, or a replica for a refresh) and runs
-// the replica handshake up to PSYNC.
-func (f *follower) dial(ctx context.Context, what, addr string, hs psync.HandshakeConfig, onRead func()) (*upstreamConn, error) {
-	d := net.Dialer{Timeout: f.cfg.ReplTimeout, KeepAlive: 15 * time.Second}
+// the replica handshake up to PSYNC; reads time out after timeout of
+// silence.
+func (f *follower) dial(ctx context.Context, what, addr string, hs psync.HandshakeConfig, onRead func(), timeout time.Duration) (*upstreamConn, error) {
+	d := net.Dialer{Timeout: timeout, KeepAlive: 15 * time.Second}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", what, err)
 	}
-	u := &upstreamConn{conn: conn}
-	u.br = bufio.NewReaderSize(&deadlineReader{conn: conn, timeout: f.cfg.ReplTimeout, onRead: onRead}, readBuf)
+	u := &upstreamConn{conn: conn, dr: &deadlineReader{conn: conn, timeout: timeout, onRead: onRead}}
+	u.br = bufio.NewReaderSize(u.dr, readBuf)
 	if err := psync.Handshake(u, u.br, hs); err != nil {
 		conn.Close()
 		return nil, err

@@ -45,6 +45,9 @@ var RefreshOutcomes = []string{"ok", "failed"}
 // errNoReplica: no online replica to ask (an expected state, not a fault).
 var errNoReplica = errors.New("no online replica with an announced address to ask")
 
+// replicaHandshakeTimeout bounds a replica's answers up to +FULLRESYNC.
+const replicaHandshakeTimeout = 5 * time.Second
+
 // replicaRefreshAttempts bounds the replicas one refresh tries.
 const replicaRefreshAttempts = 2
 
@@ -148,9 +151,11 @@ func (f *follower) refreshFromReplicas(ctx context.Context) (*snapshot.Info, err
 // upstream snapshot would be (header, CRC, version) and only of the current
 // history at an offset the backlog holds.
 func (f *follower) fetchFromReplica(ctx context.Context, addr string) (*snapshot.Info, error) {
+	// A healthy replica answers the handshake at once; a frozen one still
+	// accepts the connection, and must not hold the refresh for long.
 	u, err := f.dial(ctx, "replica", addr, psync.HandshakeConfig{
 		User: f.cfg.ReplicaAuthUser, Password: f.cfg.ReplicaAuthPassword, RDBOnly: true,
-	}, nil)
+	}, nil, min(f.cfg.ReplTimeout, replicaHandshakeTimeout))
 	if err != nil {
 		return nil, err
 	}
@@ -160,6 +165,7 @@ func (f *follower) fetchFromReplica(ctx context.Context, addr string) (*snapshot
 		return nil, err
 	}
 	defer stop()
+	u.dr.timeout = f.cfg.ReplTimeout // the payload: keepalives come while it saves
 	if cur := f.store.position(); reply.ReplID != cur.hist.ReplID {
 		return nil, fmt.Errorf("%w: the replica is at history %s, the proxy at %s", errRefreshRejected, reply.ReplID, cur.hist.ReplID)
 	}

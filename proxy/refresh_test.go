@@ -375,3 +375,34 @@ func TestRefreshCancelledByReplicaof(t *testing.T) {
 		t.Fatalf("temp files left: %v", tmp)
 	}
 }
+
+// TestRefreshSkipsFrozenReplica: a frozen (SIGSTOPped) replica is still
+// online until its timeout and still accepts connections; it is not asked
+// for a snapshot, so the refresh does not wait on it.
+func TestRefreshSkipsFrozenReplica(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	populate(t, origin)
+	p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) { c.BacklogSize = 2 << 20 })
+	replicas := startReplicas(t, 2, p.addr)
+	waitConverged(t, origin, replicas, 30*time.Second)
+	if err := replicas[0].Pause(); err != nil {
+		t.Fatal(err)
+	}
+	defer replicas[0].Resume()
+	redistest.Eventually(t, 10*time.Second, "the frozen replica's ACKs stop counting", func() bool {
+		for _, r := range p.Status().Replicas {
+			if r.Port == replicas[0].Port && time.Since(r.AckTime) > candidateAckAge {
+				return true
+			}
+		}
+		return false
+	})
+	overwrite(t, origin.Client(), nil, 2<<20, 8<<20, 16<<10)
+	redistest.Eventually(t, 15*time.Second, "a refresh from the running replica", func() bool {
+		return p.Stats().RefreshAttempts.Load("replica/ok") >= 1
+	})
+	if n := p.Stats().RefreshAttempts.Load("replica/failed"); n != 0 {
+		t.Fatalf("%d refreshes tried the frozen replica", n)
+	}
+}
