@@ -8,8 +8,10 @@ import (
 	"strings"
 )
 
-// MaxReplyLine is the longest handshake or PSYNC reply a replica reads.
-const MaxReplyLine = 255
+// MaxReplyLine is how much of a handshake or PSYNC reply line is kept: an
+// error reply reaches the logs as the master wrote it (Redis' protected-mode
+// -DENIED text is ~600 bytes), cut only past this.
+const MaxReplyLine = 4096
 
 // EncodeCommand encodes args as a RESP multibulk.
 func EncodeCommand(args ...string) []byte {

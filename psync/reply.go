@@ -74,28 +74,42 @@ func ParsePsyncReply(line string) (PsyncReply, error) {
 
 // ReadLine reads one line of at most max bytes, without the trailing CRLF,
 // the way connSyncReadLine() does: up to '\n', with a trailing '\r' stripped.
+//
+// A longer line keeps its first max bytes (the rest is read and dropped, up
+// to maxDiscard), so an error reply is cut, never replaced.
 func ReadLine(br *bufio.Reader, max int) (string, error) {
 	var buf []byte
+	total := 0
 	for {
 		frag, err := br.ReadSlice('\n')
-		if len(buf)+len(frag) > max+2 {
-			return "", fmt.Errorf("psync: reply line longer than %d bytes", max)
+		total += len(frag)
+		if total > max+maxDiscard {
+			return "", fmt.Errorf("psync: reply line longer than %d bytes", max+maxDiscard)
 		}
-		buf = append(buf, frag...)
+		if room := max + 2 - len(buf); room > 0 {
+			buf = append(buf, frag[:min(room, len(frag))]...)
+		}
 		if err == nil {
 			break
 		}
 		if err == bufio.ErrBufferFull {
 			continue
 		}
-		if err == io.EOF && len(buf) > 0 {
+		if err == io.EOF && total > 0 {
 			err = io.ErrUnexpectedEOF
 		}
 		return "", err
 	}
+	if total > max+2 { // cut: the kept part has no line end
+		return string(bytes.TrimSuffix(buf[:max], []byte{'\r'})), nil
+	}
 	buf = bytes.TrimSuffix(buf[:len(buf)-1], []byte{'\r'})
 	return string(buf), nil
 }
+
+// maxDiscard bounds what ReadLine drops of an over-long line before it
+// gives up on the connection.
+const maxDiscard = 64 << 10
 
 // ReadReplyLine reads the next line that is not an empty keepalive. onKeepalive,
 // if not nil, is called for each empty line so the caller can extend deadlines.

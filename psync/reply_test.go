@@ -52,10 +52,26 @@ func TestReadReplyLineSkipsKeepalives(t *testing.T) {
 	}
 }
 
-func TestReadLineTooLong(t *testing.T) {
-	br := bufio.NewReaderSize(strings.NewReader(strings.Repeat("x", 5000)+"\r\n"), 16)
+// TestReadLineLong: a long error reply (Redis' -DENIED protected-mode text
+// is ~600 bytes) comes back whole; past MaxReplyLine it is cut, not
+// replaced, and the next line is read normally; a line past the discard
+// bound is an error.
+func TestReadLineLong(t *testing.T) {
+	denied := "-DENIED Redis is running in protected mode because protected mode is enabled and no password is set for the default user. " + strings.Repeat("In this mode connections are only accepted from the loopback interface. ", 7)
+	long := strings.Repeat("y", 5000)
+	br := bufio.NewReaderSize(strings.NewReader(denied+"\r\n"+long+"\r\n+OK\r\n"), 16)
+	if line, err := ReadLine(br, MaxReplyLine); err != nil || line != denied {
+		t.Fatalf("%d-byte error reply: %q %v", len(denied), line, err)
+	}
+	if line, err := ReadLine(br, MaxReplyLine); err != nil || line != long[:MaxReplyLine] {
+		t.Fatalf("over-long line: %d bytes, %v", len(line), err)
+	}
+	if line, err := ReadLine(br, MaxReplyLine); err != nil || line != "+OK" {
+		t.Fatalf("the line after: %q %v", line, err)
+	}
+	br = bufio.NewReaderSize(strings.NewReader(strings.Repeat("z", MaxReplyLine+maxDiscard+10)+"\r\n"), 16)
 	if _, err := ReadLine(br, MaxReplyLine); err == nil {
-		t.Fatal("accepted an over-long line")
+		t.Fatal("accepted a line past the discard bound")
 	}
 }
 
