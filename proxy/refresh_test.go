@@ -406,3 +406,33 @@ func TestRefreshSkipsFrozenReplica(t *testing.T) {
 		t.Fatalf("%d refreshes tried the frozen replica", n)
 	}
 }
+
+// TestRefreshCandidates: online, ACKing replicas with an announced port,
+// most caught up first, the one asked last time last while others exist.
+func TestRefreshCandidates(t *testing.T) {
+	d := &downstream{sessions: map[*session]struct{}{}}
+	now := time.Now().UnixNano()
+	add := func(ip string, port int, ack int64, state int32, ackAge time.Duration, legacy bool) {
+		s := &session{ipAddress: ip, listeningPort: port, legacy: legacy}
+		s.ackOff.Store(ack)
+		s.ackTime.Store(now - int64(ackAge))
+		s.state.Store(state)
+		s.replica.Store(true)
+		d.sessions[s] = struct{}{}
+	}
+	add("10.0.0.1", 6379, 100, stateOnline, 0, false)
+	add("10.0.0.2", 6379, 300, stateOnline, 0, false)
+	add("10.0.0.3", 6379, 200, stateOnline, 0, false)
+	add("10.0.0.4", 6379, 999, stateOnline, 10*time.Second, false) // frozen: no recent ACK
+	add("10.0.0.5", 6379, 999, stateSendBulk, 0, false)            // busy receiving a full sync
+	add("10.0.0.6", 0, 999, stateOnline, 0, false)                 // no listening port (redis-cli --replica)
+	add("10.0.0.7", 6379, 999, stateOnline, 0, true)               // SYNC client
+	got := strings.Join(d.refreshCandidates(""), " ")
+	if want := "10.0.0.2:6379 10.0.0.3:6379 10.0.0.1:6379"; got != want {
+		t.Fatalf("candidates %s, want %s", got, want)
+	}
+	got = strings.Join(d.refreshCandidates("10.0.0.2:6379"), " ")
+	if want := "10.0.0.3:6379 10.0.0.1:6379 10.0.0.2:6379"; got != want {
+		t.Fatalf("after asking 10.0.0.2: %s, want %s", got, want)
+	}
+}
