@@ -68,6 +68,8 @@ func notReady(p *proxy.Proxy, mode string) string {
 	switch {
 	case !st.LinkUp && st.FullSync.Blocked != "":
 		return "upstream link " + string(st.LinkState) + "; full sync held back: " + st.FullSync.Blocked
+	case !st.LinkUp && st.LinkDownReason != "":
+		return "upstream link " + string(st.LinkState) + " (" + string(st.LinkDownReason) + ": " + st.LinkDownError + ")"
 	case !st.LinkUp:
 		return "upstream link " + string(st.LinkState)
 	case st.Snapshot == nil:
@@ -114,7 +116,7 @@ func pageData(p *proxy.Proxy) page {
 	st := p.Status()
 	now := time.Now()
 	pg := page{
-		Upstream: fmt.Sprintf("%s:%d", st.UpstreamHost, st.UpstreamPort), Link: string(st.LinkState),
+		Upstream: fmt.Sprintf("%s:%d", st.UpstreamHost, st.UpstreamPort), Link: linkText(st),
 		ReplID: st.History.ReplID, ReplID2: st.History.ReplID2, Offset: st.BacklogEnd, First: st.BacklogFirst,
 		Second: st.History.SecondOffset, Snapshot: "none", Window: "unknown", Now: now.UTC().Format(time.RFC3339),
 	}
@@ -168,3 +170,11 @@ var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
 </table>
 </body></html>
 `))
+
+// linkText is the link state, with why it is down when it is.
+func linkText(st proxy.Status) string {
+	if st.LinkUp || st.LinkDownReason == "" {
+		return string(st.LinkState)
+	}
+	return fmt.Sprintf("%s; last: %s: %s", st.LinkState, st.LinkDownReason, st.LinkDownError)
+}

@@ -152,6 +152,7 @@ var (
 	dUpFSInARow       = desc("upstream_full_sync_failures_in_a_row", "Consecutive failed upstream full syncs of the last failure's class (0 for the other classes).", "class")
 	dUpFSNext         = desc("upstream_full_sync_next_attempt_timestamp_seconds", "When the next request that costs the origin a fork may be made after a failure (0: no wait).")
 	dUpFSBlocked      = desc("upstream_full_sync_blocked", "1 while a full sync is held back by a local cause (disk_full, data_dir_error) that retrying cannot fix.", "reason")
+	dBlWindowShort    = desc("backlog_window_short", "1 while the backlog is full and covers less than 10 s of stream at the current write rate.")
 	dBlUsed           = desc("backlog_used_bytes", "Bytes held in the backlog.")
 	dBlStart          = desc("backlog_start_offset_bytes", "Offset of the first byte held (repl_backlog_first_byte_offset).")
 	dBlEnd            = desc("backlog_end_offset_bytes", "Offset of the last byte held (master_repl_offset).")
@@ -275,6 +276,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	written, trimmed := c.p.BacklogCounters()
 	g(dBlUsed, used)
+	g(dBlWindowShort, b(st.BacklogWindowShort))
 	g(dBlStart, float64(st.BacklogFirst))
 	g(dBlEnd, float64(max(st.BacklogEnd, 0)))
 	g(dBlOldest, unix(st.OldestEntry))

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -59,6 +60,24 @@ type follower struct {
 	refreshNotBefore   atomic.Int64       // unix nanoseconds; read by maintain
 	refreshWanted      atomic.Bool        // lazy mode: a replica waits for a fresh snapshot
 	refreshCancel      context.CancelFunc // ends the refresh in flight; guarded by mu
+
+	// follow's goroutine only: advice given (once per cause and upstream
+	// address), and whether the last link had reached streaming.
+	advised      map[UpstreamReason]bool
+	streamedLast bool
+	windowShort  atomic.Bool // the backlog is full and covers under minBacklogWindow
+	windowWarned time.Time   // maintain's goroutine only
+	kickAdvice   atomic.Bool // set by a move; follow clears advised
+}
+
+// noteDown records why the link went down, for INFO and the status page.
+func (f *follower) noteDown(reason UpstreamReason, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.link.downReason, f.link.downErr = reason, ""
+	if err != nil {
+		f.link.downErr = err.Error()
+	}
 }
 
 // wantRefresh asks for a refresh now (lazy mode: a replica needs a full
@@ -181,7 +200,8 @@ func (f *follower) moveUpstream(addr string) bool {
 	if !f.repoint(addr) {
 		return false
 	}
-	f.gate.moved() // a new upstream has its own costs; persisted outside mu
+	f.kickAdvice.Store(true) // a new address: advice may be given again
+	f.gate.moved()           // a new upstream has its own costs; persisted outside mu
 	f.cancelRefresh("REPLICAOF")
 	return true
 }
@@ -229,6 +249,12 @@ func (f *follower) follow(ctx context.Context) {
 		}
 		reason := disconnectReason(err)
 		f.stats.UpstreamDisconnects.add(reason, UpError)
+		f.streamedLast = streamed
+		if f.kickAdvice.Swap(false) {
+			f.advised = nil
+		}
+		f.noteDown(reason, err)
+		f.adviseOnce(reason, err)
 		if errors.Is(err, errMoved) { // an operator's order, not a failure: connect at once
 			f.log.Info("upstream link moved by REPLICAOF", "upstream", f.upstreamAddr())
 			backoff = backoffMin
@@ -317,9 +343,9 @@ func (f *follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 		}
 		f.fullSyncSucceeded(purpose, info)
 	case psync.ReplyTryLater:
-		return false, fmt.Errorf("upstream not ready: %s", reply.Line)
+		return false, &upstreamReplyError{step: "PSYNC", line: reply.Line}
 	default:
-		return false, fmt.Errorf("upstream refused PSYNC: %s", reply.Line)
+		return false, &upstreamReplyError{step: "PSYNC", line: reply.Line}
 	}
 	f.setLink(LinkConnected)
 	f.log.Info("upstream link up", "upstream", f.upstreamAddr(), "replid", f.store.position().hist.ReplID, "offset", f.store.bl.End())
@@ -329,6 +355,9 @@ func (f *follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 // disconnectReason classifies why an upstream connection ended.
 func disconnectReason(err error) UpstreamReason {
 	var ne net.Error
+	if line := upstreamErrorLine(err); line != "" {
+		return replyClass(line)
+	}
 	switch {
 	case errors.Is(err, errBacklogWrite):
 		return UpBacklogWrite
@@ -717,6 +746,7 @@ func (f *follower) maintain(ctx context.Context) {
 		if f.cfg.RefreshMode == RefreshLazy {
 			keepFrom = pos.end + 1
 		}
+		f.checkWindow(pos)
 		if n, err := f.store.bl.Trim(keepFrom, f.cfg.BacklogSize); err != nil {
 			f.log.Error("backlog trim failed", "err", err)
 		} else if n > 0 {
@@ -784,5 +814,118 @@ func (f *follower) setLink(state LinkState) {
 		} else {
 			f.stats.UpstreamDownNanos.Add(int64(now.Sub(f.link.downSince)))
 		}
+	}
+}
+
+// upstreamReplyError is an error reply of the upstream, kept as it wrote it.
+type upstreamReplyError struct{ step, line string }
+
+func (e *upstreamReplyError) Error() string { return "upstream refused " + e.step + ": " + e.line }
+
+// upstreamErrorLine is the upstream's error reply inside err, "" if none.
+func upstreamErrorLine(err error) string {
+	var re *upstreamReplyError
+	var he *psync.HandshakeError
+	switch {
+	case errors.As(err, &re):
+		return re.line
+	case errors.As(err, &he) && strings.HasPrefix(he.Reply, "-"):
+		return he.Reply
+	}
+	return ""
+}
+
+// replyClass classifies an error reply of the upstream.
+func replyClass(line string) UpstreamReason {
+	code, _, _ := strings.Cut(strings.TrimPrefix(line, "-"), " ")
+	switch {
+	case code == "DENIED":
+		return UpDenied
+	case code == "NOAUTH", code == "WRONGPASS", strings.HasPrefix(line, "-ERR invalid password"),
+		strings.HasPrefix(line, "-ERR AUTH"), strings.HasPrefix(line, "-ERR Client sent AUTH"):
+		return UpAuth
+	case code == "NOPERM":
+		return UpNoPerm
+	case code == "LOADING":
+		return UpLoading
+	case code == "NOMASTERLINK":
+		return UpNoMasterLink
+	case strings.HasPrefix(line, "-ERR unknown command"):
+		return UpUnknownCommand
+	}
+	return UpError
+}
+
+// advice says what to do about a cause the proxy cannot fix itself; "" for
+// the ones that need no operator.
+func (f *follower) advice(reason UpstreamReason, err error) string {
+	switch reason {
+	case UpDenied:
+		return "the origin is in protected mode: set a password on it (requirepass, and --upstream-password here) or bind it to loopback"
+	case UpAuth:
+		return "check --upstream-user and --upstream-password(-file) against the origin's requirepass or ACL users"
+	case UpNoPerm:
+		return "the upstream user lacks replication rights; it needs +psync +replconf +ping (ACL SETUSER <user> +psync +replconf +ping)"
+	case UpNoMasterLink:
+		return "the upstream is a replica that lost its master (replica-serve-stale-data no); point --upstream at the master, or wait"
+	case UpUnknownCommand:
+		return "the upstream refuses a replication command: PSYNC or REPLCONF renamed or disabled (rename-command)?"
+	case UpTimeout:
+		if f.cfg.ReplTimeout <= originPingPeriod && f.streamedLast {
+			return fmt.Sprintf("--repl-timeout %v does not exceed the origin's repl-ping-replica-period (%v by default): an idle link times out between PINGs; raise it",
+				f.cfg.ReplTimeout, originPingPeriod)
+		}
+	}
+	return ""
+}
+
+// originPingPeriod is Redis' default repl-ping-replica-period.
+const originPingPeriod = 10 * time.Second
+
+// adviseOnce logs the advice for a cause once per upstream address.
+func (f *follower) adviseOnce(reason UpstreamReason, err error) {
+	text := f.advice(reason, err)
+	if text == "" || f.advised[reason] {
+		return
+	}
+	if f.advised == nil {
+		f.advised = map[UpstreamReason]bool{}
+	}
+	f.advised[reason] = true
+	f.log.Error("upstream link: "+text, "reason", reason, "upstream", f.upstreamAddr(), "err", err)
+}
+
+// minBacklogWindow: a full backlog covering less stream than this buys
+// replicas almost no partial resyncs.
+const minBacklogWindow = 10 * time.Second
+
+// checkWindow warns (once per transition) when the backlog is full and
+// covers less than minBacklogWindow at the current write rate.
+func (f *follower) checkWindow(pos position) {
+	full := pos.end-pos.first+1 >= f.cfg.BacklogSize*15/16
+	var window time.Duration
+	if t, ok := f.store.arrivals.arrival(pos.first); ok {
+		window = time.Since(t)
+	}
+	short := full && window > 0 && window < minBacklogWindow
+	if f.windowShort.Swap(short) == short || !short || time.Since(f.windowWarned) < 10*time.Minute {
+		return // the metric flips freely; the log says it once in ten minutes
+	}
+	f.windowWarned = time.Now()
+	rate := float64(pos.end-pos.first+1) / window.Seconds()
+	f.log.Warn("the backlog covers only seconds of stream at the current write rate: a replica away longer needs a full sync; raise --backlog-size",
+		"psync_window", window.Round(100*time.Millisecond).String(), "write_rate_bytes_per_second", int64(rate),
+		"backlog_size", f.cfg.BacklogSize, "size_for_10_minutes", int64(rate*600))
+}
+
+// warnConfig says, at start, what in the configuration will hurt.
+func (f *follower) warnConfig() {
+	if f.cfg.ReplTimeout <= originPingPeriod {
+		f.log.Warn("--repl-timeout does not exceed the origin's default repl-ping-replica-period: an idle link will time out between PINGs and resync; use 60s (Redis' repl-timeout) or more",
+			"repl_timeout", f.cfg.ReplTimeout.String(), "origin_ping_period", originPingPeriod.String())
+	}
+	if f.cfg.ReplicaTimeout < originPingPeriod {
+		f.log.Warn("--replica-timeout is short: a replica that pauses (a fork, a slow disk) is dropped and resyncs",
+			"replica_timeout", f.cfg.ReplicaTimeout.String())
 	}
 }

@@ -133,6 +133,9 @@ func (p *Proxy) info(sections ...string) string {
 			down = int64(now.Sub(st.LinkDownSince).Seconds())
 		}
 		repl = append(repl, kv("master_link_down_since_seconds", down))
+		if st.LinkDownReason != "" {
+			repl = append(repl, kv("master_link_down_reason", st.LinkDownReason)) // a replproxy field
+		}
 	}
 	repl = append(repl,
 		kv("slave_priority", 0),
@@ -186,6 +189,8 @@ func (p *Proxy) info(sections ...string) string {
 	}
 	rp := []string{
 		kv("upstream_link_state", st.LinkState),
+		kv("upstream_last_error", oneLine(st.LinkDownError)),
+		kv("backlog_window_short", map[bool]int{true: 1, false: 0}[st.BacklogWindowShort]),
 		// The # Keyspace counts are the stored snapshot's, taken at its offset.
 		kv("keyspace_source", "snapshot"),
 		kv("keyspace_offset", snapOff),

@@ -102,6 +102,10 @@ type linkStatus struct {
 	changed   time.Time // last up/down transition
 	syncTotal int64     // payload size; 0 for EOF-form
 	syncRead  int64
+	// downReason and downErr: why the last connection ended, the upstream's
+	// words included.
+	downReason UpstreamReason
+	downErr    string
 }
 
 // New opens the data dir, recovers it and returns a proxy ready to Run. It
@@ -157,6 +161,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	p.down.ln = ln // before any goroutine reads it
 	p.log.Info("replproxy started", "listen", ln.Addr().String(), "upstream", p.follower.upstreamAddr(),
 		"data_dir", p.cfg.DataDir, "backlog_size", p.cfg.BacklogSize, "fsync", p.cfg.Fsync.String())
+	p.follower.warnConfig()
 	var wg sync.WaitGroup
 	wg.Go(func() { p.follower.follow(ctx) })
 	wg.Go(func() { p.follower.maintain(ctx) })

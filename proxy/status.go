@@ -25,6 +25,13 @@ type Status struct {
 	LinkChanged    time.Time // last up/down transition; zero if none
 	SyncTotalBytes int64
 	SyncReadBytes  int64
+	// LinkDownReason and LinkDownError: why the last upstream connection
+	// ended, the upstream's own words included ("" before any).
+	LinkDownReason UpstreamReason
+	LinkDownError  string
+	// BacklogWindowShort: the backlog is full and covers less than
+	// minBacklogWindow of stream at the current write rate.
+	BacklogWindowShort bool
 
 	History      psync.History
 	BacklogFirst int64
@@ -92,6 +99,8 @@ func (p *Proxy) Status() Status {
 	link := f.linkStatus()
 	st.LinkState, st.LinkUp, st.LastIO, st.LinkChanged = link.state, link.up, link.lastIO, link.changed
 	st.SyncTotalBytes, st.SyncReadBytes = link.syncTotal, link.syncRead
+	st.LinkDownReason, st.LinkDownError = link.downReason, link.downErr
+	st.BacklogWindowShort = f.windowShort.Load()
 	st.DownDuration = time.Duration(p.stats.UpstreamDownNanos.Load())
 	if !link.up {
 		st.LinkDownSince = link.downSince

@@ -31,10 +31,18 @@ const (
 	UpBacklogWrite UpstreamReason = "backlog_write" // the backlog could not store the stream
 	UpReplicaof    UpstreamReason = "replicaof"     // an operator moved the upstream
 	UpDataDir      UpstreamReason = "data_dir"      // a full sync failed on the data dir
+	// The upstream's own error replies, by class.
+	UpDenied         UpstreamReason = "denied"          // -DENIED: protected mode
+	UpAuth           UpstreamReason = "auth"            // -NOAUTH, -WRONGPASS, -ERR invalid password
+	UpNoPerm         UpstreamReason = "noperm"          // -NOPERM: the ACL user lacks a right
+	UpLoading        UpstreamReason = "loading"         // -LOADING
+	UpNoMasterLink   UpstreamReason = "nomasterlink"    // -NOMASTERLINK: a replica without its master
+	UpUnknownCommand UpstreamReason = "unknown_command" // a renamed or disabled command
 )
 
 // UpstreamReasons lists every UpstreamReason.
-var UpstreamReasons = []UpstreamReason{UpTimeout, UpClosed, UpError, UpShutdown, UpBacklogWrite, UpReplicaof, UpDataDir}
+var UpstreamReasons = []UpstreamReason{UpTimeout, UpClosed, UpError, UpShutdown, UpBacklogWrite, UpReplicaof, UpDataDir,
+	UpDenied, UpAuth, UpNoPerm, UpLoading, UpNoMasterLink, UpUnknownCommand}
 
 // DisconnectReason is why a replica link ended.
 type DisconnectReason string

@@ -100,7 +100,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 // checkConfig validates flags, environment and file as the daemon would,
 // and prints the effective configuration with secrets redacted.
 func checkConfig(args []string, stdout, stderr io.Writer) int {
-	st, err := config.Parse(args, os.LookupEnv, stderr)
+	probe := false
+	rest := args[:0:0]
+	for _, a := range args {
+		if a == "--probe" || a == "-probe" {
+			probe = true
+			continue
+		}
+		rest = append(rest, a)
+	}
+	st, err := config.Parse(rest, os.LookupEnv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -109,7 +118,18 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	fmt.Fprint(stdout, st.Effective())
-	return 0
+	if !probe {
+		return 0
+	}
+	code := 0
+	for _, r := range proxy.Probe(context.Background(), st.Proxy) {
+		verdict := "ok"
+		if !r.OK {
+			verdict, code = "FAIL", 1
+		}
+		fmt.Fprintf(stdout, "probe %-9s %-4s %s\n", r.Check+":", verdict, r.Detail)
+	}
+	return code
 }
 
 // healthcheck probes /livez of a running replproxy: the container image's

@@ -111,7 +111,8 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&s.Version, "version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: replproxy --upstream HOST:PORT --data-dir DIR [flags]\n"+
-			"       replproxy check-config [flags]      validate and print the effective configuration\n"+
+			"       replproxy check-config [--probe] [flags]  validate and print the effective configuration;\n"+
+			"                                      --probe also tries the upstream handshake and the data dir\n"+
 			"       replproxy inspect [--json] DATA-DIR  show what a data dir holds\n"+
 			"       replproxy healthcheck [--addr HOST:PORT]\n\n"+
 			"Every flag can also be set as %s<FLAG_NAME> (e.g. %sUPSTREAM) or as a key of the --config file.\n"+

@@ -1,0 +1,112 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/replproxy/replproxy/psync"
+)
+
+// ProbeResult is one check of `replproxy check-config --probe`.
+type ProbeResult struct {
+	Check  string // "upstream", "handshake", "data dir"
+	OK     bool
+	Detail string
+}
+
+// Probe checks, before deploying, what the daemon will need: the upstream
+// reachable, its replica handshake accepted with the configured
+// credentials up to (not including) PSYNC, and the data dir writable with
+// the free space the backlog budget needs. It asks the origin for nothing
+// that costs it anything.
+func Probe(ctx context.Context, cfg Config) []ProbeResult {
+	cfg.setDefaults()
+	out := []ProbeResult{probeUpstream(ctx, cfg)}
+	if out[0].OK {
+		out = append(out, probeHandshake(ctx, cfg))
+	}
+	return append(out, probeDataDir(cfg))
+}
+
+func probeUpstream(ctx context.Context, cfg Config) ProbeResult {
+	r := ProbeResult{Check: "upstream"}
+	d := net.Dialer{Timeout: 5 * time.Second}
+	c, err := d.DialContext(ctx, "tcp", cfg.Upstream)
+	if err != nil {
+		r.Detail = fmt.Sprintf("%s is not reachable: %v", cfg.Upstream, err)
+		return r
+	}
+	c.Close()
+	r.OK, r.Detail = true, cfg.Upstream+" accepts connections"
+	return r
+}
+
+func probeHandshake(ctx context.Context, cfg Config) ProbeResult {
+	r := ProbeResult{Check: "handshake"}
+	d := net.Dialer{Timeout: 5 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", cfg.Upstream)
+	if err != nil {
+		r.Detail = err.Error()
+		return r
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(conn)
+	port := cfg.AnnouncePort
+	if port == 0 {
+		if _, p, err := net.SplitHostPort(cfg.Listen); err == nil {
+			port, _ = strconv.Atoi(p)
+		}
+	}
+	err = psync.Handshake(conn, br, psync.HandshakeConfig{User: cfg.UpstreamUser, Password: cfg.UpstreamPassword,
+		ListeningPort: port, IPAddress: cfg.AnnounceIP})
+	if err == nil {
+		// The handshake tolerates what a stock replica tolerates (a -NOAUTH
+		// to its first PING); a PING now must be answered.
+		if _, err = conn.Write(psync.EncodeCommand("PING")); err == nil {
+			var line string
+			if line, err = psync.ReadLine(br, psync.MaxReplyLine); err == nil && line != "+PONG" {
+				err = &upstreamReplyError{step: "PING", line: line}
+			}
+		}
+	}
+	if err != nil {
+		reason := disconnectReason(err)
+		r.Detail = fmt.Sprintf("%s: %v", reason, err)
+		if a := (&follower{cfg: cfg}).advice(reason, err); a != "" {
+			r.Detail += "; " + a
+		}
+		return r
+	}
+	r.OK, r.Detail = true, "PING, AUTH and REPLCONF accepted"
+	return r
+}
+
+func probeDataDir(cfg Config) ProbeResult {
+	r := ProbeResult{Check: "data dir"}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		r.Detail = err.Error()
+		return r
+	}
+	if err := probeWritable(cfg.DataDir); err != nil {
+		r.Detail = fmt.Sprintf("%s is not writable: %v", cfg.DataDir, err)
+		return r
+	}
+	free, err := freeBytes(cfg.DataDir)
+	if err != nil {
+		r.Detail = err.Error()
+		return r
+	}
+	if free < cfg.BacklogSize {
+		r.Detail = fmt.Sprintf("%s has %s free; the backlog budget alone is %s (and two snapshots need room besides)",
+			cfg.DataDir, humanBytes(free), humanBytes(cfg.BacklogSize))
+		return r
+	}
+	r.OK, r.Detail = true, fmt.Sprintf("%s writable, %s free for a %s backlog budget (plus two snapshots)", cfg.DataDir, humanBytes(free), humanBytes(cfg.BacklogSize))
+	return r
+}
