@@ -244,9 +244,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	cnt(dUpSyncs, float64(stats.UpstreamFullSyncs.Load()), "full")
 	cnt(dUpSyncs, float64(stats.UpstreamPartialSyncs.Load()), "partial")
 	cnt(dUpSyncFailures, float64(stats.UpstreamSyncFailures.Load()))
-	for purpose, outcomes := range stats.FullSyncs() {
-		for outcome, n := range outcomes {
-			cnt(dUpFullSyncs, float64(n), purpose, outcome)
+	for _, purpose := range proxy.SyncPurposes() {
+		for _, outcome := range proxy.SyncOutcomes {
+			cnt(dUpFullSyncs, float64(stats.UpstreamFullSyncOutcomes.Load(purpose+"/"+outcome)), purpose, outcome)
 		}
 	}
 	fs := st.FullSync

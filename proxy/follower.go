@@ -551,8 +551,8 @@ func (f *follower) roomForSnapshot(size int64) bool {
 // installFullSync makes info the snapshot of a new history.
 func (f *follower) installFullSync(info *snapshot.Info) error {
 	f.cancelRefresh("new history")
-	err := f.store.installFullSync(info)
-	if err == nil || f.store.published().snap == info {
+	installed, err := f.store.installFullSync(info)
+	if installed {
 		f.scanner.Reset() // the new backlog starts at a command boundary
 		f.stats.UpstreamFullSyncs.Add(1)
 	}
@@ -857,8 +857,9 @@ func replyClass(line string) UpstreamReason {
 }
 
 // advice says what to do about a cause the proxy cannot fix itself; "" for
-// the ones that need no operator.
-func (f *follower) advice(reason UpstreamReason, err error) string {
+// the ones that need no operator. streamed: the link had reached
+// streaming (a timeout then means an idle link between the origin's PINGs).
+func advice(reason UpstreamReason, replTimeout time.Duration, streamed bool) string {
 	switch reason {
 	case UpDenied:
 		return "the origin is in protected mode: set a password on it (requirepass, and --upstream-password here) or bind it to loopback"
@@ -871,9 +872,9 @@ func (f *follower) advice(reason UpstreamReason, err error) string {
 	case UpUnknownCommand:
 		return "the upstream refuses a replication command: PSYNC or REPLCONF renamed or disabled (rename-command)?"
 	case UpTimeout:
-		if f.cfg.ReplTimeout <= originPingPeriod && f.streamedLast {
+		if replTimeout <= originPingPeriod && streamed {
 			return fmt.Sprintf("--repl-timeout %v does not exceed the origin's repl-ping-replica-period (%v by default): an idle link times out between PINGs; raise it",
-				f.cfg.ReplTimeout, originPingPeriod)
+				replTimeout, originPingPeriod)
 		}
 	}
 	return ""
@@ -884,7 +885,7 @@ const originPingPeriod = 10 * time.Second
 
 // adviseOnce logs the advice for a cause once per upstream address.
 func (f *follower) adviseOnce(reason UpstreamReason, err error) {
-	text := f.advice(reason, err)
+	text := advice(reason, f.cfg.ReplTimeout, f.streamedLast)
 	if text == "" || f.advised[reason] {
 		return
 	}

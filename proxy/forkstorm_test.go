@@ -80,9 +80,8 @@ func TestDiskFullNoForkStorm(t *testing.T) {
 				return p.linkUp() && p.position().snap != nil
 			})
 			waitSynced(t, origin, p.backlogEnd, 10*time.Second)
-			fs := p.Stats().FullSyncs()["initial"]
-			if fs["ok"] != 1 || fs["local"] < 1 {
-				t.Fatalf("full syncs by outcome %v", fs)
+			if ok, local := p.Stats().UpstreamFullSyncOutcomes.Load("initial/ok"), p.Stats().UpstreamFullSyncOutcomes.Load("initial/local"); ok != 1 || local < 1 {
+				t.Fatalf("initial full syncs: %d ok, %d local failures", ok, local)
 			}
 			if n := origin.InfoInt("stats", "total_forks") - forks0; n > 3 {
 				t.Fatalf("the origin forked %d times in all", n)
@@ -174,7 +173,7 @@ func TestRefreshHeldBackWithoutRoom(t *testing.T) {
 	redistest.Eventually(t, 30*time.Second, "the refresh runs once there is room", func() bool {
 		return p.Stats().Refreshes.Load() == 1
 	})
-	if fs := p.Stats().FullSyncs()["refresh"]; fs["ok"] != 1 {
-		t.Fatalf("refreshes by outcome %v", fs)
+	if ok := p.Stats().UpstreamFullSyncOutcomes.Load("refresh/ok"); ok != 1 {
+		t.Fatalf("%d refreshes from the upstream", ok)
 	}
 }

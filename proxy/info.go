@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"path"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -221,18 +220,14 @@ func (p *Proxy) info(sections ...string) string {
 	if lastClass == "" {
 		lastClass = "none"
 	}
-	for purpose, outcomes := range ps.FullSyncs() {
-		var ok, failed int64
-		for o, n := range outcomes {
-			if o == "ok" {
-				ok += n
-			} else {
-				failed += n
-			}
+	for _, purpose := range SyncPurposes() {
+		var failed int64
+		for _, class := range FailureClasses {
+			failed += ps.UpstreamFullSyncOutcomes.Load(purpose + "/" + class)
 		}
-		rp = append(rp, fmt.Sprintf("origin_full_syncs_%s:ok=%d,failed=%d", purpose, ok, failed))
+		rp = append(rp, fmt.Sprintf("origin_full_syncs_%s:ok=%d,failed=%d", purpose,
+			ps.UpstreamFullSyncOutcomes.Load(purpose+"/ok"), failed))
 	}
-	sort.Strings(rp[len(rp)-len(SyncPurposes()):])
 	rp = append(rp,
 		kv("full_sync_failures_in_a_row", fs.InARow),
 		kv("full_sync_last_failure", lastClass),

@@ -78,7 +78,7 @@ func probeHandshake(ctx context.Context, cfg Config) ProbeResult {
 	if err != nil {
 		reason := disconnectReason(err)
 		r.Detail = fmt.Sprintf("%s: %v", reason, err)
-		if a := (&follower{cfg: cfg}).advice(reason, err); a != "" {
+		if a := advice(reason, cfg.ReplTimeout, false); a != "" {
 			r.Detail += "; " + a
 		}
 		return r

@@ -51,8 +51,8 @@ type Stats struct {
 	// RefreshAttempts counts refresh attempts by "source/outcome".
 	RefreshAttempts counts[string]
 	// UpstreamFullSyncOutcomes counts full syncs the upstream started (each
-	// a fork on the origin) by purpose and outcome (SyncOutcomes order).
-	UpstreamFullSyncOutcomes [3][4]atomic.Int64
+	// a fork on the origin) by "purpose/outcome" (SyncPurposes, SyncOutcomes).
+	UpstreamFullSyncOutcomes counts[string]
 }
 
 // countFullSync counts one upstream full sync; class "" is success.
@@ -61,36 +61,24 @@ func (s *Stats) countFullSync(purpose syncPurpose, class failureClass) {
 	if class != "" {
 		outcome = string(class)
 	}
-	for i, pp := range syncPurposes {
-		for j, o := range SyncOutcomes {
-			if pp == purpose && o == outcome {
-				s.UpstreamFullSyncOutcomes[i][j].Add(1)
-			}
-		}
-	}
+	s.UpstreamFullSyncOutcomes[string(purpose)+"/"+outcome].Add(1)
 }
 
-// FullSyncs returns the upstream full-sync counts by purpose, then outcome.
-func (s *Stats) FullSyncs() map[string]map[string]int64 {
-	out := map[string]map[string]int64{}
-	for i, pp := range syncPurposes {
-		out[string(pp)] = map[string]int64{}
-		for j, o := range SyncOutcomes {
-			out[string(pp)][o] = s.UpstreamFullSyncOutcomes[i][j].Load()
+// pairs lists "a/b" for every a, then b.
+func pairs(as, bs []string) []string {
+	var out []string
+	for _, a := range as {
+		for _, b := range bs {
+			out = append(out, a+"/"+b)
 		}
 	}
 	return out
 }
 
 func newStats() *Stats {
-	var attempts []string
-	for _, src := range SnapshotSources {
-		for _, o := range RefreshOutcomes {
-			attempts = append(attempts, src+"/"+o)
-		}
-	}
 	return &Stats{UpstreamDisconnects: newCounts(UpstreamReasons), Disconnects: newCounts(DisconnectReasons),
-		RefreshAttempts: newCounts(attempts)}
+		RefreshAttempts:          newCounts(pairs(SnapshotSources, RefreshOutcomes)),
+		UpstreamFullSyncOutcomes: newCounts(pairs(SyncPurposes(), SyncOutcomes))}
 }
 
 // linkStatus is the upstream link as INFO shows it.

@@ -48,6 +48,20 @@ func overwrite(t *testing.T, cli *redis.Client, stop <-chan struct{}, total, rat
 	}
 }
 
+// refreshRig is the setup of most refresh tests: an origin with some data,
+// a proxy with a 2 MB budget (so a few MB of writes call for a refresh),
+// and n replicas in sync behind it. dir is the proxy's data dir.
+func refreshRig(t *testing.T, n int, mod ...func(*Config)) (origin *redistest.Server, p *testProxy, replicas []*redistest.Server, dir string) {
+	t.Helper()
+	origin = redistest.StartT(t, "origin")
+	populate(t, origin)
+	dir = t.TempDir()
+	p = startProxy(t, origin.Addr(), dir, append([]func(*Config){func(c *Config) { c.BacklogSize = 2 << 20 }}, mod...)...)
+	replicas = startReplicas(t, n, p.addr)
+	waitConverged(t, origin, replicas, 30*time.Second)
+	return origin, p, replicas, dir
+}
+
 // TestRefreshFromReplicasNoOriginFork is the scenario of a sustained write
 // load: 200k keys, a 128 MB budget, about 1 GB of stream, then a replica
 // joining. The snapshot is refreshed from the downstream replicas, so the
@@ -84,13 +98,7 @@ func TestRefreshFromReplicasNoOriginFork(t *testing.T) {
 // from the origin as before, though replicas could serve.
 func TestRefreshFromUpstreamOnly(t *testing.T) {
 	t.Parallel()
-	origin := redistest.StartT(t, "origin")
-	populate(t, origin)
-	p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) {
-		c.BacklogSize, c.RefreshFrom = 2<<20, []string{SourceUpstream}
-	})
-	replicas := startReplicas(t, 1, p.addr)
-	waitConverged(t, origin, replicas, 30*time.Second)
+	origin, p, _, _ := refreshRig(t, 1, func(c *Config) { c.RefreshFrom = []string{SourceUpstream} })
 	overwrite(t, origin.Client(), nil, 4<<20, 8<<20, 16<<10)
 	redistest.Eventually(t, 30*time.Second, "a refresh from the origin", func() bool {
 		return p.Stats().RefreshAttempts.Load("upstream/ok") >= 1
@@ -185,12 +193,7 @@ func fakeReplica(t *testing.T, proxyAddr string, port int) {
 // for a good one; the origin does not fork; no temp file remains.
 func TestRefreshSkipsCorruptReplica(t *testing.T) {
 	t.Parallel()
-	origin := redistest.StartT(t, "origin")
-	populate(t, origin)
-	dir := t.TempDir()
-	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize = 2 << 20 })
-	replicas := startReplicas(t, 1, p.addr)
-	waitConverged(t, origin, replicas, 30*time.Second)
+	origin, p, _, dir := refreshRig(t, 1)
 	replid := p.position().hist.ReplID
 	rdb := []byte("REDIS0010\xfe\x00\xfb\x01\x00\x00\x03key\x05value\xff")
 	rdb = binary.LittleEndian.AppendUint64(rdb, psync.CRC64(0, rdb))
@@ -224,12 +227,7 @@ func TestRefreshSkipsCorruptReplica(t *testing.T) {
 // other source).
 func TestRefreshReplicaKilledMidway(t *testing.T) {
 	t.Parallel()
-	origin := redistest.StartT(t, "origin")
-	populate(t, origin)
-	dir := t.TempDir()
-	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize = 2 << 20 })
-	replicas := startReplicas(t, 1, p.addr)
-	waitConverged(t, origin, replicas, 30*time.Second)
+	origin, p, replicas, dir := refreshRig(t, 1)
 	slow := replicas[0]
 	if err := slow.Client().ConfigSet(context.Background(), "rdb-key-save-delay", "20000").Err(); err != nil {
 		t.Fatal(err)
@@ -336,17 +334,12 @@ func TestLazyRefresh(t *testing.T) {
 // received cancels it cleanly: no temp file, the old snapshot in service.
 func TestRefreshCancelledByReplicaof(t *testing.T) {
 	t.Parallel()
-	origin := redistest.StartT(t, "origin")
-	populate(t, origin)
+	origin, p, replicas, dir := refreshRig(t, 1)
 	alt, err := faultproxy.New(origin.Addr())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer alt.Close()
-	dir := t.TempDir()
-	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize = 2 << 20 })
-	replicas := startReplicas(t, 1, p.addr)
-	waitConverged(t, origin, replicas, 30*time.Second)
 	if err := replicas[0].Client().ConfigSet(context.Background(), "rdb-key-save-delay", "20000").Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -381,18 +374,20 @@ func TestRefreshCancelledByReplicaof(t *testing.T) {
 // for a snapshot, so the refresh does not wait on it.
 func TestRefreshSkipsFrozenReplica(t *testing.T) {
 	t.Parallel()
-	origin := redistest.StartT(t, "origin")
-	populate(t, origin)
-	p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) { c.BacklogSize = 2 << 20 })
-	replicas := startReplicas(t, 2, p.addr)
-	waitConverged(t, origin, replicas, 30*time.Second)
-	if err := replicas[0].Pause(); err != nil {
+	origin, p, replicas, _ := refreshRig(t, 2)
+	// Freeze the one the candidate order would ask first: equal ACK
+	// offsets (the origin is idle) are ordered by address.
+	frozen := replicas[0]
+	if replicas[1].Addr() < frozen.Addr() {
+		frozen = replicas[1]
+	}
+	if err := frozen.Pause(); err != nil {
 		t.Fatal(err)
 	}
-	defer replicas[0].Resume()
+	defer frozen.Resume()
 	redistest.Eventually(t, 10*time.Second, "the frozen replica's ACKs stop counting", func() bool {
 		for _, r := range p.Status().Replicas {
-			if r.Port == replicas[0].Port && time.Since(r.AckTime) > candidateAckAge {
+			if r.Port == frozen.Port && time.Since(r.AckTime) > candidateAckAge {
 				return true
 			}
 		}

@@ -195,20 +195,22 @@ func (s *store) persistLocked() error {
 // installFullSync makes info the snapshot of a new history: the backlog
 // restarts after its offset. Replicas of the old history end on their own
 // (the reset fails their cursors); those waiting for a snapshot get this.
-func (s *store) installFullSync(info *snapshot.Info) error {
+// installed reports that the new history is in force, even when persisting
+// it then failed (err).
+func (s *store) installFullSync(info *snapshot.Info) (installed bool, err error) {
 	s.wmu.Lock()
 	old := s.cur.Load().snap
 	if err := s.bl.Reset(info.Offset+1, snapshot.FileName(info.ReplID, info.Offset)); err != nil {
 		s.wmu.Unlock()
 		_ = snapshot.Remove(s.snapDir, info)
-		return err
+		return false, err
 	}
 	s.arrivals.reset()
 	s.publishLocked(psync.Fresh(info.ReplID), info)
-	err := s.persistLocked()
+	err = s.persistLocked()
 	s.wmu.Unlock()
 	s.removeOld(old, info)
-	return err
+	return true, err
 }
 
 // errRefreshRejected: the refreshed snapshot does not fit the history.
