@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/replproxy/replproxy/internal/faultproxy"
 	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/internal/redistest"
@@ -112,8 +113,15 @@ func TestSIGKILLResume(t *testing.T) {
 	origin := redistest.StartT(t, "origin", "--repl-backlog-size", "64mb")
 	proc := startProxyProcess(t, origin.Addr())
 	dir := proc.dataDir
-	redistest.Eventually(t, 20*time.Second, "proxy online at origin", func() bool {
-		return strings.Contains(mustInfo(t, origin, "replication")["slave0"], "state=online")
+	// The origin lists the proxy online once it ACKs the payload, before
+	// the proxy has installed and persisted it; a SIGKILL in between is a
+	// cut full sync (and the restart rightly waits the full-sync backoff).
+	// Kill only once the proxy's own link is up.
+	pcli := redis.NewClient(&redis.Options{Addr: proc.addr})
+	defer pcli.Close()
+	redistest.Eventually(t, 20*time.Second, "proxy link up", func() bool {
+		info, err := pcli.Info(context.Background(), "replication").Result()
+		return err == nil && strings.Contains(info, "master_link_status:up")
 	})
 	stop := make(chan struct{})
 	n := load(t, origin.Client(), stop, 2)
