@@ -570,7 +570,23 @@ func TestSIGTERMWhileStreaming(t *testing.T) {
 	origin := redistest.StartT(t, "origin", "--repl-backlog-size", "64mb")
 	proc := startProxyProcess(t, origin.Addr())
 	replicas := startReplicas(t, 2, proc.addr)
+	// An empty origin "converges" with replicas that have not synced yet:
+	// wait for the proxy's link and the replicas' links too.
 	waitConverged(t, origin, replicas, 30*time.Second)
+	pcli := redis.NewClient(&redis.Options{Addr: proc.addr})
+	defer pcli.Close()
+	redistest.Eventually(t, 30*time.Second, "proxy and replicas linked", func() bool {
+		info, err := pcli.Info(context.Background(), "replication").Result()
+		if err != nil || !strings.Contains(info, "master_link_status:up") {
+			return false
+		}
+		for _, r := range replicas {
+			if mustInfo(t, r, "replication")["master_link_status"] != "up" {
+				return false
+			}
+		}
+		return true
+	})
 	stop := make(chan struct{})
 	wg := runMixedLoad(t, origin.Client(), stop, 21)
 	redistest.Eventually(t, 10*time.Second, "load flows", func() bool {

@@ -336,6 +336,10 @@ func (f *follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 		f.log.Info("upstream full resync", "replid", reply.ReplID, "offset", reply.Offset, "purpose", purpose)
 		f.gate.started(purpose)
 		info, got, err := f.receiveFullSync(u, reply)
+		if err != nil && ctx.Err() != nil { // shutdown or REPLICAOF: no failure of the origin's
+			f.gate.aborted()
+			return false, fmt.Errorf("full sync: %w", err)
+		}
 		if err != nil {
 			f.stats.UpstreamSyncFailures.Add(1)
 			f.fullSyncFailed(purpose, err, got)

@@ -191,6 +191,19 @@ func (g *forkGate) succeeded(purpose syncPurpose, size int64) {
 	g.save(st)
 }
 
+// aborted records a full sync the proxy itself ended (a shutdown, a
+// REPLICAOF): no failure, so no wait beyond what failures before it set;
+// the next connection still needs a full sync.
+func (g *forkGate) aborted() {
+	g.mu.Lock()
+	if g.st.InARow == 0 {
+		g.st.NotBefore = time.Time{}
+	}
+	st := g.st
+	g.mu.Unlock()
+	g.save(st)
+}
+
 // continued records a partial resync: the main link needed no full sync.
 func (g *forkGate) continued() {
 	g.mu.Lock()

@@ -111,6 +111,27 @@ func TestGateRefreshDoesNotHoldMainLink(t *testing.T) {
 	}
 }
 
+// TestGateAbortIsNoFailure: a full sync the proxy ended itself (shutdown)
+// sets no wait; one after failures keeps theirs.
+func TestGateAbortIsNoFailure(t *testing.T) {
+	g, _ := testGate(t, 0.5)
+	g.started(purposeInitial)
+	g.aborted()
+	if d := g.wait(true, true); d != 0 {
+		t.Fatalf("after an aborted first sync the next waits %v", d)
+	}
+	g.started(purposeInitial)
+	g.failed(errors.New("connection reset"), 10)
+	g.started(purposeInitial)
+	g.aborted()
+	if d := g.wait(true, true); d <= 0 {
+		t.Fatal("an abort erased the backoff of an earlier failure")
+	}
+	if gs := g.status(); gs.InARow != 1 || !gs.Pending {
+		t.Fatalf("%+v", gs)
+	}
+}
+
 // TestGatePersists: a proxy restarted (or crash-looping) mid-sync keeps
 // its distance: the wait was recorded when the fork started.
 func TestGatePersists(t *testing.T) {
