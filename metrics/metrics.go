@@ -191,6 +191,11 @@ var (
 	dPeakRSS          = desc("process_peak_resident_memory_bytes", "Peak resident set size since the process started (VmHWM): the worst moment, which a scrape interval can miss.")
 	dCfgMaxClients    = desc("config_max_clients", "Configured limit of downstream connections (--max-clients).")
 	dDownRejected     = desc("downstream_rejected_connections_total", "Connections refused because --max-clients were connected.")
+	dTLSExpiry        = desc("tls_certificate_expiry_timestamp_seconds", "When the certificate in use expires, by role: server (the TLS listener), upstream (the client certificate towards the upstream), metrics (HTTPS).", "role")
+	dReloads          = desc("reloads_total", "Successful reloads of changed certificate and users files, by role (server, upstream, metrics, users).", "role")
+	dReloadFailures   = desc("reload_failures_total", "Reloads that failed and kept the previous certificate or users, by role.", "role")
+	dReloadFailing    = desc("reload_failing", "1 while the last reload of a role failed (the files on disk are not in use).", "role")
+	dAuthFailures     = desc("auth_failures_total", "Refused authentications and TLS handshakes, by reason.", "reason")
 	dRepSeriesDropped = desc("downstream_replica_series_dropped", "Replicas left out of per-replica series by the limit.")
 )
 
@@ -335,6 +340,17 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, r := range proxy.DisconnectReasons {
 		cnt(dDownDisconnects, float64(stats.Disconnects.Load(r)), string(r))
+	}
+	for _, r := range c.p.ReloadStatus() {
+		if !r.NotAfter.IsZero() {
+			g(dTLSExpiry, unix(r.NotAfter), r.Role)
+		}
+		cnt(dReloads, float64(r.Reloads), r.Role)
+		cnt(dReloadFailures, float64(r.Failures), r.Role)
+		g(dReloadFailing, b(r.LastError != ""), r.Role)
+	}
+	for _, r := range proxy.AuthFailureReasons() {
+		cnt(dAuthFailures, float64(stats.AuthFailures.Load(r)), r)
 	}
 	g(dDownFullSyncing, float64(st.FullSyncing))
 	g(dDownQueue, float64(st.Queued))

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/replproxy/replproxy/internal/tlsconf"
 	"github.com/replproxy/replproxy/psync/backlog"
 )
 
@@ -25,7 +26,38 @@ type Config struct {
 	AnnouncePort int           // REPLCONF listening-port upstream; 0 uses the listen port
 	AnnounceIP   string
 
-	RequirePass          string // downstream AUTH; empty: none
+	RequirePass          string // the default user's password; empty: none (unless the users file sets one)
+	// UsersFile holds ACL users (a subset of Redis' ACL-file syntax).
+	UsersFile string
+
+	// TLSListen is a TLS listener for replicas and clients, beside Listen
+	// or instead of it (Listen ""), served with TLSCertFile/TLSKeyFile.
+	// TLSAuthClients (yes, no, optional; default yes, as Redis) says
+	// whether clients must present a certificate chaining to TLSCAFile.
+	TLSListen         string
+	TLSCertFile       string
+	TLSKeyFile        string
+	TLSCAFile         string
+	TLSAuthClients    string
+	TLSAuthUserFromCN bool // a verified client certificate's CN names the user it is authenticated as
+
+	// UpstreamTLS dials the upstream (and refreshes) over TLS, verifying
+	// its certificate against UpstreamTLSCAFile (system roots without) and
+	// its name (UpstreamTLSServerName, default the upstream's host).
+	UpstreamTLS           bool
+	UpstreamTLSCertFile   string // a client certificate, for tls-auth-clients yes
+	UpstreamTLSKeyFile    string
+	UpstreamTLSCAFile     string
+	UpstreamTLSServerName string
+	UpstreamTLSInsecure   bool // skip verification: warned at start and every connect
+
+	// MetricsTLSCertFile and MetricsTLSKeyFile make the metrics listener
+	// serve HTTPS (the daemon owns the reloads; cmd/replproxy serves it).
+	MetricsTLSCertFile string
+	MetricsTLSKeyFile  string
+	// ReloadInterval is how often certificate and users files are checked
+	// for changes (SIGHUP reloads at once). Default 5s.
+	ReloadInterval time.Duration
 	ReplicaTimeout       time.Duration
 	MaxParallelFullSyncs int // 0 = unlimited
 	// MaxClients bounds downstream connections (replicas and tools), and
@@ -86,6 +118,7 @@ const (
 	DefaultReplTimeout    = 60 * time.Second
 	DefaultReplicaTimeout = 60 * time.Second
 	DefaultHoldAhead      = 10 * time.Second
+	DefaultReloadInterval = 5 * time.Second
 	// DefaultMaxClients: a session costs ~40 KB when idle (buffers and
 	// goroutine stacks), so a flood of connections stays under ~40 MB.
 	DefaultMaxClients = 1000
@@ -131,6 +164,12 @@ func (c *Config) setDefaults() {
 	if c.HoldAhead == 0 {
 		c.HoldAhead = DefaultHoldAhead
 	}
+	if c.TLSAuthClients == "" {
+		c.TLSAuthClients = "yes"
+	}
+	if c.ReloadInterval == 0 {
+		c.ReloadInterval = DefaultReloadInterval
+	}
 	if c.Version == "" {
 		c.Version = "dev"
 	}
@@ -152,6 +191,32 @@ func (c *Config) validate() error {
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data-dir is required (--data-dir DIR)"))
+	}
+	if c.TLSListen != "" && (c.TLSCertFile == "" || c.TLSKeyFile == "") {
+		errs = append(errs, errors.New("--tls-listen needs --tls-cert-file and --tls-key-file"))
+	}
+	if c.TLSListen == "" && (c.TLSCertFile != "" || c.TLSKeyFile != "" || c.TLSAuthUserFromCN) {
+		errs = append(errs, errors.New("--tls-cert-file, --tls-key-file and --tls-auth-user-from-cn need --tls-listen"))
+	}
+	if _, err := tlsconf.ParseClientAuth(c.TLSAuthClients); err != nil {
+		errs = append(errs, err)
+	} else if c.TLSListen != "" && c.TLSAuthClients != "no" && c.TLSCAFile == "" {
+		errs = append(errs, fmt.Errorf("--tls-auth-clients %s needs --tls-ca-cert-file to verify client certificates (or --tls-auth-clients no)", c.TLSAuthClients))
+	}
+	if !c.UpstreamTLS && (c.UpstreamTLSCertFile != "" || c.UpstreamTLSKeyFile != "" || c.UpstreamTLSCAFile != "" || c.UpstreamTLSServerName != "" || c.UpstreamTLSInsecure) {
+		errs = append(errs, errors.New("--upstream-tls-* options need --upstream-tls"))
+	}
+	if (c.UpstreamTLSCertFile == "") != (c.UpstreamTLSKeyFile == "") {
+		errs = append(errs, errors.New("--upstream-tls-cert-file and --upstream-tls-key-file go together"))
+	}
+	if (c.MetricsTLSCertFile == "") != (c.MetricsTLSKeyFile == "") {
+		errs = append(errs, errors.New("--metrics-tls-cert-file and --metrics-tls-key-file go together"))
+	}
+	if c.TLSAuthUserFromCN && c.TLSAuthClients == "no" {
+		errs = append(errs, errors.New("--tls-auth-user-from-cn needs client certificates (--tls-auth-clients yes or optional)"))
+	}
+	if c.ReloadInterval < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("reload interval %v: must be at least 100ms", c.ReloadInterval))
 	}
 	if c.BacklogSize < 1<<20 {
 		errs = append(errs, fmt.Errorf("backlog size %d is below the 1mb minimum", c.BacklogSize))

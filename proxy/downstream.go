@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -12,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/replproxy/replproxy/internal/acl"
 )
 
 // downstream owns the replica side: the listener and the sessions. Each
@@ -25,7 +28,8 @@ type downstream struct {
 	log   *slog.Logger
 	stats *Stats
 	p     *Proxy // what sessions answer from: INFO, ROLE, the store, REPLICAOF
-	ln    net.Listener
+	ln    net.Listener // plaintext; nil without --listen
+	tlsLn net.Listener // nil without --tls-listen
 
 	// mu guards the session set; nothing holds it across I/O.
 	mu       sync.Mutex
@@ -52,17 +56,23 @@ func (d *downstream) addr() net.Addr {
 	return d.ln.Addr()
 }
 
-// port is the listening port (0 before serving).
+// port is the listening port announced upstream: the plaintext one, else
+// the TLS one (0 before serving).
 func (d *downstream) port() int {
-	if a, ok := d.addr().(*net.TCPAddr); ok {
-		return a.Port
+	for _, ln := range []net.Listener{d.ln, d.tlsLn} {
+		if ln == nil {
+			continue
+		}
+		if a, ok := ln.Addr().(*net.TCPAddr); ok {
+			return a.Port
+		}
 	}
 	return 0
 }
 
 // acceptLoop accepts connections until the listener closes, then waits for
 // the sessions it started: Serve closes them all on shutdown.
-func (d *downstream) acceptLoop(ctx context.Context, ln net.Listener) {
+func (d *downstream) acceptLoop(ctx context.Context, ln net.Listener, isTLS bool) {
 	var sessions sync.WaitGroup
 	defer sessions.Wait()
 	for {
@@ -75,14 +85,25 @@ func (d *downstream) acceptLoop(ctx context.Context, ln net.Listener) {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		sessions.Go(func() { d.handleConn(ctx, conn) })
+		sessions.Go(func() { d.handleConn(ctx, conn, isTLS) })
 	}
 }
 
-func (d *downstream) handleConn(ctx context.Context, conn net.Conn) {
+func (d *downstream) handleConn(ctx context.Context, conn net.Conn, isTLS bool) {
 	sctx, cancel := context.WithCancel(ctx)
-	s := &session{p: d.p, conn: conn, addr: conn.RemoteAddr().String(), cancel: cancel,
-		br: bufio.NewReaderSize(conn, 16<<10), authed: d.cfg.RequirePass == "", startTime: time.Now()}
+	s := &session{p: d.p, conn: conn, out: conn, addr: conn.RemoteAddr().String(), cancel: cancel, tls: isTLS, startTime: time.Now()}
+	var tc *tls.Conn
+	if isTLS {
+		// The handshake runs after the --max-clients check, on the
+		// session's goroutine; closing the session closes it too.
+		tc = tls.Server(conn, d.p.sec.server.ServerConfig(d.p.sec.auth))
+		s.conn, s.out = tc, &bufferedWriter{w: tc}
+	}
+	s.br = bufio.NewReaderSize(s.conn, 16<<10)
+	if d.p.sec.users.Load().DefaultOpen() {
+		s.authed = true
+		s.user.Store(acl.DefaultUser)
+	}
 	s.ackOff.Store(-1)
 	d.mu.Lock()
 	if ctx.Err() != nil { // shutting down: closeSessions has run or will not see us
@@ -112,8 +133,53 @@ func (d *downstream) handleConn(ctx context.Context, conn net.Conn) {
 		d.mu.Unlock()
 		s.close(DownClosed)
 	}()
+	if !d.admit(s, tc) {
+		return
+	}
 	if err := s.serve(sctx); err != nil && sctx.Err() == nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		s.log.Info("client connection ended", "err", err)
+	}
+}
+
+// admit runs the TLS handshake (with a deadline), or on the plaintext
+// port refuses a TLS ClientHello, which would otherwise wait for a
+// newline forever. A refused client has had no byte of data.
+func (d *downstream) admit(s *session, tc *tls.Conn) bool {
+	sec := d.p.sec
+	if tc == nil {
+		// No deadline: a client may connect and type later, as with Redis.
+		b, err := s.br.Peek(1)
+		if err == nil && b[0] == 0x16 { // a TLS handshake record
+			sec.authFailed(AuthTLSOnPlainPort, s.addr, nil)
+			return false
+		}
+		return err == nil
+	}
+	_ = tc.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
+	err := tc.Handshake()
+	_ = tc.SetDeadline(time.Time{})
+	if err != nil {
+		sec.authFailed(classifyHandshake(err), s.addr, err)
+		return false
+	}
+	if user := sec.userFromCert(tc); user != "" {
+		s.authed = true
+		s.user.Store(user)
+		s.log.Info("client authenticated by its certificate", "user", user)
+	}
+	return true
+}
+
+// dropUnusableUsers disconnects sessions authenticated as a user that a
+// users reload removed or turned off (as Redis 7.2's ACL LOAD does).
+func (d *downstream) dropUnusableUsers() {
+	users := d.p.sec.users.Load()
+	for _, s := range d.selectSessions(func(s *session) bool {
+		u := s.authUser()
+		return u != "" && !users.Usable(u)
+	}) {
+		s.log.Warn("disconnecting a client whose user was removed or disabled", "user", s.authUser())
+		s.close(DownUserRevoked)
 	}
 }
 
@@ -159,14 +225,22 @@ func (d *downstream) selectSessions(match func(*session) bool) []*session {
 	return out
 }
 
-// isSelf reports whether host:port is this proxy's own listener: a local
-// address (or the announced IP) on the listening port.
+// isSelf reports whether host:port is one of this proxy's own listeners:
+// a local address (or the announced IP) on a listening port.
 func (d *downstream) isSelf(host string, port int) bool {
-	a, ok := d.addr().(*net.TCPAddr)
-	if !ok || a.Port != port {
-		return false
+	for _, ln := range []net.Listener{d.ln, d.tlsLn} {
+		if ln == nil {
+			continue
+		}
+		if a, ok := ln.Addr().(*net.TCPAddr); ok && a.Port == port && isLocal(a, host, d.cfg.AnnounceIP) {
+			return true
+		}
 	}
-	if host == d.cfg.AnnounceIP {
+	return false
+}
+
+func isLocal(a *net.TCPAddr, host, announceIP string) bool {
+	if host == announceIP {
 		return true
 	}
 	if strings.EqualFold(host, "localhost") {
@@ -201,9 +275,10 @@ const candidateAckAge = 3 * time.Second
 // replica still accepts connections, and would hold the refresh for the
 // repl-timeout), with an announced listening port. The one asked last time
 // goes last while others exist.
-func (d *downstream) refreshCandidates(avoid string) []string {
+func (d *downstream) refreshCandidates(avoid string) []refreshCandidate {
 	type cand struct {
 		addr string
+		tls  bool
 		ack  int64
 	}
 	recent := time.Now().Add(-candidateAckAge).UnixNano()
@@ -212,7 +287,7 @@ func (d *downstream) refreshCandidates(avoid string) []string {
 		return s.replica.Load() && !s.legacy && !s.rdbOnly && s.listeningPort > 0 && s.state.Load() == stateOnline &&
 			s.ackTime.Load() >= recent
 	}) {
-		cs = append(cs, cand{addr: s.replicaAddr(), ack: s.ackOff.Load()})
+		cs = append(cs, cand{addr: s.replicaAddr(), tls: s.tls, ack: s.ackOff.Load()})
 	}
 	sort.SliceStable(cs, func(i, j int) bool {
 		if (cs[i].addr == avoid) != (cs[j].addr == avoid) {
@@ -223,9 +298,16 @@ func (d *downstream) refreshCandidates(avoid string) []string {
 		}
 		return cs[i].addr < cs[j].addr
 	})
-	out := make([]string, len(cs))
+	out := make([]refreshCandidate, len(cs))
 	for i, c := range cs {
-		out[i] = c.addr
+		out[i] = refreshCandidate{addr: c.addr, tls: c.tls}
 	}
 	return out
+}
+
+// refreshCandidate is a replica to ask for a snapshot; one that came over
+// TLS announced its TLS port (Redis does with tls-replication yes).
+type refreshCandidate struct {
+	addr string
+	tls  bool
 }

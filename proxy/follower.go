@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/tls"
 	"context"
 	"errors"
 	"fmt"
@@ -160,7 +161,15 @@ func (f *follower) dialUpstream(ctx context.Context, rdbOnly bool, onRead func()
 	if port == 0 {
 		port = f.down.port()
 	}
-	u, err := f.dial(ctx, "upstream", f.upstreamAddr(), psync.HandshakeConfig{
+	addr := f.upstreamAddr()
+	var tlsCfg *tls.Config
+	if f.cfg.UpstreamTLS {
+		if f.cfg.UpstreamTLSInsecure {
+			f.log.Warn("connecting to the upstream over TLS without verifying its certificate (--upstream-tls-insecure-skip-verify)", "upstream", addr)
+		}
+		tlsCfg = f.down.p.sec.clientConfig(addr, false)
+	}
+	u, err := f.dial(ctx, "upstream", addr, tlsCfg, psync.HandshakeConfig{
 		User: f.cfg.UpstreamUser, Password: f.cfg.UpstreamPassword,
 		ListeningPort: port, IPAddress: f.cfg.AnnounceIP, RDBOnly: rdbOnly,
 	}, onRead, f.cfg.ReplTimeout)
@@ -170,9 +179,8 @@ func (f *follower) dialUpstream(ctx context.Context, rdbOnly bool, onRead func()
 // dial connects to addr (the upstream, or a replica for a refresh) and runs
 // the replica handshake up to PSYNC; reads time out after timeout of
 // silence.
-func (f *follower) dial(ctx context.Context, what, addr string, hs psync.HandshakeConfig, onRead func(), timeout time.Duration) (*upstreamConn, error) {
-	d := net.Dialer{Timeout: timeout, KeepAlive: 15 * time.Second}
-	conn, err := d.DialContext(ctx, "tcp", addr)
+func (f *follower) dial(ctx context.Context, what, addr string, tlsCfg *tls.Config, hs psync.HandshakeConfig, onRead func(), timeout time.Duration) (*upstreamConn, error) {
+	conn, err := dialTLS(ctx, addr, timeout, tlsCfg)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", what, err)
 	}

@@ -29,10 +29,11 @@ import (
 // testProxy is a proxy running in-process for a test.
 type testProxy struct {
 	*Proxy
-	addr   string
-	cancel context.CancelFunc
-	done   chan error
-	logBuf *syncBuffer
+	addr    string
+	tlsAddr string // with cfg.TLSListen set
+	cancel  context.CancelFunc
+	done    chan error
+	logBuf  *syncBuffer
 }
 
 type syncBuffer struct {
@@ -68,9 +69,18 @@ func startProxy(t *testing.T, upstream, dataDir string, mod ...func(*Config)) *t
 	if err != nil {
 		t.Fatal(err)
 	}
+	var tlsLn net.Listener
+	if cfg.TLSListen != "" {
+		if tlsLn, err = loopback.Listen(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	tp := &testProxy{Proxy: p, addr: ln.Addr().String(), cancel: cancel, done: make(chan error, 1), logBuf: buf}
-	go func() { tp.done <- p.Serve(ctx, ln) }()
+	if tlsLn != nil {
+		tp.tlsAddr = tlsLn.Addr().String()
+	}
+	go func() { tp.done <- p.ServeListeners(ctx, ln, tlsLn) }()
 	t.Cleanup(func() {
 		tp.stop(t)
 		if t.Failed() {

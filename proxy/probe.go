@@ -3,7 +3,9 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -26,30 +28,39 @@ type ProbeResult struct {
 // that costs it anything.
 func Probe(ctx context.Context, cfg Config) []ProbeResult {
 	cfg.setDefaults()
-	out := []ProbeResult{probeUpstream(ctx, cfg)}
+	sec, err := newSecurity(cfg, slog.New(slog.DiscardHandler), newCounts(AuthFailureReasons()))
+	if err != nil {
+		return []ProbeResult{{Check: "files", Detail: err.Error()}, probeDataDir(cfg)}
+	}
+	var tlsCfg *tls.Config
+	if cfg.UpstreamTLS {
+		tlsCfg = sec.clientConfig(cfg.Upstream, false)
+	}
+	out := []ProbeResult{probeUpstream(ctx, cfg, tlsCfg)}
 	if out[0].OK {
-		out = append(out, probeHandshake(ctx, cfg))
+		out = append(out, probeHandshake(ctx, cfg, tlsCfg))
 	}
 	return append(out, probeDataDir(cfg))
 }
 
-func probeUpstream(ctx context.Context, cfg Config) ProbeResult {
+func probeUpstream(ctx context.Context, cfg Config, tlsCfg *tls.Config) ProbeResult {
 	r := ProbeResult{Check: "upstream"}
-	d := net.Dialer{Timeout: 5 * time.Second}
-	c, err := d.DialContext(ctx, "tcp", cfg.Upstream)
+	c, err := dialTLS(ctx, cfg.Upstream, 5*time.Second, tlsCfg)
 	if err != nil {
 		r.Detail = fmt.Sprintf("%s is not reachable: %v", cfg.Upstream, err)
 		return r
 	}
 	c.Close()
 	r.OK, r.Detail = true, cfg.Upstream+" accepts connections"
+	if tlsCfg != nil {
+		r.Detail += " (TLS handshake verified)"
+	}
 	return r
 }
 
-func probeHandshake(ctx context.Context, cfg Config) ProbeResult {
+func probeHandshake(ctx context.Context, cfg Config, tlsCfg *tls.Config) ProbeResult {
 	r := ProbeResult{Check: "handshake"}
-	d := net.Dialer{Timeout: 5 * time.Second}
-	conn, err := d.DialContext(ctx, "tcp", cfg.Upstream)
+	conn, err := dialTLS(ctx, cfg.Upstream, 5*time.Second, tlsCfg)
 	if err != nil {
 		r.Detail = err.Error()
 		return r
@@ -58,8 +69,8 @@ func probeHandshake(ctx context.Context, cfg Config) ProbeResult {
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	br := bufio.NewReader(conn)
 	port := cfg.AnnouncePort
-	if port == 0 {
-		if _, p, err := net.SplitHostPort(cfg.Listen); err == nil {
+	for _, l := range []string{cfg.Listen, cfg.TLSListen} {
+		if _, p, err := net.SplitHostPort(l); port == 0 && err == nil {
 			port, _ = strconv.Atoi(p)
 		}
 	}

@@ -3,13 +3,17 @@ package proxy
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/replproxy/replproxy/internal/tlsconf"
 )
 
 // Proxy is one relay: one upstream history, its snapshot and backlog, and
@@ -25,6 +29,7 @@ type Proxy struct {
 	store    *store
 	follower *follower
 	down     *downstream
+	sec      *security
 }
 
 // Stats are the event counters shown in INFO and metrics.
@@ -48,6 +53,9 @@ type Stats struct {
 	Rejections           [5]atomic.Int64 // by psync.ContinueVerdict
 	Disconnects          counts[DisconnectReason]
 	RejectedConns        atomic.Int64 // refused at --max-clients
+	// AuthFailures counts refused authentications and TLS handshakes by
+	// reason (AuthFailureReasons).
+	AuthFailures counts[string]
 	// RefreshAttempts counts refresh attempts by "source/outcome".
 	RefreshAttempts counts[string]
 	// UpstreamFullSyncOutcomes counts full syncs the upstream started (each
@@ -78,6 +86,7 @@ func pairs(as, bs []string) []string {
 func newStats() *Stats {
 	return &Stats{UpstreamDisconnects: newCounts(UpstreamReasons), Disconnects: newCounts(DisconnectReasons),
 		RefreshAttempts:          newCounts(pairs(SnapshotSources, RefreshOutcomes)),
+		AuthFailures:             newCounts(AuthFailureReasons()),
 		UpstreamFullSyncOutcomes: newCounts(pairs(SyncPurposes(), SyncOutcomes))}
 }
 
@@ -109,12 +118,18 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	var rnd [20]byte
 	_, _ = rand.Read(rnd[:])
 	p := &Proxy{cfg: cfg, log: log, runID: hex.EncodeToString(rnd[:]), started: time.Now(), stats: newStats()}
+	sec, err := newSecurity(cfg, log, p.stats.AuthFailures)
+	if err != nil {
+		return nil, err
+	}
+	p.sec = sec
 	st, err := openStore(storeOptions{dataDir: cfg.DataDir, segmentSize: cfg.SegmentSize, fsync: cfg.Fsync, syncFile: cfg.syncFile}, log)
 	if err != nil {
 		return nil, err
 	}
 	p.store = st
 	p.down = newDownstream(p)
+	sec.stop = p.down.dropUnusableUsers
 	p.follower = newFollower(cfg, log, p.stats, st, p.down)
 	gate := p.follower.gate
 	if err := gate.load(); err != nil {
@@ -130,42 +145,135 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 // Run serves until ctx is cancelled, then shuts down: it stops the upstream
 // link and downstream sessions, syncs the backlog and persists state.
 func (p *Proxy) Run(ctx context.Context) error {
-	ln, err := net.Listen("tcp", p.cfg.Listen)
-	if err != nil {
-		p.shutdown()
-		return fmt.Errorf("listen %s: %w", p.cfg.Listen, err)
+	var lns [2]net.Listener
+	for i, addr := range []string{p.cfg.Listen, p.cfg.TLSListen} {
+		if addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, l := range lns {
+				if l != nil {
+					l.Close()
+				}
+			}
+			p.shutdown()
+			return fmt.Errorf("listen %s: %w", addr, err)
+		}
+		lns[i] = ln
 	}
-	return p.Serve(ctx, ln)
+	if lns[0] == nil && lns[1] == nil {
+		p.shutdown()
+		return errors.New("no listener: Listen and TLSListen are both empty")
+	}
+	return p.ServeListeners(ctx, lns[0], lns[1])
 }
 
-// Serve is Run on an existing listener.
+// Serve is Run on an existing plaintext listener.
+func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
+	return p.ServeListeners(ctx, ln, nil)
+}
+
+// ServeListeners is Run on existing listeners: plaintext and TLS (the
+// handshake is the proxy's; pass a plain TCP listener), either may be nil.
 //
 // It runs and joins every goroutine of the daemon: the follower's follow
 // and maintain loops, the downstream's accept loop (which joins its
 // sessions) and a keyspace scan of a recovered snapshot. Shutdown closes
 // the listener and every session, waits for all of them, then closes the
 // store (persist, backlog, lock).
-func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
-	p.down.ln = ln // before any goroutine reads it
-	p.log.Info("replproxy started", "listen", ln.Addr().String(), "upstream", p.follower.upstreamAddr(),
-		"data_dir", p.cfg.DataDir, "backlog_size", p.cfg.BacklogSize, "fsync", p.cfg.Fsync.String())
+func (p *Proxy) ServeListeners(ctx context.Context, ln, tlsLn net.Listener) error {
+	if ln == nil && tlsLn == nil {
+		p.shutdown()
+		return fmt.Errorf("no listener")
+	}
+	if tlsLn != nil && p.sec.server == nil {
+		tlsLn.Close()
+		p.shutdown()
+		return fmt.Errorf("a TLS listener needs --tls-listen with its certificate")
+	}
+	p.down.ln, p.down.tlsLn = ln, tlsLn // before any goroutine reads them
+	p.log.Info("replproxy started", "listen", addrText(ln), "tls_listen", addrText(tlsLn), "upstream", p.follower.upstreamAddr(),
+		"upstream_tls", p.cfg.UpstreamTLS, "data_dir", p.cfg.DataDir, "backlog_size", p.cfg.BacklogSize, "fsync", p.cfg.Fsync.String())
 	p.follower.warnConfig()
+	p.warnUnprotected()
 	var wg sync.WaitGroup
 	wg.Go(func() { p.follower.follow(ctx) })
 	wg.Go(func() { p.follower.maintain(ctx) })
-	wg.Go(func() { p.down.acceptLoop(ctx, ln) })
+	wg.Go(func() { p.sec.watch(ctx) })
+	for _, l := range []net.Listener{ln, tlsLn} {
+		if l != nil {
+			isTLS := l == tlsLn
+			wg.Go(func() { p.down.acceptLoop(ctx, l, isTLS) })
+		}
+	}
 	if snap := p.position().snap; snap != nil && snap.Keyspace == nil {
 		wg.Go(func() { p.store.keyspace.scan(ctx, p.store.snapDir, snap, p.log) })
 	}
 	<-ctx.Done()
-	ln.Close()
+	for _, l := range []net.Listener{ln, tlsLn} {
+		if l != nil {
+			l.Close()
+		}
+	}
 	p.down.closeSessions(DownShutdown)
 	wg.Wait()
 	return p.shutdown()
 }
 
-// Addr is the listening address once Serve has started.
+// Addr is the plaintext listening address once Serve has started (nil
+// without one).
 func (p *Proxy) Addr() net.Addr { return p.down.addr() }
+
+// TLSAddr is the TLS listening address once Serve has started (nil
+// without one).
+func (p *Proxy) TLSAddr() net.Addr {
+	if p.down.tlsLn == nil {
+		return nil
+	}
+	return p.down.tlsLn.Addr()
+}
+
+// Reload re-reads the certificate and users files (SIGHUP). A file that
+// does not load keeps its previous version; the error says which.
+func (p *Proxy) Reload() error { return p.sec.reload(true) }
+
+// MetricsTLSConfig serves the metrics listener over HTTPS with the live
+// --metrics-tls-* certificate; nil when none is configured.
+func (p *Proxy) MetricsTLSConfig() *tls.Config {
+	if p.sec.metrics == nil {
+		return nil
+	}
+	return p.sec.metrics.ServerConfig(tlsconf.AuthNo)
+}
+
+// ReloadStatus reports the watched files: certificates and users.
+func (p *Proxy) ReloadStatus() []ReloadStatus { return p.sec.status() }
+
+func addrText(ln net.Listener) string {
+	if ln == nil {
+		return ""
+	}
+	return ln.Addr().String()
+}
+
+// warnUnprotected is Redis' protected mode in spirit: a listener reachable
+// beyond loopback with neither a password nor client certificates.
+func (p *Proxy) warnUnprotected() {
+	open := p.sec.users.Load().DefaultOpen()
+	for _, l := range []struct {
+		ln       net.Listener
+		certAuth bool
+	}{{p.down.ln, false}, {p.down.tlsLn, p.sec.auth == tlsconf.AuthYes}} {
+		if l.ln == nil || !open || l.certAuth {
+			continue
+		}
+		if a, ok := l.ln.Addr().(*net.TCPAddr); ok && !a.IP.IsLoopback() {
+			p.log.Warn("listener open to the network with no authentication: anyone who reaches it can take the data; set --requirepass, a users file or TLS client certificates",
+				"addr", a.String())
+		}
+	}
+}
 
 func (p *Proxy) shutdown() error {
 	end := p.store.bl.End()

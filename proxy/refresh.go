@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -130,8 +131,9 @@ func (f *follower) refreshFromReplicas(ctx context.Context) (*snapshot.Info, err
 		return nil, errNoReplica
 	}
 	var errs []error
-	for _, addr := range cands[:min(len(cands), replicaRefreshAttempts)] {
-		info, err := f.fetchFromReplica(ctx, addr)
+	for _, c := range cands[:min(len(cands), replicaRefreshAttempts)] {
+		addr := c.addr
+		info, err := f.fetchFromReplica(ctx, c)
 		f.countRefresh(snapFromReplica, err)
 		if err == nil {
 			f.lastRefreshReplica = addr
@@ -150,10 +152,14 @@ func (f *follower) refreshFromReplicas(ctx context.Context) (*snapshot.Info, err
 // of it: REPLCONF rdb-only 1, PSYNC ? -1. It is accepted only as an
 // upstream snapshot would be (header, CRC, version) and only of the current
 // history at an offset the backlog holds.
-func (f *follower) fetchFromReplica(ctx context.Context, addr string) (*snapshot.Info, error) {
+func (f *follower) fetchFromReplica(ctx context.Context, c refreshCandidate) (*snapshot.Info, error) {
+	var tlsCfg *tls.Config
+	if c.tls {
+		tlsCfg = f.down.p.sec.clientConfig(c.addr, true)
+	}
 	// A healthy replica answers the handshake at once; a frozen one still
 	// accepts the connection, and must not hold the refresh for long.
-	u, err := f.dial(ctx, "replica", addr, psync.HandshakeConfig{
+	u, err := f.dial(ctx, "replica", c.addr, tlsCfg, psync.HandshakeConfig{
 		User: f.cfg.ReplicaAuthUser, Password: f.cfg.ReplicaAuthPassword, RDBOnly: true,
 	}, nil, min(f.cfg.ReplTimeout, replicaHandshakeTimeout))
 	if err != nil {

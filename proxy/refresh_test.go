@@ -422,11 +422,18 @@ func TestRefreshCandidates(t *testing.T) {
 	add("10.0.0.5", 6379, 999, stateSendBulk, 0, false)            // busy receiving a full sync
 	add("10.0.0.6", 0, 999, stateOnline, 0, false)                 // no listening port (redis-cli --replica)
 	add("10.0.0.7", 6379, 999, stateOnline, 0, true)               // SYNC client
-	got := strings.Join(d.refreshCandidates(""), " ")
+	addrs := func(cs []refreshCandidate) string {
+		var out []string
+		for _, c := range cs {
+			out = append(out, c.addr)
+		}
+		return strings.Join(out, " ")
+	}
+	got := addrs(d.refreshCandidates(""))
 	if want := "10.0.0.2:6379 10.0.0.3:6379 10.0.0.1:6379"; got != want {
 		t.Fatalf("candidates %s, want %s", got, want)
 	}
-	got = strings.Join(d.refreshCandidates("10.0.0.2:6379"), " ")
+	got = addrs(d.refreshCandidates("10.0.0.2:6379"))
 	if want := "10.0.0.3:6379 10.0.0.1:6379 10.0.0.2:6379"; got != want {
 		t.Fatalf("after asking 10.0.0.2: %s, want %s", got, want)
 	}

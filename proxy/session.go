@@ -3,10 +3,10 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/tidwall/resp"
+
+	"github.com/replproxy/replproxy/internal/acl"
 
 	"github.com/replproxy/replproxy/psync/backlog"
 )
@@ -47,13 +49,16 @@ func (e redisError) Error() string { return string(e) }
 type session struct {
 	p      *Proxy
 	id     int64
-	conn   net.Conn
+	conn   net.Conn  // *tls.Conn on the TLS listener
+	out    io.Writer // conn, buffered for TLS (no sendfile there)
+	tls    bool
 	addr   string
 	br     *bufio.Reader
 	log    *slog.Logger
 	cancel context.CancelFunc
 
 	authed        bool
+	user          atomic.Value // string: the user authenticated as (read by reloads)
 	name          string
 	listeningPort int
 	ipAddress     string
@@ -252,13 +257,15 @@ func truncate(s string, n int) string {
 
 func (s *session) auth(args [][]byte) error {
 	pass := args[len(args)-1]
-	user := "default"
+	user := acl.DefaultUser
 	if len(args) == 2 {
 		user = string(args[0])
+	} else if s.p.sec.users.Load().DefaultOpen() {
+		// As Redis: the one-argument form with a nopass default user.
+		return s.errorf("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
 	}
 	if err := s.checkAuth([]byte(user), pass); err != nil {
-		s.log.Warn("downstream AUTH failed")
-		return s.reply(resp.ErrorValue(err))
+		return s.reply(resp.ErrorValue(err)) // counted and logged by checkAuth
 	}
 	return s.ok()
 }
@@ -306,14 +313,21 @@ func (s *session) hello(args [][]byte) error {
 }
 
 func (s *session) checkAuth(user, pass []byte) error {
-	if s.p.cfg.RequirePass == "" {
-		return errors.New("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
-	}
-	if string(user) != "default" || subtle.ConstantTimeCompare(pass, []byte(s.p.cfg.RequirePass)) != 1 {
+	users := s.p.sec.users.Load()
+	name := string(user)
+	if fail := users.Check(name, pass); fail != "" {
+		s.p.sec.authFailed(string(fail), s.addr, nil)
 		return errWrongPass
 	}
 	s.authed = true
+	s.user.Store(name)
 	return nil
+}
+
+// authUser is the user the session authenticated as; "" before.
+func (s *session) authUser() string {
+	u, _ := s.user.Load().(string)
+	return u
 }
 
 // replconf follows replconfCommand(): option/value pairs, +OK, no reply for

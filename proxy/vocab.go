@@ -58,11 +58,12 @@ const (
 	DownShutdown        DisconnectReason = "shutdown"
 	DownClosedBeforeAck DisconnectReason = "closed_before_ack" // hung up after a full sync without ACKing
 	DownRDBVersion      DisconnectReason = "rdb_version"       // announced a release that cannot load the snapshot
+	DownUserRevoked     DisconnectReason = "user_revoked"      // its user was removed or turned off by a users reload
 )
 
 // DisconnectReasons lists every DisconnectReason.
 var DisconnectReasons = []DisconnectReason{DownClosed, DownTimeout, DownError, DownOffsetTrimmed, DownHistoryReset,
-	DownReplIDChanged, DownProtocolError, DownShutdown, DownClosedBeforeAck, DownRDBVersion}
+	DownReplIDChanged, DownProtocolError, DownShutdown, DownClosedBeforeAck, DownRDBVersion, DownUserRevoked}
 
 // ReplicaState is a downstream replica's state, as Redis names it in INFO.
 type ReplicaState string

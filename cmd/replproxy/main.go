@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -77,18 +78,39 @@ func run(args []string, stdout, stderr io.Writer) int {
 			logger.Error("metrics listener failed", "addr", web.Listen, "err", err)
 			return 1
 		}
+		if tc := p.MetricsTLSConfig(); tc != nil {
+			ln = tls.NewListener(ln, tc)
+		}
 		reg := metrics.NewRegistry(p, obs, metrics.Options{PerReplica: web.PerReplica, PerReplicaLimit: web.PerReplicaLimit, Version: version})
 		h := metrics.Handler(p, reg, metrics.HandlerOptions{Readiness: web.Readiness, EnablePprof: web.Pprof})
 		webDone = make(chan error, 1)
 		go func() { webDone <- metrics.Serve(ctx, ln, h) }()
-		logger.Info("metrics listening", "addr", ln.Addr().String(), "readiness", web.Readiness)
+		logger.Info("metrics listening", "addr", ln.Addr().String(), "readiness", web.Readiness, "https", p.MetricsTLSConfig() != nil)
 	}
+	// SIGHUP re-reads certificates and users (they are also watched).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	hupDone := make(chan struct{})
+	go func() {
+		defer close(hupDone)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				logger.Info("SIGHUP: reloading certificates and users")
+				_ = p.Reload() // each failure is logged where it happens
+			}
+		}
+	}()
 	code := 0
 	if err := p.Run(ctx); err != nil {
 		logger.Error("replproxy failed", "err", err)
 		code = 1
 	}
 	stop()
+	<-hupDone
 	if webDone != nil {
 		if err := <-webDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
 			logger.Error("metrics server", "err", err)
@@ -139,11 +161,17 @@ func healthcheck(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "127.0.0.1:9380", "metrics `HOST:PORT` of the replproxy to probe")
 	path := fs.String("path", "/livez", "endpoint to probe (/livez or /readyz)")
+	useTLS := fs.Bool("tls", false, "probe over HTTPS (--metrics-tls-cert-file); the certificate is not verified: this checks liveness, and sends nothing secret")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	c := http.Client{Timeout: 3 * time.Second}
-	resp, err := c.Get("http://" + *addr + *path)
+	scheme := "http://"
+	if *useTLS {
+		scheme = "https://"
+		c.Transport = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}} //nolint:gosec // liveness only
+	}
+	resp, err := c.Get(scheme + *addr + *path)
 	if err != nil {
 		fmt.Fprintln(stderr, "unhealthy:", err)
 		return 1

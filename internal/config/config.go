@@ -86,6 +86,19 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&r.passFile, "upstream-password-file", "", "read the origin password from `FILE`")
 	fs.StringVar(&c.RequirePass, "requirepass", "", "password downstream clients must AUTH with")
 	fs.StringVar(&r.reqPassFile, "requirepass-file", "", "read the downstream password from `FILE`")
+	fs.StringVar(&c.UsersFile, "users-file", "", "ACL users in Redis' ACL-file syntax (user NAME on >password, #sha256-hex, off); --requirepass stays the default user's password; reloaded on SIGHUP and when the `FILE` changes")
+	fs.StringVar(&c.TLSListen, "tls-listen", "", "`HOST:PORT` of a TLS listener for replicas and clients, beside --listen or instead of it (--listen \"\")")
+	fs.StringVar(&c.TLSCertFile, "tls-cert-file", "", "PEM certificate `FILE` of the TLS listener (reloaded on change)")
+	fs.StringVar(&c.TLSKeyFile, "tls-key-file", "", "PEM private key `FILE` of the TLS listener")
+	fs.StringVar(&c.TLSCAFile, "tls-ca-cert-file", "", "PEM CA `FILE` client certificates must chain to")
+	fs.StringVar(&c.TLSAuthClients, "tls-auth-clients", "yes", "client certificates on the TLS listener: yes (required), optional (verified when presented) or no, as Redis")
+	fs.BoolVar(&c.TLSAuthUserFromCN, "tls-auth-user-from-cn", false, "authenticate a client with a verified certificate as the user named by its CN, when that user is on")
+	fs.BoolVar(&c.UpstreamTLS, "upstream-tls", false, "connect to the upstream (and refresh from it) over TLS")
+	fs.StringVar(&c.UpstreamTLSCAFile, "upstream-tls-ca-cert-file", "", "PEM CA `FILE` the upstream's certificate must chain to (default: the system roots)")
+	fs.StringVar(&c.UpstreamTLSCertFile, "upstream-tls-cert-file", "", "PEM client certificate `FILE` for the upstream (for tls-auth-clients yes)")
+	fs.StringVar(&c.UpstreamTLSKeyFile, "upstream-tls-key-file", "", "PEM private key `FILE` of the upstream client certificate")
+	fs.StringVar(&c.UpstreamTLSServerName, "upstream-tls-server-name", "", "name the upstream's certificate must carry (default: the upstream's host)")
+	fs.BoolVar(&c.UpstreamTLSInsecure, "upstream-tls-insecure-skip-verify", false, "do not verify the upstream's certificate (warned at start and every connect)")
 	fs.StringVar(&c.RefreshMode, "snapshot-refresh", "eager", "eager: refresh the snapshot before the stream since it outgrows half the backlog budget; lazy: never in the background, let it lapse and refresh it only when a replica needs a full sync (held with keepalives meanwhile)")
 	fs.StringVar(&r.refreshFrom, "snapshot-refresh-from", "replicas,upstream", "where snapshot refreshes come from, in the order tried: replicas (a downstream replica forks, the origin does not) and/or upstream (a fork on the origin); replicas alone never forks the origin and lets the backlog outgrow its budget instead")
 	fs.StringVar(&c.ReplicaAuthUser, "replica-auth-user", "", "ACL user for AUTH at downstream replicas when refreshing from them (default: the upstream credentials)")
@@ -106,6 +119,9 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&s.Web.PerReplica, "metrics-per-replica", false, "export per-replica series")
 	fs.IntVar(&s.Web.PerReplicaLimit, "metrics-per-replica-limit", 50, "at most this many replicas get per-replica series")
 	fs.BoolVar(&s.Web.Pprof, "pprof", false, "serve /debug/pprof on the metrics listener")
+	fs.StringVar(&c.MetricsTLSCertFile, "metrics-tls-cert-file", "", "PEM certificate `FILE`: serve the metrics listener over HTTPS (reloaded on change)")
+	fs.StringVar(&c.MetricsTLSKeyFile, "metrics-tls-key-file", "", "PEM private key `FILE` of the metrics certificate")
+	fs.DurationVar(&c.ReloadInterval, "reload-interval", proxy.DefaultReloadInterval, "how often certificate and users files are checked for changes (SIGHUP reloads at once)")
 	fs.StringVar(&r.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&r.logFmt, "log-format", "json", "json or text")
 	fs.BoolVar(&s.Version, "version", false, "print the version and exit")
@@ -265,11 +281,18 @@ func (s *Settings) finish(r *raw, offline bool) error {
 	if st, err := os.Stat(c.DataDir); c.DataDir != "" && !offline && err == nil && !st.IsDir() {
 		errs = append(errs, fmt.Errorf("data-dir %s is not a directory", c.DataDir))
 	}
+	if c.Listen == "" && c.TLSListen == "" {
+		errs = append(errs, errors.New("no listener: --listen and --tls-listen are both empty"))
+	}
 	if s.Web.Readiness != ReadySynced && s.Web.Readiness != ReadyProcess {
 		errs = append(errs, fmt.Errorf("readiness %q: want synced or process", s.Web.Readiness))
 	}
 	if err := c.Validate(); err != nil {
 		errs = append(errs, err)
+	} else if !offline {
+		if err := proxy.CheckFiles(*c); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -5,6 +5,7 @@ package redistest
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -46,6 +47,17 @@ type Server struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	cli  *redis.Client
+	tls  *TLS
+}
+
+// TLS runs a server on a TLS port only (--port 0), with these files.
+type TLS struct {
+	CertFile, KeyFile, CAFile string
+	// AuthClients is tls-auth-clients (default yes).
+	AuthClients string
+	// Client is the harness client's configuration (its certificate and
+	// roots); required.
+	Client *tls.Config
 }
 
 // Addr is HOST:PORT.
@@ -61,7 +73,11 @@ func FreePort() (int, error) { return loopback.FreePort() }
 // Start runs redis-server in dir (created if needed) with test-friendly
 // defaults — no persistence, debug commands on, no diskless delay — and any
 // extra "--name value" arguments, which win. It waits until PING answers.
-func Start(dir string, extra ...string) (*Server, error) {
+func Start(dir string, extra ...string) (*Server, error) { return StartTLS(dir, nil, extra...) }
+
+// StartTLS is Start on a TLS port only, with tls-replication yes (its own
+// replication links use TLS too); tl nil is Start.
+func StartTLS(dir string, tl *TLS, extra ...string) (*Server, error) {
 	if err := Available(); err != nil {
 		return nil, err
 	}
@@ -78,13 +94,21 @@ func Start(dir string, extra ...string) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		s := &Server{Port: port, Dir: abs, Log: filepath.Join(abs, "redis.log")}
-		s.args = append([]string{
-			"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", abs,
+		s := &Server{Port: port, Dir: abs, Log: filepath.Join(abs, "redis.log"), tls: tl}
+		ports := []string{"--port", strconv.Itoa(port)}
+		if tl != nil {
+			auth := tl.AuthClients
+			if auth == "" {
+				auth = "yes"
+			}
+			ports = []string{"--port", "0", "--tls-port", strconv.Itoa(port), "--tls-cert-file", tl.CertFile,
+				"--tls-key-file", tl.KeyFile, "--tls-ca-cert-file", tl.CAFile, "--tls-auth-clients", auth, "--tls-replication", "yes"}
+		}
+		s.args = append(append(ports, "--bind", "127.0.0.1", "--dir", abs,
 			"--logfile", s.Log, "--save", "", "--appendonly", "no",
 			"--enable-debug-command", "yes", "--repl-diskless-sync-delay", "0",
 			"--daemonize", "no", "--protected-mode", "no",
-		}, extra...)
+		), extra...)
 		if err := s.start(); err == nil {
 			return s, nil
 		} else {
@@ -102,7 +126,11 @@ func (s *Server) start() error {
 	}
 	s.done = make(chan struct{})
 	go func() { _ = s.cmd.Wait(); close(s.done) }()
-	s.cli = redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1, DialTimeout: time.Second})
+	opts := &redis.Options{Addr: s.Addr(), MaxRetries: -1, DialTimeout: time.Second}
+	if s.tls != nil {
+		opts.TLSConfig = s.tls.Client.Clone()
+	}
+	s.cli = redis.NewClient(opts)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		err := s.cli.Ping(context.Background()).Err()

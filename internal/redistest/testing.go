@@ -19,7 +19,13 @@ import (
 // log tail is printed. It skips nothing: a missing redis-server fails.
 func StartT(t testing.TB, name string, extra ...string) *Server {
 	t.Helper()
-	s, err := Start(filepath.Join(t.TempDir(), name), extra...)
+	return StartTLST(t, name, nil, extra...)
+}
+
+// StartTLST is StartT on a TLS port only (StartTLS).
+func StartTLST(t testing.TB, name string, tl *TLS, extra ...string) *Server {
+	t.Helper()
+	s, err := StartTLS(filepath.Join(t.TempDir(), name), tl, extra...)
 	if err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -153,6 +159,9 @@ func (p *Process) Signal(sig syscall.Signal) {
 		<-p.done
 	}
 }
+
+// Notify sends sig and returns at once (SIGHUP: a reload, not an exit).
+func (p *Process) Notify(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
 
 // ExitCode waits for exit and returns the code.
 func (p *Process) ExitCode() int {
