@@ -26,7 +26,7 @@ type Config struct {
 	AnnouncePort int           // REPLCONF listening-port upstream; 0 uses the listen port
 	AnnounceIP   string
 
-	RequirePass          string // the default user's password; empty: none (unless the users file sets one)
+	RequirePass string // the default user's password; empty: none (unless the users file sets one)
 	// UsersFile holds ACL users (a subset of Redis' ACL-file syntax).
 	UsersFile string
 
@@ -57,7 +57,7 @@ type Config struct {
 	MetricsTLSKeyFile  string
 	// ReloadInterval is how often certificate and users files are checked
 	// for changes (SIGHUP reloads at once). Default 5s.
-	ReloadInterval time.Duration
+	ReloadInterval       time.Duration
 	ReplicaTimeout       time.Duration
 	MaxParallelFullSyncs int // 0 = unlimited
 	// MaxClients bounds downstream connections (replicas and tools), and

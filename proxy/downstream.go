@@ -27,7 +27,7 @@ type downstream struct {
 	cfg   Config
 	log   *slog.Logger
 	stats *Stats
-	p     *Proxy // what sessions answer from: INFO, ROLE, the store, REPLICAOF
+	p     *Proxy       // what sessions answer from: INFO, ROLE, the store, REPLICAOF
 	ln    net.Listener // plaintext; nil without --listen
 	tlsLn net.Listener // nil without --tls-listen
 
