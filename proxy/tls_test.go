@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/internal/testcert"
 )
@@ -466,6 +468,115 @@ func TestTLSRotationWhileStreaming(t *testing.T) {
 	for _, reason := range DisconnectReasons {
 		if n := st.Disconnects.Load(reason); n > 0 {
 			t.Fatalf("%d replica disconnects (%s) during the rotations", n, reason)
+		}
+	}
+}
+
+// rawCommand sends one command on a fresh connection and returns the raw
+// reply line.
+func rawCommand(t *testing.T, addr string, args ...string) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	must(t, err)
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	cmd := fmt.Sprintf("*%d\r\n", len(args))
+	for _, a := range args {
+		cmd += fmt.Sprintf("$%d\r\n%s\r\n", len(a), a)
+	}
+	_, err = c.Write([]byte(cmd))
+	must(t, err)
+	b := make([]byte, 512)
+	n, _ := c.Read(b)
+	return string(b[:n])
+}
+
+// TestUsersFile: a replica with masteruser/masterauth of an on user syncs;
+// an off user, a wrong password and an unknown user get Redis' WRONGPASS
+// byte for byte; AUTH with one argument checks the default user
+// (--requirepass); a reload that turns the user off disconnects its
+// replica; no password reaches the log.
+func TestUsersFile(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	populate(t, origin)
+	users := filepath.Join(t.TempDir(), "users.acl")
+	hashed := "7d4f3c1d7ed1fa1bc6a3f6d5d7ef4d6f71f0dd2f9b3d2b1b7e1e7e6c5b4a3921" // not the sha256 of anything used here
+	must(t, os.WriteFile(users, []byte("user repl on >repl-secret ~* &* +@all\n"+
+		"user gone off >gone-secret\n"+
+		"user hashed on #"+hashed+"\n"), 0o600))
+	p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) {
+		c.UsersFile, c.RequirePass, c.ReloadInterval = users, "default-secret", 100*time.Millisecond
+	})
+	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
+	replicas := startReplicas(t, 1, p.addr, "--masteruser", "repl", "--masterauth", "repl-secret")
+	waitConverged(t, origin, replicas, 30*time.Second)
+
+	const wrongPass = "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+	for _, tc := range []struct {
+		args   []string
+		want   string
+		reason string
+	}{
+		{[]string{"AUTH", "gone", "gone-secret"}, wrongPass, "user_disabled"},
+		{[]string{"AUTH", "repl", "nope"}, wrongPass, "wrong_password"},
+		{[]string{"AUTH", "nobody", "x"}, wrongPass, "unknown_user"},
+		{[]string{"AUTH", "hashed", "x"}, wrongPass, "wrong_password"},
+		{[]string{"AUTH", "repl-secret"}, wrongPass, "wrong_password"}, // one argument: the default user
+		{[]string{"AUTH", "default-secret"}, "+OK\r\n", ""},
+		{[]string{"AUTH", "repl", "repl-secret"}, "+OK\r\n", ""},
+		{[]string{"HELLO", "2", "AUTH", "repl", "nope"}, wrongPass, "wrong_password"},
+		{[]string{"INFO"}, "-NOAUTH Authentication required.\r\n", ""},
+	} {
+		var before int64
+		if tc.reason != "" {
+			before = p.Stats().AuthFailures.Load(tc.reason)
+		}
+		if got := rawCommand(t, p.addr, tc.args...); got != tc.want {
+			t.Fatalf("%q: got %q, want %q", tc.args, got, tc.want)
+		}
+		if tc.reason != "" && p.Stats().AuthFailures.Load(tc.reason) != before+1 {
+			t.Fatalf("%q: not counted as %s", tc.args, tc.reason)
+		}
+	}
+	if got := rawCommand(t, p.addr, "HELLO", "2", "AUTH", "repl", "repl-secret"); !strings.HasPrefix(got, "*14\r\n") {
+		t.Fatalf("HELLO 2 AUTH repl: %q", got)
+	}
+
+	// A reload turns repl off: its replica is disconnected and refused.
+	refusedBefore := p.Stats().AuthFailures.Load("user_disabled")
+	must(t, os.WriteFile(users+".new", []byte("user repl off >repl-secret\n"), 0o600))
+	must(t, os.Rename(users+".new", users))
+	redistest.Eventually(t, 10*time.Second, "the replica of a disabled user is dropped and refused", func() bool {
+		return p.Stats().Disconnects.Load(DownUserRevoked) >= 1 && p.Stats().AuthFailures.Load("user_disabled") > refusedBefore
+	})
+	for _, secret := range []string{"repl-secret", "gone-secret", "default-secret", "nope"} {
+		if strings.Contains(p.logBuf.String(), secret) {
+			t.Fatalf("the log contains the password %q", secret)
+		}
+	}
+}
+
+// TestUnprotectedWarning: a listener beyond loopback with no password
+// warns at start; with a password it does not.
+func TestUnprotectedWarning(t *testing.T) {
+	t.Parallel()
+	for _, pass := range []string{"", "secret"} {
+		var buf syncBuffer
+		p, err := New(Config{Upstream: "127.0.0.1:1", DataDir: t.TempDir(), RequirePass: pass}, slog.New(slog.NewTextHandler(&buf, nil)))
+		must(t, err)
+		port, err := loopback.FreePort()
+		must(t, err)
+		ln, err := net.Listen("tcp", "0.0.0.0:"+strconv.Itoa(port))
+		must(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- p.Serve(ctx, ln) }()
+		redistest.Eventually(t, 5*time.Second, "started", func() bool { return strings.Contains(buf.String(), "replproxy started") })
+		cancel()
+		must(t, <-done)
+		if got := strings.Contains(buf.String(), "no authentication"); got != (pass == "") {
+			t.Fatalf("password %q: warning logged %v:\n%s", pass, got, buf.String())
 		}
 	}
 }

@@ -104,3 +104,40 @@ func TestFlagTableListsEveryFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestTLSOptionErrors: TLS and users options that cannot work are refused
+// at parse time with the option named, and the files are loaded.
+func TestTLSOptionErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.pem")
+	if err := os.WriteFile(bad, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	users := filepath.Join(dir, "users.acl")
+	if err := os.WriteFile(users, []byte("user default on >x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"--upstream", "a:1", "--data-dir", dir}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--listen", ""}, "no listener"},
+		{[]string{"--tls-listen", "127.0.0.1:1"}, "--tls-listen needs --tls-cert-file and --tls-key-file"},
+		{[]string{"--tls-listen", "127.0.0.1:1", "--tls-cert-file", bad, "--tls-key-file", bad}, "needs --tls-ca-cert-file"},
+		{[]string{"--tls-listen", "127.0.0.1:1", "--tls-cert-file", bad, "--tls-key-file", bad, "--tls-auth-clients", "no"}, "server: load"},
+		{[]string{"--tls-listen", "127.0.0.1:1", "--tls-cert-file", bad, "--tls-key-file", bad, "--tls-auth-clients", "maybe"}, `tls-auth-clients "maybe"`},
+		{[]string{"--tls-cert-file", bad}, "need --tls-listen"},
+		{[]string{"--upstream-tls-ca-cert-file", bad}, "need --upstream-tls"},
+		{[]string{"--upstream-tls", "--upstream-tls-ca-cert-file", bad}, "holds no PEM certificate"},
+		{[]string{"--upstream-tls", "--upstream-tls-cert-file", bad}, "go together"},
+		{[]string{"--metrics-tls-cert-file", bad}, "go together"},
+		{[]string{"--users-file", users, "--requirepass", "y"}, "declares the default user and --requirepass is set"},
+		{[]string{"--users-file", filepath.Join(dir, "missing")}, "users file"},
+	} {
+		_, err := Parse(append(append([]string{}, base...), c.args...), func(string) (string, bool) { return "", false }, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want %q", c.args, err, c.want)
+		}
+	}
+}
