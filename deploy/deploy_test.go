@@ -87,7 +87,7 @@ func render(t *testing.T, overlay string) *rendered {
 			v := &policyv1.PodDisruptionBudget{}
 			strict(v)
 			r.pdbs = append(r.pdbs, v)
-		case "PodMonitor", "PrometheusRule":
+		case "PodMonitor", "PrometheusRule", "Certificate":
 			var v map[string]any
 			strict(&v)
 			r.crs = append(r.crs, v)
@@ -148,7 +148,7 @@ func checkProbe(t *testing.T, where string, p *corev1.Probe, ports map[string]bo
 }
 
 func TestManifests(t *testing.T) {
-	for _, overlay := range []string{"sidecar", "tier"} {
+	for _, overlay := range []string{"sidecar", "tier", "sidecar-tls", "tier-tls"} {
 		t.Run(overlay, func(t *testing.T) {
 			r := render(t, overlay)
 			pods := map[string]*corev1.PodTemplateSpec{}
@@ -249,11 +249,14 @@ func TestManifests(t *testing.T) {
 			if !kinds["PodMonitor"] || !kinds["PrometheusRule"] || len(r.secrets) != 1 {
 				t.Errorf("%s: missing PodMonitor, PrometheusRule or Secret", overlay)
 			}
-			switch overlay {
+			switch strings.TrimSuffix(overlay, "-tls") {
 			case "sidecar":
 				checkSidecar(t, r)
 			case "tier":
 				checkTier(t, r)
+			}
+			if strings.HasSuffix(overlay, "-tls") {
+				checkTLS(t, r)
 			}
 		})
 	}
@@ -282,7 +285,7 @@ func checkReplproxy(t *testing.T, where string, c corev1.Container, overlay stri
 		t.Errorf("%s: GOMEMLIMIT is not set from the memory limit", where)
 	}
 	want := "--readiness=synced"
-	if overlay == "sidecar" {
+	if strings.HasPrefix(overlay, "sidecar") {
 		want = "--readiness=process"
 	}
 	if !strings.Contains(joined, want) {
@@ -334,6 +337,74 @@ func checkTier(t *testing.T, r *rendered) {
 	}
 	if len(r.pdbs) != 1 {
 		t.Error("tier: PDB missing")
+	}
+}
+
+// checkTLS: replicas reach replproxy over TLS only, with client
+// certificates; every certificate path lies in a mounted Secret volume
+// without subPath (a subPath mount never sees a renewal); the tier's
+// upstream hop is TLS with the master serving TLS only; a Certificate
+// writes the Secret.
+func checkTLS(t *testing.T, r *rendered) {
+	var cert bool
+	for _, cr := range r.crs {
+		if cr["kind"] == "Certificate" {
+			spec, _ := cr["spec"].(map[string]any)
+			cert = spec["secretName"] == "redis-tls"
+		}
+	}
+	if !cert {
+		t.Errorf("%s: no Certificate writing the redis-tls Secret", r.overlays)
+	}
+	for _, s := range r.sts {
+		spec := &s.Spec.Template.Spec
+		secretVols := map[string]bool{}
+		for _, v := range spec.Volumes {
+			if v.Secret != nil && v.Secret.SecretName == "redis-tls" {
+				secretVols[v.Name] = true
+			}
+		}
+		for _, c := range allContainers(spec) {
+			where := r.overlays + "/" + s.Name + "/" + c.Name
+			mounts := map[string]bool{}
+			for _, m := range c.VolumeMounts {
+				if secretVols[m.Name] {
+					if m.SubPath != "" {
+						t.Errorf("%s: the TLS Secret is mounted with subPath: renewals never arrive", where)
+					}
+					mounts[m.MountPath] = true
+				}
+			}
+			joined := strings.Join(append(append([]string{}, c.Command...), c.Args...), " ")
+			for _, f := range strings.Fields(strings.NewReplacer("=", " ").Replace(joined)) {
+				if strings.HasSuffix(f, ".crt") || strings.HasSuffix(f, ".key") {
+					if !mounts[filepath.Dir(f)] {
+						t.Errorf("%s: %s is not in a mounted TLS Secret", where, f)
+					}
+				}
+			}
+			switch {
+			case c.Name == "replproxy":
+				for _, want := range []string{"--listen= ", "--tls-listen=0.0.0.0:6380", "--tls-auth-clients=yes", "--tls-ca-cert-file="} {
+					if !strings.Contains(joined+" ", want) {
+						t.Errorf("%s: want %s", where, want)
+					}
+				}
+				if s.Name == "replproxy" && !strings.Contains(joined, "--upstream-tls ") {
+					t.Errorf("%s: the tier's upstream hop must be TLS", where)
+				}
+			case s.Name == "redis-replica":
+				for _, want := range []string{"--port 0", "--tls-replication yes", "--replicaof replproxy 6380"} {
+					if !strings.Contains(joined, want) {
+						t.Errorf("%s: want %s", where, want)
+					}
+				}
+			case s.Name == "redis-master" && r.overlays == "tier-tls":
+				if !strings.Contains(joined, "--port 0 --tls-port 6379") || !strings.Contains(joined, "--tls-auth-clients yes") {
+					t.Errorf("%s: the master must serve TLS only, with client certificates", where)
+				}
+			}
+		}
 	}
 }
 
