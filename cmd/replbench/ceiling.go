@@ -39,6 +39,9 @@ func ceiling(c *common, _ *flag.FlagSet) (*report, error) {
 		rw.Error = err.Error()
 	}
 	rep.Rows = append(rep.Rows, rw)
+	if c.tls != nil {
+		rep.Notes = append(rep.Notes, "--tls: every socket (upstream, sinks, the plain fan-out's too) is TLS 1.3 with client certificates.")
+	}
 	rep.Notes = append(rep.Notes, "The stream is SET commands with 16 KB values. replproxy writes every byte to its disk backlog (fsync everysec) and each sink reads it back through its own cursor; the plain copy keeps one buffer in memory. Both run on the same 2 cores as their sinks.")
 	return rep, nil
 }
@@ -61,10 +64,11 @@ func minimalRDB() []byte {
 // fakeUpstream answers the replica handshake, sends a full sync of an
 // empty RDB at offset 0, then the stream as fast as the socket takes it.
 func fakeUpstream(stream []byte) (string, func(), error) {
-	ln, err := loopback.Listen()
+	tcp, err := loopback.Listen()
 	if err != nil {
 		return "", nil, err
 	}
+	ln := tlsOf.listener(tcp)
 	id := strings.Repeat("f", 40)
 	go func() {
 		for {
@@ -115,7 +119,7 @@ func fakeUpstream(stream []byte) (string, func(), error) {
 
 // sink is a synthetic replica: PSYNC, skip the payload, read n stream bytes.
 func sink(addr string, n int64) error {
-	conn, err := net.Dial("tcp", addr)
+	conn, err := tlsOf.dial(addr, 5*time.Second)
 	if err != nil {
 		return err
 	}
@@ -210,15 +214,17 @@ func proxyCeiling(c *common, stream []byte, rw *row) error {
 // plainFanout: one source socket, a relay goroutine that copies each read
 // to k sink sockets, k readers. The physical reference for the machine.
 func plainFanout(stream []byte, k int) (float64, error) {
-	srcLn, err := loopback.Listen()
+	srcTCP, err := loopback.Listen()
 	if err != nil {
 		return 0, err
 	}
+	srcLn := tlsOf.listener(srcTCP)
 	defer srcLn.Close()
-	sinkLn, err := loopback.Listen()
+	sinkTCP, err := loopback.Listen()
 	if err != nil {
 		return 0, err
 	}
+	sinkLn := tlsOf.listener(sinkTCP)
 	defer sinkLn.Close()
 	go func() {
 		c, err := srcLn.Accept()
@@ -231,7 +237,7 @@ func plainFanout(stream []byte, k int) (float64, error) {
 	var readers sync.WaitGroup
 	for range k {
 		readers.Go(func() {
-			c, err := net.Dial("tcp", sinkLn.Addr().String())
+			c, err := tlsOf.dial(sinkLn.Addr().String(), 5*time.Second)
 			if err != nil {
 				return
 			}
@@ -248,7 +254,7 @@ func plainFanout(stream []byte, k int) (float64, error) {
 		defer c.Close()
 		outs = append(outs, c)
 	}
-	src, err := net.Dial("tcp", srcLn.Addr().String())
+	src, err := tlsOf.dial(srcLn.Addr().String(), 5*time.Second)
 	if err != nil {
 		return 0, err
 	}

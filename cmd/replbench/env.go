@@ -34,7 +34,12 @@ type common struct {
 	log      io.Writer
 	delay    int
 	topos    string
+	useTLS   bool
+	tls      *benchTLS // set by setup in a --tls run; read-only after
 }
+
+// tlsOf is the TLS material of a --tls run; nil otherwise.
+var tlsOf *benchTLS
 
 func (c *common) register(fs *flag.FlagSet, replicas int, dataset string, duration time.Duration) {
 	fs.IntVar(&c.replicas, "replicas", replicas, "replicas behind the intermediate")
@@ -55,6 +60,7 @@ func (c *common) register(fs *flag.FlagSet, replicas int, dataset string, durati
 	fs.StringVar(&c.out, "out", "out/bench", "directory for the markdown, JSON and SVG results")
 	fs.StringVar(&c.topos, "topologies", "", "comma-separated topologies to run (default: all the scenario has)")
 	fs.IntVar(&c.delay, "origin-diskless-delay", 5, "origins' repl-diskless-sync-delay in seconds (Redis' default is 5)")
+	fs.BoolVar(&c.useTLS, "tls", false, "every replication link over TLS with client certificates (origin, chained replica, replproxy both sides, replicas)")
 	fs.StringVar(&c.proxyBin, "replproxy", "", "replproxy binary (default: bin/replproxy next to replbench, else built)")
 }
 
@@ -70,6 +76,12 @@ func (c *common) setup() error {
 		return err
 	}
 	c.work = work
+	if c.useTLS {
+		if c.tls, err = newBenchTLS(work); err != nil {
+			return err
+		}
+	}
+	tlsOf = c.tls // before any goroutine dials; one scenario runs at a time
 	if c.proxyBin == "" {
 		if exe, err := os.Executable(); err == nil {
 			if p := filepath.Join(filepath.Dir(exe), "replproxy"); fileExists(p) {
@@ -113,7 +125,7 @@ func (c *common) dir(parts ...string) string {
 // benchOrigin starts an origin with Redis' own replication defaults (the
 // test harness shortens the diskless delay; benchmarks must not).
 func (c *common) benchOrigin(name string, extra ...string) (*redistest.Server, error) {
-	return redistest.Start(c.dir(name, "origin"), append([]string{"--repl-diskless-sync-delay", strconv.Itoa(c.delay)}, extra...)...)
+	return redistest.StartTLS(c.dir(name, "origin"), c.tls.redis(), append([]string{"--repl-diskless-sync-delay", strconv.Itoa(c.delay)}, extra...)...)
 }
 
 // procStats reads CPU seconds (user+system) and peak RSS of a process.
@@ -150,7 +162,7 @@ type proxyProc struct {
 
 func (p *proxyProc) PID() int { return p.cmd.Process.Pid }
 
-func startProxyProc(bin, upstream, dataDir, logPath string, budget int64) (*proxyProc, error) {
+func startProxyProc(bin, upstream, dataDir, logPath string, budget int64, extra ...string) (*proxyProc, error) {
 	port, err := redistest.FreePort()
 	if err != nil {
 		return nil, err
@@ -158,6 +170,10 @@ func startProxyProc(bin, upstream, dataDir, logPath string, budget int64) (*prox
 	p := &proxyProc{bin: bin, logf: logPath, addr: "127.0.0.1:" + strconv.Itoa(port),
 		args: []string{"--upstream", upstream, "--listen", "127.0.0.1:" + strconv.Itoa(port), "--data-dir", dataDir,
 			"--backlog-size", strconv.FormatInt(budget, 10), "--metrics-listen", os.Getenv("REPLBENCH_PROXY_METRICS"), "--log-format", "text"}}
+	if tlsOf != nil {
+		p.args = append(p.args, tlsOf.proxyArgs(p.addr)...)
+	}
+	p.args = append(p.args, extra...)
 	if os.Getenv("REPLBENCH_PROXY_METRICS") != "" {
 		p.args = append(p.args, "--pprof")
 	}
@@ -182,7 +198,7 @@ func (p *proxyProc) start() error {
 	p.done = make(chan struct{})
 	go func() { _ = p.cmd.Wait(); lf.Close(); close(p.done) }()
 	return waitFor(10*time.Second, func() bool {
-		c, err := net.Dial("tcp", p.addr)
+		c, err := tlsOf.dial(p.addr, time.Second)
 		if err == nil {
 			c.Close()
 		}
@@ -253,7 +269,7 @@ func (c *common) intermediate(kind string, origin *redistest.Server, name string
 		if kind == "chained-sized" {
 			args = append(args, "--repl-backlog-size", strconv.FormatInt(c.budget, 10))
 		}
-		mid, err := redistest.Start(c.dir(name, kind, "mid"), args...)
+		mid, err := redistest.StartTLS(c.dir(name, kind, "mid"), c.tls.redis(), args...)
 		if err != nil {
 			return nil, err
 		}
@@ -292,7 +308,7 @@ func (c *common) addReplicas(t *topology, name string, n int, extra ...string) e
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			reps[i], errs[i] = redistest.Start(c.dir(name, t.kind, "replica"+strconv.Itoa(i)),
+			reps[i], errs[i] = redistest.StartTLS(c.dir(name, t.kind, "replica"+strconv.Itoa(i)), c.tls.redis(),
 				append([]string{"--replicaof", host, port}, extra...)...)
 		})
 	}
@@ -307,7 +323,7 @@ func (c *common) addReplicas(t *topology, name string, n int, extra ...string) e
 }
 
 func infoOf(addr, section string) (map[string]string, error) {
-	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	conn, err := tlsOf.dial(addr, 2*time.Second)
 	if err != nil {
 		return nil, err
 	}

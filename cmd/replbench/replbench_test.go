@@ -60,15 +60,30 @@ func TestScenariosTiny(t *testing.T) {
 				t.Errorf("proxy ceiling %v MB/s", v)
 			}
 		}},
+		// TLS everywhere: the same scenarios, reported apart.
+		{"relay", []string{"--tls", "--replicas", "1", "--duration", "2s", "--rate", "5000"}, func(t *testing.T, r report) {
+			if r.Params["tls"] != "yes" || rowOf(t, r, "proxy").Values["writes/s"] < 1000 || rowOf(t, r, "chained").Values["writes/s"] < 1000 {
+				t.Errorf("relay over TLS: %+v", r)
+			}
+		}},
+		{"ceiling", []string{"--tls", "--replicas", "2", "--dataset", "16mb"}, func(t *testing.T, r report) {
+			if v := rowOf(t, r, "proxy").Values["aggregate MB/s"]; v <= 0 || r.Params["tls"] != "yes" {
+				t.Errorf("proxy ceiling over TLS %v MB/s", v)
+			}
+		}},
 	}
 	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
+		file := c.name
+		if len(c.args) > 0 && c.args[0] == "--tls" {
+			file += "-tls"
+		}
+		t.Run(file, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
 			if code := run(append(append([]string{c.name}, c.args...), common...), &stdout, &stderr); code != 0 {
 				t.Fatalf("exit %d\n%s", code, stderr.String())
 			}
 			var r report
-			b, err := os.ReadFile(filepath.Join(out, c.name+".json"))
+			b, err := os.ReadFile(filepath.Join(out, file+".json"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -80,7 +95,7 @@ func TestScenariosTiny(t *testing.T) {
 					t.Errorf("%s: %s", rw.Label, rw.Error)
 				}
 			}
-			svg, _ := os.ReadFile(filepath.Join(out, c.name+".svg"))
+			svg, _ := os.ReadFile(filepath.Join(out, file+".svg"))
 			if !strings.HasPrefix(string(svg), "<svg") || !strings.Contains(stdout.String(), "| topology |") {
 				t.Error("missing chart or table")
 			}

@@ -64,6 +64,10 @@ func runScenario(s scenario, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	rep.Command = "replbench " + s.name + " " + strings.Join(args, " ")
+	if c.tls != nil { // its own result files, beside the plaintext ones
+		rep.Scenario += "-tls"
+		rep.Params["tls"] = "yes"
+	}
 	if err := rep.write(c, stdout); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -137,7 +141,7 @@ type probe struct {
 
 func startProbe(s *redistest.Server) *probe {
 	p := &probe{stopc: make(chan struct{}), done: make(chan time.Duration, 1)}
-	cli := redis.NewClient(&redis.Options{Addr: s.Addr(), PoolSize: 1, ReadTimeout: 30 * time.Second})
+	cli := redis.NewClient(&redis.Options{Addr: s.Addr(), PoolSize: 1, ReadTimeout: 30 * time.Second, TLSConfig: tlsOf.clientConfig()})
 	go func() {
 		defer cli.Close()
 		var worst time.Duration
@@ -241,7 +245,7 @@ func relayOne(c *common, kind string, rw *row) error {
 	defer stopLoad()
 	var wg sync.WaitGroup
 	wg.Go(func() { steadyLoad(loadCtx, origin.Client(), c.rate, &writes) })
-	marker := redis.NewClient(&redis.Options{Addr: origin.Addr(), PoolSize: 1})
+	marker := redis.NewClient(&redis.Options{Addr: origin.Addr(), PoolSize: 1, TLSConfig: tlsOf.clientConfig()})
 	defer marker.Close()
 	tick := time.NewTicker(10 * time.Millisecond)
 	markers := 0
