@@ -235,6 +235,12 @@ func (p *Proxy) info(sections ...string) string {
 		kv("full_sync_next_attempt_in_seconds", next),
 		kv("full_sync_blocked", oneLine(fs.Blocked)),
 	)
+	rp = append(rp, kv("upstream_tls", map[bool]int{true: 1, false: 0}[p.cfg.UpstreamTLS]), kv("tls_port", listenerPort(p.down.tlsLn)))
+	var fails []string
+	for _, r := range AuthFailureReasons() {
+		fails = append(fails, fmt.Sprintf("%s=%d", r, ps.AuthFailures.Load(r)))
+	}
+	rp = append(rp, "auth_failures:"+strings.Join(fails, ","))
 	for i, r := range st.Replicas {
 		rp = append(rp, fmt.Sprintf("replica%d:ip=%s,port=%d,state=%s,ack_offset=%d,lag_bytes=%d,lag_seconds=%.3f",
 			i, r.IP, r.Port, r.State, max(r.AckOff, 0), r.LagBytes, r.LagSeconds))
@@ -253,6 +259,18 @@ func SnapshotSource(s *snapshot.Info) string {
 		return snapFromUpstream
 	}
 	return s.Source
+}
+
+// listenerPort is a listener's port, 0 without one (as Redis shows a
+// disabled port).
+func listenerPort(ln net.Listener) int {
+	if ln == nil {
+		return 0
+	}
+	if a, ok := ln.Addr().(*net.TCPAddr); ok {
+		return a.Port
+	}
+	return 0
 }
 
 // oneLine keeps an INFO value on its line.
@@ -284,6 +302,10 @@ func (p *Proxy) configGet(patterns [][]byte) resp.Value {
 		{"replica-read-only", "yes"},
 		{"masterauth", ""},
 		{"requirepass", ""},
+		{"port", strconv.Itoa(listenerPort(p.down.ln))},
+		{"tls-port", strconv.Itoa(listenerPort(p.down.tlsLn))},
+		{"tls-replication", map[bool]string{true: "yes", false: "no"}[p.cfg.UpstreamTLS]},
+		{"tls-auth-clients", p.cfg.TLSAuthClients},
 	}
 	var out []resp.Value
 	for _, kv := range params {

@@ -580,3 +580,29 @@ func TestUnprotectedWarning(t *testing.T) {
 		}
 	}
 }
+
+// TestTLSRefreshFromReplica: a snapshot refresh asks a replica that came
+// in over TLS on the TLS port it announced, with the upstream client
+// certificate (the replica requires one), verifying its chain: the origin
+// does not fork again.
+func TestTLSRefreshFromReplica(t *testing.T) {
+	t.Parallel()
+	r := newTLSRig(t)
+	origin := redistest.StartTLST(t, "origin", r.originTLS)
+	populate(t, origin)
+	p := startTLSProxy(t, r, origin.Addr(), func(c *Config) {
+		c.BacklogSize, c.RefreshFrom = 2<<20, []string{SourceReplicas}
+	})
+	replicas := startTLSReplicas(t, r, 1, p.tlsAddr)
+	waitConverged(t, origin, replicas, 30*time.Second)
+	overwrite(t, origin.Client(), nil, 4<<20, 8<<20, 16<<10)
+	redistest.Eventually(t, 30*time.Second, "a refresh from the TLS replica", func() bool {
+		return p.Stats().RefreshAttempts.Load("replica/ok") >= 1
+	})
+	if forks := origin.InfoInt("stats", "total_forks"); forks != 1 {
+		t.Fatalf("the origin forked %d times", forks)
+	}
+	if n := p.Stats().RefreshAttempts.Load("replica/failed"); n > 0 {
+		t.Fatalf("%d failed refresh attempts at the TLS replica:\n%s", n, grepLines(p.logBuf.String(), "refresh"))
+	}
+}
