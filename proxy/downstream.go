@@ -91,7 +91,7 @@ func (d *downstream) acceptLoop(ctx context.Context, ln net.Listener, isTLS bool
 
 func (d *downstream) handleConn(ctx context.Context, conn net.Conn, isTLS bool) {
 	sctx, cancel := context.WithCancel(ctx)
-	s := &session{p: d.p, conn: conn, out: conn, addr: conn.RemoteAddr().String(), cancel: cancel, tls: isTLS, startTime: time.Now()}
+	s := &session{p: d.p, conn: conn, raw: conn, out: conn, addr: conn.RemoteAddr().String(), cancel: cancel, tls: isTLS, startTime: time.Now()}
 	var tc *tls.Conn
 	if isTLS {
 		// The handshake runs after the --max-clients check, on the

@@ -50,6 +50,7 @@ type session struct {
 	p      *Proxy
 	id     int64
 	conn   net.Conn  // *tls.Conn on the TLS listener
+	raw    net.Conn  // the TCP connection under conn
 	out    io.Writer // conn, buffered for TLS (no sendfile there)
 	tls    bool
 	addr   string
@@ -93,7 +94,9 @@ func (s *session) close(reason DisconnectReason) {
 			s.log.Info("replica disconnected", "reason", reason, "ack_offset", s.ackOff.Load())
 		}
 		s.cancel()
-		s.conn.Close()
+		// The TCP socket, not the TLS layer: its close_notify could block
+		// for seconds on a replica that stopped reading.
+		s.raw.Close()
 	})
 }
 

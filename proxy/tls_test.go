@@ -406,7 +406,8 @@ func tlsSyncAttempt(addr string, cfg *tls.Config) (int, error) {
 }
 
 // TestTLSRotationWhileStreaming: the served certificate rotated on disk
-// (a symlink swap) is picked up by the watcher while TLS replicas stream:
+// (a symlink swap) is picked up by the watcher while TLS and plaintext
+// replicas stream from one proxy:
 // none disconnects, a new connection gets the new serial; a rotation to a
 // mismatched pair keeps the previous certificate and is reported.
 func TestTLSRotationWhileStreaming(t *testing.T) {
@@ -422,7 +423,8 @@ func TestTLSRotationWhileStreaming(t *testing.T) {
 		c.TLSCertFile, c.TLSKeyFile, c.ReloadInterval = crt, key, 100*time.Millisecond
 	})
 	tlsAddr := p.tlsAddr
-	replicas := startTLSReplicas(t, r, 2, tlsAddr)
+	// Plain and TLS replicas mixed on one proxy.
+	replicas := append(startTLSReplicas(t, r, 2, tlsAddr), startReplicas(t, 1, p.addr)...)
 	waitConverged(t, origin, replicas, 60*time.Second)
 	stop := make(chan struct{})
 	wg := runMixedLoad(t, origin.Client(), stop, 5)

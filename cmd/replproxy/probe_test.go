@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/internal/testcert"
 )
 
 // probeLines runs check-config --probe and returns its exit code and the
@@ -79,5 +82,43 @@ func TestCheckConfigProbe(t *testing.T) {
 	code, out = probeLines(t, "--upstream", origin.Addr(), "--data-dir", ro)
 	if code != 1 || !strings.Contains(out, "probe data dir: FAIL") || !strings.Contains(out, "read-only") {
 		t.Fatalf("read-only data dir: exit %d\n%s", code, out)
+	}
+}
+
+// TestCheckConfigProbeTLS: against an origin on a TLS port that requires
+// client certificates, the probe passes with upstream TLS and a client
+// certificate, and fails in the upstream check without them.
+func TestCheckConfigProbeTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := testcert.NewCA(dir, "ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := ca.Issue(dir, "origin", "origin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, err := tls.LoadX509KeyPair(pair.CertFile, pair.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	origin := redistest.StartTLST(t, "origin", &redistest.TLS{CertFile: pair.CertFile, KeyFile: pair.KeyFile, CAFile: ca.CertFile,
+		Client: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{kp}}})
+	base := []string{"--upstream", origin.Addr(), "--data-dir", t.TempDir(), "--backlog-size", "16mb"}
+	withTLS := append([]string{"--upstream-tls", "--upstream-tls-ca-cert-file", ca.CertFile,
+		"--upstream-tls-cert-file", pair.CertFile, "--upstream-tls-key-file", pair.KeyFile}, base...)
+	if code, out := probeLines(t, withTLS...); code != 0 || !strings.Contains(out, "TLS handshake verified") {
+		t.Fatalf("with TLS: exit %d\n%s", code, out)
+	}
+	for name, args := range map[string][]string{
+		"plaintext to a TLS port": base,
+		"no client certificate":   append([]string{"--upstream-tls", "--upstream-tls-ca-cert-file", ca.CertFile}, base...),
+		"unknown CA":              append([]string{"--upstream-tls"}, base...),
+	} {
+		if code, out := probeLines(t, args...); code != 1 || !strings.Contains(out, "FAIL") {
+			t.Errorf("%s: exit %d\n%s", name, code, out)
+		}
 	}
 }
