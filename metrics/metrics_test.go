@@ -27,6 +27,7 @@ import (
 	"github.com/replproxy/replproxy/internal/faultproxy"
 	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/internal/testcert"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/psync"
 )
@@ -334,11 +335,43 @@ func referenced(exprs []string) []string {
 // TestDashboardAndAlerts: the dashboard is a Grafana dashboard model and
 // the rules are Prometheus rule groups, and both name only real metrics.
 func TestDashboardAndAlerts(t *testing.T) {
-	p, err := proxy.New(proxy.Config{Upstream: "127.0.0.1:1", DataDir: t.TempDir()}, nil)
+	// Every TLS role and the users file configured: their series exist.
+	dir := t.TempDir()
+	ca, err := testcert.NewCA(dir, "ca")
 	if err != nil {
 		t.Fatal(err)
 	}
-	fams := families(t, NewRegistry(p, NewObserver(), Options{PerReplica: true}))
+	pair, err := ca.Issue(dir, "proxy", "proxy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := filepath.Join(dir, "users.acl")
+	if err := os.WriteFile(users, []byte("user repl on >x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := proxy.New(proxy.Config{Upstream: "127.0.0.1:1", DataDir: t.TempDir(),
+		TLSListen: "127.0.0.1:0", TLSCertFile: pair.CertFile, TLSKeyFile: pair.KeyFile, TLSCAFile: ca.CertFile,
+		UpstreamTLS: true, UpstreamTLSCertFile: pair.CertFile, UpstreamTLSKeyFile: pair.KeyFile, UpstreamTLSCAFile: ca.CertFile,
+		MetricsTLSCertFile: pair.CertFile, MetricsTLSKeyFile: pair.KeyFile, UsersFile: users}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := NewRegistry(p, NewObserver(), Options{PerReplica: true})
+	fams := families(t, reg)
+	r := &rig{reg: reg}
+	for _, role := range []string{proxy.RoleServer, proxy.RoleUpstream, proxy.RoleMetrics} {
+		if v := r.value(t, "replproxy_tls_certificate_expiry_timestamp_seconds", map[string]string{"role": role}); v != float64(pair.NotAfter.Unix()) {
+			t.Errorf("%s certificate expiry %v, want %d", role, v, pair.NotAfter.Unix())
+		}
+	}
+	for _, role := range []string{proxy.RoleServer, proxy.RoleUpstream, proxy.RoleMetrics, proxy.RoleUsers} {
+		if v := r.value(t, "replproxy_reload_failing", map[string]string{"role": role}); v != 0 {
+			t.Errorf("%s reload_failing %v", role, v)
+		}
+	}
+	if v := r.value(t, "replproxy_auth_failures_total", map[string]string{"reason": proxy.AuthTLSBadClientCert}); v != 0 {
+		t.Errorf("auth failures series: %v", v)
+	}
 	exists := func(name string) bool {
 		if fams[name] != nil {
 			return true
