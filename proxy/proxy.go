@@ -123,7 +123,8 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 		return nil, err
 	}
 	p.sec = sec
-	st, err := openStore(storeOptions{dataDir: cfg.DataDir, segmentSize: cfg.SegmentSize, fsync: cfg.Fsync, syncFile: cfg.syncFile}, log)
+	st, err := openStore(storeOptions{dataDir: cfg.DataDir, segmentSize: cfg.SegmentSize, fsync: cfg.Fsync, syncFile: cfg.syncFile,
+		tailSize: tailSize(cfg)}, log)
 	if err != nil {
 		return nil, err
 	}
@@ -140,6 +141,15 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 			"next_attempt_in", time.Until(gs.NextAt).Round(time.Second).String(), "last_failure", gs.LastClass, "err", gs.LastError)
 	}
 	return p, nil
+}
+
+// tailSize is the in-memory tail of the backlog: only TLS replicas read
+// from it, so without a TLS listener it would be memory for nothing.
+func tailSize(cfg Config) int64 {
+	if cfg.TLSListen == "" {
+		return 0
+	}
+	return max(cfg.TailBuffer, 0)
 }
 
 // Run serves until ctx is cancelled, then shuts down: it stops the upstream

@@ -61,6 +61,7 @@ type storeOptions struct {
 	segmentSize int64
 	fsync       backlog.FsyncPolicy
 	syncFile    func(*os.File) error // test hook for the backlog's fsyncs
+	tailSize    int64                // in-memory tail of the backlog; 0: none
 }
 
 // openStore locks the data dir, opens the backlog and recovers the state
@@ -80,7 +81,7 @@ func openStore(opts storeOptions, log *slog.Logger) (*store, error) {
 	}
 	s.lock = lf
 	bl, rep, err := backlog.Open(filepath.Join(s.dir, "backlog"), backlog.Options{
-		SegmentSize: opts.segmentSize, Fsync: opts.fsync, ValidPrefix: streamValidPrefix, SyncFile: opts.syncFile,
+		SegmentSize: opts.segmentSize, Fsync: opts.fsync, ValidPrefix: streamValidPrefix, SyncFile: opts.syncFile, TailSize: opts.tailSize,
 		OnSyncError: func(err error) {
 			log.Error("backlog fsync failed; bytes since the last fsync may not survive a power loss", "err", err)
 		},

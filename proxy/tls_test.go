@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -25,6 +27,7 @@ import (
 	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/internal/testcert"
+	"github.com/replproxy/replproxy/psync"
 )
 
 // tlsRig is a CA with certificates for every party, and a second CA that
@@ -606,5 +609,60 @@ func TestTLSRefreshFromReplica(t *testing.T) {
 	}
 	if n := p.Stats().RefreshAttempts.Load("replica/failed"); n > 0 {
 		t.Fatalf("%d failed refresh attempts at the TLS replica:\n%s", n, grepLines(p.logBuf.String(), "refresh"))
+	}
+}
+
+// TestTLSTailMatchesOrigin: a TLS replica starting far behind the
+// in-memory tail reads the files, stalls, catches up onto the tail while
+// writes go on, and receives exactly the origin's own stream.
+func TestTLSTailMatchesOrigin(t *testing.T) {
+	t.Parallel()
+	r := newTLSRig(t)
+	origin := redistest.StartT(t, "origin", "--repl-backlog-size", "256mb")
+	p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) {
+		c.TLSListen, c.TLSCertFile, c.TLSKeyFile, c.TLSCAFile = "127.0.0.1:0", r.proxy.CertFile, r.proxy.KeyFile, r.ca.CertFile
+		c.TailBuffer = 512 << 10
+	})
+	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
+	stop := make(chan struct{})
+	wg := runMixedLoad(t, origin.Client(), stop, 3)
+	stopLoad := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	defer stopLoad()
+	waitOffsetGrows(t, origin, 4<<20)
+	st := p.Status()
+	from := st.BacklogFirst + 1000
+
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", p.tlsAddr, r.clientConfig(t, r.client))
+	must(t, err)
+	defer conn.Close()
+	br := bufio.NewReaderSize(conn, 64<<10)
+	must(t, psync.Handshake(conn, br, psync.HandshakeConfig{ListeningPort: 1}))
+	reply, err := psync.Psync(conn, br, st.History.ReplID, from, nil)
+	if err != nil || reply.Kind != psync.ReplyContinue {
+		t.Fatalf("PSYNC %d: %+v %v", from, reply, err)
+	}
+	var got []byte
+	buf := make([]byte, 32<<10)
+	read := func() {
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := br.Read(buf)
+		must(t, err)
+		got = append(got, buf[:n]...)
+	}
+	for range 50 { // slow at first: the tail moves on without it
+		read()
+		time.Sleep(5 * time.Millisecond)
+	}
+	waitOffsetGrows(t, origin, 2<<20)
+	stopLoad()
+	end := waitSynced(t, origin, p.backlogEnd, 20*time.Second)
+	for from+int64(len(got)) <= end {
+		read()
+	}
+	got = got[:end-from+1] // the origin's PINGs may have come on since
+	ref := originStream(t, origin, st.History.ReplID, from, end)
+	if !bytes.Equal(got, ref) {
+		i := firstDiff(got, ref)
+		t.Fatalf("the TLS replica's stream differs from the origin's at offset %d of [%d, %d]", from+int64(i), from, end)
 	}
 }

@@ -177,7 +177,7 @@ func proxyCeiling(c *common, stream []byte, rw *row) error {
 		return err
 	}
 	defer closeUp()
-	p, err := startProxyProc(c.proxyBin, up, c.dir("ceiling", "data"), c.dir("ceiling", "replproxy.log"), int64(len(stream))*2)
+	p, err := startProxyProc(c.proxyBin, up, c.dir("ceiling", "data"), c.dir("ceiling", "replproxy.log"), int64(len(stream))*2, c.extra...)
 	if err != nil {
 		return err
 	}

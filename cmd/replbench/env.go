@@ -35,6 +35,7 @@ type common struct {
 	delay    int
 	topos    string
 	useTLS   bool
+	extra    []string // more replproxy flags (--proxy-args)
 	tls      *benchTLS // set by setup in a --tls run; read-only after
 }
 
@@ -60,6 +61,10 @@ func (c *common) register(fs *flag.FlagSet, replicas int, dataset string, durati
 	fs.StringVar(&c.out, "out", "out/bench", "directory for the markdown, JSON and SVG results")
 	fs.StringVar(&c.topos, "topologies", "", "comma-separated topologies to run (default: all the scenario has)")
 	fs.IntVar(&c.delay, "origin-diskless-delay", 5, "origins' repl-diskless-sync-delay in seconds (Redis' default is 5)")
+	fs.Func("proxy-args", "more replproxy flags, space-separated (e.g. \"--tail-buffer 0\")", func(s string) error {
+		c.extra = strings.Fields(s)
+		return nil
+	})
 	fs.BoolVar(&c.useTLS, "tls", false, "every replication link over TLS with client certificates (origin, chained replica, replproxy both sides, replicas)")
 	fs.StringVar(&c.proxyBin, "replproxy", "", "replproxy binary (default: bin/replproxy next to replbench, else built)")
 }
@@ -283,7 +288,7 @@ func (c *common) intermediate(kind string, origin *redistest.Server, name string
 		}
 		return t, nil
 	case "proxy":
-		p, err := startProxyProc(c.proxyBin, origin.Addr(), c.dir(name, kind, "data"), c.dir(name, kind, "replproxy.log"), c.budget)
+		p, err := startProxyProc(c.proxyBin, origin.Addr(), c.dir(name, kind, "data"), c.dir(name, kind, "replproxy.log"), c.budget, c.extra...)
 		if err != nil {
 			return nil, err
 		}

@@ -63,6 +63,7 @@ func (e UsageError) Unwrap() error { return e.Err }
 
 type raw struct {
 	backlogSize              sizeValue
+	tailBuffer               sizeValue
 	passFile, reqPassFile    string
 	replicaPassFile          string
 	refreshFrom              string
@@ -105,6 +106,8 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.ReplicaAuthPassword, "replica-auth-password", "", "password for AUTH at downstream replicas when refreshing from them (default: the upstream credentials)")
 	fs.StringVar(&r.replicaPassFile, "replica-auth-password-file", "", "read the replicas' password from `FILE`")
 	fs.Var(&r.backlogSize, "backlog-size", "on-disk backlog budget, e.g. 512mb, 10gb")
+	r.tailBuffer = sizeValue(proxy.DefaultTailBuffer)
+	fs.Var(&r.tailBuffer, "tail-buffer", "newest part of the backlog also kept in memory (with --tls-listen only), from which caught-up TLS replicas are fed with one write per wake-up; plaintext replicas get sendfile from the files, which measured faster; 0 disables")
 	fs.DurationVar(&r.replTimeout, "repl-timeout", proxy.DefaultReplTimeout, "declare the upstream link dead after this much silence")
 	fs.DurationVar(&r.replicaTime, "replica-timeout", proxy.DefaultReplicaTimeout, "drop an online replica silent for this long")
 	fs.DurationVar(&c.HoldAhead, "hold-ahead", proxy.DefaultHoldAhead, "hold a replica whose PSYNC offset is ahead of the backlog (a lost unsynced tail) this long while the upstream refills it, before a full sync (0: the default)")
@@ -262,6 +265,10 @@ func (s *Settings) finish(r *raw, offline bool) error {
 		errs = append(errs, err)
 	}
 	c.BacklogSize = int64(r.backlogSize)
+	c.TailBuffer = int64(r.tailBuffer)
+	if c.TailBuffer == 0 {
+		c.TailBuffer = -1 // 0 on the command line disables it; in Config it picks the default
+	}
 	c.ReplTimeout, c.ReplicaTimeout = r.replTimeout, r.replicaTime
 	if c.UpstreamPassword, err = secret(c.UpstreamPassword, r.passFile, "upstream-password"); err != nil {
 		errs = append(errs, err)

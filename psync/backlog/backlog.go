@@ -63,6 +63,9 @@ type Options struct {
 	// SyncFile replaces f.Sync() for every fsync of a segment, the tag or
 	// the directory: a test hook to hold or fail fsyncs. Nil uses f.Sync.
 	SyncFile func(f *os.File) error
+	// TailSize keeps the newest TailSize bytes in memory as well, and feeds
+	// cursors there from it (0: files only).
+	TailSize int64
 }
 
 var (
@@ -106,7 +109,8 @@ type Log struct {
 	end      int64 // last byte held; start-1 when empty
 	gen      uint64
 	tag      string
-	notify   chan struct{}
+	notify   atomic.Pointer[chan struct{}] // closed and replaced at every change readers wait for
+	tail     *tail                         // nil without Options.TailSize
 	closed   bool
 	dirty    bool
 	stopSync chan struct{}
@@ -124,6 +128,7 @@ type Log struct {
 type View struct {
 	Start, End int64  // first and last byte held; End == Start-1 when empty
 	Gen        uint64 // incremented by every Reset
+	Closed     bool
 	Tag        string
 	Written    int64 // bytes appended since Open
 	Trimmed    int64 // bytes trimmed since Open
@@ -131,7 +136,19 @@ type View struct {
 
 // publishLocked publishes the current state; called with mu held.
 func (l *Log) publishLocked() {
-	l.view.Store(&View{Start: l.start, End: l.end, Gen: l.gen, Tag: l.tag, Written: l.written, Trimmed: l.trimmed})
+	l.view.Store(&View{Start: l.start, End: l.end, Gen: l.gen, Closed: l.closed, Tag: l.tag, Written: l.written, Trimmed: l.trimmed})
+}
+
+// wakeLocked wakes every waiting reader at once, after publishLocked;
+// called with mu held. Readers load the channel before the view, so none
+// misses a change.
+func (l *Log) wakeLocked() {
+	old := l.notify.Load()
+	if !l.closed {
+		ch := make(chan struct{})
+		l.notify.Store(&ch)
+	}
+	close(*old)
 }
 
 // View returns the log's state now, without waiting for a writer.
@@ -153,7 +170,9 @@ func Open(dir string, opts Options) (*Log, RecoveryReport, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, rep, fmt.Errorf("backlog: %w", err)
 	}
-	l := &Log{dir: dir, opts: opts, notify: make(chan struct{}), start: 0, end: -1}
+	l := &Log{dir: dir, opts: opts, start: 0, end: -1, tail: newTail(opts.TailSize)}
+	ch := make(chan struct{})
+	l.notify.Store(&ch)
 	if b, err := os.ReadFile(filepath.Join(dir, tagFile)); err == nil {
 		l.tag = strings.TrimSpace(string(b))
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -329,9 +348,11 @@ func (l *Log) Reset(start int64, tag string) error {
 	l.gen++
 	l.start, l.end = start, start-1
 	l.tag = ""
+	if l.tail != nil {
+		l.tail.reset(l.gen)
+	}
 	l.publishLocked()
-	close(l.notify)
-	l.notify = make(chan struct{})
+	l.wakeLocked()
 	if err := l.writeFileAtomic(filepath.Join(l.dir, tagFile), []byte(tag+"\n")); err != nil {
 		return fmt.Errorf("backlog: reset: %w", err)
 	}
@@ -379,9 +400,11 @@ func (l *Log) Append(p []byte, boundary int) (int, error) {
 	start := l.end
 	err := l.appendLocked(p, boundary)
 	if l.end > start { // wake readers for whatever was stored
+		if l.tail != nil {
+			l.tail.append(l.gen, start+1, p[:l.end-start])
+		}
 		l.publishLocked()
-		close(l.notify)
-		l.notify = make(chan struct{})
+		l.wakeLocked()
 	}
 	return int(l.end - start), err
 }
@@ -478,7 +501,8 @@ func (l *Log) Close() error {
 		return nil
 	}
 	l.closed = true
-	close(l.notify)
+	l.publishLocked()
+	l.wakeLocked()
 	var err error
 	if l.active != nil {
 		if l.opts.Fsync != FsyncNo {

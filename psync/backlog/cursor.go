@@ -18,7 +18,16 @@ type Cursor struct {
 	pos     atomic.Int64 // next byte to read; read by other goroutines for lag
 	f       *os.File
 	segBase int64
+	useTail bool // owner only: read from the in-memory tail when it holds pos
+	// Bytes copied from each source, owner only (tests look at them).
+	tailBytes, fileBytes int64
 }
+
+// UseTail makes CopyTo read from the log's in-memory tail (Options.TailSize)
+// while it holds the cursor's position. Worth it where the writer cannot
+// use sendfile (TLS): to a plain socket, the files' sendfile measured
+// faster than writev from memory.
+func (c *Cursor) UseTail(on bool) { c.useTail = on }
 
 // NewCursor returns a cursor whose next byte is pos; pos may be End()+1. It
 // opens the segment holding pos at once, so a later trim cannot take it.
@@ -106,6 +115,19 @@ func (c *Cursor) open() (int64, error) {
 	return avail, nil
 }
 
+// checkView is check against a published view, without the lock.
+func (c *Cursor) checkView(v *View) error {
+	switch {
+	case v.Closed:
+		return ErrClosed
+	case v.Gen != c.gen:
+		return ErrReset
+	case c.pos.Load() < v.Start:
+		return ErrTrimmed
+	}
+	return nil
+}
+
 // check reports why the cursor can no longer read; called with mu held.
 func (c *Cursor) check() error {
 	l := c.l
@@ -120,10 +142,30 @@ func (c *Cursor) check() error {
 	return nil
 }
 
-// CopyTo writes every byte available now to w and returns how many it wrote.
+// CopyTo writes every byte available now to w and returns how many it
+// wrote: with UseTail, from the in-memory tail while it holds the cursor's
+// position (one writev per call), from the segment files otherwise.
 func (c *Cursor) CopyTo(w io.Writer) (int64, error) {
 	var total int64
 	for {
+		if t := c.l.tail; t != nil && c.useTail {
+			if err := c.checkView(c.l.view.Load()); err != nil {
+				return total, err
+			}
+			n, ok, err := t.copyFrom(c.gen, c.pos.Load(), w)
+			if ok {
+				if n > 0 && c.f != nil {
+					c.Close() // its read position is behind now; reopened (and sought) when needed
+				}
+				c.pos.Add(n)
+				c.tailBytes += n
+				total += n
+				if err != nil || n == 0 {
+					return total, err
+				}
+				continue
+			}
+		}
 		avail, err := c.open()
 		if err != nil {
 			return total, err
@@ -133,6 +175,7 @@ func (c *Cursor) CopyTo(w io.Writer) (int64, error) {
 		}
 		n, err := io.Copy(w, io.LimitReader(c.f, avail))
 		c.pos.Add(n)
+		c.fileBytes += n
 		total += n
 		if err != nil {
 			// The file may have been read past what went out: reopen at
@@ -165,22 +208,21 @@ func (c *Cursor) Read(p []byte) (int, error) {
 }
 
 // Wait blocks until a byte at Pos() exists, ctx ends, or the log is reset,
-// trimmed past the cursor, or closed.
+// trimmed past the cursor, or closed. It takes no lock: a writer holding
+// the log's mutex (or fsyncing) never delays it.
 func (c *Cursor) Wait(ctx context.Context) error {
 	l := c.l
 	for {
-		l.mu.RLock()
-		err := c.check()
-		ch, end := l.notify, l.end
-		l.mu.RUnlock()
-		if err != nil {
+		ch := l.notify.Load() // before the view: a change after it closes ch
+		v := l.view.Load()
+		if err := c.checkView(v); err != nil {
 			return err
 		}
-		if c.pos.Load() <= end {
+		if c.pos.Load() <= v.End {
 			return nil
 		}
 		select {
-		case <-ch:
+		case <-*ch:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
