@@ -19,12 +19,12 @@ type Config struct {
 	Listen           string // HOST:PORT for downstream replicas
 	DataDir          string
 
-	BacklogSize  int64 // on-disk budget for the backlog, bytes
+	BacklogSize int64 // on-disk budget for the backlog, bytes
 	// TailBuffer keeps the newest bytes of the backlog in memory too, and
 	// feeds caught-up TLS replicas from there (plaintext ones get sendfile,
 	// which measured faster). Allocated only with a TLS listener. 0 picks
 	// the default; negative disables it.
-	TailBuffer int64
+	TailBuffer   int64
 	SegmentSize  int64 // backlog segment size; 0 picks one from BacklogSize
 	Fsync        backlog.FsyncPolicy
 	ReplTimeout  time.Duration // upstream silence before the link is declared dead

@@ -35,7 +35,7 @@ type common struct {
 	delay    int
 	topos    string
 	useTLS   bool
-	extra    []string // more replproxy flags (--proxy-args)
+	extra    []string  // more replproxy flags (--proxy-args)
 	tls      *benchTLS // set by setup in a --tls run; read-only after
 }
 
