@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,6 +44,36 @@ func Handler(p *proxy.Proxy, reg *prometheus.Registry, opts HandlerOptions) http
 			return
 		}
 		fmt.Fprintln(w, "ok")
+	})
+	// The guard's accept installs a history on every replica: authenticated
+	// like the Redis port (HTTP basic auth with an ACL user or the default
+	// user's password), and POST only.
+	mux.HandleFunc("/guard", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, strings.ReplaceAll(p.GuardText(), "\r\n", "\n"))
+	})
+	mux.HandleFunc("/guard/accept", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			http.Error(w, "POST to accept the held history", http.StatusMethodNotAllowed)
+			return
+		}
+		user, pass, _ := r.BasicAuth()
+		if user == "" {
+			user = "default"
+		}
+		if !p.Authenticate(user, pass, r.RemoteAddr) {
+			w.Header().Set("WWW-Authenticate", `Basic realm="replproxy"`)
+			http.Error(w, "WRONGPASS invalid username-password pair or user is disabled.", http.StatusUnauthorized)
+			return
+		}
+		switch err := p.GuardAccept(); {
+		case errors.Is(err, proxy.ErrNothingHeld):
+			http.Error(w, "the guard holds no history: nothing to accept", http.StatusConflict)
+		case err != nil:
+			http.Error(w, "guard accept failed: "+err.Error(), http.StatusInternalServerError)
+		default:
+			fmt.Fprintln(w, "accepted: replicas full-sync to the held history")
+		}
 	})
 	if opts.EnablePprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)

@@ -196,6 +196,9 @@ var (
 	dReloadFailures   = desc("reload_failures_total", "Reloads that failed and kept the previous certificate or users, by role.", "role")
 	dReloadFailing    = desc("reload_failing", "1 while the last reload of a role failed (the files on disk are not in use).", "role")
 	dAuthFailures     = desc("auth_failures_total", "Refused authentications and TLS handshakes, by reason.", "reason")
+	dGuardHolding     = desc("guard_holding", "1 while the empty-origin guard holds a new history with too few keys (replicas keep the current data until an operator accepts it).")
+	dGuardHolds       = desc("guard_holds_total", "New histories the empty-origin guard has held since start.")
+	dGuardKeys        = desc("guard_keys", "Keys of the served (current) and the held (new) snapshot while the guard holds.", "snapshot")
 	dRepSeriesDropped = desc("downstream_replica_series_dropped", "Replicas left out of per-replica series by the limit.")
 )
 
@@ -341,6 +344,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for _, r := range proxy.DisconnectReasons {
 		cnt(dDownDisconnects, float64(stats.Disconnects.Load(r)), string(r))
 	}
+	gs := c.p.GuardStatus()
+	g(dGuardHolding, b(gs.Holding))
+	cnt(dGuardHolds, float64(gs.Holds))
+	g(dGuardKeys, float64(gs.CurKeys), "current")
+	g(dGuardKeys, float64(gs.NewKeys), "new")
 	for _, r := range c.p.ReloadStatus() {
 		if !r.NotAfter.IsZero() {
 			g(dTLSExpiry, unix(r.NotAfter), r.Role)

@@ -583,3 +583,44 @@ func sortedLabels(s string) string {
 	sort.Strings(kv)
 	return strings.Join(kv, ",")
 }
+
+// TestGuardEndpoints: POST /guard/accept is authenticated like the Redis
+// port and answers clearly when nothing is held; /guard shows the state.
+func TestGuardEndpoints(t *testing.T) {
+	p, err := proxy.New(proxy.Config{Upstream: "127.0.0.1:1", DataDir: t.TempDir(), RequirePass: "s3cret"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	web := httptest.NewServer(Handler(p, NewRegistry(p, NewObserver(), Options{}), HandlerOptions{Readiness: ReadySynced}))
+	defer web.Close()
+	do := func(method, path, user, pass string) (int, string) {
+		req, _ := http.NewRequest(method, web.URL+path, nil)
+		if pass != "" {
+			req.SetBasicAuth(user, pass)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, c := range []struct {
+		method, user, pass string
+		code               int
+		body               string
+	}{
+		{"GET", "", "", 405, "POST"},
+		{"POST", "", "", 401, "WRONGPASS"},
+		{"POST", "default", "wrong", 401, "WRONGPASS"},
+		{"POST", "", "s3cret", 409, "holds no history"},
+	} {
+		if code, body := do(c.method, "/guard/accept", c.user, c.pass); code != c.code || !strings.Contains(body, c.body) {
+			t.Errorf("%s /guard/accept as %q: %d %q", c.method, c.user, code, body)
+		}
+	}
+	if code, body := do("GET", "/guard", "", ""); code != 200 || !strings.Contains(body, "guard:watching") {
+		t.Errorf("/guard: %d %q", code, body)
+	}
+}

@@ -94,6 +94,11 @@ type Config struct {
 	// HoldAhead is how long a PSYNC just ahead of our end is held while the
 	// upstream catches up, before it becomes a full sync.
 	HoldAhead time.Duration
+	// GuardDisabled turns the empty-origin guard off; GuardMinKeysRatio
+	// (default 0.5) is the share of the current snapshot's keys below which
+	// a new history is held.
+	GuardDisabled     bool
+	GuardMinKeysRatio float64
 	// Version is reported in INFO.
 	Version string
 	// Observer receives events for histograms; nil ignores them.
@@ -170,6 +175,9 @@ func (c *Config) setDefaults() {
 	if c.HoldAhead == 0 {
 		c.HoldAhead = DefaultHoldAhead
 	}
+	if c.GuardMinKeysRatio == 0 {
+		c.GuardMinKeysRatio = DefaultGuardMinKeysRatio
+	}
 	if c.TailBuffer == 0 {
 		c.TailBuffer = DefaultTailBuffer
 	}
@@ -223,6 +231,9 @@ func (c *Config) validate() error {
 	}
 	if c.TLSAuthUserFromCN && c.TLSAuthClients == "no" {
 		errs = append(errs, errors.New("--tls-auth-user-from-cn needs client certificates (--tls-auth-clients yes or optional)"))
+	}
+	if c.GuardMinKeysRatio < 0 || c.GuardMinKeysRatio > 1 {
+		errs = append(errs, fmt.Errorf("guard-min-keys-ratio %v: must be in (0, 1]", c.GuardMinKeysRatio))
 	}
 	if c.ReloadInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("reload interval %v: must be at least 100ms", c.ReloadInterval))

@@ -53,6 +53,7 @@ type follower struct {
 	refresh atomic.Bool   // a snapshot refresh is running
 	kick    chan struct{} // wakes maintain when trimming or a refresh is due
 	gate    *forkGate     // spaces out requests that cost the origin a fork
+	guard   *guard        // the empty-origin guard's held history
 
 	// Refresh state, touched by one refresh at a time (maintain starts the
 	// next only after the last one ended).
@@ -109,7 +110,8 @@ func newFollower(cfg Config, log *slog.Logger, stats *Stats, st *store, down *do
 	return &follower{cfg: cfg, log: log, stats: stats, store: st, down: down,
 		link: linkStatus{state: LinkConnect, downSince: time.Now()}, upstream: cfg.Upstream,
 		movedCh: make(chan struct{}, 1), kick: make(chan struct{}, 1),
-		gate: newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, filepath.Join(cfg.DataDir, "fullsync-backoff"))}
+		gate:  newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, filepath.Join(cfg.DataDir, "fullsync-backoff")),
+		guard: &guard{dir: filepath.Join(cfg.DataDir, "held")}}
 }
 
 // deadlineReader extends the read deadline before every read, so a link is
@@ -327,6 +329,10 @@ func (f *follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 	if !pos.hist.Empty() {
 		id, off = pos.hist.ReplID, pos.end+1
 	}
+	heldID, heldNext, holding := f.heldPosition()
+	if holding { // continue the held history: asking for the served one would be a fork
+		id, off = heldID, heldNext
+	}
 	reply, err := psync.Psync(u, u.br, id, off, nil)
 	if err != nil {
 		return false, err
@@ -335,6 +341,10 @@ func (f *follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 	case psync.ReplyContinue:
 		f.stats.UpstreamPartialSyncs.Add(1)
 		f.gate.continued()
+		if holding {
+			f.log.Info("upstream partial resync of the held history", "offset", off)
+			break
+		}
 		f.onContinue(reply.ReplID, off)
 	case psync.ReplyFullResync:
 		purpose := purposeHistoryChange
@@ -433,9 +443,19 @@ func (f *follower) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*sn
 		return nil, n, err // logged with its class by fullSyncFailed
 	}
 	info.Source = snapFromUpstream
+	if hold, cur, nw := f.shouldHold(info); hold {
+		if err := f.hold(info, cur, nw); err != nil {
+			_ = snapshot.Remove(f.store.snapDir, info)
+			return nil, n, localError(err)
+		}
+		return info, n, nil
+	}
 	if err := f.installFullSync(info); err != nil {
 		return nil, n, localError(err)
 	}
+	f.guard.mu.Lock() // a history with enough keys replaces a held one
+	f.guard.dropLocked(f)
+	f.guard.mu.Unlock()
 	f.log.Info("snapshot installed", "replid", info.ReplID, "offset", info.Offset, "bytes", info.Size,
 		"rdb_version", info.RDBVersion, "seconds", time.Since(start).Seconds())
 	return info, n, nil
@@ -586,14 +606,14 @@ func (f *follower) stream(ctx context.Context, u *upstreamConn) error {
 			case <-done:
 				return
 			case <-t.C:
-				if err := u.ack(f.store.bl.End()); err != nil {
+				if err := u.ack(f.ackOffset()); err != nil {
 					u.conn.Close()
 					return
 				}
 			}
 		}
 	})
-	if err := u.ack(f.store.bl.End()); err != nil {
+	if err := u.ack(f.ackOffset()); err != nil {
 		return err
 	}
 	buf := make([]byte, readBuf)
@@ -616,6 +636,11 @@ func (f *follower) stream(ctx context.Context, u *upstreamConn) error {
 // appendStream scans a chunk for command boundaries and GETACK, appends it
 // to the backlog and answers GETACK with the offset just written.
 func (f *follower) appendStream(chunk []byte, u *upstreamConn) error {
+	f.guard.mu.Lock()
+	defer f.guard.mu.Unlock()
+	if h := f.guard.held; h != nil {
+		return f.appendHeldLocked(h, chunk, u)
+	}
 	sc := f.scanner // scan a copy: it is committed only with the bytes
 	boundary, getack := -1, false
 	if err := sc.Scan(chunk, func(end int, c *psync.Command) {

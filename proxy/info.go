@@ -52,7 +52,6 @@ func (p *Proxy) info(sections ...string) string {
 			b.WriteString(l + "\r\n")
 		}
 	}
-	kv := func(k string, v any) string { return fmt.Sprintf("%s:%v", k, v) }
 	tcpPort := 0
 	if a, ok := p.Addr().(*net.TCPAddr); ok {
 		tcpPort = a.Port
@@ -235,6 +234,7 @@ func (p *Proxy) info(sections ...string) string {
 		kv("full_sync_next_attempt_in_seconds", next),
 		kv("full_sync_blocked", oneLine(fs.Blocked)),
 	)
+	rp = append(rp, strings.Split(strings.TrimSuffix(guardText(p.GuardStatus()), "\r\n"), "\r\n")...)
 	rp = append(rp, kv("upstream_tls", map[bool]int{true: 1, false: 0}[p.cfg.UpstreamTLS]), kv("tls_port", listenerPort(p.down.tlsLn)))
 	var fails []string
 	for _, r := range AuthFailureReasons() {
@@ -260,6 +260,9 @@ func SnapshotSource(s *snapshot.Info) string {
 	}
 	return s.Source
 }
+
+// kv is one INFO line.
+func kv(k string, v any) string { return fmt.Sprintf("%s:%v", k, v) }
 
 // listenerPort is a listener's port, 0 without one (as Redis shows a
 // disabled port).

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/replproxy/replproxy/internal/acl"
 	"github.com/replproxy/replproxy/internal/tlsconf"
 )
 
@@ -132,6 +133,10 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	p.down = newDownstream(p)
 	sec.stop = p.down.dropUnusableUsers
 	p.follower = newFollower(cfg, log, p.stats, st, p.down)
+	if err := p.follower.loadHeld(); err != nil {
+		st.close()
+		return nil, fmt.Errorf("the guard's held history in %s: %w (move the directory away to start without it)", p.follower.guard.dir, err)
+	}
 	gate := p.follower.gate
 	if err := gate.load(); err != nil {
 		log.Warn("full-sync backoff state unreadable; starting without it", "err", err)
@@ -256,6 +261,29 @@ func (p *Proxy) MetricsTLSConfig() *tls.Config {
 	}
 	return p.sec.metrics.ServerConfig(tlsconf.AuthNo)
 }
+
+// GuardStatus reports the empty-origin guard.
+func (p *Proxy) GuardStatus() GuardStatus { return p.follower.guardStatus() }
+
+// GuardText is REPLPROXY GUARD STATUS's reply.
+func (p *Proxy) GuardText() string { return guardText(p.GuardStatus()) }
+
+// Authenticate checks a credential as AUTH does (counted when refused),
+// for endpoints outside the Redis port.
+func (p *Proxy) Authenticate(user, pass, addr string) bool {
+	users := p.sec.users.Load()
+	if user == acl.DefaultUser && users.DefaultOpen() {
+		return true
+	}
+	if fail := users.Check(user, []byte(pass)); fail != "" {
+		p.sec.authFailed(string(fail), addr, nil)
+		return false
+	}
+	return true
+}
+
+// GuardAccept installs the history the guard holds.
+func (p *Proxy) GuardAccept() error { return p.follower.acceptHeld() }
 
 // ReloadStatus reports the watched files: certificates and users.
 func (p *Proxy) ReloadStatus() []ReloadStatus { return p.sec.status() }

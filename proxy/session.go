@@ -219,6 +219,8 @@ func (s *session) command(cmd string, args [][]byte) error {
 			return wrongArgs()
 		}
 		return s.replicaof(string(args[1]), string(args[2]))
+	case "replproxy":
+		return s.replproxyCommand(args[1:])
 	case "select":
 		if argc == 2 && string(args[1]) == "0" {
 			return s.ok()
@@ -249,6 +251,30 @@ func (s *session) replicaof(host, port string) error {
 		return s.reply(resp.SimpleStringValue("OK Already connected to specified master"))
 	}
 	return s.ok()
+}
+
+// replproxyCommand is REPLPROXY GUARD STATUS|ACCEPT: the operator's side
+// of the empty-origin guard.
+func (s *session) replproxyCommand(args [][]byte) error {
+	if len(args) != 2 || !strings.EqualFold(string(args[0]), "guard") {
+		return s.errorf("ERR usage: REPLPROXY GUARD STATUS|ACCEPT")
+	}
+	switch strings.ToLower(string(args[1])) {
+	case "status":
+		return s.reply(resp.StringValue(guardText(s.p.GuardStatus())))
+	case "accept":
+		err := s.p.GuardAccept()
+		switch {
+		case errors.Is(err, errNothingHeld):
+			return s.errorf("ERR the guard holds no history: nothing to accept")
+		case err != nil:
+			s.log.Error("guard accept failed", "err", err)
+			return s.errorf("ERR guard accept failed: %s", oneLine(err.Error()))
+		}
+		s.log.Warn("guard: an operator accepted the held history")
+		return s.ok()
+	}
+	return s.errorf("ERR unknown REPLPROXY GUARD subcommand '%s': want STATUS or ACCEPT", truncate(string(args[1]), 32))
 }
 
 func truncate(s string, n int) string {

@@ -64,6 +64,7 @@ func (e UsageError) Unwrap() error { return e.Err }
 type raw struct {
 	backlogSize              sizeValue
 	tailBuffer               sizeValue
+	guard                    bool
 	passFile, reqPassFile    string
 	replicaPassFile          string
 	refreshFrom              string
@@ -114,6 +115,8 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.FullSyncRetryMax, "full-sync-retry-max", proxy.DefaultFullSyncRetryMax, "longest wait between failed requests that cost the origin a fork (full syncs, snapshot refreshes); they back off exponentially from 15s, apart from cheap reconnects")
 	fs.IntVar(&c.MaxClients, "max-clients", proxy.DefaultMaxClients, "downstream connections accepted at once (replicas and tools); more get -ERR max number of clients reached")
 	fs.IntVar(&c.MaxParallelFullSyncs, "max-parallel-full-syncs", 0, "full syncs served at once; 0 = unlimited")
+	fs.BoolVar(&r.guard, "guard-empty-origin", true, "hold a new upstream history whose snapshot has fewer keys than --guard-min-keys-ratio of the current one (an origin restarted empty), keep serving the current data, and wait for REPLPROXY GUARD ACCEPT or POST /guard/accept")
+	fs.Float64Var(&c.GuardMinKeysRatio, "guard-min-keys-ratio", proxy.DefaultGuardMinKeysRatio, "share of the current snapshot's keys below which the guard holds a new history")
 	fs.StringVar(&r.fsync, "fsync", "everysec", "backlog fsync policy: always, everysec or no")
 	fs.IntVar(&c.AnnouncePort, "announce-port", 0, "port announced to the origin (REPLCONF listening-port); default the listen port")
 	fs.StringVar(&c.AnnounceIP, "announce-ip", "", "IP announced to the origin (REPLCONF ip-address)")
@@ -264,6 +267,7 @@ func (s *Settings) finish(r *raw, offline bool) error {
 	if c.Fsync, err = backlog.ParseFsyncPolicy(r.fsync); err != nil {
 		errs = append(errs, err)
 	}
+	c.GuardDisabled = !r.guard
 	c.BacklogSize = int64(r.backlogSize)
 	c.TailBuffer = int64(r.tailBuffer)
 	if c.TailBuffer == 0 {

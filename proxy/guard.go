@@ -1,0 +1,346 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/replproxy/replproxy/internal/atomicfile"
+	"github.com/replproxy/replproxy/psync"
+	"github.com/replproxy/replproxy/psync/backlog"
+	"github.com/replproxy/replproxy/psync/snapshot"
+)
+
+// The empty-origin guard. A master restarted without persistence comes back
+// empty under a new replication ID, and its replicas full-sync to nothing.
+// When the upstream offers a new history whose snapshot holds fewer keys
+// than --guard-min-keys-ratio of the current one, the proxy holds it: it
+// keeps serving the current history (replicas keep their data, new ones
+// get the current snapshot), keeps the new snapshot and stream in
+// data-dir/held without asking the origin for anything more, and waits for
+// an operator to accept it. A refresh (same history) is never guarded.
+
+// DefaultGuardMinKeysRatio: a new history with less than half the keys is
+// held.
+const DefaultGuardMinKeysRatio = 0.5
+
+// heldHistory is a new history kept aside until accepted.
+type heldHistory struct {
+	Snapshot *snapshot.Info `json:"snapshot"`
+	Since    time.Time      `json:"since"`
+	CurKeys  int64          `json:"current_keys"`
+	NewKeys  int64          `json:"new_keys"`
+	bl       *backlog.Log
+	scanner  psync.Scanner
+}
+
+// guard is the follower's: mu serialises its appends to the held stream
+// with an accept from another goroutine; held is read by status under mu.
+type guard struct {
+	dir   string
+	mu    sync.Mutex
+	held  *heldHistory
+	holds atomic.Int64
+}
+
+const heldState = "held.json"
+
+// GuardStatus is what INFO, metrics and REPLPROXY GUARD STATUS show.
+type GuardStatus struct {
+	Enabled  bool
+	Holding  bool
+	Since    time.Time
+	ReplID   string
+	Offset   int64 // of the held snapshot
+	HeldEnd  int64 // last byte of the held stream
+	CurKeys  int64
+	NewKeys  int64
+	Holds    int64 // since start
+	MinRatio float64
+}
+
+func (f *follower) guardStatus() GuardStatus {
+	g := f.guard
+	st := GuardStatus{Enabled: !f.cfg.GuardDisabled, Holds: g.holds.Load(), MinRatio: f.cfg.GuardMinKeysRatio}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if h := g.held; h != nil {
+		st.Holding, st.Since, st.ReplID, st.Offset = true, h.Since, h.Snapshot.ReplID, h.Snapshot.Offset
+		st.HeldEnd, st.CurKeys, st.NewKeys = h.bl.End(), h.CurKeys, h.NewKeys
+	}
+	return st
+}
+
+func totalKeys(ks []snapshot.KeyStats) int64 {
+	var n int64
+	for _, k := range ks {
+		n += k.Keys
+	}
+	return n
+}
+
+// keysOf counts a snapshot's keys: from its metadata, else by a scan.
+func (f *follower) keysOf(info *snapshot.Info, dir string) (int64, error) {
+	if info.Keyspace != nil {
+		return totalKeys(info.Keyspace), nil
+	}
+	ks, err := snapshot.ScanFile(context.Background(), dir, info, snapshot.ScanOptions{})
+	if err != nil {
+		return 0, err
+	}
+	return totalKeys(ks), nil
+}
+
+// shouldHold decides on a new history's snapshot, installed in snapDir.
+func (f *follower) shouldHold(info *snapshot.Info) (hold bool, cur, nw int64) {
+	if f.cfg.GuardDisabled {
+		return false, 0, 0
+	}
+	curSnap := f.store.position().snap
+	if curSnap == nil || curSnap.ReplID == info.ReplID {
+		return false, 0, 0
+	}
+	cur, err := f.keysOf(curSnap, f.store.snapDir)
+	if err != nil {
+		f.log.Warn("guard: the current snapshot's keys cannot be counted; not guarding this history change", "err", err)
+		return false, 0, 0
+	}
+	nw, err = f.keysOf(info, f.store.snapDir)
+	if err != nil {
+		f.log.Warn("guard: the new snapshot's keys cannot be counted; not guarding this history change", "err", err)
+		return false, cur, 0
+	}
+	if cur == 0 {
+		return false, cur, nw
+	}
+	return float64(nw) < f.cfg.GuardMinKeysRatio*float64(cur), cur, nw
+}
+
+// hold moves the new snapshot aside and starts its stream in the held dir.
+// The caller holds g.mu or is the only goroutine that could append.
+func (f *follower) hold(info *snapshot.Info, cur, nw int64) error {
+	g := f.guard
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.dropLocked(f)
+	if err := os.MkdirAll(g.dir, 0o755); err != nil {
+		return fmt.Errorf("guard: %w", err)
+	}
+	if err := os.Rename(filepath.Join(f.store.snapDir, info.Name), filepath.Join(g.dir, info.Name)); err != nil {
+		return fmt.Errorf("guard: move the held snapshot: %w", err)
+	}
+	bl, _, err := backlog.Open(filepath.Join(g.dir, "backlog"), backlog.Options{SegmentSize: f.cfg.SegmentSize, Fsync: f.cfg.Fsync, ValidPrefix: streamValidPrefix})
+	if err != nil {
+		return fmt.Errorf("guard: %w", err)
+	}
+	if err := bl.Reset(info.Offset+1, snapshot.FileName(info.ReplID, info.Offset)); err != nil {
+		bl.Close()
+		return fmt.Errorf("guard: %w", err)
+	}
+	h := &heldHistory{Snapshot: info, Since: time.Now(), CurKeys: cur, NewKeys: nw, bl: bl}
+	if err := writeHeld(g.dir, h); err != nil {
+		bl.Close()
+		return err
+	}
+	g.held = h
+	g.holds.Add(1)
+	f.cancelRefresh("guard holds a new history")
+	f.log.Error("guard: the upstream offers a new history with far fewer keys; holding it, replicas keep the current data until an operator accepts it (REPLPROXY GUARD ACCEPT or POST /guard/accept)",
+		"current_keys", cur, "new_keys", nw, "min_keys_ratio", f.cfg.GuardMinKeysRatio, "new_replid", info.ReplID, "current_replid", f.store.position().hist.ReplID)
+	return nil
+}
+
+func writeHeld(dir string, h *heldHistory) error {
+	b, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.Write(filepath.Join(dir, heldState), b, nil); err != nil {
+		return fmt.Errorf("guard: persist: %w", err)
+	}
+	return nil
+}
+
+// dropLocked forgets a held history and its files.
+func (g *guard) dropLocked(f *follower) {
+	if g.held == nil {
+		return
+	}
+	g.held.bl.Close()
+	g.held = nil
+	if err := os.RemoveAll(g.dir); err != nil {
+		f.log.Warn("guard: remove the held history", "err", err)
+	}
+}
+
+// loadHeld recovers a history held before a restart.
+func (f *follower) loadHeld() error {
+	g := f.guard
+	b, err := os.ReadFile(filepath.Join(g.dir, heldState))
+	if errors.Is(err, os.ErrNotExist) {
+		_ = os.RemoveAll(g.dir) // a hold that never completed
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var h heldHistory
+	if err := json.Unmarshal(b, &h); err != nil || h.Snapshot == nil {
+		return fmt.Errorf("guard: %s: unreadable (%v)", heldState, err)
+	}
+	if _, err := os.Stat(filepath.Join(g.dir, h.Snapshot.Name)); err != nil {
+		return fmt.Errorf("guard: the held snapshot: %w", err)
+	}
+	bl, _, err := backlog.Open(filepath.Join(g.dir, "backlog"), backlog.Options{SegmentSize: f.cfg.SegmentSize, Fsync: f.cfg.Fsync, ValidPrefix: streamValidPrefix})
+	if err != nil {
+		return err
+	}
+	h.bl = bl
+	g.held = &h
+	f.log.Error("guard: still holding a new history from before the restart", "current_keys", h.CurKeys, "new_keys", h.NewKeys,
+		"new_replid", h.Snapshot.ReplID, "held_since", h.Since, "held_end", bl.End())
+	return nil
+}
+
+// heldPosition is where the held history continues, ok false when none.
+func (f *follower) heldPosition() (replid string, next int64, ok bool) {
+	g := f.guard
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.held == nil {
+		return "", 0, false
+	}
+	return g.held.Snapshot.ReplID, g.held.bl.End() + 1, true
+}
+
+// ackOffset is what the proxy has stored of the history it follows.
+func (f *follower) ackOffset() int64 {
+	g := f.guard
+	g.mu.Lock()
+	h := g.held
+	g.mu.Unlock()
+	if h != nil {
+		return h.bl.End()
+	}
+	return f.store.bl.End()
+}
+
+// appendHeldLocked stores a chunk of the held history; g.mu held.
+func (f *follower) appendHeldLocked(h *heldHistory, chunk []byte, u *upstreamConn) error {
+	sc := h.scanner
+	boundary, getack := -1, false
+	if err := sc.Scan(chunk, func(end int, c *psync.Command) {
+		boundary = end
+		getack = getack || c.IsGetAck()
+	}); err != nil {
+		f.log.Error("invalid replication stream in the held history; dropping it", "err", err)
+		f.guard.dropLocked(f)
+		return err
+	}
+	if n, err := h.bl.Append(chunk, boundary); err != nil {
+		_ = h.scanner.Scan(chunk[:n], nil)
+		return fmt.Errorf("%w: %w", errBacklogWrite, err)
+	}
+	h.scanner = sc
+	f.stats.UpstreamStreamBytes.Add(int64(len(chunk)))
+	if getack {
+		return u.ack(h.bl.End())
+	}
+	return nil
+}
+
+// ErrNothingHeld answers an accept with nothing to accept.
+var ErrNothingHeld = errors.New("the guard holds no history")
+
+var errNothingHeld = ErrNothingHeld
+
+// acceptHeld installs the held history as if it had just arrived: its
+// snapshot, then its stream since, copied into the backlog. Replicas of
+// the old history are disconnected by the reset and full-sync to it.
+func (f *follower) acceptHeld() error {
+	g := f.guard
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	h := g.held
+	if h == nil {
+		return errNothingHeld
+	}
+	info := h.Snapshot
+	if err := os.Rename(filepath.Join(g.dir, info.Name), filepath.Join(f.store.snapDir, info.Name)); err != nil {
+		return fmt.Errorf("guard: move the held snapshot back: %w", err)
+	}
+	f.cancelRefresh("guard accepted a new history")
+	installed, err := f.store.installFullSync(info)
+	if !installed {
+		return fmt.Errorf("guard: install: %w", err)
+	}
+	f.scanner.Reset()
+	f.stats.UpstreamFullSyncs.Add(1)
+	copied, cerr := f.copyHeld(h)
+	g.held = nil
+	h.bl.Close()
+	_ = os.RemoveAll(g.dir)
+	f.log.Warn("guard: the held history is accepted and installed; replicas full-sync to it",
+		"replid", info.ReplID, "keys", h.NewKeys, "held_stream_bytes", copied)
+	return errors.Join(err, cerr)
+}
+
+// copyHeld appends the held stream to the (just reset) backlog.
+func (f *follower) copyHeld(h *heldHistory) (int64, error) {
+	cur, err := h.bl.NewCursor(h.Snapshot.Offset + 1)
+	if err != nil {
+		if errors.Is(err, backlog.ErrAhead) {
+			return 0, nil
+		}
+		return 0, err
+	}
+	defer cur.Close()
+	buf := make([]byte, readBuf)
+	var total int64
+	for {
+		n, err := cur.Read(buf)
+		if n > 0 {
+			boundary := -1
+			if serr := f.scanner.Scan(buf[:n], func(end int, _ *psync.Command) { boundary = end }); serr != nil {
+				return total, serr
+			}
+			if _, aerr := f.store.bl.Append(buf[:n], boundary); aerr != nil {
+				return total, aerr
+			}
+			total += int64(n)
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return total, err
+		}
+		if n == 0 {
+			return total, nil
+		}
+	}
+}
+
+// guardText renders the guard's state as INFO-style lines.
+func guardText(g GuardStatus) string {
+	state := "watching"
+	switch {
+	case !g.Enabled:
+		state = "off"
+	case g.Holding:
+		state = "holding"
+	}
+	lines := []string{kv("guard", state), kv("guard_min_keys_ratio", g.MinRatio), kv("guard_holds", g.Holds)}
+	if g.Holding {
+		lines = append(lines, kv("guard_held_since", g.Since.UTC().Format(time.RFC3339)),
+			kv("guard_held_seconds", int64(time.Since(g.Since).Seconds())), kv("guard_held_replid", g.ReplID),
+			kv("guard_held_snapshot_offset", g.Offset), kv("guard_held_stream_end", g.HeldEnd),
+			kv("guard_current_keys", g.CurKeys), kv("guard_new_keys", g.NewKeys))
+	}
+	return strings.Join(lines, "\r\n") + "\r\n"
+}
