@@ -65,6 +65,12 @@ type Config struct {
 	ReloadInterval       time.Duration
 	ReplicaTimeout       time.Duration
 	MaxParallelFullSyncs int // 0 = unlimited
+	// AckReplicas is --ack-policy replicas:N: the proxy ACKs the upstream
+	// with the offset N online replicas have acknowledged (0: its own).
+	AckReplicas int
+	// FullSyncRateLimit caps the bytes/s of all full syncs served together
+	// (0 = no cap), so a wave of replicas cannot saturate a link.
+	FullSyncRateLimit int64
 	// MaxClients bounds downstream connections (replicas and tools), and
 	// with it the memory they can take; as Redis' maxclients.
 	MaxClients int
@@ -262,6 +268,12 @@ func (c *Config) validate() error {
 	}
 	if c.MaxClients < 0 {
 		errs = append(errs, errors.New("max clients must be >= 0 (0 picks the default)"))
+	}
+	if c.AckReplicas < 0 {
+		errs = append(errs, errors.New("ack policy replicas:N needs N >= 1"))
+	}
+	if c.FullSyncRateLimit < 0 {
+		errs = append(errs, errors.New("full-sync rate limit must be >= 0 (0: none)"))
 	}
 	if c.MaxParallelFullSyncs < 0 {
 		errs = append(errs, errors.New("max parallel full syncs must be >= 0"))

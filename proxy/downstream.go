@@ -37,11 +37,14 @@ type downstream struct {
 	nextID   int64
 
 	slots  chan struct{} // full-sync slots; nil when unlimited
+	// fullSyncRate bounds the bytes/s of all full syncs together; nil: none.
+	fullSyncRate *rateLimiter
 	queued atomic.Int64  // replicas waiting for a slot
 }
 
 func newDownstream(p *Proxy) *downstream {
-	d := &downstream{cfg: p.cfg, log: p.log, stats: p.stats, p: p, sessions: map[*session]struct{}{}}
+	d := &downstream{cfg: p.cfg, log: p.log, stats: p.stats, p: p, sessions: map[*session]struct{}{},
+		fullSyncRate: newRateLimiter(p.cfg.FullSyncRateLimit, rateChunk)}
 	if p.cfg.MaxParallelFullSyncs > 0 {
 		d.slots = make(chan struct{}, p.cfg.MaxParallelFullSyncs)
 	}
@@ -91,7 +94,7 @@ func (d *downstream) acceptLoop(ctx context.Context, ln net.Listener, isTLS bool
 
 func (d *downstream) handleConn(ctx context.Context, conn net.Conn, isTLS bool) {
 	sctx, cancel := context.WithCancel(ctx)
-	s := &session{p: d.p, conn: conn, raw: conn, out: conn, addr: conn.RemoteAddr().String(), cancel: cancel, tls: isTLS, startTime: time.Now()}
+	s := &session{p: d.p, conn: conn, raw: conn, out: conn, addr: conn.RemoteAddr().String(), ctx: sctx, cancel: cancel, tls: isTLS, startTime: time.Now()}
 	var tc *tls.Conn
 	if isTLS {
 		// The handshake runs after the --max-clients check, on the
@@ -264,6 +267,22 @@ func isLocal(a *net.TCPAddr, host, announceIP string) bool {
 		}
 	}
 	return false
+}
+
+// nthAck is the offset at least n online replicas have acknowledged (0
+// when fewer are online).
+func (d *downstream) nthAck(n int) int64 {
+	var offs []int64
+	for _, s := range d.selectSessions(func(s *session) bool {
+		return s.replica.Load() && !s.legacy && s.state.Load() == stateOnline
+	}) {
+		offs = append(offs, s.ackOff.Load())
+	}
+	if len(offs) < n {
+		return 0
+	}
+	sort.Slice(offs, func(i, j int) bool { return offs[i] > offs[j] })
+	return max(offs[n-1], 0)
 }
 
 // candidateAckAge: replicas ACK every second; one silent for longer is

@@ -54,6 +54,11 @@ type follower struct {
 	kick    chan struct{} // wakes maintain when trimming or a refresh is due
 	gate    *forkGate     // spaces out requests that cost the origin a fork
 	guard   *guard        // the empty-origin guard's held history
+	// ackKick wakes the upstream ACK loop when a replica ACKs, under
+	// --ack-policy replicas:N (capacity 1: kicks coalesce).
+	ackKick chan struct{}
+	// upstreamSource says why upstream is what it is (under mu).
+	upstreamSource string
 
 	// Refresh state, touched by one refresh at a time (maintain starts the
 	// next only after the last one ended).
@@ -108,8 +113,8 @@ func (f *follower) cancelRefresh(why string) {
 
 func newFollower(cfg Config, log *slog.Logger, stats *Stats, st *store, down *downstream) *follower {
 	return &follower{cfg: cfg, log: log, stats: stats, store: st, down: down,
-		link: linkStatus{state: LinkConnect, downSince: time.Now()}, upstream: cfg.Upstream,
-		movedCh: make(chan struct{}, 1), kick: make(chan struct{}, 1),
+		link: linkStatus{state: LinkConnect, downSince: time.Now()}, upstream: cfg.Upstream, upstreamSource: UpstreamFromConfig,
+		movedCh: make(chan struct{}, 1), kick: make(chan struct{}, 1), ackKick: make(chan struct{}, 1),
 		gate:  newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, filepath.Join(cfg.DataDir, "fullsync-backoff")),
 		guard: &guard{dir: filepath.Join(cfg.DataDir, "held")}}
 }
@@ -195,6 +200,13 @@ func (f *follower) dial(ctx context.Context, what, addr string, tlsCfg *tls.Conf
 	return u, nil
 }
 
+// upstreamOrigin is the upstream and why it is the one followed.
+func (f *follower) upstreamOrigin() (addr, source string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.upstream, f.upstreamSource
+}
+
 // upstreamAddr is the address the follower connects to.
 func (f *follower) upstreamAddr() string {
 	f.mu.Lock()
@@ -210,6 +222,9 @@ func (f *follower) moveUpstream(addr string) bool {
 	if !f.repoint(addr) {
 		return false
 	}
+	if err := persistUpstream(f.cfg.DataDir, addr, f.cfg.Upstream, f.cfg.syncFile); err != nil {
+		f.log.Error("REPLICAOF not persisted: a restart would follow --upstream", "err", err)
+	}
 	f.kickAdvice.Store(true) // a new address: advice may be given again
 	f.gate.moved()           // a new upstream has its own costs; persisted outside mu
 	f.cancelRefresh("REPLICAOF")
@@ -222,9 +237,9 @@ func (f *follower) repoint(addr string) bool {
 	if addr == f.upstream {
 		return false
 	}
-	f.log.Warn("upstream moved by REPLICAOF; a restart goes back to the configured address",
+	f.log.Warn("upstream moved by REPLICAOF; persisted: a restart follows it while --upstream stays the same",
 		"from", f.upstream, "to", addr, "configured", f.cfg.Upstream)
-	f.upstream = addr
+	f.upstream, f.upstreamSource = addr, UpstreamFromReplicaof
 	if f.cutLink != nil {
 		f.cutLink(errMoved)
 	}
@@ -601,15 +616,26 @@ func (f *follower) stream(ctx context.Context, u *upstreamConn) error {
 	acks.Go(func() {
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
+		sent := int64(-1)
 		for {
 			select {
 			case <-done:
 				return
+			case <-f.ackKick: // a replica ACKed (--ack-policy replicas:N): only an advance is news
+				if off := f.ackOffset(); off > sent {
+					if err := u.ack(off); err != nil {
+						u.conn.Close()
+						return
+					}
+					sent = off
+				}
 			case <-t.C:
-				if err := u.ack(f.ackOffset()); err != nil {
+				off := f.ackOffset()
+				if err := u.ack(off); err != nil {
 					u.conn.Close()
 					return
 				}
+				sent = max(sent, off)
 			}
 		}
 	})
@@ -666,7 +692,7 @@ func (f *follower) appendStream(chunk []byte, u *upstreamConn) error {
 	f.store.arrivals.record(end, time.Now())
 	f.maybeKick(end)
 	if getack {
-		return u.ack(end)
+		return u.ack(f.ackFor(nil))
 	}
 	return nil
 }

@@ -221,16 +221,44 @@ func (f *follower) heldPosition() (replid string, next int64, ok bool) {
 	return g.held.Snapshot.ReplID, g.held.bl.End() + 1, true
 }
 
-// ackOffset is what the proxy has stored of the history it follows.
+// ackOffset is the offset the proxy acknowledges upstream: what it has
+// stored of the history it follows (--ack-policy self), or what at least
+// N online replicas have acknowledged, never more than that (replicas:N),
+// so WAIT and min-replicas-to-write on the origin count replicas that
+// have the data.
 func (f *follower) ackOffset() int64 {
 	g := f.guard
 	g.mu.Lock()
 	h := g.held
 	g.mu.Unlock()
+	return f.ackFor(h)
+}
+
+// ackFor is ackOffset with the held history already read (g.mu held or
+// not needed).
+func (f *follower) ackFor(h *heldHistory) int64 {
 	if h != nil {
+		if f.cfg.AckReplicas > 0 {
+			return h.Snapshot.Offset // no replica has the held stream
+		}
 		return h.bl.End()
 	}
-	return f.store.bl.End()
+	end := f.store.bl.End()
+	if f.cfg.AckReplicas > 0 {
+		return min(end, f.down.nthAck(f.cfg.AckReplicas))
+	}
+	return end
+}
+
+// replicaAcked tells the ACK loop a replica ACKed (replicas:N only).
+func (f *follower) replicaAcked() {
+	if f.cfg.AckReplicas == 0 {
+		return
+	}
+	select {
+	case f.ackKick <- struct{}{}:
+	default:
+	}
 }
 
 // appendHeldLocked stores a chunk of the held history; g.mu held.
@@ -252,7 +280,7 @@ func (f *follower) appendHeldLocked(h *heldHistory, chunk []byte, u *upstreamCon
 	h.scanner = sc
 	f.stats.UpstreamStreamBytes.Add(int64(len(chunk)))
 	if getack {
-		return u.ack(h.bl.End())
+		return u.ack(f.ackFor(h))
 	}
 	return nil
 }

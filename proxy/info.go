@@ -235,6 +235,8 @@ func (p *Proxy) info(sections ...string) string {
 		kv("full_sync_blocked", oneLine(fs.Blocked)),
 	)
 	rp = append(rp, strings.Split(strings.TrimSuffix(guardText(p.GuardStatus()), "\r\n"), "\r\n")...)
+	upAddr, upSource := p.follower.upstreamOrigin()
+	rp = append(rp, kv("upstream", upAddr), kv("upstream_source", upSource), kv("upstream_configured", p.cfg.Upstream))
 	rp = append(rp, kv("upstream_tls", map[bool]int{true: 1, false: 0}[p.cfg.UpstreamTLS]), kv("tls_port", listenerPort(p.down.tlsLn)))
 	var fails []string
 	for _, r := range AuthFailureReasons() {

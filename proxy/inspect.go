@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -24,6 +25,11 @@ type Inspection struct {
 	// the next full sync refreshes it first.
 	SnapshotStale bool   `json:"snapshot_stale,omitempty"`
 	Problem       string `json:"problem,omitempty"`
+	// Replicaof is the upstream a REPLICAOF set, followed after a restart
+	// while --upstream is still the one it was set under; nil when none.
+	Replicaof *persistedUpstream `json:"replicaof,omitempty"`
+	// Held is the new history the empty-origin guard holds; nil when none.
+	Held *heldHistory `json:"held,omitempty"`
 }
 
 // InspectOptions choose what Inspect counts.
@@ -51,6 +57,18 @@ func Inspect(ctx context.Context, dir string, opts InspectOptions) (*Inspection,
 		return nil, err
 	}
 	in := &Inspection{History: st.History, BacklogTag: st.BacklogTag, Backlog: sum, Snapshot: st.Snapshot}
+	if b, err := os.ReadFile(filepath.Join(dir, upstreamFile)); err == nil {
+		var pu persistedUpstream
+		if json.Unmarshal(b, &pu) == nil {
+			in.Replicaof = &pu
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "held", heldState)); err == nil {
+		var h heldHistory
+		if json.Unmarshal(b, &h) == nil {
+			in.Held = &h
+		}
+	}
 	snapDir := filepath.Join(dir, "snapshots")
 	// The rule the daemon recovers by: a data dir it would serve from.
 	in.Problem = inconsistency(st, sum.Tag, sum.First, sum.End, snapDir)

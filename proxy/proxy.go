@@ -133,6 +133,14 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	p.down = newDownstream(p)
 	sec.stop = p.down.dropUnusableUsers
 	p.follower = newFollower(cfg, log, p.stats, st, p.down)
+	addr, source, note := loadUpstream(cfg.DataDir, cfg.Upstream)
+	if note != nil {
+		log.Warn("persisted REPLICAOF not used", "reason", note.Error())
+	}
+	if source == UpstreamFromReplicaof {
+		log.Warn("following the upstream set by REPLICAOF before the restart, not --upstream", "upstream", addr, "configured", cfg.Upstream)
+	}
+	p.follower.upstream, p.follower.upstreamSource = addr, source // before any goroutine runs
 	if err := p.follower.loadHeld(); err != nil {
 		st.close()
 		return nil, fmt.Errorf("the guard's held history in %s: %w (move the directory away to start without it)", p.follower.guard.dir, err)

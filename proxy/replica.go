@@ -21,6 +21,10 @@ import (
 // dropped after ReplicaTimeout without progress rather than never.
 const sendChunk = 4 << 20
 
+// rateChunk: under --full-sync-rate-limit, the budget is taken in these
+// steps, so the rate is smooth at a second's scale.
+const rateChunk = 256 << 10
+
 // startReplica turns the session into a replica link (SYNC or PSYNC) and
 // feeds it until it ends. The reply line is written in one write; before it,
 // only keepalive newlines, which stock replicas skip while they wait.
@@ -242,8 +246,16 @@ func (s *session) sendSnapshot(f *os.File, cur *backlog.Cursor, snap *snapshot.I
 	}
 	s.log.Info("full sync started", "replid", replid, "offset", snap.Offset, "bytes", snap.Size)
 	for sent := int64(0); sent < snap.Size; {
+		chunk := min(sendChunk, snap.Size-sent)
+		if p.down.fullSyncRate != nil {
+			chunk = min(chunk, rateChunk)
+			if err := p.down.fullSyncRate.wait(s.ctx, chunk); err != nil {
+				cur.Close()
+				return nil, err
+			}
+		}
 		_ = s.conn.SetWriteDeadline(time.Now().Add(p.cfg.ReplicaTimeout))
-		n, err := io.Copy(s.out, io.LimitReader(f, min(sendChunk, snap.Size-sent)))
+		n, err := io.Copy(s.out, io.LimitReader(f, chunk))
 		sent += n
 		p.stats.SentRDBBytes.Add(n)
 		if err == nil && n == 0 {
@@ -359,6 +371,7 @@ func (s *session) readAcks() {
 			}
 			s.ackTime.Store(now)
 			s.acked.Store(true)
+			s.p.follower.replicaAcked()
 			acked := s.ackOff.Load()
 			end := s.p.store.bl.End()
 			s.p.cfg.Observer.ObserveAck(max(end-acked, 0), s.p.store.arrivals.lagSeconds(acked, time.Unix(0, now)))

@@ -56,6 +56,7 @@ type session struct {
 	addr   string
 	br     *bufio.Reader
 	log    *slog.Logger
+	ctx    context.Context // ends with the session
 	cancel context.CancelFunc
 
 	authed        bool
@@ -199,7 +200,10 @@ func (s *session) command(cmd string, args [][]byte) error {
 		if argc >= 3 && strings.EqualFold(string(args[1]), "get") {
 			return s.reply(p.configGet(args[2:]))
 		}
-		return s.errorf("ERR replproxy supports only CONFIG GET")
+		if argc == 2 && strings.EqualFold(string(args[1]), "rewrite") {
+			return s.ok() // Sentinel's follow-up to SLAVEOF: REPLICAOF is persisted already
+		}
+		return s.errorf("ERR replproxy supports only CONFIG GET and CONFIG REWRITE")
 	case "subscribe", "psubscribe", "unsubscribe", "punsubscribe":
 		// Sentinel subscribes to __sentinel__:hello on every instance it
 		// watches. Nothing is ever published here; confirm and stay quiet.

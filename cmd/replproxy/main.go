@@ -238,6 +238,13 @@ func inspect(args []string, stdout, stderr io.Writer) int {
 		sort.Strings(types)
 		w("db%d: keys=%d expires=%d %s", ks.DB, ks.Keys, ks.Expires, strings.Join(types, " "))
 	}
+	if r := in.Replicaof; r != nil {
+		w("upstream:             %s, set by REPLICAOF at %s (followed while --upstream is %s)", r.Upstream, r.At.Format(time.RFC3339), r.Configured)
+	}
+	if h := in.Held; h != nil {
+		w("guard holds:          history %s from offset %d since %s: %d keys against the served %d; REPLPROXY GUARD ACCEPT installs it",
+			h.Snapshot.ReplID, h.Snapshot.Offset, h.Since.Format(time.RFC3339), h.NewKeys, h.CurKeys)
+	}
 	if in.SnapshotStale {
 		w("snapshot lapsed:      the backlog starts after it; the next full sync refreshes it first")
 	}

@@ -65,6 +65,8 @@ type raw struct {
 	backlogSize              sizeValue
 	tailBuffer               sizeValue
 	guard                    bool
+	fullSyncRate             sizeValue
+	ackPolicy                string
 	passFile, reqPassFile    string
 	replicaPassFile          string
 	refreshFrom              string
@@ -115,6 +117,8 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.FullSyncRetryMax, "full-sync-retry-max", proxy.DefaultFullSyncRetryMax, "longest wait between failed requests that cost the origin a fork (full syncs, snapshot refreshes); they back off exponentially from 15s, apart from cheap reconnects")
 	fs.IntVar(&c.MaxClients, "max-clients", proxy.DefaultMaxClients, "downstream connections accepted at once (replicas and tools); more get -ERR max number of clients reached")
 	fs.IntVar(&c.MaxParallelFullSyncs, "max-parallel-full-syncs", 0, "full syncs served at once; 0 = unlimited")
+	fs.StringVar(&r.ackPolicy, "ack-policy", "self", "offset acknowledged to the upstream: self (what the proxy stored) or replicas:N (what at least N online replicas acknowledged, so WAIT and min-replicas-to-write on the origin count replicas that have the data)")
+	fs.Var(&r.fullSyncRate, "full-sync-rate-limit", "bytes per second for all full syncs served together, e.g. 100mb (0: no limit), beside --max-parallel-full-syncs")
 	fs.BoolVar(&r.guard, "guard-empty-origin", true, "hold a new upstream history whose snapshot has fewer keys than --guard-min-keys-ratio of the current one (an origin restarted empty), keep serving the current data, and wait for REPLPROXY GUARD ACCEPT or POST /guard/accept")
 	fs.Float64Var(&c.GuardMinKeysRatio, "guard-min-keys-ratio", proxy.DefaultGuardMinKeysRatio, "share of the current snapshot's keys below which the guard holds a new history")
 	fs.StringVar(&r.fsync, "fsync", "everysec", "backlog fsync policy: always, everysec or no")
@@ -268,6 +272,16 @@ func (s *Settings) finish(r *raw, offline bool) error {
 		errs = append(errs, err)
 	}
 	c.GuardDisabled = !r.guard
+	c.FullSyncRateLimit = int64(r.fullSyncRate)
+	switch n, ok := strings.CutPrefix(r.ackPolicy, "replicas:"); {
+	case r.ackPolicy == "self":
+	case ok:
+		if c.AckReplicas, err = strconv.Atoi(n); err != nil || c.AckReplicas < 1 {
+			errs = append(errs, fmt.Errorf("ack-policy %q: want self or replicas:N with N >= 1", r.ackPolicy))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("ack-policy %q: want self or replicas:N with N >= 1", r.ackPolicy))
+	}
 	c.BacklogSize = int64(r.backlogSize)
 	c.TailBuffer = int64(r.tailBuffer)
 	if c.TailBuffer == 0 {

@@ -1,0 +1,62 @@
+package proxy
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/replproxy/replproxy/internal/atomicfile"
+)
+
+// A REPLICAOF (an operator, or Sentinel after a failover) is persisted in
+// the data dir, so a restart follows the upstream it was pointed at, not
+// the configured --upstream it started with. It stays in force until
+// another REPLICAOF, or a start with a different --upstream than the one
+// it was persisted with: then the configuration wins.
+
+const upstreamFile = "upstream.json"
+
+// persistedUpstream is the file's content.
+type persistedUpstream struct {
+	Upstream   string    `json:"upstream"`   // set by REPLICAOF
+	Configured string    `json:"configured"` // --upstream when it was set
+	At         time.Time `json:"at"`
+}
+
+// Upstream sources, as INFO names them.
+const (
+	UpstreamFromConfig    = "config"
+	UpstreamFromReplicaof = "replicaof"
+)
+
+// loadUpstream decides the upstream to start with and why.
+func loadUpstream(dataDir, configured string) (addr, source string, note error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, upstreamFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return configured, UpstreamFromConfig, nil
+	}
+	var pu persistedUpstream
+	if err == nil {
+		err = json.Unmarshal(b, &pu)
+	}
+	switch {
+	case err != nil || pu.Upstream == "":
+		return configured, UpstreamFromConfig, fmt.Errorf("%s unreadable, following --upstream: %v", upstreamFile, err)
+	case pu.Configured != configured:
+		_ = os.Remove(filepath.Join(dataDir, upstreamFile))
+		return configured, UpstreamFromConfig, fmt.Errorf("--upstream changed from %s to %s since REPLICAOF %s: the configuration wins", pu.Configured, configured, pu.Upstream)
+	}
+	return pu.Upstream, UpstreamFromReplicaof, nil
+}
+
+// persistUpstream records a REPLICAOF.
+func persistUpstream(dataDir, addr, configured string, sync atomicfile.SyncFunc) error {
+	b, err := json.Marshal(persistedUpstream{Upstream: addr, Configured: configured, At: time.Now().UTC()})
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(filepath.Join(dataDir, upstreamFile), b, sync)
+}
