@@ -36,10 +36,10 @@ type downstream struct {
 	sessions map[*session]struct{}
 	nextID   int64
 
-	slots  chan struct{} // full-sync slots; nil when unlimited
+	slots chan struct{} // full-sync slots; nil when unlimited
 	// fullSyncRate bounds the bytes/s of all full syncs together; nil: none.
 	fullSyncRate *rateLimiter
-	queued atomic.Int64  // replicas waiting for a slot
+	queued       atomic.Int64 // replicas waiting for a slot
 }
 
 func newDownstream(p *Proxy) *downstream {
