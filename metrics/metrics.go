@@ -199,6 +199,8 @@ var (
 	dGuardHolding     = desc("guard_holding", "1 while the empty-origin guard holds a new history with too few keys (replicas keep the current data until an operator accepts it).")
 	dGuardHolds       = desc("guard_holds_total", "New histories the empty-origin guard has held since start.")
 	dGuardKeys        = desc("guard_keys", "Keys of the served (current) and the held (new) snapshot while the guard holds.", "snapshot")
+	dDelayHorizon     = desc("delay_horizon_offset_bytes", "Last offset delayed replicas (--delayed-listen) may have now: what arrived at least --delay ago.")
+	dDelayCovered     = desc("delay_covered", "1 while the backlog budget holds the stream delayed replicas need; 0 when the write rate outgrows it.")
 	dRepSeriesDropped = desc("downstream_replica_series_dropped", "Replicas left out of per-replica series by the limit.")
 )
 
@@ -343,6 +345,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, r := range proxy.DisconnectReasons {
 		cnt(dDownDisconnects, float64(stats.Disconnects.Load(r)), string(r))
+	}
+	if ds := c.p.DelayStatus(); ds.Enabled {
+		g(dDelayHorizon, float64(max(ds.Horizon, 0)))
+		g(dDelayCovered, b(ds.Covered))
 	}
 	gs := c.p.GuardStatus()
 	g(dGuardHolding, b(gs.Holding))

@@ -352,7 +352,8 @@ func TestDashboardAndAlerts(t *testing.T) {
 	p, err := proxy.New(proxy.Config{Upstream: "127.0.0.1:1", DataDir: t.TempDir(),
 		TLSListen: "127.0.0.1:0", TLSCertFile: pair.CertFile, TLSKeyFile: pair.KeyFile, TLSCAFile: ca.CertFile,
 		UpstreamTLS: true, UpstreamTLSCertFile: pair.CertFile, UpstreamTLSKeyFile: pair.KeyFile, UpstreamTLSCAFile: ca.CertFile,
-		MetricsTLSCertFile: pair.CertFile, MetricsTLSKeyFile: pair.KeyFile, UsersFile: users}, nil)
+		MetricsTLSCertFile: pair.CertFile, MetricsTLSKeyFile: pair.KeyFile, UsersFile: users,
+		DelayedListen: "127.0.0.1:0", Delay: time.Hour}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

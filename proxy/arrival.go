@@ -75,3 +75,20 @@ func (a *arrivalIndex) lagSeconds(acked int64, now time.Time) float64 {
 	}
 	return max(now.Sub(t).Seconds(), 0)
 }
+
+// horizon is the last offset known to have arrived at or before t: every
+// byte of the samples before the first one that started after t. ok is
+// false when nothing is known to have arrived by then.
+func (a *arrivalIndex) horizon(t time.Time) (int64, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	tn := t.UnixNano()
+	// k: the first sample that started after t; all before it arrived by
+	// the start of the next one, and the one before k may still have been
+	// arriving at t, so only samples before k-1 are certain.
+	k := sort.Search(len(a.times), func(i int) bool { return a.times[i] > tn })
+	if k < 2 {
+		return 0, false
+	}
+	return a.ends[k-2], true
+}

@@ -65,6 +65,10 @@ type Config struct {
 	ReloadInterval       time.Duration
 	ReplicaTimeout       time.Duration
 	MaxParallelFullSyncs int // 0 = unlimited
+	// DelayedListen serves delayed replicas: they see the stream only up to
+	// what arrived at least Delay ago (plaintext; auth as on Listen).
+	DelayedListen string
+	Delay         time.Duration
 	// AckReplicas is --ack-policy replicas:N: the proxy ACKs the upstream
 	// with the offset N online replicas have acknowledged (0: its own).
 	AckReplicas int
@@ -268,6 +272,11 @@ func (c *Config) validate() error {
 	}
 	if c.MaxClients < 0 {
 		errs = append(errs, errors.New("max clients must be >= 0 (0 picks the default)"))
+	}
+	if (c.DelayedListen == "") != (c.Delay == 0) {
+		errs = append(errs, errors.New("--delayed-listen and --delay go together"))
+	} else if c.Delay != 0 && c.Delay < time.Second {
+		errs = append(errs, fmt.Errorf("delay %v: must be at least 1s", c.Delay))
 	}
 	if c.AckReplicas < 0 {
 		errs = append(errs, errors.New("ack policy replicas:N needs N >= 1"))

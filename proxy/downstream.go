@@ -30,6 +30,8 @@ type downstream struct {
 	p     *Proxy       // what sessions answer from: INFO, ROLE, the store, REPLICAOF
 	ln    net.Listener // plaintext; nil without --listen
 	tlsLn net.Listener // nil without --tls-listen
+	// delayedLn serves delayed replicas; nil without --delayed-listen.
+	delayedLn net.Listener
 
 	// mu guards the session set; nothing holds it across I/O.
 	mu       sync.Mutex
@@ -75,7 +77,7 @@ func (d *downstream) port() int {
 
 // acceptLoop accepts connections until the listener closes, then waits for
 // the sessions it started: Serve closes them all on shutdown.
-func (d *downstream) acceptLoop(ctx context.Context, ln net.Listener, isTLS bool) {
+func (d *downstream) acceptLoop(ctx context.Context, ln net.Listener, isTLS, delayed bool) {
 	var sessions sync.WaitGroup
 	defer sessions.Wait()
 	for {
@@ -88,13 +90,13 @@ func (d *downstream) acceptLoop(ctx context.Context, ln net.Listener, isTLS bool
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		sessions.Go(func() { d.handleConn(ctx, conn, isTLS) })
+		sessions.Go(func() { d.handleConn(ctx, conn, isTLS, delayed) })
 	}
 }
 
-func (d *downstream) handleConn(ctx context.Context, conn net.Conn, isTLS bool) {
+func (d *downstream) handleConn(ctx context.Context, conn net.Conn, isTLS, delayed bool) {
 	sctx, cancel := context.WithCancel(ctx)
-	s := &session{p: d.p, conn: conn, raw: conn, out: conn, addr: conn.RemoteAddr().String(), ctx: sctx, cancel: cancel, tls: isTLS, startTime: time.Now()}
+	s := &session{p: d.p, conn: conn, raw: conn, out: conn, addr: conn.RemoteAddr().String(), ctx: sctx, cancel: cancel, tls: isTLS, delayed: delayed, startTime: time.Now()}
 	var tc *tls.Conn
 	if isTLS {
 		// The handshake runs after the --max-clients check, on the
@@ -231,7 +233,7 @@ func (d *downstream) selectSessions(match func(*session) bool) []*session {
 // isSelf reports whether host:port is one of this proxy's own listeners:
 // a local address (or the announced IP) on a listening port.
 func (d *downstream) isSelf(host string, port int) bool {
-	for _, ln := range []net.Listener{d.ln, d.tlsLn} {
+	for _, ln := range []net.Listener{d.ln, d.tlsLn, d.delayedLn} {
 		if ln == nil {
 			continue
 		}
@@ -274,7 +276,7 @@ func isLocal(a *net.TCPAddr, host, announceIP string) bool {
 func (d *downstream) nthAck(n int) int64 {
 	var offs []int64
 	for _, s := range d.selectSessions(func(s *session) bool {
-		return s.replica.Load() && !s.legacy && s.state.Load() == stateOnline
+		return s.replica.Load() && !s.legacy && !s.delayed && s.state.Load() == stateOnline
 	}) {
 		offs = append(offs, s.ackOff.Load())
 	}
@@ -303,7 +305,7 @@ func (d *downstream) refreshCandidates(avoid string) []refreshCandidate {
 	recent := time.Now().Add(-candidateAckAge).UnixNano()
 	var cs []cand
 	for _, s := range d.selectSessions(func(s *session) bool {
-		return s.replica.Load() && !s.legacy && !s.rdbOnly && s.listeningPort > 0 && s.state.Load() == stateOnline &&
+		return s.replica.Load() && !s.legacy && !s.rdbOnly && !s.delayed && s.listeningPort > 0 && s.state.Load() == stateOnline &&
 			s.ackTime.Load() >= recent
 	}) {
 		cs = append(cs, cand{addr: s.replicaAddr(), tls: s.tls, ack: s.ackOff.Load()})

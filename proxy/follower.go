@@ -54,6 +54,8 @@ type follower struct {
 	kick    chan struct{} // wakes maintain when trimming or a refresh is due
 	gate    *forkGate     // spaces out requests that cost the origin a fork
 	guard   *guard        // the empty-origin guard's held history
+	// delayShort: the budget cannot hold the stream delayed replicas need.
+	delayShort atomic.Bool
 	// ackKick wakes the upstream ACK loop when a replica ACKs, under
 	// --ack-policy replicas:N (capacity 1: kicks coalesce).
 	ackKick chan struct{}
@@ -810,6 +812,9 @@ func (f *follower) maintain(ctx context.Context) {
 			keepFrom = pos.end + 1
 		}
 		f.checkWindow(pos)
+		if f.cfg.Delay > 0 {
+			keepFrom = f.delayTrimFrom(pos, keepFrom)
+		}
 		if n, err := f.store.bl.Trim(keepFrom, f.cfg.BacklogSize); err != nil {
 			f.log.Error("backlog trim failed", "err", err)
 		} else if n > 0 {

@@ -69,6 +69,13 @@ func startProxy(t *testing.T, upstream, dataDir string, mod ...func(*Config)) *t
 	if err != nil {
 		t.Fatal(err)
 	}
+	if cfg.DelayedListen != "" {
+		dl, err := loopback.Listen()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.SetDelayedListener(dl)
+	}
 	var tlsLn net.Listener
 	if cfg.TLSListen != "" {
 		if tlsLn, err = loopback.Listen(); err != nil {

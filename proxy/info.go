@@ -235,6 +235,10 @@ func (p *Proxy) info(sections ...string) string {
 		kv("full_sync_blocked", oneLine(fs.Blocked)),
 	)
 	rp = append(rp, strings.Split(strings.TrimSuffix(guardText(p.GuardStatus()), "\r\n"), "\r\n")...)
+	if ds := p.DelayStatus(); ds.Enabled {
+		rp = append(rp, kv("delay_seconds", int64(ds.Delay.Seconds())), kv("delay_horizon_offset", ds.Horizon),
+			kv("delay_port", listenerPort(p.down.delayedLn)), kv("delay_covered", map[bool]int{true: 1, false: 0}[ds.Covered]))
+	}
 	upAddr, upSource := p.follower.upstreamOrigin()
 	rp = append(rp, kv("upstream", upAddr), kv("upstream_source", upSource), kv("upstream_configured", p.cfg.Upstream))
 	rp = append(rp, kv("upstream_tls", map[bool]int{true: 1, false: 0}[p.cfg.UpstreamTLS]), kv("tls_port", listenerPort(p.down.tlsLn)))

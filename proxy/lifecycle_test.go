@@ -115,7 +115,8 @@ func TestReadersDoNotWaitForFsync(t *testing.T) {
 		}
 		return f.Sync()
 	}
-	p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) { c.syncFile = hook })
+	// The guard off: the origin restarts empty, and this test wants the reset.
+	p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) { c.syncFile, c.GuardDisabled = hook, true })
 	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
 	released := sync.OnceFunc(func() { close(release) })
 	defer released()

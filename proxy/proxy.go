@@ -132,6 +132,9 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	p.store = st
 	p.down = newDownstream(p)
 	sec.stop = p.down.dropUnusableUsers
+	if cfg.Delay > 0 {
+		st.retain = p.retainForDelay
+	}
 	p.follower = newFollower(cfg, log, p.stats, st, p.down)
 	addr, source, note := loadUpstream(cfg.DataDir, cfg.Upstream)
 	if note != nil {
@@ -189,6 +192,19 @@ func (p *Proxy) Run(ctx context.Context) error {
 		p.shutdown()
 		return errors.New("no listener: Listen and TLSListen are both empty")
 	}
+	if p.cfg.DelayedListen != "" {
+		ln, err := net.Listen("tcp", p.cfg.DelayedListen)
+		if err != nil {
+			for _, l := range lns {
+				if l != nil {
+					l.Close()
+				}
+			}
+			p.shutdown()
+			return fmt.Errorf("listen %s: %w", p.cfg.DelayedListen, err)
+		}
+		p.down.delayedLn = ln
+	}
 	return p.ServeListeners(ctx, lns[0], lns[1])
 }
 
@@ -227,14 +243,17 @@ func (p *Proxy) ServeListeners(ctx context.Context, ln, tlsLn net.Listener) erro
 	for _, l := range []net.Listener{ln, tlsLn} {
 		if l != nil {
 			isTLS := l == tlsLn
-			wg.Go(func() { p.down.acceptLoop(ctx, l, isTLS) })
+			wg.Go(func() { p.down.acceptLoop(ctx, l, isTLS, false) })
 		}
+	}
+	if dl := p.down.delayedLn; dl != nil {
+		wg.Go(func() { p.down.acceptLoop(ctx, dl, false, true) })
 	}
 	if snap := p.position().snap; snap != nil && snap.Keyspace == nil {
 		wg.Go(func() { p.store.keyspace.scan(ctx, p.store.snapDir, snap, p.log) })
 	}
 	<-ctx.Done()
-	for _, l := range []net.Listener{ln, tlsLn} {
+	for _, l := range []net.Listener{ln, tlsLn, p.down.delayedLn} {
 		if l != nil {
 			l.Close()
 		}
@@ -247,6 +266,18 @@ func (p *Proxy) ServeListeners(ctx context.Context, ln, tlsLn net.Listener) erro
 // Addr is the plaintext listening address once Serve has started (nil
 // without one).
 func (p *Proxy) Addr() net.Addr { return p.down.addr() }
+
+// SetDelayedListener serves delayed replicas on ln (for callers of Serve
+// that open their own listeners); before Serve.
+func (p *Proxy) SetDelayedListener(ln net.Listener) { p.down.delayedLn = ln }
+
+// DelayedAddr is the delayed listener's address (nil without one).
+func (p *Proxy) DelayedAddr() net.Addr {
+	if p.down.delayedLn == nil {
+		return nil
+	}
+	return p.down.delayedLn.Addr()
+}
 
 // TLSAddr is the TLS listening address once Serve has started (nil
 // without one).

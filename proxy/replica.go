@@ -92,6 +92,9 @@ func (s *session) sync(ctx context.Context, req syncRequest) (*backlog.Cursor, e
 	for {
 		pub := p.store.published()
 		pos := p.store.position()
+		if s.delayed {
+			pos = p.delayedPosition(pos)
+		}
 		plan := planSync(planInput{req: req, pos: pos, holdAhead: time.Now().Before(holdUntil), fullSync: full})
 		if plan.kind == planContinue {
 			cur, err := p.store.bl.NewCursorGen(req.offset, pos.gen)
@@ -292,9 +295,15 @@ func (s *session) stream(ctx context.Context, cur *backlog.Cursor) error {
 	acks.Go(s.readAcks)
 	for {
 		_ = s.conn.SetWriteDeadline(time.Now().Add(s.p.cfg.ReplicaTimeout))
-		n, err := cur.CopyTo(s.out)
+		var n int64
+		var err error
+		if s.delayed {
+			n, err = s.copyDelayed(ctx, cur)
+		} else {
+			n, err = cur.CopyTo(s.out)
+		}
 		s.p.stats.SentStreamBytes.Add(n)
-		if err == nil {
+		if err == nil && !s.delayed {
 			err = cur.Wait(ctx)
 		}
 		if err != nil {
@@ -313,6 +322,26 @@ func (s *session) stream(ctx context.Context, cur *backlog.Cursor) error {
 			}
 			return err
 		}
+	}
+}
+
+// delayedPoll: how often a caught-up delayed replica looks at the
+// horizon again (it moves with time, not with appends).
+const delayedPoll = 100 * time.Millisecond
+
+// copyDelayed sends what the horizon allows, then waits for it to move.
+func (s *session) copyDelayed(ctx context.Context, cur *backlog.Cursor) (int64, error) {
+	n, err := cur.CopyUpTo(s.out, s.p.horizon())
+	if err != nil || n > 0 {
+		return n, err
+	}
+	t := time.NewTimer(delayedPoll)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-t.C:
+		return 0, nil
 	}
 }
 

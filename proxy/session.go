@@ -53,6 +53,9 @@ type session struct {
 	raw    net.Conn  // the TCP connection under conn
 	out    io.Writer // conn, buffered for TLS (no sendfile there)
 	tls    bool
+	// delayed: on --delayed-listen, the session sees the stream only up to
+	// the delay's horizon.
+	delayed bool
 	addr   string
 	br     *bufio.Reader
 	log    *slog.Logger

@@ -29,6 +29,9 @@ type store struct {
 	lock     *os.File
 	bl       *backlog.Log
 	arrivals *arrivalIndex // when stream offsets arrived, for lag in seconds
+	// retain decides, at a refresh, which older snapshot delayed replicas
+	// keep (nil without --delay: the old one is removed) and what to drop.
+	retain func(old, retained, fresh *snapshot.Info) (keep *snapshot.Info, drop []*snapshot.Info)
 	keyspace keyspaceStats
 	// snapOffset mirrors the snapshot's offset for the append path's
 	// budget check.
@@ -42,6 +45,10 @@ type store struct {
 type published struct {
 	hist psync.History
 	snap *snapshot.Info
+	// retained is an older snapshot of the same history kept for delayed
+	// replicas (--delay): the newest one at least the delay old. Memory
+	// only: a restart removes it with the other stray files.
+	retained *snapshot.Info
 	gen  uint64        // the backlog generation this history is for
 	next chan struct{} // closed when a newer version is published
 }
@@ -53,6 +60,8 @@ type position struct {
 	end   int64
 	snap  *snapshot.Info
 	gen   uint64 // backlog generation: cursors opened from this view check it
+	// retained: see published.retained.
+	retained *snapshot.Info
 }
 
 // storeOptions are what the store needs of the configuration.
@@ -160,7 +169,11 @@ func (s *store) recover() error {
 // publishLocked replaces the published version; called with wmu held (or
 // before the store is shared).
 func (s *store) publishLocked(hist psync.History, snap *snapshot.Info) {
-	p := &published{hist: hist, snap: snap, gen: s.bl.View().Gen, next: make(chan struct{})}
+	s.publishRetainedLocked(hist, snap, nil)
+}
+
+func (s *store) publishRetainedLocked(hist psync.History, snap, retained *snapshot.Info) {
+	p := &published{hist: hist, snap: snap, retained: retained, gen: s.bl.View().Gen, next: make(chan struct{})}
 	if snap != nil {
 		s.snapOffset.Store(snap.Offset)
 	} else {
@@ -184,7 +197,7 @@ func (s *store) position() position {
 	if v.Gen != p.gen {
 		return position{first: v.Start, end: v.End, gen: v.Gen}
 	}
-	return position{hist: p.hist, first: v.Start, end: v.End, snap: p.snap, gen: v.Gen}
+	return position{hist: p.hist, first: v.Start, end: v.End, snap: p.snap, gen: v.Gen, retained: p.retained}
 }
 
 // persistLocked writes the state file; called with wmu held.
@@ -200,7 +213,7 @@ func (s *store) persistLocked() error {
 // it then failed (err).
 func (s *store) installFullSync(info *snapshot.Info) (installed bool, err error) {
 	s.wmu.Lock()
-	old := s.cur.Load().snap
+	old, oldRetained := s.cur.Load().snap, s.cur.Load().retained
 	if err := s.bl.Reset(info.Offset+1, snapshot.FileName(info.ReplID, info.Offset)); err != nil {
 		s.wmu.Unlock()
 		_ = snapshot.Remove(s.snapDir, info)
@@ -211,6 +224,9 @@ func (s *store) installFullSync(info *snapshot.Info) (installed bool, err error)
 	err = s.persistLocked()
 	s.wmu.Unlock()
 	s.removeOld(old, info)
+	if oldRetained != nil {
+		s.removeOld(oldRetained, info) // of the old history
+	}
 	return true, err
 }
 
@@ -228,10 +244,21 @@ func (s *store) installRefresh(info *snapshot.Info) error {
 		_ = snapshot.Remove(s.snapDir, info)
 		return errRefreshRejected
 	}
-	s.publishLocked(cur.hist, info)
+	retained := cur.retained
+	var drop []*snapshot.Info
+	if s.retain != nil {
+		var keep *snapshot.Info
+		keep, drop = s.retain(cur.snap, cur.retained, info)
+		retained = keep
+	} else if cur.snap != nil {
+		drop = []*snapshot.Info{cur.snap}
+	}
+	s.publishRetainedLocked(cur.hist, info, retained)
 	err := s.persistLocked()
 	s.wmu.Unlock()
-	s.removeOld(cur.snap, info)
+	for _, d := range drop {
+		s.removeOld(d, info)
+	}
 	return err
 }
 
@@ -253,7 +280,7 @@ func (s *store) shiftHistory(newID string) (string, bool) {
 	if newID == "" || newID == cur.hist.ReplID {
 		return "", false
 	}
-	s.publishLocked(cur.hist.Shift(newID, s.bl.End()), cur.snap)
+	s.publishRetainedLocked(cur.hist.Shift(newID, s.bl.End()), cur.snap, cur.retained)
 	if err := s.persistLocked(); err != nil {
 		// In force in memory; a restart before the next persist resumes with the old ID, which the upstream still continues.
 		s.log.Error("persist state after the replication ID change failed", "err", err)

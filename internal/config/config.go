@@ -117,6 +117,8 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.FullSyncRetryMax, "full-sync-retry-max", proxy.DefaultFullSyncRetryMax, "longest wait between failed requests that cost the origin a fork (full syncs, snapshot refreshes); they back off exponentially from 15s, apart from cheap reconnects")
 	fs.IntVar(&c.MaxClients, "max-clients", proxy.DefaultMaxClients, "downstream connections accepted at once (replicas and tools); more get -ERR max number of clients reached")
 	fs.IntVar(&c.MaxParallelFullSyncs, "max-parallel-full-syncs", 0, "full syncs served at once; 0 = unlimited")
+	fs.StringVar(&c.DelayedListen, "delayed-listen", "", "`HOST:PORT` for delayed replicas: they see the stream only up to what arrived at least --delay ago (a copy of the data as it was)")
+	fs.DurationVar(&c.Delay, "delay", 0, "how far behind the delayed listener's replicas are kept, e.g. 1h")
 	fs.StringVar(&r.ackPolicy, "ack-policy", "self", "offset acknowledged to the upstream: self (what the proxy stored) or replicas:N (what at least N online replicas acknowledged, so WAIT and min-replicas-to-write on the origin count replicas that have the data)")
 	fs.Var(&r.fullSyncRate, "full-sync-rate-limit", "bytes per second for all full syncs served together, e.g. 100mb (0: no limit), beside --max-parallel-full-syncs")
 	fs.BoolVar(&r.guard, "guard-empty-origin", true, "hold a new upstream history whose snapshot has fewer keys than --guard-min-keys-ratio of the current one (an origin restarted empty), keep serving the current data, and wait for REPLPROXY GUARD ACCEPT or POST /guard/accept")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"sort"
 	"sync/atomic"
@@ -142,6 +143,48 @@ func (c *Cursor) check() error {
 	return nil
 }
 
+// CopyUpTo is CopyTo for the bytes up to offset last only (delayed
+// replicas); it reads the files, never the tail.
+func (c *Cursor) CopyUpTo(w io.Writer, last int64) (int64, error) {
+	var total int64
+	for {
+		n, more, err := c.copySegment(w, last)
+		total += n
+		if err != nil || !more {
+			return total, err
+		}
+	}
+}
+
+// copySegment copies what the current segment holds up to offset last;
+// more reports that it copied everything it could, so the next segment
+// may hold more.
+func (c *Cursor) copySegment(w io.Writer, last int64) (n int64, more bool, err error) {
+	avail, err := c.open()
+	if err != nil {
+		return 0, false, err
+	}
+	if lim := last - c.pos.Load(); lim < avail-1 { // no overflow for last = MaxInt64
+		avail = lim + 1
+	}
+	if avail <= 0 {
+		return 0, false, nil
+	}
+	n, err = io.Copy(w, io.LimitReader(c.f, avail))
+	c.pos.Add(n)
+	c.fileBytes += n
+	if err != nil {
+		// The file may have been read past what went out: reopen at the
+		// position on the next call, so a retry resumes exactly.
+		c.Close()
+		return n, false, err
+	}
+	if n < avail {
+		return n, false, fmt.Errorf("backlog: segment shorter than recorded: %w", io.ErrUnexpectedEOF)
+	}
+	return n, true, nil
+}
+
 // CopyTo writes every byte available now to w and returns how many it
 // wrote: with UseTail, from the in-memory tail while it holds the cursor's
 // position (one writev per call), from the segment files otherwise.
@@ -166,25 +209,10 @@ func (c *Cursor) CopyTo(w io.Writer) (int64, error) {
 				continue
 			}
 		}
-		avail, err := c.open()
-		if err != nil {
-			return total, err
-		}
-		if avail <= 0 {
-			return total, nil
-		}
-		n, err := io.Copy(w, io.LimitReader(c.f, avail))
-		c.pos.Add(n)
-		c.fileBytes += n
+		n, more, err := c.copySegment(w, math.MaxInt64)
 		total += n
-		if err != nil {
-			// The file may have been read past what went out: reopen at
-			// the position on the next call, so a retry resumes exactly.
-			c.Close()
+		if err != nil || !more {
 			return total, err
-		}
-		if n < avail {
-			return total, fmt.Errorf("backlog: segment shorter than recorded: %w", io.ErrUnexpectedEOF)
 		}
 	}
 }
