@@ -47,20 +47,20 @@ func (e redisError) Error() string { return string(e) }
 // session's goroutine before replica is stored true, and others read them
 // only after loading replica == true; everything else is atomic.
 type session struct {
-	p      *Proxy
-	id     int64
-	conn   net.Conn  // *tls.Conn on the TLS listener
-	raw    net.Conn  // the TCP connection under conn
-	out    io.Writer // conn, buffered for TLS (no sendfile there)
-	tls    bool
+	p    *Proxy
+	id   int64
+	conn net.Conn  // *tls.Conn on the TLS listener
+	raw  net.Conn  // the TCP connection under conn
+	out  io.Writer // conn, buffered for TLS (no sendfile there)
+	tls  bool
 	// delayed: on --delayed-listen, the session sees the stream only up to
 	// the delay's horizon.
 	delayed bool
-	addr   string
-	br     *bufio.Reader
-	log    *slog.Logger
-	ctx    context.Context // ends with the session
-	cancel context.CancelFunc
+	addr    string
+	br      *bufio.Reader
+	log     *slog.Logger
+	ctx     context.Context // ends with the session
+	cancel  context.CancelFunc
 
 	authed        bool
 	user          atomic.Value // string: the user authenticated as (read by reloads)

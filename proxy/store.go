@@ -31,7 +31,7 @@ type store struct {
 	arrivals *arrivalIndex // when stream offsets arrived, for lag in seconds
 	// retain decides, at a refresh, which older snapshot delayed replicas
 	// keep (nil without --delay: the old one is removed) and what to drop.
-	retain func(old, retained, fresh *snapshot.Info) (keep *snapshot.Info, drop []*snapshot.Info)
+	retain   func(old, retained, fresh *snapshot.Info) (keep *snapshot.Info, drop []*snapshot.Info)
 	keyspace keyspaceStats
 	// snapOffset mirrors the snapshot's offset for the append path's
 	// budget check.
@@ -49,8 +49,8 @@ type published struct {
 	// replicas (--delay): the newest one at least the delay old. Memory
 	// only: a restart removes it with the other stray files.
 	retained *snapshot.Info
-	gen  uint64        // the backlog generation this history is for
-	next chan struct{} // closed when a newer version is published
+	gen      uint64        // the backlog generation this history is for
+	next     chan struct{} // closed when a newer version is published
 }
 
 // position is a consistent view of history, backlog range and snapshot.
