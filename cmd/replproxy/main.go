@@ -191,11 +191,12 @@ func inspect(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print JSON")
 	keys := fs.Bool("keys", true, "show key counts per database")
 	types := fs.Bool("types", false, "scan the snapshot to count keys by type too")
+	delay := fs.Duration("delay", 0, "say whether the backlog holds this much stream (the --delay of a delayed listener)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if fs.NArg() != 1 {
-		fmt.Fprintln(stderr, "usage: replproxy inspect [--json] [--keys=false] [--types] DATA-DIR")
+		fmt.Fprintln(stderr, "usage: replproxy inspect [--json] [--keys=false] [--types] [--delay D] DATA-DIR")
 		return 2
 	}
 	in, err := proxy.Inspect(context.Background(), fs.Arg(0), proxy.InspectOptions{Keys: *keys, Types: *types})
@@ -237,6 +238,19 @@ func inspect(args []string, stdout, stderr io.Writer) int {
 		}
 		sort.Strings(types)
 		w("db%d: keys=%d expires=%d %s", ks.DB, ks.Keys, ks.Expires, strings.Join(types, " "))
+	}
+	if c := in.Backlog.Covered; !c.IsZero() {
+		w("backlog holds:        at least the stream since %s (%s)", c.Format(time.RFC3339), time.Since(c).Round(time.Second))
+	}
+	if *delay > 0 {
+		switch c := in.Backlog.Covered; {
+		case c.IsZero():
+			w("delay %v:           unknown (the backlog is one segment; its start time is not kept)", *delay)
+		case time.Since(c) >= *delay:
+			w("delay %v:           covered", *delay)
+		default:
+			w("delay %v:           NOT covered: the backlog holds about %s at the current write rate; raise --backlog-size", *delay, time.Since(c).Round(time.Second))
+		}
 	}
 	if r := in.Replicaof; r != nil {
 		w("upstream:             %s, set by REPLICAOF at %s (followed while --upstream is %s)", r.Upstream, r.At.Format(time.RFC3339), r.Configured)

@@ -530,6 +530,10 @@ type Summary struct {
 	End      int64
 	Bytes    int64
 	Gaps     int // discontinuities between segments; recovery would drop the older side
+	// Covered is when the first segment was last written: every byte after
+	// it arrived since, so the backlog holds at least the stream since then
+	// (zero when there is a single segment, whose start time is not kept).
+	Covered time.Time `json:",omitempty"`
 }
 
 // Inspect reads a backlog directory without changing it.
@@ -558,6 +562,11 @@ func Inspect(dir string) (Summary, error) {
 		s.First = segs[0].base
 		last := segs[len(segs)-1]
 		s.End = last.base + last.size - 1
+	}
+	if len(segs) > 1 {
+		if st, err := os.Stat(segs[0].path(dir)); err == nil {
+			s.Covered = st.ModTime()
+		}
 	}
 	return s, nil
 }

@@ -216,3 +216,31 @@ func TestTailResetFailsReaders(t *testing.T) {
 		t.Fatal("a reader of the old history got bytes of the new one")
 	}
 }
+
+// TestInspectCovered: with more than one segment, Inspect says since when
+// the backlog surely holds the stream: the first segment's last write.
+func TestInspectCovered(t *testing.T) {
+	dir := t.TempDir()
+	l, _, err := Open(dir, Options{SegmentSize: 100, Fsync: FsyncNo})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := l.Reset(1, "t"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Append(bytes.Repeat([]byte{'x'}, 50), 50); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := Inspect(dir); err != nil || s.Segments != 1 || !s.Covered.IsZero() {
+		t.Fatalf("one segment: %+v %v", s, err)
+	}
+	before := time.Now().Add(-time.Second)
+	if _, err := l.Append(bytes.Repeat([]byte{'y'}, 150), 150); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Inspect(dir)
+	if err != nil || s.Segments < 2 || s.Covered.Before(before) || s.Covered.After(time.Now()) {
+		t.Fatalf("two segments: %+v %v", s, err)
+	}
+}
