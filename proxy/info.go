@@ -58,7 +58,7 @@ func (p *Proxy) info(sections ...string) string {
 	}
 	uptime := int64(now.Sub(st.Started).Seconds())
 	section("Server",
-		kv("redis_version", redisCompatVersion),
+		kv("redis_version", p.upstreamVersion()),
 		kv("redis_mode", "standalone"),
 		kv("process_id", os.Getpid()),
 		kv("run_id", st.RunID),
@@ -67,9 +67,9 @@ func (p *Proxy) info(sections ...string) string {
 		kv("uptime_in_days", uptime/86400),
 		kv("replproxy_version", st.Version),
 	)
+	// As Redis: replicas are not clients; the link to the master is one.
 	section("Clients",
-		kv("connected_clients", st.Clients),
-		kv("connected_slaves", len(st.Replicas)),
+		kv("connected_clients", st.Clients+map[bool]int{true: 1, false: 0}[st.LinkUp]),
 	)
 	var snapTime int64
 	if st.Snapshot != nil {
@@ -289,8 +289,8 @@ func oneLine(s string) string { return strings.NewReplacer("\r", " ", "\n", " ")
 func (p *Proxy) role() resp.Value {
 	st := p.Status()
 	off := st.BacklogEnd
-	if st.History.Empty() {
-		off = -1
+	if st.History.Empty() || st.LinkState != LinkConnected {
+		off = -1 // as Redis: the offset exists only with a master link
 	}
 	return resp.ArrayValue([]resp.Value{
 		resp.StringValue("slave"), resp.StringValue(st.UpstreamHost), resp.IntegerValue(st.UpstreamPort),

@@ -314,8 +314,15 @@ func TestLazyRefresh(t *testing.T) {
 	if n := p.Stats().Refreshes.Load() + p.Stats().RefreshFailures.Load(); n != 0 {
 		t.Fatalf("%d refreshes under load in lazy mode", n)
 	}
-	if st := p.Status(); st.BacklogEnd-st.BacklogFirst+1 > budget+budget/16 {
-		t.Fatalf("backlog holds %d bytes, budget %d", st.BacklogEnd-st.BacklogFirst+1, budget)
+	// Trims follow appends asynchronously (a kick to maintain): the last
+	// writes may be a few segments over until it runs.
+	var held int64
+	if err := redistest.WaitFor(10*time.Second, func() bool {
+		st := p.Status()
+		held = st.BacklogEnd - st.BacklogFirst + 1
+		return held <= budget+budget/16
+	}); err != nil {
+		t.Fatalf("backlog holds %d bytes, budget %d", held, budget)
 	}
 	late := startReplicas(t, 1, p.addr)
 	waitConverged(t, origin, append(first, late...), 60*time.Second)

@@ -62,7 +62,13 @@ type session struct {
 	ctx     context.Context // ends with the session
 	cancel  context.CancelFunc
 
-	authed        bool
+	authed     bool
+	clientName atomic.Value // string: name, for other sessions' CLIENT LIST
+	// closeAfterReply: CLIENT KILL SKIPME no killed this session itself.
+	closeAfterReply bool
+	// multi is MULTI's queue (nil outside a transaction), as Sentinel's
+	// failover sends one.
+	multi         [][][]byte
 	user          atomic.Value // string: the user authenticated as (read by reloads)
 	name          string
 	listeningPort int
@@ -144,17 +150,72 @@ func (s *session) serve(ctx context.Context) error {
 			}
 			continue
 		}
+		if s.multi != nil {
+			if err := s.queue(cmd, args); err != nil {
+				return err
+			}
+			continue
+		}
 		switch cmd {
 		case "psync", "sync":
 			return s.startReplica(ctx, cmd, args)
 		case "quit":
 			_ = s.ok()
 			return nil
+		case "multi":
+			s.multi = [][][]byte{}
+			if err := s.ok(); err != nil {
+				return err
+			}
+			continue
+		case "exec", "discard":
+			if err := s.errorf("ERR %s without MULTI", strings.ToUpper(cmd)); err != nil {
+				return err
+			}
+			continue
 		}
 		if err := s.command(cmd, args); err != nil {
 			return err
 		}
+		if s.closeAfterReply {
+			return nil
+		}
 	}
+}
+
+// queue handles a command inside MULTI: EXEC runs the queue, each command
+// writing its reply inside one array, as Redis answers EXEC.
+func (s *session) queue(cmd string, args [][]byte) error {
+	switch cmd {
+	case "multi":
+		return s.errorf("ERR MULTI calls can not be nested")
+	case "discard":
+		s.multi = nil
+		return s.ok()
+	case "exec":
+		q := s.multi
+		s.multi = nil
+		if _, err := s.conn.Write([]byte("*" + strconv.Itoa(len(q)) + "\r\n")); err != nil {
+			return err
+		}
+		for _, a := range q {
+			if err := s.command(strings.ToLower(string(a[0])), a); err != nil {
+				return err
+			}
+		}
+		if s.closeAfterReply {
+			return io.EOF
+		}
+		return nil
+	case "psync", "sync", "subscribe", "psubscribe", "unsubscribe", "punsubscribe", "quit":
+		return s.errorf("ERR Command not allowed inside a transaction")
+	}
+	own := make([][]byte, len(args)) // the reader reuses its buffer for the next command
+	for i, a := range args {
+		own[i] = append([]byte(nil), a...)
+	}
+	s.multi = append(s.multi, own)
+	return s.reply(resp.SimpleStringValue("QUEUED"))
 }
 
 func (s *session) command(cmd string, args [][]byte) error {
@@ -228,6 +289,10 @@ func (s *session) command(cmd string, args [][]byte) error {
 		return s.replicaof(string(args[1]), string(args[2]))
 	case "replproxy":
 		return s.replproxyCommand(args[1:])
+	case "latency":
+		return s.latency(args[1:])
+	case "slowlog":
+		return s.slowlog(args[1:])
 	case "select":
 		if argc == 2 && string(args[1]) == "0" {
 			return s.ok()
@@ -328,6 +393,7 @@ func (s *session) hello(args [][]byte) error {
 					return s.errorf("ERR Syntax error in HELLO option 'setname'")
 				}
 				s.name = string(args[i+1])
+				s.clientName.Store(s.name)
 				i++
 			default:
 				return s.errorf("ERR Syntax error in HELLO option '%s'", truncate(string(args[i]), 32))
@@ -339,7 +405,7 @@ func (s *session) hello(args [][]byte) error {
 	}
 	return s.reply(resp.ArrayValue([]resp.Value{
 		resp.StringValue("server"), resp.StringValue("redis"),
-		resp.StringValue("version"), resp.StringValue(redisCompatVersion),
+		resp.StringValue("version"), resp.StringValue(s.p.upstreamVersion()),
 		resp.StringValue("proto"), resp.IntegerValue(2),
 		resp.StringValue("id"), resp.IntegerValue(int(s.id)),
 		resp.StringValue("mode"), resp.StringValue("standalone"),
@@ -425,6 +491,7 @@ func (s *session) client(args [][]byte) error {
 			return s.errorf("ERR wrong number of arguments for 'client|setname' command")
 		}
 		s.name = string(args[1])
+		s.clientName.Store(s.name)
 		return s.ok()
 	case "getname":
 		if s.name == "" {
@@ -435,6 +502,20 @@ func (s *session) client(args [][]byte) error {
 		return s.ok()
 	case "id":
 		return s.reply(resp.IntegerValue(int(s.id)))
+	case "list":
+		now := time.Now()
+		var b strings.Builder
+		for _, o := range s.p.down.selectSessions(func(*session) bool { return true }) {
+			b.WriteString(o.clientLine(now) + "\n")
+		}
+		return s.reply(resp.StringValue(b.String()))
+	case "info":
+		return s.reply(resp.StringValue(s.clientLine(time.Now()) + "\n"))
+	case "kill":
+		if len(args) < 2 {
+			return s.errorf("ERR wrong number of arguments for 'client|kill' command")
+		}
+		return s.clientKill(args[1:])
 	}
-	return s.errorf("ERR replproxy supports CLIENT SETNAME, GETNAME, SETINFO and ID only")
+	return s.errorf("ERR replproxy supports CLIENT SETNAME, GETNAME, SETINFO, ID, LIST, INFO and KILL")
 }

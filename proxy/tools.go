@@ -1,0 +1,178 @@
+package proxy
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tidwall/resp"
+
+	"github.com/replproxy/replproxy/psync/snapshot"
+)
+
+// Commands that tools around Redis send to every instance they watch:
+// Sentinel's failover transaction, redis_exporter's LATENCY and SLOWLOG,
+// CLIENT LIST/KILL. Answered truthfully for a proxy.
+
+// upstreamVersion is the redis_version tools see: the upstream's, as its
+// last snapshot recorded it (aux redis-ver), else a 7.0 baseline.
+func (p *Proxy) upstreamVersion() string {
+	snap := p.position().snap
+	if snap == nil {
+		return redisCompatVersion
+	}
+	if v, ok := p.versions.Load(snap.Name); ok {
+		return v.(string)
+	}
+	v := redisCompatVersion
+	if f, err := snapshot.Open(p.store.snapDir, snap); err == nil {
+		head := make([]byte, 16<<10)
+		n, _ := f.ReadAt(head, 0)
+		f.Close()
+		if h, err := snapshot.ParseHeader(head[:n]); err == nil && h.Aux["redis-ver"] != "" {
+			v = h.Aux["redis-ver"]
+		}
+	}
+	p.versions.Store(snap.Name, v)
+	return v
+}
+
+// versionCache maps snapshot names to the version they record.
+type versionCache = sync.Map
+
+// latency answers LATENCY: the proxy records no latency events.
+func (s *session) latency(args [][]byte) error {
+	if len(args) == 0 {
+		return s.errorf("ERR wrong number of arguments for 'latency' command")
+	}
+	switch strings.ToLower(string(args[0])) {
+	case "latest", "history", "histogram":
+		return s.reply(resp.ArrayValue(nil))
+	case "reset":
+		return s.reply(resp.IntegerValue(0))
+	case "doctor":
+		return s.reply(resp.StringValue("Dave, no latency spike was observed during the lifetime of this Redis instance, not in the slightest bit. I honestly think you ought to sleep tonight.\n"))
+	}
+	return s.errorf("ERR unknown subcommand '%s'. Try LATENCY HELP.", truncate(string(args[0]), 32))
+}
+
+// slowlog answers SLOWLOG: nothing the proxy runs is slow to log.
+func (s *session) slowlog(args [][]byte) error {
+	if len(args) == 0 {
+		return s.errorf("ERR wrong number of arguments for 'slowlog' command")
+	}
+	switch strings.ToLower(string(args[0])) {
+	case "get":
+		return s.reply(resp.ArrayValue(nil))
+	case "len":
+		return s.reply(resp.IntegerValue(0))
+	case "reset":
+		return s.ok()
+	}
+	return s.errorf("ERR unknown subcommand '%s'. Try SLOWLOG HELP.", truncate(string(args[0]), 32))
+}
+
+// clientLine is one CLIENT LIST line, in Redis' field order (a subset).
+func (s *session) clientLine(now time.Time) string {
+	flags := "N"
+	if s.replica.Load() {
+		flags = "S"
+	}
+	laddr := ""
+	if a := s.raw.LocalAddr(); a != nil {
+		laddr = a.String()
+	}
+	name, _ := s.clientName.Load().(string)
+	user := s.authUser()
+	if user == "" {
+		user = "default"
+	}
+	return fmt.Sprintf("id=%d addr=%s laddr=%s fd=-1 name=%s age=%d idle=0 flags=%s db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=NULL user=%s redir=-1 resp=2",
+		s.id, s.addr, laddr, name, int64(now.Sub(s.startTime).Seconds()), flags, user)
+}
+
+// clientKill is CLIENT KILL in both forms: ADDR alone (old), or filters
+// (ID, TYPE normal|replica|slave|pubsub|master, ADDR, LADDR, USER,
+// SKIPME); it answers as Redis does.
+func (s *session) clientKill(args [][]byte) error {
+	d := s.p.down
+	if len(args) == 1 {
+		addr := string(args[0])
+		victims := d.selectSessions(func(o *session) bool { return o.addr == addr })
+		if len(victims) == 0 {
+			return s.errorf("ERR No such client")
+		}
+		s.kill(victims)
+		return s.ok()
+	}
+	if len(args)%2 != 0 {
+		return s.errorf("ERR syntax error")
+	}
+	skipme := true
+	var preds []func(*session) bool
+	for i := 0; i < len(args); i += 2 {
+		key, val := strings.ToLower(string(args[i])), string(args[i+1])
+		switch key {
+		case "id":
+			id, err := strconv.ParseInt(val, 10, 64)
+			if err != nil || id <= 0 {
+				return s.errorf("ERR client-id should be greater than 0")
+			}
+			preds = append(preds, func(o *session) bool { return o.id == id })
+		case "type":
+			switch t := strings.ToLower(val); t {
+			case "normal":
+				preds = append(preds, func(o *session) bool { return !o.replica.Load() })
+			case "replica", "slave":
+				preds = append(preds, func(o *session) bool { return o.replica.Load() })
+			case "pubsub", "master":
+				preds = append(preds, func(*session) bool { return false }) // none: no pub/sub sessions, no master clients here
+			default:
+				return s.errorf("ERR Unknown client type '%s'", truncate(val, 32))
+			}
+		case "addr":
+			preds = append(preds, func(o *session) bool { return o.addr == val })
+		case "laddr":
+			preds = append(preds, func(o *session) bool { a := o.raw.LocalAddr(); return a != nil && a.String() == val })
+		case "user":
+			preds = append(preds, func(o *session) bool { return o.authUser() == val })
+		case "skipme":
+			switch strings.ToLower(val) {
+			case "yes":
+				skipme = true
+			case "no":
+				skipme = false
+			default:
+				return s.errorf("ERR syntax error")
+			}
+		default:
+			return s.errorf("ERR syntax error")
+		}
+	}
+	victims := d.selectSessions(func(o *session) bool {
+		if skipme && o == s {
+			return false
+		}
+		for _, p := range preds {
+			if !p(o) {
+				return false
+			}
+		}
+		return true
+	})
+	s.kill(victims)
+	return s.reply(resp.IntegerValue(len(victims)))
+}
+
+func (s *session) kill(victims []*session) {
+	for _, v := range victims {
+		if v == s {
+			s.closeAfterReply = true
+			continue
+		}
+		s.log.Info("client killed by CLIENT KILL", "victim", v.id, "victim_addr", v.addr)
+		v.close(DownClosed)
+	}
+}

@@ -1,0 +1,93 @@
+package proxy
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/replproxy/replproxy/internal/redistest"
+)
+
+// TestToolCommands: what Sentinel's failover and redis_exporter send gets
+// Redis' answers: MULTI/SLAVEOF/CONFIG REWRITE/CLIENT KILL/EXEC as one
+// transaction, LATENCY and SLOWLOG empty, CLIENT LIST over the real
+// sessions; INFO names the upstream's version and no field twice; ROLE
+// shows offset -1 while the link is not connected.
+func TestToolCommands(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	p := startProxy(t, origin.Addr(), t.TempDir())
+	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
+	ctx := context.Background()
+	cli := redis.NewClient(&redis.Options{Addr: p.addr})
+	defer cli.Close()
+	other := redis.NewClient(&redis.Options{Addr: p.addr})
+	defer other.Close()
+	must(t, other.Ping(ctx).Err())
+
+	// Sentinel's failover transaction, verbatim in shape.
+	conn := cli.Conn()
+	defer conn.Close()
+	must(t, conn.Do(ctx, "MULTI").Err())
+	host, port, _ := strings.Cut(origin.Addr(), ":")
+	for _, c := range [][]any{{"SLAVEOF", host, port}, {"CONFIG", "REWRITE"}, {"CLIENT", "KILL", "TYPE", "normal"}, {"CLIENT", "KILL", "TYPE", "pubsub"}} {
+		if v, err := conn.Do(ctx, c...).Text(); err != nil || v != "QUEUED" {
+			t.Fatalf("%v inside MULTI: %q %v", c, v, err)
+		}
+	}
+	res, err := conn.Do(ctx, "EXEC").Slice()
+	if err != nil || len(res) != 4 {
+		t.Fatalf("EXEC: %v %v", res, err)
+	}
+	if res[0] != "OK Already connected to specified master" || res[1] != "OK" || res[2] != int64(1) || res[3] != int64(0) {
+		t.Fatalf("EXEC replies %#v", res)
+	}
+	if v, err := conn.Do(ctx, "EXEC").Result(); err == nil || !strings.Contains(err.Error(), "EXEC without MULTI") {
+		t.Fatalf("EXEC without MULTI: %v %v", v, err)
+	}
+	for _, c := range [][]any{{"LATENCY", "LATEST"}, {"LATENCY", "HISTOGRAM"}, {"SLOWLOG", "GET", "10"}} {
+		if v, err := conn.Do(ctx, c...).Slice(); err != nil || len(v) != 0 {
+			t.Errorf("%v: %v %v", c, v, err)
+		}
+	}
+	for _, c := range [][]any{{"LATENCY", "RESET"}, {"SLOWLOG", "LEN"}} {
+		if v, err := conn.Do(ctx, c...).Int(); err != nil || v != 0 {
+			t.Errorf("%v: %v %v", c, v, err)
+		}
+	}
+	if v, err := conn.Do(ctx, "SLOWLOG", "RESET").Text(); err != nil || v != "OK" {
+		t.Errorf("SLOWLOG RESET: %v %v", v, err)
+	}
+	list, err := conn.Do(ctx, "CLIENT", "LIST").Text()
+	if err != nil || !strings.Contains(list, "id=") || !strings.Contains(list, "flags=N") {
+		t.Fatalf("CLIENT LIST: %q %v", list, err)
+	}
+
+	info, err := conn.Do(ctx, "INFO", "ALL").Text()
+	must(t, err)
+	seen := map[string]bool{}
+	for _, l := range strings.Split(info, "\r\n") {
+		k, _, ok := strings.Cut(l, ":")
+		if !ok || strings.HasPrefix(l, "#") {
+			continue
+		}
+		if seen[k] {
+			t.Errorf("INFO field %s appears twice", k)
+		}
+		seen[k] = true
+	}
+	originVersion := mustInfo(t, origin, "server")["redis_version"]
+	if !strings.Contains(info, "redis_version:"+originVersion+"\r\n") {
+		t.Errorf("INFO redis_version is not the upstream's %s", originVersion)
+	}
+
+	origin.Kill()
+	redistest.Eventually(t, 10*time.Second, "link down", func() bool { return !p.linkUp() })
+	role, err := conn.Do(ctx, "ROLE").Slice()
+	if err != nil || len(role) != 5 || role[4] != int64(-1) {
+		t.Fatalf("ROLE with the link down: %v %v", role, err)
+	}
+}
