@@ -69,6 +69,10 @@ type Config struct {
 	// what arrived at least Delay ago (plaintext; auth as on Listen).
 	DelayedListen string
 	Delay         time.Duration
+	// RDBRefusalTTL: a replica that hung up after a full sync without
+	// ACKing (it could not load the RDB version) gets an error instead of
+	// the same payload for this long. Default 10m.
+	RDBRefusalTTL time.Duration
 	// AckReplicas is --ack-policy replicas:N: the proxy ACKs the upstream
 	// with the offset N online replicas have acknowledged (0: its own).
 	AckReplicas int
@@ -140,6 +144,7 @@ const (
 	DefaultHoldAhead      = 10 * time.Second
 	DefaultReloadInterval = 5 * time.Second
 	DefaultTailBuffer     = 16 << 20
+	DefaultRDBRefusalTTL  = 10 * time.Minute
 	// DefaultMaxClients: a session costs ~40 KB when idle (buffers and
 	// goroutine stacks), so a flood of connections stays under ~40 MB.
 	DefaultMaxClients = 1000
@@ -184,6 +189,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.HoldAhead == 0 {
 		c.HoldAhead = DefaultHoldAhead
+	}
+	if c.RDBRefusalTTL == 0 {
+		c.RDBRefusalTTL = DefaultRDBRefusalTTL
 	}
 	if c.GuardMinKeysRatio == 0 {
 		c.GuardMinKeysRatio = DefaultGuardMinKeysRatio

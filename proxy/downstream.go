@@ -41,12 +41,18 @@ type downstream struct {
 	slots chan struct{} // full-sync slots; nil when unlimited
 	// fullSyncRate bounds the bytes/s of all full syncs together; nil: none.
 	fullSyncRate *rateLimiter
+
+	// refusedMu guards refused: replicas (by announced address) that hung
+	// up after a full sync of an RDB version without ACKing, most likely
+	// unable to load it, and until when they are not sent it again.
+	refusedMu sync.Mutex
+	refused   map[string]refusal
 	queued       atomic.Int64 // replicas waiting for a slot
 }
 
 func newDownstream(p *Proxy) *downstream {
 	d := &downstream{cfg: p.cfg, log: p.log, stats: p.stats, p: p, sessions: map[*session]struct{}{},
-		fullSyncRate: newRateLimiter(p.cfg.FullSyncRateLimit, rateChunk)}
+		fullSyncRate: newRateLimiter(p.cfg.FullSyncRateLimit, rateChunk), refused: map[string]refusal{}}
 	if p.cfg.MaxParallelFullSyncs > 0 {
 		d.slots = make(chan struct{}, p.cfg.MaxParallelFullSyncs)
 	}
@@ -331,4 +337,43 @@ func (d *downstream) refreshCandidates(avoid string) []refreshCandidate {
 type refreshCandidate struct {
 	addr string
 	tls  bool
+}
+
+// refusal is a replica that could not load an RDB version.
+type refusal struct {
+	rdbVersion int
+	until      time.Time
+}
+
+// maxRefusals bounds the memory of refusals (a flood of addresses).
+const maxRefusals = 4096
+
+// noteRefusal remembers that the replica at addr hung up after a full sync
+// of rdbVersion without acknowledging it.
+func (d *downstream) noteRefusal(addr string, rdbVersion int) {
+	d.refusedMu.Lock()
+	defer d.refusedMu.Unlock()
+	now := time.Now()
+	if len(d.refused) >= maxRefusals {
+		for k, r := range d.refused {
+			if now.After(r.until) {
+				delete(d.refused, k)
+			}
+		}
+	}
+	if len(d.refused) < maxRefusals {
+		d.refused[addr] = refusal{rdbVersion: rdbVersion, until: now.Add(d.cfg.RDBRefusalTTL)}
+	}
+}
+
+// refusedVersion reports whether the replica at addr failed to load
+// rdbVersion lately: then it is answered with an error, not another payload.
+func (d *downstream) refusedVersion(addr string, rdbVersion int) (time.Duration, bool) {
+	d.refusedMu.Lock()
+	defer d.refusedMu.Unlock()
+	r, ok := d.refused[addr]
+	if !ok || r.rdbVersion != rdbVersion || time.Now().After(r.until) {
+		return 0, false
+	}
+	return time.Until(r.until), true
 }

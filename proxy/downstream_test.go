@@ -828,6 +828,22 @@ func TestRDBVersionMismatch(t *testing.T) {
 	if !strings.Contains(p.logBuf.String(), "replica hung up after a full sync without acknowledging it") {
 		t.Fatal("no warning for the replica that hung up")
 	}
+	// It asks again and again; it gets an error naming both versions, not
+	// the payload: the bytes sent stop growing.
+	redistest.Eventually(t, 30*time.Second, "the replica is refused with the versions", func() bool {
+		return r.LogContains("replproxy holds an RDB version 12 snapshot")
+	})
+	if n := p.Stats().Disconnects.Load(DownClosedBeforeAck); n != 1 {
+		t.Fatalf("the payload was sent %d times to a replica that cannot load it", n)
+	}
+	sent := p.Stats().SentRDBBytes.Load()
+	refusedBefore := p.Stats().Disconnects.Load(DownRDBVersion)
+	redistest.Eventually(t, 10*time.Second, "refused again", func() bool {
+		return p.Stats().Disconnects.Load(DownRDBVersion) >= refusedBefore+2
+	})
+	if got := p.Stats().SentRDBBytes.Load(); got != sent {
+		t.Fatalf("RDB bytes sent grew from %d to %d while the replica is refused", sent, got)
+	}
 
 	conn, err := net.DialTimeout("tcp", p.addr, 5*time.Second)
 	if err != nil {
@@ -853,8 +869,8 @@ func TestRDBVersionMismatch(t *testing.T) {
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Fatalf("link not closed after the refusal: %v", err)
 	}
-	if got := p.Stats().Disconnects.Load(DownRDBVersion); got != 1 {
-		t.Fatalf("disconnects for rdb_version: %d, want 1", got)
+	if got := p.Stats().Disconnects.Load(DownRDBVersion); got < refusedBefore+3 {
+		t.Fatalf("disconnects for rdb_version: %d, want the refusals of both", got)
 	}
 }
 

@@ -142,6 +142,16 @@ func (s *session) sync(ctx context.Context, req syncRequest) (*backlog.Cursor, e
 			s.close(plan.reason)
 			return nil, errRDBVersion
 		case planFullSync:
+			if left, ok := s.p.down.refusedVersion(s.replicaAddr(), plan.snap.RDBVersion); ok && s.listeningPort > 0 {
+				// The same payload again would fail again: say why, cheaply.
+				s.log.Warn("replica failed to load this RDB version after its last full sync; refused instead of sending it again",
+					"rdb_version", plan.snap.RDBVersion, "retry_in", left.Round(time.Second).String())
+				_ = s.errorf("ERR replproxy holds an RDB version %d snapshot (upstream %s) that this replica could not load after its last full sync; "+
+					"upgrade the replica or replicate from an upstream of its release (retried in %s)",
+					plan.snap.RDBVersion, s.p.upstreamVersion(), left.Round(time.Second))
+				s.close(DownRDBVersion)
+				return nil, errRDBVersion
+			}
 			f, cur, err := s.openSnapshot(plan.snap, pos, pub)
 			if err != nil {
 				s.log.Warn("snapshot not servable; waiting for the next", "err", err)
@@ -369,6 +379,9 @@ func (s *session) readAcks() {
 				s.log.Warn("replica hung up after a full sync without acknowledging it; "+
 					"its log says why (e.g. \"Can't handle RDB format version\": it is older than the upstream)",
 					"rdb_version", s.sentRDB.Load())
+				if s.listeningPort > 0 {
+					s.p.down.noteRefusal(s.replicaAddr(), int(s.sentRDB.Load()))
+				}
 				s.close(DownClosedBeforeAck)
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 				s.close(DownClosed)

@@ -119,6 +119,7 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.MaxParallelFullSyncs, "max-parallel-full-syncs", 0, "full syncs served at once; 0 = unlimited")
 	fs.StringVar(&c.DelayedListen, "delayed-listen", "", "`HOST:PORT` for delayed replicas: they see the stream only up to what arrived at least --delay ago (a copy of the data as it was)")
 	fs.DurationVar(&c.Delay, "delay", 0, "how far behind the delayed listener's replicas are kept, e.g. 1h")
+	fs.DurationVar(&c.RDBRefusalTTL, "rdb-refusal-ttl", proxy.DefaultRDBRefusalTTL, "a replica that hung up after a full sync without acknowledging it (it could not load the RDB version) gets an error naming the versions instead of the same payload, for this long")
 	fs.StringVar(&r.ackPolicy, "ack-policy", "self", "offset acknowledged to the upstream: self (what the proxy stored) or replicas:N (what at least N online replicas acknowledged, so WAIT and min-replicas-to-write on the origin count replicas that have the data)")
 	fs.Var(&r.fullSyncRate, "full-sync-rate-limit", "bytes per second for all full syncs served together, e.g. 100mb (0: no limit), beside --max-parallel-full-syncs")
 	fs.BoolVar(&r.guard, "guard-empty-origin", true, "hold a new upstream history whose snapshot has fewer keys than --guard-min-keys-ratio of the current one (an origin restarted empty), keep serving the current data, and wait for REPLPROXY GUARD ACCEPT or POST /guard/accept")
