@@ -47,7 +47,7 @@ type downstream struct {
 	// unable to load it, and until when they are not sent it again.
 	refusedMu sync.Mutex
 	refused   map[string]refusal
-	queued       atomic.Int64 // replicas waiting for a slot
+	queued    atomic.Int64 // replicas waiting for a slot
 }
 
 func newDownstream(p *Proxy) *downstream {
