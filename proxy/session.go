@@ -183,6 +183,11 @@ func (s *session) serve(ctx context.Context) error {
 	}
 }
 
+// supportedCommands are the commands a session answers.
+var supportedCommands = []string{"auth", "client", "command", "config", "discard", "echo", "exec", "hello", "info",
+	"latency", "multi", "ping", "psubscribe", "psync", "publish", "punsubscribe", "quit", "replconf", "replicaof",
+	"replproxy", "role", "select", "slaveof", "slowlog", "subscribe", "sync", "unsubscribe"}
+
 // queue handles a command inside MULTI: EXEC runs the queue, each command
 // writing its reply inside one array, as Redis answers EXEC.
 func (s *session) queue(cmd string, args [][]byte) error {
@@ -259,6 +264,11 @@ func (s *session) command(cmd string, args [][]byte) error {
 	case "client":
 		return s.client(args[1:])
 	case "command":
+		// Enough for redis-cli (COMMAND DOCS for hints) and tools that
+		// count: the commands a proxy answers.
+		if argc >= 2 && strings.EqualFold(string(args[1]), "count") {
+			return s.reply(resp.IntegerValue(len(supportedCommands)))
+		}
 		return s.reply(resp.ArrayValue(nil))
 	case "config":
 		if argc >= 3 && strings.EqualFold(string(args[1]), "get") {

@@ -61,6 +61,12 @@ func TestToolCommands(t *testing.T) {
 	if v, err := conn.Do(ctx, "SLOWLOG", "RESET").Text(); err != nil || v != "OK" {
 		t.Errorf("SLOWLOG RESET: %v %v", v, err)
 	}
+	if n, err := conn.Do(ctx, "COMMAND", "COUNT").Int(); err != nil || n != len(supportedCommands) {
+		t.Errorf("COMMAND COUNT: %d %v", n, err)
+	}
+	if v, err := conn.Do(ctx, "COMMAND", "DOCS").Slice(); err != nil || len(v) != 0 {
+		t.Errorf("COMMAND DOCS: %v %v", v, err)
+	}
 	list, err := conn.Do(ctx, "CLIENT", "LIST").Text()
 	if err != nil || !strings.Contains(list, "id=") || !strings.Contains(list, "flags=N") {
 		t.Fatalf("CLIENT LIST: %q %v", list, err)
