@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -57,13 +58,59 @@ func (s *session) startReplica(ctx context.Context, cmd string, args [][]byte) e
 	s.replica.Store(true)
 	s.log.Info("replica sync requested", "command", cmd, "replid", id, "offset", off, "rdb_only", s.rdbOnly)
 
-	cur, err := s.sync(ctx, syncRequest{legacy: s.legacy, rdbOnly: s.rdbOnly, replID: id, offset: off, version: s.version})
+	var cur *backlog.Cursor
+	var err error
+	if s.filterAll {
+		cur, err = s.syncEmpty()
+	} else {
+		cur, err = s.sync(ctx, syncRequest{legacy: s.legacy, rdbOnly: s.rdbOnly, replID: id, offset: off, version: s.version})
+	}
 	if err != nil || cur == nil {
 		return err
 	}
 	defer cur.Close()
 	return s.stream(ctx, cur)
 }
+
+// syncEmpty answers a sync that filtered every key out (REPLCONF
+// rdb-filter-only "", as redis-cli --replica sends): an empty RDB at the
+// current end, then the stream from there, as Redis does. No snapshot is
+// read, and no full sync is counted.
+func (s *session) syncEmpty() (*backlog.Cursor, error) {
+	pos := s.p.store.position()
+	if pos.hist.Empty() {
+		_ = s.errorf("ERR replproxy has no replication history yet: its upstream has not synced")
+		return nil, errNoHistory
+	}
+	cur, err := s.p.store.bl.NewCursorGen(pos.end+1, pos.gen)
+	if err != nil {
+		_ = s.errorf("ERR replication history changed; retry")
+		return nil, err
+	}
+	rdbVersion := 10
+	if pos.snap != nil && pos.snap.RDBVersion > 0 {
+		rdbVersion = pos.snap.RDBVersion
+	}
+	rdb := []byte(fmt.Sprintf("REDIS%04d\xff", rdbVersion))
+	rdb = binary.LittleEndian.AppendUint64(rdb, psync.CRC64(0, rdb))
+	var head []byte
+	if !s.legacy {
+		head = psync.EncodeFullResync(pos.hist.ReplID, pos.end)
+	}
+	head = append(append(head, psync.EncodePayloadHeader(int64(len(rdb)))...), rdb...)
+	if err := s.write(head); err != nil {
+		cur.Close()
+		return nil, err
+	}
+	s.state.Store(stateOnline)
+	s.ackOff.Store(pos.end)
+	s.ackTime.Store(time.Now().UnixNano())
+	s.log.Info("empty-RDB sync (rdb-filter-only \"\"): streaming from the current end", "offset", pos.end+1)
+	return cur, nil
+}
+
+// errNoHistory: nothing to stream yet.
+var errNoHistory = errors.New("no replication history yet")
 
 // errRDBVersion: the replica announced a release that cannot load the
 // stored snapshot's RDB version.

@@ -76,6 +76,7 @@ type session struct {
 	capaPsync2    bool
 	capaEOF       bool
 	rdbOnly       bool
+	filterAll     bool // REPLCONF rdb-filter-only "": an empty RDB, then the stream from now
 	version       string // REPLCONF version: only Valkey 8+ announce one
 
 	replica atomic.Bool
@@ -481,7 +482,10 @@ func (s *session) replconf(args [][]byte) error {
 				return s.errorf("ERR syntax error")
 			}
 		case "rdb-filter-only":
-			return s.errorf("ERR replproxy serves stored snapshots and cannot filter them")
+			if val != "" { // functions, or a key filter: the stored snapshot is served whole
+				return s.errorf("ERR replproxy serves stored snapshots and cannot filter them")
+			}
+			s.filterAll = true // redis-cli --replica: no data, the live stream only
 		case "version":
 			s.version = truncate(val, 32)
 		default:

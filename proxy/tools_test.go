@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"context"
+	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -95,5 +97,60 @@ func TestToolCommands(t *testing.T) {
 	role, err := conn.Do(ctx, "ROLE").Slice()
 	if err != nil || len(role) != 5 || role[4] != int64(-1) {
 		t.Fatalf("ROLE with the link down: %v %v", role, err)
+	}
+}
+
+// lockedBuf collects a subprocess's output for polling.
+type lockedBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestRedisCliReplica: redis-cli --replica (REPLCONF rdb-filter-only "",
+// then SYNC) gets an empty RDB and prints only the commands written after
+// it connected, not the stored snapshot nor the backlog before.
+func TestRedisCliReplica(t *testing.T) {
+	t.Parallel()
+	cliBin, err := exec.LookPath("redis-cli")
+	if err != nil {
+		t.Fatal("redis-cli not found: it comes with Debian's redis-server package")
+	}
+	origin := redistest.StartT(t, "origin")
+	ctx := context.Background()
+	must(t, origin.Client().Set(ctx, "before-sync", "1", 0).Err())
+	p := startProxy(t, origin.Addr(), t.TempDir())
+	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
+	must(t, origin.Client().Set(ctx, "before-connect", "1", 0).Err())
+	waitSynced(t, origin, p.backlogEnd, 10*time.Second)
+	_, port, _ := strings.Cut(p.addr, ":")
+	var out lockedBuf
+	cmd := exec.Command(cliBin, "-h", "127.0.0.1", "-p", port, "--replica")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	must(t, cmd.Start())
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	redistest.Eventually(t, 10*time.Second, "redis-cli is streaming", func() bool {
+		return strings.Contains(out.String(), "SYNC done")
+	})
+	must(t, origin.Client().Set(ctx, "after-connect", "1", 0).Err())
+	redistest.Eventually(t, 10*time.Second, "the new write is printed", func() bool {
+		return strings.Contains(out.String(), `"after-connect"`)
+	})
+	if o := out.String(); strings.Contains(o, "before-") {
+		t.Fatalf("redis-cli --replica printed writes from before it connected:\n%s", o)
+	}
+	if n := p.Stats().SyncFull.Load(); n != 0 {
+		t.Fatalf("%d full syncs counted for redis-cli --replica", n)
 	}
 }
