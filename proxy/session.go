@@ -76,7 +76,7 @@ type session struct {
 	capaPsync2    bool
 	capaEOF       bool
 	rdbOnly       bool
-	filterAll     bool // REPLCONF rdb-filter-only "": an empty RDB, then the stream from now
+	filterAll     bool   // REPLCONF rdb-filter-only "": an empty RDB, then the stream from now
 	version       string // REPLCONF version: only Valkey 8+ announce one
 
 	replica atomic.Bool
