@@ -56,7 +56,9 @@ func TestReplicaofSurvivesRestart(t *testing.T) {
 		t.Fatalf("INFO does not say why it follows b:\n%s", info)
 	}
 
-	// A changed --upstream wins over the persisted REPLICAOF.
+	// A changed --upstream wins over the persisted REPLICAOF. c must hold
+	// everything the proxy has, or its answer is rightly a full sync.
+	waitConverged(t, origin, []*redistest.Server{b, c}, 30*time.Second)
 	pp.Kill()
 	for i, a := range pp.args {
 		if a == "--upstream" {
