@@ -288,8 +288,6 @@ func (f *follower) appendHeldLocked(h *heldHistory, chunk []byte, u *upstreamCon
 // ErrNothingHeld answers an accept with nothing to accept.
 var ErrNothingHeld = errors.New("the guard holds no history")
 
-var errNothingHeld = ErrNothingHeld
-
 // acceptHeld installs the held history as if it had just arrived: its
 // snapshot, then its stream since, copied into the backlog. Replicas of
 // the old history are disconnected by the reset and full-sync to it.
@@ -299,7 +297,7 @@ func (f *follower) acceptHeld() error {
 	defer g.mu.Unlock()
 	h := g.held
 	if h == nil {
-		return errNothingHeld
+		return ErrNothingHeld
 	}
 	info := h.Snapshot
 	if err := os.Rename(filepath.Join(g.dir, info.Name), filepath.Join(f.store.snapDir, info.Name)); err != nil {

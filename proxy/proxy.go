@@ -31,7 +31,7 @@ type Proxy struct {
 	follower *follower
 	down     *downstream
 	sec      *security
-	versions versionCache // snapshot name -> the redis-ver it records
+	versions sync.Map // snapshot name -> the redis-ver it records
 }
 
 // Stats are the event counters shown in INFO and metrics.

@@ -70,7 +70,6 @@ type session struct {
 	// failover sends one.
 	multi         [][][]byte
 	user          atomic.Value // string: the user authenticated as (read by reloads)
-	name          string
 	listeningPort int
 	ipAddress     string
 	capaPsync2    bool
@@ -348,7 +347,7 @@ func (s *session) replproxyCommand(args [][]byte) error {
 	case "accept":
 		err := s.p.GuardAccept()
 		switch {
-		case errors.Is(err, errNothingHeld):
+		case errors.Is(err, ErrNothingHeld):
 			return s.errorf("ERR the guard holds no history: nothing to accept")
 		case err != nil:
 			s.log.Error("guard accept failed", "err", err)
@@ -403,8 +402,7 @@ func (s *session) hello(args [][]byte) error {
 				if i+1 >= len(args) {
 					return s.errorf("ERR Syntax error in HELLO option 'setname'")
 				}
-				s.name = string(args[i+1])
-				s.clientName.Store(s.name)
+				s.clientName.Store(string(args[i+1]))
 				i++
 			default:
 				return s.errorf("ERR Syntax error in HELLO option '%s'", truncate(string(args[i]), 32))
@@ -504,14 +502,14 @@ func (s *session) client(args [][]byte) error {
 		if len(args) != 2 {
 			return s.errorf("ERR wrong number of arguments for 'client|setname' command")
 		}
-		s.name = string(args[1])
-		s.clientName.Store(s.name)
+		s.clientName.Store(string(args[1]))
 		return s.ok()
 	case "getname":
-		if s.name == "" {
+		name, _ := s.clientName.Load().(string)
+		if name == "" {
 			return s.reply(resp.NullValue())
 		}
-		return s.reply(resp.StringValue(s.name))
+		return s.reply(resp.StringValue(name))
 	case "setinfo":
 		return s.ok()
 	case "id":

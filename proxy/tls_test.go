@@ -660,6 +660,9 @@ func TestTLSTailMatchesOrigin(t *testing.T) {
 		read()
 	}
 	got = got[:end-from+1] // the origin's PINGs may have come on since
+	if p.store.bl.TailServed() == 0 {
+		t.Fatal("the TLS replica was never fed from the in-memory tail")
+	}
 	ref := originStream(t, origin, st.History.ReplID, from, end)
 	if !bytes.Equal(got, ref) {
 		i := firstDiff(got, ref)

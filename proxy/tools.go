@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/tidwall/resp"
@@ -38,9 +37,6 @@ func (p *Proxy) upstreamVersion() string {
 	p.versions.Store(snap.Name, v)
 	return v
 }
-
-// versionCache maps snapshot names to the version they record.
-type versionCache = sync.Map
 
 // latency answers LATENCY: the proxy records no latency events.
 func (s *session) latency(args [][]byte) error {

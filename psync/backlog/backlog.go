@@ -119,6 +119,7 @@ type Log struct {
 	trimmed  int64
 
 	syncErrors atomic.Int64
+	tailServed atomic.Int64 // bytes cursors sent from the in-memory tail
 	// view is what readers see, published after every change under mu, so
 	// that they never wait on a writer (or on its fsync).
 	view atomic.Pointer[View]
@@ -320,6 +321,9 @@ func (l *Log) Counters() (written, trimmed int64) {
 	v := l.view.Load()
 	return v.Written, v.Trimmed
 }
+
+// TailServed is how many bytes cursors have sent from the in-memory tail.
+func (l *Log) TailServed() int64 { return l.tailServed.Load() }
 
 // SyncErrors counts background fsyncs that failed since Open.
 func (l *Log) SyncErrors() int64 { return l.syncErrors.Load() }

@@ -202,6 +202,7 @@ func (c *Cursor) CopyTo(w io.Writer) (int64, error) {
 				}
 				c.pos.Add(n)
 				c.tailBytes += n
+				c.l.tailServed.Add(n)
 				total += n
 				if err != nil || n == 0 {
 					return total, err
