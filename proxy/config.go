@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -30,6 +31,11 @@ type Config struct {
 	ReplTimeout  time.Duration // upstream silence before the link is declared dead
 	AnnouncePort int           // REPLCONF listening-port upstream; 0 uses the listen port
 	AnnounceIP   string
+	// AnnounceVersion is sent upstream as REPLCONF version X.Y.Z: a Valkey
+	// 9 origin then writes RDB 80 (VALKEY080) for 9.0+, which only Valkey
+	// 9+ replicas load. Empty (the default) sends none and gets the
+	// portable RDB 11.
+	AnnounceVersion string
 
 	RequirePass string // the default user's password; empty: none (unless the users file sets one)
 	// UsersFile holds ACL users (a subset of Redis' ACL-file syntax).
@@ -73,6 +79,10 @@ type Config struct {
 	// ACKing (it could not load the RDB version) gets an error instead of
 	// the same payload for this long. Default 10m.
 	RDBRefusalTTL time.Duration
+	// RDBOnlyMaxAge: an rdb-only client (redis-cli --rdb) gets the stored
+	// snapshot only if it is younger than this, else a fresh one; 0 serves
+	// the stored one whatever its age.
+	RDBOnlyMaxAge time.Duration
 	// AckReplicas is --ack-policy replicas:N: the proxy ACKs the upstream
 	// with the offset N online replicas have acknowledged (0: its own).
 	AckReplicas int
@@ -82,6 +92,8 @@ type Config struct {
 	// MaxClients bounds downstream connections (replicas and tools), and
 	// with it the memory they can take; as Redis' maxclients.
 	MaxClients int
+	// ConfigFile is the --config file, for INFO (informational only).
+	ConfigFile string
 
 	// RefreshMode is RefreshEager (refresh before the stream since the
 	// snapshot outgrows the budget; the default) or RefreshLazy (never in
@@ -145,6 +157,7 @@ const (
 	DefaultReloadInterval = 5 * time.Second
 	DefaultTailBuffer     = 16 << 20
 	DefaultRDBRefusalTTL  = 10 * time.Minute
+	DefaultRDBOnlyMaxAge  = time.Minute
 	// DefaultMaxClients: a session costs ~40 KB when idle (buffers and
 	// goroutine stacks), so a flood of connections stays under ~40 MB.
 	DefaultMaxClients = 1000
@@ -295,6 +308,12 @@ func (c *Config) validate() error {
 	if c.MaxParallelFullSyncs < 0 {
 		errs = append(errs, errors.New("max parallel full syncs must be >= 0"))
 	}
+	if c.AnnounceVersion != "" && !announceVersionRE.MatchString(c.AnnounceVersion) {
+		errs = append(errs, fmt.Errorf("announce-version %q: want a release number X.Y.Z", c.AnnounceVersion))
+	}
+	if c.RDBOnlyMaxAge < 0 {
+		errs = append(errs, fmt.Errorf("rdb-only max age %v: must be >= 0 (0: serve the stored snapshot whatever its age)", c.RDBOnlyMaxAge))
+	}
 	if c.HoldAhead < 0 {
 		errs = append(errs, fmt.Errorf("hold-ahead %v: must be >= 0 (0 picks the default %v)", c.HoldAhead, DefaultHoldAhead))
 	}
@@ -303,3 +322,5 @@ func (c *Config) validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+var announceVersionRE = regexp.MustCompile(`^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$`)

@@ -110,7 +110,7 @@ func (d *downstream) handleConn(ctx context.Context, conn net.Conn, isTLS, delay
 		tc = tls.Server(conn, d.p.sec.server.ServerConfig(d.p.sec.auth))
 		s.conn, s.out = tc, &bufferedWriter{w: tc}
 	}
-	s.br = bufio.NewReaderSize(s.conn, 16<<10)
+	s.br = bufio.NewReaderSize(countingReader{s.conn, d.stats}, 16<<10)
 	if d.p.sec.users.Load().DefaultOpen() {
 		s.authed = true
 		s.user.Store(acl.DefaultUser)
@@ -134,6 +134,7 @@ func (d *downstream) handleConn(ctx context.Context, conn net.Conn, isTLS, delay
 		return
 	}
 	d.nextID++
+	d.stats.ConnectionsReceived.Add(1)
 	s.id = d.nextID
 	s.log = d.log.With("client", s.id, "addr", s.addr) // before others can see the session
 	d.sessions[s] = struct{}{}
@@ -143,6 +144,10 @@ func (d *downstream) handleConn(ctx context.Context, conn net.Conn, isTLS, delay
 		delete(d.sessions, s)
 		d.mu.Unlock()
 		s.close(DownClosed)
+		if s.subs != nil {
+			d.p.pubsub.drop(s.subs)
+			s.subs.end()
+		}
 	}()
 	if !d.admit(s, tc) {
 		return
@@ -150,6 +155,19 @@ func (d *downstream) handleConn(ctx context.Context, conn net.Conn, isTLS, delay
 	if err := s.serve(sctx); err != nil && sctx.Err() == nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		s.log.Info("client connection ended", "err", err)
 	}
+}
+
+// countingReader counts a session's input for INFO's Stats.
+type countingReader struct {
+	r     io.Reader
+	stats *Stats
+}
+
+func (c countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.stats.NetInputBytes.Add(int64(n))
+	c.stats.ReadsProcessed.Add(1)
+	return n, err
 }
 
 // admit runs the TLS handshake (with a deadline), or on the plaintext

@@ -50,10 +50,16 @@ type follower struct {
 	movedCh  chan struct{} // wakes a reconnect backoff after a move
 
 	scanner psync.Scanner // the stream's position within a command; follow's goroutine only
-	refresh atomic.Bool   // a snapshot refresh is running
-	kick    chan struct{} // wakes maintain when trimming or a refresh is due
-	gate    *forkGate     // spaces out requests that cost the origin a fork
-	guard   *guard        // the empty-origin guard's held history
+	// publishes finds the stream's PUBLISH commands for pubsub's
+	// subscribers; written with scanner, under guard.mu.
+	publishes streamPublishes
+	pubsub    *pubsub
+	refresh   atomic.Bool // a snapshot refresh is running
+	// refreshLast: when the running refresh began, how the last one went.
+	refreshLast refreshTimes
+	kick        chan struct{} // wakes maintain when trimming or a refresh is due
+	gate        *forkGate     // spaces out requests that cost the origin a fork
+	guard       *guard        // the empty-origin guard's held history
 	// delayShort: the budget cannot hold the stream delayed replicas need.
 	delayShort atomic.Bool
 	// ackKick wakes the upstream ACK loop when a replica ACKs, under
@@ -89,11 +95,12 @@ func (f *follower) noteDown(reason UpstreamReason, err error) {
 	}
 }
 
-// wantRefresh asks for a refresh now (lazy mode: a replica needs a full
-// sync and the snapshot has lapsed).
-func (f *follower) wantRefresh() {
+// wantRefresh asks for a refresh now: in lazy mode a replica needs a full
+// sync and the snapshot has lapsed; in any mode an rdb-only client wants
+// a younger snapshot than the stored one.
+func (f *follower) wantRefresh(why string) {
 	if f.refreshWanted.CompareAndSwap(false, true) {
-		f.log.Info("a replica needs a full sync and the snapshot has lapsed: refreshing it")
+		f.log.Info("snapshot refresh requested", "reason", why)
 	}
 	select {
 	case f.kick <- struct{}{}:
@@ -180,7 +187,7 @@ func (f *follower) dialUpstream(ctx context.Context, rdbOnly bool, onRead func()
 	}
 	u, err := f.dial(ctx, "upstream", addr, tlsCfg, psync.HandshakeConfig{
 		User: f.cfg.UpstreamUser, Password: f.cfg.UpstreamPassword,
-		ListeningPort: port, IPAddress: f.cfg.AnnounceIP, RDBOnly: rdbOnly,
+		ListeningPort: port, IPAddress: f.cfg.AnnounceIP, RDBOnly: rdbOnly, Version: f.cfg.AnnounceVersion,
 	}, onRead, f.cfg.ReplTimeout)
 	return u, err
 }
@@ -603,6 +610,7 @@ func (f *follower) installFullSync(info *snapshot.Info) error {
 	installed, err := f.store.installFullSync(info)
 	if installed {
 		f.scanner.Reset() // the new backlog starts at a command boundary
+		f.publishes = streamPublishes{}
 		f.stats.UpstreamFullSyncs.Add(1)
 	}
 	return err
@@ -671,10 +679,15 @@ func (f *follower) appendStream(chunk []byte, u *upstreamConn) error {
 	}
 	sc := f.scanner // scan a copy: it is committed only with the bytes
 	boundary, getack := -1, false
+	watch := f.pubsub.active.Load() > 0
+	var published [][2]int
 	if err := sc.Scan(chunk, func(end int, c *psync.Command) {
 		boundary = end
 		if c.IsGetAck() {
 			getack = true
+		}
+		if watch && c.Argc == 3 && c.Name() == "publish" {
+			published = append(published, [2]int{end, int(c.Size)})
 		}
 	}); err != nil {
 		// A stock master never sends this. The bytes already relayed may be
@@ -689,6 +702,15 @@ func (f *follower) appendStream(chunk []byte, u *upstreamConn) error {
 		return fmt.Errorf("%w: %w", errBacklogWrite, err)
 	}
 	f.scanner = sc
+	if watch {
+		var pubs []publication
+		pubs, f.publishes = f.publishes.scan(chunk, published, &sc)
+		for _, pub := range pubs {
+			f.pubsub.publish(pub.channel, pub.msg)
+		}
+	} else {
+		f.publishes = streamPublishes{}
+	}
 	f.stats.UpstreamStreamBytes.Add(int64(len(chunk)))
 	end := f.store.bl.End()
 	f.store.arrivals.record(end, time.Now())
@@ -704,6 +726,7 @@ func (f *follower) appendStream(chunk []byte, u *upstreamConn) error {
 func (f *follower) discardHistory(cause error) {
 	f.log.Error("invalid replication stream from upstream; discarding history", "err", cause)
 	f.scanner.Reset()
+	f.publishes = streamPublishes{}
 	f.cancelRefresh("history discarded")
 	f.store.discard()
 	f.down.closeSessions(DownHistoryReset)
@@ -826,9 +849,9 @@ func (f *follower) maintain(ctx context.Context) {
 		// the budget triggers a refresh; a failover must not fork the
 		// newly promoted master.
 		since := pos.end - pos.snap.Offset
-		due := since > int64(float64(f.cfg.BacklogSize)*f.cfg.RefreshRatio)
-		if f.cfg.RefreshMode == RefreshLazy {
-			due = f.refreshWanted.Load()
+		due := f.refreshWanted.Load()
+		if f.cfg.RefreshMode != RefreshLazy {
+			due = due || since > int64(float64(f.cfg.BacklogSize)*f.cfg.RefreshRatio)
 		}
 		if !due || !f.linkUp() || f.refresh.Load() ||
 			time.Now().UnixNano() < f.refreshNotBefore.Load() || !f.refreshSourceReady() ||

@@ -309,6 +309,7 @@ func (f *follower) acceptHeld() error {
 		return fmt.Errorf("guard: install: %w", err)
 	}
 	f.scanner.Reset()
+	f.publishes = streamPublishes{}
 	f.stats.UpstreamFullSyncs.Add(1)
 	copied, cerr := f.copyHeld(h)
 	g.held = nil

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"fmt"
+	"hash/fnv"
+	"runtime"
 	"math"
 	"net"
 	"os"
@@ -19,24 +21,47 @@ import (
 // replication protocol.
 const redisCompatVersion = "7.0.0"
 
-var defaultSections = []string{"server", "clients", "persistence", "stats", "replication", "keyspace", "replproxy"}
+// INFO's sections in Redis 7's order. Redis' defaults, with replproxy's
+// own section after them (where a module's would be).
+var (
+	defaultSections = []string{"server", "clients", "memory", "persistence", "stats", "replication", "cpu",
+		"modules", "errorstats", "cluster", "keyspace", "replproxy"}
+	allSections = []string{"server", "clients", "memory", "persistence", "stats", "replication", "cpu",
+		"modules", "commandstats", "errorstats", "latencystats", "cluster", "keyspace", "replproxy"}
+)
 
-// info renders INFO in Redis' format and field order (server.c:genRedisInfoString()).
-func (p *Proxy) info(sections ...string) string {
+// infoSections is the set INFO's arguments name, as Redis 7 reads them:
+// none or "default" the defaults, "all" and "everything" all of them,
+// unknown names nothing.
+func infoSections(args []string) map[string]bool {
 	want := map[string]bool{}
-	if len(sections) == 0 {
-		sections = []string{"default"}
+	if len(args) == 0 {
+		args = []string{"default"}
 	}
-	for _, s := range sections {
+	for _, s := range args {
+		var add []string
 		switch s = strings.ToLower(s); s {
-		case "default", "all", "everything":
-			for _, d := range defaultSections {
-				want[d] = true
-			}
+		case "default":
+			add = defaultSections
+		case "all", "everything":
+			add = allSections
+		case "module_list":
+			add = []string{"modules"}
 		default:
-			want[s] = true
+			add = []string{s}
+		}
+		for _, a := range add {
+			want[a] = true
 		}
 	}
+	return want
+}
+
+// info renders INFO in Redis' format and field order (server.c:genRedisInfoString()).
+// No field appears twice; fields with no truthful value for a proxy (hz,
+// lru_clock, Lua memory, ...) are left out rather than invented.
+func (p *Proxy) info(sections ...string) string {
+	want := infoSections(sections)
 	st := p.Status()
 	now := time.Now()
 	var b strings.Builder
@@ -52,48 +77,142 @@ func (p *Proxy) info(sections ...string) string {
 			b.WriteString(l + "\r\n")
 		}
 	}
+	on := func(v bool) int {
+		if v {
+			return 1
+		}
+		return 0
+	}
 	tcpPort := 0
 	if a, ok := p.Addr().(*net.TCPAddr); ok {
 		tcpPort = a.Port
 	}
 	uptime := int64(now.Sub(st.Started).Seconds())
-	section("Server",
-		kv("redis_version", p.upstreamVersion()),
-		kv("redis_mode", "standalone"),
-		kv("process_id", os.Getpid()),
-		kv("run_id", st.RunID),
-		kv("tcp_port", tcpPort),
-		kv("uptime_in_seconds", uptime),
-		kv("uptime_in_days", uptime/86400),
-		kv("replproxy_version", st.Version),
-	)
+	if want["server"] {
+		exe, _ := os.Executable()
+		supervised := "no"
+		if os.Getenv("NOTIFY_SOCKET") != "" {
+			supervised = "systemd"
+		}
+		section("Server",
+			kv("redis_version", p.upstreamVersion()),
+			kv("redis_git_sha1", "00000000"),
+			kv("redis_git_dirty", 0),
+			kv("redis_build_id", buildID(st.Version)),
+			kv("redis_mode", "standalone"),
+			kv("os", osName()),
+			kv("arch_bits", strconv.Itoa(32<<(^uint(0)>>63))),
+			kv("monotonic_clock", "POSIX clock_gettime"),
+			kv("multiplexing_api", map[string]string{"linux": "epoll", "darwin": "kqueue", "freebsd": "kqueue"}[runtime.GOOS]),
+			kv("go_version", runtime.Version()),
+			kv("process_id", os.Getpid()),
+			kv("process_supervised", supervised),
+			kv("run_id", st.RunID),
+			kv("tcp_port", tcpPort),
+			kv("server_time_usec", now.UnixMicro()),
+			kv("uptime_in_seconds", uptime),
+			kv("uptime_in_days", uptime/86400),
+			kv("executable", exe),
+			kv("config_file", p.cfg.ConfigFile),
+			kv("io_threads_active", 0),
+			kv("replproxy_version", st.Version),
+		)
+	}
+	chans, pats, subscribers := p.pubsub.counts()
 	// As Redis: replicas are not clients; the link to the master is one.
 	section("Clients",
-		kv("connected_clients", st.Clients+map[bool]int{true: 1, false: 0}[st.LinkUp]),
+		kv("connected_clients", st.Clients+on(st.LinkUp)),
+		kv("cluster_connections", 0),
+		kv("maxclients", p.cfg.MaxClients),
+		kv("blocked_clients", 0),
+		kv("tracking_clients", 0),
+		kv("pubsub_clients", subscribers),
+		kv("clients_in_timeout_table", 0),
 	)
-	var snapTime int64
+	if want["memory"] {
+		used, rss := goMemory(), residentMemory()
+		peak := p.memPeak.Load()
+		for used > peak && !p.memPeak.CompareAndSwap(peak, used) {
+			peak = p.memPeak.Load()
+		}
+		peak = max(peak, used)
+		total := systemMemory()
+		frag := 0.0
+		if used > 0 {
+			frag = float64(rss) / float64(used)
+		}
+		section("Memory",
+			kv("used_memory", used),
+			kv("used_memory_human", redisHumanBytes(used)),
+			kv("used_memory_rss", rss),
+			kv("used_memory_rss_human", redisHumanBytes(rss)),
+			kv("used_memory_peak", peak),
+			kv("used_memory_peak_human", redisHumanBytes(peak)),
+			fmt.Sprintf("used_memory_peak_perc:%.2f%%", float64(used)*100/float64(max(peak, 1))),
+			kv("used_memory_dataset", 0), // the proxy holds no keys in memory
+			kv("total_system_memory", total),
+			kv("total_system_memory_human", redisHumanBytes(total)),
+			kv("maxmemory", 0),
+			kv("maxmemory_human", "0B"),
+			kv("maxmemory_policy", "noeviction"),
+			fmt.Sprintf("mem_fragmentation_ratio:%.2f", frag),
+			kv("mem_fragmentation_bytes", rss-used),
+			// The backlog lives on disk; its in-memory part is the tail.
+			kv("mem_replication_backlog", p.store.bl.TailCapacity()),
+			kv("mem_allocator", "go-"+strings.TrimPrefix(runtime.Version(), "go")),
+			kv("lazyfree_pending_objects", 0),
+		)
+	}
+	var snapTime int64 = st.Started.Unix() // as Redis: the start, before any save
 	if st.Snapshot != nil {
 		snapTime = st.Snapshot.Created.Unix()
 	}
-	refreshing := 0
-	if st.Refreshing {
-		refreshing = 1
-	}
+	rl := &p.follower.refreshLast
 	section("Persistence",
 		kv("loading", 0),
-		kv("rdb_bgsave_in_progress", refreshing),
+		kv("async_loading", 0),
+		kv("rdb_bgsave_in_progress", on(st.Refreshing)),
 		kv("rdb_last_save_time", snapTime),
-		kv("rdb_last_bgsave_status", "ok"),
+		kv("rdb_last_bgsave_status", map[bool]string{false: "ok", true: "err"}[rl.failed.Load()]),
+		kv("rdb_last_bgsave_time_sec", rl.last()),
+		kv("rdb_current_bgsave_time_sec", rl.current(now)),
+		kv("rdb_saves", p.stats.Refreshes.Load()),
 		kv("aof_enabled", 0),
+		kv("aof_rewrite_in_progress", 0),
+		kv("aof_rewrite_scheduled", 0),
+		kv("aof_last_rewrite_time_sec", -1),
+		kv("aof_current_rewrite_time_sec", -1),
+		kv("aof_last_bgrewrite_status", "ok"),
+		kv("aof_last_write_status", "ok"),
+		kv("module_fork_in_progress", 0),
+		kv("module_fork_last_cow_size", 0),
 	)
 	ps := p.stats
 	section("Stats",
+		kv("total_connections_received", ps.ConnectionsReceived.Load()),
+		kv("total_commands_processed", ps.CommandsProcessed.Load()),
+		kv("total_net_input_bytes", ps.NetInputBytes.Load()),
+		kv("total_net_output_bytes", ps.NetOutputBytes.Load()),
+		kv("total_net_repl_input_bytes", ps.UpstreamRDBBytes.Load()+ps.UpstreamStreamBytes.Load()),
+		kv("total_net_repl_output_bytes", ps.SentRDBBytes.Load()+ps.SentStreamBytes.Load()),
 		kv("rejected_connections", ps.RejectedConns.Load()),
 		kv("sync_full", ps.SyncFull.Load()),
 		kv("sync_partial_ok", ps.SyncPartialOK.Load()),
 		kv("sync_partial_err", ps.SyncPartialErr.Load()),
-		kv("total_net_repl_input_bytes", ps.UpstreamRDBBytes.Load()+ps.UpstreamStreamBytes.Load()),
-		kv("total_net_repl_output_bytes", ps.SentRDBBytes.Load()+ps.SentStreamBytes.Load()),
+		kv("expired_keys", 0),
+		kv("evicted_keys", 0),
+		kv("evicted_clients", 0),
+		kv("keyspace_hits", 0),
+		kv("keyspace_misses", 0),
+		kv("pubsub_channels", chans),
+		kv("pubsub_patterns", pats),
+		kv("pubsubshard_channels", 0),
+		kv("latest_fork_usec", 0), // the proxy never forks
+		kv("total_forks", 0),
+		kv("total_error_replies", p.commands.errorTotal()),
+		kv("total_reads_processed", ps.ReadsProcessed.Load()),
+		kv("total_writes_processed", ps.WritesProcessed.Load()),
+		kv("client_output_buffer_limit_disconnections", ps.OutputBufferDrops.Load()),
 	)
 	repl := []string{
 		kv("role", "slave"),
@@ -172,14 +291,34 @@ func (p *Proxy) info(sections ...string) string {
 		kv("repl_backlog_histlen", histlen),
 	)
 	section("Replication", repl...)
-	var ks []string
-	for _, k := range st.Keyspace {
-		ks = append(ks, fmt.Sprintf("db%d:keys=%d,expires=%d,avg_ttl=0", k.DB, k.Keys, k.Expires))
+	sys, user, csys, cuser := cpuTimes()
+	section("CPU",
+		fmt.Sprintf("used_cpu_sys:%.6f", sys),
+		fmt.Sprintf("used_cpu_user:%.6f", user),
+		fmt.Sprintf("used_cpu_sys_children:%.6f", csys),
+		fmt.Sprintf("used_cpu_user_children:%.6f", cuser),
+	)
+	section("Modules")
+	if want["commandstats"] {
+		section("Commandstats", p.commands.commandstats()...)
 	}
-	section("Keyspace", ks...)
+	if want["errorstats"] {
+		section("Errorstats", p.commands.errorstats()...)
+	}
+	if want["latencystats"] {
+		section("Latencystats", p.commands.latencystats()...)
+	}
+	section("Cluster", kv("cluster_enabled", 0))
+	// The proxy cannot count keys live (a write may create a key or not),
+	// and the snapshot's counts are old: # Replproxy has those, labelled.
+	section("Keyspace")
 	var snapOff, snapSize int64
 	if st.Snapshot != nil {
 		snapOff, snapSize = st.Snapshot.Offset, st.Snapshot.Size
+	}
+	snapAge := int64(-1)
+	if st.Snapshot != nil {
+		snapAge = int64(now.Sub(st.Snapshot.Created).Seconds())
 	}
 	window := int64(0)
 	if !st.OldestEntry.IsZero() {
@@ -189,12 +328,10 @@ func (p *Proxy) info(sections ...string) string {
 		kv("upstream_link_state", st.LinkState),
 		kv("upstream_last_error", oneLine(st.LinkDownError)),
 		kv("backlog_window_short", map[bool]int{true: 1, false: 0}[st.BacklogWindowShort]),
-		// The # Keyspace counts are the stored snapshot's, taken at its offset.
-		kv("keyspace_source", "snapshot"),
-		kv("keyspace_offset", snapOff),
 		kv("psync_window_seconds", window),
 		kv("snapshot_offset", snapOff),
 		kv("snapshot_size", snapSize),
+		kv("snapshot_age_seconds", snapAge),
 		kv("full_syncs_queued", st.Queued),
 		kv("upstream_full_syncs", ps.UpstreamFullSyncs.Load()),
 		kv("upstream_partial_syncs", ps.UpstreamPartialSyncs.Load()),
@@ -247,6 +384,10 @@ func (p *Proxy) info(sections ...string) string {
 		fails = append(fails, fmt.Sprintf("%s=%d", r, ps.AuthFailures.Load(r)))
 	}
 	rp = append(rp, "auth_failures:"+strings.Join(fails, ","))
+	// The stored snapshot's key counts, taken at snapshot_offset (not live).
+	for _, k := range st.Keyspace {
+		rp = append(rp, fmt.Sprintf("snapshot_keyspace_db%d:keys=%d,expires=%d", k.DB, k.Keys, k.Expires))
+	}
 	for i, r := range st.Replicas {
 		rp = append(rp, fmt.Sprintf("replica%d:ip=%s,port=%d,state=%s,ack_offset=%d,lag_bytes=%d,lag_seconds=%.3f",
 			i, r.IP, r.Port, r.State, max(r.AckOff, 0), r.LagBytes, r.LagSeconds))
@@ -315,6 +456,18 @@ func (p *Proxy) configGet(patterns [][]byte) resp.Value {
 		{"tls-port", strconv.Itoa(listenerPort(p.down.tlsLn))},
 		{"tls-replication", map[bool]string{true: "yes", false: "no"}[p.cfg.UpstreamTLS]},
 		{"tls-auth-clients", p.cfg.TLSAuthClients},
+		{"maxclients", strconv.Itoa(p.cfg.MaxClients)},
+		{"maxmemory-policy", "noeviction"},
+		{"io-threads", "1"},
+		// Replicas are bounded by the disk backlog, not by memory;
+		// subscribers as in subscriberMaxBytes.
+		{"client-output-buffer-limit", fmt.Sprintf("normal 0 0 0 slave 0 0 0 pubsub %d 0 0", subscriberMaxBytes)},
+		{"appendonly", "no"},
+		{"save", ""},
+		{"dir", p.cfg.DataDir},
+		{"timeout", "0"},
+		{"replica-serve-stale-data", "yes"},
+		{"slave-serve-stale-data", "yes"},
 	}
 	var out []resp.Value
 	for _, kv := range params {
@@ -330,4 +483,11 @@ func (p *Proxy) configGet(patterns [][]byte) resp.Value {
 		}
 	}
 	return resp.ArrayValue(out)
+}
+
+// buildID is redis_build_id's counterpart: a stable hash of the version.
+func buildID(version string) string {
+	h := fnv.New64a()
+	h.Write([]byte(version))
+	return strconv.FormatUint(h.Sum64(), 16)
 }

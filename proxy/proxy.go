@@ -32,6 +32,9 @@ type Proxy struct {
 	down     *downstream
 	sec      *security
 	versions sync.Map // snapshot name -> the redis-ver it records
+	commands *commandStats
+	pubsub   *pubsub
+	memPeak  atomic.Int64 // the highest used_memory INFO has seen
 }
 
 // Stats are the event counters shown in INFO and metrics.
@@ -55,6 +58,15 @@ type Stats struct {
 	Rejections           [5]atomic.Int64 // by psync.ContinueVerdict
 	Disconnects          counts[DisconnectReason]
 	RejectedConns        atomic.Int64 // refused at --max-clients
+	// Client traffic as Redis' Stats count it; replication has its own.
+	ConnectionsReceived atomic.Int64
+	CommandsProcessed   atomic.Int64
+	NetInputBytes       atomic.Int64
+	NetOutputBytes      atomic.Int64
+	ReadsProcessed      atomic.Int64
+	WritesProcessed     atomic.Int64
+	// OutputBufferDrops: subscribers dropped for not reading their messages.
+	OutputBufferDrops atomic.Int64
 	// AuthFailures counts refused authentications and TLS handshakes by
 	// reason (AuthFailureReasons).
 	AuthFailures counts[string]
@@ -119,7 +131,8 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	}
 	var rnd [20]byte
 	_, _ = rand.Read(rnd[:])
-	p := &Proxy{cfg: cfg, log: log, runID: hex.EncodeToString(rnd[:]), started: time.Now(), stats: newStats()}
+	p := &Proxy{cfg: cfg, log: log, runID: hex.EncodeToString(rnd[:]), started: time.Now(), stats: newStats(),
+		commands: newCommandStats(), pubsub: newPubsub()}
 	sec, err := newSecurity(cfg, log, p.stats.AuthFailures)
 	if err != nil {
 		return nil, err
@@ -137,6 +150,7 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 		st.retain = p.retainForDelay
 	}
 	p.follower = newFollower(cfg, log, p.stats, st, p.down)
+	p.follower.pubsub = p.pubsub
 	addr, source, note := loadUpstream(cfg.DataDir, cfg.Upstream)
 	if note != nil {
 		log.Warn("persisted REPLICAOF not used", "reason", note.Error())

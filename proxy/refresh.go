@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/replproxy/replproxy/psync"
@@ -63,6 +64,8 @@ const (
 func (f *follower) refreshSnapshot(ctx context.Context, since int64) {
 	f.log.Info("snapshot refresh started", "stream_since_snapshot", since, "sources", strings.Join(f.cfg.RefreshFrom, ","))
 	start := time.Now()
+	f.refreshLast.started.Store(start.UnixNano())
+	defer f.refreshLast.started.Store(0)
 	var errs []error
 	for _, src := range f.cfg.RefreshFrom {
 		var info *snapshot.Info
@@ -83,6 +86,7 @@ func (f *follower) refreshSnapshot(ctx context.Context, since int64) {
 		}
 		if err == nil {
 			f.stats.Refreshes.Add(1)
+			f.refreshLast.done(start, true)
 			f.refreshBackoff = 0
 			f.log.Info("snapshot refreshed", "source", info.Source, "replid", info.ReplID, "offset", info.Offset,
 				"bytes", info.Size, "seconds", time.Since(start).Seconds())
@@ -96,11 +100,45 @@ func (f *follower) refreshSnapshot(ctx context.Context, since int64) {
 		}
 	}
 	f.stats.RefreshFailures.Add(1)
+	f.refreshLast.done(start, false)
 	f.refreshBackoff = min(max(f.refreshBackoff*2, refreshRetryMin), refreshRetryMax)
 	wait := time.Duration(float64(f.refreshBackoff) * (0.75 + 0.25*rand.Float64()))
 	f.refreshNotBefore.Store(time.Now().Add(wait).UnixNano())
 	f.log.Warn("snapshot refresh failed from every source; the backlog grows past its budget until one succeeds",
 		"sources", strings.Join(f.cfg.RefreshFrom, ","), "next_attempt_in", wait.Round(time.Second).String(), "err", errors.Join(errs...))
+}
+
+// refreshTimes are the last refresh's facts for INFO's Persistence
+// section (rdb_* fields: a refresh is the proxy's BGSAVE).
+type refreshTimes struct {
+	started  atomic.Int64 // unix nanoseconds of the one running, 0: none
+	failed   atomic.Bool  // the last one failed
+	ran      atomic.Bool
+	lastSecs atomic.Int64 // seconds the last one took
+	doneAt   atomic.Int64 // unix nanoseconds the last one ended
+}
+
+func (r *refreshTimes) done(start time.Time, ok bool) {
+	r.failed.Store(!ok)
+	r.lastSecs.Store(int64(time.Since(start).Seconds()))
+	r.ran.Store(true)
+	r.doneAt.Store(time.Now().UnixNano())
+}
+
+// last is rdb_last_bgsave_time_sec: -1 before any refresh, as Redis.
+func (r *refreshTimes) last() int64 {
+	if !r.ran.Load() {
+		return -1
+	}
+	return r.lastSecs.Load()
+}
+
+// current is rdb_current_bgsave_time_sec: -1 when none runs.
+func (r *refreshTimes) current(now time.Time) int64 {
+	if st := r.started.Load(); st != 0 {
+		return int64(now.Sub(time.Unix(0, st)).Seconds())
+	}
+	return -1
 }
 
 // nextSource names the source tried after src, "none" when it is the last.

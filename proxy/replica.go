@@ -60,9 +60,17 @@ func (s *session) startReplica(ctx context.Context, cmd string, args [][]byte) e
 
 	var cur *backlog.Cursor
 	var err error
-	if s.filterAll {
+	if s.rdbOnly && !s.filterAll {
+		if err := s.awaitFreshSnapshot(ctx); err != nil {
+			return err
+		}
+	}
+	switch {
+	case s.filterAll:
 		cur, err = s.syncEmpty()
-	} else {
+	case s.filterFunctions:
+		err = s.syncFunctions()
+	default:
 		cur, err = s.sync(ctx, syncRequest{legacy: s.legacy, rdbOnly: s.rdbOnly, replID: id, offset: off, version: s.version})
 	}
 	if err != nil || cur == nil {
@@ -107,6 +115,114 @@ func (s *session) syncEmpty() (*backlog.Cursor, error) {
 	s.ackTime.Store(time.Now().UnixNano())
 	s.log.Info("empty-RDB sync (rdb-filter-only \"\"): streaming from the current end", "offset", pos.end+1)
 	return cur, nil
+}
+
+// syncFunctions answers REPLCONF rdb-filter-only functions with rdb-only
+// (redis-cli --functions-rdb): the stored snapshot reduced to its header,
+// aux fields, module aux data and function libraries, with a new EOF and
+// checksum, as Redis sends it. The client is closed after it.
+func (s *session) syncFunctions() error {
+	if !s.rdbOnly {
+		return s.errorf("ERR rdb-filter-only functions is served only with REPLCONF rdb-only 1, as redis-cli --functions-rdb sends it")
+	}
+	p := s.p
+	pos := p.store.position()
+	if pos.snap == nil || pos.hist.Empty() {
+		_ = s.errorf("ERR replproxy has no snapshot yet: its upstream has not synced")
+		return errNoHistory
+	}
+	f, err := snapshot.Open(p.store.snapDir, pos.snap)
+	if err != nil {
+		_ = s.errorf("ERR the snapshot was replaced while opening it; retry")
+		return err
+	}
+	defer f.Close()
+	pre, err := snapshot.ReadPrelude(f, pos.snap.Size)
+	if err != nil {
+		_ = s.errorf("ERR cannot read the stored snapshot's functions: %s", oneLine(err.Error()))
+		return err
+	}
+	rdb := make([]byte, pre.End, pre.End+9)
+	if _, err := f.ReadAt(rdb, 0); err != nil {
+		_ = s.errorf("ERR cannot read the stored snapshot: %s", oneLine(err.Error()))
+		return err
+	}
+	rdb = append(rdb, 0xff) // EOF
+	if pos.snap.RDBVersion >= 5 {
+		rdb = binary.LittleEndian.AppendUint64(rdb, psync.CRC64(0, rdb))
+	}
+	var head []byte
+	if !s.legacy {
+		head = psync.EncodeFullResync(pos.hist.ReplID, pos.snap.Offset)
+	}
+	head = append(append(head, psync.EncodePayloadHeader(int64(len(rdb)))...), rdb...)
+	p.stats.SyncFull.Add(1)
+	if err := s.write(head); err != nil {
+		return err
+	}
+	p.stats.SentRDBBytes.Add(int64(len(rdb)))
+	s.log.Info("functions-only RDB sent (rdb-filter-only functions)", "functions", pre.Functions, "bytes", len(rdb),
+		"snapshot_offset", pos.snap.Offset, "snapshot_age_seconds", int64(time.Since(pos.snap.Created).Seconds()))
+	return nil
+}
+
+// freshWaitStart bounds the wait for a refresh to begin once asked; past
+// it the refresh cannot run now (link down, backoff, no disk room).
+const freshWaitStart = 30 * time.Second
+
+// awaitFreshSnapshot holds an rdb-only client (redis-cli --rdb) while the
+// stored snapshot is older than --rdb-only-max-age: it asks for a refresh
+// (which prefers a replica) and waits for a younger snapshot, sending
+// Redis' keepalive newlines. A refresh that fails or cannot start is an
+// error for the client, never a silent old snapshot.
+func (s *session) awaitFreshSnapshot(ctx context.Context) error {
+	p, f := s.p, s.p.follower
+	maxAge := p.cfg.RDBOnlyMaxAge
+	if maxAge <= 0 {
+		return nil
+	}
+	fresh := func() (*snapshot.Info, bool) {
+		snap := p.store.position().snap
+		return snap, snap != nil && time.Since(snap.Created) <= maxAge
+	}
+	snap, ok := fresh()
+	if ok {
+		return nil
+	}
+	age := "none"
+	if snap != nil {
+		age = time.Since(snap.Created).Round(time.Second).String()
+	}
+	asked := time.Now()
+	s.log.Info("rdb-only client: the stored snapshot is older than --rdb-only-max-age; taking a fresh one",
+		"snapshot_age", age, "max_age", maxAge.String())
+	if !f.refresh.Load() { // one already running ends after now: its snapshot will do
+		f.wantRefresh("an rdb-only client asked for a snapshot younger than --rdb-only-max-age")
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+		if _, ok := fresh(); ok {
+			return nil
+		}
+		rl := &f.refreshLast
+		if rl.doneAt.Load() > asked.UnixNano() && rl.failed.Load() {
+			_ = s.errorf("ERR the stored snapshot is %s old (--rdb-only-max-age %s) and a fresh one failed; see the proxy's log", age, maxAge)
+			return errors.New("fresh snapshot for an rdb-only client failed")
+		}
+		if !f.refresh.Load() && time.Since(asked) > freshWaitStart {
+			_ = s.errorf("ERR the stored snapshot is %s old (--rdb-only-max-age %s) and no refresh could start (upstream link, backoff or disk room; see INFO)", age, maxAge)
+			return errors.New("no refresh could start for an rdb-only client")
+		}
+		if err := s.write([]byte{'\n'}); err != nil { // Redis' keepalive while a BGSAVE runs
+			return err
+		}
+	}
 }
 
 // errNoHistory: nothing to stream yet.
@@ -212,7 +328,7 @@ func (s *session) sync(ctx context.Context, req syncRequest) (*backlog.Cursor, e
 			}
 		}
 		if plan.stale {
-			p.follower.wantRefresh()
+			p.follower.wantRefresh("a replica needs a full sync and the snapshot has lapsed")
 		}
 		select { // no snapshot to serve yet: wait for the next one
 		case <-pub.next:

@@ -76,6 +76,9 @@ type session struct {
 	capaEOF       bool
 	rdbOnly       bool
 	filterAll     bool   // REPLCONF rdb-filter-only "": an empty RDB, then the stream from now
+	// filterFunctions: REPLCONF rdb-filter-only functions, the snapshot's
+	// function libraries only (redis-cli --functions-rdb).
+	filterFunctions bool
 	version       string // REPLCONF version: only Valkey 8+ announce one
 
 	replica atomic.Bool
@@ -90,6 +93,14 @@ type session struct {
 	sentRDB   atomic.Int32
 	acked     atomic.Bool
 	startTime time.Time
+	// Owned by the session's goroutine: error replies sent (for
+	// Commandstats' failed_calls), the current call was refused before it
+	// ran, the subscriptions (nil: not in pub/sub mode).
+	errReplies int
+	rejected   bool
+	subs       *subscriber
+	// subCount, psubCount: the subscriptions, for CLIENT LIST.
+	subCount, psubCount atomic.Int32
 
 	closeOnce   sync.Once
 	closeReason atomic.Value
@@ -115,9 +126,46 @@ func (s *session) reply(v resp.Value) error {
 	if err != nil {
 		return err
 	}
+	if v.Type() == resp.Error {
+		s.errReplies++
+		s.p.commands.recordError(v.String())
+	}
+	return s.clientWrite(b)
+}
+
+// clientWrite sends b to the client, counted as Redis counts client output.
+func (s *session) clientWrite(b []byte) error {
+	if s.subs != nil {
+		return s.subs.send(b) // the subscriber's writer owns the socket
+	}
 	_ = s.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	_, err = s.conn.Write(b)
+	n, err := s.conn.Write(b)
+	s.p.stats.NetOutputBytes.Add(int64(n))
+	s.p.stats.WritesProcessed.Add(1)
 	return err
+}
+
+// run executes one command and counts it in INFO's Commandstats: failed
+// when it answered an error, rejected when refused before running.
+func (s *session) run(cmd string, args [][]byte) error {
+	start, errs := time.Now(), s.errReplies
+	s.rejected = false
+	err := s.command(cmd, args)
+	s.count(cmd, args, start, errs)
+	return err
+}
+
+// count records a call that began at start, when the session had sent
+// errs error replies.
+func (s *session) count(cmd string, args [][]byte, start time.Time, errs int) {
+	name := statName(cmd, args)
+	if name == "" {
+		return
+	}
+	if !s.rejected {
+		s.p.stats.CommandsProcessed.Add(1)
+	}
+	s.p.commands.record(name, time.Since(start), s.rejected, s.errReplies > errs)
 }
 
 func (s *session) ok() error { return s.reply(resp.SimpleStringValue("OK")) }
@@ -145,36 +193,55 @@ func (s *session) serve(ctx context.Context) error {
 		}
 		cmd := strings.ToLower(string(args[0]))
 		if !s.authed && cmd != "auth" && cmd != "hello" && cmd != "quit" {
+			s.rejected = true
+			s.count(cmd, args, time.Now(), s.errReplies)
 			if err := s.reply(resp.ErrorValue(errNoAuth)); err != nil {
 				return err
 			}
 			continue
 		}
+		if s.subs != nil && s.subs.count() > 0 && !allowedSubscribed[cmd] {
+			s.rejected = true
+			s.count(cmd, args, time.Now(), s.errReplies)
+			if err := s.errorf("ERR Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context", truncate(cmd, 64)); err != nil {
+				return err
+			}
+			continue
+		}
 		if s.multi != nil {
-			if err := s.queue(cmd, args); err != nil {
+			start, errs := time.Now(), s.errReplies
+			err := s.queue(cmd, args)
+			if cmd == "exec" || cmd == "discard" || cmd == "multi" {
+				s.count(cmd, args, start, errs)
+			}
+			if err != nil {
 				return err
 			}
 			continue
 		}
 		switch cmd {
 		case "psync", "sync":
+			s.count(cmd, args, time.Now(), s.errReplies)
 			return s.startReplica(ctx, cmd, args)
 		case "quit":
 			_ = s.ok()
 			return nil
 		case "multi":
 			s.multi = [][][]byte{}
+			s.count(cmd, args, time.Now(), s.errReplies)
 			if err := s.ok(); err != nil {
 				return err
 			}
 			continue
 		case "exec", "discard":
+			s.rejected = true
+			s.count(cmd, args, time.Now(), s.errReplies)
 			if err := s.errorf("ERR %s without MULTI", strings.ToUpper(cmd)); err != nil {
 				return err
 			}
 			continue
 		}
-		if err := s.command(cmd, args); err != nil {
+		if err := s.run(cmd, args); err != nil {
 			return err
 		}
 		if s.closeAfterReply {
@@ -186,7 +253,7 @@ func (s *session) serve(ctx context.Context) error {
 // supportedCommands are the commands a session answers.
 var supportedCommands = []string{"auth", "client", "command", "config", "discard", "echo", "exec", "hello", "info",
 	"latency", "multi", "ping", "psubscribe", "psync", "publish", "punsubscribe", "quit", "replconf", "replicaof",
-	"replproxy", "role", "select", "slaveof", "slowlog", "subscribe", "sync", "unsubscribe"}
+	"replproxy", "reset", "role", "select", "slaveof", "slowlog", "subscribe", "sync", "unsubscribe"}
 
 // queue handles a command inside MULTI: EXEC runs the queue, each command
 // writing its reply inside one array, as Redis answers EXEC.
@@ -200,11 +267,11 @@ func (s *session) queue(cmd string, args [][]byte) error {
 	case "exec":
 		q := s.multi
 		s.multi = nil
-		if _, err := s.conn.Write([]byte("*" + strconv.Itoa(len(q)) + "\r\n")); err != nil {
+		if err := s.clientWrite([]byte("*" + strconv.Itoa(len(q)) + "\r\n")); err != nil {
 			return err
 		}
 		for _, a := range q {
-			if err := s.command(strings.ToLower(string(a[0])), a); err != nil {
+			if err := s.run(strings.ToLower(string(a[0])), a); err != nil {
 				return err
 			}
 		}
@@ -212,7 +279,7 @@ func (s *session) queue(cmd string, args [][]byte) error {
 			return io.EOF
 		}
 		return nil
-	case "psync", "sync", "subscribe", "psubscribe", "unsubscribe", "punsubscribe", "quit":
+	case "psync", "sync", "subscribe", "psubscribe", "unsubscribe", "punsubscribe", "quit", "reset":
 		return s.errorf("ERR Command not allowed inside a transaction")
 	}
 	own := make([][]byte, len(args)) // the reader reuses its buffer for the next command
@@ -228,12 +295,16 @@ func (s *session) command(cmd string, args [][]byte) error {
 	argc := len(args)
 	arity := func(min, max int) bool { return argc >= min && (max < 0 || argc <= max) }
 	wrongArgs := func() error {
+		s.rejected = true
 		return s.errorf("ERR wrong number of arguments for '%s' command", cmd)
 	}
 	switch cmd {
 	case "ping":
 		if !arity(1, 2) {
 			return wrongArgs()
+		}
+		if s.subs != nil && s.subs.count() > 0 {
+			return s.pingSubscribed(args)
 		}
 		if argc == 2 {
 			return s.reply(resp.BytesValue(args[1]))
@@ -266,10 +337,22 @@ func (s *session) command(cmd string, args [][]byte) error {
 	case "command":
 		// Enough for redis-cli (COMMAND DOCS for hints) and tools that
 		// count: the commands a proxy answers.
-		if argc >= 2 && strings.EqualFold(string(args[1]), "count") {
-			return s.reply(resp.IntegerValue(len(supportedCommands)))
+		if argc == 1 {
+			return s.reply(commandInfo(nil))
 		}
-		return s.reply(resp.ArrayValue(nil))
+		switch strings.ToLower(string(args[1])) {
+		case "count":
+			return s.reply(resp.IntegerValue(len(supportedCommands)))
+		case "info":
+			return s.reply(commandInfo(args[2:]))
+		case "list":
+			var names []resp.Value
+			for _, n := range supportedCommands {
+				names = append(names, resp.StringValue(n))
+			}
+			return s.reply(resp.ArrayValue(names))
+		}
+		return s.reply(resp.ArrayValue(nil)) // DOCS: no docs, which redis-cli accepts
 	case "config":
 		if argc >= 3 && strings.EqualFold(string(args[1]), "get") {
 			return s.reply(p.configGet(args[2:]))
@@ -277,21 +360,25 @@ func (s *session) command(cmd string, args [][]byte) error {
 		if argc == 2 && strings.EqualFold(string(args[1]), "rewrite") {
 			return s.ok() // Sentinel's follow-up to SLAVEOF: REPLICAOF is persisted already
 		}
-		return s.errorf("ERR replproxy supports only CONFIG GET and CONFIG REWRITE")
-	case "subscribe", "psubscribe", "unsubscribe", "punsubscribe":
-		// Sentinel subscribes to __sentinel__:hello on every instance it
-		// watches. Nothing is ever published here; confirm and stay quiet.
-		for i, ch := range args[1:] {
-			if err := s.reply(resp.ArrayValue([]resp.Value{resp.StringValue(cmd), resp.BytesValue(ch), resp.IntegerValue(i + 1)})); err != nil {
-				return err
-			}
+		if argc == 2 && strings.EqualFold(string(args[1]), "resetstat") {
+			p.commands.reset()
+			return s.ok()
 		}
-		return nil
+		return s.errorf("ERR replproxy supports only CONFIG GET, CONFIG REWRITE and CONFIG RESETSTAT; its settings are flags")
+	case "subscribe", "psubscribe":
+		if argc < 2 {
+			return wrongArgs()
+		}
+		return s.subscribeCommand(cmd, args[1:])
+	case "unsubscribe", "punsubscribe":
+		return s.subscribeCommand(cmd, args[1:])
 	case "publish":
 		if argc != 3 {
 			return wrongArgs()
 		}
-		return s.reply(resp.IntegerValue(0))
+		return s.reply(resp.IntegerValue(p.pubsub.publish(args[1], args[2])))
+	case "reset":
+		return s.reset()
 	case "replicaof", "slaveof":
 		if argc != 3 {
 			return wrongArgs()
@@ -480,10 +567,16 @@ func (s *session) replconf(args [][]byte) error {
 				return s.errorf("ERR syntax error")
 			}
 		case "rdb-filter-only":
-			if val != "" { // functions, or a key filter: the stored snapshot is served whole
-				return s.errorf("ERR replproxy serves stored snapshots and cannot filter them")
+			// As Redis 7: a space-separated list of filters, "functions"
+			// the only one; none at all means no data.
+			s.filterAll, s.filterFunctions = false, false
+			for _, f := range strings.Fields(val) {
+				if !strings.EqualFold(f, "functions") {
+					return s.errorf("ERR Unsupported rdb-filter-only option: %s", truncate(f, 64))
+				}
+				s.filterFunctions = true
 			}
-			s.filterAll = true // redis-cli --replica: no data, the live stream only
+			s.filterAll = !s.filterFunctions // redis-cli --replica: no data, the live stream only
 		case "version":
 			s.version = truncate(val, 32)
 		default:

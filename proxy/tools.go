@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -44,8 +45,14 @@ func (s *session) latency(args [][]byte) error {
 		return s.errorf("ERR wrong number of arguments for 'latency' command")
 	}
 	switch strings.ToLower(string(args[0])) {
-	case "latest", "history", "histogram":
-		return s.reply(resp.ArrayValue(nil))
+	case "latest", "history":
+		return s.reply(resp.ArrayValue(nil)) // no latency monitor events: the proxy runs no slow operation on its event path
+	case "histogram":
+		var names []string
+		for _, a := range args[1:] {
+			names = append(names, strings.ToLower(string(a)))
+		}
+		return s.reply(s.p.commands.histogram(names))
 	case "reset":
 		return s.reply(resp.IntegerValue(0))
 	case "doctor":
@@ -73,8 +80,12 @@ func (s *session) slowlog(args [][]byte) error {
 // clientLine is one CLIENT LIST line, in Redis' field order (a subset).
 func (s *session) clientLine(now time.Time) string {
 	flags := "N"
-	if s.replica.Load() {
+	sub, psub := s.subCount.Load(), s.psubCount.Load()
+	switch {
+	case s.replica.Load():
 		flags = "S"
+	case sub+psub > 0:
+		flags = "P"
 	}
 	laddr := ""
 	if a := s.raw.LocalAddr(); a != nil {
@@ -85,8 +96,8 @@ func (s *session) clientLine(now time.Time) string {
 	if user == "" {
 		user = "default"
 	}
-	return fmt.Sprintf("id=%d addr=%s laddr=%s fd=-1 name=%s age=%d idle=0 flags=%s db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=NULL user=%s redir=-1 resp=2",
-		s.id, s.addr, laddr, name, int64(now.Sub(s.startTime).Seconds()), flags, user)
+	return fmt.Sprintf("id=%d addr=%s laddr=%s fd=-1 name=%s age=%d idle=0 flags=%s db=0 sub=%d psub=%d ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=NULL user=%s redir=-1 resp=2",
+		s.id, s.addr, laddr, name, int64(now.Sub(s.startTime).Seconds()), flags, sub, psub, user)
 }
 
 // clientKill is CLIENT KILL in both forms: ADDR alone (old), or filters
@@ -120,11 +131,13 @@ func (s *session) clientKill(args [][]byte) error {
 		case "type":
 			switch t := strings.ToLower(val); t {
 			case "normal":
-				preds = append(preds, func(o *session) bool { return !o.replica.Load() })
+				preds = append(preds, func(o *session) bool { return !o.replica.Load() && o.subCount.Load()+o.psubCount.Load() == 0 })
 			case "replica", "slave":
 				preds = append(preds, func(o *session) bool { return o.replica.Load() })
-			case "pubsub", "master":
-				preds = append(preds, func(*session) bool { return false }) // none: no pub/sub sessions, no master clients here
+			case "pubsub":
+				preds = append(preds, func(o *session) bool { return o.subCount.Load()+o.psubCount.Load() > 0 })
+			case "master":
+				preds = append(preds, func(*session) bool { return false }) // no master clients here
 			default:
 				return s.errorf("ERR Unknown client type '%s'", truncate(val, 32))
 			}
@@ -171,4 +184,31 @@ func (s *session) kill(victims []*session) {
 		s.log.Info("client killed by CLIENT KILL", "victim", v.id, "victim_addr", v.addr)
 		v.close(DownClosed)
 	}
+}
+
+// commandInfo answers COMMAND INFO [name ...] (and bare COMMAND): a nil
+// per unknown name, as Redis, and a minimal entry per command served here
+// (redis_exporter probes COMMAND INFO COMMANDLOG to detect Valkey 8.1).
+func commandInfo(names [][]byte) resp.Value {
+	entry := func(name string) resp.Value {
+		return resp.ArrayValue([]resp.Value{resp.StringValue(name), resp.IntegerValue(-1),
+			resp.ArrayValue(nil), resp.IntegerValue(0), resp.IntegerValue(0), resp.IntegerValue(0),
+			resp.ArrayValue(nil), resp.ArrayValue(nil), resp.ArrayValue(nil), resp.ArrayValue(nil)})
+	}
+	var out []resp.Value
+	if names == nil {
+		for _, n := range supportedCommands {
+			out = append(out, entry(n))
+		}
+		return resp.ArrayValue(out)
+	}
+	for _, n := range names {
+		name := strings.ToLower(string(n))
+		if slices.Contains(supportedCommands, name) {
+			out = append(out, entry(name))
+		} else {
+			out = append(out, resp.NullValue())
+		}
+	}
+	return resp.ArrayValue(out)
 }

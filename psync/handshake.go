@@ -41,6 +41,10 @@ type HandshakeConfig struct {
 	ListeningPort int    // REPLCONF listening-port; 0 skips it
 	IPAddress     string // REPLCONF ip-address; empty skips it
 	RDBOnly       bool   // REPLCONF rdb-only 1: a snapshot and nothing else
+	// Version is sent as REPLCONF version (Valkey 8+ replicas do; a
+	// Valkey 9 master picks the RDB version it writes from it). Empty: not
+	// sent. A master that does not know it answers an error, tolerated.
+	Version string
 }
 
 // HandshakeError is a reply that ends the handshake attempt.
@@ -103,6 +107,11 @@ func Handshake(w io.Writer, br *bufio.Reader, cfg HandshakeConfig) error {
 	}
 	if _, err = ask("REPLCONF capa", EncodeCommand("REPLCONF", "capa", "eof", "capa", "psync2")); err != nil {
 		return err
+	}
+	if cfg.Version != "" {
+		if _, err = ask("REPLCONF version", EncodeCommand("REPLCONF", "version", cfg.Version)); err != nil {
+			return err
+		}
 	}
 	if cfg.RDBOnly {
 		if line, err = ask("REPLCONF rdb-only", EncodeCommand("REPLCONF", "rdb-only", "1")); err != nil {

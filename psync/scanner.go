@@ -196,6 +196,17 @@ func (s *Scanner) Scan(p []byte, fn func(end int, c *Command)) error {
 	return nil
 }
 
+// Partial describes the command under way after the bytes fed so far:
+// its name once its first argument is complete, and how many of its bytes
+// were consumed. size is 0 at a command boundary.
+func (s *Scanner) Partial() (name string, nameKnown bool, size int64) {
+	if s.state == stStart {
+		return "", false, 0
+	}
+	// argIdx is the current command's only past its array header.
+	return s.cmd.Name(), s.state > stArrayLF && s.argIdx >= 1, s.cmd.Size
+}
+
 func (s *Scanner) capture(b []byte) {
 	dst, n := s.cmd.name[:], &s.cmd.nameLen
 	if s.argIdx == 1 {

@@ -12,6 +12,7 @@ targets=(
   "./psync/snapshot FuzzParseHeader"
   "./psync/snapshot FuzzScanKeyspace"
   "./proxy FuzzCmdReader"
+  "./proxy FuzzStreamPublishes"
   "./internal/acl FuzzParse"
 )
 for t in "${targets[@]}"; do

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -119,6 +120,7 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.MaxParallelFullSyncs, "max-parallel-full-syncs", 0, "full syncs served at once; 0 = unlimited")
 	fs.StringVar(&c.DelayedListen, "delayed-listen", "", "`HOST:PORT` for delayed replicas: they see the stream only up to what arrived at least --delay ago (a copy of the data as it was)")
 	fs.DurationVar(&c.Delay, "delay", 0, "how far behind the delayed listener's replicas are kept, e.g. 1h")
+	fs.DurationVar(&c.RDBOnlyMaxAge, "rdb-only-max-age", proxy.DefaultRDBOnlyMaxAge, "an rdb-only client (redis-cli --rdb) gets the stored snapshot only if younger than this, else a fresh one (a refresh, which prefers a replica); 0 serves the stored one whatever its age")
 	fs.DurationVar(&c.RDBRefusalTTL, "rdb-refusal-ttl", proxy.DefaultRDBRefusalTTL, "a replica that hung up after a full sync without acknowledging it (it could not load the RDB version) gets an error naming the versions instead of the same payload, for this long")
 	fs.StringVar(&r.ackPolicy, "ack-policy", "self", "offset acknowledged to the upstream: self (what the proxy stored) or replicas:N (what at least N online replicas acknowledged, so WAIT and min-replicas-to-write on the origin count replicas that have the data)")
 	fs.Var(&r.fullSyncRate, "full-sync-rate-limit", "bytes per second for all full syncs served together, e.g. 100mb (0: no limit), beside --max-parallel-full-syncs")
@@ -127,6 +129,7 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&r.fsync, "fsync", "everysec", "backlog fsync policy: always, everysec or no")
 	fs.IntVar(&c.AnnouncePort, "announce-port", 0, "port announced to the origin (REPLCONF listening-port); default the listen port")
 	fs.StringVar(&c.AnnounceIP, "announce-ip", "", "IP announced to the origin (REPLCONF ip-address)")
+	fs.StringVar(&c.AnnounceVersion, "announce-version", "", "release X.Y.Z announced to the origin (REPLCONF version); a Valkey 9 origin writes RDB 80 for 9.0+, loadable only by Valkey 9+ replicas; empty: none, the portable RDB 11")
 	fs.StringVar(&s.Web.Listen, "metrics-listen", "0.0.0.0:9380", "`HOST:PORT` for /metrics, /livez, /readyz and the status page; empty disables")
 	fs.StringVar(&s.Web.Readiness, "readiness", ReadySynced, "what /readyz means: synced (upstream link up and a snapshot) or process (sidecar in the master pod)")
 	fs.BoolVar(&s.Web.PerReplica, "metrics-per-replica", false, "export per-replica series")
@@ -188,6 +191,9 @@ func parse(args []string, lookup func(string) (string, bool), out io.Writer, off
 	}
 	if s.Version {
 		return s, nil
+	}
+	if r.configFile != "" {
+		s.Proxy.ConfigFile, _ = filepath.Abs(r.configFile) // INFO's config_file, as Redis shows it
 	}
 	if offline {
 		r.passFile, r.reqPassFile, r.replicaPassFile = "", "", ""

@@ -322,6 +322,14 @@ func (l *Log) Counters() (written, trimmed int64) {
 	return v.Written, v.Trimmed
 }
 
+// TailCapacity is the in-memory tail's size, 0 without one.
+func (l *Log) TailCapacity() int64 {
+	if l.tail == nil {
+		return 0
+	}
+	return l.tail.capacity
+}
+
 // TailServed is how many bytes cursors have sent from the in-memory tail.
 func (l *Log) TailServed() int64 { return l.tailServed.Load() }
 

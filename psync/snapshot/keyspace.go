@@ -714,3 +714,48 @@ func (s *rdbScanner) finish() ([]KeyStats, error) {
 	sort.Slice(out, func(i, j int) bool { return out[i].DB < out[j].DB })
 	return out, nil
 }
+
+// Prelude is where an RDB's data begins: everything before it is the
+// header, aux fields, module aux data and function libraries, the part
+// Redis sends for REPLCONF rdb-filter-only functions.
+type Prelude struct {
+	End       int64 // offset of the first data opcode (SELECTDB, a key, EOF...)
+	Functions int   // function libraries in it
+}
+
+// ReadPrelude walks the start of an RDB of size bytes up to its data.
+func ReadPrelude(r io.ReaderAt, size int64) (Prelude, error) {
+	s := &rdbScanner{at: r, size: size, buf: make([]byte, scanBuf), dbs: map[uint64]*KeyStats{}}
+	return s.prelude()
+}
+
+func (s *rdbScanner) prelude() (Prelude, error) {
+	if err := s.header(); err != nil {
+		return Prelude{}, err
+	}
+	var p Prelude
+	for {
+		at := s.pos
+		t, err := s.byte()
+		if err != nil {
+			return Prelude{}, err
+		}
+		switch t {
+		case opAux:
+			err = s.skipStrings(2)
+		case opModuleAux:
+			err = s.skipModuleValue()
+		case opFunction2:
+			err = s.skipString()
+			p.Functions++
+		case opFunctionRC:
+			err = s.fail("pre-release function record (opcode 246) is not supported")
+		default:
+			p.End = at
+			return p, nil
+		}
+		if err != nil {
+			return Prelude{}, err
+		}
+	}
+}
