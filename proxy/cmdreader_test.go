@@ -133,7 +133,7 @@ func TestHandshakeOfNewerReplicas(t *testing.T) {
 		{[]string{"REPLCONF", "capa", "eof", "capa", "psync2", "capa", "rdb-channel-repl"}, "+OK"},
 		{[]string{"REPLCONF", "version", "8.0.1"}, "+OK"},
 		{[]string{"REPLCONF", "listening-port", "6379", "ip-address", "10.0.0.7"}, "+OK"},
-		{[]string{"REPLCONF", "rdb-filter-only", ""}, "+OK"}, // redis-cli --replica: an empty RDB, then the stream
+		{[]string{"REPLCONF", "rdb-filter-only", ""}, "+OK"},          // redis-cli --replica: an empty RDB, then the stream
 		{[]string{"REPLCONF", "rdb-filter-only", "functions"}, "+OK"}, // redis-cli --functions-rdb
 		{[]string{"REPLCONF", "rdb-filter-only", "keys"}, "-ERR Unsupported rdb-filter-only option: keys"},
 		{[]string{"REPLCONF", "ACK", "5"}, ""}, // no reply at all

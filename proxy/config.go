@@ -92,6 +92,10 @@ type Config struct {
 	// MaxClients bounds downstream connections (replicas and tools), and
 	// with it the memory they can take; as Redis' maxclients.
 	MaxClients int
+	// DisableFanout: caught-up plaintext replicas wait for appends and
+	// sendfile them from the backlog files, one goroutine each, instead of
+	// being written to by the follower straight from its read buffer.
+	DisableFanout bool
 	// ConfigFile is the --config file, for INFO (informational only).
 	ConfigFile string
 

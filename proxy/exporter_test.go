@@ -205,3 +205,42 @@ func checkHistogram(t *testing.T, v any, scrape int) {
 		t.Errorf("LATENCY HISTOGRAM lacks info: %v", fmt.Sprint(names))
 	}
 }
+
+// TestInfoSections: INFO's arguments select sections as in Redis 7.
+func TestInfoSections(t *testing.T) {
+	p := startProxy(t, "127.0.0.1:1", t.TempDir()) // no upstream needed
+	cli := redis.NewClient(&redis.Options{Addr: p.addr})
+	defer cli.Close()
+	info := func(args ...string) string {
+		v, err := cli.Info(context.Background(), args...).Result()
+		must(t, err)
+		return v
+	}
+	headers := func(args ...string) string {
+		var hs []string
+		for _, l := range strings.Split(info(args...), "\r\n") {
+			if h, ok := strings.CutPrefix(l, "# "); ok {
+				hs = append(hs, h)
+			}
+		}
+		return strings.Join(hs, " ")
+	}
+	def := "Server Clients Memory Persistence Stats Replication CPU Modules Errorstats Cluster Keyspace Replproxy"
+	all := "Server Clients Memory Persistence Stats Replication CPU Modules Commandstats Errorstats Latencystats Cluster Keyspace Replproxy"
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{nil, def}, {[]string{"default"}, def}, {[]string{"ALL"}, all}, {[]string{"everything"}, all},
+		{[]string{"clients", "server"}, "Server Clients"}, {[]string{"commandstats"}, "Commandstats"},
+		{[]string{"default", "latencystats"}, "Server Clients Memory Persistence Stats Replication CPU Modules Errorstats Latencystats Cluster Keyspace Replproxy"},
+		{[]string{"bogus"}, ""},
+	} {
+		if got := headers(c.args...); got != c.want {
+			t.Errorf("INFO %v: %s\nwant %s", c.args, got, c.want)
+		}
+	}
+	if got := info("bogus"); got != "" {
+		t.Errorf("INFO bogus: %q, want empty as Redis", got)
+	}
+}

@@ -54,6 +54,7 @@ type follower struct {
 	// subscribers; written with scanner, under guard.mu.
 	publishes streamPublishes
 	pubsub    *pubsub
+	fanout    *fanout     // nil when disabled
 	refresh   atomic.Bool // a snapshot refresh is running
 	// refreshLast: when the running refresh began, how the last one went.
 	refreshLast refreshTimes
@@ -702,6 +703,9 @@ func (f *follower) appendStream(chunk []byte, u *upstreamConn) error {
 		return fmt.Errorf("%w: %w", errBacklogWrite, err)
 	}
 	f.scanner = sc
+	if f.fanout != nil {
+		f.fanout.deliver(f.store.bl.End()-int64(len(chunk))+1, chunk)
+	}
 	if watch {
 		var pubs []publication
 		pubs, f.publishes = f.publishes.scan(chunk, published, &sc)

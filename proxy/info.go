@@ -3,11 +3,11 @@ package proxy
 import (
 	"fmt"
 	"hash/fnv"
-	"runtime"
 	"math"
 	"net"
 	"os"
 	"path"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -150,6 +150,8 @@ func (p *Proxy) info(sections ...string) string {
 			kv("used_memory_peak_human", redisHumanBytes(peak)),
 			fmt.Sprintf("used_memory_peak_perc:%.2f%%", float64(used)*100/float64(max(peak, 1))),
 			kv("used_memory_dataset", 0), // the proxy holds no keys in memory
+			kv("used_memory_lua", 0),     // nor a Lua VM
+			kv("number_of_cached_scripts", 0),
 			kv("total_system_memory", total),
 			kv("total_system_memory_human", redisHumanBytes(total)),
 			kv("maxmemory", 0),
@@ -159,8 +161,12 @@ func (p *Proxy) info(sections ...string) string {
 			kv("mem_fragmentation_bytes", rss-used),
 			// The backlog lives on disk; its in-memory part is the tail.
 			kv("mem_replication_backlog", p.store.bl.TailCapacity()),
+			kv("mem_aof_buffer", 0),
+			kv("mem_cluster_links", 0),
 			kv("mem_allocator", "go-"+strings.TrimPrefix(runtime.Version(), "go")),
+			kv("active_defrag_running", 0),
 			kv("lazyfree_pending_objects", 0),
+			kv("lazyfreed_objects", 0),
 		)
 	}
 	var snapTime int64 = st.Started.Unix() // as Redis: the start, before any save
@@ -177,6 +183,7 @@ func (p *Proxy) info(sections ...string) string {
 		kv("rdb_last_bgsave_time_sec", rl.last()),
 		kv("rdb_current_bgsave_time_sec", rl.current(now)),
 		kv("rdb_saves", p.stats.Refreshes.Load()),
+		kv("rdb_last_cow_size", 0), // no fork here, no copy-on-write
 		kv("aof_enabled", 0),
 		kv("aof_rewrite_in_progress", 0),
 		kv("aof_rewrite_scheduled", 0),
@@ -184,6 +191,7 @@ func (p *Proxy) info(sections ...string) string {
 		kv("aof_current_rewrite_time_sec", -1),
 		kv("aof_last_bgrewrite_status", "ok"),
 		kv("aof_last_write_status", "ok"),
+		kv("aof_last_cow_size", 0),
 		kv("module_fork_in_progress", 0),
 		kv("module_fork_last_cow_size", 0),
 	)
@@ -199,9 +207,15 @@ func (p *Proxy) info(sections ...string) string {
 		kv("sync_full", ps.SyncFull.Load()),
 		kv("sync_partial_ok", ps.SyncPartialOK.Load()),
 		kv("sync_partial_err", ps.SyncPartialErr.Load()),
+		// A proxy neither expires, evicts, defragments nor tracks keys.
 		kv("expired_keys", 0),
+		kv("expired_stale_perc", "0.00"),
+		kv("expired_time_cap_reached_count", 0),
+		kv("expire_cycle_cpu_milliseconds", 0),
 		kv("evicted_keys", 0),
 		kv("evicted_clients", 0),
+		kv("total_eviction_exceeded_time", 0),
+		kv("current_eviction_exceeded_time", 0),
 		kv("keyspace_hits", 0),
 		kv("keyspace_misses", 0),
 		kv("pubsub_channels", chans),
@@ -209,9 +223,22 @@ func (p *Proxy) info(sections ...string) string {
 		kv("pubsubshard_channels", 0),
 		kv("latest_fork_usec", 0), // the proxy never forks
 		kv("total_forks", 0),
+		kv("migrate_cached_sockets", 0),
+		kv("slave_expires_tracked_keys", 0),
+		kv("active_defrag_hits", 0),
+		kv("active_defrag_misses", 0),
+		kv("active_defrag_key_hits", 0),
+		kv("active_defrag_key_misses", 0),
+		kv("tracking_total_keys", 0),
+		kv("tracking_total_items", 0),
+		kv("tracking_total_prefixes", 0),
+		kv("unexpected_error_replies", 0),
 		kv("total_error_replies", p.commands.errorTotal()),
+		kv("dump_payload_sanitizations", 0),
 		kv("total_reads_processed", ps.ReadsProcessed.Load()),
 		kv("total_writes_processed", ps.WritesProcessed.Load()),
+		kv("io_threaded_reads_processed", 0),
+		kv("io_threaded_writes_processed", 0),
 		kv("client_output_buffer_limit_disconnections", ps.OutputBufferDrops.Load()),
 	)
 	repl := []string{
@@ -371,6 +398,8 @@ func (p *Proxy) info(sections ...string) string {
 		kv("full_sync_next_attempt_in_seconds", next),
 		kv("full_sync_blocked", oneLine(fs.Blocked)),
 	)
+	rp = append(rp, kv("fanout_writer", on(p.fanout != nil)), kv("fanout_bytes", ps.FanoutBytes.Load()),
+		kv("fanout_handbacks", ps.FanoutHandbacks.Load()))
 	rp = append(rp, strings.Split(strings.TrimSuffix(guardText(p.GuardStatus()), "\r\n"), "\r\n")...)
 	if ds := p.DelayStatus(); ds.Enabled {
 		rp = append(rp, kv("delay_seconds", int64(ds.Delay.Seconds())), kv("delay_horizon_offset", ds.Horizon),

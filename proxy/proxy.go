@@ -34,6 +34,7 @@ type Proxy struct {
 	versions sync.Map // snapshot name -> the redis-ver it records
 	commands *commandStats
 	pubsub   *pubsub
+	fanout   *fanout      // nil with DisableFanout
 	memPeak  atomic.Int64 // the highest used_memory INFO has seen
 }
 
@@ -67,6 +68,11 @@ type Stats struct {
 	WritesProcessed     atomic.Int64
 	// OutputBufferDrops: subscribers dropped for not reading their messages.
 	OutputBufferDrops atomic.Int64
+	// FanoutBytes: stream bytes the fan-out wrote to caught-up replicas
+	// (also in SentStreamBytes); FanoutHandbacks: replicas it handed back
+	// to their own copy loop (a full socket, a gap, a reset).
+	FanoutBytes     atomic.Int64
+	FanoutHandbacks atomic.Int64
 	// AuthFailures counts refused authentications and TLS handshakes by
 	// reason (AuthFailureReasons).
 	AuthFailures counts[string]
@@ -151,6 +157,11 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	}
 	p.follower = newFollower(cfg, log, p.stats, st, p.down)
 	p.follower.pubsub = p.pubsub
+	if !cfg.DisableFanout {
+		p.fanout = newFanout(p.stats)
+		p.follower.fanout = p.fanout
+		st.afterReset = p.fanout.releaseAll
+	}
 	addr, source, note := loadUpstream(cfg.DataDir, cfg.Upstream)
 	if note != nil {
 		log.Warn("persisted REPLICAOF not used", "reason", note.Error())

@@ -61,7 +61,7 @@ func sampleStream() ([]byte, []publication) {
 		msg := bytes.Repeat([]byte{byte('a' + i)}, 1+i*7)
 		s = append(s, respCmd("PUBLISH", fmt.Sprintf("ch%d", i), string(msg))...)
 		want = append(want, publication{[]byte(fmt.Sprintf("ch%d", i)), msg})
-		s = append(s, '\n') // the master's keepalive newline
+		s = append(s, '\n')                                 // the master's keepalive newline
 		s = append(s, respCmd("publish", "x", "y", "z")...) // 4 arguments: not a PUBLISH
 	}
 	return s, want

@@ -477,7 +477,16 @@ func (s *session) stream(ctx context.Context, cur *backlog.Cursor) error {
 		}
 		s.p.stats.SentStreamBytes.Add(n)
 		if err == nil && !s.delayed {
-			err = cur.Wait(ctx)
+			parked := false
+			if fan := s.p.fanout; fan != nil && !s.tls {
+				parked, err = fan.park(ctx, s.conn, cur, s.p.store.bl)
+			}
+			if parked && err == nil {
+				continue // handed back: copy what the fan-out did not write
+			}
+			if err == nil {
+				err = cur.Wait(ctx)
+			}
 		}
 		if err != nil {
 			switch {

@@ -75,11 +75,11 @@ type session struct {
 	capaPsync2    bool
 	capaEOF       bool
 	rdbOnly       bool
-	filterAll     bool   // REPLCONF rdb-filter-only "": an empty RDB, then the stream from now
+	filterAll     bool // REPLCONF rdb-filter-only "": an empty RDB, then the stream from now
 	// filterFunctions: REPLCONF rdb-filter-only functions, the snapshot's
 	// function libraries only (redis-cli --functions-rdb).
 	filterFunctions bool
-	version       string // REPLCONF version: only Valkey 8+ announce one
+	version         string // REPLCONF version: only Valkey 8+ announce one
 
 	replica atomic.Bool
 	cur     atomic.Pointer[backlog.Cursor] // set while streaming

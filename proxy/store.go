@@ -33,6 +33,9 @@ type store struct {
 	// keep (nil without --delay: the old one is removed) and what to drop.
 	retain   func(old, retained, fresh *snapshot.Info) (keep *snapshot.Info, drop []*snapshot.Info)
 	keyspace keyspaceStats
+	// afterReset runs after the backlog restarts for a new history (the
+	// fan-out hands its parked replicas back); set before Serve.
+	afterReset func()
 	// snapOffset mirrors the snapshot's offset for the append path's
 	// budget check.
 	snapOffset atomic.Int64
@@ -220,6 +223,9 @@ func (s *store) installFullSync(info *snapshot.Info) (installed bool, err error)
 		return false, err
 	}
 	s.arrivals.reset()
+	if s.afterReset != nil {
+		s.afterReset()
+	}
 	s.publishLocked(psync.Fresh(info.ReplID), info)
 	err = s.persistLocked()
 	s.wmu.Unlock()

@@ -66,6 +66,7 @@ type raw struct {
 	backlogSize              sizeValue
 	tailBuffer               sizeValue
 	guard                    bool
+	fanout                   bool
 	fullSyncRate             sizeValue
 	ackPolicy                string
 	passFile, reqPassFile    string
@@ -124,6 +125,7 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.RDBRefusalTTL, "rdb-refusal-ttl", proxy.DefaultRDBRefusalTTL, "a replica that hung up after a full sync without acknowledging it (it could not load the RDB version) gets an error naming the versions instead of the same payload, for this long")
 	fs.StringVar(&r.ackPolicy, "ack-policy", "self", "offset acknowledged to the upstream: self (what the proxy stored) or replicas:N (what at least N online replicas acknowledged, so WAIT and min-replicas-to-write on the origin count replicas that have the data)")
 	fs.Var(&r.fullSyncRate, "full-sync-rate-limit", "bytes per second for all full syncs served together, e.g. 100mb (0: no limit), beside --max-parallel-full-syncs")
+	fs.BoolVar(&r.fanout, "fanout-writer", true, "write each upstream read straight to the caught-up plaintext replicas from memory (one non-blocking write each), handing a replica to its own sendfile loop when its socket is full; false: every replica waits for appends and sendfiles them")
 	fs.BoolVar(&r.guard, "guard-empty-origin", true, "hold a new upstream history whose snapshot has fewer keys than --guard-min-keys-ratio of the current one (an origin restarted empty), keep serving the current data, and wait for REPLPROXY GUARD ACCEPT or POST /guard/accept")
 	fs.Float64Var(&c.GuardMinKeysRatio, "guard-min-keys-ratio", proxy.DefaultGuardMinKeysRatio, "share of the current snapshot's keys below which the guard holds a new history")
 	fs.StringVar(&r.fsync, "fsync", "everysec", "backlog fsync policy: always, everysec or no")
@@ -281,6 +283,7 @@ func (s *Settings) finish(r *raw, offline bool) error {
 		errs = append(errs, err)
 	}
 	c.GuardDisabled = !r.guard
+	c.DisableFanout = !r.fanout
 	c.FullSyncRateLimit = int64(r.fullSyncRate)
 	switch n, ok := strings.CutPrefix(r.ackPolicy, "replicas:"); {
 	case r.ackPolicy == "self":

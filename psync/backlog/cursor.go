@@ -20,6 +20,8 @@ type Cursor struct {
 	f       *os.File
 	segBase int64
 	useTail bool // owner only: read from the in-memory tail when it holds pos
+	// reseek: Skip moved pos past what f has read; the next open seeks.
+	reseek atomic.Bool
 	// Bytes copied from each source, owner only (tests look at them).
 	tailBytes, fileBytes int64
 }
@@ -64,6 +66,16 @@ func (l *Log) newCursor(pos int64, want uint64, checkGen bool) (*Cursor, error) 
 	return c, nil
 }
 
+// Skip moves the cursor n bytes on, past bytes sent by other means (the
+// proxy's fan-out writer, while the owner waits); the next read seeks.
+func (c *Cursor) Skip(n int64) {
+	c.pos.Add(n)
+	c.reseek.Store(true)
+}
+
+// Gen is the log generation the cursor reads.
+func (c *Cursor) Gen() uint64 { return c.gen }
+
 // Pos is the offset of the next byte the cursor will read.
 func (c *Cursor) Pos() int64 { return c.pos.Load() }
 
@@ -94,9 +106,10 @@ func (c *Cursor) open() (int64, error) {
 	avail := s.base + s.size - pos
 	l.mu.RUnlock()
 
-	if c.f != nil && c.segBase == s.base {
+	if c.f != nil && c.segBase == s.base && !c.reseek.Load() {
 		return avail, nil
 	}
+	c.reseek.Store(false)
 	c.Close()
 	f, err := os.Open(s.path(l.dir)) // dir never changes: no lock needed
 	if err != nil {

@@ -1,0 +1,199 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/replproxy/replproxy/psync/backlog"
+)
+
+// fanout writes each appended chunk straight from the follower's memory
+// to the caught-up plaintext replicas, with one non-blocking write each,
+// as a chained Redis writes to its replicas from one event loop. A replica
+// goroutine with nothing left to copy parks here instead of waiting for
+// the next append; a write that does not take the whole chunk (a full
+// socket, an error), a gap or a history reset hands the replica back to
+// its goroutine, which goes on from its cursor (sendfile from the files,
+// blocking with a deadline). So caught-up replicas cost one write(2) per
+// upstream read and no goroutine wake-up; slow ones cost the follower one
+// refused write.
+type fanout struct {
+	mu      sync.Mutex // serialises park and leave; deliver never takes it
+	members atomic.Pointer[[]*fanMember]
+	stats   *Stats
+}
+
+// Member states: the follower may write only to a parked member, and
+// claims it first, so its goroutine never writes at the same time.
+const (
+	memberParked int32 = iota
+	memberWriting
+	memberReleased
+)
+
+type fanMember struct {
+	cur   *backlog.Cursor // its position is the next byte the replica needs
+	rc    syscall.RawConn
+	state atomic.Int32
+	back  chan struct{} // closed when released
+}
+
+func newFanout(stats *Stats) *fanout {
+	f := &fanout{stats: stats}
+	f.members.Store(&[]*fanMember{})
+	return f
+}
+
+// release hands m back to its goroutine; the caller holds the claim (or
+// m is parked and the caller is the follower).
+func (f *fanout) release(m *fanMember) {
+	m.state.Store(memberReleased)
+	close(m.back)
+	f.stats.FanoutHandbacks.Add(1)
+}
+
+// claim takes m back from the fan-out for its own goroutine: true when it
+// was still parked (nothing more will be written), false when the
+// follower released it. It waits out a write in progress.
+func (m *fanMember) claim() bool {
+	for {
+		if m.state.CompareAndSwap(memberParked, memberReleased) {
+			return true
+		}
+		if m.state.Load() == memberReleased {
+			return false
+		}
+		runtime.Gosched() // the follower is writing one chunk; it never blocks
+	}
+}
+
+// park waits while the fan-out feeds the replica. It returns false at
+// once, without waiting, when the cursor is not at the log's end (more to
+// copy) or the connection is not a plain TCP socket; otherwise it returns
+// when the replica is handed back (its cursor moved past what was
+// written), or ctx ends.
+func (f *fanout) park(ctx context.Context, conn net.Conn, cur *backlog.Cursor, log *backlog.Log) (bool, error) {
+	tc, ok := conn.(*net.TCPConn)
+	if !ok {
+		return false, nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return false, nil
+	}
+	if v := log.View(); cur.Pos() != v.End+1 || v.Gen != cur.Gen() || v.Closed {
+		return false, nil
+	}
+	m := &fanMember{cur: cur, rc: rc, back: make(chan struct{})}
+	f.add(m)
+	// The follower appends, then loads the members; this adds, then looks
+	// at the end again. One of the two sees the other (atomics are
+	// sequentially consistent), so no append falls between them.
+	if v := log.View(); cur.Pos() != v.End+1 || v.Gen != cur.Gen() || v.Closed {
+		m.claim()
+		f.remove(m)
+		return true, nil // not parked for long: copy what arrived
+	}
+	select {
+	case <-m.back:
+		f.remove(m)
+		return true, nil
+	case <-ctx.Done():
+		m.claim()
+		f.remove(m)
+		return false, ctx.Err()
+	}
+}
+
+func (f *fanout) add(m *fanMember) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	old := *f.members.Load()
+	next := make([]*fanMember, len(old), len(old)+1)
+	copy(next, old)
+	next = append(next, m)
+	f.members.Store(&next)
+}
+
+func (f *fanout) remove(m *fanMember) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	old := *f.members.Load()
+	next := make([]*fanMember, 0, len(old))
+	for _, o := range old {
+		if o != m {
+			next = append(next, o)
+		}
+	}
+	f.members.Store(&next)
+}
+
+// deliver writes chunk, which holds offsets [start, start+len(chunk)), to
+// every parked replica; called by the follower right after appending it.
+func (f *fanout) deliver(start int64, chunk []byte) {
+	members := *f.members.Load()
+	end := start + int64(len(chunk)) // one past the last byte
+	for _, m := range members {
+		if !m.state.CompareAndSwap(memberParked, memberWriting) {
+			continue // handed back or being taken back
+		}
+		next := m.cur.Pos()
+		switch {
+		case next >= end: // joined after this chunk's bytes were copied
+			m.state.Store(memberParked)
+			continue
+		case next < start: // an append it did not get: its goroutine copies from the files
+			f.release(m)
+			continue
+		}
+		b := chunk[next-start:]
+		n := writeNonBlocking(m.rc, b)
+		if n > 0 {
+			m.cur.Skip(int64(n))
+			f.stats.SentStreamBytes.Add(int64(n))
+			f.stats.FanoutBytes.Add(int64(n))
+		}
+		if n < len(b) {
+			f.release(m) // socket full or broken: its goroutine takes over, with its deadline
+			continue
+		}
+		m.state.Store(memberParked)
+	}
+}
+
+// releaseAll hands every parked replica back (a history reset: their
+// cursors fail and they end).
+func (f *fanout) releaseAll() {
+	for _, m := range *f.members.Load() {
+		if m.state.CompareAndSwap(memberParked, memberWriting) {
+			f.release(m)
+		}
+	}
+}
+
+// writeNonBlocking writes what the socket takes now, never waiting.
+func writeNonBlocking(rc syscall.RawConn, b []byte) int {
+	n := 0
+	err := rc.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			w, err := syscall.Write(int(fd), b[n:])
+			if w > 0 {
+				n += w
+			}
+			if err != nil || w <= 0 {
+				if errors.Is(err, syscall.EINTR) {
+					continue
+				}
+				break
+			}
+		}
+		return true // done, whatever happened: the socket is O_NONBLOCK
+	})
+	_ = err // a closed connection: n stays as written; its goroutine sees the error
+	return n
+}

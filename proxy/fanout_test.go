@@ -1,0 +1,113 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/psync"
+)
+
+// TestFanoutMatchesOrigin: a plaintext replica moves between its own copy
+// loop (the files) and the fan-out (written from the follower's memory)
+// under a steady write load: caught up, it is fed by the fan-out; when it
+// stops reading, a fan-out write falls short and hands it back; reading
+// again, it catches up from the files and parks again. What it receives
+// is exactly the origin's own stream.
+func TestFanoutMatchesOrigin(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin", "--repl-backlog-size", "256mb")
+	p := startProxy(t, origin.Addr(), t.TempDir())
+	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
+	// A steady ~4 MB/s: pauses of the reader below fill the socket buffers.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		ctx, val := context.Background(), strings.Repeat("v", 2000)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			pipe := origin.Client().Pipeline()
+			for j := range 10 {
+				pipe.Set(ctx, fmt.Sprintf("k%d", (i*10+j)%5000), val, 0)
+			}
+			_, _ = pipe.Exec(ctx)
+		}
+	})
+	stopLoad := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	defer stopLoad()
+	waitOffsetGrows(t, origin, 1<<20)
+	st := p.Status()
+	from := st.BacklogFirst + 100
+
+	raw, err := net.DialTimeout("tcp", p.addr, 2*time.Second)
+	must(t, err)
+	defer raw.Close()
+	br := bufio.NewReaderSize(raw, 64<<10)
+	must(t, psync.Handshake(raw, br, psync.HandshakeConfig{ListeningPort: 1}))
+	reply, err := psync.Psync(raw, br, st.History.ReplID, from, nil)
+	if err != nil || reply.Kind != psync.ReplyContinue {
+		t.Fatalf("PSYNC %d: %+v %v", from, reply, err)
+	}
+	var got []byte
+	buf := make([]byte, 64<<10)
+	read := func() {
+		_ = raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := br.Read(buf)
+		must(t, err)
+		got = append(got, buf[:n]...)
+	}
+	catchUp := func() {
+		end := p.backlogEnd()
+		for from+int64(len(got)) <= end {
+			read()
+		}
+	}
+	for cycle := 0; cycle < 20 && p.Stats().FanoutHandbacks.Load() < 3; cycle++ {
+		catchUp() // then it is parked and fed by the fan-out
+		fanned := p.Stats().FanoutBytes.Load()
+		redistest.Eventually(t, 10*time.Second, "the fan-out feeds the caught-up replica", func() bool {
+			return p.Stats().FanoutBytes.Load() > fanned
+		})
+		// Stop reading until the socket is full and a fan-out write falls
+		// short.
+		handbacks := p.Stats().FanoutHandbacks.Load()
+		redistest.Eventually(t, 20*time.Second, "a short write hands the replica back", func() bool {
+			return p.Stats().FanoutHandbacks.Load() > handbacks
+		})
+	}
+	stopLoad()
+	end := waitSynced(t, origin, p.backlogEnd, 20*time.Second)
+	for from+int64(len(got)) <= end {
+		read()
+	}
+	// Caught up: writes that come one by one reach it through the fan-out.
+	fanned := p.Stats().FanoutBytes.Load()
+	for i := range 20 {
+		must(t, origin.Client().Set(context.Background(), fmt.Sprintf("fan:%d", i), strings.Repeat("f", 500), 0).Err())
+		end = waitSynced(t, origin, p.backlogEnd, 20*time.Second)
+		for from+int64(len(got)) <= end {
+			read()
+		}
+	}
+	got = got[:end-from+1] // the origin's PINGs may have come on since
+	if p.Stats().FanoutBytes.Load() == fanned || p.Stats().FanoutHandbacks.Load() < 3 {
+		t.Fatalf("fan-out bytes %d (before the single writes %d), handbacks %d: the replica did not move between the two paths",
+			p.Stats().FanoutBytes.Load(), fanned, p.Stats().FanoutHandbacks.Load())
+	}
+	ref := originStream(t, origin, st.History.ReplID, from, end)
+	if !bytes.Equal(got, ref) {
+		i := firstDiff(got, ref)
+		t.Fatalf("the replica's stream differs from the origin's at offset %d of [%d, %d]", from+int64(i), from, end)
+	}
+}
