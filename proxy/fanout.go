@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/replproxy/replproxy/psync/backlog"
 )
@@ -41,6 +42,7 @@ type fanMember struct {
 	rc    syscall.RawConn
 	state atomic.Int32
 	back  chan struct{} // closed when released
+	full  bool          // released for a write that fell short; read after back closes
 }
 
 func newFanout(stats *Stats) *fanout {
@@ -72,14 +74,26 @@ func (m *fanMember) claim() bool {
 	}
 }
 
+// fullSocketPause: a replica whose socket was full stays in its own copy
+// loop this long before it parks again. A replica that cannot keep up
+// (a saturated link, a full-speed relay) would otherwise bounce between
+// the two on every read, costing a refused write and a wake-up each time.
+const fullSocketPause = 100 * time.Millisecond
+
+// parker is a replica session's side of the fan-out: it remembers when
+// the replica may park again.
+type parker struct {
+	notBefore time.Time
+}
+
 // park waits while the fan-out feeds the replica. It returns false at
 // once, without waiting, when the cursor is not at the log's end (more to
-// copy) or the connection is not a plain TCP socket; otherwise it returns
-// when the replica is handed back (its cursor moved past what was
-// written), or ctx ends.
-func (f *fanout) park(ctx context.Context, conn net.Conn, cur *backlog.Cursor, log *backlog.Log) (bool, error) {
+// copy), the connection is not a plain TCP socket, or its socket was full
+// moments ago; otherwise it returns when the replica is handed back (its
+// cursor moved past what was written), or ctx ends.
+func (f *fanout) park(ctx context.Context, pk *parker, conn net.Conn, cur *backlog.Cursor, log *backlog.Log) (bool, error) {
 	tc, ok := conn.(*net.TCPConn)
-	if !ok {
+	if !ok || time.Now().Before(pk.notBefore) {
 		return false, nil
 	}
 	rc, err := tc.SyscallConn()
@@ -102,6 +116,9 @@ func (f *fanout) park(ctx context.Context, conn net.Conn, cur *backlog.Cursor, l
 	select {
 	case <-m.back:
 		f.remove(m)
+		if m.full {
+			pk.notBefore = time.Now().Add(fullSocketPause)
+		}
 		return true, nil
 	case <-ctx.Done():
 		m.claim()
@@ -159,6 +176,7 @@ func (f *fanout) deliver(start int64, chunk []byte) {
 			f.stats.FanoutBytes.Add(int64(n))
 		}
 		if n < len(b) {
+			m.full = true
 			f.release(m) // socket full or broken: its goroutine takes over, with its deadline
 			continue
 		}

@@ -91,7 +91,9 @@ func TestFanoutMatchesOrigin(t *testing.T) {
 	for from+int64(len(got)) <= end {
 		read()
 	}
-	// Caught up: writes that come one by one reach it through the fan-out.
+	// Caught up and parked again (after the pause that follows a full
+	// socket): writes that come one by one reach it through the fan-out.
+	redistest.Eventually(t, 10*time.Second, "the replica parks", func() bool { return len(*p.fanout.members.Load()) == 1 })
 	fanned := p.Stats().FanoutBytes.Load()
 	for i := range 20 {
 		must(t, origin.Client().Set(context.Background(), fmt.Sprintf("fan:%d", i), strings.Repeat("f", 500), 0).Err())

@@ -466,6 +466,7 @@ func (s *session) stream(ctx context.Context, cur *backlog.Cursor) error {
 	var acks sync.WaitGroup
 	defer acks.Wait()
 	acks.Go(s.readAcks)
+	var pk parker
 	for {
 		_ = s.conn.SetWriteDeadline(time.Now().Add(s.p.cfg.ReplicaTimeout))
 		var n int64
@@ -479,7 +480,7 @@ func (s *session) stream(ctx context.Context, cur *backlog.Cursor) error {
 		if err == nil && !s.delayed {
 			parked := false
 			if fan := s.p.fanout; fan != nil && !s.tls {
-				parked, err = fan.park(ctx, s.conn, cur, s.p.store.bl)
+				parked, err = fan.park(ctx, &pk, s.conn, cur, s.p.store.bl)
 			}
 			if parked && err == nil {
 				continue // handed back: copy what the fan-out did not write
