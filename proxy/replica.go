@@ -420,7 +420,8 @@ func (s *session) sendSnapshot(f *os.File, cur *backlog.Cursor, snap *snapshot.I
 		cur.Close()
 		return nil, err
 	}
-	s.log.Info("full sync started", "replid", replid, "offset", snap.Offset, "bytes", snap.Size)
+	s.log.Info("full sync started", "replid", replid, "offset", snap.Offset, "bytes", snap.Size,
+		"rdb_only", s.rdbOnly, "snapshot_age_seconds", int64(time.Since(snap.Created).Seconds()))
 	for sent := int64(0); sent < snap.Size; {
 		chunk := min(sendChunk, snap.Size-sent)
 		if p.down.fullSyncRate != nil {
