@@ -350,6 +350,10 @@ func TestOriginRestartNewHistory(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "snapshots", old.snap.Name)); !os.IsNotExist(err) {
 		t.Fatalf("old snapshot still on disk: %v", err)
 	}
+	// A write on the new history: without one the origin's offset stays 0
+	// until its first replica PING (every 10 s), which waitSynced cannot
+	// tell from "nothing relayed".
+	must(t, origin.Client().Set(context.Background(), "z", "3", 0).Err())
 	waitSynced(t, origin, p.backlogEnd, 10*time.Second)
 	if got := p.Stats().UpstreamFullSyncs.Load(); got != 2 {
 		t.Fatalf("upstream full syncs %d, want 2", got)
