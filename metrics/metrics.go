@@ -191,6 +191,9 @@ var (
 	dPeakRSS          = desc("process_peak_resident_memory_bytes", "Peak resident set size since the process started (VmHWM): the worst moment, which a scrape interval can miss.")
 	dCfgMaxClients    = desc("config_max_clients", "Configured limit of downstream connections (--max-clients).")
 	dDownRejected     = desc("downstream_rejected_connections_total", "Connections refused because --max-clients were connected.")
+	dFanoutBytes      = desc("downstream_fanout_bytes_total", "Stream bytes written to caught-up replicas straight from the follower's read buffer (--fanout-writer; also counted in downstream_sent_bytes_total).")
+	dFanoutHandbacks  = desc("downstream_fanout_handbacks_total", "Replicas the fan-out writer handed back to their own copy loop: a full socket, a gap or a history reset.")
+	dSubscriberDrops  = desc("pubsub_subscriber_drops_total", "Pub/sub subscribers disconnected for not reading their messages (32 MB pending).")
 	dTLSExpiry        = desc("tls_certificate_expiry_timestamp_seconds", "When the certificate in use expires, by role: server (the TLS listener), upstream (the client certificate towards the upstream), metrics (HTTPS).", "role")
 	dReloads          = desc("reloads_total", "Successful reloads of changed certificate and users files, by role (server, upstream, metrics, users).", "role")
 	dReloadFailures   = desc("reload_failures_total", "Reloads that failed and kept the previous certificate or users, by role.", "role")
@@ -338,6 +341,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	g(dDownClients, float64(st.Clients))
 	cnt(dDownRejected, float64(stats.RejectedConns.Load()))
+	cnt(dFanoutBytes, float64(stats.FanoutBytes.Load()))
+	cnt(dFanoutHandbacks, float64(stats.FanoutHandbacks.Load()))
+	cnt(dSubscriberDrops, float64(stats.OutputBufferDrops.Load()))
 	cnt(dDownSyncs, float64(stats.SyncFull.Load()), "full")
 	cnt(dDownSyncs, float64(stats.SyncPartialOK.Load()), "partial")
 	for _, v := range psync.RejectVerdicts {
