@@ -192,6 +192,7 @@ func (s *session) serve(ctx context.Context) error {
 			continue // bare newline
 		}
 		cmd := strings.ToLower(string(args[0]))
+		s.rejected = false
 		if !s.authed && cmd != "auth" && cmd != "hello" && cmd != "quit" {
 			s.rejected = true
 			s.count(cmd, args, time.Now(), s.errReplies)
@@ -212,6 +213,10 @@ func (s *session) serve(ctx context.Context) error {
 			start, errs := time.Now(), s.errReplies
 			err := s.queue(cmd, args)
 			if cmd == "exec" || cmd == "discard" || cmd == "multi" {
+				s.rejected = cmd == "multi" // nested: refused
+				if cmd == "exec" {
+					errs = s.errReplies // the queued commands' errors are theirs, not EXEC's
+				}
 				s.count(cmd, args, start, errs)
 			}
 			if err != nil {

@@ -51,6 +51,15 @@ func TestToolCommands(t *testing.T) {
 	if v, err := conn.Do(ctx, "EXEC").Result(); err == nil || !strings.Contains(err.Error(), "EXEC without MULTI") {
 		t.Fatalf("EXEC without MULTI: %v %v", v, err)
 	}
+	// Commandstats: the EXEC ran once (its queued commands' replies are
+	// theirs), the EXEC without MULTI was refused.
+	st, err := conn.Do(ctx, "INFO", "commandstats").Text()
+	must(t, err)
+	_, line, _ := strings.Cut(st, "cmdstat_exec:")
+	line, _, _ = strings.Cut(line, "\r\n")
+	if !strings.HasPrefix(line, "calls=1,") || !strings.HasSuffix(line, ",rejected_calls=1,failed_calls=0") {
+		t.Errorf("INFO cmdstat_exec after MULTI/EXEC: %q", line)
+	}
 	for _, c := range [][]any{{"LATENCY", "LATEST"}, {"SLOWLOG", "GET", "10"}} {
 		if v, err := conn.Do(ctx, c...).Slice(); err != nil || len(v) != 0 {
 			t.Errorf("%v: %v %v", c, v, err)
