@@ -84,6 +84,7 @@ const fullSocketPause = 100 * time.Millisecond
 // the replica may park again.
 type parker struct {
 	notBefore time.Time
+	rc        syscall.RawConn // the socket's, fetched at the first park
 }
 
 // park waits while the fan-out feeds the replica. It returns false at
@@ -92,14 +93,20 @@ type parker struct {
 // moments ago; otherwise it returns when the replica is handed back (its
 // cursor moved past what was written), or ctx ends.
 func (f *fanout) park(ctx context.Context, pk *parker, conn net.Conn, cur *backlog.Cursor, log *backlog.Log) (bool, error) {
-	tc, ok := conn.(*net.TCPConn)
-	if !ok || time.Now().Before(pk.notBefore) {
+	if pk.rc == nil {
+		tc, ok := conn.(*net.TCPConn)
+		if !ok {
+			return false, nil
+		}
+		var err error
+		if pk.rc, err = tc.SyscallConn(); err != nil {
+			return false, nil
+		}
+	}
+	if time.Now().Before(pk.notBefore) {
 		return false, nil
 	}
-	rc, err := tc.SyscallConn()
-	if err != nil {
-		return false, nil
-	}
+	rc := pk.rc
 	if v := log.View(); cur.Pos() != v.End+1 || v.Gen != cur.Gen() || v.Closed {
 		return false, nil
 	}

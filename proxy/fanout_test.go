@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -12,7 +10,6 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/redistest"
-	"github.com/replproxy/replproxy/psync"
 )
 
 // TestFanoutMatchesOrigin: a plaintext replica moves between its own copy
@@ -53,28 +50,9 @@ func TestFanoutMatchesOrigin(t *testing.T) {
 	raw, err := net.DialTimeout("tcp", p.addr, 2*time.Second)
 	must(t, err)
 	defer raw.Close()
-	br := bufio.NewReaderSize(raw, 64<<10)
-	must(t, psync.Handshake(raw, br, psync.HandshakeConfig{ListeningPort: 1}))
-	reply, err := psync.Psync(raw, br, st.History.ReplID, from, nil)
-	if err != nil || reply.Kind != psync.ReplyContinue {
-		t.Fatalf("PSYNC %d: %+v %v", from, reply, err)
-	}
-	var got []byte
-	buf := make([]byte, 64<<10)
-	read := func() {
-		_ = raw.SetReadDeadline(time.Now().Add(10 * time.Second))
-		n, err := br.Read(buf)
-		must(t, err)
-		got = append(got, buf[:n]...)
-	}
-	catchUp := func() {
-		end := p.backlogEnd()
-		for from+int64(len(got)) <= end {
-			read()
-		}
-	}
+	rep := psyncAt(t, raw, st.History.ReplID, from)
 	for cycle := 0; cycle < 20 && p.Stats().FanoutHandbacks.Load() < 3; cycle++ {
-		catchUp() // then it is parked and fed by the fan-out
+		rep.readThrough(p.backlogEnd()) // then it is parked and fed by the fan-out
 		fanned := p.Stats().FanoutBytes.Load()
 		redistest.Eventually(t, 10*time.Second, "the fan-out feeds the caught-up replica", func() bool {
 			return p.Stats().FanoutBytes.Load() > fanned
@@ -87,29 +65,15 @@ func TestFanoutMatchesOrigin(t *testing.T) {
 		})
 	}
 	stopLoad()
-	end := waitSynced(t, origin, p.backlogEnd, 20*time.Second)
-	for from+int64(len(got)) <= end {
-		read()
-	}
+	rep.readThrough(waitSynced(t, origin, p.backlogEnd, 20*time.Second))
 	// Caught up and parked again (after the pause that follows a full
 	// socket): writes that come one by one reach it through the fan-out.
 	redistest.Eventually(t, 10*time.Second, "the replica parks", func() bool { return len(*p.fanout.members.Load()) == 1 })
 	fanned := p.Stats().FanoutBytes.Load()
-	for i := range 20 {
-		must(t, origin.Client().Set(context.Background(), fmt.Sprintf("fan:%d", i), strings.Repeat("f", 500), 0).Err())
-		end = waitSynced(t, origin, p.backlogEnd, 20*time.Second)
-		for from+int64(len(got)) <= end {
-			read()
-		}
-	}
-	got = got[:end-from+1] // the origin's PINGs may have come on since
+	end := rep.singleWrites(origin, p, 20)
 	if p.Stats().FanoutBytes.Load() == fanned || p.Stats().FanoutHandbacks.Load() < 3 {
 		t.Fatalf("fan-out bytes %d (before the single writes %d), handbacks %d: the replica did not move between the two paths",
 			p.Stats().FanoutBytes.Load(), fanned, p.Stats().FanoutHandbacks.Load())
 	}
-	ref := originStream(t, origin, st.History.ReplID, from, end)
-	if !bytes.Equal(got, ref) {
-		i := firstDiff(got, ref)
-		t.Fatalf("the replica's stream differs from the origin's at offset %d of [%d, %d]", from+int64(i), from, end)
-	}
+	rep.matchOrigin(origin, st.History.ReplID, end)
 }

@@ -122,11 +122,13 @@ func (f *follower) cancelRefresh(why string) {
 }
 
 func newFollower(cfg Config, log *slog.Logger, stats *Stats, st *store, down *downstream) *follower {
-	return &follower{cfg: cfg, log: log, stats: stats, store: st, down: down,
+	f := &follower{cfg: cfg, log: log, stats: stats, store: st, down: down,
 		link: linkStatus{state: LinkConnect, downSince: time.Now()}, upstream: cfg.Upstream, upstreamSource: UpstreamFromConfig,
 		movedCh: make(chan struct{}, 1), kick: make(chan struct{}, 1), ackKick: make(chan struct{}, 1),
 		gate:  newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, filepath.Join(cfg.DataDir, "fullsync-backoff")),
 		guard: &guard{dir: filepath.Join(cfg.DataDir, "held")}}
+	f.refreshLast.lastSecs.Store(-1) // as Redis before its first BGSAVE
+	return f
 }
 
 // deadlineReader extends the read deadline before every read, so a link is
@@ -700,23 +702,20 @@ func (f *follower) appendStream(chunk []byte, u *upstreamConn) error {
 		// Part of the chunk may have reached the disk (ENOSPC); the next
 		// PSYNC resumes after it, so the scanner must have seen exactly it.
 		_ = f.scanner.Scan(chunk[:n], nil)
+		f.publishes = streamPublishes{} // a PUBLISH cut here is not delivered
 		return fmt.Errorf("%w: %w", errBacklogWrite, err)
 	}
 	f.scanner = sc
+	end := f.store.bl.End()
 	if f.fanout != nil {
-		f.fanout.deliver(f.store.bl.End()-int64(len(chunk))+1, chunk)
+		f.fanout.deliver(end-int64(len(chunk))+1, chunk)
 	}
 	if watch {
-		var pubs []publication
-		pubs, f.publishes = f.publishes.scan(chunk, published, &sc)
-		for _, pub := range pubs {
-			f.pubsub.publish(pub.channel, pub.msg)
-		}
+		f.publishes.scan(chunk, published, &sc, func(channel, msg []byte) { f.pubsub.publish(channel, msg) })
 	} else {
 		f.publishes = streamPublishes{}
 	}
 	f.stats.UpstreamStreamBytes.Add(int64(len(chunk)))
-	end := f.store.bl.End()
 	f.store.arrivals.record(end, time.Now())
 	f.maybeKick(end)
 	if getack {

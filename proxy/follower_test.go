@@ -231,6 +231,13 @@ func TestLinkCuts(t *testing.T) {
 // sync, for payloads no real Redis would send.
 func fakeMaster(t *testing.T, payload func(conn net.Conn)) string {
 	t.Helper()
+	return fakeMasterSeeing(t, func(conn net.Conn, _ [][]string) { payload(conn) })
+}
+
+// fakeMasterSeeing is fakeMaster for a script that depends on the
+// handshake: payload gets the commands received before PSYNC.
+func fakeMasterSeeing(t *testing.T, payload func(conn net.Conn, handshake [][]string)) string {
+	t.Helper()
 	ln, err := loopback.Listen()
 	if err != nil {
 		t.Fatal(err)
@@ -246,6 +253,7 @@ func fakeMaster(t *testing.T, payload func(conn net.Conn)) string {
 				defer conn.Close()
 				br := bufio.NewReader(conn)
 				rd := newCmdReader(br)
+				var seen [][]string
 				for {
 					args, err := rd.next()
 					if err != nil {
@@ -258,9 +266,14 @@ func fakeMaster(t *testing.T, payload func(conn net.Conn)) string {
 					case "ping":
 						conn.Write([]byte("+PONG\r\n"))
 					case "psync":
-						payload(conn)
+						payload(conn, seen)
 						return
 					default:
+						cmd := make([]string, len(args))
+						for i, a := range args {
+							cmd[i] = string(a)
+						}
+						seen = append(seen, cmd)
 						conn.Write([]byte("+OK\r\n"))
 					}
 				}

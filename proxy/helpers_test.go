@@ -340,3 +340,69 @@ func waitOffsetGrows(t *testing.T, origin *redistest.Server, n int64) {
 		return origin.InfoInt("replication", "master_repl_offset") >= from+n
 	})
 }
+
+// streamReplica plays a replica that continued at from, keeping every
+// stream byte it reads, to compare with the origin's own stream.
+type streamReplica struct {
+	t    *testing.T
+	conn net.Conn
+	br   *bufio.Reader
+	from int64
+	got  []byte
+	buf  []byte
+}
+
+// psyncAt runs the handshake on conn and PSYNCs replid at from, which the
+// proxy must continue.
+func psyncAt(t *testing.T, conn net.Conn, replid string, from int64) *streamReplica {
+	t.Helper()
+	r := &streamReplica{t: t, conn: conn, br: bufio.NewReaderSize(conn, 64<<10), from: from, buf: make([]byte, 64<<10)}
+	must(t, psync.Handshake(conn, r.br, psync.HandshakeConfig{ListeningPort: 1}))
+	reply, err := psync.Psync(conn, r.br, replid, from, nil)
+	if err != nil || reply.Kind != psync.ReplyContinue {
+		t.Fatalf("PSYNC %d: %+v %v", from, reply, err)
+	}
+	return r
+}
+
+// read takes what one read gives.
+func (r *streamReplica) read() {
+	r.t.Helper()
+	_ = r.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := r.br.Read(r.buf)
+	must(r.t, err)
+	r.got = append(r.got, r.buf[:n]...)
+}
+
+// readThrough reads until it holds offset end.
+func (r *streamReplica) readThrough(end int64) {
+	r.t.Helper()
+	for r.from+int64(len(r.got)) <= end {
+		r.read()
+	}
+}
+
+// singleWrites writes n keys one at a time, reading each through; it
+// returns the origin's offset after the last one.
+func (r *streamReplica) singleWrites(origin *redistest.Server, p *testProxy, n int) int64 {
+	r.t.Helper()
+	var end int64
+	for i := range n {
+		must(r.t, origin.Client().Set(context.Background(), fmt.Sprintf("single:%d", i), strings.Repeat("s", 500), 0).Err())
+		end = waitSynced(r.t, origin, p.backlogEnd, 20*time.Second)
+		r.readThrough(end)
+	}
+	return end
+}
+
+// matchOrigin checks that [from, end] as received equals the origin's own
+// stream there.
+func (r *streamReplica) matchOrigin(origin *redistest.Server, replid string, end int64) {
+	r.t.Helper()
+	got := r.got[:end-r.from+1] // the origin's PINGs may have come on since
+	ref := originStream(r.t, origin, replid, r.from, end)
+	if !bytes.Equal(got, ref) {
+		i := firstDiff(got, ref)
+		r.t.Fatalf("the replica's stream differs from the origin's at offset %d of [%d, %d]", r.from+int64(i), r.from, end)
+	}
+}

@@ -180,7 +180,7 @@ func (p *Proxy) info(sections ...string) string {
 		kv("rdb_bgsave_in_progress", on(st.Refreshing)),
 		kv("rdb_last_save_time", snapTime),
 		kv("rdb_last_bgsave_status", map[bool]string{false: "ok", true: "err"}[rl.failed.Load()]),
-		kv("rdb_last_bgsave_time_sec", rl.last()),
+		kv("rdb_last_bgsave_time_sec", rl.lastSecs.Load()),
 		kv("rdb_current_bgsave_time_sec", rl.current(now)),
 		kv("rdb_saves", p.stats.Refreshes.Load()),
 		kv("rdb_last_cow_size", 0), // no fork here, no copy-on-write

@@ -138,14 +138,12 @@ func (sub *subscriber) end() {
 // count is the subscriptions of sub; the session's goroutine only.
 func (sub *subscriber) count() int { return len(sub.channels) + len(sub.patterns) }
 
-// subscribe adds sub to names (channels, or patterns when pattern).
+// subscribe adds sub to name (a channel, or a pattern); it returns sub's
+// subscription count.
 func (ps *pubsub) subscribe(sub *subscriber, name string, pattern bool) int {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	own, table := sub.channels, ps.channels
-	if pattern {
-		own, table = sub.patterns, ps.patterns
-	}
+	own, table := ps.sets(sub, pattern)
 	if _, ok := own[name]; !ok {
 		own[name] = struct{}{}
 		if table[name] == nil {
@@ -154,19 +152,14 @@ func (ps *pubsub) subscribe(sub *subscriber, name string, pattern bool) int {
 		table[name][sub] = struct{}{}
 		ps.active.Add(1)
 	}
-	sub.s.subCount.Store(int32(len(sub.channels)))
-	sub.s.psubCount.Store(int32(len(sub.patterns)))
-	return sub.count()
+	return sub.recount()
 }
 
-// unsubscribe removes sub from name; it reports whether it was there.
+// unsubscribe removes sub from name; it returns sub's subscription count.
 func (ps *pubsub) unsubscribe(sub *subscriber, name string, pattern bool) int {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	own, table := sub.channels, ps.channels
-	if pattern {
-		own, table = sub.patterns, ps.patterns
-	}
+	own, table := ps.sets(sub, pattern)
 	if _, ok := own[name]; ok {
 		delete(own, name)
 		delete(table[name], sub)
@@ -175,6 +168,21 @@ func (ps *pubsub) unsubscribe(sub *subscriber, name string, pattern bool) int {
 		}
 		ps.active.Add(-1)
 	}
+	return sub.recount()
+}
+
+// sets are sub's own names and the shared table, of channels or of
+// patterns; ps.mu held.
+func (ps *pubsub) sets(sub *subscriber, pattern bool) (map[string]struct{}, map[string]map[*subscriber]struct{}) {
+	if pattern {
+		return sub.patterns, ps.patterns
+	}
+	return sub.channels, ps.channels
+}
+
+// recount publishes sub's counts for CLIENT LIST and returns their sum;
+// ps.mu held.
+func (sub *subscriber) recount() int {
 	sub.s.subCount.Store(int32(len(sub.channels)))
 	sub.s.psubCount.Store(int32(len(sub.patterns)))
 	return sub.count()
@@ -240,6 +248,7 @@ func (ps *pubsub) counts() (channels, patterns, clients int) {
 // pmessage pattern channel payload.
 func pushFrame(kind string, pattern, channel, msg []byte) []byte {
 	var b bytes.Buffer
+	b.Grow(len(kind) + len(pattern) + len(channel) + len(msg) + 64) // one allocation, whatever the message
 	n := 3
 	if pattern != nil {
 		n = 4
@@ -277,11 +286,8 @@ func (s *session) subscribeCommand(cmd string, names [][]byte) error {
 	}
 	if len(names) == 0 { // all of them
 		if s.subs != nil {
-			own := s.subs.channels
-			if pattern {
-				own = s.subs.patterns
-			}
 			ps.mu.RLock()
+			own, _ := ps.sets(s.subs, pattern)
 			for _, n := range sortedKeys(own) {
 				names = append(names, []byte(n))
 			}

@@ -35,14 +35,14 @@ func publishesOrError(stream []byte, cuts []int) ([]publication, error) {
 		}); err != nil {
 			return out, err // appendStream refuses such a chunk and the history with it
 		}
-		var pubs []publication
-		pubs, sp = sp.scan(chunk, found, &sc)
-		for _, p := range pubs { // copy: chunk is reused by the caller's reads
-			out = append(out, publication{bytes.Clone(p.channel), bytes.Clone(p.msg)})
-		}
+		sp.scan(chunk, found, &sc, func(channel, msg []byte) { // valid during the call only
+			out = append(out, publication{bytes.Clone(channel), bytes.Clone(msg)})
+		})
 	}
 	return out, nil
 }
+
+type publication struct{ channel, msg []byte }
 
 func respCmd(args ...string) []byte {
 	var b bytes.Buffer

@@ -113,24 +113,14 @@ func (f *follower) refreshSnapshot(ctx context.Context, since int64) {
 type refreshTimes struct {
 	started  atomic.Int64 // unix nanoseconds of the one running, 0: none
 	failed   atomic.Bool  // the last one failed
-	ran      atomic.Bool
-	lastSecs atomic.Int64 // seconds the last one took
+	lastSecs atomic.Int64 // seconds the last one took: rdb_last_bgsave_time_sec, -1 before any (newFollower)
 	doneAt   atomic.Int64 // unix nanoseconds the last one ended
 }
 
 func (r *refreshTimes) done(start time.Time, ok bool) {
 	r.failed.Store(!ok)
 	r.lastSecs.Store(int64(time.Since(start).Seconds()))
-	r.ran.Store(true)
 	r.doneAt.Store(time.Now().UnixNano())
-}
-
-// last is rdb_last_bgsave_time_sec: -1 before any refresh, as Redis.
-func (r *refreshTimes) last() int64 {
-	if !r.ran.Load() {
-		return -1
-	}
-	return r.lastSecs.Load()
 }
 
 // current is rdb_current_bgsave_time_sec: -1 when none runs.

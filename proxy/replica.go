@@ -142,28 +142,52 @@ func (s *session) syncFunctions() error {
 		_ = s.errorf("ERR cannot read the stored snapshot's functions: %s", oneLine(err.Error()))
 		return err
 	}
-	rdb := make([]byte, pre.End, pre.End+9)
-	if _, err := f.ReadAt(rdb, 0); err != nil {
-		_ = s.errorf("ERR cannot read the stored snapshot: %s", oneLine(err.Error()))
-		return err
-	}
-	rdb = append(rdb, 0xff) // EOF
-	if pos.snap.RDBVersion >= 5 {
-		rdb = binary.LittleEndian.AppendUint64(rdb, psync.CRC64(0, rdb))
+	// The prelude is copied from the file, not buffered (function
+	// libraries and module aux data have no size bound); the checksum is
+	// taken on the way and follows the new EOF.
+	size := pre.End + 1
+	withCRC := pos.snap.RDBVersion >= 5
+	if withCRC {
+		size += 8
 	}
 	var head []byte
 	if !s.legacy {
 		head = psync.EncodeFullResync(pos.hist.ReplID, pos.snap.Offset)
 	}
-	head = append(append(head, psync.EncodePayloadHeader(int64(len(rdb)))...), rdb...)
 	p.stats.SyncFull.Add(1)
-	if err := s.write(head); err != nil {
+	if err := s.write(append(head, psync.EncodePayloadHeader(size)...)); err != nil {
 		return err
 	}
-	p.stats.SentRDBBytes.Add(int64(len(rdb)))
-	s.log.Info("functions-only RDB sent (rdb-filter-only functions)", "functions", pre.Functions, "bytes", len(rdb),
+	cw := &crcWriter{s: s}
+	if _, err := io.Copy(cw, io.NewSectionReader(f, 0, pre.End)); err != nil {
+		return fmt.Errorf("send functions-only RDB: %w", err)
+	}
+	trailer := []byte{0xff} // EOF
+	if withCRC {
+		trailer = binary.LittleEndian.AppendUint64(trailer, psync.CRC64(cw.crc, trailer))
+	}
+	if err := s.write(trailer); err != nil {
+		return err
+	}
+	p.stats.SentRDBBytes.Add(size)
+	s.log.Info("functions-only RDB sent (rdb-filter-only functions)", "functions", pre.Functions, "bytes", size,
 		"snapshot_offset", pos.snap.Offset, "snapshot_age_seconds", int64(time.Since(pos.snap.Created).Seconds()))
 	return nil
+}
+
+// crcWriter writes to the session, each write with its deadline, and
+// keeps the CRC-64 of what went through.
+type crcWriter struct {
+	s   *session
+	crc uint64
+}
+
+func (w *crcWriter) Write(b []byte) (int, error) {
+	if err := w.s.write(b); err != nil {
+		return 0, err
+	}
+	w.crc = psync.CRC64(w.crc, b)
+	return len(b), nil
 }
 
 // freshWaitStart bounds the wait for a refresh to begin once asked; past

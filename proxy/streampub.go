@@ -20,12 +20,12 @@ type streamPublishes struct {
 // longer one is not delivered (Sentinel's hellos are ~150 bytes).
 const maxPublishCarry = 4 << 20
 
-type publication struct{ channel, msg []byte }
-
-// scan returns the publications that end in chunk and the carry state for
-// the next chunk; the caller commits it with the bytes. sc is the scanner
-// after chunk; found lists (end, size) of the PUBLISH commands in it.
-func (sp *streamPublishes) scan(chunk []byte, found [][2]int, sc *psync.Scanner) (pubs []publication, next streamPublishes) {
+// scan delivers the PUBLISH commands that end in chunk and keeps the
+// start of one still under way, in place: the caller runs it only once
+// the chunk is in the backlog (and resets sp when an append fails). sc is
+// the scanner after chunk; found lists (end, size) of the PUBLISH commands
+// in it. The slices given to deliver are valid during the call only.
+func (sp *streamPublishes) scan(chunk []byte, found [][2]int, sc *psync.Scanner, deliver func(channel, msg []byte)) {
 	for _, f := range found {
 		end, size := f[0], f[1]
 		var cmd []byte
@@ -33,25 +33,31 @@ func (sp *streamPublishes) scan(chunk []byte, found [][2]int, sc *psync.Scanner)
 		case start >= 0:
 			cmd = chunk[start:end]
 		case sp.carryOK && len(sp.carry) == -start:
-			cmd = append(append([]byte(nil), sp.carry...), chunk[:end]...)
+			sp.carry = append(sp.carry, chunk[:end]...) // the whole command now
+			cmd = sp.carry
 		default:
 			continue // began before anyone subscribed, or too long to keep
 		}
 		if args, ok := parseArray(cmd); ok && len(args) == 3 {
-			pubs = append(pubs, publication{channel: args[1], msg: args[2]})
+			deliver(args[1], args[2])
 		}
 	}
 	name, known, size := sc.Partial()
 	switch {
 	case size == 0 || known && name != "publish":
-		next.carryOK = true // nothing to keep
+		sp.carry, sp.carryOK = sp.carry[:0], true // nothing to keep
 	case size > maxPublishCarry:
-	case size <= int64(len(chunk)):
-		next.carry, next.carryOK = append(sp.carry[:0:0], chunk[int64(len(chunk))-size:]...), true
-	case sp.carryOK && int64(len(sp.carry)+len(chunk)) == size:
-		next.carry, next.carryOK = append(append(sp.carry[:0:0], sp.carry...), chunk...), true
+		sp.carry, sp.carryOK = sp.carry[:0], false
+	case size <= int64(len(chunk)): // it began in this chunk
+		sp.carry, sp.carryOK = append(sp.carry[:0], chunk[int64(len(chunk))-size:]...), true
+	case sp.carryOK && int64(len(sp.carry)+len(chunk)) == size: // it goes on
+		sp.carry = append(sp.carry, chunk...)
+	default:
+		sp.carry, sp.carryOK = sp.carry[:0], false
 	}
-	return pubs, next
+	if cap(sp.carry) > maxPublishCarry && len(sp.carry) == 0 {
+		sp.carry = nil // do not keep a long one's buffer once it is done
+	}
 }
 
 // parseArray splits one complete RESP array of bulk strings; the slices

@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -27,7 +25,6 @@ import (
 	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/internal/testcert"
-	"github.com/replproxy/replproxy/psync"
 )
 
 // tlsRig is a CA with certificates for every party, and a second CA that
@@ -635,46 +632,19 @@ func TestTLSTailMatchesOrigin(t *testing.T) {
 	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", p.tlsAddr, r.clientConfig(t, r.client))
 	must(t, err)
 	defer conn.Close()
-	br := bufio.NewReaderSize(conn, 64<<10)
-	must(t, psync.Handshake(conn, br, psync.HandshakeConfig{ListeningPort: 1}))
-	reply, err := psync.Psync(conn, br, st.History.ReplID, from, nil)
-	if err != nil || reply.Kind != psync.ReplyContinue {
-		t.Fatalf("PSYNC %d: %+v %v", from, reply, err)
-	}
-	var got []byte
-	buf := make([]byte, 32<<10)
-	read := func() {
-		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-		n, err := br.Read(buf)
-		must(t, err)
-		got = append(got, buf[:n]...)
-	}
+	rep := psyncAt(t, conn, st.History.ReplID, from)
 	for range 50 { // slow at first: the tail moves on without it
-		read()
+		rep.read()
 		time.Sleep(5 * time.Millisecond)
 	}
 	waitOffsetGrows(t, origin, 2<<20)
 	stopLoad()
-	end := waitSynced(t, origin, p.backlogEnd, 20*time.Second)
-	for from+int64(len(got)) <= end {
-		read()
-	}
+	rep.readThrough(waitSynced(t, origin, p.backlogEnd, 20*time.Second))
 	// Caught up now, whatever the machine's speed: writes that come one by
 	// one reach a waiting replica from the tail.
-	for i := range 20 {
-		must(t, origin.Client().Set(context.Background(), fmt.Sprintf("tail:%d", i), strings.Repeat("v", 1000), 0).Err())
-		end = waitSynced(t, origin, p.backlogEnd, 20*time.Second)
-		for from+int64(len(got)) <= end {
-			read()
-		}
-	}
-	got = got[:end-from+1] // the origin's PINGs may have come on since
+	end := rep.singleWrites(origin, p, 20)
 	if p.store.bl.TailServed() == 0 {
 		t.Fatal("the TLS replica was never fed from the in-memory tail")
 	}
-	ref := originStream(t, origin, st.History.ReplID, from, end)
-	if !bytes.Equal(got, ref) {
-		i := firstDiff(got, ref)
-		t.Fatalf("the TLS replica's stream differs from the origin's at offset %d of [%d, %d]", from+int64(i), from, end)
-	}
+	rep.matchOrigin(origin, st.History.ReplID, end)
 }

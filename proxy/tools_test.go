@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -136,10 +137,6 @@ func (l *lockedBuf) String() string {
 // it connected, not the stored snapshot nor the backlog before.
 func TestRedisCliReplica(t *testing.T) {
 	t.Parallel()
-	cliBin, err := exec.LookPath("redis-cli")
-	if err != nil {
-		t.Fatal("redis-cli not found: it comes with Debian's redis-server package")
-	}
 	origin := redistest.StartT(t, "origin")
 	ctx := context.Background()
 	must(t, origin.Client().Set(ctx, "before-sync", "1", 0).Err())
@@ -147,9 +144,8 @@ func TestRedisCliReplica(t *testing.T) {
 	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
 	must(t, origin.Client().Set(ctx, "before-connect", "1", 0).Err())
 	waitSynced(t, origin, p.backlogEnd, 10*time.Second)
-	_, port, _ := strings.Cut(p.addr, ":")
 	var out lockedBuf
-	cmd := exec.Command(cliBin, "-h", "127.0.0.1", "-p", port, "--replica")
+	cmd := redisCli(t, p, "--replica")
 	cmd.Stdout, cmd.Stderr = &out, &out
 	must(t, cmd.Start())
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
@@ -168,6 +164,18 @@ func TestRedisCliReplica(t *testing.T) {
 	}
 }
 
+// redisCli is the real redis-cli (Debian's redis-server package has it)
+// against the proxy.
+func redisCli(t *testing.T, p *testProxy, args ...string) *exec.Cmd {
+	t.Helper()
+	bin, err := exec.LookPath("redis-cli")
+	if err != nil {
+		t.Fatal("redis-cli not found: it comes with Debian's redis-server package")
+	}
+	host, port, _ := net.SplitHostPort(p.addr)
+	return exec.Command(bin, append([]string{"-h", host, "-p", port}, args...)...)
+}
+
 // loadRDB starts a fresh redis-server on the RDB file at path.
 func loadRDB(t *testing.T, path string) *redistest.Server {
 	t.Helper()
@@ -181,19 +189,14 @@ const testLibrary = "#!lua name=proxylib\nredis.register_function('answer', func
 // redis-server loads with the origin's functions and no keys.
 func TestRedisCliFunctionsRDB(t *testing.T) {
 	t.Parallel()
-	cliBin, err := exec.LookPath("redis-cli")
-	if err != nil {
-		t.Fatal("redis-cli not found: it comes with Debian's redis-server package")
-	}
 	origin := redistest.StartT(t, "origin")
 	ctx := context.Background()
 	must(t, origin.Client().Do(ctx, "FUNCTION", "LOAD", testLibrary).Err())
 	must(t, origin.Client().Do(ctx, "DEBUG", "POPULATE", "1000").Err())
 	p := startProxy(t, origin.Addr(), t.TempDir())
 	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
-	_, port, _ := strings.Cut(p.addr, ":")
 	file := filepath.Join(t.TempDir(), "functions.rdb")
-	out, err := exec.Command(cliBin, "-h", "127.0.0.1", "-p", port, "--functions-rdb", file).CombinedOutput()
+	out, err := redisCli(t, p, "--functions-rdb", file).CombinedOutput()
 	if err != nil {
 		t.Fatalf("redis-cli --functions-rdb: %v\n%s", err, out)
 	}
@@ -214,10 +217,6 @@ func TestRedisCliFunctionsRDB(t *testing.T) {
 // made after the stored snapshot; a young snapshot is served as it is.
 func TestRedisCliRDBFresh(t *testing.T) {
 	t.Parallel()
-	cliBin, err := exec.LookPath("redis-cli")
-	if err != nil {
-		t.Fatal("redis-cli not found: it comes with Debian's redis-server package")
-	}
 	origin := redistest.StartT(t, "origin")
 	ctx := context.Background()
 	must(t, origin.Client().Set(ctx, "old", "1", 0).Err())
@@ -226,11 +225,10 @@ func TestRedisCliRDBFresh(t *testing.T) {
 		c.RefreshFrom = []string{SourceUpstream}
 	})
 	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
-	_, port, _ := strings.Cut(p.addr, ":")
 	rdb := func() *redistest.Server {
 		t.Helper()
 		file := filepath.Join(t.TempDir(), "dump.rdb")
-		out, err := exec.Command(cliBin, "-h", "127.0.0.1", "-p", port, "--rdb", file).CombinedOutput()
+		out, err := redisCli(t, p, "--rdb", file).CombinedOutput()
 		if err != nil {
 			t.Fatalf("redis-cli --rdb: %v\n%s", err, out)
 		}

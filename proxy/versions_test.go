@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/psync"
 )
@@ -22,60 +21,30 @@ import (
 // told.
 func valkey9Master(t *testing.T) (addr string, announced func() []string) {
 	t.Helper()
-	ln, err := loopback.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	var mu sync.Mutex
 	var versions []string
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
+	addr = fakeMasterSeeing(t, func(conn net.Conn, handshake [][]string) {
+		version := ""
+		for _, c := range handshake {
+			if len(c) == 3 && strings.EqualFold(c[0], "replconf") && strings.EqualFold(c[1], "version") {
+				version = c[2]
+				mu.Lock()
+				versions = append(versions, version)
+				mu.Unlock()
 			}
-			go func() {
-				defer conn.Close()
-				rd := newCmdReader(bufio.NewReader(conn))
-				version := ""
-				for {
-					args, err := rd.next()
-					if err != nil {
-						return
-					}
-					if len(args) == 0 {
-						continue
-					}
-					switch cmd := strings.ToLower(string(args[0])); {
-					case cmd == "ping":
-						conn.Write([]byte("+PONG\r\n"))
-					case cmd == "replconf" && len(args) == 3 && strings.EqualFold(string(args[1]), "version"):
-						version = string(args[2])
-						mu.Lock()
-						versions = append(versions, version)
-						mu.Unlock()
-						conn.Write([]byte("+OK\r\n"))
-					case cmd == "psync":
-						magic := "REDIS0011"
-						if version >= "9." { // enough for the versions the tests announce
-							magic = "VALKEY080"
-						}
-						id := strings.Repeat("9", 40)
-						rdb := []byte(magic + "\xfa\x0avalkey-ver\x059.0.0\xfe\x00\xfb\x01\x00\x00\x01k\x01v\xff")
-						rdb = binary.LittleEndian.AppendUint64(rdb, psync.CRC64(0, rdb))
-						fmt.Fprintf(conn, "+FULLRESYNC %s 0\r\n$%d\r\n", id, len(rdb))
-						conn.Write(rdb)
-						_, _ = io.Copy(io.Discard, conn)
-						return
-					default:
-						conn.Write([]byte("+OK\r\n"))
-					}
-				}
-			}()
 		}
-	}()
-	return ln.Addr().String(), func() []string {
+		magic := "REDIS0011"
+		if version >= "9." { // enough for the versions the tests announce
+			magic = "VALKEY080"
+		}
+		id := strings.Repeat("9", 40)
+		rdb := []byte(magic + "\xfa\x0avalkey-ver\x059.0.0\xfe\x00\xfb\x01\x00\x00\x01k\x01v\xff")
+		rdb = binary.LittleEndian.AppendUint64(rdb, psync.CRC64(0, rdb))
+		fmt.Fprintf(conn, "+FULLRESYNC %s 0\r\n$%d\r\n", id, len(rdb))
+		conn.Write(rdb)
+		_, _ = io.Copy(io.Discard, conn)
+	})
+	return addr, func() []string {
 		mu.Lock()
 		defer mu.Unlock()
 		return append([]string(nil), versions...)
