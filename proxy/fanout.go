@@ -42,7 +42,7 @@ type fanMember struct {
 	rc    syscall.RawConn
 	state atomic.Int32
 	back  chan struct{} // closed when released
-	full  bool          // released for a write that fell short; read after back closes
+	pause bool          // released for a full socket or a busy follower: stay out fullSocketPause; read after back closes
 }
 
 func newFanout(stats *Stats) *fanout {
@@ -78,6 +78,7 @@ func (m *fanMember) claim() bool {
 // loop this long before it parks again. A replica that cannot keep up
 // (a saturated link, a full-speed relay) would otherwise bounce between
 // the two on every read, costing a refused write and a wake-up each time.
+// The same pause follows a hand-back for a busy follower.
 const fullSocketPause = 100 * time.Millisecond
 
 // parker is a replica session's side of the fan-out: it remembers when
@@ -123,7 +124,7 @@ func (f *fanout) park(ctx context.Context, pk *parker, conn net.Conn, cur *backl
 	select {
 	case <-m.back:
 		f.remove(m)
-		if m.full {
+		if m.pause {
 			pk.notBefore = time.Now().Add(fullSocketPause)
 		}
 		return true, nil
@@ -159,12 +160,21 @@ func (f *fanout) remove(m *fanMember) {
 
 // deliver writes chunk, which holds offsets [start, start+len(chunk)), to
 // every parked replica; called by the follower right after appending it.
-func (f *fanout) deliver(start int64, chunk []byte) {
+// busy says the follower's read filled its buffer, so more is waiting
+// upstream: the follower is the bottleneck, and the writes are handed to
+// the replicas' own goroutines, which copy in parallel on every core
+// (after fullSocketPause they may park again).
+func (f *fanout) deliver(start int64, chunk []byte, busy bool) {
 	members := *f.members.Load()
 	end := start + int64(len(chunk)) // one past the last byte
 	for _, m := range members {
 		if !m.state.CompareAndSwap(memberParked, memberWriting) {
 			continue // handed back or being taken back
+		}
+		if busy {
+			m.pause = true
+			f.release(m)
+			continue
 		}
 		next := m.cur.Pos()
 		switch {
@@ -183,7 +193,7 @@ func (f *fanout) deliver(start int64, chunk []byte) {
 			f.stats.FanoutBytes.Add(int64(n))
 		}
 		if n < len(b) {
-			m.full = true
+			m.pause = true
 			f.release(m) // socket full or broken: its goroutine takes over, with its deadline
 			continue
 		}

@@ -75,5 +75,35 @@ func TestFanoutMatchesOrigin(t *testing.T) {
 		t.Fatalf("fan-out bytes %d (before the single writes %d), handbacks %d: the replica did not move between the two paths",
 			p.Stats().FanoutBytes.Load(), fanned, p.Stats().FanoutHandbacks.Load())
 	}
+	// A burst: one 8 MB command reaches the follower in full reads, each
+	// handing the parked replica back to its own copy loop; then it parks
+	// again for single writes.
+	handbacks := p.Stats().FanoutHandbacks.Load()
+	must(t, origin.Client().Set(context.Background(), "burst", strings.Repeat("b", 8<<20), 0).Err())
+	rep.readThrough(waitSynced(t, origin, p.backlogEnd, 20*time.Second))
+	if p.Stats().FanoutHandbacks.Load() == handbacks {
+		t.Fatal("an 8 MB burst did not hand the parked replica back")
+	}
+	redistest.Eventually(t, 10*time.Second, "the replica parks after the burst", func() bool { return len(*p.fanout.members.Load()) == 1 })
+	end = rep.singleWrites(origin, p, 5)
 	rep.matchOrigin(origin, st.History.ReplID, end)
+}
+
+// A busy follower (its read filled the buffer) hands parked replicas back
+// without writing, and they stay in their own loops for the pause.
+func TestFanoutBusyHandsBack(t *testing.T) {
+	st := &Stats{}
+	f := newFanout(st)
+	m := &fanMember{back: make(chan struct{})}
+	f.add(m)
+	f.deliver(1, []byte("*1\r\n$4\r\nPING\r\n"), true)
+	select {
+	case <-m.back:
+	default:
+		t.Fatal("a busy delivery left the replica parked")
+	}
+	if !m.pause || m.state.Load() != memberReleased || st.FanoutBytes.Load() != 0 || st.FanoutHandbacks.Load() != 1 {
+		t.Fatalf("pause %v state %d fan-out bytes %d handbacks %d, want true, released, 0, 1",
+			m.pause, m.state.Load(), st.FanoutBytes.Load(), st.FanoutHandbacks.Load())
+	}
 }

@@ -55,6 +55,7 @@ type follower struct {
 	publishes streamPublishes
 	pubsub    *pubsub
 	fanout    *fanout     // nil when disabled
+	fullRead  bool        // the last upstream read filled the buffer (more is waiting)
 	refresh   atomic.Bool // a snapshot refresh is running
 	// refreshLast: when the running refresh began, how the last one went.
 	refreshLast refreshTimes
@@ -658,6 +659,7 @@ func (f *follower) stream(ctx context.Context, u *upstreamConn) error {
 	buf := make([]byte, readBuf)
 	for {
 		n, rerr := u.br.Read(buf)
+		f.fullRead = n == len(buf)
 		if n > 0 {
 			if err := f.appendStream(buf[:n], u); err != nil {
 				return err
@@ -708,7 +710,7 @@ func (f *follower) appendStream(chunk []byte, u *upstreamConn) error {
 	f.scanner = sc
 	end := f.store.bl.End()
 	if f.fanout != nil {
-		f.fanout.deliver(end-int64(len(chunk))+1, chunk)
+		f.fanout.deliver(end-int64(len(chunk))+1, chunk, f.fullRead)
 	}
 	if watch {
 		f.publishes.scan(chunk, published, &sc, func(channel, msg []byte) { f.pubsub.publish(channel, msg) })

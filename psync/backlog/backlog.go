@@ -102,17 +102,21 @@ type Log struct {
 	dir  string
 	opts Options
 
-	mu       sync.RWMutex
-	segs     []segment // ascending; the last one is active
-	active   *os.File
-	start    int64 // first byte held
-	end      int64 // last byte held; start-1 when empty
-	gen      uint64
-	tag      string
-	notify   atomic.Pointer[chan struct{}] // closed and replaced at every change readers wait for
-	tail     *tail                         // nil without Options.TailSize
-	closed   bool
-	dirty    bool
+	mu     sync.RWMutex
+	segs   []segment // ascending; the last one is active
+	active *os.File
+	start  int64 // first byte held
+	end    int64 // last byte held; start-1 when empty
+	gen    uint64
+	tag    string
+	notify atomic.Pointer[chan struct{}] // closed and replaced at every change readers wait for
+	tail   *tail                         // nil without Options.TailSize
+	closed bool
+	dirty  bool
+	// rolled holds segments rolled since the last background sync, still
+	// open: with FsyncEverySec they are fsynced (with the directory) by the
+	// sync loop, off the appender's path, not at the roll under mu.
+	rolled   []*os.File
 	stopSync chan struct{}
 	syncDone chan struct{}
 	written  int64
@@ -282,9 +286,14 @@ func (l *Log) syncLoop() {
 // Sync forces appended bytes to disk.
 func (l *Log) Sync() error {
 	l.mu.Lock()
-	f, dirty := l.active, l.dirty
-	l.dirty = false
+	f, dirty, rolled := l.active, l.dirty, l.rolled
+	l.dirty, l.rolled = false, nil
 	l.mu.Unlock()
+	if len(rolled) > 0 {
+		if err := l.syncRolled(rolled); err != nil {
+			return err
+		}
+	}
 	if f == nil || !dirty {
 		return nil
 	}
@@ -293,6 +302,25 @@ func (l *Log) Sync() error {
 		l.dirty = l.dirty || f == l.active // try again next time
 		l.mu.Unlock()
 		return fmt.Errorf("backlog: fsync: %w", err)
+	}
+	return nil
+}
+
+// syncRolled fsyncs and closes segments rolled since the last sync, then
+// the directory that names their successors. On an error the files not yet
+// synced go back on the list, to be tried again next time.
+func (l *Log) syncRolled(rolled []*os.File) error {
+	for i, f := range rolled {
+		if err := l.fsync(f); err != nil {
+			l.mu.Lock()
+			l.rolled = append(rolled[i:], l.rolled...)
+			l.mu.Unlock()
+			return fmt.Errorf("backlog: fsync rolled segment: %w", err)
+		}
+		f.Close()
+	}
+	if err := l.syncDir(l.dir); err != nil {
+		return fmt.Errorf("backlog: fsync directory after roll: %w", err)
 	}
 	return nil
 }
@@ -351,6 +379,10 @@ func (l *Log) Reset(start int64, tag string) error {
 		l.active.Close()
 		l.active = nil
 	}
+	for _, f := range l.rolled { // the history they hold is discarded
+		f.Close()
+	}
+	l.rolled = nil
 	for _, s := range l.segs {
 		if err := os.Remove(s.path(l.dir)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("backlog: reset: %w", err)
@@ -461,16 +493,31 @@ func (l *Log) write(p []byte) error {
 	return nil
 }
 
+// roll closes the active segment and opens the next. With FsyncEverySec the
+// old segment's fsync is left to the sync loop: an fsync here would hold mu
+// (and the appender) for as long as the disk takes to write a segment. A
+// crash before it may lose the old segment's unsynced end; Open then finds
+// the gap and keeps the newest contiguous run, as for any lost tail.
 func (l *Log) roll() error {
-	if l.opts.Fsync != FsyncNo {
-		if err := l.fsync(l.active); err != nil {
-			return fmt.Errorf("backlog: fsync on roll: %w", err)
-		}
-	}
-	l.active.Close()
+	old := l.active
 	l.active = nil
+	if l.opts.Fsync == FsyncEverySec {
+		l.rolled = append(l.rolled, old)
+		l.dirty = true // the sync loop also covers the new segment's name
+	} else {
+		if l.opts.Fsync == FsyncAlways {
+			if err := l.fsync(old); err != nil {
+				old.Close()
+				return fmt.Errorf("backlog: fsync on roll: %w", err)
+			}
+		}
+		old.Close()
+	}
 	if err := l.openSegment(l.end + 1); err != nil {
 		return err
+	}
+	if l.opts.Fsync == FsyncEverySec {
+		return nil
 	}
 	return l.syncDir(l.dir)
 }
@@ -516,9 +563,23 @@ func (l *Log) Close() error {
 	l.publishLocked()
 	l.wakeLocked()
 	var err error
+	for _, f := range l.rolled {
+		if serr := l.fsync(f); serr != nil && err == nil {
+			err = fmt.Errorf("backlog: fsync rolled segment: %w", serr)
+		}
+		f.Close()
+	}
+	if len(l.rolled) > 0 {
+		if serr := l.syncDir(l.dir); serr != nil && err == nil {
+			err = serr
+		}
+	}
+	l.rolled = nil
 	if l.active != nil {
 		if l.opts.Fsync != FsyncNo {
-			err = l.fsync(l.active)
+			if serr := l.fsync(l.active); serr != nil && err == nil {
+				err = serr
+			}
 		}
 		if cerr := l.active.Close(); err == nil {
 			err = cerr

@@ -465,3 +465,74 @@ func TestBackgroundFsyncErrorsAreReported(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// With FsyncEverySec a roll leaves the old segment's fsync to the sync
+// loop: an append that rolls completes while an fsync is held, and the
+// loop then fsyncs the rolled segment and the directory.
+func TestRollDoesNotWaitForFsync(t *testing.T) {
+	dir := t.TempDir()
+	hold := make(chan struct{})
+	synced := make(chan string, 64)
+	l, _, err := Open(dir, Options{SegmentSize: 64, Fsync: FsyncEverySec, ValidPrefix: validLines,
+		SyncFile: func(f *os.File) error {
+			<-hold
+			synced <- filepath.Base(f.Name())
+			return f.Sync()
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		select {
+		case <-hold:
+		default:
+			close(hold)
+		}
+		l.Close()
+	})
+	go func() { // Reset syncs the tag and the directory: let those through
+		for range 3 {
+			hold <- struct{}{}
+		}
+	}()
+	if err := l.Reset(1, "t"); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		<-synced
+	}
+	done := make(chan []byte)
+	go func() { done <- appendN(t, l, 0, 20) }() // 20 × 11 bytes: three rolls
+	var want []byte
+	select {
+	case want = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("appends across a roll waited for an fsync")
+	}
+	if got := readAll(t, l, 1); !bytes.Equal(got, want) {
+		t.Fatalf("read back %q, want %q", got, want)
+	}
+	l.mu.Lock()
+	rolled := len(l.rolled)
+	l.mu.Unlock()
+	if rolled != 3 {
+		t.Fatalf("%d rolled segments waiting for the sync loop, want 3", rolled)
+	}
+	close(hold)
+	seen := map[string]bool{}
+	deadline := time.After(10 * time.Second)
+	for len(seen) < 5 { // three rolled segments, the directory, the active segment
+		select {
+		case name := <-synced:
+			seen[name] = true
+		case <-deadline:
+			t.Fatalf("sync loop fsynced %v, want the three rolled segments, the directory and the active one", seen)
+		}
+	}
+	l.mu.Lock()
+	rolled = len(l.rolled)
+	l.mu.Unlock()
+	if rolled != 0 {
+		t.Fatalf("%d rolled segments left after the sync loop ran", rolled)
+	}
+}
