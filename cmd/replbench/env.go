@@ -155,6 +155,21 @@ func procStats(pid int) (cpu float64, peakRSS int64) {
 	return cpu, peakRSS
 }
 
+// currentRSS reads a process's resident set now (VmRSS), 0 if unknown.
+func currentRSS(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
 // proxyProc is replproxy run as its own process.
 type proxyProc struct {
 	cmd  *exec.Cmd

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -45,6 +46,9 @@ func runScenario(s scenario, args []string, stdout, stderr io.Writer) int {
 	if s.name == "churn" {
 		fs.String("write-rate", "8mb", "load, bytes/s")
 		fs.String("churn-every", "10s", "interval between churn steps (a replica restarted, one added)")
+	}
+	if s.name == "relay" {
+		fs.Duration("freeze", 0, "SIGSTOP the last replica this long, 2s into the load; the lag is then the others' (the load must last 4s longer)")
 	}
 	if s.name == "outage" {
 		fs.String("outages", "1s,5s,15s", "offline durations to sweep")
@@ -169,14 +173,23 @@ func (p *probe) stop() time.Duration {
 
 // relay: replication lag end to end, from a marker write on the origin to
 // the keyspace event it raises on each replica.
-func relay(c *common, _ *flag.FlagSet) (*report, error) {
+func relay(c *common, fs *flag.FlagSet) (*report, error) {
 	rep := &report{Scenario: "relay", Headline: "lag p99 ms", Lower: true,
 		Columns: []string{"writes/s", "lag p50 ms", "lag p99 ms", "lag max ms", "MB relayed", "intermediate CPU s per GB", "intermediate peak RSS MB"},
 		Params:  map[string]string{"replicas": strconv.Itoa(c.replicas), "duration": c.duration.String(), "rate": strconv.Itoa(c.rate)}}
+	freeze, _ := time.ParseDuration(fs.Lookup("freeze").Value.String())
+	if freeze > 0 {
+		if c.replicas < 2 || c.duration < freeze+4*time.Second {
+			return nil, fmt.Errorf("--freeze %v needs 2 or more replicas and a --duration of at least %v", freeze, freeze+4*time.Second)
+		}
+		rep.Params["freeze"] = freeze.String()
+		rep.Columns = append(rep.Columns, "intermediate RSS growth over the freeze MB", "frozen replica caught up s")
+		rep.Notes = append(rep.Notes, fmt.Sprintf("The last replica was stopped (SIGSTOP) for %v from 2s into the load; the lag figures are the other replicas'.", freeze))
+	}
 	for _, kind := range c.pick(topologies) {
 		fmt.Fprintf(c.log, "relay: %s\n", kind)
 		rw := row{Label: kind, Values: map[string]float64{}}
-		if err := relayOne(c, kind, &rw); err != nil {
+		if err := relayOne(c, kind, freeze, &rw); err != nil {
 			rw.Error = err.Error()
 		}
 		rep.Rows = append(rep.Rows, rw)
@@ -185,7 +198,7 @@ func relay(c *common, _ *flag.FlagSet) (*report, error) {
 	return rep, nil
 }
 
-func relayOne(c *common, kind string, rw *row) error {
+func relayOne(c *common, kind string, freeze time.Duration, rw *row) error {
 	origin, err := c.benchOrigin("relay-" + kind)
 	if err != nil {
 		return err
@@ -209,7 +222,11 @@ func relayOne(c *common, kind string, rw *row) error {
 	var mu sync.Mutex
 	var lags []time.Duration
 	var subs sync.WaitGroup
-	for _, r := range t.replicas {
+	watched := t.replicas
+	if freeze > 0 {
+		watched = t.replicas[:len(t.replicas)-1]
+	}
+	for _, r := range watched {
 		ps := r.Client().Subscribe(ctx, "__keyspace@0__:marker")
 		if _, err := ps.Receive(ctx); err != nil {
 			return err
@@ -245,6 +262,25 @@ func relayOne(c *common, kind string, rw *row) error {
 	defer stopLoad()
 	var wg sync.WaitGroup
 	wg.Go(func() { steadyLoad(loadCtx, origin.Client(), c.rate, &writes) })
+	var rssGrowth float64
+	if freeze > 0 {
+		frozen := t.replicas[len(t.replicas)-1]
+		wg.Go(func() {
+			select {
+			case <-loadCtx.Done():
+				return
+			case <-time.After(2 * time.Second):
+			}
+			before := currentRSS(t.midPID())
+			syscall.Kill(frozen.PID(), syscall.SIGSTOP)
+			select {
+			case <-loadCtx.Done():
+			case <-time.After(freeze):
+			}
+			rssGrowth = float64(currentRSS(t.midPID())-before) / (1 << 20)
+			syscall.Kill(frozen.PID(), syscall.SIGCONT)
+		})
+	}
 	marker := redis.NewClient(&redis.Options{Addr: origin.Addr(), PoolSize: 1, TLSConfig: tlsOf.clientConfig()})
 	defer marker.Close()
 	tick := time.NewTicker(10 * time.Millisecond)
@@ -263,9 +299,20 @@ func relayOne(c *common, kind string, rw *row) error {
 	if err := waitFor(2*time.Minute, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(lags) >= markers*len(t.replicas)
+		return len(lags) >= markers*len(watched)
 	}); err != nil {
-		return fmt.Errorf("markers seen %d of %d", len(lags), markers*len(t.replicas))
+		return fmt.Errorf("markers seen %d of %d", len(lags), markers*len(watched))
+	}
+	if freeze > 0 {
+		frozen, thawed := t.replicas[len(t.replicas)-1], time.Now()
+		want := origin.InfoInt("replication", "master_repl_offset")
+		if err := waitFor(2*time.Minute, func() bool { return frozen.InfoInt("replication", "slave_repl_offset") >= want }); err != nil {
+			return fmt.Errorf("the frozen replica did not catch up: %w", err)
+		}
+		if t.midPID() != 0 {
+			rw.Values["intermediate RSS growth over the freeze MB"] = rssGrowth
+		}
+		rw.Values["frozen replica caught up s"] = time.Since(thawed).Seconds()
 	}
 	cancel()
 	bytes := origin.InfoInt("replication", "master_repl_offset") - off0
