@@ -70,7 +70,7 @@ func TestFanoutMatchesOrigin(t *testing.T) {
 	// socket): writes that come one by one reach it through the fan-out.
 	redistest.Eventually(t, 10*time.Second, "the replica parks", func() bool { return len(*p.fanout.members.Load()) == 1 })
 	fanned := p.Stats().FanoutBytes.Load()
-	end := rep.singleWrites(origin, p, 20)
+	rep.singleWrites(origin, p, 20)
 	if p.Stats().FanoutBytes.Load() == fanned || p.Stats().FanoutHandbacks.Load() < 3 {
 		t.Fatalf("fan-out bytes %d (before the single writes %d), handbacks %d: the replica did not move between the two paths",
 			p.Stats().FanoutBytes.Load(), fanned, p.Stats().FanoutHandbacks.Load())
@@ -85,7 +85,7 @@ func TestFanoutMatchesOrigin(t *testing.T) {
 		t.Fatal("an 8 MB burst did not hand the parked replica back")
 	}
 	redistest.Eventually(t, 10*time.Second, "the replica parks after the burst", func() bool { return len(*p.fanout.members.Load()) == 1 })
-	end = rep.singleWrites(origin, p, 5)
+	end := rep.singleWrites(origin, p, 5)
 	rep.matchOrigin(origin, st.History.ReplID, end)
 }
 
