@@ -74,7 +74,10 @@ func waitConverged(t *testing.T, origin *redistest.Server, replicas []*redistest
 		for _, r := range replicas {
 			got, err := r.Digest()
 			roff := r.InfoInt("replication", "master_repl_offset")
-			if err != nil || got != want || roff != off {
+			// An empty origin and a replica that never synced have the same
+			// digest and offset 0: the link must be up too.
+			info, ierr := r.Info("replication")
+			if err != nil || ierr != nil || info["master_link_status"] != "up" || got != want || roff != off {
 				detail = fmt.Sprintf("replica %d at %d digest %s; origin at %d digest %s", r.Port, roff, got, off, want)
 				return false
 			}

@@ -567,9 +567,7 @@ func TestUnprotectedWarning(t *testing.T) {
 		var buf syncBuffer
 		p, err := New(Config{Upstream: "127.0.0.1:1", DataDir: t.TempDir(), RequirePass: pass}, slog.New(slog.NewTextHandler(&buf, nil)))
 		must(t, err)
-		port, err := loopback.FreePort()
-		must(t, err)
-		ln, err := net.Listen("tcp", "0.0.0.0:"+strconv.Itoa(port))
+		ln, err := loopback.ListenOn("0.0.0.0") // a free port, retried if taken meanwhile
 		must(t, err)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)

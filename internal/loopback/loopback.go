@@ -18,12 +18,16 @@ const (
 )
 
 // Listen listens on a random free 127.0.0.1 port below the ephemeral range.
-func Listen() (net.Listener, error) {
+func Listen() (net.Listener, error) { return ListenOn("127.0.0.1") }
+
+// ListenOn is Listen on another address (0.0.0.0 for a test of a
+// non-loopback bind), with the same choice of port.
+func ListenOn(host string) (net.Listener, error) {
 	var err error
 	for range 200 {
 		port := lowPort + rand.IntN(highPort-lowPort)
 		var ln net.Listener
-		ln, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		ln, err = net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
 		if err == nil {
 			return ln, nil
 		}
