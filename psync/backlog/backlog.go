@@ -119,6 +119,7 @@ type Log struct {
 	rolled   []*os.File
 	stopSync chan struct{}
 	syncDone chan struct{}
+	stopOnce sync.Once // a second Close must not close stopSync again
 	written  int64
 	trimmed  int64
 
@@ -548,12 +549,15 @@ func (l *Log) Trim(keepFrom, budget int64) (int64, error) {
 	return removed, nil
 }
 
-// Close syncs and closes the log; cursors fail with ErrClosed.
+// Close syncs and closes the log; cursors fail with ErrClosed. Closing
+// again does nothing.
 func (l *Log) Close() error {
-	if l.stopSync != nil {
-		close(l.stopSync)
-		<-l.syncDone
-	}
+	l.stopOnce.Do(func() {
+		if l.stopSync != nil {
+			close(l.stopSync)
+			<-l.syncDone
+		}
+	})
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {

@@ -536,3 +536,20 @@ func TestRollDoesNotWaitForFsync(t *testing.T) {
 		t.Fatalf("%d rolled segments left after the sync loop ran", rolled)
 	}
 }
+
+func TestCloseTwice(t *testing.T) {
+	l, _, err := Open(t.TempDir(), Options{Fsync: FsyncEverySec, ValidPrefix: validLines})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Reset(1, "t"); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, 0, 3)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+}
