@@ -117,6 +117,7 @@ type Log struct {
 	// open: with FsyncEverySec they are fsynced (with the directory) by the
 	// sync loop, off the appender's path, not at the roll under mu.
 	rolled   []*os.File
+	rollKick chan struct{} // wakes the sync loop at a roll (buffered, 1)
 	stopSync chan struct{}
 	syncDone chan struct{}
 	stopOnce sync.Once // a second Close must not close stopSync again
@@ -234,7 +235,7 @@ func Open(dir string, opts Options) (*Log, RecoveryReport, error) {
 	rep.Segments = len(segs)
 	l.publishLocked()
 	if opts.Fsync == FsyncEverySec {
-		l.stopSync, l.syncDone = make(chan struct{}), make(chan struct{})
+		l.stopSync, l.syncDone, l.rollKick = make(chan struct{}), make(chan struct{}), make(chan struct{}, 1)
 		go l.syncLoop()
 	}
 	return l, rep, nil
@@ -274,11 +275,12 @@ func (l *Log) syncLoop() {
 		case <-l.stopSync:
 			return
 		case <-t.C:
-			if err := l.Sync(); err != nil {
-				l.syncErrors.Add(1)
-				if l.opts.OnSyncError != nil {
-					l.opts.OnSyncError(err)
-				}
+		case <-l.rollKick: // a roll: fsync the old segment now, not in up to a second
+		}
+		if err := l.Sync(); err != nil {
+			l.syncErrors.Add(1)
+			if l.opts.OnSyncError != nil {
+				l.opts.OnSyncError(err)
 			}
 		}
 	}
@@ -495,16 +497,23 @@ func (l *Log) write(p []byte) error {
 }
 
 // roll closes the active segment and opens the next. With FsyncEverySec the
-// old segment's fsync is left to the sync loop: an fsync here would hold mu
-// (and the appender) for as long as the disk takes to write a segment. A
-// crash before it may lose the old segment's unsynced end; Open then finds
-// the gap and keeps the newest contiguous run, as for any lost tail.
+// old segment's fsync is left to the sync loop, kicked at once: an fsync
+// here would hold mu (readers opening segments, and the appender) for as
+// long as the disk takes to write up to a second of stream. The price: a
+// power loss in the moment before that fsync completes, if the kernel wrote
+// the new segment's first bytes before the old one's last, leaves a gap,
+// and Open keeps the newest contiguous run, dropping the history before it
+// (never serving across it).
 func (l *Log) roll() error {
 	old := l.active
 	l.active = nil
 	if l.opts.Fsync == FsyncEverySec {
 		l.rolled = append(l.rolled, old)
 		l.dirty = true // the sync loop also covers the new segment's name
+		select {
+		case l.rollKick <- struct{}{}:
+		default: // already kicked
+		}
 	} else {
 		if l.opts.Fsync == FsyncAlways {
 			if err := l.fsync(old); err != nil {
