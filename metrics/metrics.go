@@ -192,7 +192,7 @@ var (
 	dCfgMaxClients    = desc("config_max_clients", "Configured limit of downstream connections (--max-clients).")
 	dDownRejected     = desc("downstream_rejected_connections_total", "Connections refused because --max-clients were connected.")
 	dFanoutBytes      = desc("downstream_fanout_bytes_total", "Stream bytes written to caught-up replicas straight from the follower's read buffer (--fanout-writer; also counted in downstream_sent_bytes_total).")
-	dFanoutHandbacks  = desc("downstream_fanout_handbacks_total", "Replicas the fan-out writer handed back to their own copy loop: a full socket, a gap or a history reset.")
+	dFanoutHandbacks  = desc("downstream_fanout_handbacks_total", "Replicas the fan-out writer handed back to their own copy loop: a full socket, a busy follower (a read filled its buffer), a gap or a history reset.")
 	dSubscriberDrops  = desc("pubsub_subscriber_drops_total", "Pub/sub subscribers disconnected for not reading their messages (32 MB pending).")
 	dTLSExpiry        = desc("tls_certificate_expiry_timestamp_seconds", "When the certificate in use expires, by role: server (the TLS listener), upstream (the client certificate towards the upstream), metrics (HTTPS).", "role")
 	dReloads          = desc("reloads_total", "Successful reloads of changed certificate and users files, by role (server, upstream, metrics, users).", "role")

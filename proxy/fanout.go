@@ -42,7 +42,7 @@ type fanMember struct {
 	rc    syscall.RawConn
 	state atomic.Int32
 	back  chan struct{} // closed when released
-	pause bool          // released for a full socket or a busy follower: stay out fullSocketPause; read after back closes
+	pause bool          // released for a full socket or a busy follower: stay out handbackPause; read after back closes
 }
 
 func newFanout(stats *Stats) *fanout {
@@ -74,12 +74,12 @@ func (m *fanMember) claim() bool {
 	}
 }
 
-// fullSocketPause: a replica whose socket was full stays in its own copy
-// loop this long before it parks again. A replica that cannot keep up
-// (a saturated link, a full-speed relay) would otherwise bounce between
-// the two on every read, costing a refused write and a wake-up each time.
-// The same pause follows a hand-back for a busy follower.
-const fullSocketPause = 100 * time.Millisecond
+// handbackPause: a replica handed back for a full socket or a busy
+// follower stays in its own copy loop this long before it parks again. A
+// replica that cannot keep up (a saturated link, a full-speed relay) would
+// otherwise bounce between the two on every read, costing a refused write
+// and a wake-up each time.
+const handbackPause = 100 * time.Millisecond
 
 // parker is a replica session's side of the fan-out: it remembers when
 // the replica may park again.
@@ -125,7 +125,7 @@ func (f *fanout) park(ctx context.Context, pk *parker, conn net.Conn, cur *backl
 	case <-m.back:
 		f.remove(m)
 		if m.pause {
-			pk.notBefore = time.Now().Add(fullSocketPause)
+			pk.notBefore = time.Now().Add(handbackPause)
 		}
 		return true, nil
 	case <-ctx.Done():
@@ -163,7 +163,7 @@ func (f *fanout) remove(m *fanMember) {
 // busy says the follower's read filled its buffer, so more is waiting
 // upstream: the follower is the bottleneck, and the writes are handed to
 // the replicas' own goroutines, which copy in parallel on every core
-// (after fullSocketPause they may park again).
+// (after handbackPause they may park again).
 func (f *fanout) deliver(start int64, chunk []byte, busy bool) {
 	members := *f.members.Load()
 	end := start + int64(len(chunk)) // one past the last byte

@@ -75,8 +75,9 @@ func TestFanoutMatchesOrigin(t *testing.T) {
 		t.Fatalf("fan-out bytes %d (before the single writes %d), handbacks %d: the replica did not move between the two paths",
 			p.Stats().FanoutBytes.Load(), fanned, p.Stats().FanoutHandbacks.Load())
 	}
-	// A burst: one 8 MB command reaches the follower in full reads, each
-	// handing the parked replica back to its own copy loop; then it parks
+	// A burst: one 8 MB command reaches the follower in full reads (and
+	// fills the socket: either hands the parked replica back to its own
+	// copy loop; TestFanoutBusyHandsBack tells them apart); then it parks
 	// again for single writes.
 	handbacks := p.Stats().FanoutHandbacks.Load()
 	must(t, origin.Client().Set(context.Background(), "burst", strings.Repeat("b", 8<<20), 0).Err())

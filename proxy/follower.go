@@ -55,7 +55,6 @@ type follower struct {
 	publishes streamPublishes
 	pubsub    *pubsub
 	fanout    *fanout     // nil when disabled
-	fullRead  bool        // the last upstream read filled the buffer (more is waiting)
 	refresh   atomic.Bool // a snapshot refresh is running
 	// refreshLast: when the running refresh began, how the last one went.
 	refreshLast refreshTimes
@@ -659,9 +658,9 @@ func (f *follower) stream(ctx context.Context, u *upstreamConn) error {
 	buf := make([]byte, readBuf)
 	for {
 		n, rerr := u.br.Read(buf)
-		f.fullRead = n == len(buf)
 		if n > 0 {
-			if err := f.appendStream(buf[:n], u); err != nil {
+			// A read that fills the buffer leaves more waiting upstream.
+			if err := f.appendStream(buf[:n], n == len(buf), u); err != nil {
 				return err
 			}
 		}
@@ -675,8 +674,10 @@ func (f *follower) stream(ctx context.Context, u *upstreamConn) error {
 }
 
 // appendStream scans a chunk for command boundaries and GETACK, appends it
-// to the backlog and answers GETACK with the offset just written.
-func (f *follower) appendStream(chunk []byte, u *upstreamConn) error {
+// to the backlog, hands it to the fan-out and answers GETACK with the
+// offset just written. busy says more is waiting upstream (the fan-out
+// then leaves the copying to the replicas' own loops).
+func (f *follower) appendStream(chunk []byte, busy bool, u *upstreamConn) error {
 	f.guard.mu.Lock()
 	defer f.guard.mu.Unlock()
 	if h := f.guard.held; h != nil {
@@ -710,7 +711,7 @@ func (f *follower) appendStream(chunk []byte, u *upstreamConn) error {
 	f.scanner = sc
 	end := f.store.bl.End()
 	if f.fanout != nil {
-		f.fanout.deliver(end-int64(len(chunk))+1, chunk, f.fullRead)
+		f.fanout.deliver(end-int64(len(chunk))+1, chunk, busy)
 	}
 	if watch {
 		f.publishes.scan(chunk, published, &sc, func(channel, msg []byte) { f.pubsub.publish(channel, msg) })

@@ -144,27 +144,25 @@ func procStats(pid int) (cpu float64, peakRSS int64) {
 			cpu = (ut + st) / 100 // USER_HZ
 		}
 	}
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-				kb, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-				peakRSS = kb << 10
-			}
-		}
-	}
-	return cpu, peakRSS
+	return cpu, procStatusBytes(pid, "VmHWM")
 }
 
 // currentRSS reads a process's resident set now (VmRSS), 0 if unknown.
-func currentRSS(pid int) int64 {
+func currentRSS(pid int) int64 { return procStatusBytes(pid, "VmRSS") }
+
+// procStatusBytes reads a "kB" field of /proc/PID/status, in bytes; 0 if
+// unknown.
+func procStatusBytes(pid int, field string) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-			return kb << 10
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			if f := strings.Fields(v); len(f) > 0 {
+				kb, _ := strconv.ParseInt(f[0], 10, 64)
+				return kb << 10
+			}
 		}
 	}
 	return 0

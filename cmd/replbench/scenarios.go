@@ -222,9 +222,9 @@ func relayOne(c *common, kind string, freeze time.Duration, rw *row) error {
 	var mu sync.Mutex
 	var lags []time.Duration
 	var subs sync.WaitGroup
-	watched := t.replicas
+	watched, frozen := t.replicas, (*redistest.Server)(nil)
 	if freeze > 0 {
-		watched = t.replicas[:len(t.replicas)-1]
+		watched, frozen = t.replicas[:len(t.replicas)-1], t.replicas[len(t.replicas)-1]
 	}
 	for _, r := range watched {
 		ps := r.Client().Subscribe(ctx, "__keyspace@0__:marker")
@@ -259,12 +259,11 @@ func relayOne(c *common, kind string, freeze time.Duration, rw *row) error {
 	}
 	var writes atomic.Int64
 	loadCtx, stopLoad := context.WithTimeout(ctx, c.duration)
-	defer stopLoad()
-	var wg sync.WaitGroup
+	var wg sync.WaitGroup // the load and the freeze, joined on every return
+	defer func() { stopLoad(); wg.Wait() }()
 	wg.Go(func() { steadyLoad(loadCtx, origin.Client(), c.rate, &writes) })
 	var rssGrowth float64
-	if freeze > 0 {
-		frozen := t.replicas[len(t.replicas)-1]
+	if frozen != nil {
 		wg.Go(func() {
 			select {
 			case <-loadCtx.Done():
@@ -303,8 +302,8 @@ func relayOne(c *common, kind string, freeze time.Duration, rw *row) error {
 	}); err != nil {
 		return fmt.Errorf("markers seen %d of %d", len(lags), markers*len(watched))
 	}
-	if freeze > 0 {
-		frozen, thawed := t.replicas[len(t.replicas)-1], time.Now()
+	if frozen != nil {
+		thawed := time.Now()
 		want := origin.InfoInt("replication", "master_repl_offset")
 		if err := waitFor(2*time.Minute, func() bool { return frozen.InfoInt("replication", "slave_repl_offset") >= want }); err != nil {
 			return fmt.Errorf("the frozen replica did not catch up: %w", err)

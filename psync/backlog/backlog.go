@@ -293,7 +293,10 @@ func (l *Log) Sync() error {
 	l.dirty, l.rolled = false, nil
 	l.mu.Unlock()
 	if len(rolled) > 0 {
-		if err := l.syncRolled(rolled); err != nil {
+		if unsynced, err := l.syncRolled(rolled); err != nil {
+			l.mu.Lock()
+			l.rolled = append(unsynced, l.rolled...) // tried again next time
+			l.mu.Unlock()
 			return err
 		}
 	}
@@ -310,22 +313,19 @@ func (l *Log) Sync() error {
 }
 
 // syncRolled fsyncs and closes segments rolled since the last sync, then
-// the directory that names their successors. On an error the files not yet
-// synced go back on the list, to be tried again next time.
-func (l *Log) syncRolled(rolled []*os.File) error {
+// the directory that names their successors. On an error it returns the
+// files it did not sync, still open.
+func (l *Log) syncRolled(rolled []*os.File) (unsynced []*os.File, err error) {
 	for i, f := range rolled {
 		if err := l.fsync(f); err != nil {
-			l.mu.Lock()
-			l.rolled = append(rolled[i:], l.rolled...)
-			l.mu.Unlock()
-			return fmt.Errorf("backlog: fsync rolled segment: %w", err)
+			return rolled[i:], fmt.Errorf("backlog: fsync rolled segment: %w", err)
 		}
 		f.Close()
 	}
 	if err := l.syncDir(l.dir); err != nil {
-		return fmt.Errorf("backlog: fsync directory after roll: %w", err)
+		return nil, fmt.Errorf("backlog: fsync directory after roll: %w", err)
 	}
-	return nil
+	return nil, nil
 }
 
 // Range returns the first and last byte held; last == first-1 when empty,
@@ -505,29 +505,27 @@ func (l *Log) write(p []byte) error {
 // and Open keeps the newest contiguous run, dropping the history before it
 // (never serving across it).
 func (l *Log) roll() error {
-	old := l.active
-	l.active = nil
-	if l.opts.Fsync == FsyncEverySec {
-		l.rolled = append(l.rolled, old)
-		l.dirty = true // the sync loop also covers the new segment's name
+	if l.opts.Fsync == FsyncAlways {
+		if err := l.fsync(l.active); err != nil {
+			return fmt.Errorf("backlog: fsync on roll: %w", err) // still active: the roll is retried at the next boundary
+		}
+	}
+	background := l.opts.Fsync == FsyncEverySec
+	if background {
+		l.rolled = append(l.rolled, l.active)
 		select {
 		case l.rollKick <- struct{}{}:
 		default: // already kicked
 		}
 	} else {
-		if l.opts.Fsync == FsyncAlways {
-			if err := l.fsync(old); err != nil {
-				old.Close()
-				return fmt.Errorf("backlog: fsync on roll: %w", err)
-			}
-		}
-		old.Close()
+		l.active.Close()
 	}
+	l.active = nil
 	if err := l.openSegment(l.end + 1); err != nil {
 		return err
 	}
-	if l.opts.Fsync == FsyncEverySec {
-		return nil
+	if background {
+		return nil // the sync loop fsyncs the directory after the rolled segments
 	}
 	return l.syncDir(l.dir)
 }
@@ -576,18 +574,14 @@ func (l *Log) Close() error {
 	l.publishLocked()
 	l.wakeLocked()
 	var err error
-	for _, f := range l.rolled {
-		if serr := l.fsync(f); serr != nil && err == nil {
-			err = fmt.Errorf("backlog: fsync rolled segment: %w", serr)
+	if len(l.rolled) > 0 { // the sync loop has stopped: nobody else syncs them
+		var unsynced []*os.File
+		unsynced, err = l.syncRolled(l.rolled)
+		for _, f := range unsynced {
+			f.Close()
 		}
-		f.Close()
+		l.rolled = nil
 	}
-	if len(l.rolled) > 0 {
-		if serr := l.syncDir(l.dir); serr != nil && err == nil {
-			err = serr
-		}
-	}
-	l.rolled = nil
 	if l.active != nil {
 		if l.opts.Fsync != FsyncNo {
 			if serr := l.fsync(l.active); serr != nil && err == nil {

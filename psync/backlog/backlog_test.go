@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -470,49 +472,53 @@ func TestBackgroundFsyncErrorsAreReported(t *testing.T) {
 // loop: appends that roll complete while an fsync is held, and the loop
 // then fsyncs the rolled segments and the directory.
 func TestRollDoesNotWaitForFsync(t *testing.T) {
-	dir := t.TempDir()
 	hold := make(chan struct{})
+	release := sync.OnceFunc(func() { close(hold) })
+	var armed atomic.Bool // once set, every fsync waits for release and is recorded
 	synced := make(chan string, 64)
-	l, _, err := Open(dir, Options{SegmentSize: 64, Fsync: FsyncEverySec, ValidPrefix: validLines,
+	l, _, err := Open(t.TempDir(), Options{SegmentSize: 64, Fsync: FsyncEverySec, ValidPrefix: validLines,
 		SyncFile: func(f *os.File) error {
-			<-hold
-			synced <- filepath.Base(f.Name())
+			if armed.Load() {
+				<-hold
+				synced <- filepath.Base(f.Name())
+			}
 			return f.Sync()
 		}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		select {
-		case <-hold:
-		default:
-			close(hold)
-		}
-		l.Close()
-	})
-	go func() { // Reset syncs the tag and the directory: let those through
-		for range 3 {
-			hold <- struct{}{}
-		}
-	}()
+	t.Cleanup(func() { release(); l.Close() })
 	if err := l.Reset(1, "t"); err != nil {
 		t.Fatal(err)
 	}
-	for range 3 {
-		<-synced
-	}
-	done := make(chan []byte)
-	go func() { done <- appendN(t, l, 0, 20) }() // 20 × 11 bytes: three rolls
+	armed.Store(true)
 	var want []byte
+	for i := range 20 { // 20 × 11 bytes: three rolls
+		want = append(want, cmd(i)...)
+	}
+	done := make(chan error, 1)
+	go func() {
+		for i := range 20 {
+			c := cmd(i)
+			if _, err := l.Append(c, len(c)); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
 	select {
-	case want = <-done:
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("appends across a roll waited for an fsync")
 	}
 	if got := readAll(t, l, 1); !bytes.Equal(got, want) {
 		t.Fatalf("read back %q, want %q", got, want)
 	}
-	close(hold)
+	release()
 	seen := map[string]bool{}
 	deadline := time.After(10 * time.Second)
 	for len(seen) < 5 { // three rolled segments, the directory, the active segment
@@ -545,5 +551,37 @@ func TestCloseTwice(t *testing.T) {
 	}
 	if err := l.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
+	}
+}
+
+// With FsyncAlways a failed fsync at a roll fails the append and leaves the
+// segment active: the next append goes on, and rolls at its boundary.
+func TestAlwaysRollFsyncFailureKeepsLogUsable(t *testing.T) {
+	var fail atomic.Bool
+	l, _, err := Open(t.TempDir(), Options{SegmentSize: 40, Fsync: FsyncAlways, ValidPrefix: validLines,
+		SyncFile: func(f *os.File) error {
+			if fail.Load() {
+				return errors.New("injected fsync failure")
+			}
+			return f.Sync()
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := l.Reset(1, "t"); err != nil {
+		t.Fatal(err)
+	}
+	want := appendN(t, l, 0, 3) // 33 bytes: the next append reaches 40 and rolls
+	fail.Store(true)
+	c := cmd(3)
+	if _, err := l.Append(c, len(c)); err == nil {
+		t.Fatal("an append whose roll could not fsync succeeded")
+	}
+	want = append(want, c...) // written before the roll, so held
+	fail.Store(false)
+	want = append(want, appendN(t, l, 4, 3)...)
+	if got := readAll(t, l, 1); !bytes.Equal(got, want) {
+		t.Fatalf("read back %q, want %q", got, want)
 	}
 }
