@@ -384,6 +384,37 @@ func (d *downstream) noteRefusal(addr string, rdbVersion int) {
 	}
 }
 
+// abandonedSyncWait bounds awaitAbandonedSync: a replica's hang-up is
+// read within milliseconds; a link still up after this is not abandoned.
+const abandonedSyncWait = 2 * time.Second
+
+// awaitAbandonedSync: a replica that cannot load a full sync hangs up and
+// asks again at once, so its new request can be read before its old
+// link's hang-up is, and the same payload would go out again. Before a
+// full sync, wait (at most limit) for the end of every earlier link of
+// the same replica that got a payload and never ACKed: its refusal, if
+// any, is noted by then.
+func (d *downstream) awaitAbandonedSync(ctx context.Context, self *session, limit time.Duration) {
+	addr := self.replicaAddr()
+	pending := func() bool {
+		return len(d.selectSessions(func(s *session) bool {
+			return s != self && s.replica.Load() && !s.legacy && s.listeningPort > 0 &&
+				s.sentRDB.Load() != 0 && !s.acked.Load() && s.replicaAddr() == addr
+		})) > 0
+	}
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	for pending() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
 // refusedVersion reports whether the replica at addr failed to load
 // rdbVersion lately: then it is answered with an error, not another payload.
 func (d *downstream) refusedVersion(addr string, rdbVersion int) (time.Duration, bool) {

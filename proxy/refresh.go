@@ -50,6 +50,13 @@ var errNoReplica = errors.New("no online replica with an announced address to as
 // replicaHandshakeTimeout bounds a replica's answers up to +FULLRESYNC.
 const replicaHandshakeTimeout = 5 * time.Second
 
+// replicaStallTimeout bounds a source replica's silence while it saves:
+// it sends a newline a second until its fork starts, then the payload, so
+// a longer silence is a replica that froze after answering (SIGSTOP, a
+// stuck disk). The refresh moves on to the next source rather than wait
+// the repl-timeout while the snapshot lapses.
+const replicaStallTimeout = 15 * time.Second
+
 // replicaRefreshAttempts bounds the replicas one refresh tries.
 const replicaRefreshAttempts = 2
 
@@ -199,7 +206,7 @@ func (f *follower) fetchFromReplica(ctx context.Context, c refreshCandidate) (*s
 		return nil, err
 	}
 	defer stop()
-	u.dr.timeout = f.cfg.ReplTimeout // the payload: keepalives come while it saves
+	u.dr.timeout = min(f.cfg.ReplTimeout, replicaStallTimeout) // the payload: keepalives come while it saves
 	if cur := f.store.position(); reply.ReplID != cur.hist.ReplID {
 		return nil, fmt.Errorf("%w: the replica is at history %s, the proxy at %s", errRefreshRejected, reply.ReplID, cur.hist.ReplID)
 	}

@@ -224,6 +224,36 @@ func TestRefreshSkipsCorruptReplica(t *testing.T) {
 	}
 }
 
+// TestRefreshAbandonsStalledReplica: a source replica that answers the
+// refresh and then goes silent (frozen after its handshake: a scripted
+// fake announced as the most caught up) is given up after
+// replicaStallTimeout, not the repl-timeout, and the refresh takes the
+// good replica's snapshot; the origin does not fork.
+func TestRefreshAbandonsStalledReplica(t *testing.T) {
+	t.Parallel()
+	const replTimeout = 5 * time.Minute
+	origin, p, _, dir := refreshRig(t, 1, func(c *Config) { c.ReplTimeout = replTimeout })
+	replid := p.position().hist.ReplID
+	stalled := fakeMaster(t, func(conn net.Conn) {
+		fmt.Fprintf(conn, "+FULLRESYNC %s %d\r\n$1000000\r\nREDIS0010", replid, p.backlogEnd())
+		_, _ = io.Copy(io.Discard, conn) // then silence, until the proxy hangs up
+	})
+	_, sport, _ := net.SplitHostPort(stalled)
+	n, _ := strconv.Atoi(sport)
+	fakeReplica(t, p.addr, n)
+	overwrite(t, origin.Client(), nil, 2<<20, 8<<20, 16<<10)
+	// Well inside the repl-timeout: only the stall bound can end the first try.
+	redistest.Eventually(t, replicaStallTimeout+45*time.Second, "the stalled source given up, the good replica's taken", func() bool {
+		return p.Stats().RefreshAttempts.Load("replica/failed") >= 1 && p.Stats().RefreshAttempts.Load("replica/ok") >= 1
+	})
+	if forks := origin.InfoInt("stats", "total_forks"); forks != 1 {
+		t.Fatalf("the origin forked %d times", forks)
+	}
+	if tmp := tempFiles(t, dir); len(tmp) > 0 {
+		t.Fatalf("temp files left: %v", tmp)
+	}
+}
+
 // TestRefreshReplicaKilledMidway: the replica serving a refresh is killed
 // while it sends its RDB: the previous snapshot stays in service, no temp
 // file remains, and the refresh moves on (here to the upstream, the only
@@ -446,5 +476,60 @@ func TestRefreshCandidates(t *testing.T) {
 	got = addrs(d.refreshCandidates("10.0.0.2:6379"))
 	if want := "10.0.0.3:6379 10.0.0.1:6379 10.0.0.2:6379"; got != want {
 		t.Fatalf("after asking 10.0.0.2: %s, want %s", got, want)
+	}
+}
+
+// TestAwaitAbandonedSync: a replica's new full-sync request waits for its
+// earlier link that got a payload and never ACKed to end (so that link's
+// refusal is noted first), but not for other replicas' links, an ACKed
+// link, or past its limit.
+func TestAwaitAbandonedSync(t *testing.T) {
+	d := &downstream{sessions: map[*session]struct{}{}}
+	add := func(port int, sentRDB int32, acked bool) *session {
+		s := &session{ipAddress: "10.0.0.1", listeningPort: port}
+		s.sentRDB.Store(sentRDB)
+		s.acked.Store(acked)
+		s.replica.Store(true)
+		d.mu.Lock()
+		d.sessions[s] = struct{}{}
+		d.mu.Unlock()
+		return s
+	}
+	self := add(6379, 0, false)
+	add(6380, 12, false) // another replica
+	add(6379, 12, true)  // loaded and ACKed: alive
+	add(6379, 0, false)  // got no payload
+	ctx := context.Background()
+	start := time.Now()
+	d.awaitAbandonedSync(ctx, self, time.Minute)
+	if time.Since(start) > 30*time.Second {
+		t.Fatal("waited for links that are not abandoned full syncs")
+	}
+
+	old := add(6379, 12, false)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		d.awaitAbandonedSync(ctx, self, time.Minute)
+	}()
+	select {
+	case <-done:
+		t.Fatal("did not wait for the replica's abandoned link")
+	case <-time.After(100 * time.Millisecond):
+	}
+	d.mu.Lock()
+	delete(d.sessions, old)
+	d.mu.Unlock()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("still waiting after the abandoned link ended")
+	}
+
+	add(6379, 12, false) // never ends: the limit applies
+	start = time.Now()
+	d.awaitAbandonedSync(ctx, self, 50*time.Millisecond)
+	if time.Since(start) > 10*time.Second {
+		t.Fatal("the limit did not end the wait")
 	}
 }

@@ -329,6 +329,9 @@ func (s *session) sync(ctx context.Context, req syncRequest) (*backlog.Cursor, e
 			s.close(plan.reason)
 			return nil, errRDBVersion
 		case planFullSync:
+			if s.listeningPort > 0 {
+				s.p.down.awaitAbandonedSync(ctx, s, abandonedSyncWait)
+			}
 			if left, ok := s.p.down.refusedVersion(s.replicaAddr(), plan.snap.RDBVersion); ok && s.listeningPort > 0 {
 				// The same payload again would fail again: say why, cheaply.
 				s.log.Warn("replica failed to load this RDB version after its last full sync; refused instead of sending it again",
