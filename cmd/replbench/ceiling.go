@@ -139,6 +139,12 @@ func sink(addr string, n int64) error {
 	if _, err := psync.CopyPayload(io.Discard, br, h, nil); err != nil {
 		return err
 	}
+	// ACK at once, as a replica does after loading: the sinks all announce
+	// one address, and a sink that got the payload and hung up before its
+	// first ACK would count as a replica that failed to load it.
+	if _, err := conn.Write(psync.AckCommand(reply.Offset)); err != nil {
+		return err
+	}
 	done := make(chan struct{})
 	defer close(done)
 	var got int64
