@@ -656,22 +656,59 @@ func (f *follower) stream(ctx context.Context, u *upstreamConn) error {
 		return err
 	}
 	buf := make([]byte, readBuf)
+	// queued: the bytes of the latest run of full reads and the partial
+	// read that ended it, all of which were waiting when read.
+	var queued int64
+	runEnded := false
 	for {
+		start := time.Now()
 		n, rerr := u.br.Read(buf)
 		if n > 0 {
 			// A read that fills the buffer leaves more waiting upstream.
-			if err := f.appendStream(buf[:n], n == len(buf), u); err != nil {
+			busy := n == len(buf)
+			if err := f.appendStream(buf[:n], busy, u); err != nil {
 				return err
 			}
+			if runEnded {
+				queued = 0
+			}
+			queued += int64(n)
+			runEnded = !busy
 		}
 		if rerr != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			if queued >= behindAtClose && errors.Is(rerr, io.EOF) && time.Since(start) < behindEOFWait {
+				return &closedBehindError{err: rerr, unread: queued}
+			}
 			return rerr
 		}
 	}
 }
+
+// A hang-up read at once after at least behindAtClose of stream read in
+// full reads came while replproxy was reading behind the origin; one that
+// came after a wait, once replproxy had caught up, did not.
+const (
+	behindAtClose = 2 << 20
+	behindEOFWait = time.Second
+)
+
+// closedBehindError: the upstream hung up while replproxy was behind it.
+// A stock origin does that when its replica output buffer for replproxy
+// passes client-output-buffer-limit: replproxy's appends (its disk) were
+// slower than the origin's writes.
+type closedBehindError struct {
+	err    error
+	unread int64 // stream still queued for replproxy when the link ended, at least
+}
+
+func (e *closedBehindError) Error() string {
+	return fmt.Sprintf("%v after reading %d queued bytes: replproxy was behind the upstream", e.err, e.unread)
+}
+
+func (e *closedBehindError) Unwrap() error { return e.err }
 
 // appendStream scans a chunk for command boundaries and GETACK, appends it
 // to the backlog, hands it to the fan-out and answers GETACK with the
@@ -956,7 +993,13 @@ func replyClass(line string) UpstreamReason {
 // advice says what to do about a cause the proxy cannot fix itself; "" for
 // the ones that need no operator. streamed: the link had reached
 // streaming (a timeout then means an idle link between the origin's PINGs).
-func advice(reason UpstreamReason, replTimeout time.Duration, streamed bool) string {
+func advice(reason UpstreamReason, replTimeout time.Duration, streamed bool, err error) string {
+	if cb := (*closedBehindError)(nil); errors.As(err, &cb) {
+		return "the upstream hung up while replproxy was reading behind it: most likely its client-output-buffer-limit for replicas " +
+			"cut replproxy, whose backlog appends (its disk) were slower than the origin's writes; the origin's log says " +
+			"\"overcoming of output buffer limits\" if so. Raise that limit on the origin (CONFIG SET client-output-buffer-limit \"replica 0 0 0\", " +
+			"or a hard limit above the burst) and its repl-backlog-size, so that the reconnection is a partial resync, or give the data dir a faster disk"
+	}
 	switch reason {
 	case UpDenied:
 		return "the origin is in protected mode: set a password on it (requirepass, and --upstream-password here) or bind it to loopback"
@@ -982,7 +1025,7 @@ const originPingPeriod = 10 * time.Second
 
 // adviseOnce logs the advice for a cause once per upstream address.
 func (f *follower) adviseOnce(reason UpstreamReason, err error) {
-	text := advice(reason, f.cfg.ReplTimeout, f.streamedLast)
+	text := advice(reason, f.cfg.ReplTimeout, f.streamedLast, err)
 	if text == "" || f.advised[reason] {
 		return
 	}

@@ -554,3 +554,63 @@ func TestIsSelf(t *testing.T) {
 		}
 	}
 }
+
+// TestUpstreamClosedWhileBehind: an upstream that hangs up while the proxy
+// still has stream queued to read (as an origin does when its replica
+// output buffer for the proxy passes client-output-buffer-limit) gets the
+// advice that names the limit; one that hangs up once the proxy has caught
+// up does not.
+func TestUpstreamClosedWhileBehind(t *testing.T) {
+	t.Parallel()
+	const advice = "the upstream hung up while replproxy was reading behind it"
+	rdb := []byte("REDIS0010\xff")
+	rdb = binary.LittleEndian.AppendUint64(rdb, psync.CRC64(0, rdb))
+	val := strings.Repeat("v", 16<<10)
+	var stream []byte
+	for i := 0; len(stream) < 64<<20; i++ {
+		stream = respCommand(stream, []byte("SET"), []byte("k:"+strconv.Itoa(i)), []byte(val))
+	}
+	for _, c := range []struct {
+		name   string
+		behind bool
+	}{{"behind", true}, {"caught up", false}} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			var conns atomic.Int64
+			var p *testProxy
+			var ready = make(chan struct{})
+			addr := fakeMaster(t, func(conn net.Conn) {
+				<-ready
+				id := strings.Repeat("e", 40)
+				fmt.Fprintf(conn, "+FULLRESYNC %s 0\r\n$%d\r\n", id, len(rdb))
+				conn.Write(rdb)
+				go func() { _, _ = io.Copy(io.Discard, conn) }() // ACKs
+				if conns.Add(1) > 1 {
+					time.Sleep(time.Minute) // later connections: an idle link; the test ends first
+					return
+				}
+				if c.behind {
+					conn.Write(stream) // returns once the rest fits in the socket buffers
+				} else {
+					// As much as the run that counts, then a pause longer
+					// than the wait that tells a caught-up proxy apart.
+					conn.Write(stream[:8<<20])
+					redistest.Eventually(t, 30*time.Second, "the proxy caught up", func() bool {
+						return p.backlogEnd() >= 8<<20
+					})
+					time.Sleep(3 * behindEOFWait) // the scenario: an idle link, then the hang-up
+				}
+				// FIN after the data, as an origin's close: nothing queued is lost.
+				conn.(*net.TCPConn).CloseWrite()
+			})
+			p = startProxy(t, addr, t.TempDir())
+			close(ready)
+			redistest.Eventually(t, 30*time.Second, "the link ended", func() bool {
+				return strings.Contains(p.logBuf.String(), "upstream link down")
+			})
+			if got := strings.Contains(p.logBuf.String(), advice); got != c.behind {
+				t.Fatalf("advice about the output-buffer limit logged: %v, want %v", got, c.behind)
+			}
+		})
+	}
+}

@@ -89,7 +89,7 @@ func probeHandshake(ctx context.Context, cfg Config, tlsCfg *tls.Config) ProbeRe
 	if err != nil {
 		reason := disconnectReason(err)
 		r.Detail = fmt.Sprintf("%s: %v", reason, err)
-		if a := advice(reason, cfg.ReplTimeout, false); a != "" {
+		if a := advice(reason, cfg.ReplTimeout, false, nil); a != "" {
 			r.Detail += "; " + a
 		}
 		return r
