@@ -93,6 +93,15 @@ func (s *Scanner) Scan(p []byte, fn func(end int, c *Command)) error {
 		switch s.state {
 		case stStart:
 			b := p[i]
+			if b == '*' {
+				if end, ok := s.scanWhole(p, i); ok {
+					i = end
+					if fn != nil {
+						fn(i, &s.cmd)
+					}
+					continue
+				}
+			}
 			s.cmd = Command{}
 			switch b {
 			case '*':
@@ -194,6 +203,75 @@ func (s *Scanner) Scan(p []byte, fn func(end int, c *Command)) error {
 	}
 	s.scanned += int64(len(p))
 	return nil
+}
+
+// scanWhole parses the command starting at p[i] ('*') with local state,
+// when all of it is in p and its lengths are plain (the common case, ~3×
+// the byte-at-a-time path). Anything else (a command cut by the chunk's
+// end, a byte out of place, a length of 19 digits or more) returns false
+// with the scanner untouched, and the byte-at-a-time path takes the
+// command from the same byte, errors included.
+func (s *Scanner) scanWhole(p []byte, i int) (int, bool) {
+	argc, j, ok := scanLen(p, i+1)
+	if !ok || argc < 1 {
+		return 0, false
+	}
+	var cmd Command
+	for a := int64(0); a < argc; a++ {
+		if j >= len(p) || p[j] != '$' {
+			return 0, false
+		}
+		var n int64
+		if n, j, ok = scanLen(p, j+1); !ok || int64(len(p)-j) < n+2 {
+			return 0, false
+		}
+		body := p[j : j+int(n)]
+		j += int(n)
+		if p[j] != '\r' || p[j+1] != '\n' {
+			return 0, false
+		}
+		j += 2
+		switch a {
+		case 0:
+			cmd.nameLong = n > capturedArgLen
+			cmd.nameLen = lowerInto(cmd.name[:], body)
+		case 1:
+			cmd.arg1Long = n > capturedArgLen
+			cmd.arg1Len = lowerInto(cmd.arg1[:], body)
+		}
+	}
+	cmd.Argc, cmd.Size = argc, int64(j-i)
+	s.cmd = cmd
+	return j, true
+}
+
+// scanLen reads "<digits>\r\n" at p[j:]: the length and the index past
+// it. At most 18 digits, so it cannot overflow.
+func scanLen(p []byte, j int) (int64, int, bool) {
+	var n int64
+	k := j
+	for ; k < len(p) && k-j < 19; k++ {
+		c := p[k]
+		if c < '0' || c > '9' {
+			break
+		}
+		n = n*10 + int64(c-'0')
+	}
+	if k == j || k-j > 18 || k+1 >= len(p) || p[k] != '\r' || p[k+1] != '\n' {
+		return 0, 0, false
+	}
+	return n, k + 2, true
+}
+
+// lowerInto copies the first len(dst) bytes of b into dst, lowercased.
+func lowerInto(dst, b []byte) int {
+	n := copy(dst, b)
+	for i, c := range dst[:n] {
+		if c >= 'A' && c <= 'Z' {
+			dst[i] = c + 'a' - 'A'
+		}
+	}
+	return n
 }
 
 // Partial describes the command under way after the bytes fed so far:

@@ -2,7 +2,9 @@ package psync
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -215,6 +217,9 @@ func FuzzScanner(f *testing.F) {
 	f.Add([]byte("*1\r\n$4\r\nping\r\n\n\n"), uint64(2))
 	f.Add([]byte("*2\r\n$3\r\nget\r\n$-1\r\n"), uint64(3))
 	f.Add([]byte("*1\r\n$0\r\n\r\n"), uint64(4))
+	f.Add([]byte("*3\r\n$8\r\nREPLCONF\r\n$6\r\nGETACK\r\n$1\r\n*\r\n*2\r\n$17\r\nABCDEFGHIJKLMNOPQ\r\n$003\r\nxYz\r\n"), uint64(5))
+	f.Add([]byte("*1\r\n$1234567890123456789\r\nx*01\r\n"), uint64(6))
+	f.Add([]byte("*2\r\n$1\r\na\r\n$1\r\nbX\n"), uint64(7))
 	f.Fuzz(func(t *testing.T, b []byte, seed uint64) {
 		want, ok := refBoundaries(b)
 		rnd := rand.New(rand.NewPCG(seed, 1))
@@ -230,7 +235,41 @@ func FuzzScanner(f *testing.F) {
 		if ok && !equalInts(got, want) {
 			t.Fatalf("boundaries %v, reference %v", got, want)
 		}
+		// The whole-command fast path against the byte-at-a-time path
+		// (one byte per Scan never fits a whole command): the same
+		// commands, fields and all, and the same error.
+		fast, fastErr := scanCommands(b, chunks)
+		slow, slowErr := scanCommands(b, slices.Repeat([]int{1}, len(b)))
+		if fmt.Sprint(fastErr) != fmt.Sprint(slowErr) {
+			t.Fatalf("error %v, byte at a time %v", fastErr, slowErr)
+		}
+		if !slices.Equal(fast, slow) {
+			t.Fatalf("commands %+v, byte at a time %+v", fast, slow)
+		}
 	})
+}
+
+// scannedCommand is a command as Scan reports it, at its absolute end.
+type scannedCommand struct {
+	end int
+	cmd Command
+}
+
+// scanCommands scans b in the given chunks (the rest in one) and collects
+// every command reported.
+func scanCommands(b []byte, chunks []int) ([]scannedCommand, error) {
+	var s Scanner
+	var out []scannedCommand
+	pos := 0
+	for _, n := range append(chunks, len(b)) {
+		n = min(n, len(b)-pos)
+		base := pos
+		if err := s.Scan(b[pos:pos+n], func(end int, c *Command) { out = append(out, scannedCommand{base + end, *c}) }); err != nil {
+			return out, err
+		}
+		pos += n
+	}
+	return out, nil
 }
 
 func BenchmarkScanner(b *testing.B) {
