@@ -402,15 +402,17 @@ func (d *downstream) awaitAbandonedSync(ctx context.Context, self *session, limi
 				s.sentRDB.Load() != 0 && !s.acked.Load() && s.replicaAddr() == addr
 		})) > 0
 	}
-	t := time.NewTimer(limit)
-	defer t.Stop()
+	deadline := time.NewTimer(limit)
+	defer deadline.Stop()
+	poll := time.NewTicker(5 * time.Millisecond)
+	defer poll.Stop()
 	for pending() {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-deadline.C:
 			return
-		case <-time.After(5 * time.Millisecond):
+		case <-poll.C:
 		}
 	}
 }

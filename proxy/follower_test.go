@@ -584,13 +584,21 @@ func TestUpstreamClosedWhileBehind(t *testing.T) {
 				id := strings.Repeat("e", 40)
 				fmt.Fprintf(conn, "+FULLRESYNC %s 0\r\n$%d\r\n", id, len(rdb))
 				conn.Write(rdb)
-				go func() { _, _ = io.Copy(io.Discard, conn) }() // ACKs
 				if conns.Add(1) > 1 {
-					time.Sleep(time.Minute) // later connections: an idle link; the test ends first
+					_, _ = io.Copy(io.Discard, conn) // later connections: an idle link, until the proxy stops
 					return
 				}
+				go func() { _, _ = io.Copy(io.Discard, conn) }() // ACKs
 				if c.behind {
-					conn.Write(stream) // returns once the rest fits in the socket buffers
+					// Write until at least 4 MB are still queued when the
+					// link ends, however fast the proxy reads on this run.
+					tc := conn.(*net.TCPConn)
+					_ = tc.SetWriteBuffer(4 << 20)
+					for range 16 {
+						if _, err := conn.Write(stream); err != nil || socketOutq(tc) >= 4<<20 {
+							break
+						}
+					}
 				} else {
 					// As much as the run that counts, then a pause longer
 					// than the wait that tells a caught-up proxy apart.
@@ -613,4 +621,15 @@ func TestUpstreamClosedWhileBehind(t *testing.T) {
 			}
 		})
 	}
+}
+
+// socketOutq is what c's kernel still holds to send (SIOCOUTQ).
+func socketOutq(c *net.TCPConn) int {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	_ = rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
+	return n
 }
