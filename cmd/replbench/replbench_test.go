@@ -62,6 +62,9 @@ func TestScenariosTiny(t *testing.T) {
 			if v := rowOf(t, r, "proxy").Values["aggregate MB/s"]; v <= 0 {
 				t.Errorf("proxy ceiling %v MB/s", v)
 			}
+			if v := rowOf(t, r, "new page-cache pages (machine)").Values["stream MB/s"]; v <= 0 {
+				t.Errorf("page-cache write %v MB/s", v)
+			}
 		}},
 		// TLS everywhere: the same scenarios, reported apart.
 		{"relay", []string{"--tls", "--replicas", "1", "--duration", "2s", "--rate", "5000"}, func(t *testing.T, r report) {
