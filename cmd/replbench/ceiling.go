@@ -31,20 +31,17 @@ func ceiling(c *common, _ *flag.FlagSet) (*report, error) {
 	if secs, err := plainFanout(stream, c.replicas); err != nil {
 		rw.Error = err.Error()
 	} else {
-		rw.Values["seconds"] = secs
-		rw.Values["aggregate MB/s"] = float64(len(stream)) * float64(c.replicas) / secs / 1e6
-		rw.Values["stream MB/s"] = float64(len(stream)) / secs / 1e6
+		rw.rates(len(stream), c.replicas, secs)
 	}
 	rep.Rows = append(rep.Rows, rw)
 
+	// The file stays (the work dir goes when the run ends), so the proxy
+	// below gets none of its pages.
 	rw = row{Label: "new page-cache pages (machine)", Values: map[string]float64{}}
-	secs, removeFile, err := newPageWrite(c.dir("ceiling", "pages"), stream)
-	if err != nil {
+	if secs, err := newPageWrite(c.dir("ceiling", "pages"), stream); err != nil {
 		rw.Error = err.Error()
 	} else {
-		defer removeFile()
-		rw.Values["seconds"] = secs
-		rw.Values["stream MB/s"] = float64(len(stream)) / secs / 1e6
+		rw.rates(len(stream), 0, secs)
 	}
 	rep.Rows = append(rep.Rows, rw)
 
@@ -192,35 +189,43 @@ func sink(addr string, n int64) error {
 	return nil
 }
 
+// rates fills the columns every row shares: the stream's own rate, and
+// the aggregate over sinks (none for the page-cache row).
+func (rw *row) rates(streamLen, sinks int, secs float64) {
+	rw.Values["seconds"] = secs
+	rw.Values["stream MB/s"] = float64(streamLen) / secs / 1e6
+	if sinks > 0 {
+		rw.Values["aggregate MB/s"] = float64(streamLen) * float64(sinks) / secs / 1e6
+	}
+}
+
 // newPageWrite writes stream to a new file at path as the proxy appends
-// it. The file stays until remove is called.
-func newPageWrite(path string, stream []byte) (secs float64, remove func(), err error) {
+// it, and leaves the file in place.
+func newPageWrite(path string, stream []byte) (float64, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return 0, nil, err
+		return 0, err
 	}
 	f, err := os.Create(path)
 	if err != nil {
-		return 0, nil, err
+		return 0, err
 	}
-	remove = func() { os.Remove(path) }
 	start := time.Now()
-	for off := 0; off < len(stream); off += appendChunk {
-		if _, err := f.Write(stream[off:min(off+appendChunk, len(stream))]); err != nil {
-			f.Close()
-			remove()
-			return 0, nil, fmt.Errorf("page-cache write: %w", err)
-		}
+	for off := 0; off < len(stream) && err == nil; off += readChunk {
+		_, err = f.Write(stream[off:min(off+readChunk, len(stream))])
 	}
-	secs = time.Since(start).Seconds()
-	if err := f.Close(); err != nil {
-		remove()
-		return 0, nil, fmt.Errorf("page-cache write: %w", err)
+	secs := time.Since(start).Seconds()
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	return secs, remove, nil
+	if err != nil {
+		return 0, fmt.Errorf("page-cache write: %w", err)
+	}
+	return secs, nil
 }
 
-// appendChunk is the proxy's upstream read size at full speed.
-const appendChunk = 256 << 10
+// readChunk is the proxy's upstream read size at full speed, and the
+// plain fan-out's.
+const readChunk = 256 << 10
 
 func proxyCeiling(c *common, stream []byte, rw *row) error {
 	up, closeUp, err := fakeUpstream(stream)
@@ -255,9 +260,7 @@ func proxyCeiling(c *common, stream []byte, rw *row) error {
 	}
 	secs := time.Since(start).Seconds()
 	cpu, rss := procStats(p.PID())
-	rw.Values["seconds"] = secs
-	rw.Values["aggregate MB/s"] = float64(len(stream)) * float64(c.replicas) / secs / 1e6
-	rw.Values["stream MB/s"] = float64(len(stream)) / secs / 1e6
+	rw.rates(len(stream), c.replicas, secs)
 	rw.Values["relay CPU s per GB in"] = (cpu - cpu0) / (float64(len(stream)) / 1e9)
 	rw.Values["relay peak RSS MB"] = float64(rss >> 20)
 	return nil
@@ -312,7 +315,7 @@ func plainFanout(stream []byte, k int) (float64, error) {
 	}
 	defer src.Close()
 	start := time.Now()
-	buf := make([]byte, 256<<10)
+	buf := make([]byte, readChunk)
 	var n int64
 	for n < int64(len(stream)) {
 		m, err := src.Read(buf)
