@@ -172,6 +172,11 @@ var (
 	dSnapStale        = desc("snapshot_stale", "1 while the stored snapshot has lapsed (--snapshot-refresh lazy): the next full sync waits for a refresh.")
 	dSnapOverBudget   = desc("snapshot_budget_exceeded", "1 while the stream since the snapshot exceeds the backlog budget: no refresh succeeded, so the backlog cannot be trimmed.")
 	dSnapFailures     = desc("snapshot_refresh_failures_total", "Snapshot refreshes that failed.")
+	dSourceRefusals   = desc("snapshot_refresh_source_refusals_total", "Replicas that could not serve a snapshot refresh, by reason (untrusted, denied, auth, unreachable, writable, not_replica).", "reason")
+	dCalmWaiting      = desc("upstream_calm_waiting", "1 while a full sync from the upstream is held until the origin's write burst calms (it cut replproxy behind the burst).")
+	dCalmWaits        = desc("upstream_calm_waits_total", "Waits for an origin's write burst to calm before a full sync.")
+	dIntakeRate       = desc("upstream_intake_bytes_per_second", "The stream rate replproxy measured it could take when the upstream last cut it behind a burst.")
+	dSourcesRefused   = desc("snapshot_refresh_sources_refused", "Replicas refused as refresh sources at their last ask.")
 	dDownReplicas     = desc("downstream_replicas", "Connected replicas by state.", "state")
 	dDownClients      = desc("downstream_clients", "Connected non-replica clients.")
 	dDownSyncs        = desc("downstream_syncs_total", "Syncs served to replicas, by mode.", "mode")
@@ -319,6 +324,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			cnt(dSnapAttempts, float64(stats.RefreshAttempts.Load(src+"/"+o)), src, o)
 		}
 	}
+	for _, r := range proxy.SourceRefusals {
+		cnt(dSourceRefusals, float64(stats.SourceRefusals.Load(r)), string(r))
+	}
+	g(dSourcesRefused, float64(len(st.RefusedSources)))
+	g(dCalmWaiting, b(st.Calm.Waiting))
+	cnt(dCalmWaits, float64(st.Calm.Waits))
+	g(dIntakeRate, float64(st.Calm.Intake))
 	g(dSnapOverBudget, b(st.BudgetExceeded()))
 	g(dSnapStale, b(st.SnapshotStale()))
 

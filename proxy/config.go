@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -108,6 +109,23 @@ type Config struct {
 	// SourceReplicas (a downstream replica forks, the origin does not)
 	// and/or SourceUpstream. Default: replicas, then upstream.
 	RefreshFrom []string
+	// RefreshUpstream says when the upstream (a fork on the origin) is
+	// asked for a refresh: RefreshUpstreamOnDemand (the default) only when
+	// a replica needs a full sync and the snapshot has lapsed;
+	// RefreshUpstreamEager also whenever the budget calls for a refresh and
+	// no replica could serve it. With upstream alone in RefreshFrom the
+	// operator asked for upstream refreshes: they are eager.
+	RefreshUpstream string
+	// RefreshTrust names the identities whose replicas may serve a refresh:
+	// "user:NAME" (the ACL user a replica authenticated as; "default" is
+	// also every client of a proxy without passwords) and "cn:NAME" (the
+	// CN of a verified TLS client certificate). Default: user:default.
+	RefreshTrust []string
+	// CalmWaitMax bounds how long a full sync after the upstream cut
+	// replproxy for falling behind waits for the origin's write burst to
+	// calm (a full sync asked during it is cut the same way). 0 picks the
+	// default; negative disables the wait.
+	CalmWaitMax time.Duration
 	// ReplicaAuthUser and ReplicaAuthPassword authenticate refreshes at
 	// replicas; both empty: the upstream credentials.
 	ReplicaAuthUser     string
@@ -162,6 +180,7 @@ const (
 	DefaultTailBuffer     = 16 << 20
 	DefaultRDBRefusalTTL  = 10 * time.Minute
 	DefaultRDBOnlyMaxAge  = time.Minute
+	DefaultCalmWaitMax    = 2 * time.Minute
 	// DefaultMaxClients: a session costs ~40 KB when idle (buffers and
 	// goroutine stacks), so a flood of connections stays under ~40 MB.
 	DefaultMaxClients = 1000
@@ -197,6 +216,15 @@ func (c *Config) setDefaults() {
 	}
 	if len(c.RefreshFrom) == 0 {
 		c.RefreshFrom = []string{SourceReplicas, SourceUpstream}
+	}
+	if c.RefreshUpstream == "" {
+		c.RefreshUpstream = RefreshUpstreamOnDemand
+	}
+	if len(c.RefreshTrust) == 0 {
+		c.RefreshTrust = []string{DefaultRefreshTrust}
+	}
+	if c.CalmWaitMax == 0 {
+		c.CalmWaitMax = DefaultCalmWaitMax
 	}
 	if c.ReplicaAuthUser == "" && c.ReplicaAuthPassword == "" {
 		c.ReplicaAuthUser, c.ReplicaAuthPassword = c.UpstreamUser, c.UpstreamPassword
@@ -286,6 +314,12 @@ func (c *Config) validate() error {
 	if c.RefreshMode != RefreshEager && c.RefreshMode != RefreshLazy {
 		errs = append(errs, fmt.Errorf("snapshot-refresh %q: want eager or lazy", c.RefreshMode))
 	}
+	if c.RefreshUpstream != RefreshUpstreamOnDemand && c.RefreshUpstream != RefreshUpstreamEager {
+		errs = append(errs, fmt.Errorf("snapshot-refresh-upstream %q: want on-demand or eager", c.RefreshUpstream))
+	}
+	if _, err := parseTrust(c.RefreshTrust); err != nil {
+		errs = append(errs, err)
+	}
 	seen := map[string]bool{}
 	for _, src := range c.RefreshFrom {
 		if src != SourceReplicas && src != SourceUpstream || seen[src] {
@@ -328,3 +362,8 @@ func (c *Config) validate() error {
 }
 
 var announceVersionRE = regexp.MustCompile(`^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$`)
+
+// hasRefreshSource reports whether src is one of the refresh sources.
+func (c *Config) hasRefreshSource(src string) bool {
+	return slices.Contains(c.RefreshFrom, src)
+}

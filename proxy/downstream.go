@@ -319,12 +319,12 @@ const candidateAckAge = 3 * time.Second
 // caught up first: online (so not busy with a full sync), ACKing (a frozen
 // replica still accepts connections, and would hold the refresh for the
 // repl-timeout), with an announced listening port. The one asked last time
-// goes last while others exist.
-func (d *downstream) refreshCandidates(avoid string) []refreshCandidate {
+// and those refused before go last while others exist.
+func (d *downstream) refreshCandidates(avoid string, refused func(addr string) bool) []refreshCandidate {
 	type cand struct {
-		addr string
-		tls  bool
-		ack  int64
+		refreshCandidate
+		ack   int64
+		later bool
 	}
 	recent := time.Now().Add(-candidateAckAge).UnixNano()
 	var cs []cand
@@ -332,11 +332,13 @@ func (d *downstream) refreshCandidates(avoid string) []refreshCandidate {
 		return s.replica.Load() && !s.legacy && !s.rdbOnly && !s.delayed && s.listeningPort > 0 && s.state.Load() == stateOnline &&
 			s.ackTime.Load() >= recent
 	}) {
-		cs = append(cs, cand{addr: s.replicaAddr(), tls: s.tls, ack: s.ackOff.Load()})
+		addr := s.replicaAddr()
+		cs = append(cs, cand{refreshCandidate: refreshCandidate{addr: addr, tls: s.tls, id: s.identity()},
+			ack: s.ackOff.Load(), later: addr == avoid || refused(addr)})
 	}
 	sort.SliceStable(cs, func(i, j int) bool {
-		if (cs[i].addr == avoid) != (cs[j].addr == avoid) {
-			return cs[j].addr == avoid
+		if cs[i].later != cs[j].later {
+			return cs[j].later
 		}
 		if cs[i].ack != cs[j].ack {
 			return cs[i].ack > cs[j].ack
@@ -345,7 +347,7 @@ func (d *downstream) refreshCandidates(avoid string) []refreshCandidate {
 	})
 	out := make([]refreshCandidate, len(cs))
 	for i, c := range cs {
-		out[i] = refreshCandidate{addr: c.addr, tls: c.tls}
+		out[i] = c.refreshCandidate
 	}
 	return out
 }
@@ -355,6 +357,25 @@ func (d *downstream) refreshCandidates(avoid string) []refreshCandidate {
 type refreshCandidate struct {
 	addr string
 	tls  bool
+	id   identity // who it authenticated as
+}
+
+// sourcePorts are the ports a refresh source's master_port may name: the
+// listeners replicas follow (not the delayed one) and the announced port.
+func (d *downstream) sourcePorts() []int {
+	var out []int
+	for _, ln := range []net.Listener{d.ln, d.tlsLn} {
+		if ln == nil {
+			continue
+		}
+		if a, ok := ln.Addr().(*net.TCPAddr); ok {
+			out = append(out, a.Port)
+		}
+	}
+	if d.cfg.AnnouncePort != 0 {
+		out = append(out, d.cfg.AnnouncePort)
+	}
+	return out
 }
 
 // refusal is a replica that could not load an RDB version.

@@ -76,6 +76,12 @@ type follower struct {
 	refreshNotBefore   atomic.Int64       // unix nanoseconds; read by maintain
 	refreshWanted      atomic.Bool        // lazy mode: a replica waits for a fresh snapshot
 	refreshCancel      context.CancelFunc // ends the refresh in flight; guarded by mu
+	// trust names the identities whose replicas may serve refreshes;
+	// refusals remembers the replicas that could not.
+	trust       []trustRule
+	refusals    *sourceRefusals
+	graceUntil  time.Time // after a restart, replicas are waited for until then
+	graceLogged bool      // the wait was logged (one refresh at a time)
 
 	// follow's goroutine only: advice given (once per cause and upstream
 	// address), and whether the last link had reached streaming.
@@ -83,6 +89,9 @@ type follower struct {
 	streamedLast bool
 	windowShort  atomic.Bool // the backlog is full and covers under minBacklogWindow
 	windowWarned time.Time   // maintain's goroutine only
+	lapseWarned  string      // maintain's goroutine only: the snapshot whose lapse was logged
+	burst        *burstCut   // follow's goroutine only: the last cut while behind, until a link streams
+	calm         calmStatus  // the wait for a burst to calm, for INFO and metrics
 	kickAdvice   atomic.Bool // set by a move; follow clears advised
 }
 
@@ -126,8 +135,13 @@ func newFollower(cfg Config, log *slog.Logger, stats *Stats, st *store, down *do
 		link: linkStatus{state: LinkConnect, downSince: time.Now()}, upstream: cfg.Upstream, upstreamSource: UpstreamFromConfig,
 		movedCh: make(chan struct{}, 1), kick: make(chan struct{}, 1), ackKick: make(chan struct{}, 1),
 		gate:  newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, filepath.Join(cfg.DataDir, "fullsync-backoff")),
-		guard: &guard{dir: filepath.Join(cfg.DataDir, "held")}}
-	f.refreshLast.lastSecs.Store(-1) // as Redis before its first BGSAVE
+		guard: &guard{dir: filepath.Join(cfg.DataDir, "held")}, refusals: newSourceRefusals(log, stats.SourceRefusals),
+	}
+	if !st.position().hist.Empty() { // a restart: replicas were here and come back
+		f.graceUntil = time.Now().Add(refreshStartGrace)
+	}
+	f.trust, _ = parseTrust(cfg.RefreshTrust) // Validate has checked them
+	f.refreshLast.lastSecs.Store(-1)          // as Redis before its first BGSAVE
 	return f
 }
 
@@ -303,6 +317,16 @@ func (f *follower) follow(ctx context.Context) {
 		if streamed && f.store.bl.End() != endBefore {
 			backoff = backoffMin
 		}
+		// A cut while behind a burst: the next full sync waits for it to
+		// calm. A full sync that failed while one is remembered (the burst
+		// cut it too) waits again; a link that streamed forgets it.
+		var cb *closedBehindError
+		switch {
+		case errors.As(err, &cb):
+			f.burst = cb.cut
+		case streamed:
+			f.burst = nil
+		}
 		sleep := backoff/2 + rand.N(backoff/2+1)
 		// After a failed full sync the next connection most likely needs
 		// one again: it waits the cost backoff, not the cheap one.
@@ -318,6 +342,9 @@ func (f *follower) follow(ctx context.Context) {
 		case <-time.After(sleep):
 		}
 		backoff = min(backoff*2, backoffMax)
+		if f.burst != nil {
+			f.awaitCalm(ctx, f.burst)
+		}
 	}
 }
 
@@ -360,7 +387,15 @@ func (f *follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 	if holding { // continue the held history: asking for the served one would be a fork
 		id, off = heldID, heldNext
 	}
+	purpose := purposeHistoryChange
+	if pos.hist.Empty() {
+		purpose = purposeInitial
+	}
+	f.gate.asking(purpose) // persisted first: a kill before the answer still counts
 	reply, err := psync.Psync(u, u.br, id, off, nil)
+	if err != nil || reply.Kind != psync.ReplyFullResync {
+		f.gate.askEnded()
+	}
 	if err != nil {
 		return false, err
 	}
@@ -374,10 +409,6 @@ func (f *follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 		}
 		f.onContinue(reply.ReplID, off)
 	case psync.ReplyFullResync:
-		purpose := purposeHistoryChange
-		if pos.hist.Empty() {
-			purpose = purposeInitial
-		}
 		f.log.Info("upstream full resync", "replid", reply.ReplID, "offset", reply.Offset, "purpose", purpose)
 		f.gate.started(purpose)
 		info, got, err := f.receiveFullSync(u, reply)
@@ -660,12 +691,14 @@ func (f *follower) stream(ctx context.Context, u *upstreamConn) error {
 	// read that ended it, all of which were waiting when read.
 	var queued int64
 	runEnded := false
+	var meter intakeMeter
 	for {
 		start := time.Now()
 		n, rerr := u.br.Read(buf)
 		if n > 0 {
 			// A read that fills the buffer leaves more waiting upstream.
 			busy := n == len(buf)
+			meter.add(start, n, busy, f.store.bl.End())
 			if err := f.appendStream(buf[:n], busy, u); err != nil {
 				return err
 			}
@@ -680,7 +713,10 @@ func (f *follower) stream(ctx context.Context, u *upstreamConn) error {
 				return ctx.Err()
 			}
 			if queued >= behindAtClose && errors.Is(rerr, io.EOF) && time.Since(start) < behindEOFWait {
-				return &closedBehindError{err: rerr, unread: queued}
+				now := time.Now()
+				cut := &burstCut{at: now, endAtCut: f.store.bl.End()}
+				cut.intake, cut.runStart, cut.endAtStart = meter.rate(now)
+				return &closedBehindError{err: rerr, unread: queued, cut: cut}
 			}
 			return rerr
 		}
@@ -702,6 +738,7 @@ const (
 type closedBehindError struct {
 	err    error
 	unread int64 // stream still queued for replproxy when the link ended, at least
+	cut    *burstCut
 }
 
 func (e *closedBehindError) Error() string {
@@ -874,7 +911,7 @@ func (f *follower) maintain(ctx context.Context) {
 		// trim to the budget and let the snapshot lapse; a replica that
 		// needs a full sync asks for a refresh (wantRefresh).
 		keepFrom := pos.snap.Offset + 1
-		if f.cfg.RefreshMode == RefreshLazy {
+		if f.cfg.RefreshMode == RefreshLazy || f.overrunCapped(pos) {
 			keepFrom = pos.end + 1
 		}
 		f.checkWindow(pos)
@@ -902,7 +939,7 @@ func (f *follower) maintain(ctx context.Context) {
 			continue
 		}
 		f.refresh.Store(true)
-		f.refreshWanted.Store(false)
+		demand := f.refreshWanted.Swap(false)
 		rctx, cancel := context.WithCancel(ctx)
 		f.mu.Lock()
 		f.refreshCancel = cancel
@@ -915,9 +952,35 @@ func (f *follower) maintain(ctx context.Context) {
 				f.mu.Unlock()
 				cancel()
 			}()
-			f.refreshSnapshot(rctx, since)
+			f.refreshSnapshot(rctx, since, demand)
 		})
 	}
+}
+
+// overrunCapped reports whether an eager proxy must let its snapshot lapse
+// (trim the backlog to its budget past it, as in lazy mode): while no
+// refresh succeeds the backlog outgrows its budget, visibly, until the data
+// dir would no longer hold the next snapshot. Past that the overrun would
+// make every refresh impossible; lapsing frees the room, and a replica that
+// then needs a full sync asks for a refresh (which may go to the upstream).
+func (f *follower) overrunCapped(pos position) bool {
+	if pos.first > pos.snap.Offset+1 {
+		return true // lapsed already: keep to the budget until a refresh
+	}
+	if f.store.bl.Size() <= f.cfg.BacklogSize {
+		return false
+	}
+	free, err := freeBytes(f.cfg.DataDir)
+	need := spaceNeeded(max(pos.snap.Size, f.gate.expected()))
+	if err != nil || free >= need {
+		return false
+	}
+	if f.lapseWarned != pos.snap.Name {
+		f.lapseWarned = pos.snap.Name
+		f.log.Warn("the backlog outgrew its budget and the data dir no longer has room for the next snapshot; letting the snapshot lapse: a replica that needs a full sync now waits for a refresh",
+			"backlog_bytes", f.store.bl.Size(), "budget", f.cfg.BacklogSize, "free_bytes", free, "snapshot_needs", need)
+	}
+	return true
 }
 
 // linkStatus returns a copy of the link's state.

@@ -238,6 +238,23 @@ func fakeMaster(t *testing.T, payload func(conn net.Conn)) string {
 // handshake: payload gets the commands received before PSYNC.
 func fakeMasterSeeing(t *testing.T, payload func(conn net.Conn, handshake [][]string)) string {
 	t.Helper()
+	return fakeMasterInfo(t, nil, payload)
+}
+
+// fakeSource is fakeMaster as a replica of p would be asked for a refresh:
+// it answers INFO replication as an up-to-date read-only replica of p.
+func fakeSource(t *testing.T, p *testProxy, payload func(conn net.Conn)) string {
+	t.Helper()
+	info := func() string {
+		return fmt.Sprintf("# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:%d\r\nmaster_link_status:up\r\n"+
+			"slave_read_only:1\r\nmaster_replid:%s\r\n", p.port(), p.position().hist.ReplID)
+	}
+	return fakeMasterInfo(t, info, func(conn net.Conn, _ [][]string) { payload(conn) })
+}
+
+// fakeMasterInfo is fakeMasterSeeing answering INFO with info() (nil: +OK).
+func fakeMasterInfo(t *testing.T, info func() string, payload func(conn net.Conn, handshake [][]string)) string {
+	t.Helper()
 	ln, err := loopback.Listen()
 	if err != nil {
 		t.Fatal(err)
@@ -268,6 +285,13 @@ func fakeMasterSeeing(t *testing.T, payload func(conn net.Conn, handshake [][]st
 					case "psync":
 						payload(conn, seen)
 						return
+					case "info":
+						if info != nil {
+							txt := info()
+							fmt.Fprintf(conn, "$%d\r\n%s\r\n", len(txt), txt)
+							continue
+						}
+						conn.Write([]byte("+OK\r\n"))
 					default:
 						cmd := make([]string, len(args))
 						for i, a := range args {
@@ -382,7 +406,7 @@ func TestSmallBacklogRefresh(t *testing.T) {
 	populate(t, origin)
 	dir := t.TempDir()
 	const budget = 1 << 20
-	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize = budget })
+	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize, c.RefreshUpstream = budget, RefreshUpstreamEager })
 	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
 	connects := p.Stats().UpstreamConnects.Load()
 	stop := make(chan struct{})

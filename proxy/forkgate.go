@@ -25,10 +25,13 @@ const (
 	failLocal   failureClass = "local"   // the data dir: full, read-only, I/O errors
 	failPayload failureClass = "payload" // the RDB failed verification
 	failLink    failureClass = "link"    // the connection broke or timed out mid-transfer
+	// failInterrupted: the proxy itself died (SIGKILL, power loss, OOM)
+	// while a fork-costing request was under way; found at the next start.
+	failInterrupted failureClass = "interrupted"
 )
 
 // FailureClasses are the failure classes, as metrics label them.
-var FailureClasses = []string{string(failLocal), string(failPayload), string(failLink)}
+var FailureClasses = []string{string(failLocal), string(failPayload), string(failLink), string(failInterrupted)}
 
 // syncPurpose is why the proxy asked the upstream for an RDB.
 type syncPurpose string
@@ -43,7 +46,7 @@ var syncPurposes = []syncPurpose{purposeInitial, purposeHistoryChange, purposeRe
 
 // SyncOutcomes are the outcome labels of upstream full syncs: ok or a
 // failure class.
-var SyncOutcomes = []string{"ok", string(failLocal), string(failPayload), string(failLink)}
+var SyncOutcomes = []string{"ok", string(failLocal), string(failPayload), string(failLink), string(failInterrupted)}
 
 // SyncPurposes are the purpose labels of upstream full syncs.
 func SyncPurposes() []string {
@@ -64,6 +67,8 @@ func localError(err error) error { return fmt.Errorf("%w: %w", errLocal, err) }
 func classify(err error) failureClass {
 	var ve *snapshot.VerifyError
 	switch {
+	case errors.Is(err, errInterrupted):
+		return failInterrupted
 	case errors.Is(err, errLocal):
 		return failLocal
 	case errors.As(err, &ve), errors.Is(err, errRefreshRejected):
@@ -94,6 +99,11 @@ type gateState struct {
 	LastClass failureClass `json:"last_class,omitempty"`
 	LastError string       `json:"last_error,omitempty"`
 	LastAt    time.Time    `json:"last_at"`
+	// Asking is set, and persisted, before the proxy sends a PSYNC that may
+	// make the origin fork, and cleared when that request ends. Found set
+	// at start, it was cut by the proxy's own death: a failure like any
+	// other, so a crash loop cannot ask faster than the backoff.
+	Asking syncPurpose `json:"asking,omitempty"`
 }
 
 // forkGate is safe for concurrent use: the follower and the refresh both
@@ -106,8 +116,14 @@ type forkGate struct {
 
 	mu      sync.Mutex
 	st      gateState
+	seq     uint64 // bumped by every change of st, so saves keep the newest
 	blocked string // a local cause holding the next attempt back, as said to operators
 	persist error  // the last persist failure, reported once
+
+	// saveMu serialises the file writes (never held by readers) so that two
+	// concurrent saves cannot leave the older state on disk last.
+	saveMu sync.Mutex
+	saved  uint64 // the seq on disk; under saveMu
 }
 
 func newForkGate(min, max time.Duration, path string) *forkGate {
@@ -116,33 +132,68 @@ func newForkGate(min, max time.Duration, path string) *forkGate {
 	return g
 }
 
+// errInterrupted is the failure recorded for a request the proxy's own
+// death cut.
+var errInterrupted = errors.New("replproxy stopped (killed, crashed or lost power) while a full sync it had asked the upstream for was under way")
+
 // load restores persisted state; a missing or unreadable file starts fresh.
-func (g *forkGate) load() error {
+// A request found under way was cut by the proxy's death: it is recorded
+// as a failure, and its purpose returned ("" when there was none).
+func (g *forkGate) load() (syncPurpose, error) {
 	b, err := os.ReadFile(g.path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return "", nil
 	}
 	if err != nil {
-		return err
+		return "", err
 	}
 	var st gateState
 	if err := json.Unmarshal(b, &st); err != nil {
-		return fmt.Errorf("parse %s: %w", g.path, err)
+		return "", fmt.Errorf("parse %s: %w", g.path, err)
 	}
 	st.Backoff = min(max(st.Backoff, g.min), g.max)
 	g.mu.Lock()
 	g.st = st
 	g.mu.Unlock()
-	return nil
+	asking := st.Asking
+	if asking != "" {
+		if asking != purposeRefresh {
+			g.mu.Lock()
+			g.st.MainPending = true
+			g.mu.Unlock()
+		}
+		g.failed(errInterrupted, 0) // clears Asking and saves
+	}
+	return asking, nil
 }
 
-// save writes the state; called without g.mu (a file write), with a copy.
-func (g *forkGate) save(st gateState) {
+// change applies fn to the state under g.mu and persists the result,
+// outside g.mu (a file write readers must not wait for).
+func (g *forkGate) change(fn func(st *gateState)) {
+	g.mu.Lock()
+	fn(&g.st)
+	g.seq++
+	st, seq := g.st, g.seq
+	g.mu.Unlock()
+	g.save(st, seq)
+}
+
+// save writes the state of change number seq, unless a newer one is on
+// disk already.
+func (g *forkGate) save(st gateState, seq uint64) {
 	if g.path == "" {
+		return
+	}
+	g.saveMu.Lock()
+	defer g.saveMu.Unlock()
+	if seq <= g.saved {
 		return
 	}
 	b, _ := json.Marshal(st)
 	err := writeFileAtomic(g.path, append(b, '\n'))
+	if err == nil {
+		g.saved = seq
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.persist = err
@@ -157,93 +208,103 @@ func (g *forkGate) persistError() error {
 	return err
 }
 
+// asking records, before the PSYNC goes out, that a request which may
+// make the origin fork is under way: a proxy killed before the answer (a
+// diskless origin answers +FULLRESYNC only when it forks, seconds later)
+// still counts it at its next start.
+func (g *forkGate) asking(purpose syncPurpose) {
+	g.change(func(st *gateState) { st.Asking = purpose })
+}
+
+// askEnded records that a request ended before the upstream forked for it
+// (it continued, refused, or the link broke before +FULLRESYNC).
+func (g *forkGate) askEnded() {
+	g.mu.Lock()
+	unchanged := g.st.Asking == ""
+	g.mu.Unlock()
+	if !unchanged {
+		g.change(func(st *gateState) { st.Asking = "" })
+	}
+}
+
 // started records that the upstream answered +FULLRESYNC: a fork is
 // happening. Until it is known to have succeeded, the next one waits a
 // backoff, so even a proxy killed mid-transfer does not come straight back.
 func (g *forkGate) started(purpose syncPurpose) {
-	g.mu.Lock()
-	g.st.NotBefore = g.now().Add(g.delayLocked())
-	if purpose != purposeRefresh {
-		g.st.MainPending = true
-	}
-	st := g.st
-	g.mu.Unlock()
-	g.save(st)
+	g.change(func(st *gateState) {
+		st.NotBefore = g.now().Add(g.delay(st))
+		st.Asking = purpose
+		if purpose != purposeRefresh {
+			st.MainPending = true
+		}
+	})
 }
 
-// delayLocked is the current backoff with jitter (75–100%).
-func (g *forkGate) delayLocked() time.Duration {
-	return time.Duration(float64(g.st.Backoff) * (0.75 + 0.25*g.jitter()))
+// delay is the current backoff with jitter (75–100%).
+func (g *forkGate) delay(st *gateState) time.Duration {
+	return time.Duration(float64(st.Backoff) * (0.75 + 0.25*g.jitter()))
 }
 
 // succeeded records an installed snapshot of size bytes.
 func (g *forkGate) succeeded(purpose syncPurpose, size int64) {
 	g.mu.Lock()
-	g.st.NotBefore, g.st.Backoff, g.st.InARow = time.Time{}, g.min, 0
-	g.st.LastClass, g.st.LastError = "", ""
-	g.st.Expected = size
-	if purpose != purposeRefresh {
-		g.st.MainPending = false
-	}
 	g.blocked = ""
-	st := g.st
 	g.mu.Unlock()
-	g.save(st)
+	g.change(func(st *gateState) {
+		st.NotBefore, st.Backoff, st.InARow = time.Time{}, g.min, 0
+		st.LastClass, st.LastError, st.Asking = "", "", ""
+		st.Expected = size
+		if purpose != purposeRefresh {
+			st.MainPending = false
+		}
+	})
 }
 
-// aborted records a full sync the proxy itself ended (a shutdown, a
-// REPLICAOF): no failure, so no wait beyond what failures before it set;
-// the next connection still needs a full sync.
+// aborted records a request the proxy itself ended (a shutdown, a
+// REPLICAOF, a refresh cancelled): no failure, so no wait beyond what
+// failures before it set; the next connection still needs a full sync.
 func (g *forkGate) aborted() {
-	g.mu.Lock()
-	if g.st.InARow == 0 {
-		g.st.NotBefore = time.Time{}
-	}
-	st := g.st
-	g.mu.Unlock()
-	g.save(st)
+	g.change(func(st *gateState) {
+		if st.InARow == 0 {
+			st.NotBefore = time.Time{}
+		}
+		st.Asking = ""
+	})
 }
 
 // continued records a partial resync: the main link needed no full sync.
 func (g *forkGate) continued() {
 	g.mu.Lock()
-	if !g.st.MainPending {
-		g.mu.Unlock()
+	unchanged := !g.st.MainPending && g.st.Asking == ""
+	g.mu.Unlock()
+	if unchanged {
 		return
 	}
-	g.st.MainPending = false
-	st := g.st
-	g.mu.Unlock()
-	g.save(st)
+	g.change(func(st *gateState) { st.MainPending, st.Asking = false, "" })
 }
 
 // failed records a failed full sync after got bytes of it arrived, and
 // returns its class. The next attempt waits the backoff, which then doubles.
 func (g *forkGate) failed(err error, got int64) failureClass {
 	class := classify(err)
-	g.mu.Lock()
-	now := g.now()
-	g.st.NotBefore = now.Add(g.delayLocked())
-	g.st.Backoff = min(g.st.Backoff*2, g.max)
-	g.st.InARow++
-	if g.st.LastClass != class {
-		g.st.InARow = 1
-	}
-	g.st.LastClass, g.st.LastError, g.st.LastAt = class, err.Error(), now
-	g.st.Expected = max(g.st.Expected, got)
-	st := g.st
-	g.mu.Unlock()
-	g.save(st)
+	g.change(func(st *gateState) {
+		now := g.now()
+		st.NotBefore = now.Add(g.delay(st))
+		st.Backoff = min(st.Backoff*2, g.max)
+		st.InARow++
+		if st.LastClass != class {
+			st.InARow = 1
+		}
+		st.LastClass, st.LastError, st.LastAt = class, err.Error(), now
+		st.Expected = max(st.Expected, got)
+		st.Asking = ""
+	})
 	return class
 }
 
 // moved forgets the backoff: a new upstream has its own costs.
 func (g *forkGate) moved() {
-	g.mu.Lock()
-	g.st.NotBefore, g.st.Backoff, g.st.InARow = time.Time{}, g.min, 0
-	st := g.st
-	g.mu.Unlock()
-	g.save(st)
+	g.change(func(st *gateState) { st.NotBefore, st.Backoff, st.InARow = time.Time{}, g.min, 0 })
 }
 
 // wait reports how long a fork-costing request must still wait (0: go).

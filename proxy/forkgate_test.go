@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -139,8 +140,8 @@ func TestGatePersists(t *testing.T) {
 	g.started(purposeInitial) // and the process dies here
 	g2 := newForkGate(DefaultFullSyncRetryMin, DefaultFullSyncRetryMax, g.path)
 	g2.now = g.now
-	if err := g2.load(); err != nil {
-		t.Fatal(err)
+	if cut, err := g2.load(); err != nil || cut != purposeInitial {
+		t.Fatalf("load: %q, %v; want the cut initial sync", cut, err)
 	}
 	if d := g2.wait(true, true); d < DefaultFullSyncRetryMin*3/4 {
 		t.Fatalf("after a restart mid-sync the next full sync waits only %v", d)
@@ -151,5 +152,64 @@ func TestGatePersists(t *testing.T) {
 	g2.moved()
 	if d := g2.wait(true, true); d != 0 {
 		t.Fatalf("a new upstream waits %v", d)
+	}
+}
+
+// TestGateCountsCutRequests: a request the proxy's own death cut before
+// the upstream answered (a diskless origin answers +FULLRESYNC only when
+// it forks) counts as a failure at the next start, so a crash loop backs
+// off exponentially instead of asking at every start.
+func TestGateCountsCutRequests(t *testing.T) {
+	g, now := testGate(t, 0.5)
+	var waits []time.Duration
+	for range 4 {
+		g.asking(purposeRefresh) // and the process dies here, every time
+		g2 := newForkGate(DefaultFullSyncRetryMin, DefaultFullSyncRetryMax, g.path)
+		g2.now, g2.jitter = g.now, g.jitter
+		cut, err := g2.load()
+		if err != nil || cut != purposeRefresh {
+			t.Fatalf("load: %q, %v", cut, err)
+		}
+		waits = append(waits, g2.wait(false, false))
+		gs := g2.status()
+		if gs.LastClass != string(failInterrupted) || gs.Pending {
+			t.Fatalf("%+v: want an interrupted refresh, the main link not pending", gs)
+		}
+		g = g2
+	}
+	for i := 1; i < len(waits); i++ {
+		if waits[i] <= waits[i-1] {
+			t.Fatalf("waits %v: the backoff does not grow across cut requests", waits)
+		}
+	}
+	// Ended requests leave no mark.
+	*now = now.Add(time.Hour)
+	g.asking(purposeHistoryChange)
+	g.askEnded()
+	g3 := newForkGate(DefaultFullSyncRetryMin, DefaultFullSyncRetryMax, g.path)
+	if cut, err := g3.load(); err != nil || cut != "" {
+		t.Fatalf("load after an ended request: %q, %v", cut, err)
+	}
+}
+
+// TestGateSavesNewestLast: concurrent changes leave the newest state on
+// disk, whatever order their file writes were scheduled in.
+func TestGateSavesNewestLast(t *testing.T) {
+	g, _ := testGate(t, 0.5)
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Go(func() {
+			if i%2 == 0 {
+				g.asking(purposeRefresh)
+			} else {
+				g.askEnded()
+			}
+		})
+	}
+	wg.Wait()
+	g.asking(purposeInitial)
+	g2 := newForkGate(DefaultFullSyncRetryMin, DefaultFullSyncRetryMax, g.path)
+	if cut, err := g2.load(); err != nil || cut != purposeInitial {
+		t.Fatalf("load: %q, %v; want the last change", cut, err)
 	}
 }

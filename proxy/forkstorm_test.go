@@ -148,7 +148,7 @@ func TestRefreshHeldBackWithoutRoom(t *testing.T) {
 	origin := redistest.StartT(t, "origin")
 	ctx := context.Background()
 	fillRandom(t, origin, 1200, 8<<10) // ~10 MB of incompressible values
-	p := startProxy(t, origin.Addr(), mnt, func(c *Config) { c.BacklogSize = 2 << 20 })
+	p := startProxy(t, origin.Addr(), mnt, func(c *Config) { c.BacklogSize, c.RefreshUpstream = 2<<20, RefreshUpstreamEager })
 	redistest.Eventually(t, 30*time.Second, "link up", p.linkUp)
 	forks := origin.InfoInt("stats", "total_forks")
 	val := make([]byte, 64<<10)

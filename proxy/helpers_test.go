@@ -65,7 +65,8 @@ func startProxy(t *testing.T, upstream, dataDir string, mod ...func(*Config)) *t
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := loopback.Listen()
+	host, _, _ := net.SplitHostPort(cfg.Listen)
+	ln, err := loopback.ListenOn(host) // 0.0.0.0 for replicas on other addresses
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -373,6 +373,17 @@ func (p *Proxy) info(sections ...string) string {
 		rp = append(rp, fmt.Sprintf("snapshot_refreshes_from_%s:ok=%d,failed=%d", src,
 			ps.RefreshAttempts.Load(src+"/ok"), ps.RefreshAttempts.Load(src+"/failed")))
 	}
+	rp = append(rp, kv("upstream_calm_wait", map[bool]int{true: 1, false: 0}[st.Calm.Waiting]),
+		kv("upstream_calm_waits", st.Calm.Waits),
+		kv("upstream_calm_origin_bytes_per_sec", st.Calm.OriginRate),
+		kv("upstream_intake_bytes_per_sec", st.Calm.Intake))
+	rp = append(rp, kv("snapshot_refresh_upstream", p.cfg.RefreshUpstream),
+		kv("snapshot_refresh_trust", strings.Join(p.cfg.RefreshTrust, ",")),
+		kv("refresh_sources_refused", len(st.RefusedSources)))
+	for i, r := range st.RefusedSources {
+		rp = append(rp, fmt.Sprintf("refresh_source_refused_%d:addr=%s,reason=%s,seconds_ago=%d", i, r.Addr, r.Reason,
+			int64(now.Sub(r.At).Seconds())))
+	}
 	// Requests that cost the origin a fork, and why the next one waits.
 	fs := st.FullSync
 	next := int64(0)

@@ -178,7 +178,7 @@ func TestShutdownDuringRefresh(t *testing.T) {
 	origin := redistest.StartT(t, "origin")
 	populate(t, origin)
 	dir := t.TempDir()
-	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize = 1 << 20 })
+	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize, c.RefreshUpstream = 1<<20, RefreshUpstreamEager })
 	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
 	ctx := context.Background()
 	// From now on the origin writes its RDBs slowly: 1 ms per key.

@@ -81,6 +81,9 @@ type Stats struct {
 	// UpstreamFullSyncOutcomes counts full syncs the upstream started (each
 	// a fork on the origin) by "purpose/outcome" (SyncPurposes, SyncOutcomes).
 	UpstreamFullSyncOutcomes counts[string]
+	// SourceRefusals counts replicas that could not serve a snapshot
+	// refresh, by reason (SourceRefusals).
+	SourceRefusals counts[SourceRefusal]
 }
 
 // countFullSync counts one upstream full sync; class "" is success.
@@ -107,7 +110,8 @@ func newStats() *Stats {
 	return &Stats{UpstreamDisconnects: newCounts(UpstreamReasons), Disconnects: newCounts(DisconnectReasons),
 		RefreshAttempts:          newCounts(pairs(SnapshotSources, RefreshOutcomes)),
 		AuthFailures:             newCounts(AuthFailureReasons()),
-		UpstreamFullSyncOutcomes: newCounts(pairs(SyncPurposes(), SyncOutcomes))}
+		UpstreamFullSyncOutcomes: newCounts(pairs(SyncPurposes(), SyncOutcomes)),
+		SourceRefusals:           newCounts(SourceRefusals)}
 }
 
 // linkStatus is the upstream link as INFO shows it.
@@ -144,6 +148,7 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 		return nil, err
 	}
 	p.sec = sec
+	warnSharedTrust(cfg, sec, log)
 	st, err := openStore(storeOptions{dataDir: cfg.DataDir, segmentSize: cfg.SegmentSize, fsync: cfg.Fsync, syncFile: cfg.syncFile,
 		tailSize: tailSize(cfg)}, log)
 	if err != nil {
@@ -175,8 +180,14 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 		return nil, fmt.Errorf("the guard's held history in %s: %w (move the directory away to start without it)", p.follower.guard.dir, err)
 	}
 	gate := p.follower.gate
-	if err := gate.load(); err != nil {
+	cut, err := gate.load()
+	if err != nil {
 		log.Warn("full-sync backoff state unreadable; starting without it", "err", err)
+	}
+	if cut != "" {
+		p.stats.countFullSync(cut, failInterrupted)
+		log.Warn("a request that could make the origin fork was cut by this process's own stop (kill, crash, power loss); it counts as a failed full sync",
+			"purpose", cut)
 	}
 	if gs := gate.status(); !gs.NextAt.IsZero() {
 		log.Warn("a full sync from the upstream failed or was cut before this start; the next one waits",

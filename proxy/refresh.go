@@ -26,6 +26,21 @@ const (
 	RefreshLazy  = "lazy"
 )
 
+// When the upstream is asked for a refresh, --snapshot-refresh-upstream.
+const (
+	// RefreshUpstreamOnDemand: only when a replica needs a full sync (or an
+	// rdb-only client a younger snapshot) and no replica could serve.
+	RefreshUpstreamOnDemand = "on-demand"
+	// RefreshUpstreamEager: also whenever the budget calls for a refresh.
+	RefreshUpstreamEager = "eager"
+)
+
+// refreshStartGrace: after a restart, replicas reconnect within seconds (a
+// stock replica retries every second); until then "no replica can serve"
+// is not judged, so a restart does not send a refresh to the upstream. A
+// first start (no history) has no replicas to wait for.
+const refreshStartGrace = 15 * time.Second
+
 // Refresh sources, in --snapshot-refresh-from.
 const (
 	SourceReplicas = "replicas"
@@ -68,8 +83,11 @@ const (
 )
 
 // refreshSnapshot runs one refresh through the configured sources in order.
-func (f *follower) refreshSnapshot(ctx context.Context, since int64) {
-	f.log.Info("snapshot refresh started", "stream_since_snapshot", since, "sources", strings.Join(f.cfg.RefreshFrom, ","))
+// demand says a replica (or an rdb-only client) waits for it; only then,
+// or when the operator asked for eager upstream refreshes, is the
+// upstream asked: a refresh the budget calls for must not fork the origin.
+func (f *follower) refreshSnapshot(ctx context.Context, since int64, demand bool) {
+	f.log.Info("snapshot refresh started", "stream_since_snapshot", since, "sources", strings.Join(f.cfg.RefreshFrom, ","), "demand", demand)
 	start := time.Now()
 	f.refreshLast.started.Store(start.UnixNano())
 	defer f.refreshLast.started.Store(0)
@@ -81,6 +99,21 @@ func (f *follower) refreshSnapshot(ctx context.Context, since int64) {
 		case SourceReplicas:
 			info, err = f.refreshFromReplicas(ctx)
 		case SourceUpstream:
+			if !demand && !f.upstreamRefreshEager() {
+				err = errUpstreamOnDemand
+				break
+			}
+			if wait := time.Until(f.graceUntil); wait > 0 && f.cfg.hasRefreshSource(SourceReplicas) {
+				// Replicas may still be reconnecting: ask them again, each
+				// second, until the grace ends.
+				if !f.graceLogged {
+					f.graceLogged = true
+					f.log.Info("snapshot refresh: waiting for replicas to reconnect before asking the upstream", "at_most", wait.Round(time.Second).String())
+				}
+				f.refreshNotBefore.Store(time.Now().Add(time.Second).UnixNano())
+				f.refreshWanted.Store(demand)
+				return
+			}
 			if d := f.gate.wait(false, false); d > 0 {
 				err = fmt.Errorf("upstream: the full-sync backoff holds it for %v", d.Round(time.Second))
 				break
@@ -100,19 +133,56 @@ func (f *follower) refreshSnapshot(ctx context.Context, since int64) {
 			return
 		}
 		errs = append(errs, err)
-		if errors.Is(err, errNoReplica) {
+		switch {
+		case errors.Is(err, errNoReplica):
 			f.log.Info("snapshot refresh: no replica to ask", "next_source", nextSource(f.cfg.RefreshFrom, src))
-		} else {
+		case errors.Is(err, errUpstreamOnDemand):
+			f.log.Info("snapshot refresh: the upstream is asked only when a replica needs a full sync (--snapshot-refresh-upstream on-demand)")
+		default:
 			f.log.Warn("snapshot refresh from "+src+" failed", "next_source", nextSource(f.cfg.RefreshFrom, src), "err", err)
 		}
+	}
+	if f.awaitingReplicas(errs) {
+		f.log.Debug("snapshot refresh: no replica has reconnected since the start yet; asking again in a second")
+		f.refreshNotBefore.Store(time.Now().Add(time.Second).UnixNano())
+		f.refreshWanted.Store(demand)
+		return
 	}
 	f.stats.RefreshFailures.Add(1)
 	f.refreshLast.done(start, false)
 	f.refreshBackoff = min(max(f.refreshBackoff*2, refreshRetryMin), refreshRetryMax)
 	wait := time.Duration(float64(f.refreshBackoff) * (0.75 + 0.25*rand.Float64()))
 	f.refreshNotBefore.Store(time.Now().Add(wait).UnixNano())
+	if demand {
+		f.refreshWanted.Store(true) // the replica still waits
+	}
 	f.log.Warn("snapshot refresh failed from every source; the backlog grows past its budget until one succeeds",
 		"sources", strings.Join(f.cfg.RefreshFrom, ","), "next_attempt_in", wait.Round(time.Second).String(), "err", errors.Join(errs...))
+}
+
+// awaitingReplicas reports whether a refresh found nobody to ask only
+// because replicas are still reconnecting after a start: no failure, no
+// growing backoff, so the refresh runs as soon as one is back.
+func (f *follower) awaitingReplicas(errs []error) bool {
+	if !time.Now().Before(f.graceUntil) {
+		return false
+	}
+	for _, err := range errs {
+		if !errors.Is(err, errNoReplica) && !errors.Is(err, errUpstreamOnDemand) {
+			return false
+		}
+	}
+	return len(errs) > 0
+}
+
+// errUpstreamOnDemand: the budget alone does not ask the upstream.
+var errUpstreamOnDemand = errors.New("upstream: asked only when a replica needs a full sync (--snapshot-refresh-upstream on-demand)")
+
+// upstreamRefreshEager reports whether the budget alone may ask the
+// upstream: when the operator said so, or named the upstream as the only
+// source.
+func (f *follower) upstreamRefreshEager() bool {
+	return f.cfg.RefreshUpstream == RefreshUpstreamEager || !f.cfg.hasRefreshSource(SourceReplicas)
 }
 
 // refreshTimes are the last refresh's facts for INFO's Persistence
@@ -157,34 +227,56 @@ func (f *follower) countRefresh(source string, err error) {
 	f.stats.RefreshAttempts[source+"/"+outcome].Add(1)
 }
 
-// refreshFromReplicas asks downstream replicas for a snapshot: the most
-// caught-up online one first, not the one asked last time while others
-// exist, at most replicaRefreshAttempts of them.
+// refreshFromReplicas asks downstream replicas for a snapshot: trusted
+// ones only, the most caught-up online one first, not the one asked last
+// time nor one refused before while others exist. At most
+// replicaRefreshAttempts of them are asked for a snapshot (each a fork on
+// the replica); refusals before that cost nothing and do not count.
 func (f *follower) refreshFromReplicas(ctx context.Context) (*snapshot.Info, error) {
-	cands := f.down.refreshCandidates(f.lastRefreshReplica)
+	cands := f.down.refreshCandidates(f.lastRefreshReplica, f.refusals.refused)
 	if len(cands) == 0 {
 		return nil, errNoReplica
 	}
 	var errs []error
-	for _, c := range cands[:min(len(cands), replicaRefreshAttempts)] {
-		addr := c.addr
+	asked := 0
+	for _, c := range cands {
+		if asked == replicaRefreshAttempts {
+			break
+		}
+		if !trusts(f.trust, c.id) {
+			f.refusals.note(c.addr, &errSourceRefused{RefusedUntrusted, "authenticated as " + c.id.String()})
+			errs = append(errs, fmt.Errorf("replica %s: not trusted (%s)", c.addr, c.id))
+			continue
+		}
 		info, err := f.fetchFromReplica(ctx, c)
+		var refused *errSourceRefused
+		if errors.As(err, &refused) {
+			f.refusals.note(c.addr, refused)
+			errs = append(errs, fmt.Errorf("replica %s: %w", c.addr, err))
+			continue
+		}
+		asked++
 		f.countRefresh(snapFromReplica, err)
 		if err == nil {
-			f.lastRefreshReplica = addr
+			f.lastRefreshReplica = c.addr
+			f.refusals.served(c.addr)
 			return info, nil
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		f.log.Warn("snapshot refresh from a replica failed; trying the next source", "replica", addr, "err", err)
-		errs = append(errs, fmt.Errorf("replica %s: %w", addr, err))
+		f.log.Warn("snapshot refresh from a replica failed; trying the next source", "replica", c.addr, "err", err)
+		errs = append(errs, fmt.Errorf("replica %s: %w", c.addr, err))
+	}
+	if asked == 0 {
+		return nil, fmt.Errorf("%w: %w", errNoReplica, errors.Join(errs...))
 	}
 	return nil, errors.Join(errs...)
 }
 
 // fetchFromReplica takes a snapshot from the replica at addr, as a replica
-// of it: REPLCONF rdb-only 1, PSYNC ? -1. It is accepted only as an
+// of it: after checking that it is a read-only replica of the proxy's
+// history, REPLCONF rdb-only 1, PSYNC ? -1. It is accepted only as an
 // upstream snapshot would be (header, CRC, version) and only of the current
 // history at an offset the backlog holds.
 func (f *follower) fetchFromReplica(ctx context.Context, c refreshCandidate) (*snapshot.Info, error) {
@@ -195,12 +287,19 @@ func (f *follower) fetchFromReplica(ctx context.Context, c refreshCandidate) (*s
 	// A healthy replica answers the handshake at once; a frozen one still
 	// accepts the connection, and must not hold the refresh for long.
 	u, err := f.dial(ctx, "replica", c.addr, tlsCfg, psync.HandshakeConfig{
-		User: f.cfg.ReplicaAuthUser, Password: f.cfg.ReplicaAuthPassword, RDBOnly: true,
+		User: f.cfg.ReplicaAuthUser, Password: f.cfg.ReplicaAuthPassword,
 	}, nil, min(f.cfg.ReplTimeout, replicaHandshakeTimeout))
 	if err != nil {
-		return nil, err
+		return nil, refusedBecause(err)
 	}
 	defer u.conn.Close()
+	check := sourceCheck{replID: f.store.position().hist.ReplID, ports: f.down.sourcePorts()}
+	if err := check.verify(u, u.br); err != nil {
+		return nil, err
+	}
+	if err := askRDBOnly(u); err != nil {
+		return nil, err
+	}
 	reply, stop, err := askSnapshot(ctx, u)
 	if err != nil {
 		return nil, err
@@ -212,6 +311,22 @@ func (f *follower) fetchFromReplica(ctx context.Context, c refreshCandidate) (*s
 	}
 	info, _, err := f.receiveRefresh(ctx, u, reply, snapFromReplica)
 	return info, err
+}
+
+// askRDBOnly sends REPLCONF rdb-only 1: the source sends a snapshot and
+// no stream.
+func askRDBOnly(u *upstreamConn) error {
+	if _, err := u.Write(psync.EncodeCommand("REPLCONF", "rdb-only", "1")); err != nil {
+		return fmt.Errorf("send REPLCONF rdb-only: %w", err)
+	}
+	line, err := psync.ReadLine(u.br, psync.MaxReplyLine)
+	if err != nil {
+		return fmt.Errorf("read REPLCONF rdb-only reply: %w", err)
+	}
+	if strings.HasPrefix(line, "-") {
+		return refusedBecause(&psync.HandshakeError{Step: "REPLCONF rdb-only", Reply: line})
+	}
+	return nil
 }
 
 // fetchSnapshot takes a snapshot from the upstream on a second connection
@@ -228,8 +343,10 @@ func (f *follower) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
 		return nil, err
 	}
 	defer u.conn.Close()
+	f.gate.asking(purposeRefresh) // persisted first: a kill before the answer still counts
 	reply, stop, err := askSnapshot(ctx, u)
 	if err != nil {
+		f.gate.askEnded()
 		return nil, err
 	}
 	defer stop()
@@ -239,8 +356,10 @@ func (f *follower) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
 	switch {
 	case err == nil:
 		f.fullSyncSucceeded(purposeRefresh, info)
-	case ctx.Err() == nil: // a shutdown is no failure of the origin's
+	case ctx.Err() == nil:
 		f.fullSyncFailed(purposeRefresh, err, got)
+	default: // a shutdown or a cancel is no failure of the origin's
+		f.gate.aborted()
 	}
 	return info, err
 }

@@ -115,9 +115,10 @@ func TestRefreshFromUpstreamOnly(t *testing.T) {
 }
 
 // TestRefreshNoReplicaReachable: replicas that announce an address that
-// refuses: with replicas,upstream the refresh falls back to the origin and
-// says why; with replicas alone it never forks the origin and reports the
-// budget overrun instead.
+// refuses: with eager upstream refreshes the refresh falls back to the
+// origin and says why; with replicas alone it never forks the origin and
+// reports the budget overrun instead (the default, on-demand upstream,
+// is TestRefreshSourcesThatCannotServe).
 func TestRefreshNoReplicaReachable(t *testing.T) {
 	t.Parallel()
 	for _, only := range []bool{false, true} {
@@ -129,6 +130,8 @@ func TestRefreshNoReplicaReachable(t *testing.T) {
 				c.BacklogSize = 2 << 20
 				if only {
 					c.RefreshFrom = []string{SourceReplicas}
+				} else {
+					c.RefreshUpstream = RefreshUpstreamEager // the default never asks the origin for this
 				}
 			})
 			refused, err := redistest.FreePort()
@@ -154,7 +157,7 @@ func TestRefreshNoReplicaReachable(t *testing.T) {
 			if n := origin.InfoInt("stats", "total_forks"); n != forks {
 				t.Fatalf("the origin forked (%d -> %d) with --snapshot-refresh-from replicas", forks, n)
 			}
-			if p.Stats().RefreshAttempts.Load("replica/failed") < 1 || !strings.Contains(p.logBuf.String(), "failed from every source") {
+			if p.Stats().SourceRefusals.Load(RefusedUnreachable) < 1 || !strings.Contains(p.logBuf.String(), "failed from every source") {
 				t.Fatal("the failed refreshes are not reported")
 			}
 		})
@@ -201,7 +204,7 @@ func TestRefreshSkipsCorruptReplica(t *testing.T) {
 	rdb := []byte("REDIS0010\xfe\x00\xfb\x01\x00\x00\x03key\x05value\xff")
 	rdb = binary.LittleEndian.AppendUint64(rdb, psync.CRC64(0, rdb))
 	rdb[17] ^= 0x20
-	corrupt := fakeMaster(t, func(conn net.Conn) {
+	corrupt := fakeSource(t, p, func(conn net.Conn) {
 		fmt.Fprintf(conn, "+FULLRESYNC %s %d\r\n$%d\r\n", replid, p.backlogEnd(), len(rdb))
 		conn.Write(rdb)
 		_, _ = io.Copy(io.Discard, conn)
@@ -234,7 +237,7 @@ func TestRefreshAbandonsStalledReplica(t *testing.T) {
 	const replTimeout = 5 * time.Minute
 	origin, p, _, dir := refreshRig(t, 1, func(c *Config) { c.ReplTimeout = replTimeout })
 	replid := p.position().hist.ReplID
-	stalled := fakeMaster(t, func(conn net.Conn) {
+	stalled := fakeSource(t, p, func(conn net.Conn) {
 		fmt.Fprintf(conn, "+FULLRESYNC %s %d\r\n$1000000\r\nREDIS0010", replid, p.backlogEnd())
 		_, _ = io.Copy(io.Discard, conn) // then silence, until the proxy hangs up
 	})
@@ -260,7 +263,7 @@ func TestRefreshAbandonsStalledReplica(t *testing.T) {
 // other source).
 func TestRefreshReplicaKilledMidway(t *testing.T) {
 	t.Parallel()
-	origin, p, replicas, dir := refreshRig(t, 1)
+	origin, p, replicas, dir := refreshRig(t, 1, func(c *Config) { c.RefreshUpstream = RefreshUpstreamEager })
 	slow := replicas[0]
 	if err := slow.Client().ConfigSet(context.Background(), "rdb-key-save-delay", "20000").Err(); err != nil {
 		t.Fatal(err)
@@ -294,6 +297,7 @@ func TestRefreshFromReplicasWithAuth(t *testing.T) {
 			populate(t, origin)
 			p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) {
 				c.BacklogSize, c.ReplicaAuthPassword = 2<<20, pass
+				c.RefreshUpstream = RefreshUpstreamEager // the fallback below
 			})
 			replicas := startReplicas(t, 1, p.addr)
 			redistest.Eventually(t, 30*time.Second, "replica online", func() bool {
@@ -469,13 +473,19 @@ func TestRefreshCandidates(t *testing.T) {
 		}
 		return strings.Join(out, " ")
 	}
-	got := addrs(d.refreshCandidates(""))
+	none := func(string) bool { return false }
+	got := addrs(d.refreshCandidates("", none))
 	if want := "10.0.0.2:6379 10.0.0.3:6379 10.0.0.1:6379"; got != want {
 		t.Fatalf("candidates %s, want %s", got, want)
 	}
-	got = addrs(d.refreshCandidates("10.0.0.2:6379"))
+	got = addrs(d.refreshCandidates("10.0.0.2:6379", none))
 	if want := "10.0.0.3:6379 10.0.0.1:6379 10.0.0.2:6379"; got != want {
 		t.Fatalf("after asking 10.0.0.2: %s, want %s", got, want)
+	}
+	// A replica refused before (protected mode, unreachable) goes last.
+	got = addrs(d.refreshCandidates("", func(a string) bool { return a == "10.0.0.2:6379" }))
+	if want := "10.0.0.3:6379 10.0.0.1:6379 10.0.0.2:6379"; got != want {
+		t.Fatalf("with 10.0.0.2 refused: %s, want %s", got, want)
 	}
 }
 

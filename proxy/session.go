@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -531,6 +532,18 @@ func (s *session) checkAuth(user, pass []byte) error {
 func (s *session) authUser() string {
 	u, _ := s.user.Load().(string)
 	return u
+}
+
+// identity is who the session authenticated as: its user and, on TLS, the
+// CN of a verified client certificate.
+func (s *session) identity() identity {
+	id := identity{user: s.authUser()}
+	if tc, ok := s.conn.(*tls.Conn); ok {
+		if cs := tc.ConnectionState(); len(cs.VerifiedChains) > 0 && len(cs.PeerCertificates) > 0 {
+			id.cn = cs.PeerCertificates[0].Subject.CommonName
+		}
+	}
+	return id
 }
 
 // replconf follows replconfCommand(): option/value pairs, +OK, no reply for

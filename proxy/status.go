@@ -12,6 +12,14 @@ import (
 
 // Status is a consistent picture of the proxy for INFO, ROLE and metrics.
 type Status struct {
+	// RefusedSources are the replicas that could not serve the last
+	// refreshes that asked them (untrusted, protected mode, unreachable,
+	// writable...).
+	RefusedSources []RefusedSource
+	// Calm is the wait, after the upstream cut replproxy behind a burst,
+	// for the burst to calm before a full sync is asked.
+	Calm CalmStatus
+
 	RunID   string
 	Version string
 	Started time.Time
@@ -101,6 +109,9 @@ func (p *Proxy) Status() Status {
 	st.SyncTotalBytes, st.SyncReadBytes = link.syncTotal, link.syncRead
 	st.LinkDownReason, st.LinkDownError = link.downReason, link.downErr
 	st.BacklogWindowShort = f.windowShort.Load()
+	st.RefusedSources = f.refusals.list()
+	st.Calm = CalmStatus{Waiting: f.calm.waiting.Load(), Waits: f.calm.waits.Load(),
+		OriginRate: f.calm.originRate.Load(), Intake: f.calm.intake.Load()}
 	st.DownDuration = time.Duration(p.stats.UpstreamDownNanos.Load())
 	if !link.up {
 		st.LinkDownSince = link.downSince
@@ -160,3 +171,11 @@ func (p *Proxy) BacklogCounters() (written, trimmed int64) { return p.store.bl.C
 
 // BacklogSyncErrors counts failed background fsyncs of the backlog.
 func (p *Proxy) BacklogSyncErrors() int64 { return p.store.bl.SyncErrors() }
+
+// CalmStatus is the wait for an origin's write burst to calm.
+type CalmStatus struct {
+	Waiting    bool  // a full sync is held until the burst calms
+	Waits      int64 // waits begun since start
+	OriginRate int64 // bytes/s the origin wrote at the last sample
+	Intake     int64 // bytes/s replproxy measured it can take, at the last cut
+}

@@ -72,6 +72,7 @@ type raw struct {
 	passFile, reqPassFile    string
 	replicaPassFile          string
 	refreshFrom              string
+	refreshTrust             string
 	fsync, logLevel, logFmt  string
 	replTimeout, replicaTime time.Duration
 	configFile               string
@@ -107,6 +108,9 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&c.UpstreamTLSInsecure, "upstream-tls-insecure-skip-verify", false, "do not verify the upstream's certificate (warned at start and every connect)")
 	fs.StringVar(&c.RefreshMode, "snapshot-refresh", "eager", "eager: refresh the snapshot before the stream since it outgrows half the backlog budget; lazy: never in the background, let it lapse and refresh it only when a replica needs a full sync (held with keepalives meanwhile)")
 	fs.StringVar(&r.refreshFrom, "snapshot-refresh-from", "replicas,upstream", "where snapshot refreshes come from, in the order tried: replicas (a downstream replica forks, the origin does not) and/or upstream (a fork on the origin); replicas alone never forks the origin and lets the backlog outgrow its budget instead")
+	fs.StringVar(&c.RefreshUpstream, "snapshot-refresh-upstream", proxy.RefreshUpstreamOnDemand, "when the upstream (a fork on the origin) is asked for a refresh: on-demand, only when a replica needs a full sync and no replica could serve one; eager, also whenever the backlog budget calls for a refresh")
+	fs.StringVar(&r.refreshTrust, "snapshot-refresh-trust", proxy.DefaultRefreshTrust, "identities whose replicas may serve snapshot refreshes, comma-separated: user:NAME (the ACL user a replica authenticated as; user:default is every client of a proxy without passwords or with --requirepass) and cn:NAME (a verified TLS client certificate's CN)")
+	fs.DurationVar(&c.CalmWaitMax, "full-sync-calm-wait", proxy.DefaultCalmWaitMax, "after the upstream cut replproxy for falling behind a write burst, wait at most this long for the burst to calm before asking for a full sync (one asked during it is cut the same way); 0 does not wait")
 	fs.StringVar(&c.ReplicaAuthUser, "replica-auth-user", "", "ACL user for AUTH at downstream replicas when refreshing from them (default: the upstream credentials)")
 	fs.StringVar(&c.ReplicaAuthPassword, "replica-auth-password", "", "password for AUTH at downstream replicas when refreshing from them (default: the upstream credentials)")
 	fs.StringVar(&r.replicaPassFile, "replica-auth-password-file", "", "read the replicas' password from `FILE`")
@@ -312,6 +316,13 @@ func (s *Settings) finish(r *raw, offline bool) error {
 	c.RefreshFrom = nil
 	for _, src := range strings.Split(r.refreshFrom, ",") {
 		c.RefreshFrom = append(c.RefreshFrom, strings.TrimSpace(src))
+	}
+	c.RefreshTrust = nil
+	for _, id := range strings.Split(r.refreshTrust, ",") {
+		c.RefreshTrust = append(c.RefreshTrust, strings.TrimSpace(id))
+	}
+	if c.CalmWaitMax == 0 {
+		c.CalmWaitMax = -1 // 0 on the command line disables it; in Config it picks the default
 	}
 	// Semantic checks (required options, ranges) are proxy.Config's, made
 	// once by Validate below; this layer checks only what it parses.

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -21,6 +22,23 @@ var netnsSeq atomic.Int32
 // and gets Redis' -DENIED reply. It needs root and iproute2; it returns the
 // server's address and removes everything at cleanup.
 func StartProtectedT(t testing.TB) string {
+	t.Helper()
+	return StartInNetnsT(t, nil).Addr
+}
+
+// NetnsServer is a redis-server in a network namespace of the test's own.
+type NetnsServer struct {
+	Addr   string // its address, reached from the host over the veth pair
+	HostIP string // the host's end of the pair: how the server reaches the host
+	ns     string
+}
+
+// StartInNetnsT runs a redis-server in protected mode (no password) in a
+// network namespace of the test's own, bound to its end of a veth pair and
+// to the namespace's loopback (for Cli). extra gives more redis-server
+// arguments, knowing the host's address (e.g. --replicaof HOSTIP PORT). It
+// skips without root; everything is removed at cleanup.
+func StartInNetnsT(t testing.TB, extra func(hostIP string) []string) *NetnsServer {
 	t.Helper()
 	if os.Getuid() != 0 {
 		t.Skip("a network namespace needs root")
@@ -47,8 +65,12 @@ func StartProtectedT(t testing.TB) string {
 	sh("netns", "exec", ns, "ip", "link", "set", peer, "up")
 	sh("netns", "exec", ns, "ip", "link", "set", "lo", "up")
 	dir := t.TempDir()
-	cmd := exec.Command("ip", "netns", "exec", ns, Binary(), "--bind", nsIP, "--port", "6379", "--protected-mode", "yes",
-		"--save", "", "--appendonly", "no", "--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
+	args := []string{"netns", "exec", ns, Binary(), "--bind", nsIP, "127.0.0.1", "--port", "6379", "--protected-mode", "yes",
+		"--save", "", "--appendonly", "no", "--enable-debug-command", "yes", "--dir", dir, "--logfile", filepath.Join(dir, "redis.log")}
+	if extra != nil {
+		args = append(args, extra(hostIP)...)
+	}
+	cmd := exec.Command("ip", args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -62,9 +84,16 @@ func StartProtectedT(t testing.TB) string {
 		}
 		return err == nil
 	}); err != nil {
-		t.Fatalf("protected redis-server at %s: %v", addr, err)
+		t.Fatalf("redis-server in %s at %s: %v", ns, addr, err)
 	}
-	return addr
+	return &NetnsServer{Addr: addr, HostIP: hostIP, ns: ns}
+}
+
+// Cli runs redis-cli against the server from inside its namespace (over
+// its loopback, which protected mode lets in) and returns its output.
+func (s *NetnsServer) Cli(args ...string) (string, error) {
+	out, err := exec.Command("ip", append([]string{"netns", "exec", s.ns, "redis-cli", "-p", "6379"}, args...)...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
 }
 
 func ipAdd(base string, k int) string {

@@ -1,0 +1,290 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/replproxy/replproxy/psync"
+)
+
+// After the origin cut replproxy for falling behind a write burst (its
+// client-output-buffer-limit for replicas), the reconnection needs a full
+// sync unless the origin's backlog still covers replproxy's offset. A full
+// sync asked while the burst runs is cut the same way: the stream piles up
+// in the same output buffer while the RDB is sent, and a fork is spent for
+// nothing. So before asking, replproxy watches the origin's offset over an
+// ordinary client connection once a second, and asks only once the origin
+// writes slower than replproxy measured it can take (or the origin's
+// backlog covers it again), bounded by --full-sync-calm-wait.
+
+// burstCut is what the follower saw of a cut while behind.
+type burstCut struct {
+	at         time.Time
+	intake     float64 // bytes/s replproxy read while behind: what it can take
+	endAtCut   int64   // the backlog's end when the link ended
+	runStart   time.Time
+	endAtStart int64 // the backlog's end when the run of full reads began
+}
+
+// calmStatus is the wait as INFO and metrics show it.
+type calmStatus struct {
+	waiting    atomic.Bool
+	waits      atomic.Int64
+	originRate atomic.Int64 // bytes/s, the last sample
+	intake     atomic.Int64 // bytes/s, measured at the last cut
+}
+
+// calmFraction: the origin's rate must fall below this share of what
+// replproxy can take, so the full sync's own stream backlog drains.
+const calmFraction = 0.8
+
+// awaitCalm holds the next connection after a cut while behind until the
+// origin's write rate is below what replproxy can take, the origin's
+// backlog covers replproxy's offset, the wait's limit passes, or ctx ends.
+func (f *follower) awaitCalm(ctx context.Context, cut *burstCut) {
+	if f.cfg.CalmWaitMax <= 0 {
+		return
+	}
+	f.calm.intake.Store(int64(cut.intake))
+	cli, err := f.dialInfoClient(ctx)
+	if err != nil {
+		f.log.Warn("cannot watch the origin's write rate before asking for a full sync; asking at once",
+			"err", err, "advice", "allow the upstream user INFO (+info) so replproxy can wait out a burst instead of forking the origin for nothing")
+		return
+	}
+	defer cli.conn.Close()
+	stop := context.AfterFunc(ctx, func() { cli.conn.Close() })
+	defer stop()
+
+	f.calm.waiting.Store(true)
+	f.calm.waits.Add(1)
+	defer f.calm.waiting.Store(false)
+	start := time.Now()
+	deadline := start.Add(f.cfg.CalmWaitMax)
+	f.log.Warn("the upstream cut replproxy while it was behind a write burst; holding the next full sync until the burst calms, "+
+		"so that the origin does not fork for a sync it would cut the same way",
+		"intake_bytes_per_sec", int64(cut.intake), "max_wait", f.cfg.CalmWaitMax.String())
+	var prev originSample
+	peak := 0.0
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		s, err := cli.sample()
+		if err != nil {
+			f.log.Warn("watching the origin's write rate failed; asking for a full sync now", "err", err)
+			return
+		}
+		end := f.store.bl.End()
+		if s.covers(f.store.position().hist.ReplID, end+1) {
+			f.log.Info("the origin's backlog covers replproxy's offset: reconnecting for a partial resync", "offset", end+1)
+			return
+		}
+		if !prev.at.IsZero() {
+			rate := float64(s.offset-prev.offset) / s.at.Sub(prev.at).Seconds()
+			f.calm.originRate.Store(int64(rate))
+			peak = max(peak, rate)
+			if rate < calmFraction*cut.intake {
+				f.log.Info("the origin's write burst has calmed; asking for a full sync",
+					"origin_bytes_per_sec", int64(rate), "intake_bytes_per_sec", int64(cut.intake),
+					"waited", time.Since(start).Round(time.Second).String())
+				f.adviseBurst(cut, s, peak)
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			f.log.Warn("the origin's write burst goes on past --full-sync-calm-wait; asking for a full sync anyway",
+				"origin_bytes_per_sec", f.calm.originRate.Load(), "intake_bytes_per_sec", int64(cut.intake))
+			f.adviseBurst(cut, s, peak)
+			return
+		}
+		prev = s
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.movedCh:
+			f.repostMove()
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// repostMove puts a move back for the follow loop, which acts on it.
+func (f *follower) repostMove() {
+	select {
+	case f.movedCh <- struct{}{}:
+	default:
+	}
+}
+
+// adviseBurst names the origin settings that would have carried the burst
+// without a cut, from what was seen: the stream the origin had to queue
+// while replproxy read at its intake rate, and the stream written between
+// the cut and now (a backlog that size makes the reconnection partial).
+func (f *follower) adviseBurst(cut *burstCut, s originSample, peak float64) {
+	burst := s.offset - cut.endAtStart
+	took := s.at.Sub(cut.runStart).Seconds()
+	queue := int64(float64(burst) - cut.intake*took)
+	since := s.offset - cut.endAtCut
+	f.log.Warn("origin settings that would have carried this burst without cutting replproxy",
+		"burst_bytes", burst, "burst_seconds", int64(took), "origin_peak_bytes_per_sec", int64(peak),
+		"intake_bytes_per_sec", int64(cut.intake),
+		"advice", fmt.Sprintf("CONFIG SET client-output-buffer-limit \"replica %s 0 0\" (a hard limit above the stream queued for replproxy) "+
+			"and CONFIG SET repl-backlog-size %s (so that a reconnection after a cut continues)",
+			roundMB(max(queue, 0)*5/4), roundMB(since*5/4)))
+}
+
+// roundMB renders n bytes as whole megabytes, rounded up, as Redis reads them.
+func roundMB(n int64) string {
+	return strconv.FormatInt((n+(1<<20)-1)>>20, 10) + "mb"
+}
+
+// infoClient is an ordinary client connection to the upstream.
+type infoClient struct {
+	conn net.Conn
+	br   *bufio.Reader
+}
+
+// dialInfoClient connects to the upstream as a client (AUTH, no replica
+// handshake), over TLS when the link uses it.
+func (f *follower) dialInfoClient(ctx context.Context) (*infoClient, error) {
+	addr := f.upstreamAddr()
+	var tlsCfg *tls.Config
+	if f.cfg.UpstreamTLS {
+		tlsCfg = f.down.p.sec.clientConfig(addr, false)
+	}
+	conn, err := dialTLS(ctx, addr, replicaHandshakeTimeout, tlsCfg)
+	if err != nil {
+		return nil, fmt.Errorf("dial upstream: %w", err)
+	}
+	c := &infoClient{conn: conn, br: bufio.NewReader(conn)}
+	if f.cfg.UpstreamPassword != "" {
+		cmd := psync.EncodeCommand("AUTH", f.cfg.UpstreamPassword)
+		if f.cfg.UpstreamUser != "" {
+			cmd = psync.EncodeCommand("AUTH", f.cfg.UpstreamUser, f.cfg.UpstreamPassword)
+		}
+		if err := c.ask(cmd); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// ask sends cmd and expects a status reply.
+func (c *infoClient) ask(cmd []byte) error {
+	if err := c.conn.SetDeadline(time.Now().Add(replicaHandshakeTimeout)); err != nil {
+		return err
+	}
+	if _, err := c.conn.Write(cmd); err != nil {
+		return err
+	}
+	line, err := psync.ReadLine(c.br, psync.MaxReplyLine)
+	if err != nil {
+		return err
+	}
+	if strings.HasPrefix(line, "-") {
+		return errors.New(line)
+	}
+	return nil
+}
+
+// originSample is one reading of the origin's INFO replication.
+type originSample struct {
+	at                       time.Time
+	offset                   int64
+	replID, replID2          string
+	secondOffset             int64
+	backlogFirst, backlogLen int64
+}
+
+// covers reports whether a PSYNC of (replID, next) would continue.
+func (s originSample) covers(replID string, next int64) bool {
+	idOK := s.replID == replID || s.replID2 == replID && next <= s.secondOffset
+	return idOK && s.backlogLen > 0 && next >= s.backlogFirst && next <= s.offset+1
+}
+
+func (c *infoClient) sample() (originSample, error) {
+	if err := c.conn.SetDeadline(time.Now().Add(replicaHandshakeTimeout)); err != nil {
+		return originSample{}, err
+	}
+	if _, err := c.conn.Write(psync.EncodeCommand("INFO", "replication")); err != nil {
+		return originSample{}, err
+	}
+	txt, err := readBulk(c.br, 1<<20)
+	if err != nil {
+		return originSample{}, err
+	}
+	info := parseInfoFields(txt)
+	num := func(k string) int64 { n, _ := strconv.ParseInt(info[k], 10, 64); return n }
+	s := originSample{at: time.Now(), offset: num("master_repl_offset"), replID: info["master_replid"],
+		replID2: info["master_replid2"], secondOffset: num("second_repl_offset"),
+		backlogFirst: num("repl_backlog_first_byte_offset"), backlogLen: num("repl_backlog_histlen")}
+	if info["master_repl_offset"] == "" {
+		return s, fmt.Errorf("INFO replication has no master_repl_offset")
+	}
+	return s, nil
+}
+
+// intakeMeter measures what the follower takes in while data waits for it:
+// per wall-clock second, the bytes appended in seconds that had at least
+// one full read (so the upstream had more queued). Wall time counts, so a
+// proxy slowed by anything (its disk, CPU starvation, a pause) measures
+// slow. The follow goroutine only.
+type intakeMeter struct {
+	buckets [intakeWindow]intakeBucket
+}
+
+// intakeWindow: the seconds the meter looks back.
+const intakeWindow = 10
+
+type intakeBucket struct {
+	sec   int64 // unix second; 0: unused
+	bytes int64
+	busy  bool
+	from  int64 // the backlog's end when the second began
+}
+
+// add counts n bytes read at now, the backlog's end before them being end.
+func (m *intakeMeter) add(now time.Time, n int, busy bool, end int64) {
+	sec := now.Unix()
+	b := &m.buckets[sec%intakeWindow]
+	if b.sec != sec {
+		*b = intakeBucket{sec: sec, from: end}
+	}
+	b.bytes += int64(n)
+	b.busy = b.busy || busy
+}
+
+// rate is the mean intake over the busy seconds of the window before now
+// (the current second counts only when it is the only busy one), and when
+// the earliest of them began, with the backlog's end then.
+func (m *intakeMeter) rate(now time.Time) (bytesPerSec float64, since time.Time, from int64) {
+	sec := now.Unix()
+	var sum, n int64
+	first := int64(-1)
+	for _, b := range m.buckets {
+		if !b.busy || b.sec <= sec-intakeWindow || b.sec >= sec {
+			continue
+		}
+		sum += b.bytes
+		n++
+		if first < 0 || b.sec < first {
+			first, from = b.sec, b.from
+		}
+	}
+	if n == 0 { // behind for under a second: the current one, pro rata
+		b := m.buckets[sec%intakeWindow]
+		frac := max(float64(now.Sub(time.Unix(sec, 0)))/float64(time.Second), 0.001)
+		return float64(b.bytes) / frac, time.Unix(sec, 0), b.from
+	}
+	return float64(sum) / float64(n), time.Unix(first, 0), from
+}

@@ -1,0 +1,305 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/replproxy/replproxy/internal/acl"
+	"github.com/replproxy/replproxy/psync"
+)
+
+// Which replicas may serve a snapshot refresh. A refreshed snapshot is
+// installed and served to every replica that full-syncs afterwards, so a
+// source can write to all of them: it must be trusted for who it
+// authenticated as (never for what it reports: an ACK, an address), and
+// it must be a read-only replica of this proxy's history (a writable
+// replica's local keys would spread).
+
+// DefaultRefreshTrust: the default user, the identity of every client of
+// a proxy without passwords and of --requirepass. In Redis that identity
+// can write, so trusting it gives a replica no more than it has there;
+// named ACL users must be listed.
+const DefaultRefreshTrust = "user:" + acl.DefaultUser
+
+// SourceRefusal is why a replica cannot serve a refresh, as the log, INFO
+// and metrics name it.
+type SourceRefusal string
+
+const (
+	RefusedUntrusted   SourceRefusal = "untrusted"   // its identity is not in --snapshot-refresh-trust
+	RefusedDenied      SourceRefusal = "denied"      // -DENIED: protected mode without a password
+	RefusedAuth        SourceRefusal = "auth"        // -NOAUTH, -WRONGPASS, -NOPERM
+	RefusedUnreachable SourceRefusal = "unreachable" // the announced address cannot be dialled
+	RefusedWritable    SourceRefusal = "writable"    // replica-read-only no
+	RefusedNotOurs     SourceRefusal = "not_replica" // not an up-to-date replica of this proxy's history
+)
+
+// SourceRefusals lists every SourceRefusal.
+var SourceRefusals = []SourceRefusal{RefusedUntrusted, RefusedDenied, RefusedAuth, RefusedUnreachable, RefusedWritable, RefusedNotOurs}
+
+// sourceAdvice is the one line of advice logged with a refusal.
+var sourceAdvice = map[SourceRefusal]string{
+	RefusedUntrusted: "list its identity in --snapshot-refresh-trust (user:NAME or cn:NAME) if it may serve snapshots to every replica",
+	RefusedDenied: "the replica is in protected mode (no password) and refuses connections from other hosts: give it a password " +
+		"(requirepass or an ACL user) and set --replica-auth-password (and --replica-auth-user)",
+	RefusedAuth:        "set --replica-auth-user and --replica-auth-password to credentials the replica accepts",
+	RefusedUnreachable: "the proxy cannot reach the address the replica announced: set replica-announce-ip (and replica-announce-port) on the replica to an address the proxy can dial",
+	RefusedWritable:    "the replica accepts writes (replica-read-only no): its local keys would reach every replica that full-syncs from its snapshot; set replica-read-only yes",
+	RefusedNotOurs:     "the replica does not report an up-to-date, read-only link to this proxy's history (role, master_port, master_replid); it is asked again at the next refresh",
+}
+
+// errSourceRefused is a candidate that cannot serve: no fork happened on it.
+type errSourceRefused struct {
+	reason SourceRefusal
+	detail string
+}
+
+func (e *errSourceRefused) Error() string {
+	return fmt.Sprintf("refused as a refresh source (%s): %s", e.reason, e.detail)
+}
+
+// refusedBecause wraps err as a refusal when it is one.
+func refusedBecause(err error) error {
+	var he *psync.HandshakeError
+	if errors.As(err, &he) {
+		switch {
+		case strings.HasPrefix(he.Reply, "-DENIED"):
+			return &errSourceRefused{RefusedDenied, he.Reply}
+		case strings.HasPrefix(he.Reply, "-NOAUTH"), strings.HasPrefix(he.Reply, "-WRONGPASS"),
+			strings.HasPrefix(he.Reply, "-NOPERM"), strings.Contains(he.Reply, "invalid password"):
+			return &errSourceRefused{RefusedAuth, he.Reply}
+		}
+	}
+	var oe *net.OpError
+	var de *net.DNSError
+	if errors.As(err, &oe) && oe.Op == "dial" || errors.As(err, &de) {
+		return &errSourceRefused{RefusedUnreachable, err.Error()}
+	}
+	return err
+}
+
+// trustRule is one --snapshot-refresh-trust entry.
+type trustRule struct{ kind, name string }
+
+// parseTrust parses --snapshot-refresh-trust entries.
+func parseTrust(entries []string) ([]trustRule, error) {
+	var out []trustRule
+	for _, e := range entries {
+		kind, name, ok := strings.Cut(strings.TrimSpace(e), ":")
+		if !ok || name == "" || kind != "user" && kind != "cn" {
+			return nil, fmt.Errorf("snapshot-refresh-trust %q: want user:NAME or cn:NAME entries, comma-separated", e)
+		}
+		out = append(out, trustRule{kind, name})
+	}
+	return out, nil
+}
+
+// identity is who a replica authenticated as.
+type identity struct {
+	user string // the ACL user; "" when it never authenticated
+	cn   string // the CN of its verified TLS client certificate; "" without one
+}
+
+func (id identity) String() string {
+	parts := []string{"user:" + orNone(id.user)}
+	if id.cn != "" {
+		parts = append(parts, "cn:"+id.cn)
+	}
+	return strings.Join(parts, ",")
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+// trusts reports whether any rule names id.
+func trusts(rules []trustRule, id identity) bool {
+	for _, r := range rules {
+		if r.kind == "user" && id.user != "" && r.name == id.user || r.kind == "cn" && id.cn != "" && r.name == id.cn {
+			return true
+		}
+	}
+	return false
+}
+
+// sourceRefusals remembers the replicas refused as refresh sources, so each
+// is logged once per reason (with advice) and shown in INFO.
+type sourceRefusals struct {
+	log    *slog.Logger
+	counts counts[SourceRefusal]
+
+	mu sync.Mutex
+	by map[string]RefusedSource // by announced address
+}
+
+// RefusedSource is a replica refused as a refresh source, as INFO and the
+// status page show it.
+type RefusedSource struct {
+	Addr   string
+	Reason SourceRefusal
+	Detail string
+	At     time.Time
+}
+
+// maxRefusedSources bounds the memory of refused sources.
+const maxRefusedSources = 1024
+
+func newSourceRefusals(log *slog.Logger, c counts[SourceRefusal]) *sourceRefusals {
+	return &sourceRefusals{log: log, counts: c, by: map[string]RefusedSource{}}
+}
+
+// note records a refusal of addr; a new reason for it is logged.
+func (r *sourceRefusals) note(addr string, e *errSourceRefused) {
+	r.counts.add(e.reason, RefusedNotOurs)
+	r.mu.Lock()
+	prev, seen := r.by[addr]
+	if seen || len(r.by) < maxRefusedSources {
+		r.by[addr] = RefusedSource{Addr: addr, Reason: e.reason, Detail: e.detail, At: time.Now()}
+	}
+	r.mu.Unlock()
+	if !seen || prev.Reason != e.reason {
+		r.log.Warn("replica cannot serve snapshot refreshes", "replica", addr, "reason", e.reason,
+			"reply", e.detail, "advice", sourceAdvice[e.reason])
+	}
+}
+
+// served forgets addr's refusal: it served a refresh.
+func (r *sourceRefusals) served(addr string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.by[addr]; ok {
+		delete(r.by, addr)
+		r.log.Info("replica serves snapshot refreshes again", "replica", addr)
+	}
+}
+
+// refused reports whether addr was refused, for candidate order.
+func (r *sourceRefusals) refused(addr string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.by[addr]
+	return ok
+}
+
+// list returns the refused sources, oldest address first.
+func (r *sourceRefusals) list() []RefusedSource {
+	r.mu.Lock()
+	out := make([]RefusedSource, 0, len(r.by))
+	for _, s := range r.by {
+		out = append(out, s)
+	}
+	r.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Addr < out[j].Addr })
+	return out
+}
+
+// sourceCheck is what a refresh source must report of itself: a read-only
+// replica with its link up, following one of the proxy's ports, at the
+// proxy's current replication ID.
+type sourceCheck struct {
+	replID string
+	ports  []int // the proxy's listening and announced ports
+}
+
+// verify asks the replica for INFO replication over the refresh connection
+// and checks what it reports. A malicious source can lie here: only trust
+// (who it authenticated as) guards against that; this check catches the
+// honest misconfiguration of a writable replica or a stray address.
+func (c sourceCheck) verify(w io.Writer, br *bufio.Reader) error {
+	if _, err := w.Write(psync.EncodeCommand("INFO", "replication")); err != nil {
+		return fmt.Errorf("send INFO: %w", err)
+	}
+	txt, err := readBulk(br, 1<<20)
+	if err != nil {
+		return refusedBecause(err)
+	}
+	info := parseInfoFields(txt)
+	switch {
+	case info["role"] != "slave":
+		return &errSourceRefused{RefusedNotOurs, "role:" + info["role"]}
+	case info["slave_read_only"] != "1":
+		return &errSourceRefused{RefusedWritable, "slave_read_only:" + info["slave_read_only"]}
+	case info["master_link_status"] != "up":
+		return &errSourceRefused{RefusedNotOurs, "master_link_status:" + info["master_link_status"]}
+	case info["master_replid"] != c.replID:
+		return &errSourceRefused{RefusedNotOurs, fmt.Sprintf("master_replid:%s, the proxy's is %s", info["master_replid"], c.replID)}
+	}
+	port, _ := strconv.Atoi(info["master_port"])
+	for _, p := range c.ports {
+		if p == port {
+			return nil
+		}
+	}
+	return &errSourceRefused{RefusedNotOurs, fmt.Sprintf("master_host:%s master_port:%s, not a port of this proxy %v",
+		info["master_host"], info["master_port"], c.ports)}
+}
+
+// readBulk reads one RESP reply that should be a bulk string; an error
+// reply comes back as a HandshakeError, so refusals classify alike.
+func readBulk(br *bufio.Reader, limit int) (string, error) {
+	line, err := psync.ReadLine(br, psync.MaxReplyLine)
+	if err != nil {
+		return "", err
+	}
+	if strings.HasPrefix(line, "-") {
+		return "", &psync.HandshakeError{Step: "INFO", Reply: line}
+	}
+	if !strings.HasPrefix(line, "$") {
+		return "", fmt.Errorf("INFO answered %q", line)
+	}
+	n, err := strconv.Atoi(line[1:])
+	if err != nil || n < 0 || n > limit {
+		return "", fmt.Errorf("INFO answered a bulk of %q bytes", line[1:])
+	}
+	b := make([]byte, n+2)
+	if _, err := io.ReadFull(br, b); err != nil {
+		return "", err
+	}
+	return string(b[:n]), nil
+}
+
+// parseInfoFields reads INFO's "key:value" lines.
+func parseInfoFields(txt string) map[string]string {
+	out := map[string]string{}
+	for _, line := range strings.Split(txt, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimRight(line, "\r"), ":"); ok && !strings.HasPrefix(k, "#") {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// warnSharedTrust warns at start when refreshes from replicas trust the
+// default user while clients can authenticate as it: every replica (and
+// any client that can connect) shares that identity, so any of them could
+// serve the snapshot every later full sync gets.
+func warnSharedTrust(cfg Config, sec *security, log *slog.Logger) {
+	rules, _ := parseTrust(cfg.RefreshTrust)
+	if !cfg.hasRefreshSource(SourceReplicas) || !trusts(rules, identity{user: acl.DefaultUser}) {
+		return
+	}
+	var how string
+	switch users := sec.users.Load(); {
+	case users.DefaultOpen():
+		how = "no password: any client that can connect"
+	case users.Usable(acl.DefaultUser):
+		how = "a password shared by every client that knows it"
+	default:
+		return // the default user is off: nobody authenticates as it
+	}
+	log.Warn("snapshot refreshes from replicas trust the default user ("+how+"); such a client can complete a replica handshake "+
+		"and serve the snapshot every later full sync gets. Give replicas ACL users of their own (--users-file) and name them in --snapshot-refresh-trust",
+		"snapshot_refresh_trust", strings.Join(cfg.RefreshTrust, ","))
+}
