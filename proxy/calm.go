@@ -15,23 +15,23 @@ import (
 	"github.com/replproxy/replproxy/psync"
 )
 
-// After the origin cut replproxy for falling behind a write burst (its
-// client-output-buffer-limit for replicas), the reconnection needs a full
-// sync unless the origin's backlog still covers replproxy's offset. A full
-// sync asked while the burst runs is cut the same way: the stream piles up
-// in the same output buffer while the RDB is sent, and a fork is spent for
-// nothing. So before asking, replproxy watches the origin's offset over an
-// ordinary client connection once a second, and asks only once the origin
-// writes slower than replproxy measured it can take (or the origin's
-// backlog covers it again), bounded by --full-sync-calm-wait.
+// After the upstream hangs up on a streaming link, the reconnection needs a
+// full sync unless the origin's backlog still covers replproxy's offset.
+// When the origin cut replproxy for falling behind a write burst (its
+// client-output-buffer-limit for replicas), a full sync asked while the
+// burst runs is cut the same way: the stream piles up in the same output
+// buffer while the RDB is sent, and a fork is spent for nothing. So before
+// asking, replproxy reads the origin's INFO replication over an ordinary
+// client connection: it reconnects at once when the origin's backlog
+// covers it (a partial resync) or the origin writes no faster than
+// replproxy can take; otherwise it samples once a second until that is so,
+// bounded by --full-sync-calm-wait.
 
-// burstCut is what the follower saw of a cut while behind.
+// burstCut is what the follower saw of its intake before the upstream hung up.
 type burstCut struct {
-	at         time.Time
-	intake     float64 // bytes/s replproxy read while behind: what it can take
-	endAtCut   int64   // the backlog's end when the link ended
-	runStart   time.Time
-	endAtStart int64 // the backlog's end when the run of full reads began
+	at       time.Time
+	endAtCut int64 // the backlog's end when the link ended
+	intake   intakeRates
 }
 
 // calmStatus is the wait as INFO and metrics show it.
@@ -39,39 +39,35 @@ type calmStatus struct {
 	waiting    atomic.Bool
 	waits      atomic.Int64
 	originRate atomic.Int64 // bytes/s, the last sample
-	intake     atomic.Int64 // bytes/s, measured at the last cut
+	intake     atomic.Int64 // bytes/s, the limit the last wait compared against
 }
 
-// calmFraction: the origin's rate must fall below this share of what
-// replproxy can take, so the full sync's own stream backlog drains.
+// calmFraction: an origin writing below this share of what replproxy can
+// take (measured while it was behind) has calmed: the full sync's own
+// stream backlog drains.
 const calmFraction = 0.8
 
-// awaitCalm holds the next connection after a cut while behind until the
-// origin's write rate is below what replproxy can take, the origin's
-// backlog covers replproxy's offset, the wait's limit passes, or ctx ends.
+// awaitCalm holds the next connection after an upstream hang-up until the
+// origin's backlog covers replproxy's offset, its write rate is below what
+// replproxy can take, the wait's limit passes, or ctx ends.
 func (f *follower) awaitCalm(ctx context.Context, cut *burstCut) {
 	if f.cfg.CalmWaitMax <= 0 {
 		return
 	}
-	f.calm.intake.Store(int64(cut.intake))
 	cli, err := f.dialInfoClient(ctx)
 	if err != nil {
-		f.log.Warn("cannot watch the origin's write rate before asking for a full sync; asking at once",
-			"err", err, "advice", "allow the upstream user INFO (+info) so replproxy can wait out a burst instead of forking the origin for nothing")
+		f.log.Info("cannot read the origin's INFO before reconnecting; not waiting for a burst to calm", "err", err)
 		return
 	}
 	defer cli.conn.Close()
 	stop := context.AfterFunc(ctx, func() { cli.conn.Close() })
 	defer stop()
-
-	f.calm.waiting.Store(true)
-	f.calm.waits.Add(1)
 	defer f.calm.waiting.Store(false)
+
+	limit, measured := cut.intake.limit()
+	f.calm.intake.Store(int64(limit))
 	start := time.Now()
 	deadline := start.Add(f.cfg.CalmWaitMax)
-	f.log.Warn("the upstream cut replproxy while it was behind a write burst; holding the next full sync until the burst calms, "+
-		"so that the origin does not fork for a sync it would cut the same way",
-		"intake_bytes_per_sec", int64(cut.intake), "max_wait", f.cfg.CalmWaitMax.String())
 	var prev originSample
 	peak := 0.0
 	tick := time.NewTicker(time.Second)
@@ -79,29 +75,37 @@ func (f *follower) awaitCalm(ctx context.Context, cut *burstCut) {
 	for {
 		s, err := cli.sample()
 		if err != nil {
-			f.log.Warn("watching the origin's write rate failed; asking for a full sync now", "err", err)
+			f.log.Warn("reading the origin's write rate failed; reconnecting now", "err", err,
+				"advice", "allow the upstream user INFO (+info), so replproxy can wait out a write burst instead of forking the origin for nothing")
 			return
 		}
-		end := f.store.bl.End()
-		if s.covers(f.store.position().hist.ReplID, end+1) {
-			f.log.Info("the origin's backlog covers replproxy's offset: reconnecting for a partial resync", "offset", end+1)
-			return
+		if s.covers(f.store.position().hist.ReplID, f.store.bl.End()+1) {
+			return // a partial resync: nothing to wait for
 		}
 		if !prev.at.IsZero() {
 			rate := float64(s.offset-prev.offset) / s.at.Sub(prev.at).Seconds()
 			f.calm.originRate.Store(int64(rate))
 			peak = max(peak, rate)
-			if rate < calmFraction*cut.intake {
-				f.log.Info("the origin's write burst has calmed; asking for a full sync",
-					"origin_bytes_per_sec", int64(rate), "intake_bytes_per_sec", int64(cut.intake),
-					"waited", time.Since(start).Round(time.Second).String())
-				f.adviseBurst(cut, s, peak)
+			if rate < limit {
+				if f.calm.waiting.Load() {
+					f.log.Info("the origin's write burst has calmed; asking for a full sync",
+						"origin_bytes_per_sec", int64(rate), "intake_bytes_per_sec", int64(limit),
+						"waited", time.Since(start).Round(time.Second).String())
+					f.adviseBurst(cut, s, peak)
+				}
 				return
+			}
+			if !f.calm.waiting.Swap(true) {
+				f.calm.waits.Add(1)
+				f.log.Warn("the upstream hung up while the origin writes faster than replproxy can take; holding the next full sync until the burst calms, "+
+					"so that the origin does not fork for a sync it would cut the same way",
+					"origin_bytes_per_sec", int64(rate), "intake_bytes_per_sec", int64(limit), "intake_measured_while_behind", measured,
+					"max_wait", f.cfg.CalmWaitMax.String())
 			}
 		}
 		if time.Now().After(deadline) {
 			f.log.Warn("the origin's write burst goes on past --full-sync-calm-wait; asking for a full sync anyway",
-				"origin_bytes_per_sec", f.calm.originRate.Load(), "intake_bytes_per_sec", int64(cut.intake))
+				"origin_bytes_per_sec", f.calm.originRate.Load(), "intake_bytes_per_sec", int64(limit))
 			f.adviseBurst(cut, s, peak)
 			return
 		}
@@ -130,13 +134,14 @@ func (f *follower) repostMove() {
 // while replproxy read at its intake rate, and the stream written between
 // the cut and now (a backlog that size makes the reconnection partial).
 func (f *follower) adviseBurst(cut *burstCut, s originSample, peak float64) {
-	burst := s.offset - cut.endAtStart
-	took := s.at.Sub(cut.runStart).Seconds()
-	queue := int64(float64(burst) - cut.intake*took)
+	in := cut.intake
+	burst := s.offset - in.from
+	took := s.at.Sub(in.since).Seconds()
+	queue := int64(float64(burst) - in.busy*took)
 	since := s.offset - cut.endAtCut
 	f.log.Warn("origin settings that would have carried this burst without cutting replproxy",
 		"burst_bytes", burst, "burst_seconds", int64(took), "origin_peak_bytes_per_sec", int64(peak),
-		"intake_bytes_per_sec", int64(cut.intake),
+		"intake_bytes_per_sec", int64(in.busy),
 		"advice", fmt.Sprintf("CONFIG SET client-output-buffer-limit \"replica %s 0 0\" (a hard limit above the stream queued for replproxy) "+
 			"and CONFIG SET repl-backlog-size %s (so that a reconnection after a cut continues)",
 			roundMB(max(queue, 0)*5/4), roundMB(since*5/4)))
@@ -234,11 +239,11 @@ func (c *infoClient) sample() (originSample, error) {
 	return s, nil
 }
 
-// intakeMeter measures what the follower takes in while data waits for it:
-// per wall-clock second, the bytes appended in seconds that had at least
-// one full read (so the upstream had more queued). Wall time counts, so a
-// proxy slowed by anything (its disk, CPU starvation, a pause) measures
-// slow. The follow goroutine only.
+// intakeMeter measures what the follower takes in, per wall-clock second:
+// the bytes appended, and whether a read filled the buffer (the upstream
+// had more queued: replproxy was behind, so that second measures what it
+// can take). Wall time counts, so a proxy slowed by anything (its disk, CPU
+// starvation, a pause) measures slow. The follow goroutine only.
 type intakeMeter struct {
 	buckets [intakeWindow]intakeBucket
 }
@@ -264,27 +269,51 @@ func (m *intakeMeter) add(now time.Time, n int, busy bool, end int64) {
 	b.busy = b.busy || busy
 }
 
-// rate is the mean intake over the busy seconds of the window before now
-// (the current second counts only when it is the only busy one), and when
-// the earliest of them began, with the backlog's end then.
-func (m *intakeMeter) rate(now time.Time) (bytesPerSec float64, since time.Time, from int64) {
+// intakeRates is what the meter saw over its window.
+type intakeRates struct {
+	busy     float64 // mean bytes/s of the seconds spent behind; 0: never behind
+	achieved float64 // mean bytes/s of the seconds with any read
+	since    time.Time
+	from     int64 // the backlog's end at since
+}
+
+// limit is the origin rate replproxy can take: a share of what it took
+// while behind when it was (measured: true); otherwise nothing shows it
+// was slow, so an origin writing no faster than it was taken is calm.
+func (r intakeRates) limit() (bytesPerSec float64, measured bool) {
+	if r.busy > 0 {
+		return calmFraction * r.busy, true
+	}
+	return max(1.25*r.achieved, 1<<20), false
+}
+
+// cut summarises the window at a hang-up.
+func (m *intakeMeter) cut(now time.Time, end int64) *burstCut {
 	sec := now.Unix()
-	var sum, n int64
-	first := int64(-1)
+	in := intakeRates{from: end, since: now}
+	var busyBytes, allBytes int64
+	var busySecs, allSecs float64
 	for _, b := range m.buckets {
-		if !b.busy || b.sec <= sec-intakeWindow || b.sec >= sec {
+		if b.sec <= sec-intakeWindow || b.sec > sec {
 			continue
 		}
-		sum += b.bytes
-		n++
-		if first < 0 || b.sec < first {
-			first, from = b.sec, b.from
+		span := 1.0
+		if b.sec == sec { // the current second, so far
+			span = max(now.Sub(time.Unix(sec, 0)).Seconds(), 0.001)
+		}
+		allBytes, allSecs = allBytes+b.bytes, allSecs+span
+		if b.busy {
+			busyBytes, busySecs = busyBytes+b.bytes, busySecs+span
+		}
+		if t := time.Unix(b.sec, 0); t.Before(in.since) {
+			in.since, in.from = t, b.from
 		}
 	}
-	if n == 0 { // behind for under a second: the current one, pro rata
-		b := m.buckets[sec%intakeWindow]
-		frac := max(float64(now.Sub(time.Unix(sec, 0)))/float64(time.Second), 0.001)
-		return float64(b.bytes) / frac, time.Unix(sec, 0), b.from
+	if busySecs > 0 {
+		in.busy = float64(busyBytes) / busySecs
 	}
-	return float64(sum) / float64(n), time.Unix(first, 0), from
+	if allSecs > 0 {
+		in.achieved = float64(allBytes) / allSecs
+	}
+	return &burstCut{at: now, endAtCut: end, intake: in}
 }

@@ -90,9 +90,11 @@ type follower struct {
 	windowShort  atomic.Bool // the backlog is full and covers under minBacklogWindow
 	windowWarned time.Time   // maintain's goroutine only
 	lapseWarned  string      // maintain's goroutine only: the snapshot whose lapse was logged
-	burst        *burstCut   // follow's goroutine only: the last cut while behind, until a link streams
-	calm         calmStatus  // the wait for a burst to calm, for INFO and metrics
-	kickAdvice   atomic.Bool // set by a move; follow clears advised
+	// follow's goroutine only: the upstream's last hang-up on a streaming
+	// link (set by stream), kept as burst until a link streams again.
+	lastCut, burst *burstCut
+	calm           calmStatus  // the wait for a burst to calm, for INFO and metrics
+	kickAdvice     atomic.Bool // set by a move; follow clears advised
 }
 
 // noteDown records why the link went down, for INFO and the status page.
@@ -317,13 +319,13 @@ func (f *follower) follow(ctx context.Context) {
 		if streamed && f.store.bl.End() != endBefore {
 			backoff = backoffMin
 		}
-		// A cut while behind a burst: the next full sync waits for it to
-		// calm. A full sync that failed while one is remembered (the burst
-		// cut it too) waits again; a link that streamed forgets it.
-		var cb *closedBehindError
+		// A streaming link the upstream hung up on: the next full sync
+		// waits for a burst to calm (awaitCalm decides at once whether there
+		// is one). A full sync that failed meanwhile (a burst cuts it too)
+		// waits again; a link that streamed and ended otherwise forgets it.
 		switch {
-		case errors.As(err, &cb):
-			f.burst = cb.cut
+		case f.lastCut != nil:
+			f.burst, f.lastCut = f.lastCut, nil
 		case streamed:
 			f.burst = nil
 		}
@@ -643,8 +645,12 @@ func (f *follower) installFullSync(info *snapshot.Info) error {
 	f.cancelRefresh("new history")
 	installed, err := f.store.installFullSync(info)
 	if installed {
+		// Under guard.mu, as everywhere: a GUARD ACCEPT resets and advances
+		// the scanner from the operator's goroutine.
+		f.guard.mu.Lock()
 		f.scanner.Reset() // the new backlog starts at a command boundary
 		f.publishes = streamPublishes{}
+		f.guard.mu.Unlock()
 		f.stats.UpstreamFullSyncs.Add(1)
 	}
 	return err
@@ -712,11 +718,15 @@ func (f *follower) stream(ctx context.Context, u *upstreamConn) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if queued >= behindAtClose && errors.Is(rerr, io.EOF) && time.Since(start) < behindEOFWait {
-				now := time.Now()
-				cut := &burstCut{at: now, endAtCut: f.store.bl.End()}
-				cut.intake, cut.runStart, cut.endAtStart = meter.rate(now)
-				return &closedBehindError{err: rerr, unread: queued, cut: cut}
+			if !cutByUpstream(rerr) {
+				return rerr
+			}
+			// The upstream hung up: the next full sync, if one is needed,
+			// first checks that the origin is not in a burst it would cut
+			// the same way (awaitCalm).
+			f.lastCut = meter.cut(time.Now(), f.store.bl.End())
+			if queued >= behindAtClose && time.Since(start) < behindEOFWait {
+				return &closedBehindError{err: rerr, unread: queued}
 			}
 			return rerr
 		}
@@ -731,6 +741,13 @@ const (
 	behindEOFWait = time.Second
 )
 
+// cutByUpstream: the upstream closed the connection. A server closing a
+// socket with input it has not read (the proxy's ACKs) sends a reset
+// instead of a FIN.
+func cutByUpstream(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)
+}
+
 // closedBehindError: the upstream hung up while replproxy was behind it.
 // A stock origin does that when its replica output buffer for replproxy
 // passes client-output-buffer-limit: replproxy's appends (its disk) were
@@ -738,7 +755,6 @@ const (
 type closedBehindError struct {
 	err    error
 	unread int64 // stream still queued for replproxy when the link ended, at least
-	cut    *burstCut
 }
 
 func (e *closedBehindError) Error() string {

@@ -79,6 +79,11 @@ func TestKillLoopForksOnce(t *testing.T) {
 	// The origin's backlog covers a restart's gap at this rate.
 	origin := redistest.StartT(t, "origin", "--repl-backlog-size", "256mb")
 	populate(t, origin)
+	// A dataset whose refresh takes longer than most kills leave it, as
+	// in production: refreshes are cut, and fall due again at restarts.
+	if err := origin.Client().Do(context.Background(), "DEBUG", "POPULATE", 100000, "big", 1000).Err(); err != nil {
+		t.Fatal(err)
+	}
 	pp := startProxyProcess(t, origin.Addr(), "--backlog-size", kp.budget)
 	replicas := startReplicas(t, 2, pp.addr)
 	waitConverged(t, origin, replicas, 60*time.Second)
@@ -99,10 +104,15 @@ func TestKillLoopForksOnce(t *testing.T) {
 	waitConverged(t, origin, replicas, 3*time.Minute)
 	full, forks := origin.InfoInt("stats", "sync_full"), origin.InfoInt("stats", "total_forks")
 	log, _ := os.ReadFile(pp.logPath)
-	t.Logf("origin sync_full %d, total_forks %d; proxy log: %d refreshes from replicas, %d upstream full resyncs",
-		full, forks, strings.Count(string(log), "snapshot refreshed source=replica"), strings.Count(string(log), "upstream full resync"))
+	due := strings.Count(string(log), "snapshot refresh started")
+	t.Logf("origin sync_full %d, total_forks %d, stream %d MB; proxy log: %d refreshes started, %d from replicas, %d upstream full resyncs",
+		full, forks, origin.InfoInt("replication", "master_repl_offset")>>20, due,
+		strings.Count(string(log), `msg="snapshot refreshed" source=replica`), strings.Count(string(log), "upstream full resync"))
 	if full != 1 || forks != 1 {
 		t.Fatalf("the origin served %d full syncs (%d forks) over %d proxy kills; want 1", full, forks, kp.kills)
+	}
+	if due == 0 {
+		t.Fatal("no refresh fell due: the run did not test what it is for (a longer run or a smaller budget)")
 	}
 }
 

@@ -169,6 +169,12 @@ func TestRefreshNoReplicaReachable(t *testing.T) {
 // up; it ends with the test.
 func fakeReplica(t *testing.T, proxyAddr string, port int) {
 	t.Helper()
+	fakeReplicaAs(t, proxyAddr, psync.HandshakeConfig{ListeningPort: port})
+}
+
+// fakeReplicaAs is fakeReplica with a handshake of its own (credentials).
+func fakeReplicaAs(t *testing.T, proxyAddr string, hs psync.HandshakeConfig) {
+	t.Helper()
 	conn, err := net.Dial("tcp", proxyAddr)
 	if err != nil {
 		t.Fatal(err)
@@ -177,7 +183,7 @@ func fakeReplica(t *testing.T, proxyAddr string, port int) {
 	t.Cleanup(wg.Wait)                 // runs second:
 	t.Cleanup(func() { conn.Close() }) // cleanups run last-in first-out
 	br := bufio.NewReader(conn)
-	if err := psync.Handshake(conn, br, psync.HandshakeConfig{ListeningPort: port}); err != nil {
+	if err := psync.Handshake(conn, br, hs); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := psync.Psync(conn, br, "", -1, nil); err != nil {

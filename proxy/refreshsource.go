@@ -226,11 +226,15 @@ func (c sourceCheck) verify(w io.Writer, br *bufio.Reader) error {
 		return refusedBecause(err)
 	}
 	info := parseInfoFields(txt)
+	readOnly := info["slave_read_only"]
+	if readOnly == "" { // a fork that renamed the field
+		readOnly = info["replica_read_only"]
+	}
 	switch {
-	case info["role"] != "slave":
+	case info["role"] != "slave" && info["role"] != "replica":
 		return &errSourceRefused{RefusedNotOurs, "role:" + info["role"]}
-	case info["slave_read_only"] != "1":
-		return &errSourceRefused{RefusedWritable, "slave_read_only:" + info["slave_read_only"]}
+	case readOnly != "1":
+		return &errSourceRefused{RefusedWritable, "slave_read_only:" + readOnly}
 	case info["master_link_status"] != "up":
 		return &errSourceRefused{RefusedNotOurs, "master_link_status:" + info["master_link_status"]}
 	case info["master_replid"] != c.replID:

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -96,29 +96,7 @@ func impostor(t *testing.T, p *testProxy, user, pass string) *atomic.Int64 {
 	})
 	_, fport, _ := net.SplitHostPort(fake)
 	port, _ := strconv.Atoi(fport)
-	conn, err := net.Dial("tcp", p.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(wg.Wait)
-	t.Cleanup(func() { conn.Close() })
-	br := bufio.NewReader(conn)
-	if err := psync.Handshake(conn, br, psync.HandshakeConfig{User: user, Password: pass, ListeningPort: port}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := psync.Psync(conn, br, "", -1, nil); err != nil {
-		t.Fatal(err)
-	}
-	wg.Go(func() { _, _ = io.Copy(io.Discard, br) })
-	wg.Go(func() {
-		for {
-			if _, err := conn.Write(psync.AckCommand(1 << 50)); err != nil {
-				return
-			}
-			time.Sleep(500 * time.Millisecond) // an ACK cadence, not synchronisation
-		}
-	})
+	fakeReplicaAs(t, p.addr, psync.HandshakeConfig{User: user, Password: pass, ListeningPort: port})
 	return served
 }
 
@@ -205,5 +183,60 @@ func TestTrustRules(t *testing.T) {
 	def, _ := parseTrust([]string{DefaultRefreshTrust})
 	if !trusts(def, identity{user: "default"}) || trusts(def, identity{user: "replica"}) {
 		t.Error("the default trusts other than the default user")
+	}
+}
+
+// TestSourceCheck: what a refresh source must report of itself, from
+// INFO replication as Redis 7.0 writes it (and a fork that says replica).
+func TestSourceCheck(t *testing.T) {
+	const id = "0123456789012345678901234567890123456789"
+	base := map[string]string{"role": "slave", "master_host": "10.0.0.1", "master_port": "6380",
+		"master_link_status": "up", "slave_read_only": "1", "master_replid": id}
+	check := sourceCheck{replID: id, ports: []int{6380, 6390}}
+	for _, tc := range []struct {
+		name   string
+		change map[string]string
+		want   SourceRefusal // "": accepted
+	}{
+		{"a read-only replica of this proxy", nil, ""},
+		{"on the TLS port", map[string]string{"master_port": "6390"}, ""},
+		{"a fork's field names", map[string]string{"role": "replica", "slave_read_only": "", "replica_read_only": "1"}, ""},
+		{"writable", map[string]string{"slave_read_only": "0"}, RefusedWritable},
+		{"a master", map[string]string{"role": "master"}, RefusedNotOurs},
+		{"link down", map[string]string{"master_link_status": "down"}, RefusedNotOurs},
+		{"another history", map[string]string{"master_replid": strings.Repeat("f", 40)}, RefusedNotOurs},
+		{"another master's port", map[string]string{"master_port": "6379"}, RefusedNotOurs},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fields := map[string]string{}
+			for k, v := range base {
+				fields[k] = v
+			}
+			for k, v := range tc.change {
+				fields[k] = v
+			}
+			var txt strings.Builder
+			txt.WriteString("# Replication\r\n")
+			for k, v := range fields {
+				if v != "" {
+					fmt.Fprintf(&txt, "%s:%s\r\n", k, v)
+				}
+			}
+			reply := fmt.Sprintf("$%d\r\n%s\r\n", txt.Len(), txt.String())
+			err := check.verify(io.Discard, bufio.NewReader(strings.NewReader(reply)))
+			var refused *errSourceRefused
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want != "" && (!errors.As(err, &refused) || refused.reason != tc.want):
+				t.Fatalf("got %v, want a %s refusal", err, tc.want)
+			}
+		})
+	}
+	// An error reply is classified as the handshake's would be.
+	err := check.verify(io.Discard, bufio.NewReader(strings.NewReader("-NOAUTH Authentication required.\r\n")))
+	var refused *errSourceRefused
+	if !errors.As(err, &refused) || refused.reason != RefusedAuth {
+		t.Fatalf("NOAUTH: %v", err)
 	}
 }
