@@ -19,7 +19,7 @@
 //     the ACKs, the link state and snapshot refreshes.
 //   - downstream (downstream.go, session.go, replica.go): the listener and
 //     the sessions. A session is a thin executor of the pure sync planner
-//     (planner.go): the planner decides Continue, Hold, FullSync or Refuse
+//     (package plan): the planner decides Continue, Hold, FullSync or Refuse
 //     from the request, the store's position and what the replica announced;
 //     the session writes, waits and streams.
 //

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -18,7 +19,7 @@ import (
 )
 
 // downstream owns the replica side: the listener and the sessions. Each
-// session is a thin executor around the sync planner (planSync): it reads
+// session is a thin executor around the sync planner (plan.Sync): it reads
 // commands, writes replies and streams from the store's backlog. Its
 // goroutines: acceptLoop (run by Serve), one per session (joined by
 // acceptLoop before it returns) and each replica's ACK reader (joined by
@@ -70,15 +71,7 @@ func (d *downstream) addr() net.Addr {
 // port is the listening port announced upstream: the plaintext one, else
 // the TLS one (0 before serving).
 func (d *downstream) port() int {
-	for _, ln := range []net.Listener{d.ln, d.tlsLn} {
-		if ln == nil {
-			continue
-		}
-		if a, ok := ln.Addr().(*net.TCPAddr); ok {
-			return a.Port
-		}
-	}
-	return 0
+	return cmp.Or(listenerPort(d.ln), listenerPort(d.tlsLn))
 }
 
 // acceptLoop accepts connections until the listener closes, then waits for
@@ -364,16 +357,10 @@ type refreshCandidate struct {
 // listeners replicas follow (not the delayed one) and the announced port.
 func (d *downstream) sourcePorts() []int {
 	var out []int
-	for _, ln := range []net.Listener{d.ln, d.tlsLn} {
-		if ln == nil {
-			continue
+	for _, port := range []int{listenerPort(d.ln), listenerPort(d.tlsLn), d.cfg.AnnouncePort} {
+		if port != 0 {
+			out = append(out, port)
 		}
-		if a, ok := ln.Addr().(*net.TCPAddr); ok {
-			out = append(out, a.Port)
-		}
-	}
-	if d.cfg.AnnouncePort != 0 {
-		out = append(out, d.cfg.AnnouncePort)
 	}
 	return out
 }

@@ -21,6 +21,10 @@ import (
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
 
+// writeTimeout bounds one write of a reply, an ACK or a message: a peer
+// that reads nothing for this long is gone.
+const writeTimeout = 10 * time.Second
+
 const (
 	backoffMin = 100 * time.Millisecond
 	backoffMax = 5 * time.Second
@@ -179,7 +183,7 @@ type upstreamConn struct {
 func (u *upstreamConn) Write(b []byte) (int, error) {
 	u.wmu.Lock()
 	defer u.wmu.Unlock()
-	if err := u.conn.SetWriteDeadline(time.Now().Add(10 * time.Second)); err != nil {
+	if err := u.conn.SetWriteDeadline(time.Now().Add(writeTimeout)); err != nil {
 		return 0, err
 	}
 	return u.conn.Write(b)
@@ -973,28 +977,38 @@ func (f *follower) maintain(ctx context.Context) {
 	}
 }
 
+// overrunLimit: while no refresh succeeds, an eager proxy's backlog may
+// outgrow its budget up to this many budgets (a crash loop or a replica
+// restart cuts refreshes for a while; the budget is a disk figure, not a
+// reason to fork the origin).
+const overrunLimit = 2
+
 // overrunCapped reports whether an eager proxy must let its snapshot lapse
-// (trim the backlog to its budget past it, as in lazy mode): while no
-// refresh succeeds the backlog outgrows its budget, visibly, until the data
-// dir would no longer hold the next snapshot. Past that the overrun would
-// make every refresh impossible; lapsing frees the room, and a replica that
-// then needs a full sync asks for a refresh (which may go to the upstream).
+// (trim the backlog to its budget past it, as in lazy mode): the backlog
+// reached overrunLimit budgets, or the data dir would no longer hold the
+// next snapshot (then the overrun would make every refresh impossible).
+// A replica that needs a full sync afterwards asks for a refresh, which
+// may go to the upstream.
 func (f *follower) overrunCapped(pos position) bool {
 	if pos.first > pos.snap.Offset+1 {
 		return true // lapsed already: keep to the budget until a refresh
 	}
-	if f.store.bl.Size() <= f.cfg.BacklogSize {
+	size := f.store.bl.Size()
+	if size <= f.cfg.BacklogSize {
 		return false
 	}
-	free, err := freeBytes(f.cfg.DataDir)
-	need := spaceNeeded(max(pos.snap.Size, f.gate.expected()))
-	if err != nil || free >= need {
-		return false
+	why := "the backlog reached twice its budget"
+	if size < overrunLimit*f.cfg.BacklogSize {
+		free, err := freeBytes(f.cfg.DataDir)
+		if need := spaceNeeded(max(pos.snap.Size, f.gate.expected())); err != nil || free >= need {
+			return false
+		}
+		why = "the data dir no longer has room for the next snapshot"
 	}
 	if f.lapseWarned != pos.snap.Name {
 		f.lapseWarned = pos.snap.Name
-		f.log.Warn("the backlog outgrew its budget and the data dir no longer has room for the next snapshot; letting the snapshot lapse: a replica that needs a full sync now waits for a refresh",
-			"backlog_bytes", f.store.bl.Size(), "budget", f.cfg.BacklogSize, "free_bytes", free, "snapshot_needs", need)
+		f.log.Warn("no snapshot refresh succeeded and "+why+"; letting the snapshot lapse: a replica that needs a full sync now waits for a refresh",
+			"backlog_bytes", size, "budget", f.cfg.BacklogSize)
 	}
 	return true
 }

@@ -44,7 +44,7 @@ type killLoopParams struct {
 }
 
 func killLoopFromEnv(t *testing.T) killLoopParams {
-	kp := killLoopParams{kills: 30, budget: "32mb", rate: 2 << 20}
+	kp := killLoopParams{kills: 30, budget: "48mb", rate: 2 << 20}
 	for _, kv := range strings.Split(os.Getenv("REPLPROXY_KILL_LOOP"), ",") {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {

@@ -124,8 +124,8 @@ func (f *follower) shouldHold(info *snapshot.Info) (hold bool, cur, nw int64) {
 	return float64(nw) < f.cfg.GuardMinKeysRatio*float64(cur), cur, nw
 }
 
-// hold moves the new snapshot aside and starts its stream in the held dir.
-// The caller holds g.mu or is the only goroutine that could append.
+// hold moves the new snapshot aside and starts its stream in the held dir,
+// under g.mu.
 func (f *follower) hold(info *snapshot.Info, cur, nw int64) error {
 	g := f.guard
 	g.mu.Lock()

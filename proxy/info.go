@@ -83,10 +83,7 @@ func (p *Proxy) info(sections ...string) string {
 		}
 		return 0
 	}
-	tcpPort := 0
-	if a, ok := p.Addr().(*net.TCPAddr); ok {
-		tcpPort = a.Port
-	}
+	tcpPort := p.down.port()
 	uptime := int64(now.Sub(st.Started).Seconds())
 	if want["server"] {
 		exe, _ := os.Executable()

@@ -64,7 +64,7 @@ type subscriber struct {
 }
 
 // subscriberFor puts s in pub/sub mode once and starts its writer; the
-// session joins it when it ends (session.close → stopWriter, then wait).
+// session's goroutine joins it when the session ends (subscriber.end).
 func (s *session) subscriberFor() *subscriber {
 	if s.subs == nil {
 		sub := &subscriber{s: s, queue: make(chan []byte, subscriberMaxMsgs), stop: make(chan struct{}),
@@ -85,7 +85,7 @@ func (sub *subscriber) writer() {
 			return
 		case b := <-sub.queue:
 			sub.pending.Add(-int64(len(b)))
-			_ = s.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
 			n, err := s.conn.Write(b)
 			s.p.stats.NetOutputBytes.Add(int64(n))
 			s.p.stats.WritesProcessed.Add(1)

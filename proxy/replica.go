@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/replproxy/replproxy/proxy/plan"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/backlog"
 	"github.com/replproxy/replproxy/psync/snapshot"
@@ -71,7 +72,7 @@ func (s *session) startReplica(ctx context.Context, cmd string, args [][]byte) e
 	case s.filterFunctions:
 		err = s.syncFunctions()
 	default:
-		cur, err = s.sync(ctx, syncRequest{legacy: s.legacy, rdbOnly: s.rdbOnly, replID: id, offset: off, version: s.version})
+		cur, err = s.sync(ctx, plan.Request{Legacy: s.legacy, RDBOnly: s.rdbOnly, ReplID: id, Offset: off, Version: s.version})
 	}
 	if err != nil || cur == nil {
 		return err
@@ -263,13 +264,13 @@ func (s *session) write(b []byte) error {
 	return err
 }
 
-// sync carries out the planner's answers (planSync) until the replica
+// sync carries out the planner's answers (plan.Sync) until the replica
 // continues, has been sent a snapshot, or is refused: it writes the
 // replies, holds the replica with one newline a second while it waits (a
 // full-sync slot, a snapshot, the upstream catching up), and asks again.
 // It returns the cursor to stream from, or nil when nothing follows (an
 // rdb-only client).
-func (s *session) sync(ctx context.Context, req syncRequest) (*backlog.Cursor, error) {
+func (s *session) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, error) {
 	p := s.p
 	holdUntil := time.Now().Add(p.cfg.HoldAhead)
 	tick := time.NewTicker(time.Second)
@@ -282,15 +283,15 @@ func (s *session) sync(ctx context.Context, req syncRequest) (*backlog.Cursor, e
 		if s.delayed {
 			pos = p.delayedPosition(pos)
 		}
-		plan := planSync(planInput{req: req, pos: pos, holdAhead: time.Now().Before(holdUntil), fullSync: full})
-		if plan.kind == planContinue {
-			cur, err := p.store.bl.NewCursorGen(req.offset, pos.gen)
+		pl := plan.Sync(plan.Input{Req: req, Pos: pos.plan(), HoldAhead: time.Now().Before(holdUntil), FullSync: full})
+		if pl.Kind == plan.Continue {
+			cur, err := p.store.bl.NewCursorGen(req.Offset, pos.gen)
 			if err != nil { // trimmed or reset since the position: judge again
 				continue
 			}
 			return cur, s.continued(cur, pos)
 		}
-		if plan.kind == planHold && !plan.waitSnapshot { // just ahead of our end: the upstream is refilling it
+		if pl.Kind == plan.Hold && !pl.WaitSnapshot { // just ahead of our end: the upstream is refilling it
 			select {
 			case <-ctx.Done():
 				return nil, ctx.Err()
@@ -304,13 +305,13 @@ func (s *session) sync(ctx context.Context, req syncRequest) (*backlog.Cursor, e
 		}
 		if !full {
 			full = true
-			if !req.legacy && !req.rdbOnly {
-				if plan.counted {
+			if !req.Legacy && !req.RDBOnly {
+				if pl.Counted {
 					p.stats.SyncPartialErr.Add(1)
 				}
-				p.stats.Rejections[plan.verdict].Add(1)
-				s.log.Info("partial resync not possible", "reason", plan.verdict.String(), "replid", req.replID,
-					"offset", req.offset, "backlog_first", pos.first, "backlog_end", pos.end)
+				p.stats.Rejections[pl.Verdict].Add(1)
+				s.log.Info("partial resync not possible", "reason", pl.Verdict.String(), "replid", req.ReplID,
+					"offset", req.Offset, "backlog_first", pos.first, "backlog_end", pos.end)
 			}
 			s.state.Store(stateWaitBgsave)
 			release, err := s.fullSyncSlot(ctx, tick.C, keepalive)
@@ -320,41 +321,41 @@ func (s *session) sync(ctx context.Context, req syncRequest) (*backlog.Cursor, e
 			defer release()
 			continue // the position may have moved while queued
 		}
-		switch plan.kind {
-		case planRefuse:
+		switch pl.Kind {
+		case plan.Refuse:
 			s.log.Warn("replica cannot load the stored snapshot; full sync refused",
-				"replica_version", req.version, "rdb_version", plan.snap.RDBVersion)
+				"replica_version", req.Version, "rdb_version", pl.Snap.RDBVersion)
 			_ = s.errorf("ERR replproxy holds an RDB version %d snapshot, which version %s cannot load; "+
-				"replicate from an upstream of a release it can read", plan.snap.RDBVersion, req.version)
-			s.close(plan.reason)
+				"replicate from an upstream of a release it can read", pl.Snap.RDBVersion, req.Version)
+			s.close(DownRDBVersion)
 			return nil, errRDBVersion
-		case planFullSync:
+		case plan.FullSync:
 			if s.listeningPort > 0 {
 				s.p.down.awaitAbandonedSync(ctx, s, abandonedSyncWait)
 			}
-			if left, ok := s.p.down.refusedVersion(s.replicaAddr(), plan.snap.RDBVersion); ok && s.listeningPort > 0 {
+			if left, ok := s.p.down.refusedVersion(s.replicaAddr(), pl.Snap.RDBVersion); ok && s.listeningPort > 0 {
 				// The same payload again would fail again: say why, cheaply.
 				s.log.Warn("replica failed to load this RDB version after its last full sync; refused instead of sending it again",
-					"rdb_version", plan.snap.RDBVersion, "retry_in", left.Round(time.Second).String())
+					"rdb_version", pl.Snap.RDBVersion, "retry_in", left.Round(time.Second).String())
 				_ = s.errorf("ERR replproxy holds an RDB version %d snapshot (upstream %s) that this replica could not load after its last full sync; "+
 					"upgrade the replica or replicate from an upstream of its release (retried in %s)",
-					plan.snap.RDBVersion, s.p.upstreamVersion(), left.Round(time.Second))
+					pl.Snap.RDBVersion, s.p.upstreamVersion(), left.Round(time.Second))
 				s.close(DownRDBVersion)
 				return nil, errRDBVersion
 			}
-			f, cur, err := s.openSnapshot(plan.snap, pos, pub)
+			f, cur, err := s.openSnapshot(pl.Snap, pos, pub)
 			if err != nil {
 				s.log.Warn("snapshot not servable; waiting for the next", "err", err)
 			} else if cur != nil {
 				defer f.Close()
-				if plan.rdbWarn {
+				if pl.RDBWarn {
 					s.log.Warn("replica may refuse the stored snapshot (Valkey rdb-version-check strict)",
-						"replica_version", req.version, "rdb_version", plan.snap.RDBVersion)
+						"replica_version", req.Version, "rdb_version", pl.Snap.RDBVersion)
 				}
-				return s.sendSnapshot(f, cur, plan.snap, pos.hist.ReplID)
+				return s.sendSnapshot(f, cur, pl.Snap, pos.hist.ReplID)
 			}
 		}
-		if plan.stale {
+		if pl.Stale {
 			p.follower.wantRefresh("a replica needs a full sync and the snapshot has lapsed")
 		}
 		select { // no snapshot to serve yet: wait for the next one

@@ -303,7 +303,7 @@ func (s *security) userFromCert(tc *tls.Conn) string {
 	return ""
 }
 
-// upstreamConfig is the client configuration for one dial of the upstream
+// clientConfig is the client configuration for one dial of the upstream
 // (name verified) or of a replica (chain only, as Redis does; replicas are
 // dialled by the IP they connected from).
 func (s *security) clientConfig(addr string, toReplica bool) *tls.Config {

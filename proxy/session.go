@@ -139,7 +139,7 @@ func (s *session) clientWrite(b []byte) error {
 	if s.subs != nil {
 		return s.subs.send(b) // the subscriber's writer owns the socket
 	}
-	_ = s.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
 	n, err := s.conn.Write(b)
 	s.p.stats.NetOutputBytes.Add(int64(n))
 	s.p.stats.WritesProcessed.Add(1)

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/replproxy/replproxy/proxy/plan"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/backlog"
 	"github.com/replproxy/replproxy/psync/snapshot"
@@ -65,6 +66,11 @@ type position struct {
 	gen   uint64 // backlog generation: cursors opened from this view check it
 	// retained: see published.retained.
 	retained *snapshot.Info
+}
+
+// plan is the part of the position the sync planner reads.
+func (pos position) plan() plan.Position {
+	return plan.Position{Hist: pos.hist, First: pos.first, End: pos.end, Snap: pos.snap}
 }
 
 // storeOptions are what the store needs of the configuration.

@@ -116,9 +116,11 @@ func TestRefreshImpostor(t *testing.T) {
 			populate(t, origin)
 			users := filepath.Join(t.TempDir(), "users.acl")
 			must(t, os.WriteFile(users, []byte("user replica on >replica-secret\nuser intruder on >intruder-secret\n"), 0o600))
+			// Trusted, the impostor is the only source (else refreshes
+			// alternate and the honest replica's may come last).
 			trust := []string{"user:replica"}
 			if trustIntruder {
-				trust = append(trust, "user:intruder")
+				trust = []string{"user:intruder"}
 			}
 			p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) {
 				c.BacklogSize, c.UsersFile, c.RequirePass, c.RefreshTrust = 2<<20, users, "default-secret", trust

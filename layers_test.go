@@ -1,0 +1,57 @@
+package replproxy_test
+
+import (
+	"encoding/json"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/replproxy/replproxy"
+
+// layers: what each daemon package may not import directly, so that the
+// folder layout is the architecture and imports point one way
+// (shared DESIGN §3). A package not listed here has no rule yet.
+var layers = map[string][]string{
+	// The sync planner is pure: no I/O, no clock, nothing of the daemon.
+	module + "/proxy/plan": {"net", "os", "time", "log/slog", module + "/proxy"},
+}
+
+// TestImportLayers checks the rules above, and that no package under
+// proxy/ imports the proxy root: that is the wiring, above them all.
+func TestImportLayers(t *testing.T) {
+	out, err := exec.Command("go", "list", "-json", "./...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	seen := map[string]bool{}
+	for {
+		var pkg struct {
+			ImportPath string
+			Imports    []string
+		}
+		if err := dec.Decode(&pkg); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		seen[pkg.ImportPath] = true
+		for _, imp := range pkg.Imports {
+			for _, banned := range layers[pkg.ImportPath] {
+				if imp == banned {
+					t.Errorf("%s imports %s, which its layer forbids", pkg.ImportPath, imp)
+				}
+			}
+			if imp == module+"/proxy" && strings.HasPrefix(pkg.ImportPath, module+"/proxy/") {
+				t.Errorf("%s imports the proxy root: a lower package must not know the wiring", pkg.ImportPath)
+			}
+		}
+	}
+	for pkg := range layers {
+		if !seen[pkg] {
+			t.Errorf("layer rule for %s, which does not exist", pkg)
+		}
+	}
+}
