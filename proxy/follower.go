@@ -1099,7 +1099,7 @@ func advice(reason UpstreamReason, replTimeout time.Duration, streamed bool, err
 	case UpAuth:
 		return "check --upstream-user and --upstream-password(-file) against the origin's requirepass or ACL users"
 	case UpNoPerm:
-		return "the upstream user lacks replication rights; it needs +psync +replconf +ping (ACL SETUSER <user> +psync +replconf +ping)"
+		return "the upstream user lacks replication rights; it needs +psync +replconf +ping, and +info to wait out write bursts (ACL SETUSER <user> +psync +replconf +ping +info)"
 	case UpNoMasterLink:
 		return "the upstream is a replica that lost its master (replica-serve-stale-data no); point --upstream at the master, or wait"
 	case UpUnknownCommand:

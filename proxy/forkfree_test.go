@@ -289,3 +289,38 @@ func TestBurstCutForksOnce(t *testing.T) {
 		t.Fatal("the wait for the burst to calm, or the advice after it, is not logged")
 	}
 }
+
+// TestRefreshFromPasswordedReplicaOnAnotherHost: the fix the advice names
+// for a protected replica works: a replica on another address (a network
+// namespace of the test's own) with a password, and the proxy with
+// --replica-auth-password, serves the refreshes; the origin forks once.
+func TestRefreshFromPasswordedReplicaOnAnotherHost(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	populate(t, origin)
+	p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) {
+		c.Listen, c.BacklogSize, c.ReplicaAuthPassword = "0.0.0.0:0", 2<<20, "s3cret"
+	})
+	remote := redistest.StartInNetnsT(t, func(hostIP string) []string {
+		return []string{"--requirepass", "s3cret", "--replicaof", hostIP, strconv.Itoa(p.port())}
+	})
+	redistest.Eventually(t, 30*time.Second, "the remote replica online", func() bool {
+		r := p.Status().Replicas
+		return len(r) == 1 && r[0].State == ReplicaOnline
+	})
+	overwrite(t, origin.Client(), nil, 12<<20, 8<<20, 16<<10)
+	redistest.Eventually(t, 60*time.Second, "a refresh from the remote replica", func() bool {
+		return p.Stats().RefreshAttempts.Load("replica/ok") >= 1
+	})
+	late := startReplicas(t, 1, net.JoinHostPort("127.0.0.1", strconv.Itoa(p.port())))
+	waitConverged(t, origin, late, 60*time.Second)
+	if full, forks := origin.InfoInt("stats", "sync_full"), origin.InfoInt("stats", "total_forks"); full != 1 || forks != 1 {
+		t.Fatalf("origin sync_full %d, total_forks %d; want 1 and 1", full, forks)
+	}
+	if n := len(p.Status().RefusedSources); n != 0 {
+		t.Fatalf("%d sources refused: %+v", n, p.Status().RefusedSources)
+	}
+	if out, err := remote.Cli("-a", "s3cret", "--no-auth-warning", "DBSIZE"); err != nil || out == "0" {
+		t.Fatalf("the remote replica holds %q keys (%v)", out, err)
+	}
+}
