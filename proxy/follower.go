@@ -930,10 +930,7 @@ func (f *follower) maintain(ctx context.Context) {
 		// Eager: never trim past the snapshot (a refresh comes first). Lazy:
 		// trim to the budget and let the snapshot lapse; a replica that
 		// needs a full sync asks for a refresh (wantRefresh).
-		keepFrom := pos.snap.Offset + 1
-		if f.cfg.RefreshMode == RefreshLazy || f.overrunCapped(pos) {
-			keepFrom = pos.end + 1
-		}
+		keepFrom := f.trimFloor(pos)
 		f.checkWindow(pos)
 		if f.cfg.Delay > 0 {
 			keepFrom = f.delayTrimFrom(pos, keepFrom)
@@ -983,6 +980,31 @@ func (f *follower) maintain(ctx context.Context) {
 // reason to fork the origin).
 const overrunLimit = 2
 
+// trimFloor is the offset the backlog is never trimmed past: the stored
+// snapshot's (a full sync is that snapshot and the stream after it), unless
+// it lapses (lazy mode, or the overrun is capped). While a refresh runs
+// nothing it may land inside is trimmed: a source replica a few seconds
+// behind makes a snapshot at its own offset, which must still fit.
+func (f *follower) trimFloor(pos position) int64 {
+	pinned := pos.snap.Offset + 1
+	if f.refresh.Load() && !f.diskShort(pos) {
+		return max(pinned, pos.first) // lapsed: trim nothing until it lands
+	}
+	if f.cfg.RefreshMode == RefreshLazy || f.overrunCapped(pos) {
+		return pos.end + 1
+	}
+	return pinned
+}
+
+// diskShort reports whether the data dir would not hold the next snapshot.
+func (f *follower) diskShort(pos position) bool {
+	if f.store.bl.Size() <= f.cfg.BacklogSize {
+		return false // within the budget the store's own checks suffice
+	}
+	free, err := freeBytes(f.cfg.DataDir)
+	return err == nil && free < spaceNeeded(max(pos.snap.Size, f.gate.expected()))
+}
+
 // overrunCapped reports whether an eager proxy must let its snapshot lapse
 // (trim the backlog to its budget past it, as in lazy mode): the backlog
 // reached overrunLimit budgets, or the data dir would no longer hold the
@@ -999,8 +1021,7 @@ func (f *follower) overrunCapped(pos position) bool {
 	}
 	why := "the backlog reached twice its budget"
 	if size < overrunLimit*f.cfg.BacklogSize {
-		free, err := freeBytes(f.cfg.DataDir)
-		if need := spaceNeeded(max(pos.snap.Size, f.gate.expected())); err != nil || free >= need {
+		if !f.diskShort(pos) {
 			return false
 		}
 		why = "the data dir no longer has room for the next snapshot"
