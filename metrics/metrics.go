@@ -176,7 +176,7 @@ var (
 	dCalmWaiting      = desc("upstream_calm_waiting", "1 while a full sync from the upstream is held until the origin's write burst calms (it cut replproxy behind the burst).")
 	dCalmWaits        = desc("upstream_calm_waits_total", "Waits for an origin's write burst to calm before a full sync.")
 	dIntakeRate       = desc("upstream_intake_bytes_per_second", "The stream rate replproxy measured it could take when the upstream last cut it behind a burst.")
-	dSourcesRefused   = desc("snapshot_refresh_sources_refused", "Replicas refused as refresh sources at their last ask.")
+	dSourcesRefused   = desc("snapshot_refresh_sources_refused", "Replicas refused as refresh sources within the last 10 minutes.")
 	dDownReplicas     = desc("downstream_replicas", "Connected replicas by state.", "state")
 	dDownClients      = desc("downstream_clients", "Connected non-replica clients.")
 	dDownSyncs        = desc("downstream_syncs_total", "Syncs served to replicas, by mode.", "mode")

@@ -240,10 +240,12 @@ func (c *infoClient) sample() (originSample, error) {
 }
 
 // intakeMeter measures what the follower takes in, per wall-clock second:
-// the bytes appended, and whether a read filled the buffer (the upstream
-// had more queued: replproxy was behind, so that second measures what it
-// can take). Wall time counts, so a proxy slowed by anything (its disk, CPU
-// starvation, a pause) measures slow. The follow goroutine only.
+// the bytes appended, and how many came in reads that filled the buffer
+// (the upstream had more queued). A second with nearly all of them so was
+// spent behind, and measures what replproxy can take; one full read after
+// a short stall (a GC, an fsync) does not make a second busy. Wall time
+// counts, so a proxy slowed by anything (its disk, CPU starvation, a
+// pause) measures slow. The follow goroutine only.
 type intakeMeter struct {
 	buckets [intakeWindow]intakeBucket
 }
@@ -254,8 +256,16 @@ const intakeWindow = 10
 type intakeBucket struct {
 	sec   int64 // unix second; 0: unused
 	bytes int64
-	busy  bool
+	full  int64 // of them, read in reads that filled the buffer
 	from  int64 // the backlog's end when the second began
+}
+
+// busyShare: a second whose bytes came this much in full reads was spent
+// behind.
+const busyShare = 0.9
+
+func (b intakeBucket) busy() bool {
+	return b.bytes > 0 && float64(b.full) >= busyShare*float64(b.bytes)
 }
 
 // add counts n bytes read at now, the backlog's end before them being end.
@@ -266,7 +276,9 @@ func (m *intakeMeter) add(now time.Time, n int, busy bool, end int64) {
 		*b = intakeBucket{sec: sec, from: end}
 	}
 	b.bytes += int64(n)
-	b.busy = b.busy || busy
+	if busy {
+		b.full += int64(n)
+	}
 }
 
 // intakeRates is what the meter saw over its window.
@@ -302,7 +314,7 @@ func (m *intakeMeter) cut(now time.Time, end int64) *burstCut {
 			span = max(now.Sub(time.Unix(sec, 0)).Seconds(), 0.001)
 		}
 		allBytes, allSecs = allBytes+b.bytes, allSecs+span
-		if b.busy {
+		if b.busy() {
 			busyBytes, busySecs = busyBytes+b.bytes, busySecs+span
 		}
 		if t := time.Unix(b.sec, 0); t.Before(in.since) {

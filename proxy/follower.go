@@ -75,9 +75,9 @@ type follower struct {
 
 	// Refresh state, touched by one refresh at a time (maintain starts the
 	// next only after the last one ended).
-	refreshBackoff     time.Duration
 	lastRefreshReplica string             // not asked twice in a row while others exist
-	refreshNotBefore   atomic.Int64       // unix nanoseconds; read by maintain
+	retryBudget        refreshRetry       // after failed refreshes the budget called for
+	retryDemand        refreshRetry       // after failed refreshes a replica waited for
 	refreshWanted      atomic.Bool        // lazy mode: a replica waits for a fresh snapshot
 	refreshCancel      context.CancelFunc // ends the refresh in flight; guarded by mu
 	// trust names the identities whose replicas may serve refreshes;
@@ -313,6 +313,7 @@ func (f *follower) follow(ctx context.Context) {
 		f.noteDown(reason, err)
 		f.adviseOnce(reason, err)
 		if errors.Is(err, errMoved) { // an operator's order, not a failure: connect at once
+			f.burst, f.lastCut = nil, nil // a new upstream's rate is its own
 			f.log.Info("upstream link moved by REPLICAOF", "upstream", f.upstreamAddr())
 			backoff = backoffMin
 			continue
@@ -400,7 +401,7 @@ func (f *follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 	f.gate.asking(purpose) // persisted first: a kill before the answer still counts
 	reply, err := psync.Psync(u, u.br, id, off, nil)
 	if err != nil || reply.Kind != psync.ReplyFullResync {
-		f.gate.askEnded()
+		f.gate.askEnded(purpose)
 	}
 	if err != nil {
 		return false, err
@@ -419,7 +420,7 @@ func (f *follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 		f.gate.started(purpose)
 		info, got, err := f.receiveFullSync(u, reply)
 		if err != nil && ctx.Err() != nil { // shutdown or REPLICAOF: no failure of the origin's
-			f.gate.aborted()
+			f.gate.aborted(purpose)
 			return false, fmt.Errorf("full sync: %w", err)
 		}
 		if err != nil {
@@ -572,7 +573,7 @@ func (l localWriter) Write(b []byte) (int, error) {
 // fullSyncFailed records a failed fork-costing sync and says when the next
 // may be asked for.
 func (f *follower) fullSyncFailed(purpose syncPurpose, err error, got int64) {
-	class := f.gate.failed(err, got)
+	class := f.gate.failed(purpose, err, got)
 	f.stats.countFullSync(purpose, class)
 	gs := f.gate.status()
 	attrs := []any{"purpose", purpose, "class", class, "failures_in_a_row", gs.InARow, "err", err}
@@ -946,12 +947,13 @@ func (f *follower) maintain(ctx context.Context) {
 		// the budget triggers a refresh; a failover must not fork the
 		// newly promoted master.
 		since := pos.end - pos.snap.Offset
-		due := f.refreshWanted.Load()
+		wanted := f.refreshWanted.Load()
+		due := wanted
 		if f.cfg.RefreshMode != RefreshLazy {
 			due = due || since > int64(float64(f.cfg.BacklogSize)*f.cfg.RefreshRatio)
 		}
 		if !due || !f.linkUp() || f.refresh.Load() ||
-			time.Now().UnixNano() < f.refreshNotBefore.Load() || !f.refreshSourceReady() ||
+			time.Now().UnixNano() < f.retryFor(wanted).notBefore.Load() || !f.refreshSourceReady() ||
 			!f.roomForSnapshot(max(pos.snap.Size, f.gate.expected())) {
 			continue
 		}

@@ -324,3 +324,32 @@ func TestRefreshFromPasswordedReplicaOnAnotherHost(t *testing.T) {
 		t.Fatalf("the remote replica holds %q keys (%v)", out, err)
 	}
 }
+
+// TestDemandRefreshNotDelayedByBudgetFailures: with no replica to serve,
+// the refreshes the budget calls for fail and back off (20 s after the
+// third); the snapshot lapses at twice the budget. A replica that then
+// needs a full sync gets its refresh from the upstream at once, not after
+// the budget's backoff.
+func TestDemandRefreshNotDelayedByBudgetFailures(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	populate(t, origin)
+	p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) { c.BacklogSize = 1 << 20 })
+	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
+	stop := steadyLoad(t, origin.Client(), 1<<20, 16<<10)
+	redistest.Eventually(t, 60*time.Second, "three failed budget refreshes and a lapsed snapshot", func() bool {
+		return p.Stats().RefreshFailures.Load() >= 3 && p.Status().SnapshotStale()
+	})
+	stop()
+	if n := p.Stats().RefreshAttempts.Load("upstream/ok"); n != 0 {
+		t.Fatalf("%d budget refreshes asked the upstream", n)
+	}
+	replica := startReplicas(t, 1, p.addr)
+	redistest.Eventually(t, 12*time.Second, "the replica's refresh from the upstream", func() bool {
+		return p.Stats().RefreshAttempts.Load("upstream/ok") >= 1
+	})
+	waitConverged(t, origin, replica, 30*time.Second)
+	if full := origin.InfoInt("stats", "sync_full"); full != 2 {
+		t.Fatalf("origin sync_full %d; want 2 (the first sync and the replica's refresh)", full)
+	}
+}

@@ -99,11 +99,13 @@ type gateState struct {
 	LastClass failureClass `json:"last_class,omitempty"`
 	LastError string       `json:"last_error,omitempty"`
 	LastAt    time.Time    `json:"last_at"`
-	// Asking is set, and persisted, before the proxy sends a PSYNC that may
-	// make the origin fork, and cleared when that request ends. Found set
-	// at start, it was cut by the proxy's own death: a failure like any
-	// other, so a crash loop cannot ask faster than the backoff.
-	Asking syncPurpose `json:"asking,omitempty"`
+	// AskingMain and AskingRefresh are set, and persisted, before the main
+	// link or a refresh sends a PSYNC that may make the origin fork, and
+	// cleared when that request ends. Found set at start, the request was
+	// cut by the proxy's own death: a failure like any other, so a crash
+	// loop cannot ask faster than the backoff.
+	AskingMain    syncPurpose `json:"asking_main,omitempty"`
+	AskingRefresh bool        `json:"asking_refresh,omitempty"`
 }
 
 // forkGate is safe for concurrent use: the follower and the refresh both
@@ -137,34 +139,38 @@ func newForkGate(min, max time.Duration, path string) *forkGate {
 var errInterrupted = errors.New("replproxy stopped (killed, crashed or lost power) while a full sync it had asked the upstream for was under way")
 
 // load restores persisted state; a missing or unreadable file starts fresh.
-// A request found under way was cut by the proxy's death: it is recorded
-// as a failure, and its purpose returned ("" when there was none).
-func (g *forkGate) load() (syncPurpose, error) {
+// Requests found under way were cut by the proxy's death: each is recorded
+// as a failure, and their purposes returned. Only a cut initial sync makes
+// the main link's next request wait the backoff: one with a history most
+// likely continues.
+func (g *forkGate) load() ([]syncPurpose, error) {
 	b, err := os.ReadFile(g.path)
 	if errors.Is(err, os.ErrNotExist) {
-		return "", nil
+		return nil, nil
 	}
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	var st gateState
 	if err := json.Unmarshal(b, &st); err != nil {
-		return "", fmt.Errorf("parse %s: %w", g.path, err)
+		return nil, fmt.Errorf("parse %s: %w", g.path, err)
 	}
 	st.Backoff = min(max(st.Backoff, g.min), g.max)
+	st.MainPending = st.MainPending || st.AskingMain == purposeInitial
 	g.mu.Lock()
 	g.st = st
 	g.mu.Unlock()
-	asking := st.Asking
-	if asking != "" {
-		if asking != purposeRefresh {
-			g.mu.Lock()
-			g.st.MainPending = true
-			g.mu.Unlock()
-		}
-		g.failed(errInterrupted, 0) // clears Asking and saves
+	var cut []syncPurpose
+	if st.AskingMain != "" {
+		cut = append(cut, st.AskingMain)
 	}
-	return asking, nil
+	if st.AskingRefresh {
+		cut = append(cut, purposeRefresh)
+	}
+	for _, purpose := range cut {
+		g.failed(purpose, errInterrupted, 0) // clears its mark and saves
+	}
+	return cut, nil
 }
 
 // change applies fn to the state under g.mu and persists the result,
@@ -213,17 +219,37 @@ func (g *forkGate) persistError() error {
 // diskless origin answers +FULLRESYNC only when it forks, seconds later)
 // still counts it at its next start.
 func (g *forkGate) asking(purpose syncPurpose) {
-	g.change(func(st *gateState) { st.Asking = purpose })
+	g.change(func(st *gateState) { st.mark(purpose, true) })
+}
+
+// mark sets or clears the request slot of purpose.
+func (st *gateState) mark(purpose syncPurpose, on bool) {
+	if purpose == purposeRefresh {
+		st.AskingRefresh = on
+		return
+	}
+	st.AskingMain = ""
+	if on {
+		st.AskingMain = purpose
+	}
+}
+
+// marked reports whether purpose's request slot is set.
+func (st *gateState) marked(purpose syncPurpose) bool {
+	if purpose == purposeRefresh {
+		return st.AskingRefresh
+	}
+	return st.AskingMain != ""
 }
 
 // askEnded records that a request ended before the upstream forked for it
-// (it continued, refused, or the link broke before +FULLRESYNC).
-func (g *forkGate) askEnded() {
+// (it continued, was refused, or the link broke before +FULLRESYNC).
+func (g *forkGate) askEnded(purpose syncPurpose) {
 	g.mu.Lock()
-	unchanged := g.st.Asking == ""
+	marked := g.st.marked(purpose)
 	g.mu.Unlock()
-	if !unchanged {
-		g.change(func(st *gateState) { st.Asking = "" })
+	if marked {
+		g.change(func(st *gateState) { st.mark(purpose, false) })
 	}
 }
 
@@ -233,7 +259,7 @@ func (g *forkGate) askEnded() {
 func (g *forkGate) started(purpose syncPurpose) {
 	g.change(func(st *gateState) {
 		st.NotBefore = g.now().Add(g.delay(st))
-		st.Asking = purpose
+		st.mark(purpose, true)
 		if purpose != purposeRefresh {
 			st.MainPending = true
 		}
@@ -252,8 +278,9 @@ func (g *forkGate) succeeded(purpose syncPurpose, size int64) {
 	g.mu.Unlock()
 	g.change(func(st *gateState) {
 		st.NotBefore, st.Backoff, st.InARow = time.Time{}, g.min, 0
-		st.LastClass, st.LastError, st.Asking = "", "", ""
+		st.LastClass, st.LastError = "", ""
 		st.Expected = size
+		st.mark(purpose, false)
 		if purpose != purposeRefresh {
 			st.MainPending = false
 		}
@@ -263,29 +290,30 @@ func (g *forkGate) succeeded(purpose syncPurpose, size int64) {
 // aborted records a request the proxy itself ended (a shutdown, a
 // REPLICAOF, a refresh cancelled): no failure, so no wait beyond what
 // failures before it set; the next connection still needs a full sync.
-func (g *forkGate) aborted() {
+func (g *forkGate) aborted(purpose syncPurpose) {
 	g.change(func(st *gateState) {
 		if st.InARow == 0 {
 			st.NotBefore = time.Time{}
 		}
-		st.Asking = ""
+		st.mark(purpose, false)
 	})
 }
 
 // continued records a partial resync: the main link needed no full sync.
 func (g *forkGate) continued() {
 	g.mu.Lock()
-	unchanged := !g.st.MainPending && g.st.Asking == ""
+	unchanged := !g.st.MainPending && g.st.AskingMain == ""
 	g.mu.Unlock()
 	if unchanged {
 		return
 	}
-	g.change(func(st *gateState) { st.MainPending, st.Asking = false, "" })
+	g.change(func(st *gateState) { st.MainPending, st.AskingMain = false, "" })
 }
 
-// failed records a failed full sync after got bytes of it arrived, and
-// returns its class. The next attempt waits the backoff, which then doubles.
-func (g *forkGate) failed(err error, got int64) failureClass {
+// failed records a failed full sync of purpose after got bytes of it
+// arrived, and returns its class. The next attempt waits the backoff,
+// which then doubles.
+func (g *forkGate) failed(purpose syncPurpose, err error, got int64) failureClass {
 	class := classify(err)
 	g.change(func(st *gateState) {
 		now := g.now()
@@ -297,7 +325,7 @@ func (g *forkGate) failed(err error, got int64) failureClass {
 		}
 		st.LastClass, st.LastError, st.LastAt = class, err.Error(), now
 		st.Expected = max(st.Expected, got)
-		st.Asking = ""
+		st.mark(purpose, false)
 	})
 	return class
 }

@@ -52,7 +52,7 @@ func TestGateSchedule(t *testing.T) {
 			}
 			attempts = append(attempts, now.Sub(start))
 			g.started(purposeInitial)
-			g.failed(&snapshot.VerifyError{Reason: "bad"}, 100)
+			g.failed(purposeInitial, &snapshot.VerifyError{Reason: "bad"}, 100)
 		}
 		inFirstMinute := 0
 		for _, a := range attempts {
@@ -90,7 +90,7 @@ func TestGateSchedule(t *testing.T) {
 func TestGateRefreshDoesNotHoldMainLink(t *testing.T) {
 	g, now := testGate(t, 0.5)
 	g.started(purposeRefresh)
-	g.failed(errors.New("connection reset"), 10)
+	g.failed(purposeRefresh, errors.New("connection reset"), 10)
 	if d := g.wait(false, false); d <= 0 {
 		t.Fatal("the next refresh does not wait")
 	}
@@ -98,7 +98,7 @@ func TestGateRefreshDoesNotHoldMainLink(t *testing.T) {
 		t.Fatalf("the main link waits %v after a failed refresh", d)
 	}
 	g.started(purposeHistoryChange)
-	g.failed(localError(syscall.ENOSPC), 5000)
+	g.failed(purposeHistoryChange, localError(syscall.ENOSPC), 5000)
 	if d := g.wait(true, false); d <= 0 {
 		t.Fatal("a pending main full sync does not wait")
 	}
@@ -117,14 +117,14 @@ func TestGateRefreshDoesNotHoldMainLink(t *testing.T) {
 func TestGateAbortIsNoFailure(t *testing.T) {
 	g, _ := testGate(t, 0.5)
 	g.started(purposeInitial)
-	g.aborted()
+	g.aborted(purposeInitial)
 	if d := g.wait(true, true); d != 0 {
 		t.Fatalf("after an aborted first sync the next waits %v", d)
 	}
 	g.started(purposeInitial)
-	g.failed(errors.New("connection reset"), 10)
+	g.failed(purposeInitial, errors.New("connection reset"), 10)
 	g.started(purposeInitial)
-	g.aborted()
+	g.aborted(purposeInitial)
 	if d := g.wait(true, true); d <= 0 {
 		t.Fatal("an abort erased the backoff of an earlier failure")
 	}
@@ -140,7 +140,7 @@ func TestGatePersists(t *testing.T) {
 	g.started(purposeInitial) // and the process dies here
 	g2 := newForkGate(DefaultFullSyncRetryMin, DefaultFullSyncRetryMax, g.path)
 	g2.now = g.now
-	if cut, err := g2.load(); err != nil || cut != purposeInitial {
+	if cut, err := g2.load(); err != nil || len(cut) != 1 || cut[0] != purposeInitial {
 		t.Fatalf("load: %q, %v; want the cut initial sync", cut, err)
 	}
 	if d := g2.wait(true, true); d < DefaultFullSyncRetryMin*3/4 {
@@ -167,7 +167,7 @@ func TestGateCountsCutRequests(t *testing.T) {
 		g2 := newForkGate(DefaultFullSyncRetryMin, DefaultFullSyncRetryMax, g.path)
 		g2.now, g2.jitter = g.now, g.jitter
 		cut, err := g2.load()
-		if err != nil || cut != purposeRefresh {
+		if err != nil || len(cut) != 1 || cut[0] != purposeRefresh {
 			t.Fatalf("load: %q, %v", cut, err)
 		}
 		waits = append(waits, g2.wait(false, false))
@@ -185,10 +185,22 @@ func TestGateCountsCutRequests(t *testing.T) {
 	// Ended requests leave no mark.
 	*now = now.Add(time.Hour)
 	g.asking(purposeHistoryChange)
-	g.askEnded()
+	g.askEnded(purposeHistoryChange)
 	g3 := newForkGate(DefaultFullSyncRetryMin, DefaultFullSyncRetryMax, g.path)
-	if cut, err := g3.load(); err != nil || cut != "" {
+	if cut, err := g3.load(); err != nil || len(cut) != 0 {
 		t.Fatalf("load after an ended request: %q, %v", cut, err)
+	}
+	// The main link's and a refresh's requests have a slot each: one
+	// ending does not clear the other's mark.
+	g.asking(purposeRefresh)
+	g.asking(purposeHistoryChange)
+	g.continued()
+	g4 := newForkGate(DefaultFullSyncRetryMin, DefaultFullSyncRetryMax, g.path)
+	if cut, err := g4.load(); err != nil || len(cut) != 1 || cut[0] != purposeRefresh {
+		t.Fatalf("load: %q, %v; want the refresh still marked", cut, err)
+	}
+	if gs := g4.status(); gs.Pending {
+		t.Fatal("a cut refresh holds the main link")
 	}
 }
 
@@ -202,14 +214,17 @@ func TestGateSavesNewestLast(t *testing.T) {
 			if i%2 == 0 {
 				g.asking(purposeRefresh)
 			} else {
-				g.askEnded()
+				g.askEnded(purposeRefresh)
 			}
 		})
 	}
 	wg.Wait()
-	g.asking(purposeInitial)
+	g.mu.Lock()
+	want := g.st.AskingRefresh
+	g.mu.Unlock()
 	g2 := newForkGate(DefaultFullSyncRetryMin, DefaultFullSyncRetryMax, g.path)
-	if cut, err := g2.load(); err != nil || cut != purposeInitial {
-		t.Fatalf("load: %q, %v; want the last change", cut, err)
+	cut, err := g2.load()
+	if err != nil || (len(cut) == 1) != want {
+		t.Fatalf("on disk: cut %q (%v); in memory the refresh is marked: %v", cut, err, want)
 	}
 }

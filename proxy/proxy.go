@@ -184,10 +184,10 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	if err != nil {
 		log.Warn("full-sync backoff state unreadable; starting without it", "err", err)
 	}
-	if cut != "" {
-		p.stats.countFullSync(cut, failInterrupted)
+	for _, purpose := range cut {
+		p.stats.countFullSync(purpose, failInterrupted)
 		log.Warn("a request that could make the origin fork was cut by this process's own stop (kill, crash, power loss); it counts as a failed full sync",
-			"purpose", cut)
+			"purpose", purpose)
 	}
 	if gs := gate.status(); !gs.NextAt.IsZero() {
 		log.Warn("a full sync from the upstream failed or was cut before this start; the next one waits",

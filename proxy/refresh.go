@@ -99,19 +99,21 @@ func (f *follower) refreshSnapshot(ctx context.Context, since int64, demand bool
 		case SourceReplicas:
 			info, err = f.refreshFromReplicas(ctx)
 		case SourceUpstream:
+			// A replica that began to wait during this refresh makes it one
+			// on demand.
+			demand = demand || f.refreshWanted.Swap(false)
 			if !demand && !f.upstreamRefreshEager() {
 				err = errUpstreamOnDemand
 				break
 			}
-			if wait := time.Until(f.graceUntil); wait > 0 && f.cfg.hasRefreshSource(SourceReplicas) {
+			if wait := time.Until(f.graceUntil); wait > 0 && f.awaitingReplicas(errs) {
 				// Replicas may still be reconnecting: ask them again, each
 				// second, until the grace ends.
 				if !f.graceLogged {
 					f.graceLogged = true
 					f.log.Info("snapshot refresh: waiting for replicas to reconnect before asking the upstream", "at_most", wait.Round(time.Second).String())
 				}
-				f.refreshNotBefore.Store(time.Now().Add(time.Second).UnixNano())
-				f.refreshWanted.Store(demand)
+				f.retryIn(demand, time.Second)
 				return
 			}
 			if d := f.gate.wait(false, false); d > 0 {
@@ -127,7 +129,7 @@ func (f *follower) refreshSnapshot(ctx context.Context, since int64, demand bool
 		if err == nil {
 			f.stats.Refreshes.Add(1)
 			f.refreshLast.done(start, true)
-			f.refreshBackoff = 0
+			f.retryBudget.backoff, f.retryDemand.backoff = 0, 0
 			f.log.Info("snapshot refreshed", "source", info.Source, "replid", info.ReplID, "offset", info.Offset,
 				"bytes", info.Size, "seconds", time.Since(start).Seconds())
 			return
@@ -142,31 +144,50 @@ func (f *follower) refreshSnapshot(ctx context.Context, since int64, demand bool
 			f.log.Warn("snapshot refresh from "+src+" failed", "next_source", nextSource(f.cfg.RefreshFrom, src), "err", err)
 		}
 	}
-	if f.awaitingReplicas(errs) {
+	if time.Now().Before(f.graceUntil) && f.awaitingReplicas(errs) {
 		f.log.Debug("snapshot refresh: no replica has reconnected since the start yet; asking again in a second")
-		f.refreshNotBefore.Store(time.Now().Add(time.Second).UnixNano())
-		f.refreshWanted.Store(demand)
+		f.retryIn(demand, time.Second)
 		return
 	}
 	f.stats.RefreshFailures.Add(1)
 	f.refreshLast.done(start, false)
-	f.refreshBackoff = min(max(f.refreshBackoff*2, refreshRetryMin), refreshRetryMax)
-	wait := time.Duration(float64(f.refreshBackoff) * (0.75 + 0.25*rand.Float64()))
-	f.refreshNotBefore.Store(time.Now().Add(wait).UnixNano())
-	if demand {
-		f.refreshWanted.Store(true) // the replica still waits
-	}
+	retry := f.retryFor(demand)
+	retry.backoff = min(max(retry.backoff*2, refreshRetryMin), refreshRetryMax)
+	wait := time.Duration(float64(retry.backoff) * (0.75 + 0.25*rand.Float64()))
+	f.retryIn(demand, wait)
 	f.log.Warn("snapshot refresh failed from every source; the backlog grows past its budget until one succeeds",
 		"sources", strings.Join(f.cfg.RefreshFrom, ","), "next_attempt_in", wait.Round(time.Second).String(), "err", errors.Join(errs...))
 }
 
-// awaitingReplicas reports whether a refresh found nobody to ask only
-// because replicas are still reconnecting after a start: no failure, no
-// growing backoff, so the refresh runs as soon as one is back.
-func (f *follower) awaitingReplicas(errs []error) bool {
-	if !time.Now().Before(f.graceUntil) {
-		return false
+// refreshRetry spaces out refreshes after failures. Refreshes a replica
+// waits for and refreshes the budget calls for keep one each, so failures
+// of the latter (nobody to ask) never delay the former.
+type refreshRetry struct {
+	backoff   time.Duration // one refresh at a time touches it
+	notBefore atomic.Int64  // unix nanoseconds; read by maintain
+}
+
+// retryFor is the schedule of a refresh on demand or for the budget.
+func (f *follower) retryFor(demand bool) *refreshRetry {
+	if demand {
+		return &f.retryDemand
 	}
+	return &f.retryBudget
+}
+
+// retryIn schedules the next refresh of its kind after d; a replica that
+// waited still waits.
+func (f *follower) retryIn(demand bool, d time.Duration) {
+	f.retryFor(demand).notBefore.Store(time.Now().Add(d).UnixNano())
+	if demand {
+		f.refreshWanted.Store(true)
+	}
+}
+
+// awaitingReplicas reports whether a refresh found nobody to ask (no
+// replica, or none that could serve), so that after a start it is only
+// waiting for replicas to reconnect: no failure, no growing backoff.
+func (f *follower) awaitingReplicas(errs []error) bool {
 	for _, err := range errs {
 		if !errors.Is(err, errNoReplica) && !errors.Is(err, errUpstreamOnDemand) {
 			return false
@@ -346,7 +367,7 @@ func (f *follower) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
 	f.gate.asking(purposeRefresh) // persisted first: a kill before the answer still counts
 	reply, stop, err := askSnapshot(ctx, u)
 	if err != nil {
-		f.gate.askEnded()
+		f.gate.askEnded(purposeRefresh)
 		return nil, err
 	}
 	defer stop()
@@ -359,7 +380,7 @@ func (f *follower) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
 	case ctx.Err() == nil:
 		f.fullSyncFailed(purposeRefresh, err, got)
 	default: // a shutdown or a cancel is no failure of the origin's
-		f.gate.aborted()
+		f.gate.aborted(purposeRefresh)
 	}
 	return info, err
 }

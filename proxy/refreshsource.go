@@ -193,11 +193,19 @@ func (r *sourceRefusals) refused(addr string) bool {
 	return ok
 }
 
-// list returns the refused sources, oldest address first.
+// refusalMemory: a refusal not seen again for this long is forgotten (the
+// replica left, or every refresh since succeeded before reaching it).
+const refusalMemory = 10 * time.Minute
+
+// list returns the refused sources seen within refusalMemory, by address.
 func (r *sourceRefusals) list() []RefusedSource {
 	r.mu.Lock()
 	out := make([]RefusedSource, 0, len(r.by))
-	for _, s := range r.by {
+	for addr, s := range r.by {
+		if time.Since(s.At) > refusalMemory {
+			delete(r.by, addr)
+			continue
+		}
 		out = append(out, s)
 	}
 	r.mu.Unlock()
