@@ -39,7 +39,10 @@ type calmStatus struct {
 	waiting    atomic.Bool
 	waits      atomic.Int64
 	originRate atomic.Int64 // bytes/s, the last sample
-	intake     atomic.Int64 // bytes/s, the limit the last wait compared against
+	intake     atomic.Int64 // bytes/s replproxy took while behind, before the last hang-up; 0: unmeasured
+	// infoRefused: the upstream answered INFO with an error (no +info);
+	// follow's goroutine only, reset by a move.
+	infoRefused bool
 }
 
 // calmFraction: an origin writing below this share of what replproxy can
@@ -51,7 +54,7 @@ const calmFraction = 0.8
 // origin's backlog covers replproxy's offset, its write rate is below what
 // replproxy can take, the wait's limit passes, or ctx ends.
 func (f *follower) awaitCalm(ctx context.Context, cut *burstCut) {
-	if f.cfg.CalmWaitMax <= 0 {
+	if f.cfg.CalmWaitMax <= 0 || f.calm.infoRefused { // said once: the upstream user may not read INFO
 		return
 	}
 	cli, err := f.dialInfoClient(ctx)
@@ -65,7 +68,7 @@ func (f *follower) awaitCalm(ctx context.Context, cut *burstCut) {
 	defer f.calm.waiting.Store(false)
 
 	limit, measured := cut.intake.limit()
-	f.calm.intake.Store(int64(limit))
+	f.calm.intake.Store(int64(cut.intake.busy)) // 0: never behind, nothing measured
 	start := time.Now()
 	deadline := start.Add(f.cfg.CalmWaitMax)
 	var prev originSample
@@ -75,6 +78,10 @@ func (f *follower) awaitCalm(ctx context.Context, cut *burstCut) {
 	for {
 		s, err := cli.sample()
 		if err != nil {
+			var he *psync.HandshakeError
+			if errors.As(err, &he) { // an error reply, not a broken link: it will not change
+				f.calm.infoRefused = true
+			}
 			f.log.Warn("reading the origin's write rate failed; reconnecting now", "err", err,
 				"advice", "allow the upstream user INFO (+info), so replproxy can wait out a write burst instead of forking the origin for nothing")
 			return
@@ -137,14 +144,16 @@ func (f *follower) adviseBurst(cut *burstCut, s originSample, peak float64) {
 	in := cut.intake
 	burst := s.offset - in.from
 	took := s.at.Sub(in.since).Seconds()
-	queue := int64(float64(burst) - in.busy*took)
 	since := s.offset - cut.endAtCut
+	advice := fmt.Sprintf("CONFIG SET repl-backlog-size %s (so that a reconnection after a cut continues)", roundMB(since*5/4))
+	if in.busy > 0 { // the queue replproxy left is known only when it measured its intake
+		queue := int64(float64(burst) - in.busy*took)
+		advice = fmt.Sprintf("CONFIG SET client-output-buffer-limit \"replica %s 0 0\" (a hard limit above the stream queued for replproxy) and ",
+			roundMB(max(queue, 0)*5/4)) + advice
+	}
 	f.log.Warn("origin settings that would have carried this burst without cutting replproxy",
 		"burst_bytes", burst, "burst_seconds", int64(took), "origin_peak_bytes_per_sec", int64(peak),
-		"intake_bytes_per_sec", int64(in.busy),
-		"advice", fmt.Sprintf("CONFIG SET client-output-buffer-limit \"replica %s 0 0\" (a hard limit above the stream queued for replproxy) "+
-			"and CONFIG SET repl-backlog-size %s (so that a reconnection after a cut continues)",
-			roundMB(max(queue, 0)*5/4), roundMB(since*5/4)))
+		"intake_bytes_per_sec", int64(in.busy), "advice", advice)
 }
 
 // roundMB renders n bytes as whole megabytes, rounded up, as Redis reads them.

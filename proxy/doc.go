@@ -23,6 +23,10 @@
 //     from the request, the store's position and what the replica announced;
 //     the session writes, waits and streams.
 //
+// Packages below the root, each importing nothing of the daemon above it
+// (layers_test.go at the repository root checks it): plan, the pure sync
+// planner; pubsub, the subscriber registry and each subscriber's writer.
+//
 // The vocabulary of states and reasons (vocab.go) is typed and listed once;
 // metrics iterate over it, so every series exists from start-up.
 //
@@ -31,7 +35,8 @@
 // Serve runs and joins: the follower's follow loop (each link's ACK ticker
 // is joined when the link ends) and maintain loop (which joins the one
 // refresh it may run), the downstream's accept loop (which joins every
-// session; each session joins its replica's ACK reader), and a keyspace
+// session; each session joins its replica's ACK reader and, in pub/sub
+// mode, its subscriber's writer), and a keyspace
 // scan of a snapshot recovered without counts. A snapshot being received
 // runs one key-counting goroutine, joined by the receiver's Finish or
 // Abort; the backlog's background fsync loop is joined by its Close.

@@ -138,8 +138,8 @@ func (d *downstream) handleConn(ctx context.Context, conn net.Conn, isTLS, delay
 		d.mu.Unlock()
 		s.close(DownClosed)
 		if s.subs != nil {
-			d.p.pubsub.drop(s.subs)
-			s.subs.end()
+			d.p.pubsub.Drop(s.subs)
+			s.subs.End()
 		}
 	}()
 	if !d.admit(s, tc) {

@@ -298,7 +298,10 @@ func TestStoppedReplicaDoesNotSlowOthers(t *testing.T) {
 	if behind < 20<<20 {
 		t.Errorf("load too light to tell: only %d bytes behind", behind)
 	}
-	if growth := (rssEnd - rssStart) << 10; growth > behind/2 {
+	// A race-built proxy's RSS grows by ~14 MB over this run whatever the
+	// stopped replica's distance (65-84 MB behind, before and after the
+	// change that added this line): that much is not the backlog.
+	if growth := (rssEnd - rssStart) << 10; growth > behind/2 && growth > 24<<20 {
 		t.Errorf("proxy RSS grew by %d bytes while a replica fell %d bytes behind", growth, behind)
 	}
 	if err := slow.Resume(); err != nil {

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
@@ -57,7 +58,7 @@ type follower struct {
 	// publishes finds the stream's PUBLISH commands for pubsub's
 	// subscribers; written with scanner, under guard.mu.
 	publishes streamPublishes
-	pubsub    *pubsub
+	pubsub    *pubsub.Registry
 	fanout    *fanout     // nil when disabled
 	refresh   atomic.Bool // a snapshot refresh is running
 	// refreshLast: when the running refresh began, how the last one went.
@@ -314,6 +315,7 @@ func (f *follower) follow(ctx context.Context) {
 		f.adviseOnce(reason, err)
 		if errors.Is(err, errMoved) { // an operator's order, not a failure: connect at once
 			f.burst, f.lastCut = nil, nil // a new upstream's rate is its own
+			f.calm.infoRefused = false
 			f.log.Info("upstream link moved by REPLICAOF", "upstream", f.upstreamAddr())
 			backoff = backoffMin
 			continue
@@ -780,7 +782,7 @@ func (f *follower) appendStream(chunk []byte, busy bool, u *upstreamConn) error 
 	}
 	sc := f.scanner // scan a copy: it is committed only with the bytes
 	boundary, getack := -1, false
-	watch := f.pubsub.active.Load() > 0
+	watch := f.pubsub.Active()
 	var published [][2]int
 	if err := sc.Scan(chunk, func(end int, c *psync.Command) {
 		boundary = end
@@ -809,7 +811,7 @@ func (f *follower) appendStream(chunk []byte, busy bool, u *upstreamConn) error 
 		f.fanout.deliver(end-int64(len(chunk))+1, chunk, busy)
 	}
 	if watch {
-		f.publishes.scan(chunk, published, &sc, func(channel, msg []byte) { f.pubsub.publish(channel, msg) })
+		f.publishes.scan(chunk, published, &sc, func(channel, msg []byte) { f.pubsub.Publish(channel, msg) })
 	} else {
 		f.publishes = streamPublishes{}
 	}

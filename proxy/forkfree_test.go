@@ -231,7 +231,8 @@ func TestRefreshAfterRestartWaitsForReplicas(t *testing.T) {
 // one origin fork follows the cut; the replica converges; the log gives
 // the origin settings that would have carried the burst.
 func TestBurstCutForksOnce(t *testing.T) {
-	t.Parallel()
+	// Not parallel: its writers take both cores for 12 s, which would
+	// starve the load-measuring tests running beside it.
 	origin := redistest.StartT(t, "origin", "--client-output-buffer-limit", "replica 16mb 8mb 5", "--repl-diskless-sync-delay", "0")
 	populate(t, origin)
 	pp := startProxyProcess(t, origin.Addr(), "--backlog-size", "256mb", "--full-sync-calm-wait", "2m")

@@ -205,6 +205,22 @@ func (g *forkGate) save(st gateState, seq uint64) {
 	g.persist = err
 }
 
+// flush writes the state if the last save of it failed (a full data dir),
+// so a clean stop does not leave a request marked as under way.
+func (g *forkGate) flush() error {
+	g.mu.Lock()
+	st, seq := g.st, g.seq
+	g.mu.Unlock()
+	g.saveMu.Lock()
+	current := seq <= g.saved
+	g.saveMu.Unlock()
+	if current {
+		return nil
+	}
+	g.save(st, seq)
+	return g.persistError()
+}
+
 // persistError returns a failure to persist the state, once.
 func (g *forkGate) persistError() error {
 	g.mu.Lock()

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/psync/snapshot"
 	"github.com/tidwall/resp"
 )
@@ -115,7 +116,7 @@ func (p *Proxy) info(sections ...string) string {
 			kv("replproxy_version", st.Version),
 		)
 	}
-	chans, pats, subscribers := p.pubsub.counts()
+	chans, pats, subscribers := p.pubsub.Counts()
 	// As Redis: replicas are not clients; the link to the master is one.
 	section("Clients",
 		kv("connected_clients", st.Clients+on(st.LinkUp)),
@@ -497,8 +498,8 @@ func (p *Proxy) configGet(patterns [][]byte) resp.Value {
 		{"maxmemory-policy", "noeviction"},
 		{"io-threads", "1"},
 		// Replicas are bounded by the disk backlog, not by memory;
-		// subscribers as in subscriberMaxBytes.
-		{"client-output-buffer-limit", fmt.Sprintf("normal 0 0 0 slave 0 0 0 pubsub %d 0 0", subscriberMaxBytes)},
+		// subscribers as in pubsub.MaxBytes.
+		{"client-output-buffer-limit", fmt.Sprintf("normal 0 0 0 slave 0 0 0 pubsub %d 0 0", pubsub.MaxBytes)},
 		{"appendonly", "no"},
 		{"save", ""},
 		{"dir", p.cfg.DataDir},

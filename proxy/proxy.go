@@ -15,6 +15,7 @@ import (
 
 	"github.com/replproxy/replproxy/internal/acl"
 	"github.com/replproxy/replproxy/internal/tlsconf"
+	"github.com/replproxy/replproxy/proxy/pubsub"
 )
 
 // Proxy is one relay: one upstream history, its snapshot and backlog, and
@@ -33,7 +34,7 @@ type Proxy struct {
 	sec      *security
 	versions sync.Map // snapshot name -> the redis-ver it records
 	commands *commandStats
-	pubsub   *pubsub
+	pubsub   *pubsub.Registry
 	fanout   *fanout      // nil with DisableFanout
 	memPeak  atomic.Int64 // the highest used_memory INFO has seen
 }
@@ -142,7 +143,7 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	var rnd [20]byte
 	_, _ = rand.Read(rnd[:])
 	p := &Proxy{cfg: cfg, log: log, runID: hex.EncodeToString(rnd[:]), started: time.Now(), stats: newStats(),
-		commands: newCommandStats(), pubsub: newPubsub()}
+		commands: newCommandStats(), pubsub: pubsub.New()}
 	sec, err := newSecurity(cfg, log, p.stats.AuthFailures)
 	if err != nil {
 		return nil, err
@@ -391,6 +392,9 @@ func (p *Proxy) warnUnprotected() {
 
 func (p *Proxy) shutdown() error {
 	end := p.store.bl.End()
+	if err := p.follower.gate.flush(); err != nil {
+		p.log.Warn("full-sync backoff state not persisted; the next start may count a request cut that was not", "err", err)
+	}
 	err := p.store.close()
 	if err != nil {
 		p.log.Error("shutdown", "err", err)

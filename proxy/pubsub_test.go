@@ -145,7 +145,7 @@ func TestPubSubSlowSubscriber(t *testing.T) {
 	if _, err := live.Receive(ctx); err != nil {
 		t.Fatal(err)
 	}
-	redistest.Eventually(t, 10*time.Second, "both subscribed", func() bool { _, _, n := p.pubsub.counts(); return n == 2 })
+	redistest.Eventually(t, 10*time.Second, "both subscribed", func() bool { _, _, n := p.pubsub.Counts(); return n == 2 })
 	msg := strings.Repeat("y", 1<<20)
 	for i := 0; p.Stats().OutputBufferDrops.Load() == 0; i++ {
 		if i == 200 {
@@ -156,7 +156,7 @@ func TestPubSubSlowSubscriber(t *testing.T) {
 			t.Fatalf("live subscriber: %d bytes", len(m.Payload))
 		}
 	}
-	redistest.Eventually(t, 10*time.Second, "the frozen subscriber is gone", func() bool { _, _, n := p.pubsub.counts(); return n == 1 })
+	redistest.Eventually(t, 10*time.Second, "the frozen subscriber is gone", func() bool { _, _, n := p.pubsub.Counts(); return n == 1 })
 	if !strings.Contains(p.logBuf.String(), "closing a subscriber that does not read its messages") {
 		t.Error("the drop was not logged")
 	}
@@ -202,7 +202,7 @@ func TestSentinelPubSubLink(t *testing.T) {
 		}
 		time.Sleep(time.Second) // pacing the checks, not synchronisation
 	}
-	if n := link.subs.sent.Load(); n < 20 { // hellos every 2 s, from Sentinel directly and through the stream
+	if n := link.subs.Sent(); n < 20 { // hellos every 2 s, from Sentinel directly and through the stream
 		t.Errorf("Sentinel's pub/sub link got %d frames in 60 s", n)
 	}
 	reps, err := sentinel.Replicas(ctx, "mymaster").Result()

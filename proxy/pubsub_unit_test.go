@@ -102,20 +102,3 @@ func FuzzStreamPublishes(f *testing.F) {
 		}
 	})
 }
-
-func TestGlobMatch(t *testing.T) {
-	for _, c := range []struct {
-		pat, s string
-		want   bool
-	}{
-		{"*", "", true}, {"*", "a/b", true}, {"__sentinel__:*", "__sentinel__:hello", true},
-		{"h?llo", "hello", true}, {"h?llo", "hllo", false}, {"h[ae]llo", "hallo", true},
-		{"h[^e]llo", "hello", false}, {"h[^e]llo", "hallo", true}, {"h[a-b]llo", "hbllo", true},
-		{"h[b-a]llo", "hallo", true}, {"h\\*llo", "h*llo", true}, {"h\\*llo", "hello", false},
-		{"a*b*c", "axxbyyc", true}, {"a*b*c", "axxbyy", false}, {"[abc", "a", true}, {"", "", true}, {"", "a", false},
-	} {
-		if got := globMatch([]byte(c.pat), []byte(c.s)); got != c.want {
-			t.Errorf("globMatch(%q, %q) = %v", c.pat, c.s, got)
-		}
-	}
-}

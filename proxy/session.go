@@ -18,6 +18,7 @@ import (
 	"github.com/tidwall/resp"
 
 	"github.com/replproxy/replproxy/internal/acl"
+	"github.com/replproxy/replproxy/proxy/pubsub"
 
 	"github.com/replproxy/replproxy/psync/backlog"
 )
@@ -99,7 +100,7 @@ type session struct {
 	// ran, the subscriptions (nil: not in pub/sub mode).
 	errReplies int
 	rejected   bool
-	subs       *subscriber
+	subs       *pubsub.Subscriber
 	// subCount, psubCount: the subscriptions, for CLIENT LIST.
 	subCount, psubCount atomic.Int32
 
@@ -137,7 +138,7 @@ func (s *session) reply(v resp.Value) error {
 // clientWrite sends b to the client, counted as Redis counts client output.
 func (s *session) clientWrite(b []byte) error {
 	if s.subs != nil {
-		return s.subs.send(b) // the subscriber's writer owns the socket
+		return s.subs.Send(b) // the subscriber's writer owns the socket
 	}
 	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
 	n, err := s.conn.Write(b)
@@ -202,7 +203,7 @@ func (s *session) serve(ctx context.Context) error {
 			}
 			continue
 		}
-		if s.subs != nil && s.subs.count() > 0 && !allowedSubscribed[cmd] {
+		if s.subs != nil && s.subs.Count() > 0 && !allowedSubscribed[cmd] {
 			s.rejected = true
 			s.count(cmd, args, time.Now(), s.errReplies)
 			if err := s.errorf("ERR Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context", truncate(cmd, 64)); err != nil {
@@ -309,7 +310,7 @@ func (s *session) command(cmd string, args [][]byte) error {
 		if !arity(1, 2) {
 			return wrongArgs()
 		}
-		if s.subs != nil && s.subs.count() > 0 {
+		if s.subs != nil && s.subs.Count() > 0 {
 			return s.pingSubscribed(args)
 		}
 		if argc == 2 {
@@ -382,7 +383,7 @@ func (s *session) command(cmd string, args [][]byte) error {
 		if argc != 3 {
 			return wrongArgs()
 		}
-		return s.reply(resp.IntegerValue(p.pubsub.publish(args[1], args[2])))
+		return s.reply(resp.IntegerValue(p.pubsub.Publish(args[1], args[2])))
 	case "reset":
 		return s.reset()
 	case "replicaof", "slaveof":
