@@ -299,8 +299,8 @@ func TestStoppedReplicaDoesNotSlowOthers(t *testing.T) {
 		t.Errorf("load too light to tell: only %d bytes behind", behind)
 	}
 	// A race-built proxy's RSS grows by ~14 MB over this run whatever the
-	// stopped replica's distance (65-84 MB behind, before and after the
-	// change that added this line): that much is not the backlog.
+	// stopped replica's distance (measured at 65 to 84 MB behind): that
+	// much is not the backlog.
 	if growth := (rssEnd - rssStart) << 10; growth > behind/2 && growth > 24<<20 {
 		t.Errorf("proxy RSS grew by %d bytes while a replica fell %d bytes behind", growth, behind)
 	}
