@@ -286,7 +286,7 @@ func TestBurstCutForksOnce(t *testing.T) {
 		t.Fatalf("%d origin full syncs followed the burst's cut; want at most 1", forks)
 	}
 	if !strings.Contains(string(log), "holding the next full sync until the burst calms") ||
-		!strings.Contains(string(log), "client-output-buffer-limit") {
+		!strings.Contains(string(log), "origin settings that would have carried this burst") {
 		t.Fatal("the wait for the burst to calm, or the advice after it, is not logged")
 	}
 }
