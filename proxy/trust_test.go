@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -241,4 +242,31 @@ func TestSourceCheck(t *testing.T) {
 	if !errors.As(err, &refused) || refused.reason != RefusedAuth {
 		t.Fatalf("NOAUTH: %v", err)
 	}
+}
+
+// FuzzSourceCheck: whatever a refresh source answers to INFO replication,
+// the check returns without panicking, reads no more than the reply, and
+// accepts only a reply that names the proxy's history, a port of it and a
+// read-only, linked replica.
+func FuzzSourceCheck(f *testing.F) {
+	const id = "0123456789012345678901234567890123456789"
+	ok := "# Replication\r\nrole:slave\r\nmaster_port:6380\r\nmaster_link_status:up\r\nslave_read_only:1\r\nmaster_replid:" + id + "\r\n"
+	f.Add([]byte(fmt.Sprintf("$%d\r\n%s\r\n", len(ok), ok)))
+	f.Add([]byte("-DENIED Redis is running in protected mode\r\n"))
+	f.Add([]byte("$-1\r\n"))
+	f.Add([]byte("$99999999999\r\n"))
+	f.Add([]byte("*1\r\n$4\r\nrole\r\n"))
+	check := sourceCheck{replID: id, ports: []int{6380}}
+	f.Fuzz(func(t *testing.T, reply []byte) {
+		err := check.verify(io.Discard, bufio.NewReader(bytes.NewReader(reply)))
+		if err != nil {
+			return
+		}
+		txt := string(reply)
+		for _, must := range []string{"master_replid:" + id, "master_port:6380", "master_link_status:up"} {
+			if !strings.Contains(txt, must) {
+				t.Fatalf("accepted a reply without %q: %q", must, reply)
+			}
+		}
+	})
 }

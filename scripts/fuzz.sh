@@ -13,6 +13,7 @@ targets=(
   "./psync/snapshot FuzzScanKeyspace"
   "./proxy FuzzCmdReader"
   "./proxy FuzzStreamPublishes"
+  "./proxy FuzzSourceCheck"
   "./internal/acl FuzzParse"
 )
 for t in "${targets[@]}"; do
