@@ -16,7 +16,10 @@
 //     decisions never wait for an fsync.
 //   - follower (follower.go): the upstream connection, the stream scanner,
 //     the reconnect backoff, the cost backoff of full syncs (forkgate.go),
-//     the ACKs, the link state and snapshot refreshes.
+//     the wait for a write burst to calm before one (calm.go), the ACKs,
+//     the link state and its reasons (upstreamerr.go), trimming
+//     (maintain.go) and snapshot refreshes with their sources' trust
+//     (refresh.go, refreshsource.go).
 //   - downstream (downstream.go, session.go, replica.go): the listener and
 //     the sessions. A session is a thin executor of the pure sync planner
 //     (package plan): the planner decides Continue, Hold, FullSync or Refuse

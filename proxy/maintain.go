@@ -1,0 +1,170 @@
+package proxy
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// The follower's maintain loop: trimming the backlog to its budget, and
+// scheduling snapshot refreshes (refresh.go runs them).
+
+// maybeKick wakes maintain when the backlog needs trimming or the snapshot
+// a refresh; it is cheap enough for every append.
+func (f *follower) maybeKick(end int64) {
+	if end-f.store.snapOffset.Load() > int64(float64(f.cfg.BacklogSize)*f.cfg.RefreshRatio) || f.store.bl.Size() > f.cfg.BacklogSize {
+		select {
+		case f.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// maintain trims the backlog to its budget and refreshes the snapshot before
+// the stream since it outgrows the budget.
+func (f *follower) maintain(ctx context.Context) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	var refreshes sync.WaitGroup // joined before maintain returns
+	defer refreshes.Wait()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-f.kick:
+		}
+		pos := f.store.position()
+		if pos.snap == nil {
+			continue
+		}
+		// Eager: never trim past the snapshot (a refresh comes first). Lazy:
+		// trim to the budget and let the snapshot lapse; a replica that
+		// needs a full sync asks for a refresh (wantRefresh).
+		keepFrom := f.trimFloor(pos)
+		f.checkWindow(pos)
+		if f.cfg.Delay > 0 {
+			keepFrom = f.delayTrimFrom(pos, keepFrom)
+		}
+		if n, err := f.store.bl.Trim(keepFrom, f.cfg.BacklogSize); err != nil {
+			f.log.Error("backlog trim failed", "err", err)
+		} else if n > 0 {
+			f.log.Debug("backlog trimmed", "bytes", n)
+			f.down.dropTrimmedReplicas()
+		}
+		// A snapshot from before an ID shift stays servable: its offset is
+		// below second_repl_offset, so it continues through replid2. Only
+		// the budget triggers a refresh; a failover must not fork the
+		// newly promoted master.
+		since := pos.end - pos.snap.Offset
+		wanted := f.refreshWanted.Load()
+		due := wanted
+		if f.cfg.RefreshMode != RefreshLazy {
+			due = due || since > int64(float64(f.cfg.BacklogSize)*f.cfg.RefreshRatio)
+		}
+		if !due || !f.linkUp() || f.refresh.Load() ||
+			time.Now().UnixNano() < f.retryFor(wanted).notBefore.Load() || !f.refreshSourceReady() ||
+			!f.roomForSnapshot(max(pos.snap.Size, f.gate.expected())) {
+			continue
+		}
+		f.refresh.Store(true)
+		demand := f.refreshWanted.Swap(false)
+		rctx, cancel := context.WithCancel(ctx)
+		f.mu.Lock()
+		f.refreshCancel = cancel
+		f.mu.Unlock()
+		refreshes.Go(func() {
+			defer f.refresh.Store(false)
+			defer func() {
+				f.mu.Lock()
+				f.refreshCancel = nil
+				f.mu.Unlock()
+				cancel()
+			}()
+			f.refreshSnapshot(rctx, since, demand)
+		})
+	}
+}
+
+// overrunLimit: while no refresh succeeds, an eager proxy's backlog may
+// outgrow its budget up to this many budgets (a crash loop or a replica
+// restart cuts refreshes for a while; the budget is a disk figure, not a
+// reason to fork the origin).
+const overrunLimit = 2
+
+// trimFloor is the offset the backlog is never trimmed past: the stored
+// snapshot's (a full sync is that snapshot and the stream after it), unless
+// it lapses (lazy mode, or the overrun is capped). While a refresh runs
+// nothing it may land inside is trimmed: a source replica a few seconds
+// behind makes a snapshot at its own offset, which must still fit.
+func (f *follower) trimFloor(pos position) int64 {
+	pinned := pos.snap.Offset + 1
+	if f.refresh.Load() && !f.diskShort(pos) {
+		return max(pinned, pos.first) // lapsed: trim nothing until it lands
+	}
+	if f.cfg.RefreshMode == RefreshLazy || f.overrunCapped(pos) {
+		return pos.end + 1
+	}
+	return pinned
+}
+
+// diskShort reports whether the data dir would not hold the next snapshot.
+func (f *follower) diskShort(pos position) bool {
+	if f.store.bl.Size() <= f.cfg.BacklogSize {
+		return false // within the budget the store's own checks suffice
+	}
+	free, err := freeBytes(f.cfg.DataDir)
+	return err == nil && free < spaceNeeded(max(pos.snap.Size, f.gate.expected()))
+}
+
+// overrunCapped reports whether an eager proxy must let its snapshot lapse
+// (trim the backlog to its budget past it, as in lazy mode): the backlog
+// reached overrunLimit budgets, or the data dir would no longer hold the
+// next snapshot (then the overrun would make every refresh impossible).
+// A replica that needs a full sync afterwards asks for a refresh, which
+// may go to the upstream.
+func (f *follower) overrunCapped(pos position) bool {
+	if pos.first > pos.snap.Offset+1 {
+		return true // lapsed already: keep to the budget until a refresh
+	}
+	size := f.store.bl.Size()
+	if size <= f.cfg.BacklogSize {
+		return false
+	}
+	why := "the backlog reached twice its budget"
+	if size < overrunLimit*f.cfg.BacklogSize {
+		if !f.diskShort(pos) {
+			return false
+		}
+		why = "the data dir no longer has room for the next snapshot"
+	}
+	if f.lapseWarned != pos.snap.Name {
+		f.lapseWarned = pos.snap.Name
+		f.log.Warn("no snapshot refresh succeeded and "+why+"; letting the snapshot lapse: a replica that needs a full sync now waits for a refresh",
+			"backlog_bytes", size, "budget", f.cfg.BacklogSize)
+	}
+	return true
+}
+
+// minBacklogWindow: a full backlog covering less stream than this buys
+// replicas almost no partial resyncs.
+const minBacklogWindow = 10 * time.Second
+
+// checkWindow warns (once per transition) when the backlog is full and
+// covers less than minBacklogWindow at the current write rate.
+func (f *follower) checkWindow(pos position) {
+	full := pos.end-pos.first+1 >= f.cfg.BacklogSize*15/16
+	var window time.Duration
+	if t, ok := f.store.arrivals.arrival(pos.first); ok {
+		window = time.Since(t)
+	}
+	short := full && window > 0 && window < minBacklogWindow
+	if f.windowShort.Swap(short) == short || !short || time.Since(f.windowWarned) < 10*time.Minute {
+		return // the metric flips freely; the log says it once in ten minutes
+	}
+	f.windowWarned = time.Now()
+	rate := float64(pos.end-pos.first+1) / window.Seconds()
+	f.log.Warn("the backlog covers only seconds of stream at the current write rate: a replica away longer needs a full sync; raise --backlog-size",
+		"psync_window", window.Round(100*time.Millisecond).String(), "write_rate_bytes_per_second", int64(rate),
+		"backlog_size", f.cfg.BacklogSize, "size_for_10_minutes", int64(rate*600))
+}
