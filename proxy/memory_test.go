@@ -215,6 +215,10 @@ func TestMemoryBoundedWithBigKeys(t *testing.T) {
 	if err := replicas[1].Resume(); err != nil {
 		t.Fatal(err)
 	}
+	// A refresh that picked the replica just before it froze waits out
+	// replicaStallTimeout and then takes the other's snapshot, which may
+	// land a little after the 30 s: wait for it under the same load.
+	_ = redistest.WaitFor(60*time.Second, func() bool { return refreshes() >= 2 })
 	refreshed := refreshes()
 	stopLoad()
 	hwm := procStatus(t, pp.PID(), "VmHWM")
