@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"log/slog"
 	"testing"
 	"time"
+
+	"github.com/replproxy/replproxy/psync/snapshot"
 )
 
 // TestIntakeMeter: what the meter makes of the seconds before a hang-up:
@@ -66,5 +69,26 @@ func TestOriginCovers(t *testing.T) {
 	}
 	if (originSample{offset: 10, replID: "a"}).covers("a", 5) {
 		t.Error("an origin without a backlog covers nothing")
+	}
+}
+
+// TestOverrunCapped: the overrun is the stream the snapshot holds back,
+// not the backlog's size (right after a refresh the trim to the new
+// snapshot may not have run yet: that is no reason to lapse it).
+func TestOverrunCapped(t *testing.T) {
+	f := &follower{cfg: Config{BacklogSize: 100}, log: slog.New(slog.DiscardHandler)}
+	snap := &snapshot.Info{Name: "s", Offset: 1000}
+	for _, tc := range []struct {
+		first, end int64
+		want       bool
+	}{
+		{first: 500, end: 1050, want: false}, // a big backlog, a fresh snapshot
+		{first: 900, end: 1100, want: false}, // within the budget since it
+		{first: 1001, end: 1200, want: true}, // twice the budget since it
+		{first: 1002, end: 1010, want: true}, // lapsed already
+	} {
+		if got := f.overrunCapped(position{first: tc.first, end: tc.end, snap: snap}); got != tc.want {
+			t.Errorf("backlog [%d, %d], snapshot at 1000: capped %v, want %v", tc.first, tc.end, got, tc.want)
+		}
 	}
 }

@@ -127,12 +127,15 @@ func (f *follower) overrunCapped(pos position) bool {
 	if pos.first > pos.snap.Offset+1 {
 		return true // lapsed already: keep to the budget until a refresh
 	}
-	size := f.store.bl.Size()
-	if size <= f.cfg.BacklogSize {
+	// The overrun is the stream the snapshot holds back, not the backlog's
+	// size: right after a refresh, trimming to the new snapshot may still
+	// have to catch up.
+	since := pos.end - pos.snap.Offset
+	if since <= f.cfg.BacklogSize {
 		return false
 	}
-	why := "the backlog reached twice its budget"
-	if size < overrunLimit*f.cfg.BacklogSize {
+	why := "the stream since the snapshot reached twice the backlog budget"
+	if since < overrunLimit*f.cfg.BacklogSize {
 		if !f.diskShort(pos) {
 			return false
 		}
@@ -141,7 +144,7 @@ func (f *follower) overrunCapped(pos position) bool {
 	if f.lapseWarned != pos.snap.Name {
 		f.lapseWarned = pos.snap.Name
 		f.log.Warn("no snapshot refresh succeeded and "+why+"; letting the snapshot lapse: a replica that needs a full sync now waits for a refresh",
-			"backlog_bytes", size, "budget", f.cfg.BacklogSize)
+			"stream_since_snapshot", since, "budget", f.cfg.BacklogSize)
 	}
 	return true
 }
