@@ -256,7 +256,8 @@ func rssKB(t *testing.T, pid int) int64 {
 // load does not delay the others, the proxy's memory does not grow with its
 // backlog, and it catches up after SIGCONT.
 func TestStoppedReplicaDoesNotSlowOthers(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it measures how far a load gets a stopped replica
+	// behind, which the suite's other tests would starve.
 	origin := redistest.StartT(t, "origin")
 	proc := startProxyProcess(t, origin.Addr(), "--replica-timeout", "120s")
 	replicas := startReplicas(t, 3, proc.addr)

@@ -36,15 +36,16 @@ func steadyLoad(t *testing.T, cli *redis.Client, rate int64, size int) (stop fun
 }
 
 // killLoopParams: the CI run by default; REPLPROXY_KILL_LOOP="kills=100,
-// budget=4gb,rate=35mb" runs the scenario at full size.
+// budget=4gb,rate=35mb,keys=100000" runs the scenario at full size.
 type killLoopParams struct {
 	kills  int
 	budget string
 	rate   int64
+	keys   int // 1 KB values populated before the proxy starts
 }
 
 func killLoopFromEnv(t *testing.T) killLoopParams {
-	kp := killLoopParams{kills: 30, budget: "48mb", rate: 2 << 20}
+	kp := killLoopParams{kills: 30, budget: "48mb", rate: 2 << 20, keys: 30000}
 	for _, kv := range strings.Split(os.Getenv("REPLPROXY_KILL_LOOP"), ",") {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {
@@ -55,6 +56,8 @@ func killLoopFromEnv(t *testing.T) killLoopParams {
 			kp.kills, _ = strconv.Atoi(v)
 		case "budget":
 			kp.budget = v
+		case "keys":
+			kp.keys, _ = strconv.Atoi(v)
 		case "rate":
 			n, err := strconv.ParseInt(strings.TrimSuffix(v, "mb"), 10, 64)
 			if err != nil {
@@ -81,12 +84,12 @@ func TestKillLoopForksOnce(t *testing.T) {
 	populate(t, origin)
 	// A dataset whose refresh takes longer than most kills leave it, as
 	// in production: refreshes are cut, and fall due again at restarts.
-	if err := origin.Client().Do(context.Background(), "DEBUG", "POPULATE", 100000, "big", 1000).Err(); err != nil {
+	if err := origin.Client().Do(context.Background(), "DEBUG", "POPULATE", kp.keys, "big", 1000).Err(); err != nil {
 		t.Fatal(err)
 	}
 	pp := startProxyProcess(t, origin.Addr(), "--backlog-size", kp.budget)
 	replicas := startReplicas(t, 2, pp.addr)
-	waitConverged(t, origin, replicas, 60*time.Second)
+	waitConverged(t, origin, replicas, 2*time.Minute)
 	stop := steadyLoad(t, origin.Client(), kp.rate, 16<<10)
 	seed := time.Now().UnixNano()
 	rng := rand.New(rand.NewPCG(uint64(seed), 0))
