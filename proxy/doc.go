@@ -17,7 +17,8 @@
 //   - follower (follower.go): the upstream connection, the stream scanner,
 //     the reconnect backoff, the cost backoff of full syncs (forkgate.go),
 //     the wait for a write burst to calm before one (calm.go), the ACKs,
-//     the link state and its reasons (upstreamerr.go), trimming
+//     the link state and its reasons (upstreamerr.go), the streaming
+//     phase (stream.go), trimming
 //     (maintain.go) and snapshot refreshes with their sources' trust
 //     (refresh.go, refreshsource.go).
 //   - downstream (downstream.go, session.go, replica.go): the listener and
