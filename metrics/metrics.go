@@ -15,6 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/proxy/security"
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 )
 
@@ -246,17 +248,17 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 
 	g(dUpInfo, 1, st.UpstreamHost, port, st.History.ReplID)
 	g(dUpLinkUp, b(st.LinkUp), st.UpstreamHost, port)
-	for _, s := range proxy.LinkStates {
+	for _, s := range vocab.LinkStates {
 		g(dUpState, b(st.LinkState == s), string(s))
 	}
-	g(dUpSyncing, b(st.LinkState == proxy.LinkSync))
+	g(dUpSyncing, b(st.LinkState == vocab.LinkSync))
 	g(dUpOffset, float64(max(st.BacklogEnd, 0)))
 	g(dUpLastIO, unix(st.LastIO))
 	cnt(dUpChanges, float64(stats.UpstreamLinkChanges.Load()))
 	g(dUpLastChange, unix(st.LinkChanged))
 	cnt(dUpDownSeconds, st.DownDuration.Seconds())
 	cnt(dUpAttempts, float64(stats.UpstreamConnects.Load()))
-	for _, r := range proxy.UpstreamReasons {
+	for _, r := range vocab.UpstreamReasons {
 		cnt(dUpDisconnects, float64(stats.UpstreamDisconnects.Load(r)), string(r))
 	}
 	cnt(dUpSyncs, float64(stats.UpstreamFullSyncs.Load()), "full")
@@ -280,7 +282,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		g(dUpFSBlocked, b(strings.HasPrefix(fs.Blocked, r+":")), r)
 	}
 	var rdbSize, rdbRead float64
-	if st.LinkState == proxy.LinkSync {
+	if st.LinkState == vocab.LinkSync {
 		rdbSize, rdbRead = float64(st.SyncTotalBytes), float64(st.SyncReadBytes)
 	}
 	g(dUpRDBSize, rdbSize)
@@ -334,12 +336,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	g(dSnapOverBudget, b(st.BudgetExceeded()))
 	g(dSnapStale, b(st.SnapshotStale()))
 
-	byState := map[proxy.ReplicaState]int{}
+	byState := map[vocab.ReplicaState]int{}
 	var maxLagB, maxLagS float64
 	var oldestAck time.Time
 	for _, r := range st.Replicas {
 		byState[r.State]++
-		if r.State != proxy.ReplicaOnline {
+		if r.State != vocab.ReplicaOnline {
 			continue
 		}
 		maxLagB = max(maxLagB, float64(r.LagBytes))
@@ -348,7 +350,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			oldestAck = r.AckTime
 		}
 	}
-	for _, s := range proxy.ReplicaStates {
+	for _, s := range vocab.ReplicaStates {
 		g(dDownReplicas, float64(byState[s]), string(s))
 	}
 	g(dDownClients, float64(st.Clients))
@@ -361,7 +363,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for _, v := range psync.RejectVerdicts {
 		cnt(dDownRejections, float64(stats.Rejections[v].Load()), v.String())
 	}
-	for _, r := range proxy.DisconnectReasons {
+	for _, r := range vocab.DisconnectReasons {
 		cnt(dDownDisconnects, float64(stats.Disconnects.Load(r)), string(r))
 	}
 	if ds := c.p.DelayStatus(); ds.Enabled {
@@ -381,7 +383,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		cnt(dReloadFailures, float64(r.Failures), r.Role)
 		g(dReloadFailing, b(r.LastError != ""), r.Role)
 	}
-	for _, r := range proxy.AuthFailureReasons() {
+	for _, r := range security.AuthFailureReasons() {
 		cnt(dAuthFailures, float64(stats.AuthFailures.Load(r)), r)
 	}
 	g(dDownFullSyncing, float64(st.FullSyncing))

@@ -29,6 +29,8 @@ import (
 	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/internal/testcert"
 	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/proxy/security"
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 )
 
@@ -360,17 +362,17 @@ func TestDashboardAndAlerts(t *testing.T) {
 	reg := NewRegistry(p, NewObserver(), Options{PerReplica: true})
 	fams := families(t, reg)
 	r := &rig{reg: reg}
-	for _, role := range []string{proxy.RoleServer, proxy.RoleUpstream, proxy.RoleMetrics} {
+	for _, role := range []string{security.RoleServer, security.RoleUpstream, security.RoleMetrics} {
 		if v := r.value(t, "replproxy_tls_certificate_expiry_timestamp_seconds", map[string]string{"role": role}); v != float64(pair.NotAfter.Unix()) {
 			t.Errorf("%s certificate expiry %v, want %d", role, v, pair.NotAfter.Unix())
 		}
 	}
-	for _, role := range []string{proxy.RoleServer, proxy.RoleUpstream, proxy.RoleMetrics, proxy.RoleUsers} {
+	for _, role := range []string{security.RoleServer, security.RoleUpstream, security.RoleMetrics, security.RoleUsers} {
 		if v := r.value(t, "replproxy_reload_failing", map[string]string{"role": role}); v != 0 {
 			t.Errorf("%s reload_failing %v", role, v)
 		}
 	}
-	if v := r.value(t, "replproxy_auth_failures_total", map[string]string{"reason": proxy.AuthTLSBadClientCert}); v != 0 {
+	if v := r.value(t, "replproxy_auth_failures_total", map[string]string{"reason": security.AuthTLSBadClientCert}); v != 0 {
 		t.Errorf("auth failures series: %v", v)
 	}
 	exists := func(name string) bool {
@@ -532,19 +534,19 @@ func TestEveryLabelAtZeroFromStart(t *testing.T) {
 	t.Parallel()
 	r := startRig(t, "127.0.0.1:1")
 	want := map[string][]string{}
-	for _, s := range proxy.UpstreamReasons {
+	for _, s := range vocab.UpstreamReasons {
 		want["replproxy_upstream_disconnects_total"] = append(want["replproxy_upstream_disconnects_total"], "reason="+string(s))
 	}
-	for _, s := range proxy.DisconnectReasons {
+	for _, s := range vocab.DisconnectReasons {
 		want["replproxy_downstream_disconnects_total"] = append(want["replproxy_downstream_disconnects_total"], "reason="+string(s))
 	}
 	for _, v := range psync.RejectVerdicts {
 		want["replproxy_downstream_partial_sync_rejections_total"] = append(want["replproxy_downstream_partial_sync_rejections_total"], "reason="+v.String())
 	}
-	for _, s := range proxy.LinkStates {
+	for _, s := range vocab.LinkStates {
 		want["replproxy_upstream_state"] = append(want["replproxy_upstream_state"], "state="+string(s))
 	}
-	for _, s := range proxy.ReplicaStates {
+	for _, s := range vocab.ReplicaStates {
 		want["replproxy_downstream_replicas"] = append(want["replproxy_downstream_replicas"], "state="+string(s))
 	}
 	for _, p := range proxy.SyncPurposes() {

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/replproxy/replproxy/proxy/security"
 	"github.com/replproxy/replproxy/psync"
 )
 
@@ -173,9 +174,9 @@ func (f *follower) dialInfoClient(ctx context.Context) (*infoClient, error) {
 	addr := f.upstreamAddr()
 	var tlsCfg *tls.Config
 	if f.cfg.UpstreamTLS {
-		tlsCfg = f.down.p.sec.clientConfig(addr, false)
+		tlsCfg = f.down.p.sec.ClientConfig(addr, false)
 	}
-	conn, err := dialTLS(ctx, addr, replicaHandshakeTimeout, tlsCfg)
+	conn, err := security.DialTLS(ctx, addr, replicaHandshakeTimeout, tlsCfg)
 	if err != nil {
 		return nil, fmt.Errorf("dial upstream: %w", err)
 	}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"regexp"
 	"slices"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/tlsconf"
+	"github.com/replproxy/replproxy/proxy/security"
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync/backlog"
 )
 
@@ -366,4 +369,24 @@ var announceVersionRE = regexp.MustCompile(`^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$
 // hasRefreshSource reports whether src is one of the refresh sources.
 func (c *Config) hasRefreshSource(src string) bool {
 	return slices.Contains(c.RefreshFrom, src)
+}
+
+// securityOptions is what the security component reads; usersChanged
+// closes the sessions of a user a reload removed or disabled.
+func (c Config) securityOptions(usersChanged func()) security.Options {
+	return security.Options{TLSListen: c.TLSListen, TLSAuthClients: c.TLSAuthClients, TLSCertFile: c.TLSCertFile, TLSKeyFile: c.TLSKeyFile,
+		TLSCAFile: c.TLSCAFile, UpstreamTLS: c.UpstreamTLS, UpstreamTLSCertFile: c.UpstreamTLSCertFile,
+		UpstreamTLSKeyFile: c.UpstreamTLSKeyFile, UpstreamTLSCAFile: c.UpstreamTLSCAFile,
+		UpstreamTLSServerName: c.UpstreamTLSServerName, UpstreamTLSInsecure: c.UpstreamTLSInsecure,
+		MetricsTLSCertFile: c.MetricsTLSCertFile, MetricsTLSKeyFile: c.MetricsTLSKeyFile, UsersFile: c.UsersFile,
+		RequirePass: c.RequirePass, TLSAuthUserFromCN: c.TLSAuthUserFromCN, ReloadInterval: c.ReloadInterval,
+		UsersChanged: usersChanged}
+}
+
+// CheckFiles loads the certificate and users files as the daemon would
+// at start, for check-config.
+func CheckFiles(cfg Config) error {
+	cfg.setDefaults()
+	_, err := security.New(cfg.securityOptions(nil), slog.New(slog.DiscardHandler), vocab.NewCounts(security.AuthFailureReasons()))
+	return err
 }

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/acl"
+	"github.com/replproxy/replproxy/proxy/security"
+	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
 // downstream owns the replica side: the listener and the sessions. Each
@@ -100,11 +102,11 @@ func (d *downstream) handleConn(ctx context.Context, conn net.Conn, isTLS, delay
 	if isTLS {
 		// The handshake runs after the --max-clients check, on the
 		// session's goroutine; closing the session closes it too.
-		tc = tls.Server(conn, d.p.sec.server.ServerConfig(d.p.sec.auth))
+		tc = tls.Server(conn, d.p.sec.Server.ServerConfig(d.p.sec.Auth))
 		s.conn, s.out = tc, &bufferedWriter{w: tc}
 	}
 	s.br = bufio.NewReaderSize(countingReader{s.conn, d.stats}, 16<<10)
-	if d.p.sec.users.Load().DefaultOpen() {
+	if d.p.sec.Users.Load().DefaultOpen() {
 		s.authed = true
 		s.user.Store(acl.DefaultUser)
 	}
@@ -136,7 +138,7 @@ func (d *downstream) handleConn(ctx context.Context, conn net.Conn, isTLS, delay
 		d.mu.Lock()
 		delete(d.sessions, s)
 		d.mu.Unlock()
-		s.close(DownClosed)
+		s.close(vocab.DownClosed)
 		if s.subs != nil {
 			d.p.pubsub.Drop(s.subs)
 			s.subs.End()
@@ -172,19 +174,19 @@ func (d *downstream) admit(s *session, tc *tls.Conn) bool {
 		// No deadline: a client may connect and type later, as with Redis.
 		b, err := s.br.Peek(1)
 		if err == nil && b[0] == 0x16 { // a TLS handshake record
-			sec.authFailed(AuthTLSOnPlainPort, s.addr, nil)
+			sec.AuthFailed(security.AuthTLSOnPlainPort, s.addr, nil)
 			return false
 		}
 		return err == nil
 	}
-	_ = tc.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
+	_ = tc.SetDeadline(time.Now().Add(security.TLSHandshakeTimeout))
 	err := tc.Handshake()
 	_ = tc.SetDeadline(time.Time{})
 	if err != nil {
-		sec.authFailed(classifyHandshake(err), s.addr, err)
+		sec.AuthFailed(security.ClassifyHandshake(err), s.addr, err)
 		return false
 	}
-	if user := sec.userFromCert(tc); user != "" {
+	if user := sec.UserFromCert(tc); user != "" {
 		s.authed = true
 		s.user.Store(user)
 		s.log.Info("client authenticated by its certificate", "user", user)
@@ -195,13 +197,13 @@ func (d *downstream) admit(s *session, tc *tls.Conn) bool {
 // dropUnusableUsers disconnects sessions authenticated as a user that a
 // users reload removed or turned off (as Redis 7.2's ACL LOAD does).
 func (d *downstream) dropUnusableUsers() {
-	users := d.p.sec.users.Load()
+	users := d.p.sec.Users.Load()
 	for _, s := range d.selectSessions(func(s *session) bool {
 		u := s.authUser()
 		return u != "" && !users.Usable(u)
 	}) {
 		s.log.Warn("disconnecting a client whose user was removed or disabled", "user", s.authUser())
-		s.close(DownUserRevoked)
+		s.close(vocab.DownUserRevoked)
 	}
 }
 
@@ -216,16 +218,16 @@ func (d *downstream) dropTrimmedReplicas() {
 	})
 	for _, s := range behind {
 		s.log.Warn("replica fell behind the backlog front; disconnecting", "backlog_first", first)
-		s.close(DownOffsetTrimmed)
+		s.close(vocab.DownOffsetTrimmed)
 	}
 }
 
 // closeSessions disconnects the replicas that hold a position in the
 // stream (all connections on shutdown). Replicas still waiting for a
 // snapshot have none yet and are left waiting.
-func (d *downstream) closeSessions(reason DisconnectReason) int {
+func (d *downstream) closeSessions(reason vocab.DisconnectReason) int {
 	victims := d.selectSessions(func(s *session) bool {
-		return reason == DownShutdown || (s.replica.Load() && s.state.Load() != stateWaitBgsave)
+		return reason == vocab.DownShutdown || (s.replica.Load() && s.state.Load() != stateWaitBgsave)
 	})
 	for _, s := range victims {
 		s.close(reason)

@@ -24,6 +24,7 @@ import (
 	"github.com/replproxy/replproxy/internal/faultproxy"
 	"github.com/replproxy/replproxy/internal/loadgen"
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
@@ -497,7 +498,7 @@ func TestTrimmedReplicaDropped(t *testing.T) {
 	stop := make(chan struct{})
 	load(t, origin.Client(), stop, 9)
 	redistest.Eventually(t, 60*time.Second, "stopped replica dropped for being trimmed", func() bool {
-		return p.Stats().Disconnects.Load(DownOffsetTrimmed) >= 1
+		return p.Stats().Disconnects.Load(vocab.DownOffsetTrimmed) >= 1
 	})
 	close(stop)
 	if !strings.Contains(p.logBuf.String(), "fell behind the backlog front") {
@@ -830,7 +831,7 @@ func TestRDBVersionMismatch(t *testing.T) {
 
 	r := startReplicas(t, 1, p.addr)[0]
 	redistest.Eventually(t, 30*time.Second, "the replica fails to load and the proxy says so", func() bool {
-		return p.Stats().Disconnects.Load(DownClosedBeforeAck) >= 1 && r.LogContains("Can't handle RDB format version 12")
+		return p.Stats().Disconnects.Load(vocab.DownClosedBeforeAck) >= 1 && r.LogContains("Can't handle RDB format version 12")
 	})
 	if !strings.Contains(p.logBuf.String(), "replica hung up after a full sync without acknowledging it") {
 		t.Fatal("no warning for the replica that hung up")
@@ -840,13 +841,13 @@ func TestRDBVersionMismatch(t *testing.T) {
 	redistest.Eventually(t, 30*time.Second, "the replica is refused with the versions", func() bool {
 		return r.LogContains("replproxy holds an RDB version 12 snapshot")
 	})
-	if n := p.Stats().Disconnects.Load(DownClosedBeforeAck); n != 1 {
+	if n := p.Stats().Disconnects.Load(vocab.DownClosedBeforeAck); n != 1 {
 		t.Fatalf("the payload was sent %d times to a replica that cannot load it", n)
 	}
 	sent := p.Stats().SentRDBBytes.Load()
-	refusedBefore := p.Stats().Disconnects.Load(DownRDBVersion)
+	refusedBefore := p.Stats().Disconnects.Load(vocab.DownRDBVersion)
 	redistest.Eventually(t, 10*time.Second, "refused again", func() bool {
-		return p.Stats().Disconnects.Load(DownRDBVersion) >= refusedBefore+2
+		return p.Stats().Disconnects.Load(vocab.DownRDBVersion) >= refusedBefore+2
 	})
 	if got := p.Stats().SentRDBBytes.Load(); got != sent {
 		t.Fatalf("RDB bytes sent grew from %d to %d while the replica is refused", sent, got)
@@ -876,7 +877,7 @@ func TestRDBVersionMismatch(t *testing.T) {
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Fatalf("link not closed after the refusal: %v", err)
 	}
-	if got := p.Stats().Disconnects.Load(DownRDBVersion); got < refusedBefore+3 {
+	if got := p.Stats().Disconnects.Load(vocab.DownRDBVersion); got < refusedBefore+3 {
 		t.Fatalf("disconnects for rdb_version: %d, want the refusals of both", got)
 	}
 }
@@ -929,7 +930,7 @@ func TestReplicaofMovesUpstream(t *testing.T) {
 	if !strings.Contains(info, "master_port:"+sPort+"\r\n") {
 		t.Fatalf("INFO does not show the new upstream:\n%s", info)
 	}
-	if got := p.Stats().UpstreamDisconnects.Load(UpReplicaof); got != 1 {
+	if got := p.Stats().UpstreamDisconnects.Load(vocab.UpReplicaof); got != 1 {
 		t.Fatalf("upstream disconnects for replicaof: %d", got)
 	}
 	rig.continuesOnStandby(t, 62)

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/proxy/pubsub"
+	"github.com/replproxy/replproxy/proxy/security"
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
@@ -89,7 +91,7 @@ type follower struct {
 
 	// follow's goroutine only: advice given (once per cause and upstream
 	// address), and whether the last link had reached streaming.
-	advised      map[UpstreamReason]bool
+	advised      map[vocab.UpstreamReason]bool
 	streamedLast bool
 	windowShort  atomic.Bool // the backlog is full and covers under minBacklogWindow
 	windowWarned time.Time   // maintain's goroutine only
@@ -102,7 +104,7 @@ type follower struct {
 }
 
 // noteDown records why the link went down, for INFO and the status page.
-func (f *follower) noteDown(reason UpstreamReason, err error) {
+func (f *follower) noteDown(reason vocab.UpstreamReason, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.link.downReason, f.link.downErr = reason, ""
@@ -138,7 +140,7 @@ func (f *follower) cancelRefresh(why string) {
 
 func newFollower(cfg Config, log *slog.Logger, stats *Stats, st *store, down *downstream) *follower {
 	f := &follower{cfg: cfg, log: log, stats: stats, store: st, down: down,
-		link: linkStatus{state: LinkConnect, downSince: time.Now()}, upstream: cfg.Upstream, upstreamSource: UpstreamFromConfig,
+		link: linkStatus{state: vocab.LinkConnect, downSince: time.Now()}, upstream: cfg.Upstream, upstreamSource: UpstreamFromConfig,
 		movedCh: make(chan struct{}, 1), kick: make(chan struct{}, 1), ackKick: make(chan struct{}, 1),
 		gate:  newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, filepath.Join(cfg.DataDir, "fullsync-backoff")),
 		guard: &guard{dir: filepath.Join(cfg.DataDir, "held")}, refusals: newSourceRefusals(log, stats.SourceRefusals),
@@ -206,7 +208,7 @@ func (f *follower) dialUpstream(ctx context.Context, rdbOnly bool, onRead func()
 		if f.cfg.UpstreamTLSInsecure {
 			f.log.Warn("connecting to the upstream over TLS without verifying its certificate (--upstream-tls-insecure-skip-verify)", "upstream", addr)
 		}
-		tlsCfg = f.down.p.sec.clientConfig(addr, false)
+		tlsCfg = f.down.p.sec.ClientConfig(addr, false)
 	}
 	u, err := f.dial(ctx, "upstream", addr, tlsCfg, psync.HandshakeConfig{
 		User: f.cfg.UpstreamUser, Password: f.cfg.UpstreamPassword,
@@ -219,7 +221,7 @@ func (f *follower) dialUpstream(ctx context.Context, rdbOnly bool, onRead func()
 // the replica handshake up to PSYNC; reads time out after timeout of
 // silence.
 func (f *follower) dial(ctx context.Context, what, addr string, tlsCfg *tls.Config, hs psync.HandshakeConfig, onRead func(), timeout time.Duration) (*upstreamConn, error) {
-	conn, err := dialTLS(ctx, addr, timeout, tlsCfg)
+	conn, err := security.DialTLS(ctx, addr, timeout, tlsCfg)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", what, err)
 	}
@@ -299,13 +301,13 @@ func (f *follower) follow(ctx context.Context) {
 		f.stats.UpstreamConnects.Add(1)
 		endBefore := f.store.bl.End()
 		streamed, err := f.syncOnce(ctx)
-		f.setLink(LinkConnect)
+		f.setLink(vocab.LinkConnect)
 		if ctx.Err() != nil {
-			f.stats.UpstreamDisconnects.add(UpShutdown, UpError)
+			f.stats.UpstreamDisconnects.Add(vocab.UpShutdown, vocab.UpError)
 			return
 		}
 		reason := disconnectReason(err)
-		f.stats.UpstreamDisconnects.add(reason, UpError)
+		f.stats.UpstreamDisconnects.Add(reason, vocab.UpError)
 		f.streamedLast = streamed
 		if f.kickAdvice.Swap(false) {
 			f.advised = nil
@@ -376,7 +378,7 @@ func (f *follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 		}
 		cut(nil)
 	}()
-	f.setLink(LinkConnecting)
+	f.setLink(vocab.LinkConnecting)
 	u, err := f.dialUpstream(ctx, false, f.touchIO)
 	if err != nil {
 		return false, err
@@ -384,7 +386,7 @@ func (f *follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 	defer u.conn.Close()
 	stop := context.AfterFunc(ctx, func() { u.conn.Close() })
 	defer stop()
-	f.setLink(LinkHandshake)
+	f.setLink(vocab.LinkHandshake)
 
 	pos := f.store.position()
 	id, off := "", int64(-1)
@@ -435,31 +437,31 @@ func (f *follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 	default:
 		return false, &upstreamReplyError{step: "PSYNC", line: reply.Line}
 	}
-	f.setLink(LinkConnected)
+	f.setLink(vocab.LinkConnected)
 	f.log.Info("upstream link up", "upstream", f.upstreamAddr(), "replid", f.store.position().hist.ReplID, "offset", f.store.bl.End())
 	return true, f.stream(ctx, u)
 }
 
 // disconnectReason classifies why an upstream connection ended.
-func disconnectReason(err error) UpstreamReason {
+func disconnectReason(err error) vocab.UpstreamReason {
 	var ne net.Error
 	if line := upstreamErrorLine(err); line != "" {
 		return replyClass(line)
 	}
 	switch {
 	case errors.Is(err, errBacklogWrite):
-		return UpBacklogWrite
+		return vocab.UpBacklogWrite
 	case errors.Is(err, errMoved):
-		return UpReplicaof
+		return vocab.UpReplicaof
 	case errors.Is(err, errLocal):
-		return UpDataDir
+		return vocab.UpDataDir
 	case errors.As(err, &ne) && ne.Timeout():
-		return UpTimeout
+		return vocab.UpTimeout
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, psync.ErrShortPayload),
 		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, net.ErrClosed):
-		return UpClosed
+		return vocab.UpClosed
 	}
-	return UpError
+	return vocab.UpError
 }
 
 // onContinue handles +CONTINUE: with a new ID the history shifts and the
@@ -471,7 +473,7 @@ func (f *follower) onContinue(newID string, off int64) {
 		return
 	}
 	f.cancelRefresh("replication ID changed")
-	n := f.down.closeSessions(DownReplIDChanged)
+	n := f.down.closeSessions(vocab.DownReplIDChanged)
 	f.log.Info("upstream replication ID changed", "replid", newID, "replid2", old,
 		"second_repl_offset", off, "replicas_disconnected", n)
 }
@@ -481,7 +483,7 @@ func (f *follower) onContinue(newID string, off int64) {
 // history keeps being served.
 // It returns the snapshot and how many payload bytes arrived (also on error).
 func (f *follower) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*snapshot.Info, int64, error) {
-	f.setLink(LinkSync)
+	f.setLink(vocab.LinkSync)
 	start := time.Now()
 	defer func() { f.cfg.Observer.ObserveUpstreamFullSync(time.Since(start).Seconds()) }()
 	rcv, n, err := f.receivePayload(u, reply, func(n int64) {
@@ -737,12 +739,12 @@ func (f *follower) linkUp() bool {
 	return f.link.up
 }
 
-func (f *follower) setLink(state LinkState) {
+func (f *follower) setLink(state vocab.LinkState) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	wasUp := f.link.up
 	f.link.state = state
-	f.link.up = state == LinkConnected
+	f.link.up = state == vocab.LinkConnected
 	if wasUp != f.link.up {
 		f.stats.UpstreamLinkChanges.Add(1)
 		now := time.Now()

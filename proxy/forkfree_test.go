@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
 // Tests of the promise that the origin forks only when a replica truly
@@ -144,7 +145,7 @@ func TestRefreshSourcesThatCannotServe(t *testing.T) {
 	redistest.Eventually(t, 30*time.Second, "three replicas online", func() bool {
 		n := 0
 		for _, r := range p.Status().Replicas {
-			if r.State == ReplicaOnline {
+			if r.State == vocab.ReplicaOnline {
 				n++
 			}
 		}
@@ -310,7 +311,7 @@ func TestRefreshFromPasswordedReplicaOnAnotherHost(t *testing.T) {
 	})
 	redistest.Eventually(t, 30*time.Second, "the remote replica online", func() bool {
 		r := p.Status().Replicas
-		return len(r) == 1 && r[0].State == ReplicaOnline
+		return len(r) == 1 && r[0].State == vocab.ReplicaOnline
 	})
 	overwrite(t, origin.Client(), nil, 12<<20, 8<<20, 16<<10)
 	redistest.Eventually(t, 60*time.Second, "a refresh from the remote replica", func() bool {

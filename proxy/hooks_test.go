@@ -1,6 +1,9 @@
 package proxy
 
-import "github.com/replproxy/replproxy/psync/backlog"
+import (
+	"github.com/replproxy/replproxy/proxy/vocab"
+	"github.com/replproxy/replproxy/psync/backlog"
+)
 
 // Test hooks: the few views of a running proxy that tests read beyond its
 // public surface (Status, Stats, INFO).
@@ -22,7 +25,7 @@ func (p *Proxy) refreshing() bool { return p.follower.refresh.Load() }
 func (p *Proxy) moveUpstream(addr string) bool { return p.follower.moveUpstream(addr) }
 
 // closeSessions disconnects replicas as a history change does.
-func (p *Proxy) closeSessions(reason DisconnectReason) int { return p.down.closeSessions(reason) }
+func (p *Proxy) closeSessions(reason vocab.DisconnectReason) int { return p.down.closeSessions(reason) }
 
 // dropTrimmedReplicas runs the trim check.
 func (p *Proxy) dropTrimmedReplicas() { p.down.dropTrimmedReplicas() }

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/proxy/pubsub"
+	"github.com/replproxy/replproxy/proxy/security"
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync/snapshot"
 	"github.com/tidwall/resp"
 )
@@ -249,7 +251,7 @@ func (p *Proxy) info(sections ...string) string {
 	if st.LinkUp && !st.LastIO.IsZero() {
 		lastIO = int64(now.Sub(st.LastIO).Seconds())
 	}
-	syncing := st.LinkState == LinkSync
+	syncing := st.LinkState == vocab.LinkSync
 	repl = append(repl,
 		kv("master_last_io_seconds_ago", lastIO),
 		kv("master_sync_in_progress", map[bool]int{true: 1, false: 0}[syncing]),
@@ -288,7 +290,7 @@ func (p *Proxy) info(sections ...string) string {
 	i := 0
 	for _, r := range st.Replicas {
 		lag := int64(0)
-		if r.State == ReplicaOnline && !r.AckTime.IsZero() {
+		if r.State == vocab.ReplicaOnline && !r.AckTime.IsZero() {
 			lag = int64(now.Sub(r.AckTime).Seconds())
 		}
 		off := max(r.AckOff, 0)
@@ -418,7 +420,7 @@ func (p *Proxy) info(sections ...string) string {
 	rp = append(rp, kv("upstream", upAddr), kv("upstream_source", upSource), kv("upstream_configured", p.cfg.Upstream))
 	rp = append(rp, kv("upstream_tls", map[bool]int{true: 1, false: 0}[p.cfg.UpstreamTLS]), kv("tls_port", listenerPort(p.down.tlsLn)))
 	var fails []string
-	for _, r := range AuthFailureReasons() {
+	for _, r := range security.AuthFailureReasons() {
 		fails = append(fails, fmt.Sprintf("%s=%d", r, ps.AuthFailures.Load(r)))
 	}
 	rp = append(rp, "auth_failures:"+strings.Join(fails, ","))
@@ -468,7 +470,7 @@ func oneLine(s string) string { return strings.NewReplacer("\r", " ", "\n", " ")
 func (p *Proxy) role() resp.Value {
 	st := p.Status()
 	off := st.BacklogEnd
-	if st.History.Empty() || st.LinkState != LinkConnected {
+	if st.History.Empty() || st.LinkState != vocab.LinkConnected {
 		off = -1 // as Redis: the offset exists only with a master link
 	}
 	return resp.ArrayValue([]resp.Value{

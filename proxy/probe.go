@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/replproxy/replproxy/proxy/security"
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 )
 
@@ -28,13 +30,13 @@ type ProbeResult struct {
 // that costs it anything.
 func Probe(ctx context.Context, cfg Config) []ProbeResult {
 	cfg.setDefaults()
-	sec, err := newSecurity(cfg, slog.New(slog.DiscardHandler), newCounts(AuthFailureReasons()))
+	sec, err := security.New(cfg.securityOptions(nil), slog.New(slog.DiscardHandler), vocab.NewCounts(security.AuthFailureReasons()))
 	if err != nil {
 		return []ProbeResult{{Check: "files", Detail: err.Error()}, probeDataDir(cfg)}
 	}
 	var tlsCfg *tls.Config
 	if cfg.UpstreamTLS {
-		tlsCfg = sec.clientConfig(cfg.Upstream, false)
+		tlsCfg = sec.ClientConfig(cfg.Upstream, false)
 	}
 	out := []ProbeResult{probeUpstream(ctx, cfg, tlsCfg)}
 	if out[0].OK {
@@ -45,7 +47,7 @@ func Probe(ctx context.Context, cfg Config) []ProbeResult {
 
 func probeUpstream(ctx context.Context, cfg Config, tlsCfg *tls.Config) ProbeResult {
 	r := ProbeResult{Check: "upstream"}
-	c, err := dialTLS(ctx, cfg.Upstream, 5*time.Second, tlsCfg)
+	c, err := security.DialTLS(ctx, cfg.Upstream, 5*time.Second, tlsCfg)
 	if err != nil {
 		r.Detail = fmt.Sprintf("%s is not reachable: %v", cfg.Upstream, err)
 		return r
@@ -60,7 +62,7 @@ func probeUpstream(ctx context.Context, cfg Config, tlsCfg *tls.Config) ProbeRes
 
 func probeHandshake(ctx context.Context, cfg Config, tlsCfg *tls.Config) ProbeResult {
 	r := ProbeResult{Check: "handshake"}
-	conn, err := dialTLS(ctx, cfg.Upstream, 5*time.Second, tlsCfg)
+	conn, err := security.DialTLS(ctx, cfg.Upstream, 5*time.Second, tlsCfg)
 	if err != nil {
 		r.Detail = err.Error()
 		return r

@@ -16,6 +16,8 @@ import (
 	"github.com/replproxy/replproxy/internal/acl"
 	"github.com/replproxy/replproxy/internal/tlsconf"
 	"github.com/replproxy/replproxy/proxy/pubsub"
+	"github.com/replproxy/replproxy/proxy/security"
+	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
 // Proxy is one relay: one upstream history, its snapshot and backlog, and
@@ -31,7 +33,7 @@ type Proxy struct {
 	store    *store
 	follower *follower
 	down     *downstream
-	sec      *security
+	sec      *security.Service
 	versions sync.Map // snapshot name -> the redis-ver it records
 	commands *commandStats
 	pubsub   *pubsub.Registry
@@ -44,7 +46,7 @@ type Stats struct {
 	UpstreamConnects     atomic.Int64
 	UpstreamLinkChanges  atomic.Int64
 	UpstreamDownNanos    atomic.Int64 // time the link was down, closed periods only
-	UpstreamDisconnects  counts[UpstreamReason]
+	UpstreamDisconnects  vocab.Counts[vocab.UpstreamReason]
 	UpstreamFullSyncs    atomic.Int64
 	UpstreamPartialSyncs atomic.Int64
 	UpstreamSyncFailures atomic.Int64 // payloads rejected or cut
@@ -58,7 +60,7 @@ type Stats struct {
 	SentRDBBytes         atomic.Int64
 	SentStreamBytes      atomic.Int64
 	Rejections           [5]atomic.Int64 // by psync.ContinueVerdict
-	Disconnects          counts[DisconnectReason]
+	Disconnects          vocab.Counts[vocab.DisconnectReason]
 	RejectedConns        atomic.Int64 // refused at --max-clients
 	// Client traffic as Redis' Stats count it; replication has its own.
 	ConnectionsReceived atomic.Int64
@@ -76,15 +78,15 @@ type Stats struct {
 	FanoutHandbacks atomic.Int64
 	// AuthFailures counts refused authentications and TLS handshakes by
 	// reason (AuthFailureReasons).
-	AuthFailures counts[string]
+	AuthFailures vocab.Counts[string]
 	// RefreshAttempts counts refresh attempts by "source/outcome".
-	RefreshAttempts counts[string]
+	RefreshAttempts vocab.Counts[string]
 	// UpstreamFullSyncOutcomes counts full syncs the upstream started (each
 	// a fork on the origin) by "purpose/outcome" (SyncPurposes, SyncOutcomes).
-	UpstreamFullSyncOutcomes counts[string]
+	UpstreamFullSyncOutcomes vocab.Counts[string]
 	// SourceRefusals counts replicas that could not serve a snapshot
 	// refresh, by reason (SourceRefusals).
-	SourceRefusals counts[SourceRefusal]
+	SourceRefusals vocab.Counts[SourceRefusal]
 }
 
 // countFullSync counts one upstream full sync; class "" is success.
@@ -108,16 +110,16 @@ func pairs(as, bs []string) []string {
 }
 
 func newStats() *Stats {
-	return &Stats{UpstreamDisconnects: newCounts(UpstreamReasons), Disconnects: newCounts(DisconnectReasons),
-		RefreshAttempts:          newCounts(pairs(SnapshotSources, RefreshOutcomes)),
-		AuthFailures:             newCounts(AuthFailureReasons()),
-		UpstreamFullSyncOutcomes: newCounts(pairs(SyncPurposes(), SyncOutcomes)),
-		SourceRefusals:           newCounts(SourceRefusals)}
+	return &Stats{UpstreamDisconnects: vocab.NewCounts(vocab.UpstreamReasons), Disconnects: vocab.NewCounts(vocab.DisconnectReasons),
+		RefreshAttempts:          vocab.NewCounts(pairs(SnapshotSources, RefreshOutcomes)),
+		AuthFailures:             vocab.NewCounts(security.AuthFailureReasons()),
+		UpstreamFullSyncOutcomes: vocab.NewCounts(pairs(SyncPurposes(), SyncOutcomes)),
+		SourceRefusals:           vocab.NewCounts(SourceRefusals)}
 }
 
 // linkStatus is the upstream link as INFO shows it.
 type linkStatus struct {
-	state     LinkState
+	state     vocab.LinkState
 	up        bool
 	lastIO    time.Time
 	downSince time.Time
@@ -126,7 +128,7 @@ type linkStatus struct {
 	syncRead  int64
 	// downReason and downErr: why the last connection ended, the upstream's
 	// words included.
-	downReason UpstreamReason
+	downReason vocab.UpstreamReason
 	downErr    string
 }
 
@@ -144,7 +146,7 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	_, _ = rand.Read(rnd[:])
 	p := &Proxy{cfg: cfg, log: log, runID: hex.EncodeToString(rnd[:]), started: time.Now(), stats: newStats(),
 		commands: newCommandStats(), pubsub: pubsub.New()}
-	sec, err := newSecurity(cfg, log, p.stats.AuthFailures)
+	sec, err := security.New(cfg.securityOptions(func() { p.down.dropUnusableUsers() }), log, p.stats.AuthFailures)
 	if err != nil {
 		return nil, err
 	}
@@ -157,7 +159,6 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	}
 	p.store = st
 	p.down = newDownstream(p)
-	sec.stop = p.down.dropUnusableUsers
 	if cfg.Delay > 0 {
 		st.retain = p.retainForDelay
 	}
@@ -264,7 +265,7 @@ func (p *Proxy) ServeListeners(ctx context.Context, ln, tlsLn net.Listener) erro
 		p.shutdown()
 		return fmt.Errorf("no listener")
 	}
-	if tlsLn != nil && p.sec.server == nil {
+	if tlsLn != nil && p.sec.Server == nil {
 		tlsLn.Close()
 		p.shutdown()
 		return fmt.Errorf("a TLS listener needs --tls-listen with its certificate")
@@ -277,7 +278,7 @@ func (p *Proxy) ServeListeners(ctx context.Context, ln, tlsLn net.Listener) erro
 	var wg sync.WaitGroup
 	wg.Go(func() { p.follower.follow(ctx) })
 	wg.Go(func() { p.follower.maintain(ctx) })
-	wg.Go(func() { p.sec.watch(ctx) })
+	wg.Go(func() { p.sec.Watch(ctx) })
 	for _, l := range []net.Listener{ln, tlsLn} {
 		if l != nil {
 			isTLS := l == tlsLn
@@ -296,7 +297,7 @@ func (p *Proxy) ServeListeners(ctx context.Context, ln, tlsLn net.Listener) erro
 			l.Close()
 		}
 	}
-	p.down.closeSessions(DownShutdown)
+	p.down.closeSessions(vocab.DownShutdown)
 	wg.Wait()
 	return p.shutdown()
 }
@@ -328,15 +329,15 @@ func (p *Proxy) TLSAddr() net.Addr {
 
 // Reload re-reads the certificate and users files (SIGHUP). A file that
 // does not load keeps its previous version; the error says which.
-func (p *Proxy) Reload() error { return p.sec.reload(true) }
+func (p *Proxy) Reload() error { return p.sec.Reload(true) }
 
 // MetricsTLSConfig serves the metrics listener over HTTPS with the live
 // --metrics-tls-* certificate; nil when none is configured.
 func (p *Proxy) MetricsTLSConfig() *tls.Config {
-	if p.sec.metrics == nil {
+	if p.sec.Metrics == nil {
 		return nil
 	}
-	return p.sec.metrics.ServerConfig(tlsconf.AuthNo)
+	return p.sec.Metrics.ServerConfig(tlsconf.AuthNo)
 }
 
 // GuardStatus reports the empty-origin guard.
@@ -348,12 +349,12 @@ func (p *Proxy) GuardText() string { return guardText(p.GuardStatus()) }
 // Authenticate checks a credential as AUTH does (counted when refused),
 // for endpoints outside the Redis port.
 func (p *Proxy) Authenticate(user, pass, addr string) bool {
-	users := p.sec.users.Load()
+	users := p.sec.Users.Load()
 	if user == acl.DefaultUser && users.DefaultOpen() {
 		return true
 	}
 	if fail := users.Check(user, []byte(pass)); fail != "" {
-		p.sec.authFailed(string(fail), addr, nil)
+		p.sec.AuthFailed(string(fail), addr, nil)
 		return false
 	}
 	return true
@@ -363,7 +364,7 @@ func (p *Proxy) Authenticate(user, pass, addr string) bool {
 func (p *Proxy) GuardAccept() error { return p.follower.acceptHeld() }
 
 // ReloadStatus reports the watched files: certificates and users.
-func (p *Proxy) ReloadStatus() []ReloadStatus { return p.sec.status() }
+func (p *Proxy) ReloadStatus() []security.ReloadStatus { return p.sec.Status() }
 
 func addrText(ln net.Listener) string {
 	if ln == nil {
@@ -375,11 +376,11 @@ func addrText(ln net.Listener) string {
 // warnUnprotected is Redis' protected mode in spirit: a listener reachable
 // beyond loopback with neither a password nor client certificates.
 func (p *Proxy) warnUnprotected() {
-	open := p.sec.users.Load().DefaultOpen()
+	open := p.sec.Users.Load().DefaultOpen()
 	for _, l := range []struct {
 		ln       net.Listener
 		certAuth bool
-	}{{p.down.ln, false}, {p.down.tlsLn, p.sec.auth == tlsconf.AuthYes}} {
+	}{{p.down.ln, false}, {p.down.tlsLn, p.sec.Auth == tlsconf.AuthYes}} {
 		if l.ln == nil || !open || l.certAuth {
 			continue
 		}

@@ -303,7 +303,7 @@ func (f *follower) refreshFromReplicas(ctx context.Context) (*snapshot.Info, err
 func (f *follower) fetchFromReplica(ctx context.Context, c refreshCandidate) (*snapshot.Info, error) {
 	var tlsCfg *tls.Config
 	if c.tls {
-		tlsCfg = f.down.p.sec.clientConfig(c.addr, true)
+		tlsCfg = f.down.p.sec.ClientConfig(c.addr, true)
 	}
 	// A healthy replica answers the handshake at once; a frozen one still
 	// accepts the connection, and must not hold the refresh for long.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/replproxy/replproxy/internal/faultproxy"
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 )
 
@@ -308,7 +309,7 @@ func TestRefreshFromReplicasWithAuth(t *testing.T) {
 			replicas := startReplicas(t, 1, p.addr)
 			redistest.Eventually(t, 30*time.Second, "replica online", func() bool {
 				r := p.Status().Replicas
-				return len(r) == 1 && r[0].State == ReplicaOnline
+				return len(r) == 1 && r[0].State == vocab.ReplicaOnline
 			})
 			// Set after start: the test harness's own client has no password.
 			if err := replicas[0].Client().ConfigSet(context.Background(), "requirepass", "s3cret").Err(); err != nil {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/acl"
+	"github.com/replproxy/replproxy/proxy/security"
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 )
 
@@ -138,7 +140,7 @@ func trusts(rules []trustRule, id identity) bool {
 // is logged once per reason (with advice) and shown in INFO.
 type sourceRefusals struct {
 	log    *slog.Logger
-	counts counts[SourceRefusal]
+	counts vocab.Counts[SourceRefusal]
 
 	mu sync.Mutex
 	by map[string]RefusedSource // by announced address
@@ -156,13 +158,13 @@ type RefusedSource struct {
 // maxRefusedSources bounds the memory of refused sources.
 const maxRefusedSources = 1024
 
-func newSourceRefusals(log *slog.Logger, c counts[SourceRefusal]) *sourceRefusals {
+func newSourceRefusals(log *slog.Logger, c vocab.Counts[SourceRefusal]) *sourceRefusals {
 	return &sourceRefusals{log: log, counts: c, by: map[string]RefusedSource{}}
 }
 
 // note records a refusal of addr; a new reason for it is logged.
 func (r *sourceRefusals) note(addr string, e *errSourceRefused) {
-	r.counts.add(e.reason, RefusedNotOurs)
+	r.counts.Add(e.reason, RefusedNotOurs)
 	r.mu.Lock()
 	prev, seen := r.by[addr]
 	if seen || len(r.by) < maxRefusedSources {
@@ -297,13 +299,13 @@ func parseInfoFields(txt string) map[string]string {
 // default user while clients can authenticate as it: every replica (and
 // any client that can connect) shares that identity, so any of them could
 // serve the snapshot every later full sync gets.
-func warnSharedTrust(cfg Config, sec *security, log *slog.Logger) {
+func warnSharedTrust(cfg Config, sec *security.Service, log *slog.Logger) {
 	rules, _ := parseTrust(cfg.RefreshTrust)
 	if !cfg.hasRefreshSource(SourceReplicas) || !trusts(rules, identity{user: acl.DefaultUser}) {
 		return
 	}
 	var how string
-	switch users := sec.users.Load(); {
+	switch users := sec.Users.Load(); {
 	case users.DefaultOpen():
 		how = "no password: any client that can connect"
 	case users.Usable(acl.DefaultUser):

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/proxy/plan"
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/backlog"
 	"github.com/replproxy/replproxy/psync/snapshot"
@@ -327,7 +328,7 @@ func (s *session) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, 
 				"replica_version", req.Version, "rdb_version", pl.Snap.RDBVersion)
 			_ = s.errorf("ERR replproxy holds an RDB version %d snapshot, which version %s cannot load; "+
 				"replicate from an upstream of a release it can read", pl.Snap.RDBVersion, req.Version)
-			s.close(DownRDBVersion)
+			s.close(vocab.DownRDBVersion)
 			return nil, errRDBVersion
 		case plan.FullSync:
 			if s.listeningPort > 0 {
@@ -340,7 +341,7 @@ func (s *session) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, 
 				_ = s.errorf("ERR replproxy holds an RDB version %d snapshot (upstream %s) that this replica could not load after its last full sync; "+
 					"upgrade the replica or replicate from an upstream of its release (retried in %s)",
 					pl.Snap.RDBVersion, s.p.upstreamVersion(), left.Round(time.Second))
-				s.close(DownRDBVersion)
+				s.close(vocab.DownRDBVersion)
 				return nil, errRDBVersion
 			}
 			f, cur, err := s.openSnapshot(pl.Snap, pos, pub)
@@ -522,15 +523,15 @@ func (s *session) stream(ctx context.Context, cur *backlog.Cursor) error {
 			switch {
 			case errors.Is(err, backlog.ErrTrimmed):
 				s.log.Warn("replica fell behind the backlog front; disconnecting", "offset", cur.Pos())
-				s.close(DownOffsetTrimmed)
+				s.close(vocab.DownOffsetTrimmed)
 			case errors.Is(err, backlog.ErrReset):
-				s.close(DownHistoryReset)
+				s.close(vocab.DownHistoryReset)
 			case errors.Is(err, backlog.ErrClosed), ctx.Err() != nil:
-				s.close(DownShutdown)
+				s.close(vocab.DownShutdown)
 			case isTimeout(err):
-				s.close(DownTimeout)
+				s.close(vocab.DownTimeout)
 			default:
-				s.close(DownError)
+				s.close(vocab.DownError)
 			}
 			return err
 		}
@@ -576,7 +577,7 @@ func (s *session) readAcks() {
 			switch {
 			case isTimeout(err):
 				s.log.Warn("replica timed out: no ACK", "timeout", s.p.cfg.ReplicaTimeout.String())
-				s.close(DownTimeout)
+				s.close(vocab.DownTimeout)
 			case s.sentRDB.Load() != 0 && !s.acked.Load() && !s.legacy && errors.Is(err, io.EOF):
 				s.log.Warn("replica hung up after a full sync without acknowledging it; "+
 					"its log says why (e.g. \"Can't handle RDB format version\": it is older than the upstream)",
@@ -584,11 +585,11 @@ func (s *session) readAcks() {
 				if s.listeningPort > 0 {
 					s.p.down.noteRefusal(s.replicaAddr(), int(s.sentRDB.Load()))
 				}
-				s.close(DownClosedBeforeAck)
+				s.close(vocab.DownClosedBeforeAck)
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
-				s.close(DownClosed)
+				s.close(vocab.DownClosed)
 			default:
-				s.close(DownError)
+				s.close(vocab.DownError)
 			}
 			return
 		}
@@ -599,7 +600,7 @@ func (s *session) readAcks() {
 		}
 		if !strings.EqualFold(string(args[0]), "replconf") || len(args) < 3 {
 			s.log.Warn("unexpected command on a replica link; disconnecting", "command", truncate(string(args[0]), 32))
-			s.close(DownProtocolError)
+			s.close(vocab.DownProtocolError)
 			return
 		}
 		if strings.EqualFold(string(args[1]), "ack") {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/replproxy/replproxy/internal/acl"
 	"github.com/replproxy/replproxy/proxy/pubsub"
+	"github.com/replproxy/replproxy/proxy/vocab"
 
 	"github.com/replproxy/replproxy/psync/backlog"
 )
@@ -109,11 +110,11 @@ type session struct {
 }
 
 // close ends the session once; the first reason is the one counted.
-func (s *session) close(reason DisconnectReason) {
+func (s *session) close(reason vocab.DisconnectReason) {
 	s.closeOnce.Do(func() {
 		s.closeReason.Store(reason)
 		if s.replica.Load() {
-			s.p.stats.Disconnects.add(reason, DownError)
+			s.p.stats.Disconnects.Add(reason, vocab.DownError)
 			s.log.Info("replica disconnected", "reason", reason, "ack_offset", s.ackOff.Load())
 		}
 		s.cancel()
@@ -465,7 +466,7 @@ func (s *session) auth(args [][]byte) error {
 	user := acl.DefaultUser
 	if len(args) == 2 {
 		user = string(args[0])
-	} else if s.p.sec.users.Load().DefaultOpen() {
+	} else if s.p.sec.Users.Load().DefaultOpen() {
 		// As Redis: the one-argument form with a nopass default user.
 		return s.errorf("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
 	}
@@ -518,10 +519,10 @@ func (s *session) hello(args [][]byte) error {
 }
 
 func (s *session) checkAuth(user, pass []byte) error {
-	users := s.p.sec.users.Load()
+	users := s.p.sec.Users.Load()
 	name := string(user)
 	if fail := users.Check(name, pass); fail != "" {
-		s.p.sec.authFailed(string(fail), s.addr, nil)
+		s.p.sec.AuthFailed(string(fail), s.addr, nil)
 		return errWrongPass
 	}
 	s.authed = true

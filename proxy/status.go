@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
@@ -26,7 +27,7 @@ type Status struct {
 
 	UpstreamHost   string
 	UpstreamPort   int
-	LinkState      LinkState
+	LinkState      vocab.LinkState
 	LinkUp         bool
 	LastIO         time.Time // zero when never
 	LinkDownSince  time.Time // zero while up
@@ -35,7 +36,7 @@ type Status struct {
 	SyncReadBytes  int64
 	// LinkDownReason and LinkDownError: why the last upstream connection
 	// ended, the upstream's own words included ("" before any).
-	LinkDownReason UpstreamReason
+	LinkDownReason vocab.UpstreamReason
 	LinkDownError  string
 	// BacklogWindowShort: the backlog is full and covers less than
 	// minBacklogWindow of stream at the current write rate.
@@ -78,7 +79,7 @@ type ReplicaStatus struct {
 	IP      string
 	Port    int
 	Addr    string // peer address
-	State   ReplicaState
+	State   vocab.ReplicaState
 	AckOff  int64
 	AckTime time.Time
 	Legacy  bool
@@ -123,7 +124,7 @@ func (p *Proxy) Status() Status {
 	st.Keyspace = p.store.keyspace.get(pub.snap)
 	st.Clients, st.Replicas = p.down.replicaStatus(end, now)
 	for _, r := range st.Replicas {
-		if r.State == ReplicaSendBulk {
+		if r.State == vocab.ReplicaSendBulk {
 			st.FullSyncing++
 		}
 	}
@@ -141,14 +142,14 @@ func (d *downstream) replicaStatus(end int64, now time.Time) (clients int, out [
 			continue
 		}
 		rs := ReplicaStatus{ID: s.id, IP: s.replicaIP(), Port: s.listeningPort, Addr: s.addr,
-			State: replicaStateByCode[s.state.Load()], AckOff: s.ackOff.Load(), Legacy: s.legacy, SentOffset: -1}
+			State: vocab.ReplicaStateByCode[s.state.Load()], AckOff: s.ackOff.Load(), Legacy: s.legacy, SentOffset: -1}
 		if t := s.ackTime.Load(); t > 0 {
 			rs.AckTime = time.Unix(0, t)
 		}
 		if c := s.cur.Load(); c != nil {
 			rs.SentOffset = c.Pos() - 1
 		}
-		if rs.State == ReplicaOnline && rs.AckOff >= 0 {
+		if rs.State == vocab.ReplicaOnline && rs.AckOff >= 0 {
 			rs.LagBytes = max(end-rs.AckOff, 0)
 			rs.LagSeconds = arrivals.lagSeconds(rs.AckOff, now)
 		}

@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 )
 
@@ -185,7 +186,7 @@ func (f *follower) discardHistory(cause error) {
 	f.publishes = streamPublishes{}
 	f.cancelRefresh("history discarded")
 	f.store.discard()
-	f.down.closeSessions(DownHistoryReset)
+	f.down.closeSessions(vocab.DownHistoryReset)
 }
 
 // errBacklogWrite: the backlog could not store received bytes (disk full,

@@ -5,6 +5,7 @@ import (
 
 	"github.com/replproxy/replproxy/internal/acl"
 	"github.com/replproxy/replproxy/proxy/pubsub"
+	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
 // Pub/sub as a Redis replica offers it: clients subscribe here and receive
@@ -27,7 +28,7 @@ func (s *session) subscriberFor() *pubsub.Subscriber {
 				s.p.stats.NetOutputBytes.Add(int64(n))
 				s.p.stats.WritesProcessed.Add(1)
 			},
-			Close: func() { s.close(DownClosed) },
+			Close: func() { s.close(vocab.DownClosed) },
 			Overflow: func(pending int64) {
 				s.p.stats.OutputBufferDrops.Add(1)
 				s.log.Warn("closing a subscriber that does not read its messages", "pending_bytes", pending)
@@ -108,7 +109,7 @@ func (s *session) reset() error {
 		s.p.pubsub.Drop(s.subs)
 	}
 	s.clientName.Store("")
-	s.authed = s.p.sec.users.Load().DefaultOpen()
+	s.authed = s.p.sec.Users.Load().DefaultOpen()
 	if s.authed {
 		s.user.Store(acl.DefaultUser)
 	} else {

@@ -25,6 +25,8 @@ import (
 	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/internal/testcert"
+	"github.com/replproxy/replproxy/proxy/security"
+	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
 // tlsRig is a CA with certificates for every party, and a second CA that
@@ -322,7 +324,7 @@ func TestTLSRefusals(t *testing.T) {
 		name   string
 		pair   testcert.Pair
 		reason string
-	}{{"no certificate", testcert.Pair{}, AuthTLSNoClientCert}, {"foreign CA", r.foreign, AuthTLSBadClientCert}} {
+	}{{"no certificate", testcert.Pair{}, security.AuthTLSNoClientCert}, {"foreign CA", r.foreign, security.AuthTLSBadClientCert}} {
 		before := p.Stats().AuthFailures.Load(tc.reason)
 		n, err := tlsSyncAttempt(tlsAddr, r.clientConfig(t, tc.pair))
 		if n > 0 || err == nil {
@@ -330,7 +332,7 @@ func TestTLSRefusals(t *testing.T) {
 		}
 		if err := redistest.WaitFor(5*time.Second, func() bool { return p.Stats().AuthFailures.Load(tc.reason) == before+1 }); err != nil {
 			var all []string
-			for _, r := range AuthFailureReasons() {
+			for _, r := range security.AuthFailureReasons() {
 				all = append(all, fmt.Sprintf("%s=%d", r, p.Stats().AuthFailures.Load(r)))
 			}
 			t.Fatalf("%s: not counted as %s once: %s", tc.name, tc.reason, strings.Join(all, " "))
@@ -346,7 +348,7 @@ func TestTLSRefusals(t *testing.T) {
 		Client: foreignCli}, "--replicaof", host, port, "--masterauth", "default-secret")
 	plain := redistest.StartT(t, "plain", "--replicaof", host, port, "--masterauth", "default-secret")
 	redistest.Eventually(t, 20*time.Second, "both refused, more than once", func() bool {
-		return p.Stats().AuthFailures.Load(AuthTLSBadClientCert) >= 3 && p.Stats().AuthFailures.Load(AuthTLSPlaintext) >= 2
+		return p.Stats().AuthFailures.Load(security.AuthTLSBadClientCert) >= 3 && p.Stats().AuthFailures.Load(security.AuthTLSPlaintext) >= 2
 	})
 	for _, s := range []*redistest.Server{foreign, plain} {
 		if n := s.InfoInt("keyspace", "db0"); s.Client().DBSize(context.Background()).Val() != 0 || n > 0 {
@@ -362,7 +364,7 @@ func TestTLSRefusals(t *testing.T) {
 	})
 
 	// A TLS ClientHello on the plaintext port is closed at once.
-	before := p.Stats().AuthFailures.Load(AuthTLSOnPlainPort)
+	before := p.Stats().AuthFailures.Load(security.AuthTLSOnPlainPort)
 	c, err := net.DialTimeout("tcp", plainAddr, time.Second)
 	must(t, err)
 	tc := tls.Client(c, r.clientConfig(t, r.client))
@@ -373,7 +375,7 @@ func TestTLSRefusals(t *testing.T) {
 		t.Fatalf("TLS on the plaintext port: handshake %v (want a clean close, not a hang)", err)
 	}
 	tc.Close()
-	redistest.Eventually(t, 5*time.Second, "TLS on plaintext counted", func() bool { return p.Stats().AuthFailures.Load(AuthTLSOnPlainPort) == before+1 })
+	redistest.Eventually(t, 5*time.Second, "TLS on plaintext counted", func() bool { return p.Stats().AuthFailures.Load(security.AuthTLSOnPlainPort) == before+1 })
 
 	// The CN maps to an existing user: no AUTH needed. Another CN is not
 	// authenticated by its certificate.
@@ -447,7 +449,7 @@ func TestTLSRotationWhileStreaming(t *testing.T) {
 	swapLink(t, crt, wrong.CertFile) // its key never comes
 	redistest.Eventually(t, 10*time.Second, "the failed reload is reported", func() bool {
 		for _, st := range p.ReloadStatus() {
-			if st.Role == RoleServer && st.Failures >= 1 && st.LastError != "" {
+			if st.Role == security.RoleServer && st.Failures >= 1 && st.LastError != "" {
 				return true
 			}
 		}
@@ -467,7 +469,7 @@ func TestTLSRotationWhileStreaming(t *testing.T) {
 		t.Fatalf("replicas reconnected during the rotations: partial %d→%d, full %d→%d",
 			partialBefore, st.SyncPartialOK.Load(), fullBefore, st.SyncFull.Load())
 	}
-	for _, reason := range DisconnectReasons {
+	for _, reason := range vocab.DisconnectReasons {
 		if n := st.Disconnects.Load(reason); n > 0 {
 			t.Fatalf("%d replica disconnects (%s) during the rotations", n, reason)
 		}
@@ -550,7 +552,7 @@ func TestUsersFile(t *testing.T) {
 	must(t, os.WriteFile(users+".new", []byte("user repl off >repl-secret\n"), 0o600))
 	must(t, os.Rename(users+".new", users))
 	redistest.Eventually(t, 10*time.Second, "the replica of a disabled user is dropped and refused", func() bool {
-		return p.Stats().Disconnects.Load(DownUserRevoked) >= 1 && p.Stats().AuthFailures.Load("user_disabled") > refusedBefore
+		return p.Stats().Disconnects.Load(vocab.DownUserRevoked) >= 1 && p.Stats().AuthFailures.Load("user_disabled") > refusedBefore
 	})
 	for _, secret := range []string{"repl-secret", "gone-secret", "default-secret", "nope"} {
 		if strings.Contains(p.logBuf.String(), secret) {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/tidwall/resp"
 
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
 
@@ -182,7 +183,7 @@ func (s *session) kill(victims []*session) {
 			continue
 		}
 		s.log.Info("client killed by CLIENT KILL", "victim", v.id, "victim_addr", v.addr)
-		v.close(DownClosed)
+		v.close(vocab.DownClosed)
 	}
 }
 

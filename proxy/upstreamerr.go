@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 )
 
@@ -31,30 +32,30 @@ func upstreamErrorLine(err error) string {
 }
 
 // replyClass classifies an error reply of the upstream.
-func replyClass(line string) UpstreamReason {
+func replyClass(line string) vocab.UpstreamReason {
 	code, _, _ := strings.Cut(strings.TrimPrefix(line, "-"), " ")
 	switch {
 	case code == "DENIED":
-		return UpDenied
+		return vocab.UpDenied
 	case code == "NOAUTH", code == "WRONGPASS", strings.HasPrefix(line, "-ERR invalid password"),
 		strings.HasPrefix(line, "-ERR AUTH"), strings.HasPrefix(line, "-ERR Client sent AUTH"):
-		return UpAuth
+		return vocab.UpAuth
 	case code == "NOPERM":
-		return UpNoPerm
+		return vocab.UpNoPerm
 	case code == "LOADING":
-		return UpLoading
+		return vocab.UpLoading
 	case code == "NOMASTERLINK":
-		return UpNoMasterLink
+		return vocab.UpNoMasterLink
 	case strings.HasPrefix(line, "-ERR unknown command"):
-		return UpUnknownCommand
+		return vocab.UpUnknownCommand
 	}
-	return UpError
+	return vocab.UpError
 }
 
 // advice says what to do about a cause the proxy cannot fix itself; "" for
 // the ones that need no operator. streamed: the link had reached
 // streaming (a timeout then means an idle link between the origin's PINGs).
-func advice(reason UpstreamReason, replTimeout time.Duration, streamed bool, err error) string {
+func advice(reason vocab.UpstreamReason, replTimeout time.Duration, streamed bool, err error) string {
 	if cb := (*closedBehindError)(nil); errors.As(err, &cb) {
 		return "the upstream hung up while replproxy was reading behind it: most likely its client-output-buffer-limit for replicas " +
 			"cut replproxy, whose backlog appends (its disk) were slower than the origin's writes; the origin's log says " +
@@ -62,17 +63,17 @@ func advice(reason UpstreamReason, replTimeout time.Duration, streamed bool, err
 			"or a hard limit above the burst) and its repl-backlog-size, so that the reconnection is a partial resync, or give the data dir a faster disk"
 	}
 	switch reason {
-	case UpDenied:
+	case vocab.UpDenied:
 		return "the origin is in protected mode: set a password on it (requirepass, and --upstream-password here) or bind it to loopback"
-	case UpAuth:
+	case vocab.UpAuth:
 		return "check --upstream-user and --upstream-password(-file) against the origin's requirepass or ACL users"
-	case UpNoPerm:
+	case vocab.UpNoPerm:
 		return "the upstream user lacks replication rights; it needs +psync +replconf +ping, and +info to wait out write bursts (ACL SETUSER <user> +psync +replconf +ping +info)"
-	case UpNoMasterLink:
+	case vocab.UpNoMasterLink:
 		return "the upstream is a replica that lost its master (replica-serve-stale-data no); point --upstream at the master, or wait"
-	case UpUnknownCommand:
+	case vocab.UpUnknownCommand:
 		return "the upstream refuses a replication command: PSYNC or REPLCONF renamed or disabled (rename-command)?"
-	case UpTimeout:
+	case vocab.UpTimeout:
 		if replTimeout <= originPingPeriod && streamed {
 			return fmt.Sprintf("--repl-timeout %v does not exceed the origin's repl-ping-replica-period (%v by default): an idle link times out between PINGs; raise it",
 				replTimeout, originPingPeriod)
@@ -85,13 +86,13 @@ func advice(reason UpstreamReason, replTimeout time.Duration, streamed bool, err
 const originPingPeriod = 10 * time.Second
 
 // adviseOnce logs the advice for a cause once per upstream address.
-func (f *follower) adviseOnce(reason UpstreamReason, err error) {
+func (f *follower) adviseOnce(reason vocab.UpstreamReason, err error) {
 	text := advice(reason, f.cfg.ReplTimeout, f.streamedLast, err)
 	if text == "" || f.advised[reason] {
 		return
 	}
 	if f.advised == nil {
-		f.advised = map[UpstreamReason]bool{}
+		f.advised = map[vocab.UpstreamReason]bool{}
 	}
 	f.advised[reason] = true
 	f.log.Error("upstream link: "+text, "reason", reason, "upstream", f.upstreamAddr(), "err", err)

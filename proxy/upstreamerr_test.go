@@ -10,6 +10,7 @@ import (
 
 	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
 // scriptedReplier answers every command with reply once the command named
@@ -73,17 +74,17 @@ func TestUpstreamErrorClasses(t *testing.T) {
 		"1) Just disable protected mode sending the command 'CONFIG SET protected-mode no' from the loopback interface by connecting to Redis from the same host the server is running."
 	cases := []struct {
 		name, upstream, user, pass string
-		reason                     UpstreamReason
+		reason                     vocab.UpstreamReason
 		words, advice              string
 	}{
-		{"denied", scriptedReplier(t, "PING", denied), "", "", UpDenied, denied[1:], "set a password on it"},
+		{"denied", scriptedReplier(t, "PING", denied), "", "", vocab.UpDenied, denied[1:], "set a password on it"},
 		{"loading", scriptedReplier(t, "PSYNC", "-LOADING Redis is loading the dataset in memory"), "", "",
-			UpLoading, "LOADING Redis is loading the dataset in memory", ""},
-		{"wrong password", protected.Addr(), "", "wrong", UpAuth, "WRONGPASS invalid username-password pair", "check --upstream-user"},
-		{"no password", protected.Addr(), "", "", UpAuth, "NOAUTH Authentication required", "check --upstream-user"},
-		{"user without +psync", acl.Addr(), "repl", "pw", UpNoPerm, "NOPERM", "+psync +replconf +ping"},
+			vocab.UpLoading, "LOADING Redis is loading the dataset in memory", ""},
+		{"wrong password", protected.Addr(), "", "wrong", vocab.UpAuth, "WRONGPASS invalid username-password pair", "check --upstream-user"},
+		{"no password", protected.Addr(), "", "", vocab.UpAuth, "NOAUTH Authentication required", "check --upstream-user"},
+		{"user without +psync", acl.Addr(), "repl", "pw", vocab.UpNoPerm, "NOPERM", "+psync +replconf +ping"},
 		{"renamed PSYNC", scriptedReplier(t, "PSYNC", "-ERR unknown command 'PSYNC', with args beginning with: '?' '-1' "), "", "",
-			UpUnknownCommand, "unknown command 'PSYNC'", "renamed or disabled"},
+			vocab.UpUnknownCommand, "unknown command 'PSYNC'", "renamed or disabled"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -114,14 +115,14 @@ func TestReplTimeoutAdvice(t *testing.T) {
 	origin := redistest.StartT(t, "origin")
 	p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) { c.ReplTimeout = 5 * time.Second })
 	redistest.Eventually(t, 60*time.Second, "the idle link times out twice", func() bool {
-		return p.Stats().UpstreamDisconnects.Load(UpTimeout) >= 2
+		return p.Stats().UpstreamDisconnects.Load(vocab.UpTimeout) >= 2
 	})
 	log := p.logBuf.String()
 	if n := linesWith(log, "--repl-timeout does not exceed the origin's default repl-ping-replica-period"); n != 1 {
 		t.Fatalf("start warning given %d times", n)
 	}
 	if n := linesWith(log, "an idle link times out between PINGs; raise it"); n != 1 {
-		t.Fatalf("advice given %d times after %d timeouts", n, p.Stats().UpstreamDisconnects.Load(UpTimeout))
+		t.Fatalf("advice given %d times after %d timeouts", n, p.Stats().UpstreamDisconnects.Load(vocab.UpTimeout))
 	}
 }
 
@@ -144,7 +145,7 @@ func TestProtectedModeOrigin(t *testing.T) {
 	addr := redistest.StartProtectedT(t)
 	p := startProxy(t, addr, t.TempDir())
 	redistest.Eventually(t, 20*time.Second, "denied counted", func() bool {
-		return p.Stats().UpstreamDisconnects.Load(UpDenied) >= 2
+		return p.Stats().UpstreamDisconnects.Load(vocab.UpDenied) >= 2
 	})
 	log := p.logBuf.String()
 	if !strings.Contains(log, "DENIED Redis is running in protected mode") || linesWith(log, "set a password on it") != 1 {

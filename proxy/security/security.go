@@ -1,4 +1,4 @@
-package proxy
+package security
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 
 	"github.com/replproxy/replproxy/internal/acl"
 	"github.com/replproxy/replproxy/internal/tlsconf"
+	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
 // TLS roles, as metrics label certificates and reloads.
@@ -46,23 +47,22 @@ func AuthFailureReasons() []string {
 
 // tlsHandshakeTimeout bounds a downstream handshake: a client that opens
 // the TLS port and never completes a handshake is closed, not kept.
-const tlsHandshakeTimeout = 10 * time.Second
+const TLSHandshakeTimeout = 10 * time.Second
 
 // security owns what authenticates connections: certificates and the users
 // file, reloaded on SIGHUP (Reload) and when the files change (watch).
 // Sessions read the users through an atomic pointer; reloads are
 // serialised by mu, which guards no I/O that sessions wait on.
-type security struct {
-	cfg  Config
-	log  *slog.Logger
-	stop func() // kills sessions whose user was removed or disabled
+type Service struct {
+	cfg Options
+	log *slog.Logger
 
-	server   *tlsconf.Source // nil without --tls-listen
-	upstream *tlsconf.Source // nil without --upstream-tls
-	metrics  *tlsconf.Source // nil without --metrics-tls-cert-file
-	auth     tlsconf.ClientAuth
+	Server   *tlsconf.Source // nil without --tls-listen
+	Upstream *tlsconf.Source // nil without --upstream-tls
+	Metrics  *tlsconf.Source // nil without --metrics-tls-cert-file
+	Auth     tlsconf.ClientAuth
 
-	users      atomic.Pointer[acl.Users]
+	Users      atomic.Pointer[acl.Users]
 	mu         sync.Mutex
 	usersStamp string
 	usersFail  string
@@ -70,29 +70,48 @@ type security struct {
 	usersFails int64
 	usersError string
 
-	failures counts[string]
+	failures vocab.Counts[string]
 	limiter  logLimiter
 }
 
-func newSecurity(cfg Config, log *slog.Logger, failures counts[string]) (*security, error) {
-	s := &security{cfg: cfg, log: log, failures: failures}
+// Options are what security reads of the configuration.
+type Options struct {
+	TLSListen, TLSAuthClients, TLSCertFile, TLSKeyFile, TLSCAFile string
+
+	UpstreamTLS                                                                       bool
+	UpstreamTLSCertFile, UpstreamTLSKeyFile, UpstreamTLSCAFile, UpstreamTLSServerName string
+	UpstreamTLSInsecure                                                               bool
+
+	MetricsTLSCertFile, MetricsTLSKeyFile string
+
+	UsersFile, RequirePass string
+	TLSAuthUserFromCN      bool
+	// ReloadInterval is how often watch looks at the files.
+	ReloadInterval time.Duration
+	// UsersChanged runs after a reload changed the users (to close the
+	// sessions of a user removed or disabled); nil: nothing.
+	UsersChanged func()
+}
+
+func New(cfg Options, log *slog.Logger, failures vocab.Counts[string]) (*Service, error) {
+	s := &Service{cfg: cfg, log: log, failures: failures}
 	var errs []error
 	var err error
 	if cfg.TLSListen != "" { // validate has checked the options go together
-		s.auth, _ = tlsconf.ParseClientAuth(cfg.TLSAuthClients)
-		if s.server, err = tlsconf.Load(RoleServer, tlsconf.Files{Cert: cfg.TLSCertFile, Key: cfg.TLSKeyFile, CA: cfg.TLSCAFile}); err != nil {
+		s.Auth, _ = tlsconf.ParseClientAuth(cfg.TLSAuthClients)
+		if s.Server, err = tlsconf.Load(RoleServer, tlsconf.Files{Cert: cfg.TLSCertFile, Key: cfg.TLSKeyFile, CA: cfg.TLSCAFile}); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if cfg.UpstreamTLS {
 		f := tlsconf.Files{Cert: cfg.UpstreamTLSCertFile, Key: cfg.UpstreamTLSKeyFile, CA: cfg.UpstreamTLSCAFile}
-		if s.upstream, err = tlsconf.Load(RoleUpstream, f); err != nil {
+		if s.Upstream, err = tlsconf.Load(RoleUpstream, f); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if cfg.MetricsTLSCertFile != "" {
 		f := tlsconf.Files{Cert: cfg.MetricsTLSCertFile, Key: cfg.MetricsTLSKeyFile}
-		if s.metrics, err = tlsconf.Load(RoleMetrics, f); err != nil {
+		if s.Metrics, err = tlsconf.Load(RoleMetrics, f); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -100,7 +119,7 @@ func newSecurity(cfg Config, log *slog.Logger, failures counts[string]) (*securi
 	if err != nil {
 		errs = append(errs, err)
 	} else {
-		s.users.Store(users)
+		s.Users.Store(users)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -108,17 +127,9 @@ func newSecurity(cfg Config, log *slog.Logger, failures counts[string]) (*securi
 	return s, nil
 }
 
-// CheckFiles loads the certificate and users files as the daemon would
-// at start, for check-config.
-func CheckFiles(cfg Config) error {
-	cfg.setDefaults()
-	_, err := newSecurity(cfg, slog.New(slog.DiscardHandler), newCounts(AuthFailureReasons()))
-	return err
-}
-
 // loadUsers reads the users file (none: only the default user) and adds
 // the default user as Redis does.
-func (s *security) loadUsers() (*acl.Users, error) {
+func (s *Service) loadUsers() (*acl.Users, error) {
 	if s.cfg.UsersFile == "" {
 		return (*acl.Users)(nil).WithDefault(s.cfg.RequirePass), nil
 	}
@@ -148,9 +159,9 @@ func fileStamp(path string) string {
 }
 
 // sources lists the certificate roles configured.
-func (s *security) sources() []*tlsconf.Source {
+func (s *Service) sources() []*tlsconf.Source {
 	var out []*tlsconf.Source
-	for _, src := range []*tlsconf.Source{s.server, s.upstream, s.metrics} {
+	for _, src := range []*tlsconf.Source{s.Server, s.Upstream, s.Metrics} {
 		if src != nil {
 			out = append(out, src)
 		}
@@ -160,7 +171,7 @@ func (s *security) sources() []*tlsconf.Source {
 
 // reload re-reads every file (force) or those that changed. Failures keep
 // the previous material and are logged here, once per change of the files.
-func (s *security) reload(force bool) error {
+func (s *Service) Reload(force bool) error {
 	var errs []error
 	for _, src := range s.sources() {
 		if !force && !src.Changed() {
@@ -180,7 +191,7 @@ func (s *security) reload(force bool) error {
 	return errors.Join(errs...)
 }
 
-func (s *security) reloadUsers(force bool) error {
+func (s *Service) reloadUsers(force bool) error {
 	if s.cfg.UsersFile == "" {
 		return nil
 	}
@@ -200,18 +211,18 @@ func (s *security) reloadUsers(force bool) error {
 	}
 	s.usersLoads++
 	s.usersError, s.usersFail = "", ""
-	s.users.Store(us)
+	s.Users.Store(us)
 	s.mu.Unlock()
 	s.log.Info("users reloaded", "users", len(us.Names()))
-	if s.stop != nil {
-		s.stop()
+	if s.cfg.UsersChanged != nil {
+		s.cfg.UsersChanged()
 	}
 	return nil
 }
 
 // watch polls the files: Kubernetes rotates a mounted Secret by swapping a
 // symlink, which no inotify watch on the old file would see.
-func (s *security) watch(ctx context.Context) {
+func (s *Service) Watch(ctx context.Context) {
 	if len(s.sources()) == 0 && s.cfg.UsersFile == "" {
 		return
 	}
@@ -222,7 +233,7 @@ func (s *security) watch(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			_ = s.reload(false) // logged inside
+			_ = s.Reload(false) // logged inside
 		}
 	}
 }
@@ -236,7 +247,7 @@ type ReloadStatus struct {
 	NotAfter  time.Time // certificates only; zero otherwise
 }
 
-func (s *security) status() []ReloadStatus {
+func (s *Service) Status() []ReloadStatus {
 	var out []ReloadStatus
 	for _, src := range s.sources() {
 		st := src.Status()
@@ -259,8 +270,8 @@ func serialText(st tlsconf.Status) string {
 
 // authFailed counts a refused authentication and logs it, at most once a
 // second per reason (a brute force must not flood the log).
-func (s *security) authFailed(reason, addr string, err error) {
-	s.failures.add(reason, AuthTLSHandshake)
+func (s *Service) AuthFailed(reason, addr string, err error) {
+	s.failures.Add(reason, AuthTLSHandshake)
 	if n, ok := s.limiter.allow(reason); ok {
 		args := []any{"reason", reason, "addr", addr, "suppressed", n}
 		if err != nil {
@@ -271,7 +282,7 @@ func (s *security) authFailed(reason, addr string, err error) {
 }
 
 // classifyHandshake names why a downstream TLS handshake failed.
-func classifyHandshake(err error) string {
+func ClassifyHandshake(err error) string {
 	var rh tls.RecordHeaderError
 	var cv *tls.CertificateVerificationError
 	var ua x509.UnknownAuthorityError
@@ -288,7 +299,7 @@ func classifyHandshake(err error) string {
 
 // userFromCert is the user a verified client certificate maps to with
 // --tls-auth-user-from-cn: its subject CN, when that user exists and is on.
-func (s *security) userFromCert(tc *tls.Conn) string {
+func (s *Service) UserFromCert(tc *tls.Conn) string {
 	if !s.cfg.TLSAuthUserFromCN {
 		return ""
 	}
@@ -297,7 +308,7 @@ func (s *security) userFromCert(tc *tls.Conn) string {
 		return ""
 	}
 	cn := cs.PeerCertificates[0].Subject.CommonName
-	if s.users.Load().Usable(cn) {
+	if s.Users.Load().Usable(cn) {
 		return cn
 	}
 	return ""
@@ -306,10 +317,10 @@ func (s *security) userFromCert(tc *tls.Conn) string {
 // clientConfig is the client configuration for one dial of the upstream
 // (name verified) or of a replica (chain only, as Redis does; replicas are
 // dialled by the IP they connected from).
-func (s *security) clientConfig(addr string, toReplica bool) *tls.Config {
-	src := s.upstream
+func (s *Service) ClientConfig(addr string, toReplica bool) *tls.Config {
+	src := s.Upstream
 	if src == nil {
-		src = s.server // a TLS replica refreshed without --upstream-tls: the listener's material
+		src = s.Server // a TLS replica refreshed without --upstream-tls: the listener's material
 	}
 	o := tlsconf.ClientOptions{ServerName: s.cfg.UpstreamTLSServerName, InsecureSkipVerify: s.cfg.UpstreamTLSInsecure}
 	if o.ServerName == "" {
@@ -323,7 +334,7 @@ func (s *security) clientConfig(addr string, toReplica bool) *tls.Config {
 
 // dialTLS connects and, with tlsCfg, runs a client handshake within the
 // same timeout.
-func dialTLS(ctx context.Context, addr string, timeout time.Duration, tlsCfg *tls.Config) (net.Conn, error) {
+func DialTLS(ctx context.Context, addr string, timeout time.Duration, tlsCfg *tls.Config) (net.Conn, error) {
 	d := net.Dialer{Timeout: timeout, KeepAlive: 15 * time.Second}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil || tlsCfg == nil {

@@ -1,4 +1,4 @@
-package proxy
+package vocab
 
 import "sync/atomic"
 
@@ -79,14 +79,14 @@ const (
 var ReplicaStates = []ReplicaState{ReplicaWaitBgsave, ReplicaSendBulk, ReplicaOnline}
 
 // replicaStateByCode maps a session's atomic state code to its name.
-var replicaStateByCode = [...]ReplicaState{ReplicaHandshake, ReplicaWaitBgsave, ReplicaSendBulk, ReplicaOnline}
+var ReplicaStateByCode = [...]ReplicaState{ReplicaHandshake, ReplicaWaitBgsave, ReplicaSendBulk, ReplicaOnline}
 
 // counts is a fixed set of counters, one per value of a vocabulary: the
 // map is built once and only read, so it needs no lock.
-type counts[R ~string] map[R]*atomic.Int64
+type Counts[R ~string] map[R]*atomic.Int64
 
-func newCounts[R ~string](all []R) counts[R] {
-	c := make(counts[R], len(all))
+func NewCounts[R ~string](all []R) Counts[R] {
+	c := make(Counts[R], len(all))
 	for _, r := range all {
 		c[r] = new(atomic.Int64)
 	}
@@ -95,7 +95,7 @@ func newCounts[R ~string](all []R) counts[R] {
 
 // add counts one r; a value outside the vocabulary is a bug, counted under
 // fallback rather than lost.
-func (c counts[R]) add(r, fallback R) {
+func (c Counts[R]) Add(r, fallback R) {
 	if n, ok := c[r]; ok {
 		n.Add(1)
 		return
@@ -104,7 +104,7 @@ func (c counts[R]) add(r, fallback R) {
 }
 
 // Load returns r's count.
-func (c counts[R]) Load(r R) int64 {
+func (c Counts[R]) Load(r R) int64 {
 	if n, ok := c[r]; ok {
 		return n.Load()
 	}
