@@ -87,7 +87,7 @@ func (f *follower) awaitCalm(ctx context.Context, cut *burstCut) {
 				"advice", "allow the upstream user INFO (+info), so replproxy can wait out a write burst instead of forking the origin for nothing")
 			return
 		}
-		if s.covers(f.store.position().hist.ReplID, f.store.bl.End()+1) {
+		if s.covers(f.store.Position().Hist.ReplID, f.store.Backlog.End()+1) {
 			return // a partial resync: nothing to wait for
 		}
 		if !prev.at.IsZero() {

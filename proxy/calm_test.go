@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replproxy/replproxy/proxy/store"
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
 
@@ -87,7 +88,7 @@ func TestOverrunCapped(t *testing.T) {
 		{first: 1001, end: 1200, want: true}, // twice the budget since it
 		{first: 1002, end: 1010, want: true}, // lapsed already
 	} {
-		if got := f.overrunCapped(position{first: tc.first, end: tc.end, snap: snap}); got != tc.want {
+		if got := f.overrunCapped(store.Position{First: tc.first, End: tc.end, Snap: snap}); got != tc.want {
 			t.Errorf("backlog [%d, %d], snapshot at 1000: capped %v, want %v", tc.first, tc.end, got, tc.want)
 		}
 	}

@@ -54,7 +54,7 @@ func TestDelayedReplicas(t *testing.T) {
 		return false
 	}); err != nil {
 		t.Fatalf("the marker never reached the delayed replica: %v; replica: %v; proxy horizon %d end %d", err,
-			mustInfo(t, d1, "replication"), p.horizon(), p.store.bl.End())
+			mustInfo(t, d1, "replication"), p.store.Horizon(), p.store.Backlog.End())
 	}
 	if d := seen.Sub(written); d < delay || d > delay+8*time.Second {
 		t.Fatalf("the marker reached the delayed replica %v after it was written; the delay is %v", d, delay)

@@ -211,7 +211,7 @@ func (d *downstream) dropUnusableUsers() {
 // away. Their writers may be blocked on a full socket and would otherwise
 // notice only at the replica timeout.
 func (d *downstream) dropTrimmedReplicas() {
-	first, _ := d.p.store.bl.Range()
+	first, _ := d.p.store.Backlog.Range()
 	behind := d.selectSessions(func(s *session) bool {
 		c := s.cur.Load()
 		return c != nil && c.Pos() < first

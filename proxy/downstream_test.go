@@ -179,7 +179,7 @@ func TestReplicaLinkCuts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer fp.Close()
-	fp.CutAfter(p.position().snap.Size / 2)
+	fp.CutAfter(p.position().Snap.Size / 2)
 	replicas := startReplicas(t, 1, fp.Addr())
 	redistest.Eventually(t, 20*time.Second, "a payload cut is seen", func() bool {
 		return p.Stats().SyncFull.Load() >= 2
@@ -357,7 +357,7 @@ func TestTieringAndRDBDump(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	waitConverged(t, origin, replicas, 60*time.Second)
-	if p1.position().hist.ReplID != p2.position().hist.ReplID {
+	if p1.position().Hist.ReplID != p2.position().Hist.ReplID {
 		t.Fatal("tiers disagree on the replication ID")
 	}
 
@@ -373,7 +373,7 @@ func TestTieringAndRDBDump(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	snap := p2.position().snap
+	snap := p2.position().Snap
 	stored, err := os.ReadFile(filepath.Join(p2.Config().DataDir, "snapshots", snap.Name))
 	if err != nil {
 		t.Fatal(err)
@@ -432,7 +432,7 @@ func TestBadInput(t *testing.T) {
 		"long inline":        strings.Repeat("a", 100<<10) + "\r\n",
 		"psync bad id":       "PSYNC nonsense 5\r\n",
 		"psync bad offset":   "PSYNC " + strings.Repeat("a", 40) + " xyz\r\n",
-		"psync failover":     "PSYNC " + p.position().hist.ReplID + " 1 FAILOVER\r\n",
+		"psync failover":     "PSYNC " + p.position().Hist.ReplID + " 1 FAILOVER\r\n",
 		"replconf odd":       "REPLCONF listening-port\r\n",
 		"replconf unknown":   "REPLCONF bogus 1\r\n",
 		"data command":       "SET a b\r\n",
@@ -663,7 +663,7 @@ func TestUpstreamFailover(t *testing.T) {
 	origin.Kill()
 	newID := mustInfo(t, standby, "replication")["master_replid"]
 	redistest.Eventually(t, 20*time.Second, "proxy follows the promoted replica", func() bool {
-		h := p.position().hist
+		h := p.position().Hist
 		return p.linkUp() && h.ReplID == newID && h.ReplID2 == oldID
 	})
 	rig.continuesOnStandby(t, 32)
@@ -709,7 +709,7 @@ func startFailoverRig(t *testing.T, replicas int, seed uint64, upstream func(ori
 	r.replicas = startReplicas(t, replicas, r.p.addr)
 	runMixedLoad(t, r.origin.Client(), closeAfter(time.Second), seed).Wait()
 	waitConverged(t, r.origin, append([]*redistest.Server{r.standby}, r.replicas...), 30*time.Second)
-	r.oldID = r.p.position().hist.ReplID
+	r.oldID = r.p.position().Hist.ReplID
 	return r
 }
 
@@ -825,7 +825,7 @@ func TestRDBVersionMismatch(t *testing.T) {
 	})
 	p := startProxy(t, addr, t.TempDir())
 	redistest.Eventually(t, 10*time.Second, "link up", p.linkUp)
-	if v := p.position().snap.RDBVersion; v != 12 {
+	if v := p.position().Snap.RDBVersion; v != 12 {
 		t.Fatalf("snapshot RDB version %d", v)
 	}
 
@@ -920,7 +920,7 @@ func TestReplicaofMovesUpstream(t *testing.T) {
 	}
 	origin.Kill()
 	redistest.Eventually(t, 20*time.Second, "proxy follows the promoted replica", func() bool {
-		h := p.position().hist
+		h := p.position().Hist
 		return p.linkUp() && h.ReplID == newID && h.ReplID2 == oldID
 	})
 	info, err := admin.Info(ctx, "replication").Result()
@@ -969,7 +969,7 @@ func TestSentinelFailoverRepointsProxy(t *testing.T) {
 	})
 	newID := mustInfo(t, standby, "replication")["master_replid"]
 	redistest.Eventually(t, 60*time.Second, "sentinel moves the proxy to the promoted replica", func() bool {
-		h := p.position().hist
+		h := p.position().Hist
 		return p.linkUp() && h.ReplID == newID && h.ReplID2 == oldID
 	})
 	rig.continuesOnStandby(t, 72)

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/proxy/security"
+	"github.com/replproxy/replproxy/proxy/store"
 	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/snapshot"
@@ -42,7 +42,7 @@ type follower struct {
 	cfg   Config
 	log   *slog.Logger
 	stats *Stats
-	store *store
+	store *store.Store
 	down  *downstream // to disconnect replicas when the history moves
 
 	// mu guards the link status and the upstream address; nothing holds
@@ -138,14 +138,14 @@ func (f *follower) cancelRefresh(why string) {
 	}
 }
 
-func newFollower(cfg Config, log *slog.Logger, stats *Stats, st *store, down *downstream) *follower {
+func newFollower(cfg Config, log *slog.Logger, stats *Stats, st *store.Store, down *downstream) *follower {
 	f := &follower{cfg: cfg, log: log, stats: stats, store: st, down: down,
-		link: linkStatus{state: vocab.LinkConnect, downSince: time.Now()}, upstream: cfg.Upstream, upstreamSource: UpstreamFromConfig,
+		link: linkStatus{state: vocab.LinkConnect, downSince: time.Now()}, upstream: cfg.Upstream, upstreamSource: store.UpstreamFromConfig,
 		movedCh: make(chan struct{}, 1), kick: make(chan struct{}, 1), ackKick: make(chan struct{}, 1),
-		gate:  newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, filepath.Join(cfg.DataDir, "fullsync-backoff")),
-		guard: &guard{dir: filepath.Join(cfg.DataDir, "held")}, refusals: newSourceRefusals(log, stats.SourceRefusals),
+		gate:  newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, store.Layout{Dir: cfg.DataDir}.FullSyncGate()),
+		guard: &guard{dir: store.Layout{Dir: cfg.DataDir}}, refusals: newSourceRefusals(log, stats.SourceRefusals),
 	}
-	if !st.position().hist.Empty() { // a restart: replicas were here and come back
+	if !st.Position().Hist.Empty() { // a restart: replicas were here and come back
 		f.graceUntil = time.Now().Add(refreshStartGrace)
 	}
 	f.trust, _ = parseTrust(cfg.RefreshTrust) // Validate has checked them
@@ -256,7 +256,7 @@ func (f *follower) moveUpstream(addr string) bool {
 	if !f.repoint(addr) {
 		return false
 	}
-	if err := persistUpstream(f.cfg.DataDir, addr, f.cfg.Upstream, f.cfg.syncFile); err != nil {
+	if err := store.PersistUpstream(f.cfg.DataDir, addr, f.cfg.Upstream, f.cfg.syncFile); err != nil {
 		f.log.Error("REPLICAOF not persisted: a restart would follow --upstream", "err", err)
 	}
 	f.kickAdvice.Store(true) // a new address: advice may be given again
@@ -273,7 +273,7 @@ func (f *follower) repoint(addr string) bool {
 	}
 	f.log.Warn("upstream moved by REPLICAOF; persisted: a restart follows it while --upstream stays the same",
 		"from", f.upstream, "to", addr, "configured", f.cfg.Upstream)
-	f.upstream, f.upstreamSource = addr, UpstreamFromReplicaof
+	f.upstream, f.upstreamSource = addr, store.UpstreamFromReplicaof
 	if f.cutLink != nil {
 		f.cutLink(errMoved)
 	}
@@ -299,7 +299,7 @@ func (f *follower) follow(ctx context.Context) {
 			return
 		}
 		f.stats.UpstreamConnects.Add(1)
-		endBefore := f.store.bl.End()
+		endBefore := f.store.Backlog.End()
 		streamed, err := f.syncOnce(ctx)
 		f.setLink(vocab.LinkConnect)
 		if ctx.Err() != nil {
@@ -324,7 +324,7 @@ func (f *follower) follow(ctx context.Context) {
 		// Only a link that stored something was healthy. One that streamed
 		// but could not store (a full disk) would, retried at once, have the
 		// origin resend its backlog every few milliseconds.
-		if streamed && f.store.bl.End() != endBefore {
+		if streamed && f.store.Backlog.End() != endBefore {
 			backoff = backoffMin
 		}
 		// A streaming link the upstream hung up on: the next full sync
@@ -340,7 +340,7 @@ func (f *follower) follow(ctx context.Context) {
 		sleep := backoff/2 + rand.N(backoff/2+1)
 		// After a failed full sync the next connection most likely needs
 		// one again: it waits the cost backoff, not the cheap one.
-		sleep = max(sleep, f.gate.wait(true, f.store.position().hist.Empty()))
+		sleep = max(sleep, f.gate.wait(true, f.store.Position().Hist.Empty()))
 		f.log.Warn("upstream link down", "upstream", f.upstreamAddr(), "reason", reason, "err", err,
 			"retry_in", sleep.Round(time.Millisecond).String())
 		select {
@@ -388,17 +388,17 @@ func (f *follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 	defer stop()
 	f.setLink(vocab.LinkHandshake)
 
-	pos := f.store.position()
+	pos := f.store.Position()
 	id, off := "", int64(-1)
-	if !pos.hist.Empty() {
-		id, off = pos.hist.ReplID, pos.end+1
+	if !pos.Hist.Empty() {
+		id, off = pos.Hist.ReplID, pos.End+1
 	}
 	heldID, heldNext, holding := f.heldPosition()
 	if holding { // continue the held history: asking for the served one would be a fork
 		id, off = heldID, heldNext
 	}
 	purpose := purposeHistoryChange
-	if pos.hist.Empty() {
+	if pos.Hist.Empty() {
 		purpose = purposeInitial
 	}
 	f.gate.asking(purpose) // persisted first: a kill before the answer still counts
@@ -438,7 +438,7 @@ func (f *follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 		return false, &upstreamReplyError{step: "PSYNC", line: reply.Line}
 	}
 	f.setLink(vocab.LinkConnected)
-	f.log.Info("upstream link up", "upstream", f.upstreamAddr(), "replid", f.store.position().hist.ReplID, "offset", f.store.bl.End())
+	f.log.Info("upstream link up", "upstream", f.upstreamAddr(), "replid", f.store.Position().Hist.ReplID, "offset", f.store.Backlog.End())
 	return true, f.stream(ctx, u)
 }
 
@@ -467,7 +467,7 @@ func disconnectReason(err error) vocab.UpstreamReason {
 // onContinue handles +CONTINUE: with a new ID the history shifts and the
 // downstream replicas are disconnected to learn it through replid2.
 func (f *follower) onContinue(newID string, off int64) {
-	old, changed := f.store.shiftHistory(newID)
+	old, changed := f.store.ShiftHistory(newID)
 	if !changed {
 		f.log.Info("upstream partial resync", "offset", off)
 		return
@@ -513,7 +513,7 @@ func (f *follower) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*sn
 	info.Source = snapFromUpstream
 	if hold, cur, nw := f.shouldHold(info); hold {
 		if err := f.hold(info, cur, nw); err != nil {
-			_ = snapshot.Remove(f.store.snapDir, info)
+			_ = snapshot.Remove(f.store.SnapDir, info)
 			return nil, n, localError(err)
 		}
 		return info, n, nil
@@ -549,7 +549,7 @@ func (f *follower) receivePayload(u *upstreamConn, reply psync.PsyncReply, progr
 			return nil, hdr.Length, localError(errors.New(reason))
 		}
 	}
-	rcv, err := snapshot.NewReceiver(f.store.snapDir)
+	rcv, err := snapshot.NewReceiver(f.store.SnapDir)
 	if err != nil {
 		return nil, 0, localError(err)
 	}
@@ -604,7 +604,7 @@ func (f *follower) fullSyncSucceeded(purpose syncPurpose, info *snapshot.Info) {
 // when ctx ends.
 func (f *follower) awaitFullSyncTurn(ctx context.Context) bool {
 	for {
-		noHistory := f.store.position().hist.Empty()
+		noHistory := f.store.Position().Hist.Empty()
 		d := f.gate.wait(true, noHistory)
 		if d == 0 {
 			gs := f.gate.status()
@@ -651,7 +651,7 @@ func (f *follower) roomForSnapshot(size int64) bool {
 // installFullSync makes info the snapshot of a new history.
 func (f *follower) installFullSync(info *snapshot.Info) error {
 	f.cancelRefresh("new history")
-	installed, err := f.store.installFullSync(info)
+	installed, err := f.store.InstallFullSync(info)
 	if installed {
 		// Under guard.mu, as everywhere: a GUARD ACCEPT resets and advances
 		// the scanner from the operator's goroutine.
@@ -690,21 +690,21 @@ func (f *follower) receiveRefresh(ctx context.Context, u *upstreamConn, reply ps
 	u.conn.Close()
 	// The main link may not have reached the snapshot's offset yet.
 	deadline := time.Now().Add(f.cfg.ReplTimeout)
-	for f.store.bl.End() < reply.Offset && time.Now().Before(deadline) && ctx.Err() == nil {
+	for f.store.Backlog.End() < reply.Offset && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond)
 	}
-	pos := f.store.position()
-	if reply.ReplID != pos.hist.ReplID || reply.Offset+1 < pos.first || reply.Offset > pos.end {
+	pos := f.store.Position()
+	if reply.ReplID != pos.Hist.ReplID || reply.Offset+1 < pos.First || reply.Offset > pos.End {
 		return nil, got, fmt.Errorf("%w: snapshot %s at %d, history %s holding [%d, %d]",
-			errRefreshRejected, reply.ReplID, reply.Offset, pos.hist.ReplID, pos.first, pos.end)
+			store.ErrRefreshRejected, reply.ReplID, reply.Offset, pos.Hist.ReplID, pos.First, pos.End)
 	}
 	info, err := f.finishSnapshot(rcv, reply)
 	if err != nil {
 		return nil, got, err
 	}
 	info.Source = source // not shared until installed
-	if err := f.store.installRefresh(info); err != nil {
-		if errors.Is(err, errRefreshRejected) {
+	if err := f.store.InstallRefresh(info); err != nil {
+		if errors.Is(err, store.ErrRefreshRejected) {
 			return nil, got, err
 		}
 		return nil, got, localError(err)

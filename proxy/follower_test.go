@@ -23,6 +23,7 @@ import (
 	"github.com/replproxy/replproxy/internal/faultproxy"
 	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/proxy/store"
 	"github.com/replproxy/replproxy/psync"
 )
 
@@ -61,10 +62,10 @@ func TestFullSyncBothFramings(t *testing.T) {
 			p := startProxy(t, origin.Addr(), dir)
 			redistest.Eventually(t, 20*time.Second, "proxy link up", p.linkUp)
 			pos := p.position()
-			if pos.snap == nil || pos.snap.RDBVersion != 10 {
-				t.Fatalf("snapshot %+v", pos.snap)
+			if pos.Snap == nil || pos.Snap.RDBVersion != 10 {
+				t.Fatalf("snapshot %+v", pos.Snap)
 			}
-			in, err := Inspect(t.Context(), dir, InspectOptions{Keys: true, Types: true})
+			in, err := store.Inspect(t.Context(), dir, store.InspectOptions{Keys: true, Types: true})
 			if err != nil || !in.Consistent {
 				t.Fatalf("inspect: %+v %v", in, err)
 			}
@@ -92,8 +93,8 @@ func TestFullSyncBothFramings(t *testing.T) {
 				return strings.Contains(s0, "state=online") && strings.Contains(s0, "offset="+info["master_repl_offset"]+",") &&
 					strings.Contains(s0, "port="+strconv.Itoa(p.port()))
 			})
-			from := pos.snap.Offset + 1
-			ref := originStream(t, origin, pos.hist.ReplID, from, end)
+			from := pos.Snap.Offset + 1
+			ref := originStream(t, origin, pos.Hist.ReplID, from, end)
 			mine := backlogBytes(t, p.Proxy, from, end)
 			if !bytes.Equal(ref, mine) {
 				i := firstDiff(ref, mine)
@@ -173,7 +174,7 @@ func TestLinkCuts(t *testing.T) {
 			dir := t.TempDir()
 			p := startProxy(t, fp.Addr(), dir)
 			redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
-			first := p.position().snap
+			first := p.position().Snap
 
 			// Mid-stream cut: partial resync, no full sync.
 			_ = origin.Client().Set(context.Background(), "a", "1", 0).Err()
@@ -205,8 +206,8 @@ func TestLinkCuts(t *testing.T) {
 				return p.Stats().UpstreamSyncFailures.Load() > failures
 			})
 			pos := p.position()
-			if pos.snap.Name != first.Name || pos.hist.ReplID != first.ReplID {
-				t.Fatalf("snapshot changed after a failed sync: %+v", pos.snap)
+			if pos.Snap.Name != first.Name || pos.Hist.ReplID != first.ReplID {
+				t.Fatalf("snapshot changed after a failed sync: %+v", pos.Snap)
 			}
 			if _, err := os.Stat(filepath.Join(dir, "snapshots", first.Name)); err != nil {
 				t.Fatalf("previous snapshot file: %v", err)
@@ -216,7 +217,7 @@ func TestLinkCuts(t *testing.T) {
 			}
 			fp.CutAfter(0)
 			redistest.Eventually(t, 30*time.Second, "new full sync completes", func() bool {
-				s := p.position().snap
+				s := p.position().Snap
 				return p.linkUp() && s.Offset > first.Offset
 			})
 			waitSynced(t, origin, p.backlogEnd, 10*time.Second)
@@ -247,7 +248,7 @@ func fakeSource(t *testing.T, p *testProxy, payload func(conn net.Conn)) string 
 	t.Helper()
 	info := func() string {
 		return fmt.Sprintf("# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:%d\r\nmaster_link_status:up\r\n"+
-			"slave_read_only:1\r\nmaster_replid:%s\r\n", p.port(), p.position().hist.ReplID)
+			"slave_read_only:1\r\nmaster_replid:%s\r\n", p.port(), p.position().Hist.ReplID)
 	}
 	return fakeMasterInfo(t, info, func(conn net.Conn, _ [][]string) { payload(conn) })
 }
@@ -345,7 +346,7 @@ func TestCorruptRDBRejected(t *testing.T) {
 	if !strings.Contains(p.logBuf.String(), "keeps sending RDBs that fail verification") {
 		t.Fatal("no error line after the second failure in a row")
 	}
-	if pos := p.position(); pos.snap != nil || !pos.hist.Empty() {
+	if pos := p.position(); pos.Snap != nil || !pos.Hist.Empty() {
 		t.Fatalf("a corrupt snapshot was installed: %+v", pos)
 	}
 	if !strings.Contains(p.logBuf.String(), "CRC mismatch") {
@@ -378,13 +379,13 @@ func TestOriginRestartNewHistory(t *testing.T) {
 	redistest.Eventually(t, 30*time.Second, "proxy follows the new history", func() bool {
 		newID = mustInfo(t, origin, "replication")["master_replid"]
 		pos := p.position()
-		return pos.hist.ReplID == newID && pos.hist.ReplID != old.hist.ReplID && p.linkUp()
+		return pos.Hist.ReplID == newID && pos.Hist.ReplID != old.Hist.ReplID && p.linkUp()
 	})
 	pos := p.position()
-	if pos.hist.ReplID2 != psync.NoReplID || pos.snap.ReplID != newID || pos.snap.Name == old.snap.Name {
-		t.Fatalf("history not reset: %+v snap %+v", pos.hist, pos.snap)
+	if pos.Hist.ReplID2 != psync.NoReplID || pos.Snap.ReplID != newID || pos.Snap.Name == old.Snap.Name {
+		t.Fatalf("history not reset: %+v snap %+v", pos.Hist, pos.Snap)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "snapshots", old.snap.Name)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(dir, "snapshots", old.Snap.Name)); !os.IsNotExist(err) {
 		t.Fatalf("old snapshot still on disk: %v", err)
 	}
 	// A write on the new history: without one the origin's offset stays 0
@@ -433,7 +434,7 @@ func TestSmallBacklogRefresh(t *testing.T) {
 		want = 1 + p.Stats().Refreshes.Load() + p.Stats().RefreshFailures.Load()
 		return !busy && fulls == want
 	})
-	in, err := Inspect(t.Context(), dir, InspectOptions{Keys: true, Types: true})
+	in, err := store.Inspect(t.Context(), dir, store.InspectOptions{Keys: true, Types: true})
 	if err != nil || !in.Consistent || in.Snapshot.Offset <= 0 {
 		t.Fatalf("inspect %+v %v", in, err)
 	}

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/replproxy/replproxy/internal/atomicfile"
+	"github.com/replproxy/replproxy/proxy/store"
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
 
@@ -71,7 +73,7 @@ func classify(err error) failureClass {
 		return failInterrupted
 	case errors.Is(err, errLocal):
 		return failLocal
-	case errors.As(err, &ve), errors.Is(err, errRefreshRejected):
+	case errors.As(err, &ve), errors.Is(err, store.ErrRefreshRejected):
 		return failPayload
 	}
 	return failLink
@@ -196,7 +198,7 @@ func (g *forkGate) save(st gateState, seq uint64) {
 		return
 	}
 	b, _ := json.Marshal(st)
-	err := writeFileAtomic(g.path, append(b, '\n'))
+	err := atomicfile.Write(g.path, append(b, '\n'), nil)
 	if err == nil {
 		g.saved = seq
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replproxy/replproxy/proxy/store"
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
 
@@ -28,7 +29,7 @@ func TestClassify(t *testing.T) {
 		{localError(syscall.ENOSPC), failLocal},
 		{fmt.Errorf("full sync: %w", localError(errors.New("disk_full: ..."))), failLocal},
 		{&snapshot.VerifyError{Reason: "CRC mismatch"}, failPayload},
-		{fmt.Errorf("refresh: %w", errRefreshRejected), failPayload},
+		{fmt.Errorf("refresh: %w", store.ErrRefreshRejected), failPayload},
 		{syscall.ECONNRESET, failLink},
 		{errors.New("i/o timeout"), failLink},
 	} {

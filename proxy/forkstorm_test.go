@@ -77,7 +77,7 @@ func TestDiskFullNoForkStorm(t *testing.T) {
 				t.Fatalf("grow the volume: %v %s", err, out)
 			}
 			redistest.Eventually(t, 60*time.Second, "the full sync succeeds once there is room", func() bool {
-				return p.linkUp() && p.position().snap != nil
+				return p.linkUp() && p.position().Snap != nil
 			})
 			waitSynced(t, origin, p.backlogEnd, 10*time.Second)
 			if ok, local := p.Stats().UpstreamFullSyncOutcomes.Load("initial/ok"), p.Stats().UpstreamFullSyncOutcomes.Load("initial/local"); ok != 1 || local < 1 {

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/replproxy/replproxy/internal/atomicfile"
+	"github.com/replproxy/replproxy/proxy/store"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/backlog"
 	"github.com/replproxy/replproxy/psync/snapshot"
@@ -34,24 +33,19 @@ const DefaultGuardMinKeysRatio = 0.5
 
 // heldHistory is a new history kept aside until accepted.
 type heldHistory struct {
-	Snapshot *snapshot.Info `json:"snapshot"`
-	Since    time.Time      `json:"since"`
-	CurKeys  int64          `json:"current_keys"`
-	NewKeys  int64          `json:"new_keys"`
-	bl       *backlog.Log
-	scanner  psync.Scanner
+	store.HeldRecord
+	bl      *backlog.Log
+	scanner psync.Scanner
 }
 
 // guard is the follower's: mu serialises its appends to the held stream
 // with an accept from another goroutine; held is read by status under mu.
 type guard struct {
-	dir   string
+	dir   store.Layout
 	mu    sync.Mutex
 	held  *heldHistory
 	holds atomic.Int64
 }
-
-const heldState = "held.json"
 
 // GuardStatus is what INFO, metrics and REPLPROXY GUARD STATUS show.
 type GuardStatus struct {
@@ -104,16 +98,16 @@ func (f *follower) shouldHold(info *snapshot.Info) (hold bool, cur, nw int64) {
 	if f.cfg.GuardDisabled {
 		return false, 0, 0
 	}
-	curSnap := f.store.position().snap
+	curSnap := f.store.Position().Snap
 	if curSnap == nil || curSnap.ReplID == info.ReplID {
 		return false, 0, 0
 	}
-	cur, err := f.keysOf(curSnap, f.store.snapDir)
+	cur, err := f.keysOf(curSnap, f.store.SnapDir)
 	if err != nil {
 		f.log.Warn("guard: the current snapshot's keys cannot be counted; not guarding this history change", "err", err)
 		return false, 0, 0
 	}
-	nw, err = f.keysOf(info, f.store.snapDir)
+	nw, err = f.keysOf(info, f.store.SnapDir)
 	if err != nil {
 		f.log.Warn("guard: the new snapshot's keys cannot be counted; not guarding this history change", "err", err)
 		return false, cur, 0
@@ -131,13 +125,13 @@ func (f *follower) hold(info *snapshot.Info, cur, nw int64) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.dropLocked(f)
-	if err := os.MkdirAll(g.dir, 0o755); err != nil {
+	if err := os.MkdirAll(g.dir.Held(), 0o755); err != nil {
 		return fmt.Errorf("guard: %w", err)
 	}
-	if err := os.Rename(filepath.Join(f.store.snapDir, info.Name), filepath.Join(g.dir, info.Name)); err != nil {
+	if err := os.Rename(filepath.Join(f.store.SnapDir, info.Name), filepath.Join(g.dir.Held(), info.Name)); err != nil {
 		return fmt.Errorf("guard: move the held snapshot: %w", err)
 	}
-	bl, _, err := backlog.Open(filepath.Join(g.dir, "backlog"), backlog.Options{SegmentSize: f.cfg.SegmentSize, Fsync: f.cfg.Fsync, ValidPrefix: streamValidPrefix})
+	bl, _, err := backlog.Open(g.dir.HeldBacklog(), backlog.Options{SegmentSize: f.cfg.SegmentSize, Fsync: f.cfg.Fsync, ValidPrefix: store.ValidStreamPrefix})
 	if err != nil {
 		return fmt.Errorf("guard: %w", err)
 	}
@@ -145,8 +139,8 @@ func (f *follower) hold(info *snapshot.Info, cur, nw int64) error {
 		bl.Close()
 		return fmt.Errorf("guard: %w", err)
 	}
-	h := &heldHistory{Snapshot: info, Since: time.Now(), CurKeys: cur, NewKeys: nw, bl: bl}
-	if err := writeHeld(g.dir, h); err != nil {
+	h := &heldHistory{HeldRecord: store.HeldRecord{Snapshot: info, Since: time.Now(), CurKeys: cur, NewKeys: nw}, bl: bl}
+	if err := g.dir.WriteHeldRecord(h.HeldRecord); err != nil {
 		bl.Close()
 		return err
 	}
@@ -154,18 +148,7 @@ func (f *follower) hold(info *snapshot.Info, cur, nw int64) error {
 	g.holds.Add(1)
 	f.cancelRefresh("guard holds a new history")
 	f.log.Error("guard: the upstream offers a new history with far fewer keys; holding it, replicas keep the current data until an operator accepts it (REPLPROXY GUARD ACCEPT or POST /guard/accept)",
-		"current_keys", cur, "new_keys", nw, "min_keys_ratio", f.cfg.GuardMinKeysRatio, "new_replid", info.ReplID, "current_replid", f.store.position().hist.ReplID)
-	return nil
-}
-
-func writeHeld(dir string, h *heldHistory) error {
-	b, err := json.Marshal(h)
-	if err != nil {
-		return err
-	}
-	if err := atomicfile.Write(filepath.Join(dir, heldState), b, nil); err != nil {
-		return fmt.Errorf("guard: persist: %w", err)
-	}
+		"current_keys", cur, "new_keys", nw, "min_keys_ratio", f.cfg.GuardMinKeysRatio, "new_replid", info.ReplID, "current_replid", f.store.Position().Hist.ReplID)
 	return nil
 }
 
@@ -176,7 +159,7 @@ func (g *guard) dropLocked(f *follower) {
 	}
 	g.held.bl.Close()
 	g.held = nil
-	if err := os.RemoveAll(g.dir); err != nil {
+	if err := os.RemoveAll(g.dir.Held()); err != nil {
 		f.log.Warn("guard: remove the held history", "err", err)
 	}
 }
@@ -184,22 +167,19 @@ func (g *guard) dropLocked(f *follower) {
 // loadHeld recovers a history held before a restart.
 func (f *follower) loadHeld() error {
 	g := f.guard
-	b, err := os.ReadFile(filepath.Join(g.dir, heldState))
+	rec, err := g.dir.ReadHeldRecord()
 	if errors.Is(err, os.ErrNotExist) {
-		_ = os.RemoveAll(g.dir) // a hold that never completed
+		_ = os.RemoveAll(g.dir.Held()) // a hold that never completed
 		return nil
 	}
-	if err != nil {
-		return err
+	if err != nil || rec.Snapshot == nil {
+		return fmt.Errorf("guard: %s: unreadable (%v)", g.dir.HeldRecordFile(), err)
 	}
-	var h heldHistory
-	if err := json.Unmarshal(b, &h); err != nil || h.Snapshot == nil {
-		return fmt.Errorf("guard: %s: unreadable (%v)", heldState, err)
-	}
-	if _, err := os.Stat(filepath.Join(g.dir, h.Snapshot.Name)); err != nil {
+	h := heldHistory{HeldRecord: rec}
+	if _, err := os.Stat(filepath.Join(g.dir.Held(), h.Snapshot.Name)); err != nil {
 		return fmt.Errorf("guard: the held snapshot: %w", err)
 	}
-	bl, _, err := backlog.Open(filepath.Join(g.dir, "backlog"), backlog.Options{SegmentSize: f.cfg.SegmentSize, Fsync: f.cfg.Fsync, ValidPrefix: streamValidPrefix})
+	bl, _, err := backlog.Open(g.dir.HeldBacklog(), backlog.Options{SegmentSize: f.cfg.SegmentSize, Fsync: f.cfg.Fsync, ValidPrefix: store.ValidStreamPrefix})
 	if err != nil {
 		return err
 	}
@@ -243,7 +223,7 @@ func (f *follower) ackFor(h *heldHistory) int64 {
 		}
 		return h.bl.End()
 	}
-	end := f.store.bl.End()
+	end := f.store.Backlog.End()
 	if f.cfg.AckReplicas > 0 {
 		return min(end, f.down.nthAck(f.cfg.AckReplicas))
 	}
@@ -300,11 +280,11 @@ func (f *follower) acceptHeld() error {
 		return ErrNothingHeld
 	}
 	info := h.Snapshot
-	if err := os.Rename(filepath.Join(g.dir, info.Name), filepath.Join(f.store.snapDir, info.Name)); err != nil {
+	if err := os.Rename(filepath.Join(g.dir.Held(), info.Name), filepath.Join(f.store.SnapDir, info.Name)); err != nil {
 		return fmt.Errorf("guard: move the held snapshot back: %w", err)
 	}
 	f.cancelRefresh("guard accepted a new history")
-	installed, err := f.store.installFullSync(info)
+	installed, err := f.store.InstallFullSync(info)
 	if !installed {
 		return fmt.Errorf("guard: install: %w", err)
 	}
@@ -314,7 +294,7 @@ func (f *follower) acceptHeld() error {
 	copied, cerr := f.copyHeld(h)
 	g.held = nil
 	h.bl.Close()
-	_ = os.RemoveAll(g.dir)
+	_ = os.RemoveAll(g.dir.Held())
 	f.log.Warn("guard: the held history is accepted and installed; replicas full-sync to it",
 		"replid", info.ReplID, "keys", h.NewKeys, "held_stream_bytes", copied)
 	return errors.Join(err, cerr)
@@ -339,7 +319,7 @@ func (f *follower) copyHeld(h *heldHistory) (int64, error) {
 			if serr := f.scanner.Scan(buf[:n], func(end int, _ *psync.Command) { boundary = end }); serr != nil {
 				return total, serr
 			}
-			if _, aerr := f.store.bl.Append(buf[:n], boundary); aerr != nil {
+			if _, aerr := f.store.Backlog.Append(buf[:n], boundary); aerr != nil {
 				return total, aerr
 			}
 			total += int64(n)

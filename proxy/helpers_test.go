@@ -22,6 +22,7 @@ import (
 
 	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/proxy/store"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/backlog"
 )
@@ -239,7 +240,7 @@ func backlogFileBytes(t *testing.T, dataDir string, from, end int64) []byte {
 // stream from the snapshot on (no gap, no duplicate).
 func backlogMatchesOrigin(t *testing.T, dataDir string, origin *redistest.Server) {
 	t.Helper()
-	in, err := Inspect(t.Context(), dataDir, InspectOptions{})
+	in, err := store.Inspect(t.Context(), dataDir, store.InspectOptions{})
 	if err != nil || !in.Consistent {
 		t.Fatalf("inspect: %+v %v", in, err)
 	}

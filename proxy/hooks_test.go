@@ -10,10 +10,10 @@ import (
 
 // backlogLog is the proxy's backlog, for tests that compare its bytes with
 // the origin's stream.
-func (p *Proxy) backlogLog() *backlog.Log { return p.store.bl }
+func (p *Proxy) backlogLog() *backlog.Log { return p.store.Backlog }
 
 // backlogEnd is master_repl_offset.
-func (p *Proxy) backlogEnd() int64 { return p.store.bl.End() }
+func (p *Proxy) backlogEnd() int64 { return p.store.Backlog.End() }
 
 // linkUp reports whether the upstream link is streaming.
 func (p *Proxy) linkUp() bool { return p.follower.linkUp() }

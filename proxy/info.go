@@ -160,7 +160,7 @@ func (p *Proxy) info(sections ...string) string {
 			fmt.Sprintf("mem_fragmentation_ratio:%.2f", frag),
 			kv("mem_fragmentation_bytes", rss-used),
 			// The backlog lives on disk; its in-memory part is the tail.
-			kv("mem_replication_backlog", p.store.bl.TailCapacity()),
+			kv("mem_replication_backlog", p.store.Backlog.TailCapacity()),
 			kv("mem_aof_buffer", 0),
 			kv("mem_cluster_links", 0),
 			kv("mem_allocator", "go-"+strings.TrimPrefix(runtime.Version(), "go")),

@@ -53,7 +53,7 @@ func TestSessionLifecycleRace(t *testing.T) {
 				_ = c.SetDeadline(time.Now().Add(2 * time.Second))
 				fmt.Fprintf(c, "REPLCONF listening-port %d\r\nREPLCONF capa eof capa psync2\r\n", 20000+w*1000+i%1000)
 				if i%3 == 0 {
-					fmt.Fprintf(c, "PSYNC %s %d\r\n", p.position().hist.ReplID, p.backlogEnd()+1)
+					fmt.Fprintf(c, "PSYNC %s %d\r\n", p.position().Hist.ReplID, p.backlogEnd()+1)
 				} else {
 					fmt.Fprint(c, "PSYNC ? -1\r\n")
 				}

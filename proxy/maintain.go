@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/replproxy/replproxy/proxy/store"
 )
 
 // The follower's maintain loop: trimming the backlog to its budget, and
@@ -12,7 +14,7 @@ import (
 // maybeKick wakes maintain when the backlog needs trimming or the snapshot
 // a refresh; it is cheap enough for every append.
 func (f *follower) maybeKick(end int64) {
-	if end-f.store.snapOffset.Load() > int64(float64(f.cfg.BacklogSize)*f.cfg.RefreshRatio) || f.store.bl.Size() > f.cfg.BacklogSize {
+	if end-f.store.SnapOffset.Load() > int64(float64(f.cfg.BacklogSize)*f.cfg.RefreshRatio) || f.store.Backlog.Size() > f.cfg.BacklogSize {
 		select {
 		case f.kick <- struct{}{}:
 		default:
@@ -34,8 +36,8 @@ func (f *follower) maintain(ctx context.Context) {
 		case <-t.C:
 		case <-f.kick:
 		}
-		pos := f.store.position()
-		if pos.snap == nil {
+		pos := f.store.Position()
+		if pos.Snap == nil {
 			continue
 		}
 		// Eager: never trim past the snapshot (a refresh comes first). Lazy:
@@ -46,7 +48,7 @@ func (f *follower) maintain(ctx context.Context) {
 		if f.cfg.Delay > 0 {
 			keepFrom = f.delayTrimFrom(pos, keepFrom)
 		}
-		if n, err := f.store.bl.Trim(keepFrom, f.cfg.BacklogSize); err != nil {
+		if n, err := f.store.Backlog.Trim(keepFrom, f.cfg.BacklogSize); err != nil {
 			f.log.Error("backlog trim failed", "err", err)
 		} else if n > 0 {
 			f.log.Debug("backlog trimmed", "bytes", n)
@@ -56,7 +58,7 @@ func (f *follower) maintain(ctx context.Context) {
 		// below second_repl_offset, so it continues through replid2. Only
 		// the budget triggers a refresh; a failover must not fork the
 		// newly promoted master.
-		since := pos.end - pos.snap.Offset
+		since := pos.End - pos.Snap.Offset
 		wanted := f.refreshWanted.Load()
 		due := wanted
 		if f.cfg.RefreshMode != RefreshLazy {
@@ -64,7 +66,7 @@ func (f *follower) maintain(ctx context.Context) {
 		}
 		if !due || !f.linkUp() || f.refresh.Load() ||
 			time.Now().UnixNano() < f.retryFor(wanted).notBefore.Load() || !f.refreshSourceReady() ||
-			!f.roomForSnapshot(max(pos.snap.Size, f.gate.expected())) {
+			!f.roomForSnapshot(max(pos.Snap.Size, f.gate.expected())) {
 			continue
 		}
 		f.refresh.Store(true)
@@ -97,24 +99,24 @@ const overrunLimit = 2
 // it lapses (lazy mode, or the overrun is capped). While a refresh runs
 // nothing it may land inside is trimmed: a source replica a few seconds
 // behind makes a snapshot at its own offset, which must still fit.
-func (f *follower) trimFloor(pos position) int64 {
-	pinned := pos.snap.Offset + 1
+func (f *follower) trimFloor(pos store.Position) int64 {
+	pinned := pos.Snap.Offset + 1
 	if f.refresh.Load() && !f.diskShort(pos) {
-		return max(pinned, pos.first) // lapsed: trim nothing until it lands
+		return max(pinned, pos.First) // lapsed: trim nothing until it lands
 	}
 	if f.cfg.RefreshMode == RefreshLazy || f.overrunCapped(pos) {
-		return pos.end + 1
+		return pos.End + 1
 	}
 	return pinned
 }
 
 // diskShort reports whether the data dir would not hold the next snapshot.
-func (f *follower) diskShort(pos position) bool {
-	if f.store.bl.Size() <= f.cfg.BacklogSize {
+func (f *follower) diskShort(pos store.Position) bool {
+	if f.store.Backlog.Size() <= f.cfg.BacklogSize {
 		return false // within the budget the store's own checks suffice
 	}
 	free, err := freeBytes(f.cfg.DataDir)
-	return err == nil && free < spaceNeeded(max(pos.snap.Size, f.gate.expected()))
+	return err == nil && free < spaceNeeded(max(pos.Snap.Size, f.gate.expected()))
 }
 
 // overrunCapped reports whether an eager proxy must let its snapshot lapse
@@ -123,14 +125,14 @@ func (f *follower) diskShort(pos position) bool {
 // next snapshot (then the overrun would make every refresh impossible).
 // A replica that needs a full sync afterwards asks for a refresh, which
 // may go to the upstream.
-func (f *follower) overrunCapped(pos position) bool {
-	if pos.first > pos.snap.Offset+1 {
+func (f *follower) overrunCapped(pos store.Position) bool {
+	if pos.First > pos.Snap.Offset+1 {
 		return true // lapsed already: keep to the budget until a refresh
 	}
 	// The overrun is the stream the snapshot holds back, not the backlog's
 	// size: right after a refresh, trimming to the new snapshot may still
 	// have to catch up.
-	since := pos.end - pos.snap.Offset
+	since := pos.End - pos.Snap.Offset
 	if since <= f.cfg.BacklogSize {
 		return false
 	}
@@ -141,8 +143,8 @@ func (f *follower) overrunCapped(pos position) bool {
 		}
 		why = "the data dir no longer has room for the next snapshot"
 	}
-	if f.lapseWarned != pos.snap.Name {
-		f.lapseWarned = pos.snap.Name
+	if f.lapseWarned != pos.Snap.Name {
+		f.lapseWarned = pos.Snap.Name
 		f.log.Warn("no snapshot refresh succeeded and "+why+"; letting the snapshot lapse: a replica that needs a full sync now waits for a refresh",
 			"stream_since_snapshot", since, "budget", f.cfg.BacklogSize)
 	}
@@ -155,10 +157,10 @@ const minBacklogWindow = 10 * time.Second
 
 // checkWindow warns (once per transition) when the backlog is full and
 // covers less than minBacklogWindow at the current write rate.
-func (f *follower) checkWindow(pos position) {
-	full := pos.end-pos.first+1 >= f.cfg.BacklogSize*15/16
+func (f *follower) checkWindow(pos store.Position) {
+	full := pos.End-pos.First+1 >= f.cfg.BacklogSize*15/16
 	var window time.Duration
-	if t, ok := f.store.arrivals.arrival(pos.first); ok {
+	if t, ok := f.store.Arrivals.Arrival(pos.First); ok {
 		window = time.Since(t)
 	}
 	short := full && window > 0 && window < minBacklogWindow
@@ -166,8 +168,28 @@ func (f *follower) checkWindow(pos position) {
 		return // the metric flips freely; the log says it once in ten minutes
 	}
 	f.windowWarned = time.Now()
-	rate := float64(pos.end-pos.first+1) / window.Seconds()
+	rate := float64(pos.End-pos.First+1) / window.Seconds()
 	f.log.Warn("the backlog covers only seconds of stream at the current write rate: a replica away longer needs a full sync; raise --backlog-size",
 		"psync_window", window.Round(100*time.Millisecond).String(), "write_rate_bytes_per_second", int64(rate),
 		"backlog_size", f.cfg.BacklogSize, "size_for_10_minutes", int64(rate*600))
+}
+
+// delayTrimFrom keeps what delayed replicas need while the budget allows
+// it; beyond, the budget wins and the shortfall is reported once per
+// episode (replproxy_delay_covered 0).
+func (f *follower) delayTrimFrom(pos store.Position, keepFrom int64) int64 {
+	want := f.store.DelayKeepFrom(pos)
+	if want >= keepFrom {
+		f.delayShort.Store(false)
+		return keepFrom
+	}
+	if pos.End-want+1 <= f.cfg.BacklogSize {
+		f.delayShort.Store(false)
+		return want
+	}
+	if !f.delayShort.Swap(true) {
+		f.log.Warn("the backlog budget cannot hold --delay of stream at the current write rate; delayed replicas fall behind the front and wait for an old enough snapshot",
+			"delay", f.cfg.Delay.String(), "stream_in_delay", pos.End-want+1, "backlog_size", f.cfg.BacklogSize)
+	}
+	return keepFrom
 }

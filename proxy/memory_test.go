@@ -19,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/proxy/store"
 )
 
 // procStatus reads a field of /proc/PID/status in bytes (VmRSS, VmHWM).
@@ -257,7 +258,7 @@ func inspectBounded(t *testing.T, bin, dataDir string, origin *redistest.Server,
 	t.Helper()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	if _, err := Inspect(t.Context(), dataDir, InspectOptions{Keys: true, Types: true}); err != nil {
+	if _, err := store.Inspect(t.Context(), dataDir, store.InspectOptions{Keys: true, Types: true}); err != nil {
 		t.Fatal(err)
 	}
 	runtime.ReadMemStats(&after)
@@ -270,7 +271,7 @@ func inspectBounded(t *testing.T, bin, dataDir string, origin *redistest.Server,
 	if err != nil {
 		t.Fatalf("inspect: %v\n%s", err, out)
 	}
-	var in Inspection
+	var in store.Inspection
 	if err := json.Unmarshal(out, &in); err != nil {
 		t.Fatal(err)
 	}

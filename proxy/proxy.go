@@ -17,6 +17,7 @@ import (
 	"github.com/replproxy/replproxy/internal/tlsconf"
 	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/proxy/security"
+	"github.com/replproxy/replproxy/proxy/store"
 	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
@@ -30,7 +31,7 @@ type Proxy struct {
 	runID    string
 	started  time.Time
 	stats    *Stats
-	store    *store
+	store    *store.Store
 	follower *follower
 	down     *downstream
 	sec      *security.Service
@@ -152,34 +153,31 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	}
 	p.sec = sec
 	warnSharedTrust(cfg, sec, log)
-	st, err := openStore(storeOptions{dataDir: cfg.DataDir, segmentSize: cfg.SegmentSize, fsync: cfg.Fsync, syncFile: cfg.syncFile,
-		tailSize: tailSize(cfg)}, log)
+	st, err := store.Open(store.Options{DataDir: cfg.DataDir, SegmentSize: cfg.SegmentSize, Fsync: cfg.Fsync, SyncFile: cfg.syncFile,
+		TailSize: tailSize(cfg), Delay: cfg.Delay}, log)
 	if err != nil {
 		return nil, err
 	}
 	p.store = st
 	p.down = newDownstream(p)
-	if cfg.Delay > 0 {
-		st.retain = p.retainForDelay
-	}
 	p.follower = newFollower(cfg, log, p.stats, st, p.down)
 	p.follower.pubsub = p.pubsub
 	if !cfg.DisableFanout {
 		p.fanout = newFanout(p.stats)
 		p.follower.fanout = p.fanout
-		st.afterReset = p.fanout.releaseAll
+		st.AfterReset = p.fanout.releaseAll
 	}
-	addr, source, note := loadUpstream(cfg.DataDir, cfg.Upstream)
+	addr, source, note := store.LoadUpstream(cfg.DataDir, cfg.Upstream)
 	if note != nil {
 		log.Warn("persisted REPLICAOF not used", "reason", note.Error())
 	}
-	if source == UpstreamFromReplicaof {
+	if source == store.UpstreamFromReplicaof {
 		log.Warn("following the upstream set by REPLICAOF before the restart, not --upstream", "upstream", addr, "configured", cfg.Upstream)
 	}
 	p.follower.upstream, p.follower.upstreamSource = addr, source // before any goroutine runs
 	if err := p.follower.loadHeld(); err != nil {
-		st.close()
-		return nil, fmt.Errorf("the guard's held history in %s: %w (move the directory away to start without it)", p.follower.guard.dir, err)
+		st.Close()
+		return nil, fmt.Errorf("the guard's held history in %s: %w (move the directory away to start without it)", p.follower.guard.dir.Held(), err)
 	}
 	gate := p.follower.gate
 	cut, err := gate.load()
@@ -288,8 +286,8 @@ func (p *Proxy) ServeListeners(ctx context.Context, ln, tlsLn net.Listener) erro
 	if dl := p.down.delayedLn; dl != nil {
 		wg.Go(func() { p.down.acceptLoop(ctx, dl, false, true) })
 	}
-	if snap := p.position().snap; snap != nil && snap.Keyspace == nil {
-		wg.Go(func() { p.store.keyspace.scan(ctx, p.store.snapDir, snap, p.log) })
+	if snap := p.position().Snap; snap != nil && snap.Keyspace == nil {
+		wg.Go(func() { p.store.Keyspace.Scan(ctx, p.store.SnapDir, snap, p.log) })
 	}
 	<-ctx.Done()
 	for _, l := range []net.Listener{ln, tlsLn, p.down.delayedLn} {
@@ -392,11 +390,11 @@ func (p *Proxy) warnUnprotected() {
 }
 
 func (p *Proxy) shutdown() error {
-	end := p.store.bl.End()
+	end := p.store.Backlog.End()
 	if err := p.follower.gate.flush(); err != nil {
 		p.log.Warn("full-sync backoff state not persisted; the next start may count a request cut that was not", "err", err)
 	}
-	err := p.store.close()
+	err := p.store.Close()
 	if err != nil {
 		p.log.Error("shutdown", "err", err)
 	} else {
@@ -405,4 +403,4 @@ func (p *Proxy) shutdown() error {
 	return err
 }
 
-func (p *Proxy) position() position { return p.store.position() }
+func (p *Proxy) position() store.Position { return p.store.Position() }

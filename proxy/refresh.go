@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/replproxy/replproxy/proxy/store"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
@@ -314,7 +315,7 @@ func (f *follower) fetchFromReplica(ctx context.Context, c refreshCandidate) (*s
 		return nil, refusedBecause(err)
 	}
 	defer u.conn.Close()
-	check := sourceCheck{replID: f.store.position().hist.ReplID, ports: f.down.sourcePorts()}
+	check := sourceCheck{replID: f.store.Position().Hist.ReplID, ports: f.down.sourcePorts()}
 	if err := check.verify(u, u.br); err != nil {
 		return nil, err
 	}
@@ -327,8 +328,8 @@ func (f *follower) fetchFromReplica(ctx context.Context, c refreshCandidate) (*s
 	}
 	defer stop()
 	u.dr.timeout = min(f.cfg.ReplTimeout, replicaStallTimeout) // the payload: keepalives come while it saves
-	if cur := f.store.position(); reply.ReplID != cur.hist.ReplID {
-		return nil, fmt.Errorf("%w: the replica is at history %s, the proxy at %s", errRefreshRejected, reply.ReplID, cur.hist.ReplID)
+	if cur := f.store.Position(); reply.ReplID != cur.Hist.ReplID {
+		return nil, fmt.Errorf("%w: the replica is at history %s, the proxy at %s", store.ErrRefreshRejected, reply.ReplID, cur.Hist.ReplID)
 	}
 	info, _, err := f.receiveRefresh(ctx, u, reply, snapFromReplica)
 	return info, err

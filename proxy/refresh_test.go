@@ -17,6 +17,7 @@ import (
 
 	"github.com/replproxy/replproxy/internal/faultproxy"
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/proxy/store"
 	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 )
@@ -207,7 +208,7 @@ func fakeReplicaAs(t *testing.T, proxyAddr string, hs psync.HandshakeConfig) {
 func TestRefreshSkipsCorruptReplica(t *testing.T) {
 	t.Parallel()
 	origin, p, _, dir := refreshRig(t, 1)
-	replid := p.position().hist.ReplID
+	replid := p.position().Hist.ReplID
 	rdb := []byte("REDIS0010\xfe\x00\xfb\x01\x00\x00\x03key\x05value\xff")
 	rdb = binary.LittleEndian.AppendUint64(rdb, psync.CRC64(0, rdb))
 	rdb[17] ^= 0x20
@@ -243,7 +244,7 @@ func TestRefreshAbandonsStalledReplica(t *testing.T) {
 	t.Parallel()
 	const replTimeout = 5 * time.Minute
 	origin, p, _, dir := refreshRig(t, 1, func(c *Config) { c.ReplTimeout = replTimeout })
-	replid := p.position().hist.ReplID
+	replid := p.position().Hist.ReplID
 	stalled := fakeSource(t, p, func(conn net.Conn) {
 		fmt.Fprintf(conn, "+FULLRESYNC %s %d\r\n$1000000\r\nREDIS0010", replid, p.backlogEnd())
 		_, _ = io.Copy(io.Discard, conn) // then silence, until the proxy hangs up
@@ -275,12 +276,12 @@ func TestRefreshReplicaKilledMidway(t *testing.T) {
 	if err := slow.Client().ConfigSet(context.Background(), "rdb-key-save-delay", "20000").Err(); err != nil {
 		t.Fatal(err)
 	}
-	before := p.position().snap
+	before := p.position().Snap
 	overwrite(t, origin.Client(), nil, 2<<20, 8<<20, 16<<10)
 	redistest.Eventually(t, 30*time.Second, "the replica is saving for the refresh", func() bool {
 		return p.refreshing() && slow.InfoInt("persistence", "rdb_bgsave_in_progress") == 1
 	})
-	if s := p.position().snap; s.Name != before.Name {
+	if s := p.position().Snap; s.Name != before.Name {
 		t.Fatal("the snapshot changed before the refresh completed")
 	}
 	slow.Kill()
@@ -376,7 +377,7 @@ func TestLazyRefresh(t *testing.T) {
 	if forks := origin.InfoInt("stats", "total_forks"); forks != 1 {
 		t.Fatalf("the origin forked %d times", forks)
 	}
-	if in, err := Inspect(t.Context(), dir, InspectOptions{}); err != nil || !in.Consistent {
+	if in, err := store.Inspect(t.Context(), dir, store.InspectOptions{}); err != nil || !in.Consistent {
 		t.Fatalf("inspect: %+v %v", in, err)
 	}
 }
@@ -394,7 +395,7 @@ func TestRefreshCancelledByReplicaof(t *testing.T) {
 	if err := replicas[0].Client().ConfigSet(context.Background(), "rdb-key-save-delay", "20000").Err(); err != nil {
 		t.Fatal(err)
 	}
-	before := p.position().snap
+	before := p.position().Snap
 	overwrite(t, origin.Client(), nil, 2<<20, 8<<20, 16<<10)
 	redistest.Eventually(t, 30*time.Second, "a refresh in flight", func() bool {
 		return p.refreshing() && replicas[0].InfoInt("persistence", "rdb_bgsave_in_progress") == 1
@@ -405,7 +406,7 @@ func TestRefreshCancelledByReplicaof(t *testing.T) {
 		log := p.logBuf.String()
 		return strings.Contains(log, "snapshot refresh cancelled") && strings.Count(log, "snapshot refresh started") >= 2
 	})
-	if s := p.position().snap; s.Name != before.Name || p.Stats().Refreshes.Load() != 0 {
+	if s := p.position().Snap; s.Name != before.Name || p.Stats().Refreshes.Load() != 0 {
 		t.Fatalf("the cancelled refresh installed a snapshot: %s -> %s", before.Name, s.Name)
 	}
 	// The next refresh, from the same replica now at full speed, succeeds.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/proxy/plan"
+	"github.com/replproxy/replproxy/proxy/store"
 	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/backlog"
@@ -87,25 +88,25 @@ func (s *session) startReplica(ctx context.Context, cmd string, args [][]byte) e
 // current end, then the stream from there, as Redis does. No snapshot is
 // read, and no full sync is counted.
 func (s *session) syncEmpty() (*backlog.Cursor, error) {
-	pos := s.p.store.position()
-	if pos.hist.Empty() {
+	pos := s.p.store.Position()
+	if pos.Hist.Empty() {
 		_ = s.errorf("ERR replproxy has no replication history yet: its upstream has not synced")
 		return nil, errNoHistory
 	}
-	cur, err := s.p.store.bl.NewCursorGen(pos.end+1, pos.gen)
+	cur, err := s.p.store.Backlog.NewCursorGen(pos.End+1, pos.Gen)
 	if err != nil {
 		_ = s.errorf("ERR replication history changed; retry")
 		return nil, err
 	}
 	rdbVersion := 10
-	if pos.snap != nil && pos.snap.RDBVersion > 0 {
-		rdbVersion = pos.snap.RDBVersion
+	if pos.Snap != nil && pos.Snap.RDBVersion > 0 {
+		rdbVersion = pos.Snap.RDBVersion
 	}
 	rdb := []byte(fmt.Sprintf("REDIS%04d\xff", rdbVersion))
 	rdb = binary.LittleEndian.AppendUint64(rdb, psync.CRC64(0, rdb))
 	var head []byte
 	if !s.legacy {
-		head = psync.EncodeFullResync(pos.hist.ReplID, pos.end)
+		head = psync.EncodeFullResync(pos.Hist.ReplID, pos.End)
 	}
 	head = append(append(head, psync.EncodePayloadHeader(int64(len(rdb)))...), rdb...)
 	if err := s.write(head); err != nil {
@@ -113,9 +114,9 @@ func (s *session) syncEmpty() (*backlog.Cursor, error) {
 		return nil, err
 	}
 	s.state.Store(stateOnline)
-	s.ackOff.Store(pos.end)
+	s.ackOff.Store(pos.End)
 	s.ackTime.Store(time.Now().UnixNano())
-	s.log.Info("empty-RDB sync (rdb-filter-only \"\"): streaming from the current end", "offset", pos.end+1)
+	s.log.Info("empty-RDB sync (rdb-filter-only \"\"): streaming from the current end", "offset", pos.End+1)
 	return cur, nil
 }
 
@@ -128,18 +129,18 @@ func (s *session) syncFunctions() error {
 		return s.errorf("ERR rdb-filter-only functions is served only with REPLCONF rdb-only 1, as redis-cli --functions-rdb sends it")
 	}
 	p := s.p
-	pos := p.store.position()
-	if pos.snap == nil || pos.hist.Empty() {
+	pos := p.store.Position()
+	if pos.Snap == nil || pos.Hist.Empty() {
 		_ = s.errorf("ERR replproxy has no snapshot yet: its upstream has not synced")
 		return errNoHistory
 	}
-	f, err := snapshot.Open(p.store.snapDir, pos.snap)
+	f, err := snapshot.Open(p.store.SnapDir, pos.Snap)
 	if err != nil {
 		_ = s.errorf("ERR the snapshot was replaced while opening it; retry")
 		return err
 	}
 	defer f.Close()
-	pre, err := snapshot.ReadPrelude(f, pos.snap.Size)
+	pre, err := snapshot.ReadPrelude(f, pos.Snap.Size)
 	if err != nil {
 		_ = s.errorf("ERR cannot read the stored snapshot's functions: %s", oneLine(err.Error()))
 		return err
@@ -148,13 +149,13 @@ func (s *session) syncFunctions() error {
 	// libraries and module aux data have no size bound); the checksum is
 	// taken on the way and follows the new EOF.
 	size := pre.End + 1
-	withCRC := pos.snap.RDBVersion >= 5
+	withCRC := pos.Snap.RDBVersion >= 5
 	if withCRC {
 		size += 8
 	}
 	var head []byte
 	if !s.legacy {
-		head = psync.EncodeFullResync(pos.hist.ReplID, pos.snap.Offset)
+		head = psync.EncodeFullResync(pos.Hist.ReplID, pos.Snap.Offset)
 	}
 	p.stats.SyncFull.Add(1)
 	if err := s.write(append(head, psync.EncodePayloadHeader(size)...)); err != nil {
@@ -173,7 +174,7 @@ func (s *session) syncFunctions() error {
 	}
 	p.stats.SentRDBBytes.Add(size)
 	s.log.Info("functions-only RDB sent (rdb-filter-only functions)", "functions", pre.Functions, "bytes", size,
-		"snapshot_offset", pos.snap.Offset, "snapshot_age_seconds", int64(time.Since(pos.snap.Created).Seconds()))
+		"snapshot_offset", pos.Snap.Offset, "snapshot_age_seconds", int64(time.Since(pos.Snap.Created).Seconds()))
 	return nil
 }
 
@@ -208,7 +209,7 @@ func (s *session) awaitFreshSnapshot(ctx context.Context) error {
 		return nil
 	}
 	fresh := func() (*snapshot.Info, bool) {
-		snap := p.store.position().snap
+		snap := p.store.Position().Snap
 		return snap, snap != nil && time.Since(snap.Created) <= maxAge
 	}
 	snap, ok := fresh()
@@ -279,14 +280,14 @@ func (s *session) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, 
 	keepalive := func() error { return s.write([]byte{'\n'}) }
 	full := false // the continue rule has been judged: a full sync it is
 	for {
-		pub := p.store.published()
-		pos := p.store.position()
+		pub := p.store.Published()
+		pos := p.store.Position()
 		if s.delayed {
-			pos = p.delayedPosition(pos)
+			pos = p.store.DelayedPosition(pos)
 		}
-		pl := plan.Sync(plan.Input{Req: req, Pos: pos.plan(), HoldAhead: time.Now().Before(holdUntil), FullSync: full})
+		pl := plan.Sync(plan.Input{Req: req, Pos: pos.Plan(), HoldAhead: time.Now().Before(holdUntil), FullSync: full})
 		if pl.Kind == plan.Continue {
-			cur, err := p.store.bl.NewCursorGen(req.Offset, pos.gen)
+			cur, err := p.store.Backlog.NewCursorGen(req.Offset, pos.Gen)
 			if err != nil { // trimmed or reset since the position: judge again
 				continue
 			}
@@ -312,7 +313,7 @@ func (s *session) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, 
 				}
 				p.stats.Rejections[pl.Verdict].Add(1)
 				s.log.Info("partial resync not possible", "reason", pl.Verdict.String(), "replid", req.ReplID,
-					"offset", req.Offset, "backlog_first", pos.first, "backlog_end", pos.end)
+					"offset", req.Offset, "backlog_first", pos.First, "backlog_end", pos.End)
 			}
 			s.state.Store(stateWaitBgsave)
 			release, err := s.fullSyncSlot(ctx, tick.C, keepalive)
@@ -353,14 +354,14 @@ func (s *session) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, 
 					s.log.Warn("replica may refuse the stored snapshot (Valkey rdb-version-check strict)",
 						"replica_version", req.Version, "rdb_version", pl.Snap.RDBVersion)
 				}
-				return s.sendSnapshot(f, cur, pl.Snap, pos.hist.ReplID)
+				return s.sendSnapshot(f, cur, pl.Snap, pos.Hist.ReplID)
 			}
 		}
 		if pl.Stale {
 			p.follower.wantRefresh("a replica needs a full sync and the snapshot has lapsed")
 		}
 		select { // no snapshot to serve yet: wait for the next one
-		case <-pub.next:
+		case <-pub.Next:
 		case <-tick.C:
 			if err := keepalive(); err != nil {
 				return nil, err
@@ -372,8 +373,8 @@ func (s *session) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, 
 }
 
 // continued answers +CONTINUE and puts the replica online at the offset.
-func (s *session) continued(cur *backlog.Cursor, pos position) error {
-	if err := s.write(psync.EncodeContinue(pos.hist.ReplID, s.capaPsync2)); err != nil {
+func (s *session) continued(cur *backlog.Cursor, pos store.Position) error {
+	if err := s.write(psync.EncodeContinue(pos.Hist.ReplID, s.capaPsync2)); err != nil {
 		cur.Close()
 		return err
 	}
@@ -382,7 +383,7 @@ func (s *session) continued(cur *backlog.Cursor, pos position) error {
 	s.state.Store(stateOnline)
 	s.ackOff.Store(off - 1)
 	s.ackTime.Store(time.Now().UnixNano())
-	s.log.Info("partial resync accepted", "offset", off, "backlog_end", pos.end)
+	s.log.Info("partial resync accepted", "offset", off, "backlog_end", pos.End)
 	return nil
 }
 
@@ -413,18 +414,18 @@ func (s *session) fullSyncSlot(ctx context.Context, tick <-chan time.Time, keepa
 // nil cursor when the history moved on meanwhile (the caller asks again):
 // the replica is marked as receiving the snapshot before the re-check, so
 // a history change published after it disconnects the replica.
-func (s *session) openSnapshot(snap *snapshot.Info, pos position, pub *published) (*os.File, *backlog.Cursor, error) {
-	f, err := snapshot.Open(s.p.store.snapDir, snap)
+func (s *session) openSnapshot(snap *snapshot.Info, pos store.Position, pub *store.Published) (*os.File, *backlog.Cursor, error) {
+	f, err := snapshot.Open(s.p.store.SnapDir, snap)
 	if err != nil {
 		return nil, nil, err
 	}
-	cur, err := s.p.store.bl.NewCursorGen(snap.Offset+1, pos.gen)
+	cur, err := s.p.store.Backlog.NewCursorGen(snap.Offset+1, pos.Gen)
 	if err != nil {
 		f.Close()
 		return nil, nil, err
 	}
 	s.state.Store(stateSendBulk)
-	if s.p.store.published() != pub {
+	if s.p.store.Published() != pub {
 		s.state.Store(stateWaitBgsave)
 		cur.Close()
 		f.Close()
@@ -510,7 +511,7 @@ func (s *session) stream(ctx context.Context, cur *backlog.Cursor) error {
 		if err == nil && !s.delayed {
 			parked := false
 			if fan := s.p.fanout; fan != nil && !s.tls {
-				parked, err = fan.park(ctx, &pk, s.conn, cur, s.p.store.bl)
+				parked, err = fan.park(ctx, &pk, s.conn, cur, s.p.store.Backlog)
 			}
 			if parked && err == nil {
 				continue // handed back: copy what the fan-out did not write
@@ -544,7 +545,7 @@ const delayedPoll = 100 * time.Millisecond
 
 // copyDelayed sends what the horizon allows, then waits for it to move.
 func (s *session) copyDelayed(ctx context.Context, cur *backlog.Cursor) (int64, error) {
-	n, err := cur.CopyUpTo(s.out, s.p.horizon())
+	n, err := cur.CopyUpTo(s.out, s.p.store.Horizon())
 	if err != nil || n > 0 {
 		return n, err
 	}
@@ -618,8 +619,8 @@ func (s *session) readAcks() {
 			s.acked.Store(true)
 			s.p.follower.replicaAcked()
 			acked := s.ackOff.Load()
-			end := s.p.store.bl.End()
-			s.p.cfg.Observer.ObserveAck(max(end-acked, 0), s.p.store.arrivals.lagSeconds(acked, time.Unix(0, now)))
+			end := s.p.store.Backlog.End()
+			s.p.cfg.Observer.ObserveAck(max(end-acked, 0), s.p.store.Arrivals.LagSeconds(acked, time.Unix(0, now)))
 		}
 	}
 }

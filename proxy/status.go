@@ -96,14 +96,14 @@ func (p *Proxy) Status() Status {
 	f := p.follower
 	host, portS, _ := net.SplitHostPort(f.upstreamAddr())
 	port, _ := strconv.Atoi(portS)
-	pub := p.store.published()
-	first, end := p.store.bl.Range()
+	pub := p.store.Published()
+	first, end := p.store.Backlog.Range()
 	now := time.Now()
 	st := Status{
 		RunID: p.runID, Version: p.cfg.Version, Started: p.started,
 		UpstreamHost: host, UpstreamPort: port,
-		History: pub.hist, BacklogFirst: first, BacklogEnd: end, BacklogSize: p.cfg.BacklogSize,
-		Snapshot: pub.snap, Refreshing: f.refresh.Load(), Queued: p.down.queued.Load(), FullSync: f.gate.status(),
+		History: pub.Hist, BacklogFirst: first, BacklogEnd: end, BacklogSize: p.cfg.BacklogSize,
+		Snapshot: pub.Snap, Refreshing: f.refresh.Load(), Queued: p.down.queued.Load(), FullSync: f.gate.status(),
 	}
 	link := f.linkStatus()
 	st.LinkState, st.LinkUp, st.LastIO, st.LinkChanged = link.state, link.up, link.lastIO, link.changed
@@ -118,10 +118,10 @@ func (p *Proxy) Status() Status {
 		st.LinkDownSince = link.downSince
 		st.DownDuration += now.Sub(link.downSince)
 	}
-	if t, ok := p.store.arrivals.arrival(first); ok && end >= first {
+	if t, ok := p.store.Arrivals.Arrival(first); ok && end >= first {
 		st.OldestEntry = t
 	}
-	st.Keyspace = p.store.keyspace.get(pub.snap)
+	st.Keyspace = p.store.Keyspace.Get(pub.Snap)
 	st.Clients, st.Replicas = p.down.replicaStatus(end, now)
 	for _, r := range st.Replicas {
 		if r.State == vocab.ReplicaSendBulk {
@@ -133,7 +133,7 @@ func (p *Proxy) Status() Status {
 
 // replicaStatus lists the replicas (by ID) and counts the other clients.
 func (d *downstream) replicaStatus(end int64, now time.Time) (clients int, out []ReplicaStatus) {
-	arrivals := d.p.store.arrivals
+	arrivals := d.p.store.Arrivals
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for s := range d.sessions {
@@ -151,7 +151,7 @@ func (d *downstream) replicaStatus(end int64, now time.Time) (clients int, out [
 		}
 		if rs.State == vocab.ReplicaOnline && rs.AckOff >= 0 {
 			rs.LagBytes = max(end-rs.AckOff, 0)
-			rs.LagSeconds = arrivals.lagSeconds(rs.AckOff, now)
+			rs.LagSeconds = arrivals.LagSeconds(rs.AckOff, now)
 		}
 		out = append(out, rs)
 	}
@@ -168,10 +168,10 @@ func (p *Proxy) Config() Config { return p.cfg }
 
 // BacklogCounters returns bytes appended to and trimmed from the backlog
 // since start.
-func (p *Proxy) BacklogCounters() (written, trimmed int64) { return p.store.bl.Counters() }
+func (p *Proxy) BacklogCounters() (written, trimmed int64) { return p.store.Backlog.Counters() }
 
 // BacklogSyncErrors counts failed background fsyncs of the backlog.
-func (p *Proxy) BacklogSyncErrors() int64 { return p.store.bl.SyncErrors() }
+func (p *Proxy) BacklogSyncErrors() int64 { return p.store.Backlog.SyncErrors() }
 
 // CalmStatus is the wait for an origin's write burst to calm.
 type CalmStatus struct {
@@ -179,4 +179,20 @@ type CalmStatus struct {
 	Waits      int64 // waits begun since start
 	OriginRate int64 // bytes/s the origin wrote at the last sample
 	Intake     int64 // bytes/s replproxy measured it can take, at the last cut
+}
+
+// DelayStatus is the delayed listener's state, for INFO and metrics.
+type DelayStatus struct {
+	Enabled bool
+	Delay   time.Duration
+	Horizon int64 // last offset delayed replicas may have now
+	Covered bool  // the backlog budget holds the stream they need
+}
+
+// DelayStatus reports the delayed listener.
+func (p *Proxy) DelayStatus() DelayStatus {
+	if p.cfg.Delay == 0 {
+		return DelayStatus{}
+	}
+	return DelayStatus{Enabled: true, Delay: p.cfg.Delay, Horizon: p.store.Horizon(), Covered: !p.follower.delayShort.Load()}
 }

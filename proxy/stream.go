@@ -65,7 +65,7 @@ func (f *follower) stream(ctx context.Context, u *upstreamConn) error {
 		if n > 0 {
 			// A read that fills the buffer leaves more waiting upstream.
 			busy := n == len(buf)
-			meter.add(start, n, busy, f.store.bl.End())
+			meter.add(start, n, busy, f.store.Backlog.End())
 			if err := f.appendStream(buf[:n], busy, u); err != nil {
 				return err
 			}
@@ -85,7 +85,7 @@ func (f *follower) stream(ctx context.Context, u *upstreamConn) error {
 			// The upstream hung up: the next full sync, if one is needed,
 			// first checks that the origin is not in a burst it would cut
 			// the same way (awaitCalm).
-			f.lastCut = meter.cut(time.Now(), f.store.bl.End())
+			f.lastCut = meter.cut(time.Now(), f.store.Backlog.End())
 			if queued >= behindAtClose && time.Since(start) < behindEOFWait {
 				return &closedBehindError{err: rerr, unread: queued}
 			}
@@ -152,7 +152,7 @@ func (f *follower) appendStream(chunk []byte, busy bool, u *upstreamConn) error 
 		f.discardHistory(err)
 		return err
 	}
-	if n, err := f.store.bl.Append(chunk, boundary); err != nil {
+	if n, err := f.store.Backlog.Append(chunk, boundary); err != nil {
 		// Part of the chunk may have reached the disk (ENOSPC); the next
 		// PSYNC resumes after it, so the scanner must have seen exactly it.
 		_ = f.scanner.Scan(chunk[:n], nil)
@@ -160,7 +160,7 @@ func (f *follower) appendStream(chunk []byte, busy bool, u *upstreamConn) error 
 		return fmt.Errorf("%w: %w", errBacklogWrite, err)
 	}
 	f.scanner = sc
-	end := f.store.bl.End()
+	end := f.store.Backlog.End()
 	if f.fanout != nil {
 		f.fanout.deliver(end-int64(len(chunk))+1, chunk, busy)
 	}
@@ -170,7 +170,7 @@ func (f *follower) appendStream(chunk []byte, busy bool, u *upstreamConn) error 
 		f.publishes = streamPublishes{}
 	}
 	f.stats.UpstreamStreamBytes.Add(int64(len(chunk)))
-	f.store.arrivals.record(end, time.Now())
+	f.store.Arrivals.Record(end, time.Now())
 	f.maybeKick(end)
 	if getack {
 		return u.ack(f.ackFor(nil))
@@ -185,7 +185,7 @@ func (f *follower) discardHistory(cause error) {
 	f.scanner.Reset()
 	f.publishes = streamPublishes{}
 	f.cancelRefresh("history discarded")
-	f.store.discard()
+	f.store.Discard()
 	f.down.closeSessions(vocab.DownHistoryReset)
 }
 

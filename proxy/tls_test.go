@@ -643,7 +643,7 @@ func TestTLSTailMatchesOrigin(t *testing.T) {
 	// Caught up now, whatever the machine's speed: writes that come one by
 	// one reach a waiting replica from the tail.
 	end := rep.singleWrites(origin, p, 20)
-	if p.store.bl.TailServed() == 0 {
+	if p.store.Backlog.TailServed() == 0 {
 		t.Fatal("the TLS replica was never fed from the in-memory tail")
 	}
 	rep.matchOrigin(origin, st.History.ReplID, end)

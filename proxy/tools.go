@@ -20,7 +20,7 @@ import (
 // upstreamVersion is the redis_version tools see: the upstream's, as its
 // last snapshot recorded it (aux redis-ver), else a 7.0 baseline.
 func (p *Proxy) upstreamVersion() string {
-	snap := p.position().snap
+	snap := p.position().Snap
 	if snap == nil {
 		return redisCompatVersion
 	}
@@ -28,7 +28,7 @@ func (p *Proxy) upstreamVersion() string {
 		return v.(string)
 	}
 	v := redisCompatVersion
-	if f, err := snapshot.Open(p.store.snapDir, snap); err == nil {
+	if f, err := snapshot.Open(p.store.SnapDir, snap); err == nil {
 		head := make([]byte, 16<<10)
 		n, _ := f.ReadAt(head, 0)
 		f.Close()

@@ -239,7 +239,7 @@ func TestRedisCliRDBFresh(t *testing.T) {
 		t.Fatalf("young snapshot: %d keys, %d refreshes", n, p.Stats().Refreshes.Load())
 	}
 	must(t, origin.Client().Set(ctx, "new", "1", 0).Err())
-	created := p.position().snap.Created
+	created := p.position().Snap.Created
 	redistest.Eventually(t, 10*time.Second, "the snapshot ages past 3s", func() bool { return time.Since(created) > 3*time.Second })
 	fresh := rdb()
 	if n := fresh.Client().DBSize(ctx).Val(); n != 2 {

@@ -89,8 +89,8 @@ func impostor(t *testing.T, p *testProxy, user, pass string) *atomic.Int64 {
 	served := new(atomic.Int64)
 	fake := fakeSource(t, p, func(conn net.Conn) {
 		pos := p.position()
-		rdb := craftedRDB(pos.hist.ReplID, pos.end, "impostor:key", "planted")
-		fmt.Fprintf(conn, "+FULLRESYNC %s %d\r\n$%d\r\n", pos.hist.ReplID, pos.end, len(rdb))
+		rdb := craftedRDB(pos.Hist.ReplID, pos.End, "impostor:key", "planted")
+		fmt.Fprintf(conn, "+FULLRESYNC %s %d\r\n$%d\r\n", pos.Hist.ReplID, pos.End, len(rdb))
 		conn.Write(rdb)
 		served.Add(1)
 		_, _ = io.Copy(io.Discard, conn)

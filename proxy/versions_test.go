@@ -63,7 +63,7 @@ func TestAnnounceVersion(t *testing.T) {
 		addr, announced := valkey9Master(t)
 		p := startProxy(t, addr, t.TempDir(), func(cfg *Config) { cfg.AnnounceVersion = c.announce })
 		redistest.Eventually(t, 10*time.Second, "link up", p.linkUp)
-		if v := p.position().snap.RDBVersion; v != c.rdb {
+		if v := p.position().Snap.RDBVersion; v != c.rdb {
 			t.Errorf("announcing %q: snapshot RDB %d, want %d", c.announce, v, c.rdb)
 		}
 		got := announced()

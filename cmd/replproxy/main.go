@@ -23,6 +23,7 @@ import (
 	"github.com/replproxy/replproxy/internal/config"
 	"github.com/replproxy/replproxy/metrics"
 	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/proxy/store"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=...".
@@ -199,7 +200,7 @@ func inspect(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: replproxy inspect [--json] [--keys=false] [--types] [--delay D] DATA-DIR")
 		return 2
 	}
-	in, err := proxy.Inspect(context.Background(), fs.Arg(0), proxy.InspectOptions{Keys: *keys, Types: *types})
+	in, err := store.Inspect(context.Background(), fs.Arg(0), store.InspectOptions{Keys: *keys, Types: *types})
 	if err != nil {
 		fmt.Fprintln(stderr, "replproxy inspect:", err)
 		return 2

@@ -1,4 +1,4 @@
-package proxy
+package store
 
 import (
 	"encoding/json"
@@ -49,19 +49,16 @@ func saveState(path string, st persisted) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(path, append(b, '\n')); err != nil {
+	if err := atomicfile.Write(path, append(b, '\n'), nil); err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
 	return nil
 }
 
-// writeFileAtomic replaces path with data (see package atomicfile).
-func writeFileAtomic(path string, data []byte) error { return atomicfile.Write(path, data, nil) }
-
 // streamValidPrefix is the backlog's recovery check: the length of the
 // longest prefix made of complete, well-formed commands. A segment always
 // starts at a command boundary.
-func streamValidPrefix(r io.Reader) (int64, error) {
+func ValidStreamPrefix(r io.Reader) (int64, error) {
 	var sc psync.Scanner
 	var last, pos int64
 	buf := make([]byte, 256<<10)

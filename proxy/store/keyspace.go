@@ -1,4 +1,4 @@
-package proxy
+package store
 
 import (
 	"context"
@@ -12,14 +12,14 @@ import (
 // taken while it was received; one recovered from a data dir written
 // before counts were kept is scanned once in the background (values
 // skipped, a fixed buffer: memory does not follow the data).
-type keyspaceStats struct {
+type KeyspaceStats struct {
 	mu    sync.Mutex
 	name  string
 	stats []snapshot.KeyStats
 }
 
 // scan counts the keys of info; run by Serve's group, cancelled with ctx.
-func (k *keyspaceStats) scan(ctx context.Context, dir string, info *snapshot.Info, log *slog.Logger) {
+func (k *KeyspaceStats) Scan(ctx context.Context, dir string, info *snapshot.Info, log *slog.Logger) {
 	stats, err := snapshot.ScanFile(ctx, dir, info, snapshot.ScanOptions{})
 	if err != nil {
 		if ctx.Err() == nil {
@@ -33,7 +33,7 @@ func (k *keyspaceStats) scan(ctx context.Context, dir string, info *snapshot.Inf
 }
 
 // get returns the counts of snap, nil when unknown.
-func (k *keyspaceStats) get(snap *snapshot.Info) []snapshot.KeyStats {
+func (k *KeyspaceStats) Get(snap *snapshot.Info) []snapshot.KeyStats {
 	switch {
 	case snap == nil:
 		return nil

@@ -1,4 +1,4 @@
-package proxy
+package store
 
 import (
 	"testing"
@@ -14,9 +14,9 @@ func TestArrivalHorizon(t *testing.T) {
 	if _, ok := a.horizon(t0); ok {
 		t.Fatal("an empty index knows a horizon")
 	}
-	a.record(100, t0)
-	a.record(200, t0.Add(time.Second))
-	a.record(300, t0.Add(2*time.Second))
+	a.Record(100, t0)
+	a.Record(200, t0.Add(time.Second))
+	a.Record(300, t0.Add(2*time.Second))
 	for _, c := range []struct {
 		at   time.Duration
 		want int64
@@ -37,12 +37,12 @@ func TestArrivalHorizon(t *testing.T) {
 // TestRetainForDelay: across refreshes the newest snapshot at least the
 // delay old is kept for delayed replicas, and no more than one.
 func TestRetainForDelay(t *testing.T) {
-	p := &Proxy{cfg: Config{Delay: time.Hour}, store: &store{arrivals: newArrivalIndex()}}
+	s := &Store{Arrivals: newArrivalIndex(), delay: time.Hour}
 	now := time.Now()
-	p.store.arrivals.record(1000, now.Add(-3*time.Hour))
-	p.store.arrivals.record(2000, now.Add(-2*time.Hour))
-	p.store.arrivals.record(2100, now.Add(-90*time.Minute))
-	p.store.arrivals.record(3000, now.Add(-30*time.Minute)) // horizon an hour ago: 2000
+	s.Arrivals.Record(1000, now.Add(-3*time.Hour))
+	s.Arrivals.Record(2000, now.Add(-2*time.Hour))
+	s.Arrivals.Record(2100, now.Add(-90*time.Minute))
+	s.Arrivals.Record(3000, now.Add(-30*time.Minute)) // horizon an hour ago: 2000
 	snap := func(off int64, age time.Duration) *snapshot.Info {
 		return &snapshot.Info{Name: "s" + time.Duration(off).String(), Offset: off, Created: now.Add(-age)}
 	}
@@ -54,15 +54,15 @@ func TestRetainForDelay(t *testing.T) {
 		return out
 	}
 	// old is old enough: it is kept when young replaces it.
-	if keep, drop := p.retainForDelay(old, nil, young); keep != old || len(drop) != 0 {
+	if keep, drop := s.retainForDelay(old, nil, young); keep != old || len(drop) != 0 {
 		t.Fatalf("keep %v drop %v", keep, names(drop))
 	}
 	// young is too recent: at the next refresh old stays, young goes.
-	if keep, drop := p.retainForDelay(young, old, younger); keep != old || len(drop) != 1 || drop[0] != young {
+	if keep, drop := s.retainForDelay(young, old, younger); keep != old || len(drop) != 1 || drop[0] != young {
 		t.Fatalf("keep %v drop %v", keep, names(drop))
 	}
 	// A fresh snapshot old enough itself: nothing else is kept.
-	if keep, drop := p.retainForDelay(young, old, snap(1900, 3*time.Hour)); keep != nil || len(drop) != 2 {
+	if keep, drop := s.retainForDelay(young, old, snap(1900, 3*time.Hour)); keep != nil || len(drop) != 2 {
 		t.Fatalf("keep %v drop %v", keep, names(drop))
 	}
 }

@@ -1,11 +1,10 @@
-package proxy
+package store
 
 import (
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -23,73 +22,79 @@ import (
 // while holding it; readers never take it: they load the published value,
 // which is replaced, never changed, so INFO, metrics and PSYNC decisions
 // never wait for an fsync.
-type store struct {
+type Store struct {
 	log      *slog.Logger
 	dir      string
-	snapDir  string
+	SnapDir  string
 	lock     *os.File
-	bl       *backlog.Log
-	arrivals *arrivalIndex // when stream offsets arrived, for lag in seconds
+	Backlog  *backlog.Log
+	Arrivals *ArrivalIndex // when stream offsets arrived, for lag in seconds
+	delay    time.Duration // --delay: delayed replicas see the data this old
 	// retain decides, at a refresh, which older snapshot delayed replicas
 	// keep (nil without --delay: the old one is removed) and what to drop.
 	retain   func(old, retained, fresh *snapshot.Info) (keep *snapshot.Info, drop []*snapshot.Info)
-	keyspace keyspaceStats
+	Keyspace KeyspaceStats
 	// afterReset runs after the backlog restarts for a new history (the
 	// fan-out hands its parked replicas back); set before Serve.
-	afterReset func()
+	AfterReset func()
 	// snapOffset mirrors the snapshot's offset for the append path's
 	// budget check.
-	snapOffset atomic.Int64
+	SnapOffset atomic.Int64
 
 	wmu sync.Mutex
-	cur atomic.Pointer[published]
+	cur atomic.Pointer[Published]
 }
 
 // published is one version of the history and its snapshot.
-type published struct {
-	hist psync.History
-	snap *snapshot.Info
+type Published struct {
+	Hist psync.History
+	Snap *snapshot.Info
 	// retained is an older snapshot of the same history kept for delayed
 	// replicas (--delay): the newest one at least the delay old. Memory
 	// only: a restart removes it with the other stray files.
-	retained *snapshot.Info
-	gen      uint64        // the backlog generation this history is for
-	next     chan struct{} // closed when a newer version is published
+	Retained *snapshot.Info
+	Gen      uint64        // the backlog generation this history is for
+	Next     chan struct{} // closed when a newer version is published
 }
 
 // position is a consistent view of history, backlog range and snapshot.
-type position struct {
-	hist  psync.History
-	first int64
-	end   int64
-	snap  *snapshot.Info
-	gen   uint64 // backlog generation: cursors opened from this view check it
+type Position struct {
+	Hist  psync.History
+	First int64
+	End   int64
+	Snap  *snapshot.Info
+	Gen   uint64 // backlog generation: cursors opened from this view check it
 	// retained: see published.retained.
-	retained *snapshot.Info
+	Retained *snapshot.Info
 }
 
 // plan is the part of the position the sync planner reads.
-func (pos position) plan() plan.Position {
-	return plan.Position{Hist: pos.hist, First: pos.first, End: pos.end, Snap: pos.snap}
+func (pos Position) Plan() plan.Position {
+	return plan.Position{Hist: pos.Hist, First: pos.First, End: pos.End, Snap: pos.Snap}
 }
 
 // storeOptions are what the store needs of the configuration.
-type storeOptions struct {
-	dataDir     string
-	segmentSize int64
-	fsync       backlog.FsyncPolicy
-	syncFile    func(*os.File) error // test hook for the backlog's fsyncs
-	tailSize    int64                // in-memory tail of the backlog; 0: none
+type Options struct {
+	// delay: --delay, the age of the data delayed replicas see (0: none).
+	Delay       time.Duration
+	DataDir     string
+	SegmentSize int64
+	Fsync       backlog.FsyncPolicy
+	SyncFile    func(*os.File) error // test hook for the backlog's fsyncs
+	TailSize    int64                // in-memory tail of the backlog; 0: none
 }
 
 // openStore locks the data dir, opens the backlog and recovers the state
 // that goes with it.
-func openStore(opts storeOptions, log *slog.Logger) (*store, error) {
-	s := &store{log: log, dir: opts.dataDir, snapDir: filepath.Join(opts.dataDir, "snapshots"), arrivals: newArrivalIndex()}
+func Open(opts Options, log *slog.Logger) (*Store, error) {
+	s := &Store{log: log, dir: opts.DataDir, SnapDir: Layout{opts.DataDir}.snapshots(), Arrivals: newArrivalIndex(), delay: opts.Delay}
+	if opts.Delay > 0 {
+		s.retain = s.retainForDelay
+	}
 	if err := os.MkdirAll(s.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	lf, err := os.OpenFile(filepath.Join(s.dir, "LOCK"), os.O_RDWR|os.O_CREATE, 0o644)
+	lf, err := os.OpenFile(Layout{s.dir}.lock(), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
@@ -98,8 +103,8 @@ func openStore(opts storeOptions, log *slog.Logger) (*store, error) {
 		return nil, fmt.Errorf("data dir %s is in use by another replproxy: %w", s.dir, err)
 	}
 	s.lock = lf
-	bl, rep, err := backlog.Open(filepath.Join(s.dir, "backlog"), backlog.Options{
-		SegmentSize: opts.segmentSize, Fsync: opts.fsync, ValidPrefix: streamValidPrefix, SyncFile: opts.syncFile, TailSize: opts.tailSize,
+	bl, rep, err := backlog.Open(Layout{s.dir}.backlog(), backlog.Options{
+		SegmentSize: opts.SegmentSize, Fsync: opts.Fsync, ValidPrefix: ValidStreamPrefix, SyncFile: opts.SyncFile, TailSize: opts.TailSize,
 		OnSyncError: func(err error) {
 			log.Error("backlog fsync failed; bytes since the last fsync may not survive a power loss", "err", err)
 		},
@@ -108,7 +113,7 @@ func openStore(opts storeOptions, log *slog.Logger) (*store, error) {
 		lf.Close()
 		return nil, err
 	}
-	s.bl = bl
+	s.Backlog = bl
 	if rep.TruncatedBytes > 0 || rep.DroppedBytes > 0 {
 		log.Warn("backlog repaired", "truncated_bytes", rep.TruncatedBytes, "dropped_bytes", rep.DroppedBytes)
 	}
@@ -120,7 +125,7 @@ func openStore(opts storeOptions, log *slog.Logger) (*store, error) {
 	return s, nil
 }
 
-func (s *store) statePath() string { return filepath.Join(s.dir, "state") }
+func (s *Store) statePath() string { return Layout{s.dir}.state() }
 
 // inconsistency is the data-dir rule, in one place: the state, the
 // backlog it is tagged with and the snapshot must describe one history,
@@ -149,17 +154,17 @@ func inconsistency(st persisted, tag string, first, end int64, snapDir string) s
 // recover publishes the stored history if it is consistent; anything else
 // is discarded, which leads to a full resync rather than serving bytes of
 // the wrong history.
-func (s *store) recover() error {
+func (s *Store) recover() error {
 	st, err := loadState(s.statePath())
 	if err != nil {
 		return err
 	}
-	v := s.bl.View()
+	v := s.Backlog.View()
 	keep := ""
-	if reason := inconsistency(st, v.Tag, v.Start, v.End, s.snapDir); reason == "" {
+	if reason := inconsistency(st, v.Tag, v.Start, v.End, s.SnapDir); reason == "" {
 		keep = st.Snapshot.Name
 		s.publishLocked(st.History, st.Snapshot)
-		s.arrivals.record(v.End, time.Now()) // recovered bytes arrived before now; when is not kept
+		s.Arrivals.Record(v.End, time.Now()) // recovered bytes arrived before now; when is not kept
 		s.log.Info("recovered state", "replid", st.History.ReplID, "replid2", st.History.ReplID2,
 			"backlog_first", v.Start, "offset", v.End, "snapshot_offset", st.Snapshot.Offset)
 	} else {
@@ -168,7 +173,7 @@ func (s *store) recover() error {
 			s.log.Warn("discarding stored history; a full resync follows", "reason", reason)
 		}
 	}
-	removed, err := snapshot.Cleanup(s.snapDir, keep)
+	removed, err := snapshot.Cleanup(s.SnapDir, keep)
 	for _, name := range removed {
 		s.log.Info("removed stale snapshot file", "file", name)
 	}
@@ -177,42 +182,42 @@ func (s *store) recover() error {
 
 // publishLocked replaces the published version; called with wmu held (or
 // before the store is shared).
-func (s *store) publishLocked(hist psync.History, snap *snapshot.Info) {
+func (s *Store) publishLocked(hist psync.History, snap *snapshot.Info) {
 	s.publishRetainedLocked(hist, snap, nil)
 }
 
-func (s *store) publishRetainedLocked(hist psync.History, snap, retained *snapshot.Info) {
-	p := &published{hist: hist, snap: snap, retained: retained, gen: s.bl.View().Gen, next: make(chan struct{})}
+func (s *Store) publishRetainedLocked(hist psync.History, snap, retained *snapshot.Info) {
+	p := &Published{Hist: hist, Snap: snap, Retained: retained, Gen: s.Backlog.View().Gen, Next: make(chan struct{})}
 	if snap != nil {
-		s.snapOffset.Store(snap.Offset)
+		s.SnapOffset.Store(snap.Offset)
 	} else {
-		s.snapOffset.Store(0)
+		s.SnapOffset.Store(0)
 	}
 	if old := s.cur.Swap(p); old != nil {
-		close(old.next)
+		close(old.Next)
 	}
 }
 
 // published returns the current version: a waiter for a newer one selects
 // on its next channel.
-func (s *store) published() *published { return s.cur.Load() }
+func (s *Store) Published() *Published { return s.cur.Load() }
 
 // position is what a reader may act on. While a reset is under way (the
 // backlog of a new history exists, its history is not yet published) it
 // offers no history at all, so no replica continues into the wrong one.
-func (s *store) position() position {
+func (s *Store) Position() Position {
 	p := s.cur.Load()
-	v := s.bl.View()
-	if v.Gen != p.gen {
-		return position{first: v.Start, end: v.End, gen: v.Gen}
+	v := s.Backlog.View()
+	if v.Gen != p.Gen {
+		return Position{First: v.Start, End: v.End, Gen: v.Gen}
 	}
-	return position{hist: p.hist, first: v.Start, end: v.End, snap: p.snap, gen: v.Gen, retained: p.retained}
+	return Position{Hist: p.Hist, First: v.Start, End: v.End, Snap: p.Snap, Gen: v.Gen, Retained: p.Retained}
 }
 
 // persistLocked writes the state file; called with wmu held.
-func (s *store) persistLocked() error {
+func (s *Store) persistLocked() error {
 	p := s.cur.Load()
-	return saveState(s.statePath(), persisted{History: p.hist, Snapshot: p.snap, BacklogTag: s.bl.Tag()})
+	return saveState(s.statePath(), persisted{History: p.Hist, Snapshot: p.Snap, BacklogTag: s.Backlog.Tag()})
 }
 
 // installFullSync makes info the snapshot of a new history: the backlog
@@ -220,17 +225,17 @@ func (s *store) persistLocked() error {
 // (the reset fails their cursors); those waiting for a snapshot get this.
 // installed reports that the new history is in force, even when persisting
 // it then failed (err).
-func (s *store) installFullSync(info *snapshot.Info) (installed bool, err error) {
+func (s *Store) InstallFullSync(info *snapshot.Info) (installed bool, err error) {
 	s.wmu.Lock()
-	old, oldRetained := s.cur.Load().snap, s.cur.Load().retained
-	if err := s.bl.Reset(info.Offset+1, snapshot.FileName(info.ReplID, info.Offset)); err != nil {
+	old, oldRetained := s.cur.Load().Snap, s.cur.Load().Retained
+	if err := s.Backlog.Reset(info.Offset+1, snapshot.FileName(info.ReplID, info.Offset)); err != nil {
 		s.wmu.Unlock()
-		_ = snapshot.Remove(s.snapDir, info)
+		_ = snapshot.Remove(s.SnapDir, info)
 		return false, err
 	}
-	s.arrivals.reset()
-	if s.afterReset != nil {
-		s.afterReset()
+	s.Arrivals.reset()
+	if s.AfterReset != nil {
+		s.AfterReset()
 	}
 	s.publishLocked(psync.Fresh(info.ReplID), info)
 	err = s.persistLocked()
@@ -243,29 +248,29 @@ func (s *store) installFullSync(info *snapshot.Info) (installed bool, err error)
 }
 
 // errRefreshRejected: the refreshed snapshot does not fit the history.
-var errRefreshRejected = errors.New("refreshed snapshot does not fit the current history")
+var ErrRefreshRejected = errors.New("refreshed snapshot does not fit the current history")
 
 // installRefresh makes info the served snapshot of the current history,
 // if it still fits it.
-func (s *store) installRefresh(info *snapshot.Info) error {
+func (s *Store) InstallRefresh(info *snapshot.Info) error {
 	s.wmu.Lock()
 	cur := s.cur.Load()
-	first, end := s.bl.Range()
-	if cur.hist.ReplID != info.ReplID || info.Offset+1 < first || info.Offset > end || cur.gen != s.bl.View().Gen {
+	first, end := s.Backlog.Range()
+	if cur.Hist.ReplID != info.ReplID || info.Offset+1 < first || info.Offset > end || cur.Gen != s.Backlog.View().Gen {
 		s.wmu.Unlock()
-		_ = snapshot.Remove(s.snapDir, info)
-		return errRefreshRejected
+		_ = snapshot.Remove(s.SnapDir, info)
+		return ErrRefreshRejected
 	}
-	retained := cur.retained
+	retained := cur.Retained
 	var drop []*snapshot.Info
 	if s.retain != nil {
 		var keep *snapshot.Info
-		keep, drop = s.retain(cur.snap, cur.retained, info)
+		keep, drop = s.retain(cur.Snap, cur.Retained, info)
 		retained = keep
-	} else if cur.snap != nil {
-		drop = []*snapshot.Info{cur.snap}
+	} else if cur.Snap != nil {
+		drop = []*snapshot.Info{cur.Snap}
 	}
-	s.publishRetainedLocked(cur.hist, info, retained)
+	s.publishRetainedLocked(cur.Hist, info, retained)
 	err := s.persistLocked()
 	s.wmu.Unlock()
 	for _, d := range drop {
@@ -274,9 +279,9 @@ func (s *store) installRefresh(info *snapshot.Info) error {
 	return err
 }
 
-func (s *store) removeOld(old, now *snapshot.Info) {
+func (s *Store) removeOld(old, now *snapshot.Info) {
 	if old != nil && old.Name != now.Name {
-		if err := snapshot.Remove(s.snapDir, old); err != nil {
+		if err := snapshot.Remove(s.SnapDir, old); err != nil {
 			s.log.Warn("remove old snapshot", "err", err)
 		}
 	}
@@ -285,24 +290,24 @@ func (s *store) removeOld(old, now *snapshot.Info) {
 // shiftHistory takes the upstream's new ID after +CONTINUE <newid>: the
 // old one becomes replid2, valid up to the current end. It reports the
 // old ID and whether anything changed.
-func (s *store) shiftHistory(newID string) (string, bool) {
+func (s *Store) ShiftHistory(newID string) (string, bool) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	cur := s.cur.Load()
-	if newID == "" || newID == cur.hist.ReplID {
+	if newID == "" || newID == cur.Hist.ReplID {
 		return "", false
 	}
-	s.publishRetainedLocked(cur.hist.Shift(newID, s.bl.End()), cur.snap, cur.retained)
+	s.publishRetainedLocked(cur.Hist.Shift(newID, s.Backlog.End()), cur.Snap, cur.Retained)
 	if err := s.persistLocked(); err != nil {
 		// In force in memory; a restart before the next persist resumes with the old ID, which the upstream still continues.
 		s.log.Error("persist state after the replication ID change failed", "err", err)
 	}
-	return cur.hist.ReplID, true
+	return cur.Hist.ReplID, true
 }
 
 // discard forgets the history (after stream corruption): the next
 // connection takes a full resync.
-func (s *store) discard() {
+func (s *Store) Discard() {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	s.publishLocked(psync.History{}, nil)
@@ -312,14 +317,14 @@ func (s *store) discard() {
 }
 
 // close persists the state, closes the backlog and releases the lock.
-func (s *store) close() error {
+func (s *Store) Close() error {
 	s.wmu.Lock()
 	var err error
-	if !s.cur.Load().hist.Empty() {
+	if !s.cur.Load().Hist.Empty() {
 		err = s.persistLocked()
 	}
 	s.wmu.Unlock()
-	if cerr := s.bl.Close(); err == nil {
+	if cerr := s.Backlog.Close(); err == nil {
 		err = cerr
 	}
 	s.lock.Close()

@@ -1,11 +1,10 @@
-package proxy
+package store
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/backlog"
@@ -29,7 +28,7 @@ type Inspection struct {
 	// while --upstream is still the one it was set under; nil when none.
 	Replicaof *persistedUpstream `json:"replicaof,omitempty"`
 	// Held is the new history the empty-origin guard holds; nil when none.
-	Held *heldHistory `json:"held,omitempty"`
+	Held *HeldRecord `json:"held,omitempty"`
 }
 
 // InspectOptions choose what Inspect counts.
@@ -48,28 +47,26 @@ func Inspect(ctx context.Context, dir string, opts InspectOptions) (*Inspection,
 	} else if !st.IsDir() {
 		return nil, fmt.Errorf("data dir %s is not a directory", dir)
 	}
-	st, err := loadState(filepath.Join(dir, "state"))
+	l := Layout{dir}
+	st, err := loadState(l.state())
 	if err != nil {
 		return nil, err
 	}
-	sum, err := backlog.Inspect(filepath.Join(dir, "backlog"))
+	sum, err := backlog.Inspect(l.backlog())
 	if err != nil {
 		return nil, err
 	}
 	in := &Inspection{History: st.History, BacklogTag: st.BacklogTag, Backlog: sum, Snapshot: st.Snapshot}
-	if b, err := os.ReadFile(filepath.Join(dir, upstreamFile)); err == nil {
+	if b, err := os.ReadFile(l.upstream()); err == nil {
 		var pu persistedUpstream
 		if json.Unmarshal(b, &pu) == nil {
 			in.Replicaof = &pu
 		}
 	}
-	if b, err := os.ReadFile(filepath.Join(dir, "held", heldState)); err == nil {
-		var h heldHistory
-		if json.Unmarshal(b, &h) == nil {
-			in.Held = &h
-		}
+	if h, err := l.ReadHeldRecord(); err == nil {
+		in.Held = &h
 	}
-	snapDir := filepath.Join(dir, "snapshots")
+	snapDir := l.snapshots()
 	// The rule the daemon recovers by: a data dir it would serve from.
 	in.Problem = inconsistency(st, sum.Tag, sum.First, sum.End, snapDir)
 	in.Consistent = in.Problem == ""

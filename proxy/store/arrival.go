@@ -1,4 +1,4 @@
-package proxy
+package store
 
 import (
 	"sort"
@@ -11,7 +11,7 @@ import (
 // taken at most every arrivalResolution; when the index is full, adjacent
 // samples are merged (keeping the earlier time), so memory is bounded and
 // old history just gets coarser. Lag is never understated.
-type arrivalIndex struct {
+type ArrivalIndex struct {
 	mu    sync.Mutex
 	ends  []int64 // last offset covered by each sample, ascending
 	times []int64 // unix nanoseconds when the sample's first byte arrived
@@ -23,10 +23,10 @@ const (
 	arrivalSamples    = 1 << 14
 )
 
-func newArrivalIndex() *arrivalIndex { return &arrivalIndex{max: arrivalSamples} }
+func newArrivalIndex() *ArrivalIndex { return &ArrivalIndex{max: arrivalSamples} }
 
 // record notes that stream bytes up to end arrived at now.
-func (a *arrivalIndex) record(end int64, now time.Time) {
+func (a *ArrivalIndex) Record(end int64, now time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	n := len(a.ends)
@@ -49,7 +49,7 @@ func (a *arrivalIndex) record(end int64, now time.Time) {
 
 // arrival returns when the byte at off arrived; ok is false when it has
 // not arrived (or nothing is known).
-func (a *arrivalIndex) arrival(off int64) (time.Time, bool) {
+func (a *ArrivalIndex) Arrival(off int64) (time.Time, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	i := sort.Search(len(a.ends), func(i int) bool { return a.ends[i] >= off })
@@ -60,7 +60,7 @@ func (a *arrivalIndex) arrival(off int64) (time.Time, bool) {
 }
 
 // reset forgets everything: offsets of a new history are unrelated.
-func (a *arrivalIndex) reset() {
+func (a *ArrivalIndex) reset() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.ends, a.times = a.ends[:0], a.times[:0]
@@ -68,8 +68,8 @@ func (a *arrivalIndex) reset() {
 
 // lagSeconds is how long ago the first byte after acked arrived; 0 when
 // the replica has everything.
-func (a *arrivalIndex) lagSeconds(acked int64, now time.Time) float64 {
-	t, ok := a.arrival(acked + 1)
+func (a *ArrivalIndex) LagSeconds(acked int64, now time.Time) float64 {
+	t, ok := a.Arrival(acked + 1)
 	if !ok {
 		return 0
 	}
@@ -79,7 +79,7 @@ func (a *arrivalIndex) lagSeconds(acked int64, now time.Time) float64 {
 // horizon is the last offset known to have arrived at or before t: every
 // byte of the samples before the first one that started after t. ok is
 // false when nothing is known to have arrived by then.
-func (a *arrivalIndex) horizon(t time.Time) (int64, bool) {
+func (a *ArrivalIndex) horizon(t time.Time) (int64, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	tn := t.UnixNano()

@@ -1,11 +1,10 @@
-package proxy
+package store
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/replproxy/replproxy/internal/atomicfile"
@@ -16,8 +15,6 @@ import (
 // the configured --upstream it started with. It stays in force until
 // another REPLICAOF, or a start with a different --upstream than the one
 // it was persisted with: then the configuration wins.
-
-const upstreamFile = "upstream.json"
 
 // persistedUpstream is the file's content.
 type persistedUpstream struct {
@@ -33,8 +30,8 @@ const (
 )
 
 // loadUpstream decides the upstream to start with and why.
-func loadUpstream(dataDir, configured string) (addr, source string, note error) {
-	b, err := os.ReadFile(filepath.Join(dataDir, upstreamFile))
+func LoadUpstream(dataDir, configured string) (addr, source string, note error) {
+	b, err := os.ReadFile(Layout{dataDir}.upstream())
 	if errors.Is(err, os.ErrNotExist) {
 		return configured, UpstreamFromConfig, nil
 	}
@@ -44,19 +41,19 @@ func loadUpstream(dataDir, configured string) (addr, source string, note error) 
 	}
 	switch {
 	case err != nil || pu.Upstream == "":
-		return configured, UpstreamFromConfig, fmt.Errorf("%s unreadable, following --upstream: %v", upstreamFile, err)
+		return configured, UpstreamFromConfig, fmt.Errorf("%s unreadable, following --upstream: %v", Layout{dataDir}.upstream(), err)
 	case pu.Configured != configured:
-		_ = os.Remove(filepath.Join(dataDir, upstreamFile))
+		_ = os.Remove(Layout{dataDir}.upstream())
 		return configured, UpstreamFromConfig, fmt.Errorf("--upstream changed from %s to %s since REPLICAOF %s: the configuration wins", pu.Configured, configured, pu.Upstream)
 	}
 	return pu.Upstream, UpstreamFromReplicaof, nil
 }
 
 // persistUpstream records a REPLICAOF.
-func persistUpstream(dataDir, addr, configured string, sync atomicfile.SyncFunc) error {
+func PersistUpstream(dataDir, addr, configured string, sync atomicfile.SyncFunc) error {
 	b, err := json.Marshal(persistedUpstream{Upstream: addr, Configured: configured, At: time.Now().UTC()})
 	if err != nil {
 		return err
 	}
-	return atomicfile.Write(filepath.Join(dataDir, upstreamFile), b, sync)
+	return atomicfile.Write(Layout{dataDir}.upstream(), b, sync)
 }
