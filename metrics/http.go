@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/proxy/upstream"
 )
 
 // Readiness modes for /readyz.
@@ -67,7 +68,7 @@ func Handler(p *proxy.Proxy, reg *prometheus.Registry, opts HandlerOptions) http
 			return
 		}
 		switch err := p.GuardAccept(); {
-		case errors.Is(err, proxy.ErrNothingHeld):
+		case errors.Is(err, upstream.ErrNothingHeld):
 			http.Error(w, "the guard holds no history: nothing to accept", http.StatusConflict)
 		case err != nil:
 			http.Error(w, "guard accept failed: "+err.Error(), http.StatusInternalServerError)

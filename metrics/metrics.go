@@ -16,6 +16,7 @@ import (
 
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/proxy/security"
+	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 )
@@ -264,13 +265,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	cnt(dUpSyncs, float64(stats.UpstreamFullSyncs.Load()), "full")
 	cnt(dUpSyncs, float64(stats.UpstreamPartialSyncs.Load()), "partial")
 	cnt(dUpSyncFailures, float64(stats.UpstreamSyncFailures.Load()))
-	for _, purpose := range proxy.SyncPurposes() {
-		for _, outcome := range proxy.SyncOutcomes {
+	for _, purpose := range upstream.SyncPurposes() {
+		for _, outcome := range upstream.SyncOutcomes {
 			cnt(dUpFullSyncs, float64(stats.UpstreamFullSyncOutcomes.Load(purpose+"/"+outcome)), purpose, outcome)
 		}
 	}
 	fs := st.FullSync
-	for _, class := range proxy.FailureClasses {
+	for _, class := range upstream.FailureClasses {
 		n := 0
 		if fs.LastClass == class {
 			n = fs.InARow
@@ -278,7 +279,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		g(dUpFSInARow, float64(n), class)
 	}
 	g(dUpFSNext, unix(fs.NextAt))
-	for _, r := range proxy.BlockedReasons {
+	for _, r := range upstream.BlockedReasons {
 		g(dUpFSBlocked, b(strings.HasPrefix(fs.Blocked, r+":")), r)
 	}
 	var rdbSize, rdbRead float64
@@ -320,13 +321,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	g(dSnapInProgress, b(st.Refreshing))
 	cnt(dSnapRefreshes, float64(stats.Refreshes.Load()))
 	cnt(dSnapFailures, float64(stats.RefreshFailures.Load()))
-	for _, src := range proxy.SnapshotSources {
+	for _, src := range upstream.SnapshotSources {
 		g(dSnapSource, b(st.Snapshot != nil && proxy.SnapshotSource(st.Snapshot) == src), src)
-		for _, o := range proxy.RefreshOutcomes {
+		for _, o := range upstream.RefreshOutcomes {
 			cnt(dSnapAttempts, float64(stats.RefreshAttempts.Load(src+"/"+o)), src, o)
 		}
 	}
-	for _, r := range proxy.SourceRefusals {
+	for _, r := range upstream.SourceRefusals {
 		cnt(dSourceRefusals, float64(stats.SourceRefusals.Load(r)), string(r))
 	}
 	g(dSourcesRefused, float64(len(st.RefusedSources)))

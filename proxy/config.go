@@ -1,17 +1,20 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"regexp"
-	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/replproxy/replproxy/internal/tlsconf"
 	"github.com/replproxy/replproxy/proxy/security"
+	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync/backlog"
 )
@@ -209,22 +212,22 @@ func (c *Config) setDefaults() {
 		c.RefreshRatio = 0.5
 	}
 	if c.FullSyncRetryMin == 0 {
-		c.FullSyncRetryMin = DefaultFullSyncRetryMin
+		c.FullSyncRetryMin = upstream.DefaultFullSyncRetryMin
 	}
 	if c.FullSyncRetryMax == 0 {
-		c.FullSyncRetryMax = max(DefaultFullSyncRetryMax, c.FullSyncRetryMin)
+		c.FullSyncRetryMax = max(upstream.DefaultFullSyncRetryMax, c.FullSyncRetryMin)
 	}
 	if c.RefreshMode == "" {
-		c.RefreshMode = RefreshEager
+		c.RefreshMode = upstream.RefreshEager
 	}
 	if len(c.RefreshFrom) == 0 {
-		c.RefreshFrom = []string{SourceReplicas, SourceUpstream}
+		c.RefreshFrom = []string{upstream.SourceReplicas, upstream.SourceUpstream}
 	}
 	if c.RefreshUpstream == "" {
-		c.RefreshUpstream = RefreshUpstreamOnDemand
+		c.RefreshUpstream = upstream.RefreshUpstreamOnDemand
 	}
 	if len(c.RefreshTrust) == 0 {
-		c.RefreshTrust = []string{DefaultRefreshTrust}
+		c.RefreshTrust = []string{upstream.DefaultRefreshTrust}
 	}
 	if c.CalmWaitMax == 0 {
 		c.CalmWaitMax = DefaultCalmWaitMax
@@ -242,7 +245,7 @@ func (c *Config) setDefaults() {
 		c.RDBRefusalTTL = DefaultRDBRefusalTTL
 	}
 	if c.GuardMinKeysRatio == 0 {
-		c.GuardMinKeysRatio = DefaultGuardMinKeysRatio
+		c.GuardMinKeysRatio = upstream.DefaultGuardMinKeysRatio
 	}
 	if c.TailBuffer == 0 {
 		c.TailBuffer = DefaultTailBuffer
@@ -314,18 +317,18 @@ func (c *Config) validate() error {
 		errs = append(errs, fmt.Errorf("full-sync retry backoff %v..%v: the minimum must be at least 100ms and the maximum not below it",
 			c.FullSyncRetryMin, c.FullSyncRetryMax))
 	}
-	if c.RefreshMode != RefreshEager && c.RefreshMode != RefreshLazy {
+	if c.RefreshMode != upstream.RefreshEager && c.RefreshMode != upstream.RefreshLazy {
 		errs = append(errs, fmt.Errorf("snapshot-refresh %q: want eager or lazy", c.RefreshMode))
 	}
-	if c.RefreshUpstream != RefreshUpstreamOnDemand && c.RefreshUpstream != RefreshUpstreamEager {
+	if c.RefreshUpstream != upstream.RefreshUpstreamOnDemand && c.RefreshUpstream != upstream.RefreshUpstreamEager {
 		errs = append(errs, fmt.Errorf("snapshot-refresh-upstream %q: want on-demand or eager", c.RefreshUpstream))
 	}
-	if _, err := parseTrust(c.RefreshTrust); err != nil {
+	if _, err := upstream.ParseTrust(c.RefreshTrust); err != nil {
 		errs = append(errs, err)
 	}
 	seen := map[string]bool{}
 	for _, src := range c.RefreshFrom {
-		if src != SourceReplicas && src != SourceUpstream || seen[src] {
+		if src != upstream.SourceReplicas && src != upstream.SourceUpstream || seen[src] {
 			errs = append(errs, fmt.Errorf("snapshot-refresh-from %q: want replicas and/or upstream, each once, in the order to try",
 				strings.Join(c.RefreshFrom, ",")))
 			break
@@ -366,11 +369,6 @@ func (c *Config) validate() error {
 
 var announceVersionRE = regexp.MustCompile(`^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$`)
 
-// hasRefreshSource reports whether src is one of the refresh sources.
-func (c *Config) hasRefreshSource(src string) bool {
-	return slices.Contains(c.RefreshFrom, src)
-}
-
 // securityOptions is what the security component reads; usersChanged
 // closes the sessions of a user a reload removed or disabled.
 func (c Config) securityOptions(usersChanged func()) security.Options {
@@ -389,4 +387,36 @@ func CheckFiles(cfg Config) error {
 	cfg.setDefaults()
 	_, err := security.New(cfg.securityOptions(nil), slog.New(slog.DiscardHandler), vocab.NewCounts(security.AuthFailureReasons()))
 	return err
+}
+
+// upOptions is what the upstream side reads; deliver feeds the fan-out
+// (nil without one).
+func (c Config) upOptions(deliver func(start int64, chunk []byte, busy bool)) upstream.Options {
+	return upstream.Options{Upstream: c.Upstream, UpstreamUser: c.UpstreamUser, UpstreamPassword: c.UpstreamPassword,
+		UpstreamTLS: c.UpstreamTLS, UpstreamTLSInsecure: c.UpstreamTLSInsecure, AnnounceIP: c.AnnounceIP,
+		AnnounceVersion: c.AnnounceVersion, AnnouncePort: c.AnnouncePort, ReplicaAuthUser: c.ReplicaAuthUser,
+		ReplicaAuthPassword: c.ReplicaAuthPassword, ReplTimeout: c.ReplTimeout, ReplicaTimeout: c.ReplicaTimeout,
+		DataDir: c.DataDir, BacklogSize: c.BacklogSize, SegmentSize: c.SegmentSize, Fsync: c.Fsync, Delay: c.Delay,
+		AckReplicas: c.AckReplicas, CalmWaitMax: c.CalmWaitMax, FullSyncRetryMin: c.FullSyncRetryMin,
+		FullSyncRetryMax: c.FullSyncRetryMax, GuardDisabled: c.GuardDisabled, GuardMinKeysRatio: c.GuardMinKeysRatio,
+		RefreshFrom: c.RefreshFrom, RefreshTrust: c.RefreshTrust, RefreshMode: c.RefreshMode,
+		RefreshUpstream: c.RefreshUpstream, RefreshRatio: c.RefreshRatio, Observer: c.Observer, SyncFile: c.syncFile,
+		Deliver: deliver}
+}
+
+// Probe checks, before deploying, what the daemon will need: the upstream
+// reachable, its replica handshake accepted with the configured
+// credentials up to (not including) PSYNC, and the data dir writable with
+// the free space the backlog budget needs. It asks the origin for nothing
+// that costs it anything.
+func Probe(ctx context.Context, cfg Config) []upstream.ProbeResult {
+	cfg.setDefaults()
+	o := cfg.upOptions(nil)
+	for _, l := range []string{cfg.Listen, cfg.TLSListen} {
+		if _, port, err := net.SplitHostPort(l); o.AnnouncePort == 0 && err == nil {
+			o.AnnouncePort, _ = strconv.Atoi(port)
+		}
+	}
+	sec, err := security.New(cfg.securityOptions(nil), slog.New(slog.DiscardHandler), vocab.NewCounts(security.AuthFailureReasons()))
+	return upstream.Probe(ctx, o, sec, err)
 }

@@ -72,7 +72,7 @@ func (d *downstream) addr() net.Addr {
 
 // port is the listening port announced upstream: the plaintext one, else
 // the TLS one (0 before serving).
-func (d *downstream) port() int {
+func (d *downstream) Port() int {
 	return cmp.Or(listenerPort(d.ln), listenerPort(d.tlsLn))
 }
 
@@ -210,7 +210,7 @@ func (d *downstream) dropUnusableUsers() {
 // dropTrimmedReplicas disconnects replicas whose next byte was trimmed
 // away. Their writers may be blocked on a full socket and would otherwise
 // notice only at the replica timeout.
-func (d *downstream) dropTrimmedReplicas() {
+func (d *downstream) DropTrimmedReplicas() {
 	first, _ := d.p.store.Backlog.Range()
 	behind := d.selectSessions(func(s *session) bool {
 		c := s.cur.Load()
@@ -225,7 +225,7 @@ func (d *downstream) dropTrimmedReplicas() {
 // closeSessions disconnects the replicas that hold a position in the
 // stream (all connections on shutdown). Replicas still waiting for a
 // snapshot have none yet and are left waiting.
-func (d *downstream) closeSessions(reason vocab.DisconnectReason) int {
+func (d *downstream) CloseSessions(reason vocab.DisconnectReason) int {
 	victims := d.selectSessions(func(s *session) bool {
 		return reason == vocab.DownShutdown || (s.replica.Load() && s.state.Load() != stateWaitBgsave)
 	})
@@ -292,7 +292,7 @@ func isLocal(a *net.TCPAddr, host, announceIP string) bool {
 
 // nthAck is the offset at least n online replicas have acknowledged (0
 // when fewer are online).
-func (d *downstream) nthAck(n int) int64 {
+func (d *downstream) NthAck(n int) int64 {
 	var offs []int64
 	for _, s := range d.selectSessions(func(s *session) bool {
 		return s.replica.Load() && !s.legacy && !s.delayed && s.state.Load() == stateOnline
@@ -315,9 +315,9 @@ const candidateAckAge = 3 * time.Second
 // replica still accepts connections, and would hold the refresh for the
 // repl-timeout), with an announced listening port. The one asked last time
 // and those refused before go last while others exist.
-func (d *downstream) refreshCandidates(avoid string, refused func(addr string) bool) []refreshCandidate {
+func (d *downstream) RefreshCandidates(avoid string, refused func(addr string) bool) []vocab.Candidate {
 	type cand struct {
-		refreshCandidate
+		vocab.Candidate
 		ack   int64
 		later bool
 	}
@@ -328,7 +328,7 @@ func (d *downstream) refreshCandidates(avoid string, refused func(addr string) b
 			s.ackTime.Load() >= recent
 	}) {
 		addr := s.replicaAddr()
-		cs = append(cs, cand{refreshCandidate: refreshCandidate{addr: addr, tls: s.tls, id: s.identity()},
+		cs = append(cs, cand{Candidate: vocab.Candidate{Addr: addr, TLS: s.tls, ID: s.identity()},
 			ack: s.ackOff.Load(), later: addr == avoid || refused(addr)})
 	}
 	sort.SliceStable(cs, func(i, j int) bool {
@@ -338,26 +338,18 @@ func (d *downstream) refreshCandidates(avoid string, refused func(addr string) b
 		if cs[i].ack != cs[j].ack {
 			return cs[i].ack > cs[j].ack
 		}
-		return cs[i].addr < cs[j].addr
+		return cs[i].Addr < cs[j].Addr
 	})
-	out := make([]refreshCandidate, len(cs))
+	out := make([]vocab.Candidate, len(cs))
 	for i, c := range cs {
-		out[i] = c.refreshCandidate
+		out[i] = c.Candidate
 	}
 	return out
 }
 
-// refreshCandidate is a replica to ask for a snapshot; one that came over
-// TLS announced its TLS port (Redis does with tls-replication yes).
-type refreshCandidate struct {
-	addr string
-	tls  bool
-	id   identity // who it authenticated as
-}
-
 // sourcePorts are the ports a refresh source's master_port may name: the
 // listeners replicas follow (not the delayed one) and the announced port.
-func (d *downstream) sourcePorts() []int {
+func (d *downstream) SourcePorts() []int {
 	var out []int
 	for _, port := range []int{listenerPort(d.ln), listenerPort(d.tlsLn), d.cfg.AnnouncePort} {
 		if port != 0 {

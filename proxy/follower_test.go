@@ -24,6 +24,7 @@ import (
 	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/proxy/store"
+	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/psync"
 )
 
@@ -407,7 +408,7 @@ func TestSmallBacklogRefresh(t *testing.T) {
 	populate(t, origin)
 	dir := t.TempDir()
 	const budget = 1 << 20
-	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize, c.RefreshUpstream = budget, RefreshUpstreamEager })
+	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize, c.RefreshUpstream = budget, upstream.RefreshUpstreamEager })
 	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
 	connects := p.Stats().UpstreamConnects.Load()
 	stop := make(chan struct{})
@@ -631,7 +632,7 @@ func TestUpstreamClosedWhileBehind(t *testing.T) {
 					redistest.Eventually(t, 30*time.Second, "the proxy caught up", func() bool {
 						return p.backlogEnd() >= 8<<20
 					})
-					time.Sleep(3 * behindEOFWait) // the scenario: an idle link, then the hang-up
+					time.Sleep(3 * upstream.BehindEOFWait) // the scenario: an idle link, then the hang-up
 				}
 				// FIN after the data, as an origin's close: nothing queued is lost.
 				conn.(*net.TCPConn).CloseWrite()

@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
@@ -162,8 +163,8 @@ func TestRefreshSourcesThatCannotServe(t *testing.T) {
 		t.Fatalf("origin sync_full %d, total_forks %d; want 1 and 1", full, forks)
 	}
 	unreachableAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(nobody))
-	want := map[string]SourceRefusal{protected.Addr: RefusedDenied, unreachableAddr: RefusedUnreachable}
-	refused := map[string]SourceRefusal{}
+	want := map[string]upstream.SourceRefusal{protected.Addr: upstream.RefusedDenied, unreachableAddr: upstream.RefusedUnreachable}
+	refused := map[string]upstream.SourceRefusal{}
 	for _, r := range p.Status().RefusedSources {
 		refused[r.Addr] = r.Reason
 	}
@@ -202,12 +203,12 @@ func TestRefreshSourcesThatCannotServe(t *testing.T) {
 // comes from a replica and the origin does not fork.
 func TestRefreshAfterRestartWaitsForReplicas(t *testing.T) {
 	t.Parallel()
-	origin, p, replicas, dir := refreshRig(t, 2, func(c *Config) { c.RefreshMode = RefreshLazy })
+	origin, p, replicas, dir := refreshRig(t, 2, func(c *Config) { c.RefreshMode = upstream.RefreshLazy })
 	overwrite(t, origin.Client(), nil, 8<<20, 8<<20, 16<<10)
 	redistest.Eventually(t, 30*time.Second, "the snapshot lapses", func() bool { return p.Status().SnapshotStale() })
 	waitSynced(t, origin, p.backlogEnd, 30*time.Second)
 	p.stop(t)
-	p2 := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize, c.RefreshMode = 2<<20, RefreshLazy })
+	p2 := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize, c.RefreshMode = 2<<20, upstream.RefreshLazy })
 	// The new replica asks first, while the others still point elsewhere.
 	late := startReplicas(t, 1, p2.addr)
 	redistest.Eventually(t, 10*time.Second, "the refresh waits for replicas to reconnect", func() bool {

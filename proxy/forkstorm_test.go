@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/proxy/upstream"
 )
 
 // fillRandom writes n keys of size random (incompressible) bytes.
@@ -129,8 +130,8 @@ func TestOriginRestartWithPersistenceIsCheap(t *testing.T) {
 			continue
 		}
 		d, err := time.ParseDuration(strings.Fields(v)[0])
-		if err != nil || d > backoffMax {
-			t.Fatalf("a cheap reconnect waited %q (max %v): %s", v, backoffMax, line)
+		if err != nil || d > upstream.BackoffMax {
+			t.Fatalf("a cheap reconnect waited %q (max %v): %s", v, upstream.BackoffMax, line)
 		}
 	}
 	if fs := p.Status().FullSync; fs.LastClass != "" || !fs.NextAt.IsZero() {
@@ -148,7 +149,7 @@ func TestRefreshHeldBackWithoutRoom(t *testing.T) {
 	origin := redistest.StartT(t, "origin")
 	ctx := context.Background()
 	fillRandom(t, origin, 1200, 8<<10) // ~10 MB of incompressible values
-	p := startProxy(t, origin.Addr(), mnt, func(c *Config) { c.BacklogSize, c.RefreshUpstream = 2<<20, RefreshUpstreamEager })
+	p := startProxy(t, origin.Addr(), mnt, func(c *Config) { c.BacklogSize, c.RefreshUpstream = 2<<20, upstream.RefreshUpstreamEager })
 	redistest.Eventually(t, 30*time.Second, "link up", p.linkUp)
 	forks := origin.InfoInt("stats", "total_forks")
 	val := make([]byte, 64<<10)

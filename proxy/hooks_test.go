@@ -16,16 +16,16 @@ func (p *Proxy) backlogLog() *backlog.Log { return p.store.Backlog }
 func (p *Proxy) backlogEnd() int64 { return p.store.Backlog.End() }
 
 // linkUp reports whether the upstream link is streaming.
-func (p *Proxy) linkUp() bool { return p.follower.linkUp() }
+func (p *Proxy) linkUp() bool { return p.follower.LinkUp() }
 
 // refreshing reports whether a snapshot refresh is running.
-func (p *Proxy) refreshing() bool { return p.follower.refresh.Load() }
+func (p *Proxy) refreshing() bool { return p.follower.Refresh.Load() }
 
 // moveUpstream is REPLICAOF host:port.
-func (p *Proxy) moveUpstream(addr string) bool { return p.follower.moveUpstream(addr) }
+func (p *Proxy) moveUpstream(addr string) bool { return p.follower.MoveUpstream(addr) }
 
 // closeSessions disconnects replicas as a history change does.
-func (p *Proxy) closeSessions(reason vocab.DisconnectReason) int { return p.down.closeSessions(reason) }
+func (p *Proxy) closeSessions(reason vocab.DisconnectReason) int { return p.down.CloseSessions(reason) }
 
 // dropTrimmedReplicas runs the trim check.
-func (p *Proxy) dropTrimmedReplicas() { p.down.dropTrimmedReplicas() }
+func (p *Proxy) dropTrimmedReplicas() { p.down.DropTrimmedReplicas() }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/proxy/security"
+	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync/snapshot"
 	"github.com/tidwall/resp"
@@ -86,7 +87,7 @@ func (p *Proxy) info(sections ...string) string {
 		}
 		return 0
 	}
-	tcpPort := p.down.port()
+	tcpPort := p.down.Port()
 	uptime := int64(now.Sub(st.Started).Seconds())
 	if want["server"] {
 		exe, _ := os.Executable()
@@ -173,15 +174,15 @@ func (p *Proxy) info(sections ...string) string {
 	if st.Snapshot != nil {
 		snapTime = st.Snapshot.Created.Unix()
 	}
-	rl := &p.follower.refreshLast
+	rl := p.follower.LastRefresh()
 	section("Persistence",
 		kv("loading", 0),
 		kv("async_loading", 0),
 		kv("rdb_bgsave_in_progress", on(st.Refreshing)),
 		kv("rdb_last_save_time", snapTime),
-		kv("rdb_last_bgsave_status", map[bool]string{false: "ok", true: "err"}[rl.failed.Load()]),
-		kv("rdb_last_bgsave_time_sec", rl.lastSecs.Load()),
-		kv("rdb_current_bgsave_time_sec", rl.current(now)),
+		kv("rdb_last_bgsave_status", map[bool]string{false: "ok", true: "err"}[rl.Failed]),
+		kv("rdb_last_bgsave_time_sec", rl.LastSecs),
+		kv("rdb_current_bgsave_time_sec", rl.CurrentSecs),
 		kv("rdb_saves", p.stats.Refreshes.Load()),
 		kv("rdb_last_cow_size", 0), // no fork here, no copy-on-write
 		kv("aof_enabled", 0),
@@ -369,7 +370,7 @@ func (p *Proxy) info(sections ...string) string {
 		kv("snapshot_budget_exceeded", map[bool]int{true: 1, false: 0}[st.BudgetExceeded()]),
 		kv("snapshot_stale", map[bool]int{true: 1, false: 0}[st.SnapshotStale()]),
 	}
-	for _, src := range SnapshotSources {
+	for _, src := range upstream.SnapshotSources {
 		rp = append(rp, fmt.Sprintf("snapshot_refreshes_from_%s:ok=%d,failed=%d", src,
 			ps.RefreshAttempts.Load(src+"/ok"), ps.RefreshAttempts.Load(src+"/failed")))
 	}
@@ -394,9 +395,9 @@ func (p *Proxy) info(sections ...string) string {
 	if lastClass == "" {
 		lastClass = "none"
 	}
-	for _, purpose := range SyncPurposes() {
+	for _, purpose := range upstream.SyncPurposes() {
 		var failed int64
-		for _, class := range FailureClasses {
+		for _, class := range upstream.FailureClasses {
 			failed += ps.UpstreamFullSyncOutcomes.Load(purpose + "/" + class)
 		}
 		rp = append(rp, fmt.Sprintf("origin_full_syncs_%s:ok=%d,failed=%d", purpose,
@@ -416,7 +417,7 @@ func (p *Proxy) info(sections ...string) string {
 		rp = append(rp, kv("delay_seconds", int64(ds.Delay.Seconds())), kv("delay_horizon_offset", ds.Horizon),
 			kv("delay_port", listenerPort(p.down.delayedLn)), kv("delay_covered", map[bool]int{true: 1, false: 0}[ds.Covered]))
 	}
-	upAddr, upSource := p.follower.upstreamOrigin()
+	upAddr, upSource := p.follower.UpstreamOrigin()
 	rp = append(rp, kv("upstream", upAddr), kv("upstream_source", upSource), kv("upstream_configured", p.cfg.Upstream))
 	rp = append(rp, kv("upstream_tls", map[bool]int{true: 1, false: 0}[p.cfg.UpstreamTLS]), kv("tls_port", listenerPort(p.down.tlsLn)))
 	var fails []string
@@ -443,7 +444,7 @@ func SnapshotSource(s *snapshot.Info) string {
 	case s == nil:
 		return "none"
 	case s.Source == "":
-		return snapFromUpstream
+		return upstream.SnapFromUpstream
 	}
 	return s.Source
 }
@@ -530,4 +531,23 @@ func buildID(version string) string {
 	h := fnv.New64a()
 	h.Write([]byte(version))
 	return strconv.FormatUint(h.Sum64(), 16)
+}
+
+// guardText renders the guard's state as INFO-style lines.
+func guardText(g upstream.GuardStatus) string {
+	state := "watching"
+	switch {
+	case !g.Enabled:
+		state = "off"
+	case g.Holding:
+		state = "holding"
+	}
+	lines := []string{kv("guard", state), kv("guard_min_keys_ratio", g.MinRatio), kv("guard_holds", g.Holds)}
+	if g.Holding {
+		lines = append(lines, kv("guard_held_since", g.Since.UTC().Format(time.RFC3339)),
+			kv("guard_held_seconds", int64(time.Since(g.Since).Seconds())), kv("guard_held_replid", g.ReplID),
+			kv("guard_held_snapshot_offset", g.Offset), kv("guard_held_stream_end", g.HeldEnd),
+			kv("guard_current_keys", g.CurKeys), kv("guard_new_keys", g.NewKeys))
+	}
+	return strings.Join(lines, "\r\n") + "\r\n"
 }

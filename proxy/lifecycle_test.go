@@ -19,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/replproxy/replproxy/internal/faultproxy"
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/proxy/upstream"
 )
 
 // TestSessionLifecycleRace starts and ends replica sessions for seconds
@@ -178,7 +179,7 @@ func TestShutdownDuringRefresh(t *testing.T) {
 	origin := redistest.StartT(t, "origin")
 	populate(t, origin)
 	dir := t.TempDir()
-	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize, c.RefreshUpstream = 1<<20, RefreshUpstreamEager })
+	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize, c.RefreshUpstream = 1<<20, upstream.RefreshUpstreamEager })
 	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
 	ctx := context.Background()
 	// From now on the origin writes its RDBs slowly: 1 ms per key.

@@ -18,6 +18,7 @@ import (
 	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/proxy/security"
 	"github.com/replproxy/replproxy/proxy/store"
+	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
@@ -32,7 +33,7 @@ type Proxy struct {
 	started  time.Time
 	stats    *Stats
 	store    *store.Store
-	follower *follower
+	follower *upstream.Follower
 	down     *downstream
 	sec      *security.Service
 	versions sync.Map // snapshot name -> the redis-ver it records
@@ -44,25 +45,16 @@ type Proxy struct {
 
 // Stats are the event counters shown in INFO and metrics.
 type Stats struct {
-	UpstreamConnects     atomic.Int64
-	UpstreamLinkChanges  atomic.Int64
-	UpstreamDownNanos    atomic.Int64 // time the link was down, closed periods only
-	UpstreamDisconnects  vocab.Counts[vocab.UpstreamReason]
-	UpstreamFullSyncs    atomic.Int64
-	UpstreamPartialSyncs atomic.Int64
-	UpstreamSyncFailures atomic.Int64 // payloads rejected or cut
-	UpstreamRDBBytes     atomic.Int64
-	UpstreamStreamBytes  atomic.Int64
-	Refreshes            atomic.Int64
-	RefreshFailures      atomic.Int64
-	SyncFull             atomic.Int64 // served to replicas
-	SyncPartialOK        atomic.Int64
-	SyncPartialErr       atomic.Int64
-	SentRDBBytes         atomic.Int64
-	SentStreamBytes      atomic.Int64
-	Rejections           [5]atomic.Int64 // by psync.ContinueVerdict
-	Disconnects          vocab.Counts[vocab.DisconnectReason]
-	RejectedConns        atomic.Int64 // refused at --max-clients
+	*upstream.Counters // the upstream side's
+
+	SyncFull        atomic.Int64 // served to replicas
+	SyncPartialOK   atomic.Int64
+	SyncPartialErr  atomic.Int64
+	SentRDBBytes    atomic.Int64
+	SentStreamBytes atomic.Int64
+	Rejections      [5]atomic.Int64 // by psync.ContinueVerdict
+	Disconnects     vocab.Counts[vocab.DisconnectReason]
+	RejectedConns   atomic.Int64 // refused at --max-clients
 	// Client traffic as Redis' Stats count it; replication has its own.
 	ConnectionsReceived atomic.Int64
 	CommandsProcessed   atomic.Int64
@@ -80,57 +72,11 @@ type Stats struct {
 	// AuthFailures counts refused authentications and TLS handshakes by
 	// reason (AuthFailureReasons).
 	AuthFailures vocab.Counts[string]
-	// RefreshAttempts counts refresh attempts by "source/outcome".
-	RefreshAttempts vocab.Counts[string]
-	// UpstreamFullSyncOutcomes counts full syncs the upstream started (each
-	// a fork on the origin) by "purpose/outcome" (SyncPurposes, SyncOutcomes).
-	UpstreamFullSyncOutcomes vocab.Counts[string]
-	// SourceRefusals counts replicas that could not serve a snapshot
-	// refresh, by reason (SourceRefusals).
-	SourceRefusals vocab.Counts[SourceRefusal]
-}
-
-// countFullSync counts one upstream full sync; class "" is success.
-func (s *Stats) countFullSync(purpose syncPurpose, class failureClass) {
-	outcome := "ok"
-	if class != "" {
-		outcome = string(class)
-	}
-	s.UpstreamFullSyncOutcomes[string(purpose)+"/"+outcome].Add(1)
-}
-
-// pairs lists "a/b" for every a, then b.
-func pairs(as, bs []string) []string {
-	var out []string
-	for _, a := range as {
-		for _, b := range bs {
-			out = append(out, a+"/"+b)
-		}
-	}
-	return out
 }
 
 func newStats() *Stats {
-	return &Stats{UpstreamDisconnects: vocab.NewCounts(vocab.UpstreamReasons), Disconnects: vocab.NewCounts(vocab.DisconnectReasons),
-		RefreshAttempts:          vocab.NewCounts(pairs(SnapshotSources, RefreshOutcomes)),
-		AuthFailures:             vocab.NewCounts(security.AuthFailureReasons()),
-		UpstreamFullSyncOutcomes: vocab.NewCounts(pairs(SyncPurposes(), SyncOutcomes)),
-		SourceRefusals:           vocab.NewCounts(SourceRefusals)}
-}
-
-// linkStatus is the upstream link as INFO shows it.
-type linkStatus struct {
-	state     vocab.LinkState
-	up        bool
-	lastIO    time.Time
-	downSince time.Time
-	changed   time.Time // last up/down transition
-	syncTotal int64     // payload size; 0 for EOF-form
-	syncRead  int64
-	// downReason and downErr: why the last connection ended, the upstream's
-	// words included.
-	downReason vocab.UpstreamReason
-	downErr    string
+	return &Stats{Counters: upstream.NewCounters(), Disconnects: vocab.NewCounts(vocab.DisconnectReasons),
+		AuthFailures: vocab.NewCounts(security.AuthFailureReasons())}
 }
 
 // New opens the data dir, recovers it and returns a proxy ready to Run. It
@@ -152,46 +98,20 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 		return nil, err
 	}
 	p.sec = sec
-	warnSharedTrust(cfg, sec, log)
-	st, err := store.Open(store.Options{DataDir: cfg.DataDir, SegmentSize: cfg.SegmentSize, Fsync: cfg.Fsync, SyncFile: cfg.syncFile,
-		TailSize: tailSize(cfg), Delay: cfg.Delay}, log)
-	if err != nil {
-		return nil, err
-	}
-	p.store = st
-	p.down = newDownstream(p)
-	p.follower = newFollower(cfg, log, p.stats, st, p.down)
-	p.follower.pubsub = p.pubsub
+	var deliver func(start int64, chunk []byte, busy bool)
+	storeOpts := store.Options{DataDir: cfg.DataDir, SegmentSize: cfg.SegmentSize, Fsync: cfg.Fsync, SyncFile: cfg.syncFile,
+		TailSize: tailSize(cfg), Delay: cfg.Delay}
 	if !cfg.DisableFanout {
 		p.fanout = newFanout(p.stats)
-		p.follower.fanout = p.fanout
-		st.AfterReset = p.fanout.releaseAll
+		deliver, storeOpts.AfterReset = p.fanout.deliver, p.fanout.releaseAll
 	}
-	addr, source, note := store.LoadUpstream(cfg.DataDir, cfg.Upstream)
-	if note != nil {
-		log.Warn("persisted REPLICAOF not used", "reason", note.Error())
+	if p.store, err = store.Open(storeOpts, log); err != nil {
+		return nil, err
 	}
-	if source == store.UpstreamFromReplicaof {
-		log.Warn("following the upstream set by REPLICAOF before the restart, not --upstream", "upstream", addr, "configured", cfg.Upstream)
-	}
-	p.follower.upstream, p.follower.upstreamSource = addr, source // before any goroutine runs
-	if err := p.follower.loadHeld(); err != nil {
-		st.Close()
-		return nil, fmt.Errorf("the guard's held history in %s: %w (move the directory away to start without it)", p.follower.guard.dir.Held(), err)
-	}
-	gate := p.follower.gate
-	cut, err := gate.load()
-	if err != nil {
-		log.Warn("full-sync backoff state unreadable; starting without it", "err", err)
-	}
-	for _, purpose := range cut {
-		p.stats.countFullSync(purpose, failInterrupted)
-		log.Warn("a request that could make the origin fork was cut by this process's own stop (kill, crash, power loss); it counts as a failed full sync",
-			"purpose", purpose)
-	}
-	if gs := gate.status(); !gs.NextAt.IsZero() {
-		log.Warn("a full sync from the upstream failed or was cut before this start; the next one waits",
-			"next_attempt_in", time.Until(gs.NextAt).Round(time.Second).String(), "last_failure", gs.LastClass, "err", gs.LastError)
+	p.down = newDownstream(p)
+	if p.follower, err = upstream.New(cfg.upOptions(deliver), log, p.stats.Counters, p.store, p.down, sec, p.pubsub); err != nil {
+		p.store.Close()
+		return nil, err
 	}
 	return p, nil
 }
@@ -269,13 +189,13 @@ func (p *Proxy) ServeListeners(ctx context.Context, ln, tlsLn net.Listener) erro
 		return fmt.Errorf("a TLS listener needs --tls-listen with its certificate")
 	}
 	p.down.ln, p.down.tlsLn = ln, tlsLn // before any goroutine reads them
-	p.log.Info("replproxy started", "listen", addrText(ln), "tls_listen", addrText(tlsLn), "upstream", p.follower.upstreamAddr(),
+	p.log.Info("replproxy started", "listen", addrText(ln), "tls_listen", addrText(tlsLn), "upstream", p.follower.UpstreamAddr(),
 		"upstream_tls", p.cfg.UpstreamTLS, "data_dir", p.cfg.DataDir, "backlog_size", p.cfg.BacklogSize, "fsync", p.cfg.Fsync.String())
-	p.follower.warnConfig()
+	p.follower.WarnConfig()
 	p.warnUnprotected()
 	var wg sync.WaitGroup
-	wg.Go(func() { p.follower.follow(ctx) })
-	wg.Go(func() { p.follower.maintain(ctx) })
+	wg.Go(func() { p.follower.Follow(ctx) })
+	wg.Go(func() { p.follower.Maintain(ctx) })
 	wg.Go(func() { p.sec.Watch(ctx) })
 	for _, l := range []net.Listener{ln, tlsLn} {
 		if l != nil {
@@ -295,7 +215,7 @@ func (p *Proxy) ServeListeners(ctx context.Context, ln, tlsLn net.Listener) erro
 			l.Close()
 		}
 	}
-	p.down.closeSessions(vocab.DownShutdown)
+	p.down.CloseSessions(vocab.DownShutdown)
 	wg.Wait()
 	return p.shutdown()
 }
@@ -339,7 +259,7 @@ func (p *Proxy) MetricsTLSConfig() *tls.Config {
 }
 
 // GuardStatus reports the empty-origin guard.
-func (p *Proxy) GuardStatus() GuardStatus { return p.follower.guardStatus() }
+func (p *Proxy) GuardStatus() upstream.GuardStatus { return p.follower.GuardStatus() }
 
 // GuardText is REPLPROXY GUARD STATUS's reply.
 func (p *Proxy) GuardText() string { return guardText(p.GuardStatus()) }
@@ -359,7 +279,7 @@ func (p *Proxy) Authenticate(user, pass, addr string) bool {
 }
 
 // GuardAccept installs the history the guard holds.
-func (p *Proxy) GuardAccept() error { return p.follower.acceptHeld() }
+func (p *Proxy) GuardAccept() error { return p.follower.AcceptHeld() }
 
 // ReloadStatus reports the watched files: certificates and users.
 func (p *Proxy) ReloadStatus() []security.ReloadStatus { return p.sec.Status() }
@@ -391,7 +311,7 @@ func (p *Proxy) warnUnprotected() {
 
 func (p *Proxy) shutdown() error {
 	end := p.store.Backlog.End()
-	if err := p.follower.gate.flush(); err != nil {
+	if err := p.follower.Persist(); err != nil {
 		p.log.Warn("full-sync backoff state not persisted; the next start may count a request cut that was not", "err", err)
 	}
 	err := p.store.Close()

@@ -18,6 +18,7 @@ import (
 	"github.com/replproxy/replproxy/internal/faultproxy"
 	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/proxy/store"
+	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 )
@@ -103,7 +104,7 @@ func TestRefreshFromReplicasNoOriginFork(t *testing.T) {
 // from the origin as before, though replicas could serve.
 func TestRefreshFromUpstreamOnly(t *testing.T) {
 	t.Parallel()
-	origin, p, _, _ := refreshRig(t, 1, func(c *Config) { c.RefreshFrom = []string{SourceUpstream} })
+	origin, p, _, _ := refreshRig(t, 1, func(c *Config) { c.RefreshFrom = []string{upstream.SourceUpstream} })
 	overwrite(t, origin.Client(), nil, 4<<20, 8<<20, 16<<10)
 	redistest.Eventually(t, 30*time.Second, "a refresh from the origin", func() bool {
 		return p.Stats().RefreshAttempts.Load("upstream/ok") >= 1
@@ -131,9 +132,9 @@ func TestRefreshNoReplicaReachable(t *testing.T) {
 			p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) {
 				c.BacklogSize = 2 << 20
 				if only {
-					c.RefreshFrom = []string{SourceReplicas}
+					c.RefreshFrom = []string{upstream.SourceReplicas}
 				} else {
-					c.RefreshUpstream = RefreshUpstreamEager // the default never asks the origin for this
+					c.RefreshUpstream = upstream.RefreshUpstreamEager // the default never asks the origin for this
 				}
 			})
 			refused, err := redistest.FreePort()
@@ -159,7 +160,7 @@ func TestRefreshNoReplicaReachable(t *testing.T) {
 			if n := origin.InfoInt("stats", "total_forks"); n != forks {
 				t.Fatalf("the origin forked (%d -> %d) with --snapshot-refresh-from replicas", forks, n)
 			}
-			if p.Stats().SourceRefusals.Load(RefusedUnreachable) < 1 || !strings.Contains(p.logBuf.String(), "failed from every source") {
+			if p.Stats().SourceRefusals.Load(upstream.RefusedUnreachable) < 1 || !strings.Contains(p.logBuf.String(), "failed from every source") {
 				t.Fatal("the failed refreshes are not reported")
 			}
 		})
@@ -254,7 +255,7 @@ func TestRefreshAbandonsStalledReplica(t *testing.T) {
 	fakeReplica(t, p.addr, n)
 	overwrite(t, origin.Client(), nil, 2<<20, 8<<20, 16<<10)
 	// Well inside the repl-timeout: only the stall bound can end the first try.
-	redistest.Eventually(t, replicaStallTimeout+45*time.Second, "the stalled source given up, the good replica's taken", func() bool {
+	redistest.Eventually(t, upstream.ReplicaStallTimeout+45*time.Second, "the stalled source given up, the good replica's taken", func() bool {
 		return p.Stats().RefreshAttempts.Load("replica/failed") >= 1 && p.Stats().RefreshAttempts.Load("replica/ok") >= 1
 	})
 	if forks := origin.InfoInt("stats", "total_forks"); forks != 1 {
@@ -271,7 +272,7 @@ func TestRefreshAbandonsStalledReplica(t *testing.T) {
 // other source).
 func TestRefreshReplicaKilledMidway(t *testing.T) {
 	t.Parallel()
-	origin, p, replicas, dir := refreshRig(t, 1, func(c *Config) { c.RefreshUpstream = RefreshUpstreamEager })
+	origin, p, replicas, dir := refreshRig(t, 1, func(c *Config) { c.RefreshUpstream = upstream.RefreshUpstreamEager })
 	slow := replicas[0]
 	if err := slow.Client().ConfigSet(context.Background(), "rdb-key-save-delay", "20000").Err(); err != nil {
 		t.Fatal(err)
@@ -305,7 +306,7 @@ func TestRefreshFromReplicasWithAuth(t *testing.T) {
 			populate(t, origin)
 			p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) {
 				c.BacklogSize, c.ReplicaAuthPassword = 2<<20, pass
-				c.RefreshUpstream = RefreshUpstreamEager // the fallback below
+				c.RefreshUpstream = upstream.RefreshUpstreamEager // the fallback below
 			})
 			replicas := startReplicas(t, 1, p.addr)
 			redistest.Eventually(t, 30*time.Second, "replica online", func() bool {
@@ -349,7 +350,7 @@ func TestLazyRefresh(t *testing.T) {
 	populate(t, origin)
 	dir := t.TempDir()
 	const budget = 2 << 20
-	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize, c.RefreshMode = budget, RefreshLazy })
+	p := startProxy(t, origin.Addr(), dir, func(c *Config) { c.BacklogSize, c.RefreshMode = budget, upstream.RefreshLazy })
 	first := startReplicas(t, 1, p.addr)
 	waitConverged(t, origin, first, 30*time.Second)
 	overwrite(t, origin.Client(), nil, 8<<20, 8<<20, 16<<10)
@@ -474,24 +475,24 @@ func TestRefreshCandidates(t *testing.T) {
 	add("10.0.0.5", 6379, 999, stateSendBulk, 0, false)            // busy receiving a full sync
 	add("10.0.0.6", 0, 999, stateOnline, 0, false)                 // no listening port (redis-cli --replica)
 	add("10.0.0.7", 6379, 999, stateOnline, 0, true)               // SYNC client
-	addrs := func(cs []refreshCandidate) string {
+	addrs := func(cs []vocab.Candidate) string {
 		var out []string
 		for _, c := range cs {
-			out = append(out, c.addr)
+			out = append(out, c.Addr)
 		}
 		return strings.Join(out, " ")
 	}
 	none := func(string) bool { return false }
-	got := addrs(d.refreshCandidates("", none))
+	got := addrs(d.RefreshCandidates("", none))
 	if want := "10.0.0.2:6379 10.0.0.3:6379 10.0.0.1:6379"; got != want {
 		t.Fatalf("candidates %s, want %s", got, want)
 	}
-	got = addrs(d.refreshCandidates("10.0.0.2:6379", none))
+	got = addrs(d.RefreshCandidates("10.0.0.2:6379", none))
 	if want := "10.0.0.3:6379 10.0.0.1:6379 10.0.0.2:6379"; got != want {
 		t.Fatalf("after asking 10.0.0.2: %s, want %s", got, want)
 	}
 	// A replica refused before (protected mode, unreachable) goes last.
-	got = addrs(d.refreshCandidates("", func(a string) bool { return a == "10.0.0.2:6379" }))
+	got = addrs(d.RefreshCandidates("", func(a string) bool { return a == "10.0.0.2:6379" }))
 	if want := "10.0.0.3:6379 10.0.0.1:6379 10.0.0.2:6379"; got != want {
 		t.Fatalf("with 10.0.0.2 refused: %s, want %s", got, want)
 	}

@@ -223,8 +223,8 @@ func (s *session) awaitFreshSnapshot(ctx context.Context) error {
 	asked := time.Now()
 	s.log.Info("rdb-only client: the stored snapshot is older than --rdb-only-max-age; taking a fresh one",
 		"snapshot_age", age, "max_age", maxAge.String())
-	if !f.refresh.Load() { // one already running ends after now: its snapshot will do
-		f.wantRefresh("an rdb-only client asked for a snapshot younger than --rdb-only-max-age")
+	if !f.Refreshing() { // one already running ends after now: its snapshot will do
+		f.WantRefresh("an rdb-only client asked for a snapshot younger than --rdb-only-max-age")
 	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -237,12 +237,11 @@ func (s *session) awaitFreshSnapshot(ctx context.Context) error {
 		if _, ok := fresh(); ok {
 			return nil
 		}
-		rl := &f.refreshLast
-		if rl.doneAt.Load() > asked.UnixNano() && rl.failed.Load() {
+		if rl := f.LastRefresh(); rl.DoneAt.After(asked) && rl.Failed {
 			_ = s.errorf("ERR the stored snapshot is %s old (--rdb-only-max-age %s) and a fresh one failed; see the proxy's log", age, maxAge)
 			return errors.New("fresh snapshot for an rdb-only client failed")
 		}
-		if !f.refresh.Load() && time.Since(asked) > freshWaitStart {
+		if !f.Refreshing() && time.Since(asked) > freshWaitStart {
 			_ = s.errorf("ERR the stored snapshot is %s old (--rdb-only-max-age %s) and no refresh could start (upstream link, backoff or disk room; see INFO)", age, maxAge)
 			return errors.New("no refresh could start for an rdb-only client")
 		}
@@ -358,7 +357,7 @@ func (s *session) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, 
 			}
 		}
 		if pl.Stale {
-			p.follower.wantRefresh("a replica needs a full sync and the snapshot has lapsed")
+			p.follower.WantRefresh("a replica needs a full sync and the snapshot has lapsed")
 		}
 		select { // no snapshot to serve yet: wait for the next one
 		case <-pub.Next:
@@ -617,7 +616,7 @@ func (s *session) readAcks() {
 			}
 			s.ackTime.Store(now)
 			s.acked.Store(true)
-			s.p.follower.replicaAcked()
+			s.p.follower.ReplicaAcked()
 			acked := s.ackOff.Load()
 			end := s.p.store.Backlog.End()
 			s.p.cfg.Observer.ObserveAck(max(end-acked, 0), s.p.store.Arrivals.LagSeconds(acked, time.Unix(0, now)))

@@ -19,6 +19,7 @@ import (
 
 	"github.com/replproxy/replproxy/internal/acl"
 	"github.com/replproxy/replproxy/proxy/pubsub"
+	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
 
 	"github.com/replproxy/replproxy/psync/backlog"
@@ -141,7 +142,7 @@ func (s *session) clientWrite(b []byte) error {
 	if s.subs != nil {
 		return s.subs.Send(b) // the subscriber's writer owns the socket
 	}
-	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_ = s.conn.SetWriteDeadline(time.Now().Add(vocab.WriteTimeout))
 	n, err := s.conn.Write(b)
 	s.p.stats.NetOutputBytes.Add(int64(n))
 	s.p.stats.WritesProcessed.Add(1)
@@ -424,7 +425,7 @@ func (s *session) replicaof(host, port string) error {
 	if s.p.down.isSelf(host, n) {
 		return s.errorf("ERR %s:%d is this replproxy itself", host, n)
 	}
-	if !s.p.follower.moveUpstream(net.JoinHostPort(host, port)) {
+	if !s.p.follower.MoveUpstream(net.JoinHostPort(host, port)) {
 		return s.reply(resp.SimpleStringValue("OK Already connected to specified master"))
 	}
 	return s.ok()
@@ -442,7 +443,7 @@ func (s *session) replproxyCommand(args [][]byte) error {
 	case "accept":
 		err := s.p.GuardAccept()
 		switch {
-		case errors.Is(err, ErrNothingHeld):
+		case errors.Is(err, upstream.ErrNothingHeld):
 			return s.errorf("ERR the guard holds no history: nothing to accept")
 		case err != nil:
 			s.log.Error("guard accept failed", "err", err)
@@ -538,11 +539,11 @@ func (s *session) authUser() string {
 
 // identity is who the session authenticated as: its user and, on TLS, the
 // CN of a verified client certificate.
-func (s *session) identity() identity {
-	id := identity{user: s.authUser()}
+func (s *session) identity() vocab.Identity {
+	id := vocab.Identity{User: s.authUser()}
 	if tc, ok := s.conn.(*tls.Conn); ok {
 		if cs := tc.ConnectionState(); len(cs.VerifiedChains) > 0 && len(cs.PeerCertificates) > 0 {
-			id.cn = cs.PeerCertificates[0].Subject.CommonName
+			id.CN = cs.PeerCertificates[0].Subject.CommonName
 		}
 	}
 	return id

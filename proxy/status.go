@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/snapshot"
@@ -16,10 +17,10 @@ type Status struct {
 	// RefusedSources are the replicas that could not serve the last
 	// refreshes that asked them (untrusted, protected mode, unreachable,
 	// writable...).
-	RefusedSources []RefusedSource
+	RefusedSources []upstream.RefusedSource
 	// Calm is the wait, after the upstream cut replproxy behind a burst,
 	// for the burst to calm before a full sync is asked.
-	Calm CalmStatus
+	Calm upstream.CalmStatus
 
 	RunID   string
 	Version string
@@ -57,7 +58,7 @@ type Status struct {
 	Keyspace     []snapshot.KeyStats
 	DownDuration time.Duration // total time the upstream link was down, now included
 	// FullSync is the cost backoff of requests that fork the origin.
-	FullSync GateStatus
+	FullSync upstream.GateStatus
 }
 
 // SnapshotStale reports whether the snapshot has lapsed: the backlog no
@@ -93,30 +94,29 @@ type ReplicaStatus struct {
 // Status returns the current status: each component's part read under
 // its own lock (the store's without any), none held across I/O.
 func (p *Proxy) Status() Status {
-	f := p.follower
-	host, portS, _ := net.SplitHostPort(f.upstreamAddr())
+	now := time.Now()
+	up := p.follower.Status(now)
+	host, portS, _ := net.SplitHostPort(up.Addr)
 	port, _ := strconv.Atoi(portS)
 	pub := p.store.Published()
 	first, end := p.store.Backlog.Range()
-	now := time.Now()
 	st := Status{
 		RunID: p.runID, Version: p.cfg.Version, Started: p.started,
 		UpstreamHost: host, UpstreamPort: port,
 		History: pub.Hist, BacklogFirst: first, BacklogEnd: end, BacklogSize: p.cfg.BacklogSize,
-		Snapshot: pub.Snap, Refreshing: f.refresh.Load(), Queued: p.down.queued.Load(), FullSync: f.gate.status(),
+		Snapshot: pub.Snap, Refreshing: up.Refreshing, Queued: p.down.queued.Load(), FullSync: up.FullSync,
 	}
-	link := f.linkStatus()
-	st.LinkState, st.LinkUp, st.LastIO, st.LinkChanged = link.state, link.up, link.lastIO, link.changed
-	st.SyncTotalBytes, st.SyncReadBytes = link.syncTotal, link.syncRead
-	st.LinkDownReason, st.LinkDownError = link.downReason, link.downErr
-	st.BacklogWindowShort = f.windowShort.Load()
-	st.RefusedSources = f.refusals.list()
-	st.Calm = CalmStatus{Waiting: f.calm.waiting.Load(), Waits: f.calm.waits.Load(),
-		OriginRate: f.calm.originRate.Load(), Intake: f.calm.intake.Load()}
+	link := up.Link
+	st.LinkState, st.LinkUp, st.LastIO, st.LinkChanged = link.State, link.Up, link.LastIO, link.Changed
+	st.SyncTotalBytes, st.SyncReadBytes = link.SyncTotal, link.SyncRead
+	st.LinkDownReason, st.LinkDownError = link.DownReason, link.DownErr
+	st.BacklogWindowShort = up.WindowShort
+	st.RefusedSources = up.RefusedSources
+	st.Calm = up.Calm
 	st.DownDuration = time.Duration(p.stats.UpstreamDownNanos.Load())
-	if !link.up {
-		st.LinkDownSince = link.downSince
-		st.DownDuration += now.Sub(link.downSince)
+	if !link.Up {
+		st.LinkDownSince = link.DownSince
+		st.DownDuration += now.Sub(link.DownSince)
 	}
 	if t, ok := p.store.Arrivals.Arrival(first); ok && end >= first {
 		st.OldestEntry = t
@@ -173,14 +173,6 @@ func (p *Proxy) BacklogCounters() (written, trimmed int64) { return p.store.Back
 // BacklogSyncErrors counts failed background fsyncs of the backlog.
 func (p *Proxy) BacklogSyncErrors() int64 { return p.store.Backlog.SyncErrors() }
 
-// CalmStatus is the wait for an origin's write burst to calm.
-type CalmStatus struct {
-	Waiting    bool  // a full sync is held until the burst calms
-	Waits      int64 // waits begun since start
-	OriginRate int64 // bytes/s the origin wrote at the last sample
-	Intake     int64 // bytes/s replproxy measured it can take, at the last cut
-}
-
 // DelayStatus is the delayed listener's state, for INFO and metrics.
 type DelayStatus struct {
 	Enabled bool
@@ -194,5 +186,5 @@ func (p *Proxy) DelayStatus() DelayStatus {
 	if p.cfg.Delay == 0 {
 		return DelayStatus{}
 	}
-	return DelayStatus{Enabled: true, Delay: p.cfg.Delay, Horizon: p.store.Horizon(), Covered: !p.follower.delayShort.Load()}
+	return DelayStatus{Enabled: true, Delay: p.cfg.Delay, Horizon: p.store.Horizon(), Covered: !p.follower.Status(time.Now()).DelayShort}
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/internal/testcert"
 	"github.com/replproxy/replproxy/proxy/security"
+	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
@@ -593,7 +594,7 @@ func TestTLSRefreshFromReplica(t *testing.T) {
 	origin := redistest.StartTLST(t, "origin", r.originTLS)
 	populate(t, origin)
 	p := startTLSProxy(t, r, origin.Addr(), func(c *Config) {
-		c.BacklogSize, c.RefreshFrom = 2<<20, []string{SourceReplicas}
+		c.BacklogSize, c.RefreshFrom = 2<<20, []string{upstream.SourceReplicas}
 	})
 	replicas := startTLSReplicas(t, r, 1, p.tlsAddr)
 	waitConverged(t, origin, replicas, 30*time.Second)

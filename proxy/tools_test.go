@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/proxy/upstream"
 )
 
 // TestToolCommands: what Sentinel's failover and redis_exporter send gets
@@ -222,7 +223,7 @@ func TestRedisCliRDBFresh(t *testing.T) {
 	must(t, origin.Client().Set(ctx, "old", "1", 0).Err())
 	p := startProxy(t, origin.Addr(), t.TempDir(), func(c *Config) {
 		c.RDBOnlyMaxAge = 3 * time.Second
-		c.RefreshFrom = []string{SourceUpstream}
+		c.RefreshFrom = []string{upstream.SourceUpstream}
 	})
 	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
 	rdb := func() *redistest.Server {

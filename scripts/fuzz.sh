@@ -12,8 +12,8 @@ targets=(
   "./psync/snapshot FuzzParseHeader"
   "./psync/snapshot FuzzScanKeyspace"
   "./proxy FuzzCmdReader"
-  "./proxy FuzzStreamPublishes"
-  "./proxy FuzzSourceCheck"
+  "./proxy/upstream FuzzStreamPublishes"
+  "./proxy/upstream FuzzSourceCheck"
   "./internal/acl FuzzParse"
 )
 for t in "${targets[@]}"; do

@@ -20,6 +20,7 @@ import (
 
 	"github.com/replproxy/replproxy/metrics"
 	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/psync/backlog"
 )
 
@@ -108,8 +109,8 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&c.UpstreamTLSInsecure, "upstream-tls-insecure-skip-verify", false, "do not verify the upstream's certificate (warned at start and every connect)")
 	fs.StringVar(&c.RefreshMode, "snapshot-refresh", "eager", "eager: refresh the snapshot before the stream since it outgrows half the backlog budget; lazy: never in the background, let it lapse and refresh it only when a replica needs a full sync (held with keepalives meanwhile)")
 	fs.StringVar(&r.refreshFrom, "snapshot-refresh-from", "replicas,upstream", "where snapshot refreshes come from, in the order tried: replicas (a downstream replica forks, the origin does not) and/or upstream (a fork on the origin); replicas alone never forks the origin and lets the backlog outgrow its budget instead")
-	fs.StringVar(&c.RefreshUpstream, "snapshot-refresh-upstream", proxy.RefreshUpstreamOnDemand, "when the upstream (a fork on the origin) is asked for a refresh: on-demand, only when a replica needs a full sync and no replica could serve one; eager, also whenever the backlog budget calls for a refresh")
-	fs.StringVar(&r.refreshTrust, "snapshot-refresh-trust", proxy.DefaultRefreshTrust, "identities whose replicas may serve snapshot refreshes, comma-separated: user:NAME (the ACL user a replica authenticated as; user:default is every client of a proxy without passwords or with --requirepass) and cn:NAME (a verified TLS client certificate's CN)")
+	fs.StringVar(&c.RefreshUpstream, "snapshot-refresh-upstream", upstream.RefreshUpstreamOnDemand, "when the upstream (a fork on the origin) is asked for a refresh: on-demand, only when a replica needs a full sync and no replica could serve one; eager, also whenever the backlog budget calls for a refresh")
+	fs.StringVar(&r.refreshTrust, "snapshot-refresh-trust", upstream.DefaultRefreshTrust, "identities whose replicas may serve snapshot refreshes, comma-separated: user:NAME (the ACL user a replica authenticated as; user:default is every client of a proxy without passwords or with --requirepass) and cn:NAME (a verified TLS client certificate's CN)")
 	fs.DurationVar(&c.CalmWaitMax, "full-sync-calm-wait", proxy.DefaultCalmWaitMax, "after the upstream cut replproxy for falling behind a write burst, wait at most this long for the burst to calm before asking for a full sync (one asked during it is cut the same way); 0 does not wait")
 	fs.StringVar(&c.ReplicaAuthUser, "replica-auth-user", "", "ACL user for AUTH at downstream replicas when refreshing from them (default: the upstream credentials)")
 	fs.StringVar(&c.ReplicaAuthPassword, "replica-auth-password", "", "password for AUTH at downstream replicas when refreshing from them (default: the upstream credentials)")
@@ -120,7 +121,7 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&r.replTimeout, "repl-timeout", proxy.DefaultReplTimeout, "declare the upstream link dead after this much silence")
 	fs.DurationVar(&r.replicaTime, "replica-timeout", proxy.DefaultReplicaTimeout, "drop an online replica silent for this long")
 	fs.DurationVar(&c.HoldAhead, "hold-ahead", proxy.DefaultHoldAhead, "hold a replica whose PSYNC offset is ahead of the backlog (a lost unsynced tail) this long while the upstream refills it, before a full sync (0: the default)")
-	fs.DurationVar(&c.FullSyncRetryMax, "full-sync-retry-max", proxy.DefaultFullSyncRetryMax, "longest wait between failed requests that cost the origin a fork (full syncs, snapshot refreshes); they back off exponentially from 15s, apart from cheap reconnects")
+	fs.DurationVar(&c.FullSyncRetryMax, "full-sync-retry-max", upstream.DefaultFullSyncRetryMax, "longest wait between failed requests that cost the origin a fork (full syncs, snapshot refreshes); they back off exponentially from 15s, apart from cheap reconnects")
 	fs.IntVar(&c.MaxClients, "max-clients", proxy.DefaultMaxClients, "downstream connections accepted at once (replicas and tools); more get -ERR max number of clients reached")
 	fs.IntVar(&c.MaxParallelFullSyncs, "max-parallel-full-syncs", 0, "full syncs served at once; 0 = unlimited")
 	fs.StringVar(&c.DelayedListen, "delayed-listen", "", "`HOST:PORT` for delayed replicas: they see the stream only up to what arrived at least --delay ago (a copy of the data as it was)")
@@ -131,7 +132,7 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.Var(&r.fullSyncRate, "full-sync-rate-limit", "bytes per second for all full syncs served together, e.g. 100mb (0: no limit), beside --max-parallel-full-syncs")
 	fs.BoolVar(&r.fanout, "fanout-writer", true, "write each upstream read straight to the caught-up plaintext replicas from memory (one non-blocking write each), handing a replica to its own sendfile loop when its socket is full or a read fills the follower's buffer (more is waiting: the replicas then copy in parallel); false: every replica waits for appends and sendfiles them")
 	fs.BoolVar(&r.guard, "guard-empty-origin", true, "hold a new upstream history whose snapshot has fewer keys than --guard-min-keys-ratio of the current one (an origin restarted empty), keep serving the current data, and wait for REPLPROXY GUARD ACCEPT or POST /guard/accept")
-	fs.Float64Var(&c.GuardMinKeysRatio, "guard-min-keys-ratio", proxy.DefaultGuardMinKeysRatio, "share of the current snapshot's keys below which the guard holds a new history")
+	fs.Float64Var(&c.GuardMinKeysRatio, "guard-min-keys-ratio", upstream.DefaultGuardMinKeysRatio, "share of the current snapshot's keys below which the guard holds a new history")
 	fs.StringVar(&r.fsync, "fsync", "everysec", "backlog fsync policy: always, everysec or no")
 	fs.IntVar(&c.AnnouncePort, "announce-port", 0, "port announced to the origin (REPLCONF listening-port); default the listen port")
 	fs.StringVar(&c.AnnounceIP, "announce-ip", "", "IP announced to the origin (REPLCONF ip-address)")

@@ -32,11 +32,9 @@ type Store struct {
 	delay    time.Duration // --delay: delayed replicas see the data this old
 	// retain decides, at a refresh, which older snapshot delayed replicas
 	// keep (nil without --delay: the old one is removed) and what to drop.
-	retain   func(old, retained, fresh *snapshot.Info) (keep *snapshot.Info, drop []*snapshot.Info)
-	Keyspace KeyspaceStats
-	// afterReset runs after the backlog restarts for a new history (the
-	// fan-out hands its parked replicas back); set before Serve.
-	AfterReset func()
+	retain     func(old, retained, fresh *snapshot.Info) (keep *snapshot.Info, drop []*snapshot.Info)
+	Keyspace   KeyspaceStats
+	afterReset func() // Options.AfterReset
 	// snapOffset mirrors the snapshot's offset for the append path's
 	// budget check.
 	SnapOffset atomic.Int64
@@ -75,8 +73,11 @@ func (pos Position) Plan() plan.Position {
 
 // storeOptions are what the store needs of the configuration.
 type Options struct {
-	// delay: --delay, the age of the data delayed replicas see (0: none).
-	Delay       time.Duration
+	// Delay: --delay, the age of the data delayed replicas see (0: none).
+	Delay time.Duration
+	// AfterReset runs after the backlog restarts for a new history (the
+	// fan-out hands its parked replicas back); nil: nothing.
+	AfterReset  func()
 	DataDir     string
 	SegmentSize int64
 	Fsync       backlog.FsyncPolicy
@@ -87,7 +88,7 @@ type Options struct {
 // openStore locks the data dir, opens the backlog and recovers the state
 // that goes with it.
 func Open(opts Options, log *slog.Logger) (*Store, error) {
-	s := &Store{log: log, dir: opts.DataDir, SnapDir: Layout{opts.DataDir}.snapshots(), Arrivals: newArrivalIndex(), delay: opts.Delay}
+	s := &Store{log: log, dir: opts.DataDir, SnapDir: Layout{Dir: opts.DataDir}.snapshots(), Arrivals: newArrivalIndex(), delay: opts.Delay, afterReset: opts.AfterReset}
 	if opts.Delay > 0 {
 		s.retain = s.retainForDelay
 	}
@@ -234,8 +235,8 @@ func (s *Store) InstallFullSync(info *snapshot.Info) (installed bool, err error)
 		return false, err
 	}
 	s.Arrivals.reset()
-	if s.AfterReset != nil {
-		s.AfterReset()
+	if s.afterReset != nil {
+		s.afterReset()
 	}
 	s.publishLocked(psync.Fresh(info.ReplID), info)
 	err = s.persistLocked()

@@ -1,6 +1,13 @@
 package vocab
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+	"time"
+)
+
+// WriteTimeout bounds one write of a reply, an ACK or a message: a peer
+// that reads nothing for this long is gone.
+const WriteTimeout = 10 * time.Second
 
 // The proxy's vocabulary: every state and reason it reports, typed and in
 // one place. Metrics iterate over these lists, so each label series exists

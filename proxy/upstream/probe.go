@@ -1,18 +1,14 @@
-package proxy
+package upstream
 
 import (
 	"bufio"
 	"context"
 	"crypto/tls"
 	"fmt"
-	"log/slog"
-	"net"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/replproxy/replproxy/proxy/security"
-	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 )
 
@@ -23,16 +19,10 @@ type ProbeResult struct {
 	Detail string
 }
 
-// Probe checks, before deploying, what the daemon will need: the upstream
-// reachable, its replica handshake accepted with the configured
-// credentials up to (not including) PSYNC, and the data dir writable with
-// the free space the backlog budget needs. It asks the origin for nothing
-// that costs it anything.
-func Probe(ctx context.Context, cfg Config) []ProbeResult {
-	cfg.setDefaults()
-	sec, err := security.New(cfg.securityOptions(nil), slog.New(slog.DiscardHandler), vocab.NewCounts(security.AuthFailureReasons()))
-	if err != nil {
-		return []ProbeResult{{Check: "files", Detail: err.Error()}, probeDataDir(cfg)}
+// sec is nil when the certificate or users files did not load (filesErr).
+func Probe(ctx context.Context, cfg Options, sec *security.Service, filesErr error) []ProbeResult {
+	if filesErr != nil {
+		return []ProbeResult{{Check: "files", Detail: filesErr.Error()}, probeDataDir(cfg)}
 	}
 	var tlsCfg *tls.Config
 	if cfg.UpstreamTLS {
@@ -45,7 +35,7 @@ func Probe(ctx context.Context, cfg Config) []ProbeResult {
 	return append(out, probeDataDir(cfg))
 }
 
-func probeUpstream(ctx context.Context, cfg Config, tlsCfg *tls.Config) ProbeResult {
+func probeUpstream(ctx context.Context, cfg Options, tlsCfg *tls.Config) ProbeResult {
 	r := ProbeResult{Check: "upstream"}
 	c, err := security.DialTLS(ctx, cfg.Upstream, 5*time.Second, tlsCfg)
 	if err != nil {
@@ -60,7 +50,7 @@ func probeUpstream(ctx context.Context, cfg Config, tlsCfg *tls.Config) ProbeRes
 	return r
 }
 
-func probeHandshake(ctx context.Context, cfg Config, tlsCfg *tls.Config) ProbeResult {
+func probeHandshake(ctx context.Context, cfg Options, tlsCfg *tls.Config) ProbeResult {
 	r := ProbeResult{Check: "handshake"}
 	conn, err := security.DialTLS(ctx, cfg.Upstream, 5*time.Second, tlsCfg)
 	if err != nil {
@@ -70,14 +60,8 @@ func probeHandshake(ctx context.Context, cfg Config, tlsCfg *tls.Config) ProbeRe
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	br := bufio.NewReader(conn)
-	port := cfg.AnnouncePort
-	for _, l := range []string{cfg.Listen, cfg.TLSListen} {
-		if _, p, err := net.SplitHostPort(l); port == 0 && err == nil {
-			port, _ = strconv.Atoi(p)
-		}
-	}
 	err = psync.Handshake(conn, br, psync.HandshakeConfig{User: cfg.UpstreamUser, Password: cfg.UpstreamPassword,
-		ListeningPort: port, IPAddress: cfg.AnnounceIP})
+		ListeningPort: cfg.AnnouncePort, IPAddress: cfg.AnnounceIP})
 	if err == nil {
 		// The handshake tolerates what a stock replica tolerates (a -NOAUTH
 		// to its first PING); a PING now must be answered.
@@ -100,7 +84,7 @@ func probeHandshake(ctx context.Context, cfg Config, tlsCfg *tls.Config) ProbeRe
 	return r
 }
 
-func probeDataDir(cfg Config) ProbeResult {
+func probeDataDir(cfg Options) ProbeResult {
 	r := ProbeResult{Check: "data dir"}
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		r.Detail = err.Error()

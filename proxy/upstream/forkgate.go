@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"encoding/json"
@@ -403,3 +403,6 @@ func (g *forkGate) status() GateStatus {
 	}
 	return gs
 }
+
+// persist saves the fork gate if its last save failed (at shutdown).
+func (f *Follower) Persist() error { return f.gate.flush() }

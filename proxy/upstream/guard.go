@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,7 +60,7 @@ type GuardStatus struct {
 	MinRatio float64
 }
 
-func (f *follower) guardStatus() GuardStatus {
+func (f *Follower) GuardStatus() GuardStatus {
 	g := f.guard
 	st := GuardStatus{Enabled: !f.cfg.GuardDisabled, Holds: g.holds.Load(), MinRatio: f.cfg.GuardMinKeysRatio}
 	g.mu.Lock()
@@ -82,7 +81,7 @@ func totalKeys(ks []snapshot.KeyStats) int64 {
 }
 
 // keysOf counts a snapshot's keys: from its metadata, else by a scan.
-func (f *follower) keysOf(info *snapshot.Info, dir string) (int64, error) {
+func (f *Follower) keysOf(info *snapshot.Info, dir string) (int64, error) {
 	if info.Keyspace != nil {
 		return totalKeys(info.Keyspace), nil
 	}
@@ -94,7 +93,7 @@ func (f *follower) keysOf(info *snapshot.Info, dir string) (int64, error) {
 }
 
 // shouldHold decides on a new history's snapshot, installed in snapDir.
-func (f *follower) shouldHold(info *snapshot.Info) (hold bool, cur, nw int64) {
+func (f *Follower) shouldHold(info *snapshot.Info) (hold bool, cur, nw int64) {
 	if f.cfg.GuardDisabled {
 		return false, 0, 0
 	}
@@ -120,7 +119,7 @@ func (f *follower) shouldHold(info *snapshot.Info) (hold bool, cur, nw int64) {
 
 // hold moves the new snapshot aside and starts its stream in the held dir,
 // under g.mu.
-func (f *follower) hold(info *snapshot.Info, cur, nw int64) error {
+func (f *Follower) hold(info *snapshot.Info, cur, nw int64) error {
 	g := f.guard
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -153,7 +152,7 @@ func (f *follower) hold(info *snapshot.Info, cur, nw int64) error {
 }
 
 // dropLocked forgets a held history and its files.
-func (g *guard) dropLocked(f *follower) {
+func (g *guard) dropLocked(f *Follower) {
 	if g.held == nil {
 		return
 	}
@@ -165,7 +164,7 @@ func (g *guard) dropLocked(f *follower) {
 }
 
 // loadHeld recovers a history held before a restart.
-func (f *follower) loadHeld() error {
+func (f *Follower) loadHeld() error {
 	g := f.guard
 	rec, err := g.dir.ReadHeldRecord()
 	if errors.Is(err, os.ErrNotExist) {
@@ -191,7 +190,7 @@ func (f *follower) loadHeld() error {
 }
 
 // heldPosition is where the held history continues, ok false when none.
-func (f *follower) heldPosition() (replid string, next int64, ok bool) {
+func (f *Follower) heldPosition() (replid string, next int64, ok bool) {
 	g := f.guard
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -206,7 +205,7 @@ func (f *follower) heldPosition() (replid string, next int64, ok bool) {
 // N online replicas have acknowledged, never more than that (replicas:N),
 // so WAIT and min-replicas-to-write on the origin count replicas that
 // have the data.
-func (f *follower) ackOffset() int64 {
+func (f *Follower) ackOffset() int64 {
 	g := f.guard
 	g.mu.Lock()
 	h := g.held
@@ -216,7 +215,7 @@ func (f *follower) ackOffset() int64 {
 
 // ackFor is ackOffset with the held history already read (g.mu held or
 // not needed).
-func (f *follower) ackFor(h *heldHistory) int64 {
+func (f *Follower) ackFor(h *heldHistory) int64 {
 	if h != nil {
 		if f.cfg.AckReplicas > 0 {
 			return h.Snapshot.Offset // no replica has the held stream
@@ -225,13 +224,13 @@ func (f *follower) ackFor(h *heldHistory) int64 {
 	}
 	end := f.store.Backlog.End()
 	if f.cfg.AckReplicas > 0 {
-		return min(end, f.down.nthAck(f.cfg.AckReplicas))
+		return min(end, f.down.NthAck(f.cfg.AckReplicas))
 	}
 	return end
 }
 
 // replicaAcked tells the ACK loop a replica ACKed (replicas:N only).
-func (f *follower) replicaAcked() {
+func (f *Follower) ReplicaAcked() {
 	if f.cfg.AckReplicas == 0 {
 		return
 	}
@@ -242,7 +241,7 @@ func (f *follower) replicaAcked() {
 }
 
 // appendHeldLocked stores a chunk of the held history; g.mu held.
-func (f *follower) appendHeldLocked(h *heldHistory, chunk []byte, u *upstreamConn) error {
+func (f *Follower) appendHeldLocked(h *heldHistory, chunk []byte, u *upstreamConn) error {
 	sc := h.scanner
 	boundary, getack := -1, false
 	if err := sc.Scan(chunk, func(end int, c *psync.Command) {
@@ -271,7 +270,7 @@ var ErrNothingHeld = errors.New("the guard holds no history")
 // acceptHeld installs the held history as if it had just arrived: its
 // snapshot, then its stream since, copied into the backlog. Replicas of
 // the old history are disconnected by the reset and full-sync to it.
-func (f *follower) acceptHeld() error {
+func (f *Follower) AcceptHeld() error {
 	g := f.guard
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -301,7 +300,7 @@ func (f *follower) acceptHeld() error {
 }
 
 // copyHeld appends the held stream to the (just reset) backlog.
-func (f *follower) copyHeld(h *heldHistory) (int64, error) {
+func (f *Follower) copyHeld(h *heldHistory) (int64, error) {
 	cur, err := h.bl.NewCursor(h.Snapshot.Offset + 1)
 	if err != nil {
 		if errors.Is(err, backlog.ErrAhead) {
@@ -331,23 +330,4 @@ func (f *follower) copyHeld(h *heldHistory) (int64, error) {
 			return total, nil
 		}
 	}
-}
-
-// guardText renders the guard's state as INFO-style lines.
-func guardText(g GuardStatus) string {
-	state := "watching"
-	switch {
-	case !g.Enabled:
-		state = "off"
-	case g.Holding:
-		state = "holding"
-	}
-	lines := []string{kv("guard", state), kv("guard_min_keys_ratio", g.MinRatio), kv("guard_holds", g.Holds)}
-	if g.Holding {
-		lines = append(lines, kv("guard_held_since", g.Since.UTC().Format(time.RFC3339)),
-			kv("guard_held_seconds", int64(time.Since(g.Since).Seconds())), kv("guard_held_replid", g.ReplID),
-			kv("guard_held_snapshot_offset", g.Offset), kv("guard_held_stream_end", g.HeldEnd),
-			kv("guard_current_keys", g.CurKeys), kv("guard_new_keys", g.NewKeys))
-	}
-	return strings.Join(lines, "\r\n") + "\r\n"
 }

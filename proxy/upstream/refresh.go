@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/proxy/store"
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
@@ -50,12 +51,12 @@ const (
 
 // Snapshot sources, as INFO and metrics label them.
 const (
-	snapFromReplica  = "replica"
-	snapFromUpstream = "upstream"
+	SnapFromReplica  = "replica"
+	SnapFromUpstream = "upstream"
 )
 
 // SnapshotSources are the label values of a snapshot's source.
-var SnapshotSources = []string{snapFromReplica, snapFromUpstream}
+var SnapshotSources = []string{SnapFromReplica, SnapFromUpstream}
 
 // RefreshOutcomes are the label values of a refresh attempt's outcome.
 var RefreshOutcomes = []string{"ok", "failed"}
@@ -71,7 +72,7 @@ const replicaHandshakeTimeout = 5 * time.Second
 // a longer silence is a replica that froze after answering (SIGSTOP, a
 // stuck disk). The refresh moves on to the next source rather than wait
 // the repl-timeout while the snapshot lapses.
-const replicaStallTimeout = 15 * time.Second
+const ReplicaStallTimeout = 15 * time.Second
 
 // replicaRefreshAttempts bounds the replicas one refresh tries.
 const replicaRefreshAttempts = 2
@@ -87,7 +88,7 @@ const (
 // demand says a replica (or an rdb-only client) waits for it; only then,
 // or when the operator asked for eager upstream refreshes, is the
 // upstream asked: a refresh the budget calls for must not fork the origin.
-func (f *follower) refreshSnapshot(ctx context.Context, since int64, demand bool) {
+func (f *Follower) refreshSnapshot(ctx context.Context, since int64, demand bool) {
 	f.log.Info("snapshot refresh started", "stream_since_snapshot", since, "sources", strings.Join(f.cfg.RefreshFrom, ","), "demand", demand)
 	start := time.Now()
 	f.refreshLast.started.Store(start.UnixNano())
@@ -122,7 +123,7 @@ func (f *follower) refreshSnapshot(ctx context.Context, since int64, demand bool
 				break
 			}
 			info, err = f.fetchSnapshot(ctx)
-			f.countRefresh(snapFromUpstream, err)
+			f.countRefresh(SnapFromUpstream, err)
 		}
 		if ctx.Err() != nil {
 			return
@@ -169,7 +170,7 @@ type refreshRetry struct {
 }
 
 // retryFor is the schedule of a refresh on demand or for the budget.
-func (f *follower) retryFor(demand bool) *refreshRetry {
+func (f *Follower) retryFor(demand bool) *refreshRetry {
 	if demand {
 		return &f.retryDemand
 	}
@@ -178,7 +179,7 @@ func (f *follower) retryFor(demand bool) *refreshRetry {
 
 // retryIn schedules the next refresh of its kind after d; a replica that
 // waited still waits.
-func (f *follower) retryIn(demand bool, d time.Duration) {
+func (f *Follower) retryIn(demand bool, d time.Duration) {
 	f.retryFor(demand).notBefore.Store(time.Now().Add(d).UnixNano())
 	if demand {
 		f.refreshWanted.Store(true)
@@ -188,7 +189,7 @@ func (f *follower) retryIn(demand bool, d time.Duration) {
 // awaitingReplicas reports whether a refresh found nobody to ask (no
 // replica, or none that could serve), so that after a start it is only
 // waiting for replicas to reconnect: no failure, no growing backoff.
-func (f *follower) awaitingReplicas(errs []error) bool {
+func (f *Follower) awaitingReplicas(errs []error) bool {
 	for _, err := range errs {
 		if !errors.Is(err, errNoReplica) && !errors.Is(err, errUpstreamOnDemand) {
 			return false
@@ -203,7 +204,7 @@ var errUpstreamOnDemand = errors.New("upstream: asked only when a replica needs 
 // upstreamRefreshEager reports whether the budget alone may ask the
 // upstream: when the operator said so, or named the upstream as the only
 // source.
-func (f *follower) upstreamRefreshEager() bool {
+func (f *Follower) upstreamRefreshEager() bool {
 	return f.cfg.RefreshUpstream == RefreshUpstreamEager || !f.cfg.hasRefreshSource(SourceReplicas)
 }
 
@@ -220,6 +221,14 @@ func (r *refreshTimes) done(start time.Time, ok bool) {
 	r.failed.Store(!ok)
 	r.lastSecs.Store(int64(time.Since(start).Seconds()))
 	r.doneAt.Store(time.Now().UnixNano())
+}
+
+func (r *refreshTimes) status(now time.Time) RefreshStatus {
+	st := RefreshStatus{Failed: r.failed.Load(), LastSecs: r.lastSecs.Load(), CurrentSecs: r.current(now)}
+	if at := r.doneAt.Load(); at != 0 {
+		st.DoneAt = time.Unix(0, at)
+	}
+	return st
 }
 
 // current is rdb_current_bgsave_time_sec: -1 when none runs.
@@ -241,7 +250,7 @@ func nextSource(order []string, src string) string {
 }
 
 // countRefresh counts one attempt from a source.
-func (f *follower) countRefresh(source string, err error) {
+func (f *Follower) countRefresh(source string, err error) {
 	outcome := "ok"
 	if err != nil {
 		outcome = "failed"
@@ -254,8 +263,8 @@ func (f *follower) countRefresh(source string, err error) {
 // time nor one refused before while others exist. At most
 // replicaRefreshAttempts of them are asked for a snapshot (each a fork on
 // the replica); refusals before that cost nothing and do not count.
-func (f *follower) refreshFromReplicas(ctx context.Context) (*snapshot.Info, error) {
-	cands := f.down.refreshCandidates(f.lastRefreshReplica, f.refusals.refused)
+func (f *Follower) refreshFromReplicas(ctx context.Context) (*snapshot.Info, error) {
+	cands := f.down.RefreshCandidates(f.lastRefreshReplica, f.refusals.refused)
 	if len(cands) == 0 {
 		return nil, errNoReplica
 	}
@@ -265,30 +274,30 @@ func (f *follower) refreshFromReplicas(ctx context.Context) (*snapshot.Info, err
 		if asked == replicaRefreshAttempts {
 			break
 		}
-		if !trusts(f.trust, c.id) {
-			f.refusals.note(c.addr, &errSourceRefused{RefusedUntrusted, "authenticated as " + c.id.String()})
-			errs = append(errs, fmt.Errorf("replica %s: not trusted (%s)", c.addr, c.id))
+		if !trusts(f.trust, c.ID) {
+			f.refusals.note(c.Addr, &errSourceRefused{RefusedUntrusted, "authenticated as " + c.ID.String()})
+			errs = append(errs, fmt.Errorf("replica %s: not trusted (%s)", c.Addr, c.ID))
 			continue
 		}
 		info, err := f.fetchFromReplica(ctx, c)
 		var refused *errSourceRefused
 		if errors.As(err, &refused) {
-			f.refusals.note(c.addr, refused)
-			errs = append(errs, fmt.Errorf("replica %s: %w", c.addr, err))
+			f.refusals.note(c.Addr, refused)
+			errs = append(errs, fmt.Errorf("replica %s: %w", c.Addr, err))
 			continue
 		}
 		asked++
-		f.countRefresh(snapFromReplica, err)
+		f.countRefresh(SnapFromReplica, err)
 		if err == nil {
-			f.lastRefreshReplica = c.addr
-			f.refusals.served(c.addr)
+			f.lastRefreshReplica = c.Addr
+			f.refusals.served(c.Addr)
 			return info, nil
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		f.log.Warn("snapshot refresh from a replica failed; trying the next source", "replica", c.addr, "err", err)
-		errs = append(errs, fmt.Errorf("replica %s: %w", c.addr, err))
+		f.log.Warn("snapshot refresh from a replica failed; trying the next source", "replica", c.Addr, "err", err)
+		errs = append(errs, fmt.Errorf("replica %s: %w", c.Addr, err))
 	}
 	if asked == 0 {
 		return nil, fmt.Errorf("%w: %w", errNoReplica, errors.Join(errs...))
@@ -301,21 +310,21 @@ func (f *follower) refreshFromReplicas(ctx context.Context) (*snapshot.Info, err
 // history, REPLCONF rdb-only 1, PSYNC ? -1. It is accepted only as an
 // upstream snapshot would be (header, CRC, version) and only of the current
 // history at an offset the backlog holds.
-func (f *follower) fetchFromReplica(ctx context.Context, c refreshCandidate) (*snapshot.Info, error) {
+func (f *Follower) fetchFromReplica(ctx context.Context, c vocab.Candidate) (*snapshot.Info, error) {
 	var tlsCfg *tls.Config
-	if c.tls {
-		tlsCfg = f.down.p.sec.ClientConfig(c.addr, true)
+	if c.TLS {
+		tlsCfg = f.sec.ClientConfig(c.Addr, true)
 	}
 	// A healthy replica answers the handshake at once; a frozen one still
 	// accepts the connection, and must not hold the refresh for long.
-	u, err := f.dial(ctx, "replica", c.addr, tlsCfg, psync.HandshakeConfig{
+	u, err := f.dial(ctx, "replica", c.Addr, tlsCfg, psync.HandshakeConfig{
 		User: f.cfg.ReplicaAuthUser, Password: f.cfg.ReplicaAuthPassword,
 	}, nil, min(f.cfg.ReplTimeout, replicaHandshakeTimeout))
 	if err != nil {
 		return nil, refusedBecause(err)
 	}
 	defer u.conn.Close()
-	check := sourceCheck{replID: f.store.Position().Hist.ReplID, ports: f.down.sourcePorts()}
+	check := sourceCheck{replID: f.store.Position().Hist.ReplID, ports: f.down.SourcePorts()}
 	if err := check.verify(u, u.br); err != nil {
 		return nil, err
 	}
@@ -327,11 +336,11 @@ func (f *follower) fetchFromReplica(ctx context.Context, c refreshCandidate) (*s
 		return nil, err
 	}
 	defer stop()
-	u.dr.timeout = min(f.cfg.ReplTimeout, replicaStallTimeout) // the payload: keepalives come while it saves
+	u.dr.timeout = min(f.cfg.ReplTimeout, ReplicaStallTimeout) // the payload: keepalives come while it saves
 	if cur := f.store.Position(); reply.ReplID != cur.Hist.ReplID {
 		return nil, fmt.Errorf("%w: the replica is at history %s, the proxy at %s", store.ErrRefreshRejected, reply.ReplID, cur.Hist.ReplID)
 	}
-	info, _, err := f.receiveRefresh(ctx, u, reply, snapFromReplica)
+	info, _, err := f.receiveRefresh(ctx, u, reply, SnapFromReplica)
 	return info, err
 }
 
@@ -355,7 +364,7 @@ func askRDBOnly(u *upstreamConn) error {
 // while the main link keeps streaming: REPLCONF rdb-only 1 and PSYNC ? -1,
 // or a plain second sync dropped after the payload when rdb-only is
 // refused. Each is a fork on the origin.
-func (f *follower) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
+func (f *Follower) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
 	u, err := f.dialUpstream(ctx, true, nil)
 	if errors.Is(err, psync.ErrRDBOnlyRefused) {
 		f.log.Info("upstream refuses rdb-only; refreshing with a plain sync")
@@ -374,7 +383,7 @@ func (f *follower) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
 	defer stop()
 	// The origin forks now: from here on, a failure is a wasted fork.
 	f.gate.started(purposeRefresh)
-	info, got, err := f.receiveRefresh(ctx, u, reply, snapFromUpstream)
+	info, got, err := f.receiveRefresh(ctx, u, reply, SnapFromUpstream)
 	switch {
 	case err == nil:
 		f.fullSyncSucceeded(purposeRefresh, info)

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"context"
@@ -19,7 +19,7 @@ import (
 
 // stream appends upstream bytes to the backlog until the link fails, ACKing
 // once a second and at once on REPLCONF GETACK.
-func (f *follower) stream(ctx context.Context, u *upstreamConn) error {
+func (f *Follower) stream(ctx context.Context, u *upstreamConn) error {
 	var acks sync.WaitGroup
 	defer acks.Wait()
 	done := make(chan struct{})
@@ -86,7 +86,7 @@ func (f *follower) stream(ctx context.Context, u *upstreamConn) error {
 			// first checks that the origin is not in a burst it would cut
 			// the same way (awaitCalm).
 			f.lastCut = meter.cut(time.Now(), f.store.Backlog.End())
-			if queued >= behindAtClose && time.Since(start) < behindEOFWait {
+			if queued >= behindAtClose && time.Since(start) < BehindEOFWait {
 				return &closedBehindError{err: rerr, unread: queued}
 			}
 			return rerr
@@ -99,7 +99,7 @@ func (f *follower) stream(ctx context.Context, u *upstreamConn) error {
 // came after a wait, once replproxy had caught up, did not.
 const (
 	behindAtClose = 2 << 20
-	behindEOFWait = time.Second
+	BehindEOFWait = time.Second
 )
 
 // cutByUpstream: the upstream closed the connection. A server closing a
@@ -128,7 +128,7 @@ func (e *closedBehindError) Unwrap() error { return e.err }
 // to the backlog, hands it to the fan-out and answers GETACK with the
 // offset just written. busy says more is waiting upstream (the fan-out
 // then leaves the copying to the replicas' own loops).
-func (f *follower) appendStream(chunk []byte, busy bool, u *upstreamConn) error {
+func (f *Follower) appendStream(chunk []byte, busy bool, u *upstreamConn) error {
 	f.guard.mu.Lock()
 	defer f.guard.mu.Unlock()
 	if h := f.guard.held; h != nil {
@@ -161,8 +161,8 @@ func (f *follower) appendStream(chunk []byte, busy bool, u *upstreamConn) error 
 	}
 	f.scanner = sc
 	end := f.store.Backlog.End()
-	if f.fanout != nil {
-		f.fanout.deliver(end-int64(len(chunk))+1, chunk, busy)
+	if f.cfg.Deliver != nil {
+		f.cfg.Deliver(end-int64(len(chunk))+1, chunk, busy)
 	}
 	if watch {
 		f.publishes.scan(chunk, published, &sc, func(channel, msg []byte) { f.pubsub.Publish(channel, msg) })
@@ -180,13 +180,13 @@ func (f *follower) appendStream(chunk []byte, busy bool, u *upstreamConn) error 
 
 // discardHistory forgets the current history after stream corruption; the
 // next connection takes a full resync.
-func (f *follower) discardHistory(cause error) {
+func (f *Follower) discardHistory(cause error) {
 	f.log.Error("invalid replication stream from upstream; discarding history", "err", cause)
 	f.scanner.Reset()
 	f.publishes = streamPublishes{}
 	f.cancelRefresh("history discarded")
 	f.store.Discard()
-	f.down.closeSessions(vocab.DownHistoryReset)
+	f.down.CloseSessions(vocab.DownHistoryReset)
 }
 
 // errBacklogWrite: the backlog could not store received bytes (disk full,

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"log/slog"
@@ -77,7 +77,7 @@ func TestOriginCovers(t *testing.T) {
 // not the backlog's size (right after a refresh the trim to the new
 // snapshot may not have run yet: that is no reason to lapse it).
 func TestOverrunCapped(t *testing.T) {
-	f := &follower{cfg: Config{BacklogSize: 100}, log: slog.New(slog.DiscardHandler)}
+	f := &Follower{cfg: Options{BacklogSize: 100}, log: slog.New(slog.DiscardHandler)}
 	snap := &snapshot.Info{Name: "s", Offset: 1000}
 	for _, tc := range []struct {
 		first, end int64

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"bufio"
@@ -93,7 +93,7 @@ func refusedBecause(err error) error {
 type trustRule struct{ kind, name string }
 
 // parseTrust parses --snapshot-refresh-trust entries.
-func parseTrust(entries []string) ([]trustRule, error) {
+func ParseTrust(entries []string) ([]trustRule, error) {
 	var out []trustRule
 	for _, e := range entries {
 		kind, name, ok := strings.Cut(strings.TrimSpace(e), ":")
@@ -105,31 +105,10 @@ func parseTrust(entries []string) ([]trustRule, error) {
 	return out, nil
 }
 
-// identity is who a replica authenticated as.
-type identity struct {
-	user string // the ACL user; "" when it never authenticated
-	cn   string // the CN of its verified TLS client certificate; "" without one
-}
-
-func (id identity) String() string {
-	parts := []string{"user:" + orNone(id.user)}
-	if id.cn != "" {
-		parts = append(parts, "cn:"+id.cn)
-	}
-	return strings.Join(parts, ",")
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "(none)"
-	}
-	return s
-}
-
 // trusts reports whether any rule names id.
-func trusts(rules []trustRule, id identity) bool {
+func trusts(rules []trustRule, id vocab.Identity) bool {
 	for _, r := range rules {
-		if r.kind == "user" && id.user != "" && r.name == id.user || r.kind == "cn" && id.cn != "" && r.name == id.cn {
+		if r.kind == "user" && id.User != "" && r.name == id.User || r.kind == "cn" && id.CN != "" && r.name == id.CN {
 			return true
 		}
 	}
@@ -299,9 +278,9 @@ func parseInfoFields(txt string) map[string]string {
 // default user while clients can authenticate as it: every replica (and
 // any client that can connect) shares that identity, so any of them could
 // serve the snapshot every later full sync gets.
-func warnSharedTrust(cfg Config, sec *security.Service, log *slog.Logger) {
-	rules, _ := parseTrust(cfg.RefreshTrust)
-	if !cfg.hasRefreshSource(SourceReplicas) || !trusts(rules, identity{user: acl.DefaultUser}) {
+func warnSharedTrust(cfg Options, sec *security.Service, log *slog.Logger) {
+	rules, _ := ParseTrust(cfg.RefreshTrust)
+	if !cfg.hasRefreshSource(SourceReplicas) || !trusts(rules, vocab.Identity{User: acl.DefaultUser}) {
 		return
 	}
 	var how string

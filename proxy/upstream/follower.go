@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"bufio"
@@ -23,13 +23,9 @@ import (
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
 
-// writeTimeout bounds one write of a reply, an ACK or a message: a peer
-// that reads nothing for this long is gone.
-const writeTimeout = 10 * time.Second
-
 const (
 	backoffMin = 100 * time.Millisecond
-	backoffMax = 5 * time.Second
+	BackoffMax = 5 * time.Second
 	readBuf    = 256 << 10
 )
 
@@ -38,17 +34,18 @@ const (
 // snapshot refreshes. Its goroutines are follow and maintain (both run by
 // Serve) and their children: the ACK ticker of a link (joined when the
 // link ends) and one refresh at a time (joined by maintain).
-type follower struct {
-	cfg   Config
+type Follower struct {
+	cfg   Options
 	log   *slog.Logger
-	stats *Stats
+	stats *Counters
 	store *store.Store
-	down  *downstream // to disconnect replicas when the history moves
+	down  Replicas          // to disconnect replicas when the history moves
+	sec   *security.Service // TLS client configurations
 
 	// mu guards the link status and the upstream address; nothing holds
 	// it across I/O.
 	mu   sync.Mutex
-	link linkStatus
+	link LinkStatus
 	// upstream is where the follower connects: --upstream, until an
 	// operator's REPLICAOF moves it. cutLink ends the current connection.
 	upstream string
@@ -60,8 +57,7 @@ type follower struct {
 	// subscribers; written with scanner, under guard.mu.
 	publishes streamPublishes
 	pubsub    *pubsub.Registry
-	fanout    *fanout     // nil when disabled
-	refresh   atomic.Bool // a snapshot refresh is running
+	Refresh   atomic.Bool // a snapshot refresh is running
 	// refreshLast: when the running refresh began, how the last one went.
 	refreshLast refreshTimes
 	kick        chan struct{} // wakes maintain when trimming or a refresh is due
@@ -104,19 +100,19 @@ type follower struct {
 }
 
 // noteDown records why the link went down, for INFO and the status page.
-func (f *follower) noteDown(reason vocab.UpstreamReason, err error) {
+func (f *Follower) noteDown(reason vocab.UpstreamReason, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.link.downReason, f.link.downErr = reason, ""
+	f.link.DownReason, f.link.DownErr = reason, ""
 	if err != nil {
-		f.link.downErr = err.Error()
+		f.link.DownErr = err.Error()
 	}
 }
 
 // wantRefresh asks for a refresh now: in lazy mode a replica needs a full
 // sync and the snapshot has lapsed; in any mode an rdb-only client wants
 // a younger snapshot than the stored one.
-func (f *follower) wantRefresh(why string) {
+func (f *Follower) WantRefresh(why string) {
 	if f.refreshWanted.CompareAndSwap(false, true) {
 		f.log.Info("snapshot refresh requested", "reason", why)
 	}
@@ -128,7 +124,7 @@ func (f *follower) wantRefresh(why string) {
 
 // cancelRefresh ends a refresh in flight: its snapshot would not fit the
 // history any more (a history change, REPLICAOF).
-func (f *follower) cancelRefresh(why string) {
+func (f *Follower) cancelRefresh(why string) {
 	f.mu.Lock()
 	cancel := f.refreshCancel
 	f.mu.Unlock()
@@ -138,9 +134,10 @@ func (f *follower) cancelRefresh(why string) {
 	}
 }
 
-func newFollower(cfg Config, log *slog.Logger, stats *Stats, st *store.Store, down *downstream) *follower {
-	f := &follower{cfg: cfg, log: log, stats: stats, store: st, down: down,
-		link: linkStatus{state: vocab.LinkConnect, downSince: time.Now()}, upstream: cfg.Upstream, upstreamSource: store.UpstreamFromConfig,
+func New(cfg Options, log *slog.Logger, stats *Counters, st *store.Store, down Replicas, sec *security.Service,
+	ps *pubsub.Registry) (*Follower, error) {
+	f := &Follower{cfg: cfg, log: log, stats: stats, store: st, down: down, sec: sec, pubsub: ps,
+		link:    LinkStatus{State: vocab.LinkConnect, DownSince: time.Now()},
 		movedCh: make(chan struct{}, 1), kick: make(chan struct{}, 1), ackKick: make(chan struct{}, 1),
 		gate:  newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, store.Layout{Dir: cfg.DataDir}.FullSyncGate()),
 		guard: &guard{dir: store.Layout{Dir: cfg.DataDir}}, refusals: newSourceRefusals(log, stats.SourceRefusals),
@@ -148,9 +145,49 @@ func newFollower(cfg Config, log *slog.Logger, stats *Stats, st *store.Store, do
 	if !st.Position().Hist.Empty() { // a restart: replicas were here and come back
 		f.graceUntil = time.Now().Add(refreshStartGrace)
 	}
-	f.trust, _ = parseTrust(cfg.RefreshTrust) // Validate has checked them
+	f.trust, _ = ParseTrust(cfg.RefreshTrust) // Validate has checked them
 	f.refreshLast.lastSecs.Store(-1)          // as Redis before its first BGSAVE
-	return f
+	warnSharedTrust(cfg, sec, log)
+	addr, source, note := store.LoadUpstream(cfg.DataDir, cfg.Upstream)
+	if note != nil {
+		log.Warn("persisted REPLICAOF not used", "reason", note.Error())
+	}
+	if source == store.UpstreamFromReplicaof {
+		log.Warn("following the upstream set by REPLICAOF before the restart, not --upstream", "upstream", addr, "configured", cfg.Upstream)
+	}
+	f.upstream, f.upstreamSource = addr, source
+	if err := f.loadHeld(); err != nil {
+		return nil, fmt.Errorf("the guard's held history in %s: %w (move the directory away to start without it)", f.guard.dir.Held(), err)
+	}
+	cut, err := f.gate.load()
+	if err != nil {
+		log.Warn("full-sync backoff state unreadable; starting without it", "err", err)
+	}
+	for _, purpose := range cut {
+		stats.countFullSync(purpose, failInterrupted)
+		log.Warn("a request that could make the origin fork was cut by this process's own stop (kill, crash, power loss); it counts as a failed full sync",
+			"purpose", purpose)
+	}
+	if gs := f.gate.status(); !gs.NextAt.IsZero() {
+		log.Warn("a full sync from the upstream failed or was cut before this start; the next one waits",
+			"next_attempt_in", time.Until(gs.NextAt).Round(time.Second).String(), "last_failure", gs.LastClass, "err", gs.LastError)
+	}
+	return f, nil
+}
+
+// linkStatus is the upstream link as INFO shows it.
+type LinkStatus struct {
+	State     vocab.LinkState
+	Up        bool
+	LastIO    time.Time
+	DownSince time.Time
+	Changed   time.Time // last up/down transition
+	SyncTotal int64     // payload size; 0 for EOF-form
+	SyncRead  int64
+	// downReason and downErr: why the last connection ended, the upstream's
+	// words included.
+	DownReason vocab.UpstreamReason
+	DownErr    string
 }
 
 // deadlineReader extends the read deadline before every read, so a link is
@@ -185,7 +222,7 @@ type upstreamConn struct {
 func (u *upstreamConn) Write(b []byte) (int, error) {
 	u.wmu.Lock()
 	defer u.wmu.Unlock()
-	if err := u.conn.SetWriteDeadline(time.Now().Add(writeTimeout)); err != nil {
+	if err := u.conn.SetWriteDeadline(time.Now().Add(vocab.WriteTimeout)); err != nil {
 		return 0, err
 	}
 	return u.conn.Write(b)
@@ -197,18 +234,18 @@ func (u *upstreamConn) ack(offset int64) error {
 }
 
 // dialUpstream connects and runs the handshake up to PSYNC.
-func (f *follower) dialUpstream(ctx context.Context, rdbOnly bool, onRead func()) (*upstreamConn, error) {
+func (f *Follower) dialUpstream(ctx context.Context, rdbOnly bool, onRead func()) (*upstreamConn, error) {
 	port := f.cfg.AnnouncePort
 	if port == 0 {
-		port = f.down.port()
+		port = f.down.Port()
 	}
-	addr := f.upstreamAddr()
+	addr := f.UpstreamAddr()
 	var tlsCfg *tls.Config
 	if f.cfg.UpstreamTLS {
 		if f.cfg.UpstreamTLSInsecure {
 			f.log.Warn("connecting to the upstream over TLS without verifying its certificate (--upstream-tls-insecure-skip-verify)", "upstream", addr)
 		}
-		tlsCfg = f.down.p.sec.ClientConfig(addr, false)
+		tlsCfg = f.sec.ClientConfig(addr, false)
 	}
 	u, err := f.dial(ctx, "upstream", addr, tlsCfg, psync.HandshakeConfig{
 		User: f.cfg.UpstreamUser, Password: f.cfg.UpstreamPassword,
@@ -220,7 +257,7 @@ func (f *follower) dialUpstream(ctx context.Context, rdbOnly bool, onRead func()
 // dial connects to addr (the upstream, or a replica for a refresh) and runs
 // the replica handshake up to PSYNC; reads time out after timeout of
 // silence.
-func (f *follower) dial(ctx context.Context, what, addr string, tlsCfg *tls.Config, hs psync.HandshakeConfig, onRead func(), timeout time.Duration) (*upstreamConn, error) {
+func (f *Follower) dial(ctx context.Context, what, addr string, tlsCfg *tls.Config, hs psync.HandshakeConfig, onRead func(), timeout time.Duration) (*upstreamConn, error) {
 	conn, err := security.DialTLS(ctx, addr, timeout, tlsCfg)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", what, err)
@@ -235,14 +272,14 @@ func (f *follower) dial(ctx context.Context, what, addr string, tlsCfg *tls.Conf
 }
 
 // upstreamOrigin is the upstream and why it is the one followed.
-func (f *follower) upstreamOrigin() (addr, source string) {
+func (f *Follower) UpstreamOrigin() (addr, source string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.upstream, f.upstreamSource
 }
 
 // upstreamAddr is the address the follower connects to.
-func (f *follower) upstreamAddr() string {
+func (f *Follower) UpstreamAddr() string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.upstream
@@ -252,11 +289,11 @@ func (f *follower) upstreamAddr() string {
 // the current link; the next one PSYNCs the new address with the current
 // history, so a promoted replica of the same history answers +CONTINUE.
 // It reports false when addr is the current upstream already.
-func (f *follower) moveUpstream(addr string) bool {
+func (f *Follower) MoveUpstream(addr string) bool {
 	if !f.repoint(addr) {
 		return false
 	}
-	if err := store.PersistUpstream(f.cfg.DataDir, addr, f.cfg.Upstream, f.cfg.syncFile); err != nil {
+	if err := store.PersistUpstream(f.cfg.DataDir, addr, f.cfg.Upstream, f.cfg.SyncFile); err != nil {
 		f.log.Error("REPLICAOF not persisted: a restart would follow --upstream", "err", err)
 	}
 	f.kickAdvice.Store(true) // a new address: advice may be given again
@@ -265,7 +302,7 @@ func (f *follower) moveUpstream(addr string) bool {
 	return true
 }
 
-func (f *follower) repoint(addr string) bool {
+func (f *Follower) repoint(addr string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if addr == f.upstream {
@@ -284,15 +321,15 @@ func (f *follower) repoint(addr string) bool {
 	return true
 }
 
-func (f *follower) touchIO() {
+func (f *Follower) touchIO() {
 	f.mu.Lock()
-	f.link.lastIO = time.Now()
+	f.link.LastIO = time.Now()
 	f.mu.Unlock()
 }
 
 // follow keeps the upstream link alive until ctx ends, reconnecting with
 // capped exponential backoff and jitter.
-func (f *follower) follow(ctx context.Context) {
+func (f *Follower) Follow(ctx context.Context) {
 	backoff := backoffMin
 	for ctx.Err() == nil {
 		if !f.awaitFullSyncTurn(ctx) {
@@ -317,7 +354,7 @@ func (f *follower) follow(ctx context.Context) {
 		if errors.Is(err, errMoved) { // an operator's order, not a failure: connect at once
 			f.burst, f.lastCut = nil, nil // a new upstream's rate is its own
 			f.calm.infoRefused = false
-			f.log.Info("upstream link moved by REPLICAOF", "upstream", f.upstreamAddr())
+			f.log.Info("upstream link moved by REPLICAOF", "upstream", f.UpstreamAddr())
 			backoff = backoffMin
 			continue
 		}
@@ -341,7 +378,7 @@ func (f *follower) follow(ctx context.Context) {
 		// After a failed full sync the next connection most likely needs
 		// one again: it waits the cost backoff, not the cheap one.
 		sleep = max(sleep, f.gate.wait(true, f.store.Position().Hist.Empty()))
-		f.log.Warn("upstream link down", "upstream", f.upstreamAddr(), "reason", reason, "err", err,
+		f.log.Warn("upstream link down", "upstream", f.UpstreamAddr(), "reason", reason, "err", err,
 			"retry_in", sleep.Round(time.Millisecond).String())
 		select {
 		case <-ctx.Done():
@@ -351,7 +388,7 @@ func (f *follower) follow(ctx context.Context) {
 			continue
 		case <-time.After(sleep):
 		}
-		backoff = min(backoff*2, backoffMax)
+		backoff = min(backoff*2, BackoffMax)
 		if f.burst != nil {
 			f.awaitCalm(ctx, f.burst)
 		}
@@ -360,7 +397,7 @@ func (f *follower) follow(ctx context.Context) {
 
 // syncOnce runs one connection: handshake, PSYNC, optional full sync, then
 // streaming until an error. streamed reports whether it reached streaming.
-func (f *follower) syncOnce(ctx context.Context) (streamed bool, err error) {
+func (f *Follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 	ctx, cut := context.WithCancelCause(ctx)
 	f.mu.Lock()
 	f.cutLink = cut
@@ -438,7 +475,7 @@ func (f *follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 		return false, &upstreamReplyError{step: "PSYNC", line: reply.Line}
 	}
 	f.setLink(vocab.LinkConnected)
-	f.log.Info("upstream link up", "upstream", f.upstreamAddr(), "replid", f.store.Position().Hist.ReplID, "offset", f.store.Backlog.End())
+	f.log.Info("upstream link up", "upstream", f.UpstreamAddr(), "replid", f.store.Position().Hist.ReplID, "offset", f.store.Backlog.End())
 	return true, f.stream(ctx, u)
 }
 
@@ -466,14 +503,14 @@ func disconnectReason(err error) vocab.UpstreamReason {
 
 // onContinue handles +CONTINUE: with a new ID the history shifts and the
 // downstream replicas are disconnected to learn it through replid2.
-func (f *follower) onContinue(newID string, off int64) {
+func (f *Follower) onContinue(newID string, off int64) {
 	old, changed := f.store.ShiftHistory(newID)
 	if !changed {
 		f.log.Info("upstream partial resync", "offset", off)
 		return
 	}
 	f.cancelRefresh("replication ID changed")
-	n := f.down.closeSessions(vocab.DownReplIDChanged)
+	n := f.down.CloseSessions(vocab.DownReplIDChanged)
 	f.log.Info("upstream replication ID changed", "replid", newID, "replid2", old,
 		"second_repl_offset", off, "replicas_disconnected", n)
 }
@@ -482,17 +519,17 @@ func (f *follower) onContinue(newID string, off int64) {
 // installs it, and starts a new backlog after its offset. Until then the old
 // history keeps being served.
 // It returns the snapshot and how many payload bytes arrived (also on error).
-func (f *follower) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*snapshot.Info, int64, error) {
+func (f *Follower) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*snapshot.Info, int64, error) {
 	f.setLink(vocab.LinkSync)
 	start := time.Now()
 	defer func() { f.cfg.Observer.ObserveUpstreamFullSync(time.Since(start).Seconds()) }()
 	rcv, n, err := f.receivePayload(u, reply, func(n int64) {
 		f.mu.Lock()
-		f.link.syncRead = n
+		f.link.SyncRead = n
 		f.mu.Unlock()
 	}, func(h psync.PayloadHeader) {
 		f.mu.Lock()
-		f.link.syncTotal, f.link.syncRead = max(h.Length, 0), 0
+		f.link.SyncTotal, f.link.SyncRead = max(h.Length, 0), 0
 		f.mu.Unlock()
 	})
 	if err != nil {
@@ -510,7 +547,7 @@ func (f *follower) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*sn
 	if err != nil {
 		return nil, n, err // logged with its class by fullSyncFailed
 	}
-	info.Source = snapFromUpstream
+	info.Source = SnapFromUpstream
 	if hold, cur, nw := f.shouldHold(info); hold {
 		if err := f.hold(info, cur, nw); err != nil {
 			_ = snapshot.Remove(f.store.SnapDir, info)
@@ -534,7 +571,7 @@ func (f *follower) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*sn
 // announced length cannot fit the data dir is refused at its header,
 // before the origin sends the rest. Data-dir failures come back as local
 // errors; the caller owns the receiver (Abort) on success.
-func (f *follower) receivePayload(u *upstreamConn, reply psync.PsyncReply, progress func(int64),
+func (f *Follower) receivePayload(u *upstreamConn, reply psync.PsyncReply, progress func(int64),
 	onHeader func(psync.PayloadHeader)) (*snapshot.Receiver, int64, error) {
 	hdr, err := psync.ReadPayloadHeader(u.br, nil)
 	if err != nil {
@@ -575,7 +612,7 @@ func (l localWriter) Write(b []byte) (int, error) {
 
 // fullSyncFailed records a failed fork-costing sync and says when the next
 // may be asked for.
-func (f *follower) fullSyncFailed(purpose syncPurpose, err error, got int64) {
+func (f *Follower) fullSyncFailed(purpose syncPurpose, err error, got int64) {
 	class := f.gate.failed(purpose, err, got)
 	f.stats.countFullSync(purpose, class)
 	gs := f.gate.status()
@@ -593,7 +630,7 @@ func (f *follower) fullSyncFailed(purpose syncPurpose, err error, got int64) {
 	}
 }
 
-func (f *follower) fullSyncSucceeded(purpose syncPurpose, info *snapshot.Info) {
+func (f *Follower) fullSyncSucceeded(purpose syncPurpose, info *snapshot.Info) {
 	f.gate.succeeded(purpose, info.Size)
 	f.stats.countFullSync(purpose, "")
 }
@@ -602,7 +639,7 @@ func (f *follower) fullSyncSucceeded(purpose syncPurpose, info *snapshot.Info) {
 // next connection will most likely need, must wait: the cost backoff, or a
 // local cause (a full data dir) that retrying cannot fix. It reports false
 // when ctx ends.
-func (f *follower) awaitFullSyncTurn(ctx context.Context) bool {
+func (f *Follower) awaitFullSyncTurn(ctx context.Context) bool {
 	for {
 		noHistory := f.store.Position().Hist.Empty()
 		d := f.gate.wait(true, noHistory)
@@ -635,7 +672,7 @@ const diskRecheck = 2 * time.Second
 
 // roomForSnapshot reports whether a snapshot of about size bytes fits the
 // data dir now; a change of verdict is logged once.
-func (f *follower) roomForSnapshot(size int64) bool {
+func (f *Follower) roomForSnapshot(size int64) bool {
 	reason := f.diskCheck(size, f.gate.status().LastClass == string(failLocal))
 	if f.gate.setBlocked(reason) {
 		if reason != "" {
@@ -649,7 +686,7 @@ func (f *follower) roomForSnapshot(size int64) bool {
 }
 
 // installFullSync makes info the snapshot of a new history.
-func (f *follower) installFullSync(info *snapshot.Info) error {
+func (f *Follower) installFullSync(info *snapshot.Info) error {
 	f.cancelRefresh("new history")
 	installed, err := f.store.InstallFullSync(info)
 	if installed {
@@ -669,7 +706,7 @@ var errMoved = errors.New("upstream moved by REPLICAOF")
 
 // refreshSourceReady reports whether some configured source may be asked
 // now: replicas always may; the upstream only outside the cost backoff.
-func (f *follower) refreshSourceReady() bool {
+func (f *Follower) refreshSourceReady() bool {
 	for _, src := range f.cfg.RefreshFrom {
 		if src == SourceReplicas || f.gate.wait(false, false) == 0 {
 			return true
@@ -681,7 +718,7 @@ func (f *follower) refreshSourceReady() bool {
 // receiveRefresh receives and installs a refreshed snapshot of the current
 // history from source; it returns how many payload bytes arrived (also on
 // error).
-func (f *follower) receiveRefresh(ctx context.Context, u *upstreamConn, reply psync.PsyncReply, source string) (*snapshot.Info, int64, error) {
+func (f *Follower) receiveRefresh(ctx context.Context, u *upstreamConn, reply psync.PsyncReply, source string) (*snapshot.Info, int64, error) {
 	rcv, got, err := f.receivePayload(u, reply, nil, nil)
 	if err != nil {
 		return nil, got, fmt.Errorf("refresh payload: %w", err)
@@ -714,7 +751,7 @@ func (f *follower) receiveRefresh(ctx context.Context, u *upstreamConn, reply ps
 
 // finishSnapshot verifies and installs a received payload as the snapshot
 // file of reply's (replid, offset).
-func (f *follower) finishSnapshot(rcv *snapshot.Receiver, reply psync.PsyncReply) (*snapshot.Info, error) {
+func (f *Follower) finishSnapshot(rcv *snapshot.Receiver, reply psync.PsyncReply) (*snapshot.Info, error) {
 	info, err := rcv.Finish(reply.ReplID, reply.Offset)
 	var ve *snapshot.VerifyError
 	if err != nil && !errors.As(err, &ve) {
@@ -727,38 +764,38 @@ func (f *follower) finishSnapshot(rcv *snapshot.Receiver, reply psync.PsyncReply
 }
 
 // linkStatus returns a copy of the link's state.
-func (f *follower) linkStatus() linkStatus {
+func (f *Follower) linkStatus() LinkStatus {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.link
 }
 
-func (f *follower) linkUp() bool {
+func (f *Follower) LinkUp() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.link.up
+	return f.link.Up
 }
 
-func (f *follower) setLink(state vocab.LinkState) {
+func (f *Follower) setLink(state vocab.LinkState) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	wasUp := f.link.up
-	f.link.state = state
-	f.link.up = state == vocab.LinkConnected
-	if wasUp != f.link.up {
+	wasUp := f.link.Up
+	f.link.State = state
+	f.link.Up = state == vocab.LinkConnected
+	if wasUp != f.link.Up {
 		f.stats.UpstreamLinkChanges.Add(1)
 		now := time.Now()
-		f.link.changed = now
+		f.link.Changed = now
 		if wasUp {
-			f.link.downSince = now
+			f.link.DownSince = now
 		} else {
-			f.stats.UpstreamDownNanos.Add(int64(now.Sub(f.link.downSince)))
+			f.stats.UpstreamDownNanos.Add(int64(now.Sub(f.link.DownSince)))
 		}
 	}
 }
 
 // warnConfig says, at start, what in the configuration will hurt.
-func (f *follower) warnConfig() {
+func (f *Follower) WarnConfig() {
 	if f.cfg.ReplTimeout <= originPingPeriod {
 		f.log.Warn("--repl-timeout does not exceed the origin's default repl-ping-replica-period: an idle link will time out between PINGs and resync; use 60s (Redis' repl-timeout) or more",
 			"repl_timeout", f.cfg.ReplTimeout.String(), "origin_ping_period", originPingPeriod.String())

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"fmt"
@@ -38,7 +38,7 @@ var BlockedReasons = []string{blockedDiskFull, blockedDataDir}
 // into the data dir now, "" when it can. probe also writes, syncs and
 // removes a small file, for causes free space does not show (read-only,
 // permissions, I/O errors).
-func (f *follower) diskCheck(size int64, probe bool) string {
+func (f *Follower) diskCheck(size int64, probe bool) string {
 	free, err := freeBytes(f.cfg.DataDir)
 	if err != nil {
 		return blockedDataDir + ": " + err.Error()

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"errors"
@@ -86,7 +86,7 @@ func advice(reason vocab.UpstreamReason, replTimeout time.Duration, streamed boo
 const originPingPeriod = 10 * time.Second
 
 // adviseOnce logs the advice for a cause once per upstream address.
-func (f *follower) adviseOnce(reason vocab.UpstreamReason, err error) {
+func (f *Follower) adviseOnce(reason vocab.UpstreamReason, err error) {
 	text := advice(reason, f.cfg.ReplTimeout, f.streamedLast, err)
 	if text == "" || f.advised[reason] {
 		return
@@ -95,5 +95,5 @@ func (f *follower) adviseOnce(reason vocab.UpstreamReason, err error) {
 		f.advised = map[vocab.UpstreamReason]bool{}
 	}
 	f.advised[reason] = true
-	f.log.Error("upstream link: "+text, "reason", reason, "upstream", f.upstreamAddr(), "err", err)
+	f.log.Error("upstream link: "+text, "reason", reason, "upstream", f.UpstreamAddr(), "err", err)
 }

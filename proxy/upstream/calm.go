@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"bufio"
@@ -54,7 +54,7 @@ const calmFraction = 0.8
 // awaitCalm holds the next connection after an upstream hang-up until the
 // origin's backlog covers replproxy's offset, its write rate is below what
 // replproxy can take, the wait's limit passes, or ctx ends.
-func (f *follower) awaitCalm(ctx context.Context, cut *burstCut) {
+func (f *Follower) awaitCalm(ctx context.Context, cut *burstCut) {
 	if f.cfg.CalmWaitMax <= 0 || f.calm.infoRefused { // said once: the upstream user may not read INFO
 		return
 	}
@@ -130,7 +130,7 @@ func (f *follower) awaitCalm(ctx context.Context, cut *burstCut) {
 }
 
 // repostMove puts a move back for the follow loop, which acts on it.
-func (f *follower) repostMove() {
+func (f *Follower) repostMove() {
 	select {
 	case f.movedCh <- struct{}{}:
 	default:
@@ -141,7 +141,7 @@ func (f *follower) repostMove() {
 // without a cut, from what was seen: the stream the origin had to queue
 // while replproxy read at its intake rate, and the stream written between
 // the cut and now (a backlog that size makes the reconnection partial).
-func (f *follower) adviseBurst(cut *burstCut, s originSample, peak float64) {
+func (f *Follower) adviseBurst(cut *burstCut, s originSample, peak float64) {
 	in := cut.intake
 	burst := s.offset - in.from
 	took := s.at.Sub(in.since).Seconds()
@@ -170,11 +170,11 @@ type infoClient struct {
 
 // dialInfoClient connects to the upstream as a client (AUTH, no replica
 // handshake), over TLS when the link uses it.
-func (f *follower) dialInfoClient(ctx context.Context) (*infoClient, error) {
-	addr := f.upstreamAddr()
+func (f *Follower) dialInfoClient(ctx context.Context) (*infoClient, error) {
+	addr := f.UpstreamAddr()
 	var tlsCfg *tls.Config
 	if f.cfg.UpstreamTLS {
-		tlsCfg = f.down.p.sec.ClientConfig(addr, false)
+		tlsCfg = f.sec.ClientConfig(addr, false)
 	}
 	conn, err := security.DialTLS(ctx, addr, replicaHandshakeTimeout, tlsCfg)
 	if err != nil {

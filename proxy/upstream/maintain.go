@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 
 // maybeKick wakes maintain when the backlog needs trimming or the snapshot
 // a refresh; it is cheap enough for every append.
-func (f *follower) maybeKick(end int64) {
+func (f *Follower) maybeKick(end int64) {
 	if end-f.store.SnapOffset.Load() > int64(float64(f.cfg.BacklogSize)*f.cfg.RefreshRatio) || f.store.Backlog.Size() > f.cfg.BacklogSize {
 		select {
 		case f.kick <- struct{}{}:
@@ -24,7 +24,7 @@ func (f *follower) maybeKick(end int64) {
 
 // maintain trims the backlog to its budget and refreshes the snapshot before
 // the stream since it outgrows the budget.
-func (f *follower) maintain(ctx context.Context) {
+func (f *Follower) Maintain(ctx context.Context) {
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
 	var refreshes sync.WaitGroup // joined before maintain returns
@@ -52,7 +52,7 @@ func (f *follower) maintain(ctx context.Context) {
 			f.log.Error("backlog trim failed", "err", err)
 		} else if n > 0 {
 			f.log.Debug("backlog trimmed", "bytes", n)
-			f.down.dropTrimmedReplicas()
+			f.down.DropTrimmedReplicas()
 		}
 		// A snapshot from before an ID shift stays servable: its offset is
 		// below second_repl_offset, so it continues through replid2. Only
@@ -64,19 +64,19 @@ func (f *follower) maintain(ctx context.Context) {
 		if f.cfg.RefreshMode != RefreshLazy {
 			due = due || since > int64(float64(f.cfg.BacklogSize)*f.cfg.RefreshRatio)
 		}
-		if !due || !f.linkUp() || f.refresh.Load() ||
+		if !due || !f.LinkUp() || f.Refresh.Load() ||
 			time.Now().UnixNano() < f.retryFor(wanted).notBefore.Load() || !f.refreshSourceReady() ||
 			!f.roomForSnapshot(max(pos.Snap.Size, f.gate.expected())) {
 			continue
 		}
-		f.refresh.Store(true)
+		f.Refresh.Store(true)
 		demand := f.refreshWanted.Swap(false)
 		rctx, cancel := context.WithCancel(ctx)
 		f.mu.Lock()
 		f.refreshCancel = cancel
 		f.mu.Unlock()
 		refreshes.Go(func() {
-			defer f.refresh.Store(false)
+			defer f.Refresh.Store(false)
 			defer func() {
 				f.mu.Lock()
 				f.refreshCancel = nil
@@ -99,9 +99,9 @@ const overrunLimit = 2
 // it lapses (lazy mode, or the overrun is capped). While a refresh runs
 // nothing it may land inside is trimmed: a source replica a few seconds
 // behind makes a snapshot at its own offset, which must still fit.
-func (f *follower) trimFloor(pos store.Position) int64 {
+func (f *Follower) trimFloor(pos store.Position) int64 {
 	pinned := pos.Snap.Offset + 1
-	if f.refresh.Load() && !f.diskShort(pos) {
+	if f.Refresh.Load() && !f.diskShort(pos) {
 		return max(pinned, pos.First) // lapsed: trim nothing until it lands
 	}
 	if f.cfg.RefreshMode == RefreshLazy || f.overrunCapped(pos) {
@@ -111,7 +111,7 @@ func (f *follower) trimFloor(pos store.Position) int64 {
 }
 
 // diskShort reports whether the data dir would not hold the next snapshot.
-func (f *follower) diskShort(pos store.Position) bool {
+func (f *Follower) diskShort(pos store.Position) bool {
 	if f.store.Backlog.Size() <= f.cfg.BacklogSize {
 		return false // within the budget the store's own checks suffice
 	}
@@ -125,7 +125,7 @@ func (f *follower) diskShort(pos store.Position) bool {
 // next snapshot (then the overrun would make every refresh impossible).
 // A replica that needs a full sync afterwards asks for a refresh, which
 // may go to the upstream.
-func (f *follower) overrunCapped(pos store.Position) bool {
+func (f *Follower) overrunCapped(pos store.Position) bool {
 	if pos.First > pos.Snap.Offset+1 {
 		return true // lapsed already: keep to the budget until a refresh
 	}
@@ -157,7 +157,7 @@ const minBacklogWindow = 10 * time.Second
 
 // checkWindow warns (once per transition) when the backlog is full and
 // covers less than minBacklogWindow at the current write rate.
-func (f *follower) checkWindow(pos store.Position) {
+func (f *Follower) checkWindow(pos store.Position) {
 	full := pos.End-pos.First+1 >= f.cfg.BacklogSize*15/16
 	var window time.Duration
 	if t, ok := f.store.Arrivals.Arrival(pos.First); ok {
@@ -177,7 +177,7 @@ func (f *follower) checkWindow(pos store.Position) {
 // delayTrimFrom keeps what delayed replicas need while the budget allows
 // it; beyond, the budget wins and the shortfall is reported once per
 // episode (replproxy_delay_covered 0).
-func (f *follower) delayTrimFrom(pos store.Position, keepFrom int64) int64 {
+func (f *Follower) delayTrimFrom(pos store.Position, keepFrom int64) int64 {
 	want := f.store.DelayKeepFrom(pos)
 	if want >= keepFrom {
 		f.delayShort.Store(false)
