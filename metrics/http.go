@@ -16,6 +16,7 @@ import (
 
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/proxy/upstream"
+	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
 // Readiness modes for /readyz.
@@ -204,7 +205,7 @@ var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
 `))
 
 // linkText is the link state, with why it is down when it is.
-func linkText(st proxy.Status) string {
+func linkText(st vocab.Status) string {
 	if st.LinkUp || st.LinkDownReason == "" {
 		return string(st.LinkState)
 	}

@@ -327,7 +327,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			cnt(dSnapAttempts, float64(stats.RefreshAttempts.Load(src+"/"+o)), src, o)
 		}
 	}
-	for _, r := range upstream.SourceRefusals {
+	for _, r := range vocab.SourceRefusals {
 		cnt(dSourceRefusals, float64(stats.SourceRefusals.Load(r)), string(r))
 	}
 	g(dSourcesRefused, float64(len(st.RefusedSources)))

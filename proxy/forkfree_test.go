@@ -163,8 +163,8 @@ func TestRefreshSourcesThatCannotServe(t *testing.T) {
 		t.Fatalf("origin sync_full %d, total_forks %d; want 1 and 1", full, forks)
 	}
 	unreachableAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(nobody))
-	want := map[string]upstream.SourceRefusal{protected.Addr: upstream.RefusedDenied, unreachableAddr: upstream.RefusedUnreachable}
-	refused := map[string]upstream.SourceRefusal{}
+	want := map[string]vocab.SourceRefusal{protected.Addr: vocab.RefusedDenied, unreachableAddr: vocab.RefusedUnreachable}
+	refused := map[string]vocab.SourceRefusal{}
 	for _, r := range p.Status().RefusedSources {
 		refused[r.Addr] = r.Reason
 	}

@@ -534,7 +534,7 @@ func buildID(version string) string {
 }
 
 // guardText renders the guard's state as INFO-style lines.
-func guardText(g upstream.GuardStatus) string {
+func guardText(g vocab.GuardStatus) string {
 	state := "watching"
 	switch {
 	case !g.Enabled:

@@ -259,7 +259,7 @@ func (p *Proxy) MetricsTLSConfig() *tls.Config {
 }
 
 // GuardStatus reports the empty-origin guard.
-func (p *Proxy) GuardStatus() upstream.GuardStatus { return p.follower.GuardStatus() }
+func (p *Proxy) GuardStatus() vocab.GuardStatus { return p.follower.GuardStatus() }
 
 // GuardText is REPLPROXY GUARD STATUS's reply.
 func (p *Proxy) GuardText() string { return guardText(p.GuardStatus()) }

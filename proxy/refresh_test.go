@@ -160,7 +160,7 @@ func TestRefreshNoReplicaReachable(t *testing.T) {
 			if n := origin.InfoInt("stats", "total_forks"); n != forks {
 				t.Fatalf("the origin forked (%d -> %d) with --snapshot-refresh-from replicas", forks, n)
 			}
-			if p.Stats().SourceRefusals.Load(upstream.RefusedUnreachable) < 1 || !strings.Contains(p.logBuf.String(), "failed from every source") {
+			if p.Stats().SourceRefusals.Load(vocab.RefusedUnreachable) < 1 || !strings.Contains(p.logBuf.String(), "failed from every source") {
 				t.Fatal("the failed refreshes are not reported")
 			}
 		})

@@ -16,6 +16,7 @@ import (
 
 	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/proxy/upstream"
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 )
 
@@ -60,8 +61,8 @@ func TestRefreshNeverFromWritableReplica(t *testing.T) {
 			}
 		}
 	}
-	if lines != 1 || p.Stats().SourceRefusals.Load(upstream.RefusedWritable) < 1 {
-		t.Fatalf("the writable replica is named in %d log lines (want 1), counted %d times", lines, p.Stats().SourceRefusals.Load(upstream.RefusedWritable))
+	if lines != 1 || p.Stats().SourceRefusals.Load(vocab.RefusedWritable) < 1 {
+		t.Fatalf("the writable replica is named in %d log lines (want 1), counted %d times", lines, p.Stats().SourceRefusals.Load(vocab.RefusedWritable))
 	}
 	if forks := origin.InfoInt("stats", "total_forks"); forks != 1 {
 		t.Fatalf("the origin forked %d times", forks)
@@ -141,7 +142,7 @@ func TestRefreshImpostor(t *testing.T) {
 				if n := served.Load(); n != 0 {
 					t.Fatalf("the untrusted impostor was asked for %d snapshots", n)
 				}
-				if p.Stats().SourceRefusals.Load(upstream.RefusedUntrusted) < 1 || !strings.Contains(p.logBuf.String(), "reason=untrusted") {
+				if p.Stats().SourceRefusals.Load(vocab.RefusedUntrusted) < 1 || !strings.Contains(p.logBuf.String(), "reason=untrusted") {
 					t.Fatal("the untrusted impostor's refusal is not counted and logged")
 				}
 				return

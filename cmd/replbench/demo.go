@@ -19,6 +19,7 @@ import (
 	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
 // demo runs an origin, a replproxy and stock replicas on loopback under a
@@ -123,7 +124,7 @@ func statusTable(origin *redistest.Server, p *proxy.Proxy, reps []*redistest.Ser
 	fmt.Fprintf(&b, "origin offset %d | proxy link %s offset %d (lag %d B) | backlog [%d, %d] | snapshot @%d\n",
 		oOff, st.LinkState, st.BacklogEnd, oOff-st.BacklogEnd, st.BacklogFirst, st.BacklogEnd, snapOffset(st))
 	fmt.Fprintf(&b, "%-22s %-12s %14s %12s %10s\n", "REPLICA", "STATE", "ACK OFFSET", "LAG BYTES", "LAG SEC")
-	byPort := map[int]proxy.ReplicaStatus{}
+	byPort := map[int]vocab.ReplicaStatus{}
 	for _, r := range st.Replicas {
 		byPort[r.Port] = r
 	}
@@ -138,7 +139,7 @@ func statusTable(origin *redistest.Server, p *proxy.Proxy, reps []*redistest.Ser
 	return b.String()
 }
 
-func snapOffset(st proxy.Status) int64 {
+func snapOffset(st vocab.Status) int64 {
 	if st.Snapshot == nil {
 		return -1
 	}

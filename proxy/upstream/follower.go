@@ -45,7 +45,7 @@ type Follower struct {
 	// mu guards the link status and the upstream address; nothing holds
 	// it across I/O.
 	mu   sync.Mutex
-	link LinkStatus
+	link vocab.LinkStatus
 	// upstream is where the follower connects: --upstream, until an
 	// operator's REPLICAOF moves it. cutLink ends the current connection.
 	upstream string
@@ -137,7 +137,7 @@ func (f *Follower) cancelRefresh(why string) {
 func New(cfg Options, log *slog.Logger, stats *Counters, st *store.Store, down Replicas, sec *security.Service,
 	ps *pubsub.Registry) (*Follower, error) {
 	f := &Follower{cfg: cfg, log: log, stats: stats, store: st, down: down, sec: sec, pubsub: ps,
-		link:    LinkStatus{State: vocab.LinkConnect, DownSince: time.Now()},
+		link:    vocab.LinkStatus{State: vocab.LinkConnect, DownSince: time.Now()},
 		movedCh: make(chan struct{}, 1), kick: make(chan struct{}, 1), ackKick: make(chan struct{}, 1),
 		gate:  newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, store.Layout{Dir: cfg.DataDir}.FullSyncGate()),
 		guard: &guard{dir: store.Layout{Dir: cfg.DataDir}}, refusals: newSourceRefusals(log, stats.SourceRefusals),
@@ -173,21 +173,6 @@ func New(cfg Options, log *slog.Logger, stats *Counters, st *store.Store, down R
 			"next_attempt_in", time.Until(gs.NextAt).Round(time.Second).String(), "last_failure", gs.LastClass, "err", gs.LastError)
 	}
 	return f, nil
-}
-
-// linkStatus is the upstream link as INFO shows it.
-type LinkStatus struct {
-	State     vocab.LinkState
-	Up        bool
-	LastIO    time.Time
-	DownSince time.Time
-	Changed   time.Time // last up/down transition
-	SyncTotal int64     // payload size; 0 for EOF-form
-	SyncRead  int64
-	// downReason and downErr: why the last connection ended, the upstream's
-	// words included.
-	DownReason vocab.UpstreamReason
-	DownErr    string
 }
 
 // deadlineReader extends the read deadline before every read, so a link is
@@ -764,7 +749,7 @@ func (f *Follower) finishSnapshot(rcv *snapshot.Receiver, reply psync.PsyncReply
 }
 
 // linkStatus returns a copy of the link's state.
-func (f *Follower) linkStatus() LinkStatus {
+func (f *Follower) linkStatus() vocab.LinkStatus {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.link

@@ -11,6 +11,7 @@ import (
 
 	"github.com/replproxy/replproxy/internal/atomicfile"
 	"github.com/replproxy/replproxy/proxy/store"
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
 
@@ -382,21 +383,10 @@ func (g *forkGate) expected() int64 {
 	return g.st.Expected
 }
 
-// GateStatus is the cost backoff as INFO, metrics and the status page show it.
-type GateStatus struct {
-	InARow    int
-	LastClass string
-	LastError string
-	LastAt    time.Time
-	NextAt    time.Time // zero: no wait
-	Blocked   string    // a local cause, e.g. "disk_full: ..."
-	Pending   bool      // the main link's last full sync did not complete
-}
-
-func (g *forkGate) status() GateStatus {
+func (g *forkGate) status() vocab.GateStatus {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	gs := GateStatus{InARow: g.st.InARow, LastClass: string(g.st.LastClass), LastError: g.st.LastError,
+	gs := vocab.GateStatus{InARow: g.st.InARow, LastClass: string(g.st.LastClass), LastError: g.st.LastError,
 		LastAt: g.st.LastAt, Blocked: g.blocked, Pending: g.st.MainPending}
 	if g.st.NotBefore.After(g.now()) {
 		gs.NextAt = g.st.NotBefore

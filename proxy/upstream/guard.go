@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/proxy/store"
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/backlog"
 	"github.com/replproxy/replproxy/psync/snapshot"
@@ -46,23 +47,9 @@ type guard struct {
 	holds atomic.Int64
 }
 
-// GuardStatus is what INFO, metrics and REPLPROXY GUARD STATUS show.
-type GuardStatus struct {
-	Enabled  bool
-	Holding  bool
-	Since    time.Time
-	ReplID   string
-	Offset   int64 // of the held snapshot
-	HeldEnd  int64 // last byte of the held stream
-	CurKeys  int64
-	NewKeys  int64
-	Holds    int64 // since start
-	MinRatio float64
-}
-
-func (f *Follower) GuardStatus() GuardStatus {
+func (f *Follower) GuardStatus() vocab.GuardStatus {
 	g := f.guard
-	st := GuardStatus{Enabled: !f.cfg.GuardDisabled, Holds: g.holds.Load(), MinRatio: f.cfg.GuardMinKeysRatio}
+	st := vocab.GuardStatus{Enabled: !f.cfg.GuardDisabled, Holds: g.holds.Load(), MinRatio: f.cfg.GuardMinKeysRatio}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if h := g.held; h != nil {

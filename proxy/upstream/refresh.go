@@ -223,8 +223,8 @@ func (r *refreshTimes) done(start time.Time, ok bool) {
 	r.doneAt.Store(time.Now().UnixNano())
 }
 
-func (r *refreshTimes) status(now time.Time) RefreshStatus {
-	st := RefreshStatus{Failed: r.failed.Load(), LastSecs: r.lastSecs.Load(), CurrentSecs: r.current(now)}
+func (r *refreshTimes) status(now time.Time) vocab.RefreshStatus {
+	st := vocab.RefreshStatus{Failed: r.failed.Load(), LastSecs: r.lastSecs.Load(), CurrentSecs: r.current(now)}
 	if at := r.doneAt.Load(); at != 0 {
 		st.DoneAt = time.Unix(0, at)
 	}
@@ -275,7 +275,7 @@ func (f *Follower) refreshFromReplicas(ctx context.Context) (*snapshot.Info, err
 			break
 		}
 		if !trusts(f.trust, c.ID) {
-			f.refusals.note(c.Addr, &errSourceRefused{RefusedUntrusted, "authenticated as " + c.ID.String()})
+			f.refusals.note(c.Addr, &errSourceRefused{vocab.RefusedUntrusted, "authenticated as " + c.ID.String()})
 			errs = append(errs, fmt.Errorf("replica %s: not trusted (%s)", c.Addr, c.ID))
 			continue
 		}

@@ -32,36 +32,20 @@ import (
 // named ACL users must be listed.
 const DefaultRefreshTrust = "user:" + acl.DefaultUser
 
-// SourceRefusal is why a replica cannot serve a refresh, as the log, INFO
-// and metrics name it.
-type SourceRefusal string
-
-const (
-	RefusedUntrusted   SourceRefusal = "untrusted"   // its identity is not in --snapshot-refresh-trust
-	RefusedDenied      SourceRefusal = "denied"      // -DENIED: protected mode without a password
-	RefusedAuth        SourceRefusal = "auth"        // -NOAUTH, -WRONGPASS, -NOPERM
-	RefusedUnreachable SourceRefusal = "unreachable" // the announced address cannot be dialled
-	RefusedWritable    SourceRefusal = "writable"    // replica-read-only no
-	RefusedNotOurs     SourceRefusal = "not_replica" // not an up-to-date replica of this proxy's history
-)
-
-// SourceRefusals lists every SourceRefusal.
-var SourceRefusals = []SourceRefusal{RefusedUntrusted, RefusedDenied, RefusedAuth, RefusedUnreachable, RefusedWritable, RefusedNotOurs}
-
 // sourceAdvice is the one line of advice logged with a refusal.
-var sourceAdvice = map[SourceRefusal]string{
-	RefusedUntrusted: "list its identity in --snapshot-refresh-trust (user:NAME or cn:NAME) if it may serve snapshots to every replica",
-	RefusedDenied: "the replica is in protected mode (no password) and refuses connections from other hosts: give it a password " +
+var sourceAdvice = map[vocab.SourceRefusal]string{
+	vocab.RefusedUntrusted: "list its identity in --snapshot-refresh-trust (user:NAME or cn:NAME) if it may serve snapshots to every replica",
+	vocab.RefusedDenied: "the replica is in protected mode (no password) and refuses connections from other hosts: give it a password " +
 		"(requirepass or an ACL user) and set --replica-auth-password (and --replica-auth-user)",
-	RefusedAuth:        "set --replica-auth-user and --replica-auth-password to credentials the replica accepts",
-	RefusedUnreachable: "the proxy cannot reach the address the replica announced: set replica-announce-ip (and replica-announce-port) on the replica to an address the proxy can dial",
-	RefusedWritable:    "the replica accepts writes (replica-read-only no): its local keys would reach every replica that full-syncs from its snapshot; set replica-read-only yes",
-	RefusedNotOurs:     "the replica does not report an up-to-date, read-only link to this proxy's history (role, master_port, master_replid); it is asked again at the next refresh",
+	vocab.RefusedAuth:        "set --replica-auth-user and --replica-auth-password to credentials the replica accepts",
+	vocab.RefusedUnreachable: "the proxy cannot reach the address the replica announced: set replica-announce-ip (and replica-announce-port) on the replica to an address the proxy can dial",
+	vocab.RefusedWritable:    "the replica accepts writes (replica-read-only no): its local keys would reach every replica that full-syncs from its snapshot; set replica-read-only yes",
+	vocab.RefusedNotOurs:     "the replica does not report an up-to-date, read-only link to this proxy's history (role, master_port, master_replid); it is asked again at the next refresh",
 }
 
 // errSourceRefused is a candidate that cannot serve: no fork happened on it.
 type errSourceRefused struct {
-	reason SourceRefusal
+	reason vocab.SourceRefusal
 	detail string
 }
 
@@ -75,16 +59,16 @@ func refusedBecause(err error) error {
 	if errors.As(err, &he) {
 		switch {
 		case strings.HasPrefix(he.Reply, "-DENIED"):
-			return &errSourceRefused{RefusedDenied, he.Reply}
+			return &errSourceRefused{vocab.RefusedDenied, he.Reply}
 		case strings.HasPrefix(he.Reply, "-NOAUTH"), strings.HasPrefix(he.Reply, "-WRONGPASS"),
 			strings.HasPrefix(he.Reply, "-NOPERM"), strings.Contains(he.Reply, "invalid password"):
-			return &errSourceRefused{RefusedAuth, he.Reply}
+			return &errSourceRefused{vocab.RefusedAuth, he.Reply}
 		}
 	}
 	var oe *net.OpError
 	var de *net.DNSError
 	if errors.As(err, &oe) && oe.Op == "dial" || errors.As(err, &de) {
-		return &errSourceRefused{RefusedUnreachable, err.Error()}
+		return &errSourceRefused{vocab.RefusedUnreachable, err.Error()}
 	}
 	return err
 }
@@ -119,35 +103,26 @@ func trusts(rules []trustRule, id vocab.Identity) bool {
 // is logged once per reason (with advice) and shown in INFO.
 type sourceRefusals struct {
 	log    *slog.Logger
-	counts vocab.Counts[SourceRefusal]
+	counts vocab.Counts[vocab.SourceRefusal]
 
 	mu sync.Mutex
-	by map[string]RefusedSource // by announced address
-}
-
-// RefusedSource is a replica refused as a refresh source, as INFO and the
-// status page show it.
-type RefusedSource struct {
-	Addr   string
-	Reason SourceRefusal
-	Detail string
-	At     time.Time
+	by map[string]vocab.RefusedSource // by announced address
 }
 
 // maxRefusedSources bounds the memory of refused sources.
 const maxRefusedSources = 1024
 
-func newSourceRefusals(log *slog.Logger, c vocab.Counts[SourceRefusal]) *sourceRefusals {
-	return &sourceRefusals{log: log, counts: c, by: map[string]RefusedSource{}}
+func newSourceRefusals(log *slog.Logger, c vocab.Counts[vocab.SourceRefusal]) *sourceRefusals {
+	return &sourceRefusals{log: log, counts: c, by: map[string]vocab.RefusedSource{}}
 }
 
 // note records a refusal of addr; a new reason for it is logged.
 func (r *sourceRefusals) note(addr string, e *errSourceRefused) {
-	r.counts.Add(e.reason, RefusedNotOurs)
+	r.counts.Add(e.reason, vocab.RefusedNotOurs)
 	r.mu.Lock()
 	prev, seen := r.by[addr]
 	if seen || len(r.by) < maxRefusedSources {
-		r.by[addr] = RefusedSource{Addr: addr, Reason: e.reason, Detail: e.detail, At: time.Now()}
+		r.by[addr] = vocab.RefusedSource{Addr: addr, Reason: e.reason, Detail: e.detail, At: time.Now()}
 	}
 	r.mu.Unlock()
 	if !seen || prev.Reason != e.reason {
@@ -179,9 +154,9 @@ func (r *sourceRefusals) refused(addr string) bool {
 const refusalMemory = 10 * time.Minute
 
 // list returns the refused sources seen within refusalMemory, by address.
-func (r *sourceRefusals) list() []RefusedSource {
+func (r *sourceRefusals) list() []vocab.RefusedSource {
 	r.mu.Lock()
-	out := make([]RefusedSource, 0, len(r.by))
+	out := make([]vocab.RefusedSource, 0, len(r.by))
 	for addr, s := range r.by {
 		if time.Since(s.At) > refusalMemory {
 			delete(r.by, addr)
@@ -221,13 +196,13 @@ func (c sourceCheck) verify(w io.Writer, br *bufio.Reader) error {
 	}
 	switch {
 	case info["role"] != "slave" && info["role"] != "replica":
-		return &errSourceRefused{RefusedNotOurs, "role:" + info["role"]}
+		return &errSourceRefused{vocab.RefusedNotOurs, "role:" + info["role"]}
 	case readOnly != "1":
-		return &errSourceRefused{RefusedWritable, "slave_read_only:" + readOnly}
+		return &errSourceRefused{vocab.RefusedWritable, "slave_read_only:" + readOnly}
 	case info["master_link_status"] != "up":
-		return &errSourceRefused{RefusedNotOurs, "master_link_status:" + info["master_link_status"]}
+		return &errSourceRefused{vocab.RefusedNotOurs, "master_link_status:" + info["master_link_status"]}
 	case info["master_replid"] != c.replID:
-		return &errSourceRefused{RefusedNotOurs, fmt.Sprintf("master_replid:%s, the proxy's is %s", info["master_replid"], c.replID)}
+		return &errSourceRefused{vocab.RefusedNotOurs, fmt.Sprintf("master_replid:%s, the proxy's is %s", info["master_replid"], c.replID)}
 	}
 	port, _ := strconv.Atoi(info["master_port"])
 	for _, p := range c.ports {
@@ -235,7 +210,7 @@ func (c sourceCheck) verify(w io.Writer, br *bufio.Reader) error {
 			return nil
 		}
 	}
-	return &errSourceRefused{RefusedNotOurs, fmt.Sprintf("master_host:%s master_port:%s, not a port of this proxy %v",
+	return &errSourceRefused{vocab.RefusedNotOurs, fmt.Sprintf("master_host:%s master_port:%s, not a port of this proxy %v",
 		info["master_host"], info["master_port"], c.ports)}
 }
 

@@ -53,16 +53,16 @@ func TestSourceCheck(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		change map[string]string
-		want   SourceRefusal // "": accepted
+		want   vocab.SourceRefusal // "": accepted
 	}{
 		{"a read-only replica of this proxy", nil, ""},
 		{"on the TLS port", map[string]string{"master_port": "6390"}, ""},
 		{"a fork's field names", map[string]string{"role": "replica", "slave_read_only": "", "replica_read_only": "1"}, ""},
-		{"writable", map[string]string{"slave_read_only": "0"}, RefusedWritable},
-		{"a master", map[string]string{"role": "master"}, RefusedNotOurs},
-		{"link down", map[string]string{"master_link_status": "down"}, RefusedNotOurs},
-		{"another history", map[string]string{"master_replid": strings.Repeat("f", 40)}, RefusedNotOurs},
-		{"another master's port", map[string]string{"master_port": "6379"}, RefusedNotOurs},
+		{"writable", map[string]string{"slave_read_only": "0"}, vocab.RefusedWritable},
+		{"a master", map[string]string{"role": "master"}, vocab.RefusedNotOurs},
+		{"link down", map[string]string{"master_link_status": "down"}, vocab.RefusedNotOurs},
+		{"another history", map[string]string{"master_replid": strings.Repeat("f", 40)}, vocab.RefusedNotOurs},
+		{"another master's port", map[string]string{"master_port": "6379"}, vocab.RefusedNotOurs},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fields := map[string]string{}
@@ -93,7 +93,7 @@ func TestSourceCheck(t *testing.T) {
 	// An error reply is classified as the handshake's would be.
 	err := check.verify(io.Discard, bufio.NewReader(strings.NewReader("-NOAUTH Authentication required.\r\n")))
 	var refused *errSourceRefused
-	if !errors.As(err, &refused) || refused.reason != RefusedAuth {
+	if !errors.As(err, &refused) || refused.reason != vocab.RefusedAuth {
 		t.Fatalf("NOAUTH: %v", err)
 	}
 }

@@ -83,14 +83,14 @@ type Counters struct {
 	UpstreamFullSyncOutcomes vocab.Counts[string]
 	// SourceRefusals counts replicas that could not serve a snapshot
 	// refresh, by reason (SourceRefusals).
-	SourceRefusals vocab.Counts[SourceRefusal]
+	SourceRefusals vocab.Counts[vocab.SourceRefusal]
 }
 
 func NewCounters() *Counters {
 	return &Counters{UpstreamDisconnects: vocab.NewCounts(vocab.UpstreamReasons),
 		RefreshAttempts:          vocab.NewCounts(pairs(SnapshotSources, RefreshOutcomes)),
 		UpstreamFullSyncOutcomes: vocab.NewCounts(pairs(SyncPurposes(), SyncOutcomes)),
-		SourceRefusals:           vocab.NewCounts(SourceRefusals)}
+		SourceRefusals:           vocab.NewCounts(vocab.SourceRefusals)}
 }
 
 // countFullSync counts one upstream full sync; class "" is success.
