@@ -29,7 +29,7 @@ import (
 type downstream struct {
 	cfg   Config
 	log   *slog.Logger
-	stats *Stats
+	stats *vocab.Stats
 	p     *Proxy       // what sessions answer from: INFO, ROLE, the store, REPLICAOF
 	ln    net.Listener // plaintext; nil without --listen
 	tlsLn net.Listener // nil without --tls-listen
@@ -155,7 +155,7 @@ func (d *downstream) handleConn(ctx context.Context, conn net.Conn, isTLS, delay
 // countingReader counts a session's input for INFO's Stats.
 type countingReader struct {
 	r     io.Reader
-	stats *Stats
+	stats *vocab.Stats
 }
 
 func (c countingReader) Read(b []byte) (int, error) {

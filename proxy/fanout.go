@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync/backlog"
 )
 
@@ -26,7 +27,7 @@ import (
 type fanout struct {
 	mu      sync.Mutex // serialises park and leave; deliver never takes it
 	members atomic.Pointer[[]*fanMember]
-	stats   *Stats
+	stats   *vocab.ReplicaCounters
 }
 
 // Member states: the follower may write only to a parked member, and
@@ -45,7 +46,7 @@ type fanMember struct {
 	pause bool          // released for a full socket or a busy follower: stay out handbackPause; read after back closes
 }
 
-func newFanout(stats *Stats) *fanout {
+func newFanout(stats *vocab.ReplicaCounters) *fanout {
 	f := &fanout{stats: stats}
 	f.members.Store(&[]*fanMember{})
 	return f

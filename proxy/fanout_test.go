@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
 // TestFanoutMatchesOrigin: a plaintext replica moves between its own copy
@@ -93,7 +94,7 @@ func TestFanoutMatchesOrigin(t *testing.T) {
 // A busy follower (its read filled the buffer) hands parked replicas back
 // without writing, and they stay in their own loops for the pause.
 func TestFanoutBusyHandsBack(t *testing.T) {
-	st := &Stats{}
+	st := &vocab.ReplicaCounters{}
 	f := newFanout(st)
 	m := &fanMember{back: make(chan struct{})}
 	f.add(m)

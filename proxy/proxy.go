@@ -31,7 +31,7 @@ type Proxy struct {
 	log      *slog.Logger
 	runID    string
 	started  time.Time
-	stats    *Stats
+	stats    *vocab.Stats
 	store    *store.Store
 	follower *upstream.Follower
 	down     *downstream
@@ -43,40 +43,10 @@ type Proxy struct {
 	memPeak  atomic.Int64 // the highest used_memory INFO has seen
 }
 
-// Stats are the event counters shown in INFO and metrics.
-type Stats struct {
-	*upstream.Counters // the upstream side's
-
-	SyncFull        atomic.Int64 // served to replicas
-	SyncPartialOK   atomic.Int64
-	SyncPartialErr  atomic.Int64
-	SentRDBBytes    atomic.Int64
-	SentStreamBytes atomic.Int64
-	Rejections      [5]atomic.Int64 // by psync.ContinueVerdict
-	Disconnects     vocab.Counts[vocab.DisconnectReason]
-	RejectedConns   atomic.Int64 // refused at --max-clients
-	// Client traffic as Redis' Stats count it; replication has its own.
-	ConnectionsReceived atomic.Int64
-	CommandsProcessed   atomic.Int64
-	NetInputBytes       atomic.Int64
-	NetOutputBytes      atomic.Int64
-	ReadsProcessed      atomic.Int64
-	WritesProcessed     atomic.Int64
-	// OutputBufferDrops: subscribers dropped for not reading their messages.
-	OutputBufferDrops atomic.Int64
-	// FanoutBytes: stream bytes the fan-out wrote to caught-up replicas
-	// (also in SentStreamBytes); FanoutHandbacks: replicas it handed back
-	// to their own copy loop (a full socket, a gap, a reset).
-	FanoutBytes     atomic.Int64
-	FanoutHandbacks atomic.Int64
-	// AuthFailures counts refused authentications and TLS handshakes by
-	// reason (AuthFailureReasons).
-	AuthFailures vocab.Counts[string]
-}
-
-func newStats() *Stats {
-	return &Stats{Counters: upstream.NewCounters(), Disconnects: vocab.NewCounts(vocab.DisconnectReasons),
-		AuthFailures: vocab.NewCounts(security.AuthFailureReasons())}
+func newStats() *vocab.Stats {
+	return &vocab.Stats{UpstreamCounters: upstream.NewCounters(),
+		ReplicaCounters: &vocab.ReplicaCounters{Disconnects: vocab.NewCounts(vocab.DisconnectReasons)},
+		ClientCounters:  &vocab.ClientCounters{AuthFailures: vocab.NewCounts(security.AuthFailureReasons())}}
 }
 
 // New opens the data dir, recovers it and returns a proxy ready to Run. It
@@ -102,14 +72,14 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	storeOpts := store.Options{DataDir: cfg.DataDir, SegmentSize: cfg.SegmentSize, Fsync: cfg.Fsync, SyncFile: cfg.syncFile,
 		TailSize: tailSize(cfg), Delay: cfg.Delay}
 	if !cfg.DisableFanout {
-		p.fanout = newFanout(p.stats)
+		p.fanout = newFanout(p.stats.ReplicaCounters)
 		deliver, storeOpts.AfterReset = p.fanout.deliver, p.fanout.releaseAll
 	}
 	if p.store, err = store.Open(storeOpts, log); err != nil {
 		return nil, err
 	}
 	p.down = newDownstream(p)
-	if p.follower, err = upstream.New(cfg.upOptions(deliver), log, p.stats.Counters, p.store, p.down, sec, p.pubsub); err != nil {
+	if p.follower, err = upstream.New(cfg.upOptions(deliver), log, p.stats.UpstreamCounters, p.store, p.down, sec, p.pubsub); err != nil {
 		p.store.Close()
 		return nil, err
 	}

@@ -78,7 +78,7 @@ func (d *downstream) replicaStatus(end int64, now time.Time) (clients int, out [
 }
 
 // Stats returns the event counters.
-func (p *Proxy) Stats() *Stats { return p.stats }
+func (p *Proxy) Stats() *vocab.Stats { return p.stats }
 
 // Config returns the effective configuration (secrets included: callers
 // must not print it).

@@ -37,7 +37,7 @@ const (
 type Follower struct {
 	cfg   Options
 	log   *slog.Logger
-	stats *Counters
+	stats *vocab.UpstreamCounters
 	store *store.Store
 	down  Replicas          // to disconnect replicas when the history moves
 	sec   *security.Service // TLS client configurations
@@ -134,7 +134,7 @@ func (f *Follower) cancelRefresh(why string) {
 	}
 }
 
-func New(cfg Options, log *slog.Logger, stats *Counters, st *store.Store, down Replicas, sec *security.Service,
+func New(cfg Options, log *slog.Logger, stats *vocab.UpstreamCounters, st *store.Store, down Replicas, sec *security.Service,
 	ps *pubsub.Registry) (*Follower, error) {
 	f := &Follower{cfg: cfg, log: log, stats: stats, store: st, down: down, sec: sec, pubsub: ps,
 		link:    vocab.LinkStatus{State: vocab.LinkConnect, DownSince: time.Now()},
@@ -164,7 +164,7 @@ func New(cfg Options, log *slog.Logger, stats *Counters, st *store.Store, down R
 		log.Warn("full-sync backoff state unreadable; starting without it", "err", err)
 	}
 	for _, purpose := range cut {
-		stats.countFullSync(purpose, failInterrupted)
+		countFullSync(stats, purpose, failInterrupted)
 		log.Warn("a request that could make the origin fork was cut by this process's own stop (kill, crash, power loss); it counts as a failed full sync",
 			"purpose", purpose)
 	}
@@ -599,7 +599,7 @@ func (l localWriter) Write(b []byte) (int, error) {
 // may be asked for.
 func (f *Follower) fullSyncFailed(purpose syncPurpose, err error, got int64) {
 	class := f.gate.failed(purpose, err, got)
-	f.stats.countFullSync(purpose, class)
+	countFullSync(f.stats, purpose, class)
 	gs := f.gate.status()
 	attrs := []any{"purpose", purpose, "class", class, "failures_in_a_row", gs.InARow, "err", err}
 	if !gs.NextAt.IsZero() {
@@ -617,7 +617,7 @@ func (f *Follower) fullSyncFailed(purpose syncPurpose, err error, got int64) {
 
 func (f *Follower) fullSyncSucceeded(purpose syncPurpose, info *snapshot.Info) {
 	f.gate.succeeded(purpose, info.Size)
-	f.stats.countFullSync(purpose, "")
+	countFullSync(f.stats, purpose, "")
 }
 
 // awaitFullSyncTurn holds the main link back while a full sync, which the

@@ -3,7 +3,6 @@ package upstream
 import (
 	"os"
 	"slices"
-	"sync/atomic"
 	"time"
 
 	"github.com/replproxy/replproxy/proxy/vocab"
@@ -63,38 +62,17 @@ type Replicas interface {
 	RefreshCandidates(avoid string, refused func(addr string) bool) []vocab.Candidate
 }
 
-// upCounters are the upstream side's event counters (INFO and metrics).
-type Counters struct {
-	UpstreamConnects     atomic.Int64
-	UpstreamLinkChanges  atomic.Int64
-	UpstreamDownNanos    atomic.Int64 // time the link was down, closed periods only
-	UpstreamDisconnects  vocab.Counts[vocab.UpstreamReason]
-	UpstreamFullSyncs    atomic.Int64
-	UpstreamPartialSyncs atomic.Int64
-	UpstreamSyncFailures atomic.Int64 // payloads rejected or cut
-	UpstreamRDBBytes     atomic.Int64
-	UpstreamStreamBytes  atomic.Int64
-	Refreshes            atomic.Int64
-	RefreshFailures      atomic.Int64
-	// RefreshAttempts counts refresh attempts by "source/outcome".
-	RefreshAttempts vocab.Counts[string]
-	// UpstreamFullSyncOutcomes counts full syncs the upstream started (each
-	// a fork on the origin) by "purpose/outcome" (SyncPurposes, SyncOutcomes).
-	UpstreamFullSyncOutcomes vocab.Counts[string]
-	// SourceRefusals counts replicas that could not serve a snapshot
-	// refresh, by reason (SourceRefusals).
-	SourceRefusals vocab.Counts[vocab.SourceRefusal]
-}
-
-func NewCounters() *Counters {
-	return &Counters{UpstreamDisconnects: vocab.NewCounts(vocab.UpstreamReasons),
+// NewCounters are the upstream side's counters, every labelled series
+// present from start-up.
+func NewCounters() *vocab.UpstreamCounters {
+	return &vocab.UpstreamCounters{UpstreamDisconnects: vocab.NewCounts(vocab.UpstreamReasons),
 		RefreshAttempts:          vocab.NewCounts(pairs(SnapshotSources, RefreshOutcomes)),
 		UpstreamFullSyncOutcomes: vocab.NewCounts(pairs(SyncPurposes(), SyncOutcomes)),
 		SourceRefusals:           vocab.NewCounts(vocab.SourceRefusals)}
 }
 
 // countFullSync counts one upstream full sync; class "" is success.
-func (s *Counters) countFullSync(purpose syncPurpose, class failureClass) {
+func countFullSync(s *vocab.UpstreamCounters, purpose syncPurpose, class failureClass) {
 	outcome := "ok"
 	if class != "" {
 		outcome = string(class)
