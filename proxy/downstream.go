@@ -2,44 +2,36 @@ package proxy
 
 import (
 	"bufio"
-	"cmp"
 	"context"
-	"crypto/tls"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/replproxy/replproxy/internal/acl"
-	"github.com/replproxy/replproxy/proxy/security"
+	"github.com/replproxy/replproxy/proxy/store"
 	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
-// downstream owns the replica side: the listener and the sessions. Each
-// session is a thin executor around the sync planner (plan.Sync): it reads
-// commands, writes replies and streams from the store's backlog. Its
-// goroutines: acceptLoop (run by Serve), one per session (joined by
-// acceptLoop before it returns) and each replica's ACK reader (joined by
-// its session).
+// downstream owns the replica side: the replicas the sessions hand over
+// at SYNC/PSYNC, serving each from the store (a thin executor around the
+// sync planner, plan.Sync), the fan-out writer and the full-sync slots
+// and rate. Its goroutines: each replica's ACK reader, joined by the
+// replica before its session's goroutine returns.
 type downstream struct {
-	cfg   Config
-	log   *slog.Logger
-	stats *vocab.Stats
-	p     *Proxy       // what sessions answer from: INFO, ROLE, the store, REPLICAOF
-	ln    net.Listener // plaintext; nil without --listen
-	tlsLn net.Listener // nil without --tls-listen
-	// delayedLn serves delayed replicas; nil without --delayed-listen.
-	delayedLn net.Listener
+	cfg    Config
+	log    *slog.Logger
+	stats  *vocab.ReplicaCounters
+	store  *store.Store
+	p      *Proxy
+	up     upstreamView
+	fanout *fanout // nil when disabled
 
-	// mu guards the session set; nothing holds it across I/O.
+	// mu guards the replica set; nothing holds it across I/O.
 	mu       sync.Mutex
-	sessions map[*session]struct{}
-	nextID   int64
+	replicas map[*replica]struct{}
 
 	slots chan struct{} // full-sync slots; nil when unlimited
 	// fullSyncRate bounds the bytes/s of all full syncs together; nil: none.
@@ -54,165 +46,34 @@ type downstream struct {
 }
 
 func newDownstream(p *Proxy) *downstream {
-	d := &downstream{cfg: p.cfg, log: p.log, stats: p.stats, p: p, sessions: map[*session]struct{}{},
-		fullSyncRate: newRateLimiter(p.cfg.FullSyncRateLimit, rateChunk), refused: map[string]refusal{}}
+	d := &downstream{cfg: p.cfg, log: p.log, stats: p.stats.ReplicaCounters, store: p.store, p: p, up: p.follower, fanout: p.fanout,
+		replicas: map[*replica]struct{}{}, fullSyncRate: newRateLimiter(p.cfg.FullSyncRateLimit, rateChunk), refused: map[string]refusal{}}
 	if p.cfg.MaxParallelFullSyncs > 0 {
 		d.slots = make(chan struct{}, p.cfg.MaxParallelFullSyncs)
 	}
 	return d
 }
 
-// addr is the listening address once serving; nil before.
-func (d *downstream) addr() net.Addr {
-	if d.ln == nil {
-		return nil
-	}
-	return d.ln.Addr()
-}
-
-// port is the listening port announced upstream: the plaintext one, else
-// the TLS one (0 before serving).
-func (d *downstream) Port() int {
-	return cmp.Or(listenerPort(d.ln), listenerPort(d.tlsLn))
-}
-
-// acceptLoop accepts connections until the listener closes, then waits for
-// the sessions it started: Serve closes them all on shutdown.
-func (d *downstream) acceptLoop(ctx context.Context, ln net.Listener, isTLS, delayed bool) {
-	var sessions sync.WaitGroup
-	defer sessions.Wait()
-	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			d.log.Warn("accept failed", "err", err)
-			time.Sleep(50 * time.Millisecond)
-			continue
-		}
-		sessions.Go(func() { d.handleConn(ctx, conn, isTLS, delayed) })
-	}
-}
-
-func (d *downstream) handleConn(ctx context.Context, conn net.Conn, isTLS, delayed bool) {
-	sctx, cancel := context.WithCancel(ctx)
-	s := &session{p: d.p, conn: conn, raw: conn, out: conn, addr: conn.RemoteAddr().String(), ctx: sctx, cancel: cancel, tls: isTLS, delayed: delayed, startTime: time.Now()}
-	var tc *tls.Conn
-	if isTLS {
-		// The handshake runs after the --max-clients check, on the
-		// session's goroutine; closing the session closes it too.
-		tc = tls.Server(conn, d.p.sec.Server.ServerConfig(d.p.sec.Auth))
-		s.conn, s.out = tc, &bufferedWriter{w: tc}
-	}
-	s.br = bufio.NewReaderSize(countingReader{s.conn, d.stats}, 16<<10)
-	if d.p.sec.Users.Load().DefaultOpen() {
-		s.authed = true
-		s.user.Store(acl.DefaultUser)
-	}
-	s.ackOff.Store(-1)
+// selectReplicas returns the replicas that match; the caller acts on them
+// outside mu (closing logs and touches sockets).
+func (d *downstream) selectReplicas(match func(*replica) bool) []*replica {
 	d.mu.Lock()
-	if ctx.Err() != nil { // shutting down: closeSessions has run or will not see us
-		d.mu.Unlock()
-		conn.Close()
-		cancel()
-		return
-	}
-	if len(d.sessions) >= d.cfg.MaxClients {
-		d.mu.Unlock()
-		d.stats.RejectedConns.Add(1)
-		// As Redis (networking.c:acceptCommonHandler): one error line, then close.
-		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
-		_, _ = conn.Write([]byte("-ERR max number of clients reached\r\n"))
-		conn.Close()
-		cancel()
-		return
-	}
-	d.nextID++
-	d.stats.ConnectionsReceived.Add(1)
-	s.id = d.nextID
-	s.log = d.log.With("client", s.id, "addr", s.addr) // before others can see the session
-	d.sessions[s] = struct{}{}
-	d.mu.Unlock()
-	defer func() {
-		d.mu.Lock()
-		delete(d.sessions, s)
-		d.mu.Unlock()
-		s.close(vocab.DownClosed)
-		if s.subs != nil {
-			d.p.pubsub.Drop(s.subs)
-			s.subs.End()
+	defer d.mu.Unlock()
+	var out []*replica
+	for r := range d.replicas {
+		if match(r) {
+			out = append(out, r)
 		}
-	}()
-	if !d.admit(s, tc) {
-		return
 	}
-	if err := s.serve(sctx); err != nil && sctx.Err() == nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-		s.log.Info("client connection ended", "err", err)
-	}
-}
-
-// countingReader counts a session's input for INFO's Stats.
-type countingReader struct {
-	r     io.Reader
-	stats *vocab.Stats
-}
-
-func (c countingReader) Read(b []byte) (int, error) {
-	n, err := c.r.Read(b)
-	c.stats.NetInputBytes.Add(int64(n))
-	c.stats.ReadsProcessed.Add(1)
-	return n, err
-}
-
-// admit runs the TLS handshake (with a deadline), or on the plaintext
-// port refuses a TLS ClientHello, which would otherwise wait for a
-// newline forever. A refused client has had no byte of data.
-func (d *downstream) admit(s *session, tc *tls.Conn) bool {
-	sec := d.p.sec
-	if tc == nil {
-		// No deadline: a client may connect and type later, as with Redis.
-		b, err := s.br.Peek(1)
-		if err == nil && b[0] == 0x16 { // a TLS handshake record
-			sec.AuthFailed(security.AuthTLSOnPlainPort, s.addr, nil)
-			return false
-		}
-		return err == nil
-	}
-	_ = tc.SetDeadline(time.Now().Add(security.TLSHandshakeTimeout))
-	err := tc.Handshake()
-	_ = tc.SetDeadline(time.Time{})
-	if err != nil {
-		sec.AuthFailed(security.ClassifyHandshake(err), s.addr, err)
-		return false
-	}
-	if user := sec.UserFromCert(tc); user != "" {
-		s.authed = true
-		s.user.Store(user)
-		s.log.Info("client authenticated by its certificate", "user", user)
-	}
-	return true
-}
-
-// dropUnusableUsers disconnects sessions authenticated as a user that a
-// users reload removed or turned off (as Redis 7.2's ACL LOAD does).
-func (d *downstream) dropUnusableUsers() {
-	users := d.p.sec.Users.Load()
-	for _, s := range d.selectSessions(func(s *session) bool {
-		u := s.authUser()
-		return u != "" && !users.Usable(u)
-	}) {
-		s.log.Warn("disconnecting a client whose user was removed or disabled", "user", s.authUser())
-		s.close(vocab.DownUserRevoked)
-	}
+	return out
 }
 
 // dropTrimmedReplicas disconnects replicas whose next byte was trimmed
 // away. Their writers may be blocked on a full socket and would otherwise
 // notice only at the replica timeout.
 func (d *downstream) DropTrimmedReplicas() {
-	first, _ := d.p.store.Backlog.Range()
-	behind := d.selectSessions(func(s *session) bool {
+	first, _ := d.store.Backlog.Range()
+	behind := d.selectReplicas(func(s *replica) bool {
 		c := s.cur.Load()
 		return c != nil && c.Pos() < first
 	})
@@ -222,12 +83,12 @@ func (d *downstream) DropTrimmedReplicas() {
 	}
 }
 
-// closeSessions disconnects the replicas that hold a position in the
-// stream (all connections on shutdown). Replicas still waiting for a
-// snapshot have none yet and are left waiting.
-func (d *downstream) CloseSessions(reason vocab.DisconnectReason) int {
-	victims := d.selectSessions(func(s *session) bool {
-		return reason == vocab.DownShutdown || (s.replica.Load() && s.state.Load() != stateWaitBgsave)
+// CloseReplicas disconnects the replicas that hold a position in the
+// stream (the history moved). Replicas still waiting for a snapshot have
+// none yet and are left waiting.
+func (d *downstream) CloseReplicas(reason vocab.DisconnectReason) int {
+	victims := d.selectReplicas(func(s *replica) bool {
+		return s.state.Load() != stateWaitBgsave
 	})
 	for _, s := range victims {
 		s.close(reason)
@@ -235,67 +96,12 @@ func (d *downstream) CloseSessions(reason vocab.DisconnectReason) int {
 	return len(victims)
 }
 
-// selectSessions returns the sessions that match; the caller acts on them
-// outside mu (closing logs and touches sockets).
-func (d *downstream) selectSessions(match func(*session) bool) []*session {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	var out []*session
-	for s := range d.sessions {
-		if match(s) {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-// isSelf reports whether host:port is one of this proxy's own listeners:
-// a local address (or the announced IP) on a listening port.
-func (d *downstream) isSelf(host string, port int) bool {
-	for _, ln := range []net.Listener{d.ln, d.tlsLn, d.delayedLn} {
-		if ln == nil {
-			continue
-		}
-		if a, ok := ln.Addr().(*net.TCPAddr); ok && a.Port == port && isLocal(a, host, d.cfg.AnnounceIP) {
-			return true
-		}
-	}
-	return false
-}
-
-func isLocal(a *net.TCPAddr, host, announceIP string) bool {
-	if host == announceIP {
-		return true
-	}
-	if strings.EqualFold(host, "localhost") {
-		host = "127.0.0.1"
-	}
-	ip := net.ParseIP(host)
-	switch {
-	case ip == nil:
-		return false // a name: not resolved here
-	case ip.Equal(a.IP):
-		return true
-	case !a.IP.IsUnspecified():
-		return false
-	case ip.IsLoopback():
-		return true
-	}
-	addrs, _ := net.InterfaceAddrs()
-	for _, ad := range addrs {
-		if n, ok := ad.(*net.IPNet); ok && n.IP.Equal(ip) {
-			return true
-		}
-	}
-	return false
-}
-
 // nthAck is the offset at least n online replicas have acknowledged (0
 // when fewer are online).
 func (d *downstream) NthAck(n int) int64 {
 	var offs []int64
-	for _, s := range d.selectSessions(func(s *session) bool {
-		return s.replica.Load() && !s.legacy && !s.delayed && s.state.Load() == stateOnline
+	for _, s := range d.selectReplicas(func(s *replica) bool {
+		return !s.legacy && !s.delayed && s.state.Load() == stateOnline
 	}) {
 		offs = append(offs, s.ackOff.Load())
 	}
@@ -323,12 +129,12 @@ func (d *downstream) RefreshCandidates(avoid string, refused func(addr string) b
 	}
 	recent := time.Now().Add(-candidateAckAge).UnixNano()
 	var cs []cand
-	for _, s := range d.selectSessions(func(s *session) bool {
-		return s.replica.Load() && !s.legacy && !s.rdbOnly && !s.delayed && s.listeningPort > 0 && s.state.Load() == stateOnline &&
+	for _, s := range d.selectReplicas(func(s *replica) bool {
+		return !s.legacy && !s.rdbOnly && !s.delayed && s.listeningPort > 0 && s.state.Load() == stateOnline &&
 			s.ackTime.Load() >= recent
 	}) {
 		addr := s.replicaAddr()
-		cs = append(cs, cand{Candidate: vocab.Candidate{Addr: addr, TLS: s.tls, ID: s.identity()},
+		cs = append(cs, cand{Candidate: vocab.Candidate{Addr: addr, TLS: s.tls, ID: s.ident},
 			ack: s.ackOff.Load(), later: addr == avoid || refused(addr)})
 	}
 	sort.SliceStable(cs, func(i, j int) bool {
@@ -343,18 +149,6 @@ func (d *downstream) RefreshCandidates(avoid string, refused func(addr string) b
 	out := make([]vocab.Candidate, len(cs))
 	for i, c := range cs {
 		out[i] = c.Candidate
-	}
-	return out
-}
-
-// sourcePorts are the ports a refresh source's master_port may name: the
-// listeners replicas follow (not the delayed one) and the announced port.
-func (d *downstream) SourcePorts() []int {
-	var out []int
-	for _, port := range []int{listenerPort(d.ln), listenerPort(d.tlsLn), d.cfg.AnnouncePort} {
-		if port != 0 {
-			out = append(out, port)
-		}
 	}
 	return out
 }
@@ -396,11 +190,11 @@ const abandonedSyncWait = 2 * time.Second
 // full sync, wait (at most limit) for the end of every earlier link of
 // the same replica that got a payload and never ACKed: its refusal, if
 // any, is noted by then.
-func (d *downstream) awaitAbandonedSync(ctx context.Context, self *session, limit time.Duration) {
+func (d *downstream) awaitAbandonedSync(ctx context.Context, self *replica, limit time.Duration) {
 	addr := self.replicaAddr()
 	pending := func() bool {
-		return len(d.selectSessions(func(s *session) bool {
-			return s != self && s.replica.Load() && !s.legacy && s.listeningPort > 0 &&
+		return len(d.selectReplicas(func(s *replica) bool {
+			return s != self && !s.legacy && s.listeningPort > 0 &&
 				s.sentRDB.Load() != 0 && !s.acked.Load() && s.replicaAddr() == addr
 		})) > 0
 	}
@@ -429,4 +223,64 @@ func (d *downstream) refusedVersion(addr string, rdbVersion int) (time.Duration,
 		return 0, false
 	}
 	return time.Until(r.until), true
+}
+
+// add registers a replica: from now on it is served and listed.
+func (d *downstream) add(r *replica) {
+	d.mu.Lock()
+	d.replicas[r] = struct{}{}
+	d.mu.Unlock()
+}
+
+func (d *downstream) remove(r *replica) {
+	d.mu.Lock()
+	delete(d.replicas, r)
+	d.mu.Unlock()
+}
+
+// replicaStatus lists the replicas, by ID.
+func (d *downstream) replicaStatus(end int64, now time.Time) (out []vocab.ReplicaStatus) {
+	arrivals := d.store.Arrivals
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for s := range d.replicas {
+		rs := vocab.ReplicaStatus{ID: s.id, IP: s.replicaIP(), Port: s.listeningPort, Addr: s.addr,
+			State: vocab.ReplicaStateByCode[s.state.Load()], AckOff: s.ackOff.Load(), Legacy: s.legacy, SentOffset: -1}
+		if t := s.ackTime.Load(); t > 0 {
+			rs.AckTime = time.Unix(0, t)
+		}
+		if c := s.cur.Load(); c != nil {
+			rs.SentOffset = c.Pos() - 1
+		}
+		if rs.State == vocab.ReplicaOnline && rs.AckOff >= 0 {
+			rs.LagBytes = max(end-rs.AckOff, 0)
+			rs.LagSeconds = arrivals.LagSeconds(rs.AckOff, now)
+		}
+		out = append(out, rs)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// newReplica takes over a session's connection at SYNC/PSYNC: errorf
+// answers an error reply as the session counts them, endSession closes
+// the connection.
+func (d *downstream) newReplica(id int64, conn, raw net.Conn, out io.Writer, br *bufio.Reader, addr string, isTLS, delayed bool,
+	log *slog.Logger, ctx context.Context, ident vocab.Identity, ann announce, errorf func(string, ...any) error,
+	endSession func(vocab.DisconnectReason)) *replica {
+	r := &replica{d: d, announce: ann, id: id, conn: conn, raw: raw, out: out, br: br, addr: addr, tls: isTLS, delayed: delayed,
+		log: log, ctx: ctx, ident: ident, errorf: errorf, endSession: endSession}
+	r.ackOff.Store(-1)
+	return r
+}
+
+// upstreamView is what replicas ask of the upstream side.
+type upstreamView interface {
+	// WantRefresh asks for a snapshot refresh now (a replica waits for one).
+	WantRefresh(why string)
+	// ReplicaAcked wakes the ACK policy's upstream ACKs.
+	ReplicaAcked()
+	// Refreshing reports whether a refresh runs; LastRefresh how the last went.
+	Refreshing() bool
+	LastRefresh() vocab.RefreshStatus
 }

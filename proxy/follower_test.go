@@ -560,7 +560,7 @@ func TestIsSelf(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer ln.Close()
-		p := &downstream{ln: ln, cfg: Config{AnnounceIP: "10.9.8.7"}}
+		p := &server{ln: ln, cfg: Config{AnnounceIP: "10.9.8.7"}}
 		port := ln.Addr().(*net.TCPAddr).Port
 		for _, c := range []struct {
 			host string

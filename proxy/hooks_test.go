@@ -19,13 +19,13 @@ func (p *Proxy) backlogEnd() int64 { return p.store.Backlog.End() }
 func (p *Proxy) linkUp() bool { return p.follower.LinkUp() }
 
 // refreshing reports whether a snapshot refresh is running.
-func (p *Proxy) refreshing() bool { return p.follower.Refresh.Load() }
+func (p *Proxy) refreshing() bool { return p.follower.Refreshing() }
 
 // moveUpstream is REPLICAOF host:port.
 func (p *Proxy) moveUpstream(addr string) bool { return p.follower.MoveUpstream(addr) }
 
 // closeSessions disconnects replicas as a history change does.
-func (p *Proxy) closeSessions(reason vocab.DisconnectReason) int { return p.down.CloseSessions(reason) }
+func (p *Proxy) closeSessions(reason vocab.DisconnectReason) int { return p.down.CloseReplicas(reason) }
 
 // dropTrimmedReplicas runs the trim check.
 func (p *Proxy) dropTrimmedReplicas() { p.down.DropTrimmedReplicas() }

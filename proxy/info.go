@@ -20,11 +20,6 @@ import (
 	"github.com/tidwall/resp"
 )
 
-// redisCompatVersion is the redis_version tools see; replproxy_version is
-// the real one. Tools gate features on it, and replproxy speaks 7.0's
-// replication protocol.
-const redisCompatVersion = "7.0.0"
-
 // INFO's sections in Redis 7's order. Redis' defaults, with replproxy's
 // own section after them (where a module's would be).
 var (
@@ -87,7 +82,7 @@ func (p *Proxy) info(sections ...string) string {
 		}
 		return 0
 	}
-	tcpPort := p.down.Port()
+	tcpPort := p.srv.Port()
 	uptime := int64(now.Sub(st.Started).Seconds())
 	if want["server"] {
 		exe, _ := os.Executable()
@@ -96,7 +91,7 @@ func (p *Proxy) info(sections ...string) string {
 			supervised = "systemd"
 		}
 		section("Server",
-			kv("redis_version", p.upstreamVersion()),
+			kv("redis_version", p.store.UpstreamVersion()),
 			kv("redis_git_sha1", "00000000"),
 			kv("redis_git_dirty", 0),
 			kv("redis_build_id", buildID(st.Version)),
@@ -354,7 +349,7 @@ func (p *Proxy) info(sections ...string) string {
 	}
 	rp := []string{
 		kv("upstream_link_state", st.LinkState),
-		kv("upstream_last_error", oneLine(st.LinkDownError)),
+		kv("upstream_last_error", vocab.OneLine(st.LinkDownError)),
 		kv("backlog_window_short", map[bool]int{true: 1, false: 0}[st.BacklogWindowShort]),
 		kv("psync_window_seconds", window),
 		kv("snapshot_offset", snapOff),
@@ -406,20 +401,20 @@ func (p *Proxy) info(sections ...string) string {
 	rp = append(rp,
 		kv("full_sync_failures_in_a_row", fs.InARow),
 		kv("full_sync_last_failure", lastClass),
-		kv("full_sync_last_error", oneLine(fs.LastError)),
+		kv("full_sync_last_error", vocab.OneLine(fs.LastError)),
 		kv("full_sync_next_attempt_in_seconds", next),
-		kv("full_sync_blocked", oneLine(fs.Blocked)),
+		kv("full_sync_blocked", vocab.OneLine(fs.Blocked)),
 	)
 	rp = append(rp, kv("fanout_writer", on(p.fanout != nil)), kv("fanout_bytes", ps.FanoutBytes.Load()),
 		kv("fanout_handbacks", ps.FanoutHandbacks.Load()))
 	rp = append(rp, strings.Split(strings.TrimSuffix(guardText(p.GuardStatus()), "\r\n"), "\r\n")...)
 	if ds := p.DelayStatus(); ds.Enabled {
 		rp = append(rp, kv("delay_seconds", int64(ds.Delay.Seconds())), kv("delay_horizon_offset", ds.Horizon),
-			kv("delay_port", listenerPort(p.down.delayedLn)), kv("delay_covered", map[bool]int{true: 1, false: 0}[ds.Covered]))
+			kv("delay_port", listenerPort(p.srv.delayedLn)), kv("delay_covered", map[bool]int{true: 1, false: 0}[ds.Covered]))
 	}
 	upAddr, upSource := p.follower.UpstreamOrigin()
 	rp = append(rp, kv("upstream", upAddr), kv("upstream_source", upSource), kv("upstream_configured", p.cfg.Upstream))
-	rp = append(rp, kv("upstream_tls", map[bool]int{true: 1, false: 0}[p.cfg.UpstreamTLS]), kv("tls_port", listenerPort(p.down.tlsLn)))
+	rp = append(rp, kv("upstream_tls", map[bool]int{true: 1, false: 0}[p.cfg.UpstreamTLS]), kv("tls_port", listenerPort(p.srv.tlsLn)))
 	var fails []string
 	for _, r := range security.AuthFailureReasons() {
 		fails = append(fails, fmt.Sprintf("%s=%d", r, ps.AuthFailures.Load(r)))
@@ -464,9 +459,6 @@ func listenerPort(ln net.Listener) int {
 	return 0
 }
 
-// oneLine keeps an INFO value on its line.
-func oneLine(s string) string { return strings.NewReplacer("\r", " ", "\n", " ").Replace(s) }
-
 // role renders ROLE as a replica does (replication.c:roleCommand()).
 func (p *Proxy) role() resp.Value {
 	st := p.Status()
@@ -493,8 +485,8 @@ func (p *Proxy) configGet(patterns [][]byte) resp.Value {
 		{"replica-read-only", "yes"},
 		{"masterauth", ""},
 		{"requirepass", ""},
-		{"port", strconv.Itoa(listenerPort(p.down.ln))},
-		{"tls-port", strconv.Itoa(listenerPort(p.down.tlsLn))},
+		{"port", strconv.Itoa(listenerPort(p.srv.ln))},
+		{"tls-port", strconv.Itoa(listenerPort(p.srv.tlsLn))},
 		{"tls-replication", map[bool]string{true: "yes", false: "no"}[p.cfg.UpstreamTLS]},
 		{"tls-auth-clients", p.cfg.TLSAuthClients},
 		{"maxclients", strconv.Itoa(p.cfg.MaxClients)},

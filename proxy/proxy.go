@@ -35,8 +35,8 @@ type Proxy struct {
 	store    *store.Store
 	follower *upstream.Follower
 	down     *downstream
+	srv      *server
 	sec      *security.Service
-	versions sync.Map // snapshot name -> the redis-ver it records
 	commands *commandStats
 	pubsub   *pubsub.Registry
 	fanout   *fanout      // nil with DisableFanout
@@ -63,7 +63,7 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	_, _ = rand.Read(rnd[:])
 	p := &Proxy{cfg: cfg, log: log, runID: hex.EncodeToString(rnd[:]), started: time.Now(), stats: newStats(),
 		commands: newCommandStats(), pubsub: pubsub.New()}
-	sec, err := security.New(cfg.securityOptions(func() { p.down.dropUnusableUsers() }), log, p.stats.AuthFailures)
+	sec, err := security.New(cfg.securityOptions(func() { p.srv.dropUnusableUsers() }), log, p.stats.AuthFailures)
 	if err != nil {
 		return nil, err
 	}
@@ -78,11 +78,12 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	if p.store, err = store.Open(storeOpts, log); err != nil {
 		return nil, err
 	}
-	p.down = newDownstream(p)
-	if p.follower, err = upstream.New(cfg.upOptions(deliver), log, p.stats.UpstreamCounters, p.store, p.down, sec, p.pubsub); err != nil {
+	if p.follower, err = upstream.New(cfg.upOptions(deliver), log, p.stats.UpstreamCounters, p.store, replicaView{p}, sec, p.pubsub); err != nil {
 		p.store.Close()
 		return nil, err
 	}
+	p.down = newDownstream(p)
+	p.srv = newServer(p)
 	return p, nil
 }
 
@@ -130,7 +131,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 			p.shutdown()
 			return fmt.Errorf("listen %s: %w", p.cfg.DelayedListen, err)
 		}
-		p.down.delayedLn = ln
+		p.srv.delayedLn = ln
 	}
 	return p.ServeListeners(ctx, lns[0], lns[1])
 }
@@ -158,7 +159,7 @@ func (p *Proxy) ServeListeners(ctx context.Context, ln, tlsLn net.Listener) erro
 		p.shutdown()
 		return fmt.Errorf("a TLS listener needs --tls-listen with its certificate")
 	}
-	p.down.ln, p.down.tlsLn = ln, tlsLn // before any goroutine reads them
+	p.srv.ln, p.srv.tlsLn = ln, tlsLn // before any goroutine reads them
 	p.log.Info("replproxy started", "listen", addrText(ln), "tls_listen", addrText(tlsLn), "upstream", p.follower.UpstreamAddr(),
 		"upstream_tls", p.cfg.UpstreamTLS, "data_dir", p.cfg.DataDir, "backlog_size", p.cfg.BacklogSize, "fsync", p.cfg.Fsync.String())
 	p.follower.WarnConfig()
@@ -170,49 +171,49 @@ func (p *Proxy) ServeListeners(ctx context.Context, ln, tlsLn net.Listener) erro
 	for _, l := range []net.Listener{ln, tlsLn} {
 		if l != nil {
 			isTLS := l == tlsLn
-			wg.Go(func() { p.down.acceptLoop(ctx, l, isTLS, false) })
+			wg.Go(func() { p.srv.acceptLoop(ctx, l, isTLS, false) })
 		}
 	}
-	if dl := p.down.delayedLn; dl != nil {
-		wg.Go(func() { p.down.acceptLoop(ctx, dl, false, true) })
+	if dl := p.srv.delayedLn; dl != nil {
+		wg.Go(func() { p.srv.acceptLoop(ctx, dl, false, true) })
 	}
 	if snap := p.position().Snap; snap != nil && snap.Keyspace == nil {
 		wg.Go(func() { p.store.Keyspace.Scan(ctx, p.store.SnapDir, snap, p.log) })
 	}
 	<-ctx.Done()
-	for _, l := range []net.Listener{ln, tlsLn, p.down.delayedLn} {
+	for _, l := range []net.Listener{ln, tlsLn, p.srv.delayedLn} {
 		if l != nil {
 			l.Close()
 		}
 	}
-	p.down.CloseSessions(vocab.DownShutdown)
+	p.srv.closeAll(vocab.DownShutdown)
 	wg.Wait()
 	return p.shutdown()
 }
 
 // Addr is the plaintext listening address once Serve has started (nil
 // without one).
-func (p *Proxy) Addr() net.Addr { return p.down.addr() }
+func (p *Proxy) Addr() net.Addr { return p.srv.addr() }
 
 // SetDelayedListener serves delayed replicas on ln (for callers of Serve
 // that open their own listeners); before Serve.
-func (p *Proxy) SetDelayedListener(ln net.Listener) { p.down.delayedLn = ln }
+func (p *Proxy) SetDelayedListener(ln net.Listener) { p.srv.delayedLn = ln }
 
 // DelayedAddr is the delayed listener's address (nil without one).
 func (p *Proxy) DelayedAddr() net.Addr {
-	if p.down.delayedLn == nil {
+	if p.srv.delayedLn == nil {
 		return nil
 	}
-	return p.down.delayedLn.Addr()
+	return p.srv.delayedLn.Addr()
 }
 
 // TLSAddr is the TLS listening address once Serve has started (nil
 // without one).
 func (p *Proxy) TLSAddr() net.Addr {
-	if p.down.tlsLn == nil {
+	if p.srv.tlsLn == nil {
 		return nil
 	}
-	return p.down.tlsLn.Addr()
+	return p.srv.tlsLn.Addr()
 }
 
 // Reload re-reads the certificate and users files (SIGHUP). A file that
@@ -268,7 +269,7 @@ func (p *Proxy) warnUnprotected() {
 	for _, l := range []struct {
 		ln       net.Listener
 		certAuth bool
-	}{{p.down.ln, false}, {p.down.tlsLn, p.sec.Auth == tlsconf.AuthYes}} {
+	}{{p.srv.ln, false}, {p.srv.tlsLn, p.sec.Auth == tlsconf.AuthYes}} {
 		if l.ln == nil || !open || l.certAuth {
 			continue
 		}
@@ -294,3 +295,19 @@ func (p *Proxy) shutdown() error {
 }
 
 func (p *Proxy) position() store.Position { return p.store.Position() }
+
+// replicaView is the upstream side's view of the replicas: the downstream's
+// replicas and the server's listening ports. It reads p's components when
+// called, once New has built them all.
+type replicaView struct{ p *Proxy }
+
+func (v replicaView) Port() int          { return v.p.srv.Port() }
+func (v replicaView) SourcePorts() []int { return v.p.srv.SourcePorts() }
+func (v replicaView) CloseReplicas(reason vocab.DisconnectReason) int {
+	return v.p.down.CloseReplicas(reason)
+}
+func (v replicaView) DropTrimmedReplicas() { v.p.down.DropTrimmedReplicas() }
+func (v replicaView) NthAck(n int) int64   { return v.p.down.NthAck(n) }
+func (v replicaView) RefreshCandidates(avoid string, refused func(string) bool) []vocab.Candidate {
+	return v.p.down.RefreshCandidates(avoid, refused)
+}

@@ -173,7 +173,7 @@ func TestSentinelPubSubLink(t *testing.T) {
 	sen := redistest.StartSentinelT(t, origin.Addr(), "sentinel down-after-milliseconds mymaster 5000")
 	ctx := context.Background()
 	find := func() *session {
-		for _, s := range p.down.selectSessions(func(s *session) bool {
+		for _, s := range p.srv.selectSessions(func(s *session) bool {
 			name, _ := s.clientName.Load().(string)
 			return strings.HasPrefix(name, "sentinel-") && strings.HasSuffix(name, "-pubsub")
 		}) {

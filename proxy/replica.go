@@ -1,16 +1,19 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/replproxy/replproxy/proxy/plan"
@@ -29,10 +32,78 @@ const sendChunk = 4 << 20
 // steps, so the rate is smooth at a second's scale.
 const rateChunk = 256 << 10
 
-// startReplica turns the session into a replica link (SYNC or PSYNC) and
+// replica is a session's connection once SYNC or PSYNC made it a replica
+// link. The session's fields it keeps (id, connection, reader, logger,
+// context, identity, what REPLCONF announced) are set before it is
+// registered; the rest is atomic, or its own goroutine's.
+type replica struct {
+	d *downstream
+	announce
+	id      int64
+	conn    net.Conn  // *tls.Conn on the TLS listener
+	raw     net.Conn  // the TCP connection under conn
+	out     io.Writer // conn, buffered for TLS (no sendfile there)
+	br      *bufio.Reader
+	addr    string
+	tls     bool
+	delayed bool // on --delayed-listen: the stream up to the delay's horizon only
+	log     *slog.Logger
+	ctx     context.Context // ends with the session
+	ident   vocab.Identity  // who the session authenticated as
+	// errorf answers an error reply the way its session counts them;
+	// endSession closes the session's connection (once).
+	errorf     func(format string, a ...any) error
+	endSession func(reason vocab.DisconnectReason)
+
+	legacy  bool                           // SYNC: no +FULLRESYNC, no ACKs
+	cur     atomic.Pointer[backlog.Cursor] // set while streaming
+	state   atomic.Int32
+	ackOff  atomic.Int64
+	ackTime atomic.Int64 // unix nanoseconds
+	// sentRDB: the RDB version of the snapshot sent on this link (0: none);
+	// acked: an ACK arrived. A replica that hangs up in between most likely
+	// could not load the snapshot.
+	sentRDB   atomic.Int32
+	acked     atomic.Bool
+	closeOnce sync.Once
+}
+
+// announce is what a replica says of itself with REPLCONF before PSYNC.
+type announce struct {
+	listeningPort int
+	ipAddress     string
+	capaPsync2    bool
+	capaEOF       bool
+	rdbOnly       bool
+	filterAll     bool // rdb-filter-only "": an empty RDB, then the stream from now
+	// filterFunctions: rdb-filter-only functions, the snapshot's function
+	// libraries only (redis-cli --functions-rdb).
+	filterFunctions bool
+	version         string // REPLCONF version: only Valkey 8+ announce one
+}
+
+// Replica state codes (vocab.ReplicaStateByCode names them).
+const (
+	stateHandshake  int32 = iota // before PSYNC
+	stateWaitBgsave              // full sync: waiting for a slot or a snapshot
+	stateSendBulk                // full sync: sending the snapshot
+	stateOnline                  // streaming
+)
+
+// close ends the replica link once, counting the first reason, and the
+// session's connection with it.
+func (s *replica) close(reason vocab.DisconnectReason) {
+	s.closeOnce.Do(func() {
+		s.d.stats.Disconnects.Add(reason, vocab.DownError)
+		s.log.Info("replica disconnected", "reason", reason, "ack_offset", s.ackOff.Load())
+	})
+	s.endSession(reason)
+}
+
+// run serves the replica link (SYNC or PSYNC) until it ends. (SYNC or PSYNC) and
 // feeds it until it ends. The reply line is written in one write; before it,
 // only keepalive newlines, which stock replicas skip while they wait.
-func (s *session) startReplica(ctx context.Context, cmd string, args [][]byte) error {
+func (s *replica) run(ctx context.Context, cmd string, args [][]byte) error {
 	id, off := "?", int64(-1)
 	if cmd == "sync" {
 		if len(args) != 1 {
@@ -58,7 +129,8 @@ func (s *session) startReplica(ctx context.Context, cmd string, args [][]byte) e
 	// Everything others read once they see a replica (the logger, the
 	// announced address) is written before it is published.
 	s.log = s.log.With("replica", s.replicaAddr())
-	s.replica.Store(true)
+	s.d.add(s)
+	defer s.d.remove(s)
 	s.log.Info("replica sync requested", "command", cmd, "replid", id, "offset", off, "rdb_only", s.rdbOnly)
 
 	var cur *backlog.Cursor
@@ -87,13 +159,13 @@ func (s *session) startReplica(ctx context.Context, cmd string, args [][]byte) e
 // rdb-filter-only "", as redis-cli --replica sends): an empty RDB at the
 // current end, then the stream from there, as Redis does. No snapshot is
 // read, and no full sync is counted.
-func (s *session) syncEmpty() (*backlog.Cursor, error) {
-	pos := s.p.store.Position()
+func (s *replica) syncEmpty() (*backlog.Cursor, error) {
+	pos := s.d.store.Position()
 	if pos.Hist.Empty() {
 		_ = s.errorf("ERR replproxy has no replication history yet: its upstream has not synced")
 		return nil, errNoHistory
 	}
-	cur, err := s.p.store.Backlog.NewCursorGen(pos.End+1, pos.Gen)
+	cur, err := s.d.store.Backlog.NewCursorGen(pos.End+1, pos.Gen)
 	if err != nil {
 		_ = s.errorf("ERR replication history changed; retry")
 		return nil, err
@@ -124,11 +196,11 @@ func (s *session) syncEmpty() (*backlog.Cursor, error) {
 // (redis-cli --functions-rdb): the stored snapshot reduced to its header,
 // aux fields, module aux data and function libraries, with a new EOF and
 // checksum, as Redis sends it. The client is closed after it.
-func (s *session) syncFunctions() error {
+func (s *replica) syncFunctions() error {
 	if !s.rdbOnly {
 		return s.errorf("ERR rdb-filter-only functions is served only with REPLCONF rdb-only 1, as redis-cli --functions-rdb sends it")
 	}
-	p := s.p
+	p := s.d
 	pos := p.store.Position()
 	if pos.Snap == nil || pos.Hist.Empty() {
 		_ = s.errorf("ERR replproxy has no snapshot yet: its upstream has not synced")
@@ -142,7 +214,7 @@ func (s *session) syncFunctions() error {
 	defer f.Close()
 	pre, err := snapshot.ReadPrelude(f, pos.Snap.Size)
 	if err != nil {
-		_ = s.errorf("ERR cannot read the stored snapshot's functions: %s", oneLine(err.Error()))
+		_ = s.errorf("ERR cannot read the stored snapshot's functions: %s", vocab.OneLine(err.Error()))
 		return err
 	}
 	// The prelude is copied from the file, not buffered (function
@@ -181,7 +253,7 @@ func (s *session) syncFunctions() error {
 // crcWriter writes to the session, each write with its deadline, and
 // keeps the CRC-64 of what went through.
 type crcWriter struct {
-	s   *session
+	s   *replica
 	crc uint64
 }
 
@@ -202,8 +274,8 @@ const freshWaitStart = 30 * time.Second
 // (which prefers a replica) and waits for a younger snapshot, sending
 // Redis' keepalive newlines. A refresh that fails or cannot start is an
 // error for the client, never a silent old snapshot.
-func (s *session) awaitFreshSnapshot(ctx context.Context) error {
-	p, f := s.p, s.p.follower
+func (s *replica) awaitFreshSnapshot(ctx context.Context) error {
+	p, f := s.d, s.d.up
 	maxAge := p.cfg.RDBOnlyMaxAge
 	if maxAge <= 0 {
 		return nil
@@ -259,8 +331,8 @@ var errNoHistory = errors.New("no replication history yet")
 var errRDBVersion = errors.New("replica cannot load the snapshot's RDB version")
 
 // write sends bytes with a write deadline.
-func (s *session) write(b []byte) error {
-	_ = s.conn.SetWriteDeadline(time.Now().Add(s.p.cfg.ReplicaTimeout))
+func (s *replica) write(b []byte) error {
+	_ = s.conn.SetWriteDeadline(time.Now().Add(s.d.cfg.ReplicaTimeout))
 	_, err := s.conn.Write(b)
 	return err
 }
@@ -271,8 +343,8 @@ func (s *session) write(b []byte) error {
 // full-sync slot, a snapshot, the upstream catching up), and asks again.
 // It returns the cursor to stream from, or nil when nothing follows (an
 // rdb-only client).
-func (s *session) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, error) {
-	p := s.p
+func (s *replica) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, error) {
+	p := s.d
 	holdUntil := time.Now().Add(p.cfg.HoldAhead)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -332,15 +404,15 @@ func (s *session) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, 
 			return nil, errRDBVersion
 		case plan.FullSync:
 			if s.listeningPort > 0 {
-				s.p.down.awaitAbandonedSync(ctx, s, abandonedSyncWait)
+				s.d.awaitAbandonedSync(ctx, s, abandonedSyncWait)
 			}
-			if left, ok := s.p.down.refusedVersion(s.replicaAddr(), pl.Snap.RDBVersion); ok && s.listeningPort > 0 {
+			if left, ok := s.d.refusedVersion(s.replicaAddr(), pl.Snap.RDBVersion); ok && s.listeningPort > 0 {
 				// The same payload again would fail again: say why, cheaply.
 				s.log.Warn("replica failed to load this RDB version after its last full sync; refused instead of sending it again",
 					"rdb_version", pl.Snap.RDBVersion, "retry_in", left.Round(time.Second).String())
 				_ = s.errorf("ERR replproxy holds an RDB version %d snapshot (upstream %s) that this replica could not load after its last full sync; "+
 					"upgrade the replica or replicate from an upstream of its release (retried in %s)",
-					pl.Snap.RDBVersion, s.p.upstreamVersion(), left.Round(time.Second))
+					pl.Snap.RDBVersion, s.d.store.UpstreamVersion(), left.Round(time.Second))
 				s.close(vocab.DownRDBVersion)
 				return nil, errRDBVersion
 			}
@@ -357,7 +429,7 @@ func (s *session) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, 
 			}
 		}
 		if pl.Stale {
-			p.follower.WantRefresh("a replica needs a full sync and the snapshot has lapsed")
+			p.up.WantRefresh("a replica needs a full sync and the snapshot has lapsed")
 		}
 		select { // no snapshot to serve yet: wait for the next one
 		case <-pub.Next:
@@ -372,13 +444,13 @@ func (s *session) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, 
 }
 
 // continued answers +CONTINUE and puts the replica online at the offset.
-func (s *session) continued(cur *backlog.Cursor, pos store.Position) error {
+func (s *replica) continued(cur *backlog.Cursor, pos store.Position) error {
 	if err := s.write(psync.EncodeContinue(pos.Hist.ReplID, s.capaPsync2)); err != nil {
 		cur.Close()
 		return err
 	}
 	off := cur.Pos()
-	s.p.stats.SyncPartialOK.Add(1)
+	s.d.stats.SyncPartialOK.Add(1)
 	s.state.Store(stateOnline)
 	s.ackOff.Store(off - 1)
 	s.ackTime.Store(time.Now().UnixNano())
@@ -388,17 +460,17 @@ func (s *session) continued(cur *backlog.Cursor, pos store.Position) error {
 
 // fullSyncSlot waits for one of --max-parallel-full-syncs, with
 // keepalives; release gives it back.
-func (s *session) fullSyncSlot(ctx context.Context, tick <-chan time.Time, keepalive func() error) (release func(), err error) {
-	p := s.p
-	if p.down.slots == nil {
+func (s *replica) fullSyncSlot(ctx context.Context, tick <-chan time.Time, keepalive func() error) (release func(), err error) {
+	p := s.d
+	if p.slots == nil {
 		return func() {}, nil
 	}
-	p.down.queued.Add(1)
-	defer p.down.queued.Add(-1)
+	p.queued.Add(1)
+	defer p.queued.Add(-1)
 	for {
 		select {
-		case p.down.slots <- struct{}{}:
-			return func() { <-p.down.slots }, nil
+		case p.slots <- struct{}{}:
+			return func() { <-p.slots }, nil
 		case <-tick:
 			if err := keepalive(); err != nil {
 				return nil, err
@@ -413,18 +485,18 @@ func (s *session) fullSyncSlot(ctx context.Context, tick <-chan time.Time, keepa
 // nil cursor when the history moved on meanwhile (the caller asks again):
 // the replica is marked as receiving the snapshot before the re-check, so
 // a history change published after it disconnects the replica.
-func (s *session) openSnapshot(snap *snapshot.Info, pos store.Position, pub *store.Published) (*os.File, *backlog.Cursor, error) {
-	f, err := snapshot.Open(s.p.store.SnapDir, snap)
+func (s *replica) openSnapshot(snap *snapshot.Info, pos store.Position, pub *store.Published) (*os.File, *backlog.Cursor, error) {
+	f, err := snapshot.Open(s.d.store.SnapDir, snap)
 	if err != nil {
 		return nil, nil, err
 	}
-	cur, err := s.p.store.Backlog.NewCursorGen(snap.Offset+1, pos.Gen)
+	cur, err := s.d.store.Backlog.NewCursorGen(snap.Offset+1, pos.Gen)
 	if err != nil {
 		f.Close()
 		return nil, nil, err
 	}
 	s.state.Store(stateSendBulk)
-	if s.p.store.Published() != pub {
+	if s.d.store.Published() != pub {
 		s.state.Store(stateWaitBgsave)
 		cur.Close()
 		f.Close()
@@ -436,8 +508,8 @@ func (s *session) openSnapshot(snap *snapshot.Info, pos store.Position, pub *sto
 // sendSnapshot sends +FULLRESYNC (not to SYNC clients) and the snapshot
 // with a known length; the replica is then online at the snapshot's
 // offset. For rdb-only clients it returns a nil cursor.
-func (s *session) sendSnapshot(f *os.File, cur *backlog.Cursor, snap *snapshot.Info, replid string) (*backlog.Cursor, error) {
-	p := s.p
+func (s *replica) sendSnapshot(f *os.File, cur *backlog.Cursor, snap *snapshot.Info, replid string) (*backlog.Cursor, error) {
+	p := s.d
 	p.stats.SyncFull.Add(1)
 	start := time.Now()
 	var head []byte
@@ -453,9 +525,9 @@ func (s *session) sendSnapshot(f *os.File, cur *backlog.Cursor, snap *snapshot.I
 		"rdb_only", s.rdbOnly, "snapshot_age_seconds", int64(time.Since(snap.Created).Seconds()))
 	for sent := int64(0); sent < snap.Size; {
 		chunk := min(sendChunk, snap.Size-sent)
-		if p.down.fullSyncRate != nil {
+		if p.fullSyncRate != nil {
 			chunk = min(chunk, rateChunk)
-			if err := p.down.fullSyncRate.wait(s.ctx, chunk); err != nil {
+			if err := p.fullSyncRate.wait(s.ctx, chunk); err != nil {
 				cur.Close()
 				return nil, err
 			}
@@ -487,7 +559,7 @@ func (s *session) sendSnapshot(f *os.File, cur *backlog.Cursor, snap *snapshot.I
 
 // stream feeds the replica from its cursor and reads its ACKs until the link
 // ends. Nothing but stream bytes at the right offsets is ever written here.
-func (s *session) stream(ctx context.Context, cur *backlog.Cursor) error {
+func (s *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 	cur.UseTail(s.tls) // TLS cannot use sendfile; plain sockets measured faster with it
 	s.cur.Store(cur)
 	defer s.cur.Store(nil)
@@ -498,7 +570,7 @@ func (s *session) stream(ctx context.Context, cur *backlog.Cursor) error {
 	acks.Go(s.readAcks)
 	var pk parker
 	for {
-		_ = s.conn.SetWriteDeadline(time.Now().Add(s.p.cfg.ReplicaTimeout))
+		_ = s.conn.SetWriteDeadline(time.Now().Add(s.d.cfg.ReplicaTimeout))
 		var n int64
 		var err error
 		if s.delayed {
@@ -506,11 +578,11 @@ func (s *session) stream(ctx context.Context, cur *backlog.Cursor) error {
 		} else {
 			n, err = cur.CopyTo(s.out)
 		}
-		s.p.stats.SentStreamBytes.Add(n)
+		s.d.stats.SentStreamBytes.Add(n)
 		if err == nil && !s.delayed {
 			parked := false
-			if fan := s.p.fanout; fan != nil && !s.tls {
-				parked, err = fan.park(ctx, &pk, s.conn, cur, s.p.store.Backlog)
+			if fan := s.d.fanout; fan != nil && !s.tls {
+				parked, err = fan.park(ctx, &pk, s.conn, cur, s.d.store.Backlog)
 			}
 			if parked && err == nil {
 				continue // handed back: copy what the fan-out did not write
@@ -543,8 +615,8 @@ func (s *session) stream(ctx context.Context, cur *backlog.Cursor) error {
 const delayedPoll = 100 * time.Millisecond
 
 // copyDelayed sends what the horizon allows, then waits for it to move.
-func (s *session) copyDelayed(ctx context.Context, cur *backlog.Cursor) (int64, error) {
-	n, err := cur.CopyUpTo(s.out, s.p.store.Horizon())
+func (s *replica) copyDelayed(ctx context.Context, cur *backlog.Cursor) (int64, error) {
+	n, err := cur.CopyUpTo(s.out, s.d.store.Horizon())
 	if err != nil || n > 0 {
 		return n, err
 	}
@@ -566,24 +638,24 @@ func isTimeout(err error) bool {
 // readAcks reads what a replica may send after PSYNC: REPLCONF ACK and bare
 // newlines. A replica silent for ReplicaTimeout is dropped (not SYNC clients,
 // which never ACK).
-func (s *session) readAcks() {
+func (s *replica) readAcks() {
 	rd := newCmdReader(s.br)
 	for {
 		if !s.legacy {
-			_ = s.conn.SetReadDeadline(time.Now().Add(s.p.cfg.ReplicaTimeout))
+			_ = s.conn.SetReadDeadline(time.Now().Add(s.d.cfg.ReplicaTimeout))
 		}
 		args, err := rd.next()
 		if err != nil {
 			switch {
 			case isTimeout(err):
-				s.log.Warn("replica timed out: no ACK", "timeout", s.p.cfg.ReplicaTimeout.String())
+				s.log.Warn("replica timed out: no ACK", "timeout", s.d.cfg.ReplicaTimeout.String())
 				s.close(vocab.DownTimeout)
 			case s.sentRDB.Load() != 0 && !s.acked.Load() && !s.legacy && errors.Is(err, io.EOF):
 				s.log.Warn("replica hung up after a full sync without acknowledging it; "+
 					"its log says why (e.g. \"Can't handle RDB format version\": it is older than the upstream)",
 					"rdb_version", s.sentRDB.Load())
 				if s.listeningPort > 0 {
-					s.p.down.noteRefusal(s.replicaAddr(), int(s.sentRDB.Load()))
+					s.d.noteRefusal(s.replicaAddr(), int(s.sentRDB.Load()))
 				}
 				s.close(vocab.DownClosedBeforeAck)
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
@@ -599,7 +671,7 @@ func (s *session) readAcks() {
 			continue
 		}
 		if !strings.EqualFold(string(args[0]), "replconf") || len(args) < 3 {
-			s.log.Warn("unexpected command on a replica link; disconnecting", "command", truncate(string(args[0]), 32))
+			s.log.Warn("unexpected command on a replica link; disconnecting", "command", vocab.Truncate(string(args[0]), 32))
 			s.close(vocab.DownProtocolError)
 			return
 		}
@@ -616,21 +688,21 @@ func (s *session) readAcks() {
 			}
 			s.ackTime.Store(now)
 			s.acked.Store(true)
-			s.p.follower.ReplicaAcked()
+			s.d.up.ReplicaAcked()
 			acked := s.ackOff.Load()
-			end := s.p.store.Backlog.End()
-			s.p.cfg.Observer.ObserveAck(max(end-acked, 0), s.p.store.Arrivals.LagSeconds(acked, time.Unix(0, now)))
+			end := s.d.store.Backlog.End()
+			s.d.cfg.Observer.ObserveAck(max(end-acked, 0), s.d.store.Arrivals.LagSeconds(acked, time.Unix(0, now)))
 		}
 	}
 }
 
 // replicaAddr is the replica as INFO names it: announced IP or peer IP, and
 // its listening port.
-func (s *session) replicaAddr() string {
+func (s *replica) replicaAddr() string {
 	return net.JoinHostPort(s.replicaIP(), strconv.Itoa(s.listeningPort))
 }
 
-func (s *session) replicaIP() string {
+func (s *replica) replicaIP() string {
 	if s.ipAddress != "" {
 		return s.ipAddress
 	}

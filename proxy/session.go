@@ -21,16 +21,6 @@ import (
 	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
-
-	"github.com/replproxy/replproxy/psync/backlog"
-)
-
-// Replica state codes (replicaStateByCode names them).
-const (
-	stateHandshake  int32 = iota // a plain client, or a replica before PSYNC
-	stateWaitBgsave              // full sync: waiting for a slot or a snapshot
-	stateSendBulk                // full sync: sending the snapshot
-	stateOnline                  // streaming
 )
 
 // Redis' replies, byte for byte (the final period included).
@@ -72,30 +62,12 @@ type session struct {
 	closeAfterReply bool
 	// multi is MULTI's queue (nil outside a transaction), as Sentinel's
 	// failover sends one.
-	multi         [][][]byte
-	user          atomic.Value // string: the user authenticated as (read by reloads)
-	listeningPort int
-	ipAddress     string
-	capaPsync2    bool
-	capaEOF       bool
-	rdbOnly       bool
-	filterAll     bool // REPLCONF rdb-filter-only "": an empty RDB, then the stream from now
-	// filterFunctions: REPLCONF rdb-filter-only functions, the snapshot's
-	// function libraries only (redis-cli --functions-rdb).
-	filterFunctions bool
-	version         string // REPLCONF version: only Valkey 8+ announce one
-
-	replica atomic.Bool
-	cur     atomic.Pointer[backlog.Cursor] // set while streaming
-	legacy  bool                           // SYNC: no +FULLRESYNC, no ACKs
-	state   atomic.Int32
-	ackOff  atomic.Int64
-	ackTime atomic.Int64 // unix nanoseconds
-	// sentRDB: the RDB version of the snapshot sent on this link (0: none);
-	// acked: an ACK arrived. A replica that hangs up in between most likely
-	// could not load the snapshot.
-	sentRDB   atomic.Int32
-	acked     atomic.Bool
+	multi [][][]byte
+	user  atomic.Value // string: the user authenticated as (read by reloads)
+	// announce is what REPLCONF said, handed to the replica at PSYNC.
+	announce
+	// rep is the replica the connection became at SYNC/PSYNC; nil before.
+	rep       atomic.Pointer[replica]
 	startTime time.Time
 	// Owned by the session's goroutine: error replies sent (for
 	// Commandstats' failed_calls), the current call was refused before it
@@ -110,14 +82,19 @@ type session struct {
 	closeReason atomic.Value
 }
 
-// close ends the session once; the first reason is the one counted.
+// close ends the session; a replica's counts its reason first.
 func (s *session) close(reason vocab.DisconnectReason) {
+	if r := s.rep.Load(); r != nil {
+		r.close(reason) // which ends the connection
+		return
+	}
+	s.closeConn(reason)
+}
+
+// closeConn closes the connection once; the first reason is kept.
+func (s *session) closeConn(reason vocab.DisconnectReason) {
 	s.closeOnce.Do(func() {
 		s.closeReason.Store(reason)
-		if s.replica.Load() {
-			s.p.stats.Disconnects.Add(reason, vocab.DownError)
-			s.log.Info("replica disconnected", "reason", reason, "ack_offset", s.ackOff.Load())
-		}
 		s.cancel()
 		// The TCP socket, not the TLS layer: its close_notify could block
 		// for seconds on a replica that stopped reading.
@@ -208,7 +185,7 @@ func (s *session) serve(ctx context.Context) error {
 		if s.subs != nil && s.subs.Count() > 0 && !allowedSubscribed[cmd] {
 			s.rejected = true
 			s.count(cmd, args, time.Now(), s.errReplies)
-			if err := s.errorf("ERR Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context", truncate(cmd, 64)); err != nil {
+			if err := s.errorf("ERR Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context", vocab.Truncate(cmd, 64)); err != nil {
 				return err
 			}
 			continue
@@ -231,7 +208,7 @@ func (s *session) serve(ctx context.Context) error {
 		switch cmd {
 		case "psync", "sync":
 			s.count(cmd, args, time.Now(), s.errReplies)
-			return s.startReplica(ctx, cmd, args)
+			return s.becomeReplica(ctx, cmd, args)
 		case "quit":
 			_ = s.ok()
 			return nil
@@ -405,7 +382,7 @@ func (s *session) command(cmd string, args [][]byte) error {
 		}
 		return s.errorf("ERR replproxy serves no data; only DB 0 can be selected")
 	}
-	return s.errorf("ERR unknown command '%s': replproxy is a replication proxy and serves no data", truncate(string(args[0]), 64))
+	return s.errorf("ERR unknown command '%s': replproxy is a replication proxy and serves no data", vocab.Truncate(string(args[0]), 64))
 }
 
 // replicaof moves the upstream, as REPLICAOF moves a Redis replica: for an
@@ -422,7 +399,7 @@ func (s *session) replicaof(host, port string) error {
 	if host == "" || strings.ContainsAny(host, " \r\n") {
 		return s.errorf("ERR Invalid master host")
 	}
-	if s.p.down.isSelf(host, n) {
+	if s.p.srv.isSelf(host, n) {
 		return s.errorf("ERR %s:%d is this replproxy itself", host, n)
 	}
 	if !s.p.follower.MoveUpstream(net.JoinHostPort(host, port)) {
@@ -447,19 +424,12 @@ func (s *session) replproxyCommand(args [][]byte) error {
 			return s.errorf("ERR the guard holds no history: nothing to accept")
 		case err != nil:
 			s.log.Error("guard accept failed", "err", err)
-			return s.errorf("ERR guard accept failed: %s", oneLine(err.Error()))
+			return s.errorf("ERR guard accept failed: %s", vocab.OneLine(err.Error()))
 		}
 		s.log.Warn("guard: an operator accepted the held history")
 		return s.ok()
 	}
-	return s.errorf("ERR unknown REPLPROXY GUARD subcommand '%s': want STATUS or ACCEPT", truncate(string(args[1]), 32))
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "..."
-	}
-	return s
+	return s.errorf("ERR unknown REPLPROXY GUARD subcommand '%s': want STATUS or ACCEPT", vocab.Truncate(string(args[1]), 32))
 }
 
 func (s *session) auth(args [][]byte) error {
@@ -501,7 +471,7 @@ func (s *session) hello(args [][]byte) error {
 				s.clientName.Store(string(args[i+1]))
 				i++
 			default:
-				return s.errorf("ERR Syntax error in HELLO option '%s'", truncate(string(args[i]), 32))
+				return s.errorf("ERR Syntax error in HELLO option '%s'", vocab.Truncate(string(args[i]), 32))
 			}
 		}
 	}
@@ -510,7 +480,7 @@ func (s *session) hello(args [][]byte) error {
 	}
 	return s.reply(resp.ArrayValue([]resp.Value{
 		resp.StringValue("server"), resp.StringValue("redis"),
-		resp.StringValue("version"), resp.StringValue(s.p.upstreamVersion()),
+		resp.StringValue("version"), resp.StringValue(s.p.store.UpstreamVersion()),
 		resp.StringValue("proto"), resp.IntegerValue(2),
 		resp.StringValue("id"), resp.IntegerValue(int(s.id)),
 		resp.StringValue("mode"), resp.StringValue("standalone"),
@@ -593,15 +563,15 @@ func (s *session) replconf(args [][]byte) error {
 			s.filterAll, s.filterFunctions = false, false
 			for _, f := range strings.Fields(val) {
 				if !strings.EqualFold(f, "functions") {
-					return s.errorf("ERR Unsupported rdb-filter-only option: %s", truncate(f, 64))
+					return s.errorf("ERR Unsupported rdb-filter-only option: %s", vocab.Truncate(f, 64))
 				}
 				s.filterFunctions = true
 			}
 			s.filterAll = !s.filterFunctions // redis-cli --replica: no data, the live stream only
 		case "version":
-			s.version = truncate(val, 32)
+			s.version = vocab.Truncate(val, 32)
 		default:
-			return s.errorf("ERR Unrecognized REPLCONF option: %s", truncate(string(args[i]), 64))
+			return s.errorf("ERR Unrecognized REPLCONF option: %s", vocab.Truncate(string(args[i]), 64))
 		}
 	}
 	return s.ok()
@@ -631,7 +601,7 @@ func (s *session) client(args [][]byte) error {
 	case "list":
 		now := time.Now()
 		var b strings.Builder
-		for _, o := range s.p.down.selectSessions(func(*session) bool { return true }) {
+		for _, o := range s.p.srv.selectSessions(func(*session) bool { return true }) {
 			b.WriteString(o.clientLine(now) + "\n")
 		}
 		return s.reply(resp.StringValue(b.String()))
@@ -644,4 +614,13 @@ func (s *session) client(args [][]byte) error {
 		return s.clientKill(args[1:])
 	}
 	return s.errorf("ERR replproxy supports CLIENT SETNAME, GETNAME, SETINFO, ID, LIST, INFO and KILL")
+}
+
+// becomeReplica hands the connection to the downstream as a replica link
+// (SYNC or PSYNC) and serves it until it ends.
+func (s *session) becomeReplica(ctx context.Context, cmd string, args [][]byte) error {
+	r := s.p.down.newReplica(s.id, s.conn, s.raw, s.out, s.br, s.addr, s.tls, s.delayed, s.log, s.ctx, s.identity(), s.announce,
+		s.errorf, s.closeConn)
+	s.rep.Store(r)
+	return r.run(ctx, cmd, args)
 }

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"net"
-	"sort"
 	"strconv"
 	"time"
 
@@ -40,41 +39,14 @@ func (p *Proxy) Status() vocab.Status {
 		st.OldestEntry = t
 	}
 	st.Keyspace = p.store.Keyspace.Get(pub.Snap)
-	st.Clients, st.Replicas = p.down.replicaStatus(end, now)
+	st.Replicas = p.down.replicaStatus(end, now)
+	st.Clients = max(p.srv.sessionCount()-len(st.Replicas), 0)
 	for _, r := range st.Replicas {
 		if r.State == vocab.ReplicaSendBulk {
 			st.FullSyncing++
 		}
 	}
 	return st
-}
-
-// replicaStatus lists the replicas (by ID) and counts the other clients.
-func (d *downstream) replicaStatus(end int64, now time.Time) (clients int, out []vocab.ReplicaStatus) {
-	arrivals := d.p.store.Arrivals
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for s := range d.sessions {
-		if !s.replica.Load() {
-			clients++
-			continue
-		}
-		rs := vocab.ReplicaStatus{ID: s.id, IP: s.replicaIP(), Port: s.listeningPort, Addr: s.addr,
-			State: vocab.ReplicaStateByCode[s.state.Load()], AckOff: s.ackOff.Load(), Legacy: s.legacy, SentOffset: -1}
-		if t := s.ackTime.Load(); t > 0 {
-			rs.AckTime = time.Unix(0, t)
-		}
-		if c := s.cur.Load(); c != nil {
-			rs.SentOffset = c.Pos() - 1
-		}
-		if rs.State == vocab.ReplicaOnline && rs.AckOff >= 0 {
-			rs.LagBytes = max(end-rs.AckOff, 0)
-			rs.LagSeconds = arrivals.LagSeconds(rs.AckOff, now)
-		}
-		out = append(out, rs)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return clients, out
 }
 
 // Stats returns the event counters.

@@ -10,35 +10,11 @@ import (
 	"github.com/tidwall/resp"
 
 	"github.com/replproxy/replproxy/proxy/vocab"
-	"github.com/replproxy/replproxy/psync/snapshot"
 )
 
 // Commands that tools around Redis send to every instance they watch:
 // Sentinel's failover transaction, redis_exporter's LATENCY and SLOWLOG,
 // CLIENT LIST/KILL. Answered truthfully for a proxy.
-
-// upstreamVersion is the redis_version tools see: the upstream's, as its
-// last snapshot recorded it (aux redis-ver), else a 7.0 baseline.
-func (p *Proxy) upstreamVersion() string {
-	snap := p.position().Snap
-	if snap == nil {
-		return redisCompatVersion
-	}
-	if v, ok := p.versions.Load(snap.Name); ok {
-		return v.(string)
-	}
-	v := redisCompatVersion
-	if f, err := snapshot.Open(p.store.SnapDir, snap); err == nil {
-		head := make([]byte, 16<<10)
-		n, _ := f.ReadAt(head, 0)
-		f.Close()
-		if h, err := snapshot.ParseHeader(head[:n]); err == nil && h.Aux["redis-ver"] != "" {
-			v = h.Aux["redis-ver"]
-		}
-	}
-	p.versions.Store(snap.Name, v)
-	return v
-}
 
 // latency answers LATENCY: the proxy records no latency events.
 func (s *session) latency(args [][]byte) error {
@@ -59,7 +35,7 @@ func (s *session) latency(args [][]byte) error {
 	case "doctor":
 		return s.reply(resp.StringValue("Dave, no latency spike was observed during the lifetime of this Redis instance, not in the slightest bit. I honestly think you ought to sleep tonight.\n"))
 	}
-	return s.errorf("ERR unknown subcommand '%s'. Try LATENCY HELP.", truncate(string(args[0]), 32))
+	return s.errorf("ERR unknown subcommand '%s'. Try LATENCY HELP.", vocab.Truncate(string(args[0]), 32))
 }
 
 // slowlog answers SLOWLOG: nothing the proxy runs is slow to log.
@@ -75,7 +51,7 @@ func (s *session) slowlog(args [][]byte) error {
 	case "reset":
 		return s.ok()
 	}
-	return s.errorf("ERR unknown subcommand '%s'. Try SLOWLOG HELP.", truncate(string(args[0]), 32))
+	return s.errorf("ERR unknown subcommand '%s'. Try SLOWLOG HELP.", vocab.Truncate(string(args[0]), 32))
 }
 
 // clientLine is one CLIENT LIST line, in Redis' field order (a subset).
@@ -83,7 +59,7 @@ func (s *session) clientLine(now time.Time) string {
 	flags := "N"
 	sub, psub := s.subCount.Load(), s.psubCount.Load()
 	switch {
-	case s.replica.Load():
+	case s.rep.Load() != nil:
 		flags = "S"
 	case sub+psub > 0:
 		flags = "P"
@@ -105,7 +81,7 @@ func (s *session) clientLine(now time.Time) string {
 // (ID, TYPE normal|replica|slave|pubsub|master, ADDR, LADDR, USER,
 // SKIPME); it answers as Redis does.
 func (s *session) clientKill(args [][]byte) error {
-	d := s.p.down
+	d := s.p.srv
 	if len(args) == 1 {
 		addr := string(args[0])
 		victims := d.selectSessions(func(o *session) bool { return o.addr == addr })
@@ -132,15 +108,15 @@ func (s *session) clientKill(args [][]byte) error {
 		case "type":
 			switch t := strings.ToLower(val); t {
 			case "normal":
-				preds = append(preds, func(o *session) bool { return !o.replica.Load() && o.subCount.Load()+o.psubCount.Load() == 0 })
+				preds = append(preds, func(o *session) bool { return o.rep.Load() == nil && o.subCount.Load()+o.psubCount.Load() == 0 })
 			case "replica", "slave":
-				preds = append(preds, func(o *session) bool { return o.replica.Load() })
+				preds = append(preds, func(o *session) bool { return o.rep.Load() != nil })
 			case "pubsub":
 				preds = append(preds, func(o *session) bool { return o.subCount.Load()+o.psubCount.Load() > 0 })
 			case "master":
 				preds = append(preds, func(*session) bool { return false }) // no master clients here
 			default:
-				return s.errorf("ERR Unknown client type '%s'", truncate(val, 32))
+				return s.errorf("ERR Unknown client type '%s'", vocab.Truncate(val, 32))
 			}
 		case "addr":
 			preds = append(preds, func(o *session) bool { return o.addr == val })

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 
@@ -72,16 +73,11 @@ func Inspect(ctx context.Context, dir string, opts InspectOptions) (*Inspection,
 	in.Consistent = in.Problem == ""
 	in.SnapshotStale = in.Consistent && sum.First > st.Snapshot.Offset+1
 	if st.Snapshot != nil {
-		f, err := snapshot.Open(snapDir, st.Snapshot)
-		if err != nil {
+		aux, err := SnapshotAux(snapDir, st.Snapshot)
+		if errors.Is(err, os.ErrNotExist) {
 			return in, nil
 		}
-		head := make([]byte, 64<<10)
-		n, _ := f.ReadAt(head, 0)
-		f.Close()
-		if h, err := snapshot.ParseHeader(head[:n]); err == nil {
-			in.Aux = h.Aux
-		}
+		in.Aux = aux
 		switch {
 		case opts.Types || (opts.Keys && st.Snapshot.Keyspace == nil):
 			if in.Keyspace, err = snapshot.ScanFile(ctx, snapDir, st.Snapshot, snapshot.ScanOptions{Types: opts.Types}); err != nil {

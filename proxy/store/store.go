@@ -39,6 +39,8 @@ type Store struct {
 	// budget check.
 	SnapOffset atomic.Int64
 
+	versions sync.Map // snapshot name -> the redis-ver it records (UpstreamVersion)
+
 	wmu sync.Mutex
 	cur atomic.Pointer[Published]
 }

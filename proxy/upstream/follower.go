@@ -495,7 +495,7 @@ func (f *Follower) onContinue(newID string, off int64) {
 		return
 	}
 	f.cancelRefresh("replication ID changed")
-	n := f.down.CloseSessions(vocab.DownReplIDChanged)
+	n := f.down.CloseReplicas(vocab.DownReplIDChanged)
 	f.log.Info("upstream replication ID changed", "replid", newID, "replid2", old,
 		"second_repl_offset", off, "replicas_disconnected", n)
 }

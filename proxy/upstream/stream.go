@@ -186,7 +186,7 @@ func (f *Follower) discardHistory(cause error) {
 	f.publishes = streamPublishes{}
 	f.cancelRefresh("history discarded")
 	f.store.Discard()
-	f.down.CloseSessions(vocab.DownHistoryReset)
+	f.down.CloseReplicas(vocab.DownHistoryReset)
 }
 
 // errBacklogWrite: the backlog could not store received bytes (disk full,

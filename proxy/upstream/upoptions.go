@@ -51,8 +51,8 @@ type Replicas interface {
 	Port() int
 	// SourcePorts are the ports a refresh source's master_port may name.
 	SourcePorts() []int
-	// CloseSessions disconnects every replica (the history moved).
-	CloseSessions(reason vocab.DisconnectReason) int
+	// CloseReplicas disconnects every replica (the history moved).
+	CloseReplicas(reason vocab.DisconnectReason) int
 	// DropTrimmedReplicas disconnects replicas behind the backlog's front.
 	DropTrimmedReplicas()
 	// NthAck is the offset the n-th most advanced replica acknowledged.

@@ -1,6 +1,7 @@
 package vocab
 
 import (
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -117,3 +118,14 @@ func (c Counts[R]) Load(r R) int64 {
 	}
 	return 0
 }
+
+// Truncate shortens s to n bytes for a log line or an error reply.
+func Truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+// OneLine makes s fit on one line of INFO or of an error reply.
+func OneLine(s string) string { return strings.NewReplacer("\r", " ", "\n", " ").Replace(s) }
