@@ -16,7 +16,6 @@ import (
 
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/proxy/security"
-	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 )
@@ -265,13 +264,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	cnt(dUpSyncs, float64(stats.UpstreamFullSyncs.Load()), "full")
 	cnt(dUpSyncs, float64(stats.UpstreamPartialSyncs.Load()), "partial")
 	cnt(dUpSyncFailures, float64(stats.UpstreamSyncFailures.Load()))
-	for _, purpose := range upstream.SyncPurposes() {
-		for _, outcome := range upstream.SyncOutcomes {
+	for _, purpose := range vocab.SyncPurposes() {
+		for _, outcome := range vocab.SyncOutcomes {
 			cnt(dUpFullSyncs, float64(stats.UpstreamFullSyncOutcomes.Load(purpose+"/"+outcome)), purpose, outcome)
 		}
 	}
 	fs := st.FullSync
-	for _, class := range upstream.FailureClasses {
+	for _, class := range vocab.FailureClasses {
 		n := 0
 		if fs.LastClass == class {
 			n = fs.InARow
@@ -279,7 +278,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		g(dUpFSInARow, float64(n), class)
 	}
 	g(dUpFSNext, unix(fs.NextAt))
-	for _, r := range upstream.BlockedReasons {
+	for _, r := range vocab.BlockedReasons {
 		g(dUpFSBlocked, b(strings.HasPrefix(fs.Blocked, r+":")), r)
 	}
 	var rdbSize, rdbRead float64
@@ -321,9 +320,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	g(dSnapInProgress, b(st.Refreshing))
 	cnt(dSnapRefreshes, float64(stats.Refreshes.Load()))
 	cnt(dSnapFailures, float64(stats.RefreshFailures.Load()))
-	for _, src := range upstream.SnapshotSources {
+	for _, src := range vocab.SnapshotSources {
 		g(dSnapSource, b(st.Snapshot != nil && proxy.SnapshotSource(st.Snapshot) == src), src)
-		for _, o := range upstream.RefreshOutcomes {
+		for _, o := range vocab.RefreshOutcomes {
 			cnt(dSnapAttempts, float64(stats.RefreshAttempts.Load(src+"/"+o)), src, o)
 		}
 	}

@@ -30,7 +30,6 @@ import (
 	"github.com/replproxy/replproxy/internal/testcert"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/proxy/security"
-	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 )
@@ -550,12 +549,12 @@ func TestEveryLabelAtZeroFromStart(t *testing.T) {
 	for _, s := range vocab.ReplicaStates {
 		want["replproxy_downstream_replicas"] = append(want["replproxy_downstream_replicas"], "state="+string(s))
 	}
-	for _, p := range upstream.SyncPurposes() {
-		for _, o := range upstream.SyncOutcomes {
+	for _, p := range vocab.SyncPurposes() {
+		for _, o := range vocab.SyncOutcomes {
 			want["replproxy_upstream_full_syncs_total"] = append(want["replproxy_upstream_full_syncs_total"], "purpose="+p+",outcome="+o)
 		}
 	}
-	for _, reason := range upstream.BlockedReasons {
+	for _, reason := range vocab.BlockedReasons {
 		want["replproxy_upstream_full_sync_blocked"] = append(want["replproxy_upstream_full_sync_blocked"], "reason="+reason)
 	}
 	fams := families(t, r.reg)

@@ -14,7 +14,6 @@ import (
 
 	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/proxy/security"
-	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync/snapshot"
 	"github.com/tidwall/resp"
@@ -365,7 +364,7 @@ func (p *Proxy) info(sections ...string) string {
 		kv("snapshot_budget_exceeded", map[bool]int{true: 1, false: 0}[st.BudgetExceeded()]),
 		kv("snapshot_stale", map[bool]int{true: 1, false: 0}[st.SnapshotStale()]),
 	}
-	for _, src := range upstream.SnapshotSources {
+	for _, src := range vocab.SnapshotSources {
 		rp = append(rp, fmt.Sprintf("snapshot_refreshes_from_%s:ok=%d,failed=%d", src,
 			ps.RefreshAttempts.Load(src+"/ok"), ps.RefreshAttempts.Load(src+"/failed")))
 	}
@@ -390,9 +389,9 @@ func (p *Proxy) info(sections ...string) string {
 	if lastClass == "" {
 		lastClass = "none"
 	}
-	for _, purpose := range upstream.SyncPurposes() {
+	for _, purpose := range vocab.SyncPurposes() {
 		var failed int64
-		for _, class := range upstream.FailureClasses {
+		for _, class := range vocab.FailureClasses {
 			failed += ps.UpstreamFullSyncOutcomes.Load(purpose + "/" + class)
 		}
 		rp = append(rp, fmt.Sprintf("origin_full_syncs_%s:ok=%d,failed=%d", purpose,
@@ -439,7 +438,7 @@ func SnapshotSource(s *snapshot.Info) string {
 	case s == nil:
 		return "none"
 	case s.Source == "":
-		return upstream.SnapFromUpstream
+		return vocab.SnapFromUpstream
 	}
 	return s.Source
 }

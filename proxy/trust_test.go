@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/redistest"
-	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
 )
@@ -150,7 +149,7 @@ func TestRefreshImpostor(t *testing.T) {
 			redistest.Eventually(t, 60*time.Second, "the late replica loads the impostor's snapshot", func() bool {
 				return late.Client().Get(ctx, "impostor:key").Val() == "planted"
 			})
-			if served.Load() < 1 || SnapshotSource(p.Status().Snapshot) != upstream.SnapFromReplica {
+			if served.Load() < 1 || SnapshotSource(p.Status().Snapshot) != vocab.SnapFromReplica {
 				t.Fatalf("served %d; snapshot from %s", served.Load(), SnapshotSource(p.Status().Snapshot))
 			}
 		})

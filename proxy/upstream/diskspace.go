@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,15 +26,6 @@ func freeBytes(dir string) (int64, error) {
 	return int64(st.Bavail) * st.Bsize, nil
 }
 
-// Local causes that hold a full sync back, as metrics label them.
-const (
-	blockedDiskFull = "disk_full"
-	blockedDataDir  = "data_dir_error"
-)
-
-// BlockedReasons are the label values of a held-back full sync.
-var BlockedReasons = []string{blockedDiskFull, blockedDataDir}
-
 // diskCheck says why a snapshot of about size bytes cannot be received
 // into the data dir now, "" when it can. probe also writes, syncs and
 // removes a small file, for causes free space does not show (read-only,
@@ -41,15 +33,15 @@ var BlockedReasons = []string{blockedDiskFull, blockedDataDir}
 func (f *Follower) diskCheck(size int64, probe bool) string {
 	free, err := freeBytes(f.cfg.DataDir)
 	if err != nil {
-		return blockedDataDir + ": " + err.Error()
+		return vocab.BlockedDataDir + ": " + err.Error()
 	}
 	if need := spaceNeeded(size); free < need {
 		return fmt.Sprintf("%s: a snapshot needs about %s (last known size %s), the data dir has %s free",
-			blockedDiskFull, humanBytes(need), humanBytes(size), humanBytes(free))
+			vocab.BlockedDiskFull, humanBytes(need), humanBytes(size), humanBytes(free))
 	}
 	if probe {
 		if err := probeWritable(f.cfg.DataDir); err != nil {
-			return blockedDataDir + ": " + err.Error()
+			return vocab.BlockedDataDir + ": " + err.Error()
 		}
 	}
 	return ""

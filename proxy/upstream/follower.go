@@ -164,7 +164,7 @@ func New(cfg Options, log *slog.Logger, stats *vocab.UpstreamCounters, st *store
 		log.Warn("full-sync backoff state unreadable; starting without it", "err", err)
 	}
 	for _, purpose := range cut {
-		countFullSync(stats, purpose, failInterrupted)
+		countFullSync(stats, purpose, vocab.FailInterrupted)
 		log.Warn("a request that could make the origin fork was cut by this process's own stop (kill, crash, power loss); it counts as a failed full sync",
 			"purpose", purpose)
 	}
@@ -419,9 +419,9 @@ func (f *Follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 	if holding { // continue the held history: asking for the served one would be a fork
 		id, off = heldID, heldNext
 	}
-	purpose := purposeHistoryChange
+	purpose := vocab.PurposeHistoryChange
 	if pos.Hist.Empty() {
-		purpose = purposeInitial
+		purpose = vocab.PurposeInitial
 	}
 	f.gate.asking(purpose) // persisted first: a kill before the answer still counts
 	reply, err := psync.Psync(u, u.br, id, off, nil)
@@ -532,7 +532,7 @@ func (f *Follower) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*sn
 	if err != nil {
 		return nil, n, err // logged with its class by fullSyncFailed
 	}
-	info.Source = SnapFromUpstream
+	info.Source = vocab.SnapFromUpstream
 	if hold, cur, nw := f.shouldHold(info); hold {
 		if err := f.hold(info, cur, nw); err != nil {
 			_ = snapshot.Remove(f.store.SnapDir, info)
@@ -597,7 +597,7 @@ func (l localWriter) Write(b []byte) (int, error) {
 
 // fullSyncFailed records a failed fork-costing sync and says when the next
 // may be asked for.
-func (f *Follower) fullSyncFailed(purpose syncPurpose, err error, got int64) {
+func (f *Follower) fullSyncFailed(purpose vocab.SyncPurpose, err error, got int64) {
 	class := f.gate.failed(purpose, err, got)
 	countFullSync(f.stats, purpose, class)
 	gs := f.gate.status()
@@ -605,7 +605,7 @@ func (f *Follower) fullSyncFailed(purpose syncPurpose, err error, got int64) {
 	if !gs.NextAt.IsZero() {
 		attrs = append(attrs, "next_attempt_in", time.Until(gs.NextAt).Round(time.Second).String())
 	}
-	if class == failPayload && gs.InARow >= 2 {
+	if class == vocab.FailPayload && gs.InARow >= 2 {
 		f.log.Error("the upstream keeps sending RDBs that fail verification; each attempt costs it a fork", attrs...)
 	} else {
 		f.log.Warn("full sync from the upstream failed; the origin forked for nothing", attrs...)
@@ -615,7 +615,7 @@ func (f *Follower) fullSyncFailed(purpose syncPurpose, err error, got int64) {
 	}
 }
 
-func (f *Follower) fullSyncSucceeded(purpose syncPurpose, info *snapshot.Info) {
+func (f *Follower) fullSyncSucceeded(purpose vocab.SyncPurpose, info *snapshot.Info) {
 	f.gate.succeeded(purpose, info.Size)
 	countFullSync(f.stats, purpose, "")
 }
@@ -658,7 +658,7 @@ const diskRecheck = 2 * time.Second
 // roomForSnapshot reports whether a snapshot of about size bytes fits the
 // data dir now; a change of verdict is logged once.
 func (f *Follower) roomForSnapshot(size int64) bool {
-	reason := f.diskCheck(size, f.gate.status().LastClass == string(failLocal))
+	reason := f.diskCheck(size, f.gate.status().LastClass == string(vocab.FailLocal))
 	if f.gate.setBlocked(reason) {
 		if reason != "" {
 			f.log.Error("full sync from the upstream held back until the data dir has room; not asking the origin to fork",

@@ -21,45 +21,6 @@ import (
 // a cause the proxy can fix itself (a full disk) is waited out, anything
 // else backs off exponentially up to minutes.
 
-// failureClass is why a full sync from the upstream failed.
-type failureClass string
-
-const (
-	failLocal   failureClass = "local"   // the data dir: full, read-only, I/O errors
-	failPayload failureClass = "payload" // the RDB failed verification
-	failLink    failureClass = "link"    // the connection broke or timed out mid-transfer
-	// failInterrupted: the proxy itself died (SIGKILL, power loss, OOM)
-	// while a fork-costing request was under way; found at the next start.
-	failInterrupted failureClass = "interrupted"
-)
-
-// FailureClasses are the failure classes, as metrics label them.
-var FailureClasses = []string{string(failLocal), string(failPayload), string(failLink), string(failInterrupted)}
-
-// syncPurpose is why the proxy asked the upstream for an RDB.
-type syncPurpose string
-
-const (
-	purposeInitial       syncPurpose = "initial"        // no history yet
-	purposeHistoryChange syncPurpose = "history_change" // the upstream could not continue ours
-	purposeRefresh       syncPurpose = "refresh"        // a fresh snapshot of the same history
-)
-
-var syncPurposes = []syncPurpose{purposeInitial, purposeHistoryChange, purposeRefresh}
-
-// SyncOutcomes are the outcome labels of upstream full syncs: ok or a
-// failure class.
-var SyncOutcomes = []string{"ok", string(failLocal), string(failPayload), string(failLink), string(failInterrupted)}
-
-// SyncPurposes are the purpose labels of upstream full syncs.
-func SyncPurposes() []string {
-	out := make([]string, len(syncPurposes))
-	for i, p := range syncPurposes {
-		out[i] = string(p)
-	}
-	return out
-}
-
 // errLocal marks a failure of the proxy's own data dir.
 var errLocal = errors.New("data dir")
 
@@ -67,17 +28,17 @@ var errLocal = errors.New("data dir")
 func localError(err error) error { return fmt.Errorf("%w: %w", errLocal, err) }
 
 // classify tells why a full sync failed.
-func classify(err error) failureClass {
+func classify(err error) vocab.FailureClass {
 	var ve *snapshot.VerifyError
 	switch {
 	case errors.Is(err, errInterrupted):
-		return failInterrupted
+		return vocab.FailInterrupted
 	case errors.Is(err, errLocal):
-		return failLocal
+		return vocab.FailLocal
 	case errors.As(err, &ve), errors.Is(err, store.ErrRefreshRejected):
-		return failPayload
+		return vocab.FailPayload
 	}
-	return failLink
+	return vocab.FailLink
 }
 
 // Defaults of the cost backoff.
@@ -97,18 +58,18 @@ type gateState struct {
 	MainPending bool `json:"main_pending"`
 	// Expected is the size the next snapshot needs on disk, at least: the
 	// last one installed, or as far as a failed transfer got.
-	Expected  int64        `json:"expected"`
-	InARow    int          `json:"in_a_row"`
-	LastClass failureClass `json:"last_class,omitempty"`
-	LastError string       `json:"last_error,omitempty"`
-	LastAt    time.Time    `json:"last_at"`
+	Expected  int64              `json:"expected"`
+	InARow    int                `json:"in_a_row"`
+	LastClass vocab.FailureClass `json:"last_class,omitempty"`
+	LastError string             `json:"last_error,omitempty"`
+	LastAt    time.Time          `json:"last_at"`
 	// AskingMain and AskingRefresh are set, and persisted, before the main
 	// link or a refresh sends a PSYNC that may make the origin fork, and
 	// cleared when that request ends. Found set at start, the request was
 	// cut by the proxy's own death: a failure like any other, so a crash
 	// loop cannot ask faster than the backoff.
-	AskingMain    syncPurpose `json:"asking_main,omitempty"`
-	AskingRefresh bool        `json:"asking_refresh,omitempty"`
+	AskingMain    vocab.SyncPurpose `json:"asking_main,omitempty"`
+	AskingRefresh bool              `json:"asking_refresh,omitempty"`
 }
 
 // forkGate is safe for concurrent use: the follower and the refresh both
@@ -146,7 +107,7 @@ var errInterrupted = errors.New("replproxy stopped (killed, crashed or lost powe
 // as a failure, and their purposes returned. Only a cut initial sync makes
 // the main link's next request wait the backoff: one with a history most
 // likely continues.
-func (g *forkGate) load() ([]syncPurpose, error) {
+func (g *forkGate) load() ([]vocab.SyncPurpose, error) {
 	b, err := os.ReadFile(g.path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -159,16 +120,16 @@ func (g *forkGate) load() ([]syncPurpose, error) {
 		return nil, fmt.Errorf("parse %s: %w", g.path, err)
 	}
 	st.Backoff = min(max(st.Backoff, g.min), g.max)
-	st.MainPending = st.MainPending || st.AskingMain == purposeInitial
+	st.MainPending = st.MainPending || st.AskingMain == vocab.PurposeInitial
 	g.mu.Lock()
 	g.st = st
 	g.mu.Unlock()
-	var cut []syncPurpose
+	var cut []vocab.SyncPurpose
 	if st.AskingMain != "" {
 		cut = append(cut, st.AskingMain)
 	}
 	if st.AskingRefresh {
-		cut = append(cut, purposeRefresh)
+		cut = append(cut, vocab.PurposeRefresh)
 	}
 	for _, purpose := range cut {
 		g.failed(purpose, errInterrupted, 0) // clears its mark and saves
@@ -237,13 +198,13 @@ func (g *forkGate) persistError() error {
 // make the origin fork is under way: a proxy killed before the answer (a
 // diskless origin answers +FULLRESYNC only when it forks, seconds later)
 // still counts it at its next start.
-func (g *forkGate) asking(purpose syncPurpose) {
+func (g *forkGate) asking(purpose vocab.SyncPurpose) {
 	g.change(func(st *gateState) { st.mark(purpose, true) })
 }
 
 // mark sets or clears the request slot of purpose.
-func (st *gateState) mark(purpose syncPurpose, on bool) {
-	if purpose == purposeRefresh {
+func (st *gateState) mark(purpose vocab.SyncPurpose, on bool) {
+	if purpose == vocab.PurposeRefresh {
 		st.AskingRefresh = on
 		return
 	}
@@ -254,8 +215,8 @@ func (st *gateState) mark(purpose syncPurpose, on bool) {
 }
 
 // marked reports whether purpose's request slot is set.
-func (st *gateState) marked(purpose syncPurpose) bool {
-	if purpose == purposeRefresh {
+func (st *gateState) marked(purpose vocab.SyncPurpose) bool {
+	if purpose == vocab.PurposeRefresh {
 		return st.AskingRefresh
 	}
 	return st.AskingMain != ""
@@ -263,7 +224,7 @@ func (st *gateState) marked(purpose syncPurpose) bool {
 
 // askEnded records that a request ended before the upstream forked for it
 // (it continued, was refused, or the link broke before +FULLRESYNC).
-func (g *forkGate) askEnded(purpose syncPurpose) {
+func (g *forkGate) askEnded(purpose vocab.SyncPurpose) {
 	g.mu.Lock()
 	marked := g.st.marked(purpose)
 	g.mu.Unlock()
@@ -275,11 +236,11 @@ func (g *forkGate) askEnded(purpose syncPurpose) {
 // started records that the upstream answered +FULLRESYNC: a fork is
 // happening. Until it is known to have succeeded, the next one waits a
 // backoff, so even a proxy killed mid-transfer does not come straight back.
-func (g *forkGate) started(purpose syncPurpose) {
+func (g *forkGate) started(purpose vocab.SyncPurpose) {
 	g.change(func(st *gateState) {
 		st.NotBefore = g.now().Add(g.delay(st))
 		st.mark(purpose, true)
-		if purpose != purposeRefresh {
+		if purpose != vocab.PurposeRefresh {
 			st.MainPending = true
 		}
 	})
@@ -291,7 +252,7 @@ func (g *forkGate) delay(st *gateState) time.Duration {
 }
 
 // succeeded records an installed snapshot of size bytes.
-func (g *forkGate) succeeded(purpose syncPurpose, size int64) {
+func (g *forkGate) succeeded(purpose vocab.SyncPurpose, size int64) {
 	g.mu.Lock()
 	g.blocked = ""
 	g.mu.Unlock()
@@ -300,7 +261,7 @@ func (g *forkGate) succeeded(purpose syncPurpose, size int64) {
 		st.LastClass, st.LastError = "", ""
 		st.Expected = size
 		st.mark(purpose, false)
-		if purpose != purposeRefresh {
+		if purpose != vocab.PurposeRefresh {
 			st.MainPending = false
 		}
 	})
@@ -309,7 +270,7 @@ func (g *forkGate) succeeded(purpose syncPurpose, size int64) {
 // aborted records a request the proxy itself ended (a shutdown, a
 // REPLICAOF, a refresh cancelled): no failure, so no wait beyond what
 // failures before it set; the next connection still needs a full sync.
-func (g *forkGate) aborted(purpose syncPurpose) {
+func (g *forkGate) aborted(purpose vocab.SyncPurpose) {
 	g.change(func(st *gateState) {
 		if st.InARow == 0 {
 			st.NotBefore = time.Time{}
@@ -332,7 +293,7 @@ func (g *forkGate) continued() {
 // failed records a failed full sync of purpose after got bytes of it
 // arrived, and returns its class. The next attempt waits the backoff,
 // which then doubles.
-func (g *forkGate) failed(purpose syncPurpose, err error, got int64) failureClass {
+func (g *forkGate) failed(purpose vocab.SyncPurpose, err error, got int64) vocab.FailureClass {
 	class := classify(err)
 	g.change(func(st *gateState) {
 		now := g.now()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/proxy/store"
+	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
 
@@ -24,14 +25,14 @@ func testGate(t *testing.T, jitter float64) (*forkGate, *time.Time) {
 func TestClassify(t *testing.T) {
 	for _, c := range []struct {
 		err  error
-		want failureClass
+		want vocab.FailureClass
 	}{
-		{localError(syscall.ENOSPC), failLocal},
-		{fmt.Errorf("full sync: %w", localError(errors.New("disk_full: ..."))), failLocal},
-		{&snapshot.VerifyError{Reason: "CRC mismatch"}, failPayload},
-		{fmt.Errorf("refresh: %w", store.ErrRefreshRejected), failPayload},
-		{syscall.ECONNRESET, failLink},
-		{errors.New("i/o timeout"), failLink},
+		{localError(syscall.ENOSPC), vocab.FailLocal},
+		{fmt.Errorf("full sync: %w", localError(errors.New("disk_full: ..."))), vocab.FailLocal},
+		{&snapshot.VerifyError{Reason: "CRC mismatch"}, vocab.FailPayload},
+		{fmt.Errorf("refresh: %w", store.ErrRefreshRejected), vocab.FailPayload},
+		{syscall.ECONNRESET, vocab.FailLink},
+		{errors.New("i/o timeout"), vocab.FailLink},
 	} {
 		if got := classify(c.err); got != c.want {
 			t.Errorf("%v: %s, want %s", c.err, got, c.want)
@@ -52,8 +53,8 @@ func TestGateSchedule(t *testing.T) {
 				*now = now.Add(d)
 			}
 			attempts = append(attempts, now.Sub(start))
-			g.started(purposeInitial)
-			g.failed(purposeInitial, &snapshot.VerifyError{Reason: "bad"}, 100)
+			g.started(vocab.PurposeInitial)
+			g.failed(vocab.PurposeInitial, &snapshot.VerifyError{Reason: "bad"}, 100)
 		}
 		inFirstMinute := 0
 		for _, a := range attempts {
@@ -75,7 +76,7 @@ func TestGateSchedule(t *testing.T) {
 			t.Errorf("status %+v", gs)
 		}
 		// A history in hand and no pending main sync: a reconnect is cheap.
-		g.succeeded(purposeInitial, 1000)
+		g.succeeded(vocab.PurposeInitial, 1000)
 		if d := g.wait(true, false); d != 0 {
 			t.Errorf("after a success the main link waits %v", d)
 		}
@@ -90,16 +91,16 @@ func TestGateSchedule(t *testing.T) {
 // holds the main link back too.
 func TestGateRefreshDoesNotHoldMainLink(t *testing.T) {
 	g, now := testGate(t, 0.5)
-	g.started(purposeRefresh)
-	g.failed(purposeRefresh, errors.New("connection reset"), 10)
+	g.started(vocab.PurposeRefresh)
+	g.failed(vocab.PurposeRefresh, errors.New("connection reset"), 10)
 	if d := g.wait(false, false); d <= 0 {
 		t.Fatal("the next refresh does not wait")
 	}
 	if d := g.wait(true, false); d != 0 {
 		t.Fatalf("the main link waits %v after a failed refresh", d)
 	}
-	g.started(purposeHistoryChange)
-	g.failed(purposeHistoryChange, localError(syscall.ENOSPC), 5000)
+	g.started(vocab.PurposeHistoryChange)
+	g.failed(vocab.PurposeHistoryChange, localError(syscall.ENOSPC), 5000)
 	if d := g.wait(true, false); d <= 0 {
 		t.Fatal("a pending main full sync does not wait")
 	}
@@ -117,15 +118,15 @@ func TestGateRefreshDoesNotHoldMainLink(t *testing.T) {
 // sets no wait; one after failures keeps theirs.
 func TestGateAbortIsNoFailure(t *testing.T) {
 	g, _ := testGate(t, 0.5)
-	g.started(purposeInitial)
-	g.aborted(purposeInitial)
+	g.started(vocab.PurposeInitial)
+	g.aborted(vocab.PurposeInitial)
 	if d := g.wait(true, true); d != 0 {
 		t.Fatalf("after an aborted first sync the next waits %v", d)
 	}
-	g.started(purposeInitial)
-	g.failed(purposeInitial, errors.New("connection reset"), 10)
-	g.started(purposeInitial)
-	g.aborted(purposeInitial)
+	g.started(vocab.PurposeInitial)
+	g.failed(vocab.PurposeInitial, errors.New("connection reset"), 10)
+	g.started(vocab.PurposeInitial)
+	g.aborted(vocab.PurposeInitial)
 	if d := g.wait(true, true); d <= 0 {
 		t.Fatal("an abort erased the backoff of an earlier failure")
 	}
@@ -138,10 +139,10 @@ func TestGateAbortIsNoFailure(t *testing.T) {
 // its distance: the wait was recorded when the fork started.
 func TestGatePersists(t *testing.T) {
 	g, _ := testGate(t, 0.5)
-	g.started(purposeInitial) // and the process dies here
+	g.started(vocab.PurposeInitial) // and the process dies here
 	g2 := newForkGate(DefaultFullSyncRetryMin, DefaultFullSyncRetryMax, g.path)
 	g2.now = g.now
-	if cut, err := g2.load(); err != nil || len(cut) != 1 || cut[0] != purposeInitial {
+	if cut, err := g2.load(); err != nil || len(cut) != 1 || cut[0] != vocab.PurposeInitial {
 		t.Fatalf("load: %q, %v; want the cut initial sync", cut, err)
 	}
 	if d := g2.wait(true, true); d < DefaultFullSyncRetryMin*3/4 {
@@ -164,16 +165,16 @@ func TestGateCountsCutRequests(t *testing.T) {
 	g, now := testGate(t, 0.5)
 	var waits []time.Duration
 	for range 4 {
-		g.asking(purposeRefresh) // and the process dies here, every time
+		g.asking(vocab.PurposeRefresh) // and the process dies here, every time
 		g2 := newForkGate(DefaultFullSyncRetryMin, DefaultFullSyncRetryMax, g.path)
 		g2.now, g2.jitter = g.now, g.jitter
 		cut, err := g2.load()
-		if err != nil || len(cut) != 1 || cut[0] != purposeRefresh {
+		if err != nil || len(cut) != 1 || cut[0] != vocab.PurposeRefresh {
 			t.Fatalf("load: %q, %v", cut, err)
 		}
 		waits = append(waits, g2.wait(false, false))
 		gs := g2.status()
-		if gs.LastClass != string(failInterrupted) || gs.Pending {
+		if gs.LastClass != string(vocab.FailInterrupted) || gs.Pending {
 			t.Fatalf("%+v: want an interrupted refresh, the main link not pending", gs)
 		}
 		g = g2
@@ -185,19 +186,19 @@ func TestGateCountsCutRequests(t *testing.T) {
 	}
 	// Ended requests leave no mark.
 	*now = now.Add(time.Hour)
-	g.asking(purposeHistoryChange)
-	g.askEnded(purposeHistoryChange)
+	g.asking(vocab.PurposeHistoryChange)
+	g.askEnded(vocab.PurposeHistoryChange)
 	g3 := newForkGate(DefaultFullSyncRetryMin, DefaultFullSyncRetryMax, g.path)
 	if cut, err := g3.load(); err != nil || len(cut) != 0 {
 		t.Fatalf("load after an ended request: %q, %v", cut, err)
 	}
 	// The main link's and a refresh's requests have a slot each: one
 	// ending does not clear the other's mark.
-	g.asking(purposeRefresh)
-	g.asking(purposeHistoryChange)
+	g.asking(vocab.PurposeRefresh)
+	g.asking(vocab.PurposeHistoryChange)
 	g.continued()
 	g4 := newForkGate(DefaultFullSyncRetryMin, DefaultFullSyncRetryMax, g.path)
-	if cut, err := g4.load(); err != nil || len(cut) != 1 || cut[0] != purposeRefresh {
+	if cut, err := g4.load(); err != nil || len(cut) != 1 || cut[0] != vocab.PurposeRefresh {
 		t.Fatalf("load: %q, %v; want the refresh still marked", cut, err)
 	}
 	if gs := g4.status(); gs.Pending {
@@ -213,9 +214,9 @@ func TestGateSavesNewestLast(t *testing.T) {
 	for i := range 50 {
 		wg.Go(func() {
 			if i%2 == 0 {
-				g.asking(purposeRefresh)
+				g.asking(vocab.PurposeRefresh)
 			} else {
-				g.askEnded(purposeRefresh)
+				g.askEnded(vocab.PurposeRefresh)
 			}
 		})
 	}

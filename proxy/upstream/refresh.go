@@ -49,18 +49,6 @@ const (
 	SourceUpstream = "upstream"
 )
 
-// Snapshot sources, as INFO and metrics label them.
-const (
-	SnapFromReplica  = "replica"
-	SnapFromUpstream = "upstream"
-)
-
-// SnapshotSources are the label values of a snapshot's source.
-var SnapshotSources = []string{SnapFromReplica, SnapFromUpstream}
-
-// RefreshOutcomes are the label values of a refresh attempt's outcome.
-var RefreshOutcomes = []string{"ok", "failed"}
-
 // errNoReplica: no online replica to ask (an expected state, not a fault).
 var errNoReplica = errors.New("no online replica with an announced address to ask")
 
@@ -123,7 +111,7 @@ func (f *Follower) refreshSnapshot(ctx context.Context, since int64, demand bool
 				break
 			}
 			info, err = f.fetchSnapshot(ctx)
-			f.countRefresh(SnapFromUpstream, err)
+			f.countRefresh(vocab.SnapFromUpstream, err)
 		}
 		if ctx.Err() != nil {
 			return
@@ -287,7 +275,7 @@ func (f *Follower) refreshFromReplicas(ctx context.Context) (*snapshot.Info, err
 			continue
 		}
 		asked++
-		f.countRefresh(SnapFromReplica, err)
+		f.countRefresh(vocab.SnapFromReplica, err)
 		if err == nil {
 			f.lastRefreshReplica = c.Addr
 			f.refusals.served(c.Addr)
@@ -340,7 +328,7 @@ func (f *Follower) fetchFromReplica(ctx context.Context, c vocab.Candidate) (*sn
 	if cur := f.store.Position(); reply.ReplID != cur.Hist.ReplID {
 		return nil, fmt.Errorf("%w: the replica is at history %s, the proxy at %s", store.ErrRefreshRejected, reply.ReplID, cur.Hist.ReplID)
 	}
-	info, _, err := f.receiveRefresh(ctx, u, reply, SnapFromReplica)
+	info, _, err := f.receiveRefresh(ctx, u, reply, vocab.SnapFromReplica)
 	return info, err
 }
 
@@ -374,23 +362,23 @@ func (f *Follower) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
 		return nil, err
 	}
 	defer u.conn.Close()
-	f.gate.asking(purposeRefresh) // persisted first: a kill before the answer still counts
+	f.gate.asking(vocab.PurposeRefresh) // persisted first: a kill before the answer still counts
 	reply, stop, err := askSnapshot(ctx, u)
 	if err != nil {
-		f.gate.askEnded(purposeRefresh)
+		f.gate.askEnded(vocab.PurposeRefresh)
 		return nil, err
 	}
 	defer stop()
 	// The origin forks now: from here on, a failure is a wasted fork.
-	f.gate.started(purposeRefresh)
-	info, got, err := f.receiveRefresh(ctx, u, reply, SnapFromUpstream)
+	f.gate.started(vocab.PurposeRefresh)
+	info, got, err := f.receiveRefresh(ctx, u, reply, vocab.SnapFromUpstream)
 	switch {
 	case err == nil:
-		f.fullSyncSucceeded(purposeRefresh, info)
+		f.fullSyncSucceeded(vocab.PurposeRefresh, info)
 	case ctx.Err() == nil:
-		f.fullSyncFailed(purposeRefresh, err, got)
+		f.fullSyncFailed(vocab.PurposeRefresh, err, got)
 	default: // a shutdown or a cancel is no failure of the origin's
-		f.gate.aborted(purposeRefresh)
+		f.gate.aborted(vocab.PurposeRefresh)
 	}
 	return info, err
 }

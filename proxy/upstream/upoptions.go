@@ -66,13 +66,13 @@ type Replicas interface {
 // present from start-up.
 func NewCounters() *vocab.UpstreamCounters {
 	return &vocab.UpstreamCounters{UpstreamDisconnects: vocab.NewCounts(vocab.UpstreamReasons),
-		RefreshAttempts:          vocab.NewCounts(pairs(SnapshotSources, RefreshOutcomes)),
-		UpstreamFullSyncOutcomes: vocab.NewCounts(pairs(SyncPurposes(), SyncOutcomes)),
+		RefreshAttempts:          vocab.NewCounts(pairs(vocab.SnapshotSources, vocab.RefreshOutcomes)),
+		UpstreamFullSyncOutcomes: vocab.NewCounts(pairs(vocab.SyncPurposes(), vocab.SyncOutcomes)),
 		SourceRefusals:           vocab.NewCounts(vocab.SourceRefusals)}
 }
 
 // countFullSync counts one upstream full sync; class "" is success.
-func countFullSync(s *vocab.UpstreamCounters, purpose syncPurpose, class failureClass) {
+func countFullSync(s *vocab.UpstreamCounters, purpose vocab.SyncPurpose, class vocab.FailureClass) {
 	outcome := "ok"
 	if class != "" {
 		outcome = string(class)

@@ -2,7 +2,7 @@ package vocab
 
 import "strings"
 
-// identity is who a replica authenticated as.
+// Identity is who a replica authenticated as.
 type Identity struct {
 	User string // the ACL user; "" when it never authenticated
 	CN   string // the CN of its verified TLS client certificate; "" without one
@@ -23,7 +23,7 @@ func orNone(s string) string {
 	return s
 }
 
-// refreshCandidate is a replica to ask for a snapshot; one that came over
+// Candidate is a replica to ask for a snapshot; one that came over
 // TLS announced its TLS port (Redis does with tls-replication yes).
 type Candidate struct {
 	Addr string

@@ -54,7 +54,7 @@ type RefusedSource struct {
 	At     time.Time
 }
 
-// linkStatus is the upstream link as INFO shows it.
+// LinkStatus is the upstream link as INFO shows it.
 type LinkStatus struct {
 	State     LinkState
 	Up        bool
