@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/tlsconf"
+	"github.com/replproxy/replproxy/proxy/downstream"
 	"github.com/replproxy/replproxy/proxy/security"
 	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
@@ -419,4 +420,10 @@ func Probe(ctx context.Context, cfg Config) []upstream.ProbeResult {
 	}
 	sec, err := security.New(cfg.securityOptions(nil), slog.New(slog.DiscardHandler), vocab.NewCounts(security.AuthFailureReasons()))
 	return upstream.Probe(ctx, o, sec, err)
+}
+
+// downOptions is what the replica side reads.
+func (c Config) downOptions() downstream.Options {
+	return downstream.Options{ReplicaTimeout: c.ReplicaTimeout, HoldAhead: c.HoldAhead, MaxParallelFullSyncs: c.MaxParallelFullSyncs,
+		FullSyncRateLimit: c.FullSyncRateLimit, RDBRefusalTTL: c.RDBRefusalTTL, RDBOnlyMaxAge: c.RDBOnlyMaxAge, Observer: c.Observer}
 }

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/redistest"
-	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
 // TestFanoutMatchesOrigin: a plaintext replica moves between its own copy
@@ -69,7 +68,7 @@ func TestFanoutMatchesOrigin(t *testing.T) {
 	rep.readThrough(waitSynced(t, origin, p.backlogEnd, 20*time.Second))
 	// Caught up and parked again (after the pause that follows a full
 	// socket): writes that come one by one reach it through the fan-out.
-	redistest.Eventually(t, 10*time.Second, "the replica parks", func() bool { return len(*p.fanout.members.Load()) == 1 })
+	redistest.Eventually(t, 10*time.Second, "the replica parks", func() bool { return p.fanout.Parked() == 1 })
 	fanned := p.Stats().FanoutBytes.Load()
 	rep.singleWrites(origin, p, 20)
 	if p.Stats().FanoutBytes.Load() == fanned || p.Stats().FanoutHandbacks.Load() < 3 {
@@ -86,26 +85,7 @@ func TestFanoutMatchesOrigin(t *testing.T) {
 	if p.Stats().FanoutHandbacks.Load() == handbacks {
 		t.Fatal("an 8 MB burst did not hand the parked replica back")
 	}
-	redistest.Eventually(t, 10*time.Second, "the replica parks after the burst", func() bool { return len(*p.fanout.members.Load()) == 1 })
+	redistest.Eventually(t, 10*time.Second, "the replica parks after the burst", func() bool { return p.fanout.Parked() == 1 })
 	end := rep.singleWrites(origin, p, 5)
 	rep.matchOrigin(origin, st.History.ReplID, end)
-}
-
-// A busy follower (its read filled the buffer) hands parked replicas back
-// without writing, and they stay in their own loops for the pause.
-func TestFanoutBusyHandsBack(t *testing.T) {
-	st := &vocab.ReplicaCounters{}
-	f := newFanout(st)
-	m := &fanMember{back: make(chan struct{})}
-	f.add(m)
-	f.deliver(1, []byte("*1\r\n$4\r\nPING\r\n"), true)
-	select {
-	case <-m.back:
-	default:
-		t.Fatal("a busy delivery left the replica parked")
-	}
-	if !m.pause || m.state.Load() != memberReleased || st.FanoutBytes.Load() != 0 || st.FanoutHandbacks.Load() != 1 {
-		t.Fatalf("pause %v state %d fan-out bytes %d handbacks %d, want true, released, 0, 1",
-			m.pause, m.state.Load(), st.FanoutBytes.Load(), st.FanoutHandbacks.Load())
-	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/replproxy/replproxy/internal/faultproxy"
 	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/proxy/request"
 	"github.com/replproxy/replproxy/proxy/store"
 	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/psync"
@@ -271,10 +272,10 @@ func fakeMasterInfo(t *testing.T, info func() string, payload func(conn net.Conn
 			go func() {
 				defer conn.Close()
 				br := bufio.NewReader(conn)
-				rd := newCmdReader(br)
+				rd := request.NewReader(br)
 				var seen [][]string
 				for {
-					args, err := rd.next()
+					args, err := rd.Next()
 					if err != nil {
 						return
 					}

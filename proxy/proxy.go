@@ -15,6 +15,7 @@ import (
 
 	"github.com/replproxy/replproxy/internal/acl"
 	"github.com/replproxy/replproxy/internal/tlsconf"
+	"github.com/replproxy/replproxy/proxy/downstream"
 	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/proxy/security"
 	"github.com/replproxy/replproxy/proxy/store"
@@ -34,13 +35,13 @@ type Proxy struct {
 	stats    *vocab.Stats
 	store    *store.Store
 	follower *upstream.Follower
-	down     *downstream
+	down     *downstream.Downstream
 	srv      *server
 	sec      *security.Service
 	commands *commandStats
 	pubsub   *pubsub.Registry
-	fanout   *fanout      // nil with DisableFanout
-	memPeak  atomic.Int64 // the highest used_memory INFO has seen
+	fanout   *downstream.Fanout // nil with DisableFanout
+	memPeak  atomic.Int64       // the highest used_memory INFO has seen
 }
 
 func newStats() *vocab.Stats {
@@ -72,8 +73,8 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	storeOpts := store.Options{DataDir: cfg.DataDir, SegmentSize: cfg.SegmentSize, Fsync: cfg.Fsync, SyncFile: cfg.syncFile,
 		TailSize: tailSize(cfg), Delay: cfg.Delay}
 	if !cfg.DisableFanout {
-		p.fanout = newFanout(p.stats.ReplicaCounters)
-		deliver, storeOpts.AfterReset = p.fanout.deliver, p.fanout.releaseAll
+		p.fanout = downstream.NewFanout(p.stats.ReplicaCounters)
+		deliver, storeOpts.AfterReset = p.fanout.Deliver, p.fanout.ReleaseAll
 	}
 	if p.store, err = store.Open(storeOpts, log); err != nil {
 		return nil, err
@@ -82,7 +83,7 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 		p.store.Close()
 		return nil, err
 	}
-	p.down = newDownstream(p)
+	p.down = downstream.New(cfg.downOptions(), log, p.stats.ReplicaCounters, p.store, p.follower, p.fanout)
 	p.srv = newServer(p)
 	return p, nil
 }

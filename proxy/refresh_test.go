@@ -17,6 +17,7 @@ import (
 
 	"github.com/replproxy/replproxy/internal/faultproxy"
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/proxy/downstream"
 	"github.com/replproxy/replproxy/proxy/store"
 	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
@@ -443,7 +444,7 @@ func TestRefreshSkipsFrozenReplica(t *testing.T) {
 	defer frozen.Resume()
 	redistest.Eventually(t, 10*time.Second, "the frozen replica's ACKs stop counting", func() bool {
 		for _, r := range p.Status().Replicas {
-			if r.Port == frozen.Port && time.Since(r.AckTime) > candidateAckAge {
+			if r.Port == frozen.Port && time.Since(r.AckTime) > downstream.CandidateAckAge {
 				return true
 			}
 		}

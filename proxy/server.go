@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/acl"
+	"github.com/replproxy/replproxy/proxy/downstream"
 	"github.com/replproxy/replproxy/proxy/security"
 	"github.com/replproxy/replproxy/proxy/vocab"
 )
@@ -91,7 +92,7 @@ func (d *server) handleConn(ctx context.Context, conn net.Conn, isTLS, delayed b
 		// The handshake runs after the --max-clients check, on the
 		// session's goroutine; closing the session closes it too.
 		tc = tls.Server(conn, d.p.sec.Server.ServerConfig(d.p.sec.Auth))
-		s.conn, s.out = tc, &bufferedWriter{w: tc}
+		s.conn, s.out = tc, downstream.NewBufferedWriter(tc)
 	}
 	s.br = bufio.NewReaderSize(countingReader{s.conn, d.stats}, 16<<10)
 	if d.p.sec.Users.Load().DefaultOpen() {

@@ -18,7 +18,9 @@ import (
 	"github.com/tidwall/resp"
 
 	"github.com/replproxy/replproxy/internal/acl"
+	"github.com/replproxy/replproxy/proxy/downstream"
 	"github.com/replproxy/replproxy/proxy/pubsub"
+	"github.com/replproxy/replproxy/proxy/request"
 	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
 )
@@ -65,9 +67,9 @@ type session struct {
 	multi [][][]byte
 	user  atomic.Value // string: the user authenticated as (read by reloads)
 	// announce is what REPLCONF said, handed to the replica at PSYNC.
-	announce
+	downstream.Announce
 	// rep is the replica the connection became at SYNC/PSYNC; nil before.
-	rep       atomic.Pointer[replica]
+	rep       atomic.Pointer[downstream.Replica]
 	startTime time.Time
 	// Owned by the session's goroutine: error replies sent (for
 	// Commandstats' failed_calls), the current call was refused before it
@@ -85,7 +87,7 @@ type session struct {
 // close ends the session; a replica's counts its reason first.
 func (s *session) close(reason vocab.DisconnectReason) {
 	if r := s.rep.Load(); r != nil {
-		r.close(reason) // which ends the connection
+		r.Close(reason) // which ends the connection
 		return
 	}
 	s.closeConn(reason)
@@ -158,11 +160,11 @@ func (s *session) errorf(format string, a ...any) error {
 // serve reads and answers commands until SYNC/PSYNC turns the connection
 // into a replica link, or it ends.
 func (s *session) serve(ctx context.Context) error {
-	rd := newCmdReader(s.br)
+	rd := request.NewReader(s.br)
 	for {
-		args, err := rd.next()
+		args, err := rd.Next()
 		if err != nil {
-			var pe *protocolError
+			var pe *request.ProtocolError
 			if errors.As(err, &pe) {
 				_ = s.reply(resp.ErrorValue(errors.New("ERR " + pe.Error())))
 				s.log.Info("protocol error from client", "err", err)
@@ -533,43 +535,43 @@ func (s *session) replconf(args [][]byte) error {
 			if err != nil || port < 0 || port > 65535 {
 				return s.errorf("ERR value is not an integer or out of range")
 			}
-			s.listeningPort = port
+			s.ListeningPort = port
 		case "ip-address":
 			if len(val) >= 256 {
 				return s.errorf("ERR REPLCONF ip-address provided by replica instance is too long: %d bytes", len(val))
 			}
-			s.ipAddress = val
+			s.IPAddress = val
 		case "capa":
 			switch strings.ToLower(val) {
 			case "eof":
-				s.capaEOF = true
+				s.CapaEOF = true
 			case "psync2":
-				s.capaPsync2 = true
+				s.CapaPsync2 = true
 			}
 		case "ack", "getack":
 			return nil // no reply; ACKs matter only once the link is a replica
 		case "rdb-only":
 			switch val {
 			case "0":
-				s.rdbOnly = false
+				s.RDBOnly = false
 			case "1":
-				s.rdbOnly = true
+				s.RDBOnly = true
 			default:
 				return s.errorf("ERR syntax error")
 			}
 		case "rdb-filter-only":
 			// As Redis 7: a space-separated list of filters, "functions"
 			// the only one; none at all means no data.
-			s.filterAll, s.filterFunctions = false, false
+			s.FilterAll, s.FilterFunctions = false, false
 			for _, f := range strings.Fields(val) {
 				if !strings.EqualFold(f, "functions") {
 					return s.errorf("ERR Unsupported rdb-filter-only option: %s", vocab.Truncate(f, 64))
 				}
-				s.filterFunctions = true
+				s.FilterFunctions = true
 			}
-			s.filterAll = !s.filterFunctions // redis-cli --replica: no data, the live stream only
+			s.FilterAll = !s.FilterFunctions // redis-cli --replica: no data, the live stream only
 		case "version":
-			s.version = vocab.Truncate(val, 32)
+			s.Version = vocab.Truncate(val, 32)
 		default:
 			return s.errorf("ERR Unrecognized REPLCONF option: %s", vocab.Truncate(string(args[i]), 64))
 		}
@@ -619,8 +621,8 @@ func (s *session) client(args [][]byte) error {
 // becomeReplica hands the connection to the downstream as a replica link
 // (SYNC or PSYNC) and serves it until it ends.
 func (s *session) becomeReplica(ctx context.Context, cmd string, args [][]byte) error {
-	r := s.p.down.newReplica(s.id, s.conn, s.raw, s.out, s.br, s.addr, s.tls, s.delayed, s.log, s.ctx, s.identity(), s.announce,
+	r := s.p.down.NewReplica(s.id, s.conn, s.raw, s.out, s.br, s.addr, s.tls, s.delayed, s.log, s.ctx, s.identity(), s.Announce,
 		s.errorf, s.closeConn)
 	s.rep.Store(r)
-	return r.run(ctx, cmd, args)
+	return r.Run(ctx, cmd, args)
 }

@@ -21,7 +21,7 @@ func (p *Proxy) Status() vocab.Status {
 		RunID: p.runID, Version: p.cfg.Version, Started: p.started,
 		UpstreamHost: host, UpstreamPort: port,
 		History: pub.Hist, BacklogFirst: first, BacklogEnd: end, BacklogSize: p.cfg.BacklogSize,
-		Snapshot: pub.Snap, Refreshing: up.Refreshing, Queued: p.down.queued.Load(), FullSync: up.FullSync,
+		Snapshot: pub.Snap, Refreshing: up.Refreshing, Queued: p.down.QueuedFullSyncs(), FullSync: up.FullSync,
 	}
 	link := up.Link
 	st.LinkState, st.LinkUp, st.LastIO, st.LinkChanged = link.State, link.Up, link.LastIO, link.Changed
@@ -39,7 +39,7 @@ func (p *Proxy) Status() vocab.Status {
 		st.OldestEntry = t
 	}
 	st.Keyspace = p.store.Keyspace.Get(pub.Snap)
-	st.Replicas = p.down.replicaStatus(end, now)
+	st.Replicas = p.down.Replicas(end, now)
 	st.Clients = max(p.srv.sessionCount()-len(st.Replicas), 0)
 	for _, r := range st.Replicas {
 		if r.State == vocab.ReplicaSendBulk {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/replproxy/replproxy/internal/loopback"
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/proxy/request"
 	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
@@ -30,9 +31,9 @@ func scriptedReplier(t *testing.T, at, reply string) string {
 			if err != nil {
 				return
 			}
-			rd := newCmdReader(bufio.NewReader(c))
+			rd := request.NewReader(bufio.NewReader(c))
 			for {
-				args, err := rd.next()
+				args, err := rd.Next()
 				if err != nil || len(args) == 0 {
 					break
 				}

@@ -11,7 +11,7 @@ targets=(
   "./psync FuzzPayload"
   "./psync/snapshot FuzzParseHeader"
   "./psync/snapshot FuzzScanKeyspace"
-  "./proxy FuzzCmdReader"
+  "./proxy/request FuzzCmdReader"
   "./proxy/upstream FuzzStreamPublishes"
   "./proxy/upstream FuzzSourceCheck"
   "./internal/acl FuzzParse"

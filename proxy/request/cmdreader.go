@@ -1,4 +1,4 @@
-package proxy
+package request
 
 import (
 	"bufio"
@@ -27,25 +27,25 @@ const (
 
 // protocolError is a malformed or oversized command; the reply names it and
 // the connection is closed, as Redis does.
-type protocolError struct{ msg string }
+type ProtocolError struct{ msg string }
 
-func (e *protocolError) Error() string { return "Protocol error: " + e.msg }
+func (e *ProtocolError) Error() string { return "Protocol error: " + e.msg }
 
 // cmdReader reads one command at a time under our limits, collecting its
 // arguments as it frames them: RESP multibulk, or an inline line split as
 // Redis splits it (sdssplitargs: quotes and escapes).
-type cmdReader struct {
+type Reader struct {
 	br    *bufio.Reader
 	raw   []byte
 	args  [][]byte
 	spans [][2]int // argument bounds in raw, for multibulk
 }
 
-func newCmdReader(br *bufio.Reader) *cmdReader { return &cmdReader{br: br} }
+func NewReader(br *bufio.Reader) *Reader { return &Reader{br: br} }
 
 // next returns the next command's arguments, valid until the next call; an
 // empty slice is a bare newline (a keepalive).
-func (r *cmdReader) next() ([][]byte, error) {
+func (r *Reader) Next() ([][]byte, error) {
 	if cap(r.raw) > keepRawCap {
 		r.raw = nil
 	}
@@ -74,7 +74,7 @@ func (r *cmdReader) next() ([][]byte, error) {
 // \a \\ \" and \xHH escapes, 'single quotes' with \' only; a closing
 // quote must end the argument. Quoted arguments are unescaped in place.
 func splitInline(line []byte, args [][]byte) ([][]byte, error) {
-	errQuotes := &protocolError{msg: "unbalanced quotes in request"}
+	errQuotes := &ProtocolError{msg: "unbalanced quotes in request"}
 	isSpace := func(c byte) bool { return c == ' ' || c == '\n' || c == '\r' || c == '\t' || c == '\v' || c == '\f' }
 	i := 0
 	for {
@@ -143,7 +143,7 @@ func splitInline(line []byte, args [][]byte) ([][]byte, error) {
 		}
 		args = append(args, line[start:w])
 		if len(args) > maxArgs {
-			return nil, &protocolError{msg: "too many arguments"}
+			return nil, &ProtocolError{msg: "too many arguments"}
 		}
 	}
 }
@@ -180,13 +180,13 @@ func unhex(c byte) byte {
 }
 
 // frameLine appends one line (through '\n') of at most max bytes to raw.
-func (r *cmdReader) frameLine(max int, what string) error {
+func (r *Reader) frameLine(max int, what string) error {
 	start := len(r.raw)
 	for {
 		frag, err := r.br.ReadSlice('\n')
 		r.raw = append(r.raw, frag...)
 		if len(r.raw)-start > max {
-			return &protocolError{msg: what}
+			return &ProtocolError{msg: what}
 		}
 		if err == nil {
 			return nil
@@ -197,23 +197,23 @@ func (r *cmdReader) frameLine(max int, what string) error {
 	}
 }
 
-func (r *cmdReader) header(prefix byte, limit int64, what string) (int64, error) {
+func (r *Reader) header(prefix byte, limit int64, what string) (int64, error) {
 	start := len(r.raw)
 	if err := r.frameLine(maxHeaderLine, "too long "+what+" header"); err != nil {
 		return 0, err
 	}
 	line := bytes.TrimSuffix(bytes.TrimSuffix(r.raw[start:], []byte{'\n'}), []byte{'\r'})
 	if len(line) < 2 || line[0] != prefix {
-		return 0, &protocolError{msg: fmt.Sprintf("expected '%c', got %.8q", prefix, line)}
+		return 0, &ProtocolError{msg: fmt.Sprintf("expected '%c', got %.8q", prefix, line)}
 	}
 	n, err := strconv.ParseInt(string(line[1:]), 10, 64)
 	if err != nil || n < 0 || n > limit {
-		return 0, &protocolError{msg: "invalid " + what + " length"}
+		return 0, &ProtocolError{msg: "invalid " + what + " length"}
 	}
 	return n, nil
 }
 
-func (r *cmdReader) frameMultibulk() error {
+func (r *Reader) frameMultibulk() error {
 	argc, err := r.header('*', maxArgs, "multibulk")
 	if err != nil {
 		return err
@@ -225,14 +225,14 @@ func (r *cmdReader) frameMultibulk() error {
 		}
 		start := len(r.raw)
 		if int64(start)+n+2 > maxCommandLen {
-			return &protocolError{msg: "too big request"}
+			return &ProtocolError{msg: "too big request"}
 		}
 		r.raw = slices.Grow(r.raw, int(n)+2)[:start+int(n)+2]
 		if _, err := io.ReadFull(r.br, r.raw[start:]); err != nil {
 			return err
 		}
 		if !bytes.HasSuffix(r.raw, []byte("\r\n")) {
-			return &protocolError{msg: "bulk not terminated by CRLF"}
+			return &ProtocolError{msg: "bulk not terminated by CRLF"}
 		}
 		r.spans = append(r.spans, [2]int{start, start + int(n)})
 	}

@@ -1,4 +1,4 @@
-package proxy
+package downstream
 
 import (
 	"context"
@@ -12,10 +12,10 @@ import (
 // TestRefreshCandidates: online, ACKing replicas with an announced port,
 // most caught up first, the one asked last time last while others exist.
 func TestRefreshCandidates(t *testing.T) {
-	d := &downstream{replicas: map[*replica]struct{}{}}
+	d := &Downstream{replicas: map[*Replica]struct{}{}}
 	now := time.Now().UnixNano()
 	add := func(ip string, port int, ack int64, state int32, ackAge time.Duration, legacy bool) {
-		s := &replica{announce: announce{ipAddress: ip, listeningPort: port}, legacy: legacy}
+		s := &Replica{Announce: Announce{IPAddress: ip, ListeningPort: port}, legacy: legacy}
 		s.ackOff.Store(ack)
 		s.ackTime.Store(now - int64(ackAge))
 		s.state.Store(state)
@@ -56,9 +56,9 @@ func TestRefreshCandidates(t *testing.T) {
 // refusal is noted first), but not for other replicas' links, an ACKed
 // link, or past its limit.
 func TestAwaitAbandonedSync(t *testing.T) {
-	d := &downstream{replicas: map[*replica]struct{}{}}
-	add := func(port int, sentRDB int32, acked bool) *replica {
-		s := &replica{announce: announce{ipAddress: "10.0.0.1", listeningPort: port}}
+	d := &Downstream{replicas: map[*Replica]struct{}{}}
+	add := func(port int, sentRDB int32, acked bool) *Replica {
+		s := &Replica{Announce: Announce{IPAddress: "10.0.0.1", ListeningPort: port}}
 		s.sentRDB.Store(sentRDB)
 		s.acked.Store(acked)
 		d.mu.Lock()

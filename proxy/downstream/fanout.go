@@ -1,4 +1,4 @@
-package proxy
+package downstream
 
 import (
 	"context"
@@ -24,7 +24,7 @@ import (
 // blocking with a deadline). So caught-up replicas cost one write(2) per
 // upstream read and no goroutine wake-up; slow ones cost the follower one
 // refused write.
-type fanout struct {
+type Fanout struct {
 	mu      sync.Mutex // serialises park and leave; deliver never takes it
 	members atomic.Pointer[[]*fanMember]
 	stats   *vocab.ReplicaCounters
@@ -46,15 +46,15 @@ type fanMember struct {
 	pause bool          // released for a full socket or a busy follower: stay out handbackPause; read after back closes
 }
 
-func newFanout(stats *vocab.ReplicaCounters) *fanout {
-	f := &fanout{stats: stats}
+func NewFanout(stats *vocab.ReplicaCounters) *Fanout {
+	f := &Fanout{stats: stats}
 	f.members.Store(&[]*fanMember{})
 	return f
 }
 
 // release hands m back to its goroutine; the caller holds the claim (or
 // m is parked and the caller is the follower).
-func (f *fanout) release(m *fanMember) {
+func (f *Fanout) release(m *fanMember) {
 	m.state.Store(memberReleased)
 	close(m.back)
 	f.stats.FanoutHandbacks.Add(1)
@@ -94,7 +94,7 @@ type parker struct {
 // copy), the connection is not a plain TCP socket, or its socket was full
 // moments ago; otherwise it returns when the replica is handed back (its
 // cursor moved past what was written), or ctx ends.
-func (f *fanout) park(ctx context.Context, pk *parker, conn net.Conn, cur *backlog.Cursor, log *backlog.Log) (bool, error) {
+func (f *Fanout) park(ctx context.Context, pk *parker, conn net.Conn, cur *backlog.Cursor, log *backlog.Log) (bool, error) {
 	if pk.rc == nil {
 		tc, ok := conn.(*net.TCPConn)
 		if !ok {
@@ -136,7 +136,7 @@ func (f *fanout) park(ctx context.Context, pk *parker, conn net.Conn, cur *backl
 	}
 }
 
-func (f *fanout) add(m *fanMember) {
+func (f *Fanout) add(m *fanMember) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	old := *f.members.Load()
@@ -146,7 +146,7 @@ func (f *fanout) add(m *fanMember) {
 	f.members.Store(&next)
 }
 
-func (f *fanout) remove(m *fanMember) {
+func (f *Fanout) remove(m *fanMember) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	old := *f.members.Load()
@@ -165,7 +165,7 @@ func (f *fanout) remove(m *fanMember) {
 // upstream: the follower is the bottleneck, and the writes are handed to
 // the replicas' own goroutines, which copy in parallel on every core
 // (after handbackPause they may park again).
-func (f *fanout) deliver(start int64, chunk []byte, busy bool) {
+func (f *Fanout) Deliver(start int64, chunk []byte, busy bool) {
 	members := *f.members.Load()
 	end := start + int64(len(chunk)) // one past the last byte
 	for _, m := range members {
@@ -204,7 +204,7 @@ func (f *fanout) deliver(start int64, chunk []byte, busy bool) {
 
 // releaseAll hands every parked replica back (a history reset: their
 // cursors fail and they end).
-func (f *fanout) releaseAll() {
+func (f *Fanout) ReleaseAll() {
 	for _, m := range *f.members.Load() {
 		if m.state.CompareAndSwap(memberParked, memberWriting) {
 			f.release(m)
@@ -233,3 +233,6 @@ func writeNonBlocking(rc syscall.RawConn, b []byte) int {
 	_ = err // a closed connection: n stays as written; its goroutine sees the error
 	return n
 }
+
+// parked is the number of replicas the fan-out feeds now.
+func (f *Fanout) Parked() int { return len(*f.members.Load()) }

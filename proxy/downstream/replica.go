@@ -1,4 +1,4 @@
-package proxy
+package downstream
 
 import (
 	"bufio"
@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/proxy/plan"
+	"github.com/replproxy/replproxy/proxy/request"
 	"github.com/replproxy/replproxy/proxy/store"
 	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
@@ -36,9 +37,9 @@ const rateChunk = 256 << 10
 // link. The session's fields it keeps (id, connection, reader, logger,
 // context, identity, what REPLCONF announced) are set before it is
 // registered; the rest is atomic, or its own goroutine's.
-type replica struct {
-	d *downstream
-	announce
+type Replica struct {
+	d *Downstream
+	Announce
 	id      int64
 	conn    net.Conn  // *tls.Conn on the TLS listener
 	raw     net.Conn  // the TCP connection under conn
@@ -69,17 +70,17 @@ type replica struct {
 }
 
 // announce is what a replica says of itself with REPLCONF before PSYNC.
-type announce struct {
-	listeningPort int
-	ipAddress     string
-	capaPsync2    bool
-	capaEOF       bool
-	rdbOnly       bool
-	filterAll     bool // rdb-filter-only "": an empty RDB, then the stream from now
+type Announce struct {
+	ListeningPort int
+	IPAddress     string
+	CapaPsync2    bool
+	CapaEOF       bool
+	RDBOnly       bool
+	FilterAll     bool // rdb-filter-only "": an empty RDB, then the stream from now
 	// filterFunctions: rdb-filter-only functions, the snapshot's function
 	// libraries only (redis-cli --functions-rdb).
-	filterFunctions bool
-	version         string // REPLCONF version: only Valkey 8+ announce one
+	FilterFunctions bool
+	Version         string // REPLCONF version: only Valkey 8+ announce one
 }
 
 // Replica state codes (vocab.ReplicaStateByCode names them).
@@ -92,7 +93,7 @@ const (
 
 // close ends the replica link once, counting the first reason, and the
 // session's connection with it.
-func (s *replica) close(reason vocab.DisconnectReason) {
+func (s *Replica) Close(reason vocab.DisconnectReason) {
 	s.closeOnce.Do(func() {
 		s.d.stats.Disconnects.Add(reason, vocab.DownError)
 		s.log.Info("replica disconnected", "reason", reason, "ack_offset", s.ackOff.Load())
@@ -103,7 +104,7 @@ func (s *replica) close(reason vocab.DisconnectReason) {
 // run serves the replica link (SYNC or PSYNC) until it ends. (SYNC or PSYNC) and
 // feeds it until it ends. The reply line is written in one write; before it,
 // only keepalive newlines, which stock replicas skip while they wait.
-func (s *replica) run(ctx context.Context, cmd string, args [][]byte) error {
+func (s *Replica) Run(ctx context.Context, cmd string, args [][]byte) error {
 	id, off := "?", int64(-1)
 	if cmd == "sync" {
 		if len(args) != 1 {
@@ -131,22 +132,22 @@ func (s *replica) run(ctx context.Context, cmd string, args [][]byte) error {
 	s.log = s.log.With("replica", s.replicaAddr())
 	s.d.add(s)
 	defer s.d.remove(s)
-	s.log.Info("replica sync requested", "command", cmd, "replid", id, "offset", off, "rdb_only", s.rdbOnly)
+	s.log.Info("replica sync requested", "command", cmd, "replid", id, "offset", off, "rdb_only", s.RDBOnly)
 
 	var cur *backlog.Cursor
 	var err error
-	if s.rdbOnly && !s.filterAll {
+	if s.RDBOnly && !s.FilterAll {
 		if err := s.awaitFreshSnapshot(ctx); err != nil {
 			return err
 		}
 	}
 	switch {
-	case s.filterAll:
+	case s.FilterAll:
 		cur, err = s.syncEmpty()
-	case s.filterFunctions:
+	case s.FilterFunctions:
 		err = s.syncFunctions()
 	default:
-		cur, err = s.sync(ctx, plan.Request{Legacy: s.legacy, RDBOnly: s.rdbOnly, ReplID: id, Offset: off, Version: s.version})
+		cur, err = s.sync(ctx, plan.Request{Legacy: s.legacy, RDBOnly: s.RDBOnly, ReplID: id, Offset: off, Version: s.Version})
 	}
 	if err != nil || cur == nil {
 		return err
@@ -159,7 +160,7 @@ func (s *replica) run(ctx context.Context, cmd string, args [][]byte) error {
 // rdb-filter-only "", as redis-cli --replica sends): an empty RDB at the
 // current end, then the stream from there, as Redis does. No snapshot is
 // read, and no full sync is counted.
-func (s *replica) syncEmpty() (*backlog.Cursor, error) {
+func (s *Replica) syncEmpty() (*backlog.Cursor, error) {
 	pos := s.d.store.Position()
 	if pos.Hist.Empty() {
 		_ = s.errorf("ERR replproxy has no replication history yet: its upstream has not synced")
@@ -196,8 +197,8 @@ func (s *replica) syncEmpty() (*backlog.Cursor, error) {
 // (redis-cli --functions-rdb): the stored snapshot reduced to its header,
 // aux fields, module aux data and function libraries, with a new EOF and
 // checksum, as Redis sends it. The client is closed after it.
-func (s *replica) syncFunctions() error {
-	if !s.rdbOnly {
+func (s *Replica) syncFunctions() error {
+	if !s.RDBOnly {
 		return s.errorf("ERR rdb-filter-only functions is served only with REPLCONF rdb-only 1, as redis-cli --functions-rdb sends it")
 	}
 	p := s.d
@@ -253,7 +254,7 @@ func (s *replica) syncFunctions() error {
 // crcWriter writes to the session, each write with its deadline, and
 // keeps the CRC-64 of what went through.
 type crcWriter struct {
-	s   *replica
+	s   *Replica
 	crc uint64
 }
 
@@ -274,7 +275,7 @@ const freshWaitStart = 30 * time.Second
 // (which prefers a replica) and waits for a younger snapshot, sending
 // Redis' keepalive newlines. A refresh that fails or cannot start is an
 // error for the client, never a silent old snapshot.
-func (s *replica) awaitFreshSnapshot(ctx context.Context) error {
+func (s *Replica) awaitFreshSnapshot(ctx context.Context) error {
 	p, f := s.d, s.d.up
 	maxAge := p.cfg.RDBOnlyMaxAge
 	if maxAge <= 0 {
@@ -331,7 +332,7 @@ var errNoHistory = errors.New("no replication history yet")
 var errRDBVersion = errors.New("replica cannot load the snapshot's RDB version")
 
 // write sends bytes with a write deadline.
-func (s *replica) write(b []byte) error {
+func (s *Replica) write(b []byte) error {
 	_ = s.conn.SetWriteDeadline(time.Now().Add(s.d.cfg.ReplicaTimeout))
 	_, err := s.conn.Write(b)
 	return err
@@ -343,7 +344,7 @@ func (s *replica) write(b []byte) error {
 // full-sync slot, a snapshot, the upstream catching up), and asks again.
 // It returns the cursor to stream from, or nil when nothing follows (an
 // rdb-only client).
-func (s *replica) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, error) {
+func (s *Replica) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, error) {
 	p := s.d
 	holdUntil := time.Now().Add(p.cfg.HoldAhead)
 	tick := time.NewTicker(time.Second)
@@ -400,20 +401,20 @@ func (s *replica) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, 
 				"replica_version", req.Version, "rdb_version", pl.Snap.RDBVersion)
 			_ = s.errorf("ERR replproxy holds an RDB version %d snapshot, which version %s cannot load; "+
 				"replicate from an upstream of a release it can read", pl.Snap.RDBVersion, req.Version)
-			s.close(vocab.DownRDBVersion)
+			s.Close(vocab.DownRDBVersion)
 			return nil, errRDBVersion
 		case plan.FullSync:
-			if s.listeningPort > 0 {
+			if s.ListeningPort > 0 {
 				s.d.awaitAbandonedSync(ctx, s, abandonedSyncWait)
 			}
-			if left, ok := s.d.refusedVersion(s.replicaAddr(), pl.Snap.RDBVersion); ok && s.listeningPort > 0 {
+			if left, ok := s.d.refusedVersion(s.replicaAddr(), pl.Snap.RDBVersion); ok && s.ListeningPort > 0 {
 				// The same payload again would fail again: say why, cheaply.
 				s.log.Warn("replica failed to load this RDB version after its last full sync; refused instead of sending it again",
 					"rdb_version", pl.Snap.RDBVersion, "retry_in", left.Round(time.Second).String())
 				_ = s.errorf("ERR replproxy holds an RDB version %d snapshot (upstream %s) that this replica could not load after its last full sync; "+
 					"upgrade the replica or replicate from an upstream of its release (retried in %s)",
 					pl.Snap.RDBVersion, s.d.store.UpstreamVersion(), left.Round(time.Second))
-				s.close(vocab.DownRDBVersion)
+				s.Close(vocab.DownRDBVersion)
 				return nil, errRDBVersion
 			}
 			f, cur, err := s.openSnapshot(pl.Snap, pos, pub)
@@ -444,8 +445,8 @@ func (s *replica) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, 
 }
 
 // continued answers +CONTINUE and puts the replica online at the offset.
-func (s *replica) continued(cur *backlog.Cursor, pos store.Position) error {
-	if err := s.write(psync.EncodeContinue(pos.Hist.ReplID, s.capaPsync2)); err != nil {
+func (s *Replica) continued(cur *backlog.Cursor, pos store.Position) error {
+	if err := s.write(psync.EncodeContinue(pos.Hist.ReplID, s.CapaPsync2)); err != nil {
 		cur.Close()
 		return err
 	}
@@ -460,7 +461,7 @@ func (s *replica) continued(cur *backlog.Cursor, pos store.Position) error {
 
 // fullSyncSlot waits for one of --max-parallel-full-syncs, with
 // keepalives; release gives it back.
-func (s *replica) fullSyncSlot(ctx context.Context, tick <-chan time.Time, keepalive func() error) (release func(), err error) {
+func (s *Replica) fullSyncSlot(ctx context.Context, tick <-chan time.Time, keepalive func() error) (release func(), err error) {
 	p := s.d
 	if p.slots == nil {
 		return func() {}, nil
@@ -485,7 +486,7 @@ func (s *replica) fullSyncSlot(ctx context.Context, tick <-chan time.Time, keepa
 // nil cursor when the history moved on meanwhile (the caller asks again):
 // the replica is marked as receiving the snapshot before the re-check, so
 // a history change published after it disconnects the replica.
-func (s *replica) openSnapshot(snap *snapshot.Info, pos store.Position, pub *store.Published) (*os.File, *backlog.Cursor, error) {
+func (s *Replica) openSnapshot(snap *snapshot.Info, pos store.Position, pub *store.Published) (*os.File, *backlog.Cursor, error) {
 	f, err := snapshot.Open(s.d.store.SnapDir, snap)
 	if err != nil {
 		return nil, nil, err
@@ -508,7 +509,7 @@ func (s *replica) openSnapshot(snap *snapshot.Info, pos store.Position, pub *sto
 // sendSnapshot sends +FULLRESYNC (not to SYNC clients) and the snapshot
 // with a known length; the replica is then online at the snapshot's
 // offset. For rdb-only clients it returns a nil cursor.
-func (s *replica) sendSnapshot(f *os.File, cur *backlog.Cursor, snap *snapshot.Info, replid string) (*backlog.Cursor, error) {
+func (s *Replica) sendSnapshot(f *os.File, cur *backlog.Cursor, snap *snapshot.Info, replid string) (*backlog.Cursor, error) {
 	p := s.d
 	p.stats.SyncFull.Add(1)
 	start := time.Now()
@@ -522,7 +523,7 @@ func (s *replica) sendSnapshot(f *os.File, cur *backlog.Cursor, snap *snapshot.I
 		return nil, err
 	}
 	s.log.Info("full sync started", "replid", replid, "offset", snap.Offset, "bytes", snap.Size,
-		"rdb_only", s.rdbOnly, "snapshot_age_seconds", int64(time.Since(snap.Created).Seconds()))
+		"rdb_only", s.RDBOnly, "snapshot_age_seconds", int64(time.Since(snap.Created).Seconds()))
 	for sent := int64(0); sent < snap.Size; {
 		chunk := min(sendChunk, snap.Size-sent)
 		if p.fullSyncRate != nil {
@@ -546,7 +547,7 @@ func (s *replica) sendSnapshot(f *os.File, cur *backlog.Cursor, snap *snapshot.I
 	}
 	s.log.Info("full sync payload sent", "bytes", snap.Size, "seconds", time.Since(start).Seconds())
 	p.cfg.Observer.ObserveDownstreamFullSync(time.Since(start).Seconds())
-	if s.rdbOnly {
+	if s.RDBOnly {
 		cur.Close()
 		return nil, nil
 	}
@@ -559,7 +560,7 @@ func (s *replica) sendSnapshot(f *os.File, cur *backlog.Cursor, snap *snapshot.I
 
 // stream feeds the replica from its cursor and reads its ACKs until the link
 // ends. Nothing but stream bytes at the right offsets is ever written here.
-func (s *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
+func (s *Replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 	cur.UseTail(s.tls) // TLS cannot use sendfile; plain sockets measured faster with it
 	s.cur.Store(cur)
 	defer s.cur.Store(nil)
@@ -595,15 +596,15 @@ func (s *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 			switch {
 			case errors.Is(err, backlog.ErrTrimmed):
 				s.log.Warn("replica fell behind the backlog front; disconnecting", "offset", cur.Pos())
-				s.close(vocab.DownOffsetTrimmed)
+				s.Close(vocab.DownOffsetTrimmed)
 			case errors.Is(err, backlog.ErrReset):
-				s.close(vocab.DownHistoryReset)
+				s.Close(vocab.DownHistoryReset)
 			case errors.Is(err, backlog.ErrClosed), ctx.Err() != nil:
-				s.close(vocab.DownShutdown)
+				s.Close(vocab.DownShutdown)
 			case isTimeout(err):
-				s.close(vocab.DownTimeout)
+				s.Close(vocab.DownTimeout)
 			default:
-				s.close(vocab.DownError)
+				s.Close(vocab.DownError)
 			}
 			return err
 		}
@@ -615,7 +616,7 @@ func (s *replica) stream(ctx context.Context, cur *backlog.Cursor) error {
 const delayedPoll = 100 * time.Millisecond
 
 // copyDelayed sends what the horizon allows, then waits for it to move.
-func (s *replica) copyDelayed(ctx context.Context, cur *backlog.Cursor) (int64, error) {
+func (s *Replica) copyDelayed(ctx context.Context, cur *backlog.Cursor) (int64, error) {
 	n, err := cur.CopyUpTo(s.out, s.d.store.Horizon())
 	if err != nil || n > 0 {
 		return n, err
@@ -638,30 +639,30 @@ func isTimeout(err error) bool {
 // readAcks reads what a replica may send after PSYNC: REPLCONF ACK and bare
 // newlines. A replica silent for ReplicaTimeout is dropped (not SYNC clients,
 // which never ACK).
-func (s *replica) readAcks() {
-	rd := newCmdReader(s.br)
+func (s *Replica) readAcks() {
+	rd := request.NewReader(s.br)
 	for {
 		if !s.legacy {
 			_ = s.conn.SetReadDeadline(time.Now().Add(s.d.cfg.ReplicaTimeout))
 		}
-		args, err := rd.next()
+		args, err := rd.Next()
 		if err != nil {
 			switch {
 			case isTimeout(err):
 				s.log.Warn("replica timed out: no ACK", "timeout", s.d.cfg.ReplicaTimeout.String())
-				s.close(vocab.DownTimeout)
+				s.Close(vocab.DownTimeout)
 			case s.sentRDB.Load() != 0 && !s.acked.Load() && !s.legacy && errors.Is(err, io.EOF):
 				s.log.Warn("replica hung up after a full sync without acknowledging it; "+
 					"its log says why (e.g. \"Can't handle RDB format version\": it is older than the upstream)",
 					"rdb_version", s.sentRDB.Load())
-				if s.listeningPort > 0 {
+				if s.ListeningPort > 0 {
 					s.d.noteRefusal(s.replicaAddr(), int(s.sentRDB.Load()))
 				}
-				s.close(vocab.DownClosedBeforeAck)
+				s.Close(vocab.DownClosedBeforeAck)
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
-				s.close(vocab.DownClosed)
+				s.Close(vocab.DownClosed)
 			default:
-				s.close(vocab.DownError)
+				s.Close(vocab.DownError)
 			}
 			return
 		}
@@ -672,7 +673,7 @@ func (s *replica) readAcks() {
 		}
 		if !strings.EqualFold(string(args[0]), "replconf") || len(args) < 3 {
 			s.log.Warn("unexpected command on a replica link; disconnecting", "command", vocab.Truncate(string(args[0]), 32))
-			s.close(vocab.DownProtocolError)
+			s.Close(vocab.DownProtocolError)
 			return
 		}
 		if strings.EqualFold(string(args[1]), "ack") {
@@ -698,13 +699,13 @@ func (s *replica) readAcks() {
 
 // replicaAddr is the replica as INFO names it: announced IP or peer IP, and
 // its listening port.
-func (s *replica) replicaAddr() string {
-	return net.JoinHostPort(s.replicaIP(), strconv.Itoa(s.listeningPort))
+func (s *Replica) replicaAddr() string {
+	return net.JoinHostPort(s.replicaIP(), strconv.Itoa(s.ListeningPort))
 }
 
-func (s *replica) replicaIP() string {
-	if s.ipAddress != "" {
-		return s.ipAddress
+func (s *Replica) replicaIP() string {
+	if s.IPAddress != "" {
+		return s.IPAddress
 	}
 	host, _, err := net.SplitHostPort(s.addr)
 	if err != nil {
@@ -732,3 +733,6 @@ func (b *bufferedWriter) ReadFrom(r io.Reader) (int64, error) {
 	}
 	return io.CopyBuffer(struct{ io.Writer }{b.w}, r, b.buf)
 }
+
+// newBufferedWriter wraps a TLS connection for copies from files.
+func NewBufferedWriter(w io.Writer) io.Writer { return &bufferedWriter{w: w} }

@@ -1,4 +1,4 @@
-package proxy
+package downstream
 
 import (
 	"bufio"
@@ -20,18 +20,17 @@ import (
 // sync planner, plan.Sync), the fan-out writer and the full-sync slots
 // and rate. Its goroutines: each replica's ACK reader, joined by the
 // replica before its session's goroutine returns.
-type downstream struct {
-	cfg    Config
+type Downstream struct {
+	cfg    Options
 	log    *slog.Logger
 	stats  *vocab.ReplicaCounters
 	store  *store.Store
-	p      *Proxy
-	up     upstreamView
-	fanout *fanout // nil when disabled
+	up     Upstream
+	fanout *Fanout // nil when disabled
 
 	// mu guards the replica set; nothing holds it across I/O.
 	mu       sync.Mutex
-	replicas map[*replica]struct{}
+	replicas map[*Replica]struct{}
 
 	slots chan struct{} // full-sync slots; nil when unlimited
 	// fullSyncRate bounds the bytes/s of all full syncs together; nil: none.
@@ -45,21 +44,39 @@ type downstream struct {
 	queued    atomic.Int64 // replicas waiting for a slot
 }
 
-func newDownstream(p *Proxy) *downstream {
-	d := &downstream{cfg: p.cfg, log: p.log, stats: p.stats.ReplicaCounters, store: p.store, p: p, up: p.follower, fanout: p.fanout,
-		replicas: map[*replica]struct{}{}, fullSyncRate: newRateLimiter(p.cfg.FullSyncRateLimit, rateChunk), refused: map[string]refusal{}}
-	if p.cfg.MaxParallelFullSyncs > 0 {
-		d.slots = make(chan struct{}, p.cfg.MaxParallelFullSyncs)
+// downOptions are what the replica side reads of the configuration (see
+// the flags of the same names).
+type Options struct {
+	ReplicaTimeout       time.Duration
+	HoldAhead            time.Duration
+	MaxParallelFullSyncs int   // 0: unlimited
+	FullSyncRateLimit    int64 // bytes/s of all full syncs together; 0: none
+	RDBRefusalTTL        time.Duration
+	RDBOnlyMaxAge        time.Duration
+	// Observer times full syncs and ACK lags (histograms); never nil.
+	Observer interface {
+		ObserveAck(lagBytes int64, lagSeconds float64)
+		ObserveDownstreamFullSync(seconds float64)
+	}
+}
+
+// newDownstream serves replicas from st; fan is the fan-out writer (nil:
+// none).
+func New(cfg Options, log *slog.Logger, stats *vocab.ReplicaCounters, st *store.Store, up Upstream, fan *Fanout) *Downstream {
+	d := &Downstream{cfg: cfg, log: log, stats: stats, store: st, up: up, fanout: fan, replicas: map[*Replica]struct{}{},
+		fullSyncRate: newRateLimiter(cfg.FullSyncRateLimit, rateChunk), refused: map[string]refusal{}}
+	if cfg.MaxParallelFullSyncs > 0 {
+		d.slots = make(chan struct{}, cfg.MaxParallelFullSyncs)
 	}
 	return d
 }
 
 // selectReplicas returns the replicas that match; the caller acts on them
 // outside mu (closing logs and touches sockets).
-func (d *downstream) selectReplicas(match func(*replica) bool) []*replica {
+func (d *Downstream) selectReplicas(match func(*Replica) bool) []*Replica {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var out []*replica
+	var out []*Replica
 	for r := range d.replicas {
 		if match(r) {
 			out = append(out, r)
@@ -71,36 +88,36 @@ func (d *downstream) selectReplicas(match func(*replica) bool) []*replica {
 // dropTrimmedReplicas disconnects replicas whose next byte was trimmed
 // away. Their writers may be blocked on a full socket and would otherwise
 // notice only at the replica timeout.
-func (d *downstream) DropTrimmedReplicas() {
+func (d *Downstream) DropTrimmedReplicas() {
 	first, _ := d.store.Backlog.Range()
-	behind := d.selectReplicas(func(s *replica) bool {
+	behind := d.selectReplicas(func(s *Replica) bool {
 		c := s.cur.Load()
 		return c != nil && c.Pos() < first
 	})
 	for _, s := range behind {
 		s.log.Warn("replica fell behind the backlog front; disconnecting", "backlog_first", first)
-		s.close(vocab.DownOffsetTrimmed)
+		s.Close(vocab.DownOffsetTrimmed)
 	}
 }
 
 // CloseReplicas disconnects the replicas that hold a position in the
 // stream (the history moved). Replicas still waiting for a snapshot have
 // none yet and are left waiting.
-func (d *downstream) CloseReplicas(reason vocab.DisconnectReason) int {
-	victims := d.selectReplicas(func(s *replica) bool {
+func (d *Downstream) CloseReplicas(reason vocab.DisconnectReason) int {
+	victims := d.selectReplicas(func(s *Replica) bool {
 		return s.state.Load() != stateWaitBgsave
 	})
 	for _, s := range victims {
-		s.close(reason)
+		s.Close(reason)
 	}
 	return len(victims)
 }
 
 // nthAck is the offset at least n online replicas have acknowledged (0
 // when fewer are online).
-func (d *downstream) NthAck(n int) int64 {
+func (d *Downstream) NthAck(n int) int64 {
 	var offs []int64
-	for _, s := range d.selectReplicas(func(s *replica) bool {
+	for _, s := range d.selectReplicas(func(s *Replica) bool {
 		return !s.legacy && !s.delayed && s.state.Load() == stateOnline
 	}) {
 		offs = append(offs, s.ackOff.Load())
@@ -114,23 +131,23 @@ func (d *downstream) NthAck(n int) int64 {
 
 // candidateAckAge: replicas ACK every second; one silent for longer is
 // not asked for a snapshot.
-const candidateAckAge = 3 * time.Second
+const CandidateAckAge = 3 * time.Second
 
 // refreshCandidates lists the replicas a snapshot refresh may ask, most
 // caught up first: online (so not busy with a full sync), ACKing (a frozen
 // replica still accepts connections, and would hold the refresh for the
 // repl-timeout), with an announced listening port. The one asked last time
 // and those refused before go last while others exist.
-func (d *downstream) RefreshCandidates(avoid string, refused func(addr string) bool) []vocab.Candidate {
+func (d *Downstream) RefreshCandidates(avoid string, refused func(addr string) bool) []vocab.Candidate {
 	type cand struct {
 		vocab.Candidate
 		ack   int64
 		later bool
 	}
-	recent := time.Now().Add(-candidateAckAge).UnixNano()
+	recent := time.Now().Add(-CandidateAckAge).UnixNano()
 	var cs []cand
-	for _, s := range d.selectReplicas(func(s *replica) bool {
-		return !s.legacy && !s.rdbOnly && !s.delayed && s.listeningPort > 0 && s.state.Load() == stateOnline &&
+	for _, s := range d.selectReplicas(func(s *Replica) bool {
+		return !s.legacy && !s.RDBOnly && !s.delayed && s.ListeningPort > 0 && s.state.Load() == stateOnline &&
 			s.ackTime.Load() >= recent
 	}) {
 		addr := s.replicaAddr()
@@ -164,7 +181,7 @@ const maxRefusals = 4096
 
 // noteRefusal remembers that the replica at addr hung up after a full sync
 // of rdbVersion without acknowledging it.
-func (d *downstream) noteRefusal(addr string, rdbVersion int) {
+func (d *Downstream) noteRefusal(addr string, rdbVersion int) {
 	d.refusedMu.Lock()
 	defer d.refusedMu.Unlock()
 	now := time.Now()
@@ -190,11 +207,11 @@ const abandonedSyncWait = 2 * time.Second
 // full sync, wait (at most limit) for the end of every earlier link of
 // the same replica that got a payload and never ACKed: its refusal, if
 // any, is noted by then.
-func (d *downstream) awaitAbandonedSync(ctx context.Context, self *replica, limit time.Duration) {
+func (d *Downstream) awaitAbandonedSync(ctx context.Context, self *Replica, limit time.Duration) {
 	addr := self.replicaAddr()
 	pending := func() bool {
-		return len(d.selectReplicas(func(s *replica) bool {
-			return s != self && !s.legacy && s.listeningPort > 0 &&
+		return len(d.selectReplicas(func(s *Replica) bool {
+			return s != self && !s.legacy && s.ListeningPort > 0 &&
 				s.sentRDB.Load() != 0 && !s.acked.Load() && s.replicaAddr() == addr
 		})) > 0
 	}
@@ -215,7 +232,7 @@ func (d *downstream) awaitAbandonedSync(ctx context.Context, self *replica, limi
 
 // refusedVersion reports whether the replica at addr failed to load
 // rdbVersion lately: then it is answered with an error, not another payload.
-func (d *downstream) refusedVersion(addr string, rdbVersion int) (time.Duration, bool) {
+func (d *Downstream) refusedVersion(addr string, rdbVersion int) (time.Duration, bool) {
 	d.refusedMu.Lock()
 	defer d.refusedMu.Unlock()
 	r, ok := d.refused[addr]
@@ -226,25 +243,25 @@ func (d *downstream) refusedVersion(addr string, rdbVersion int) (time.Duration,
 }
 
 // add registers a replica: from now on it is served and listed.
-func (d *downstream) add(r *replica) {
+func (d *Downstream) add(r *Replica) {
 	d.mu.Lock()
 	d.replicas[r] = struct{}{}
 	d.mu.Unlock()
 }
 
-func (d *downstream) remove(r *replica) {
+func (d *Downstream) remove(r *Replica) {
 	d.mu.Lock()
 	delete(d.replicas, r)
 	d.mu.Unlock()
 }
 
 // replicaStatus lists the replicas, by ID.
-func (d *downstream) replicaStatus(end int64, now time.Time) (out []vocab.ReplicaStatus) {
+func (d *Downstream) Replicas(end int64, now time.Time) (out []vocab.ReplicaStatus) {
 	arrivals := d.store.Arrivals
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for s := range d.replicas {
-		rs := vocab.ReplicaStatus{ID: s.id, IP: s.replicaIP(), Port: s.listeningPort, Addr: s.addr,
+		rs := vocab.ReplicaStatus{ID: s.id, IP: s.replicaIP(), Port: s.ListeningPort, Addr: s.addr,
 			State: vocab.ReplicaStateByCode[s.state.Load()], AckOff: s.ackOff.Load(), Legacy: s.legacy, SentOffset: -1}
 		if t := s.ackTime.Load(); t > 0 {
 			rs.AckTime = time.Unix(0, t)
@@ -265,17 +282,17 @@ func (d *downstream) replicaStatus(end int64, now time.Time) (out []vocab.Replic
 // newReplica takes over a session's connection at SYNC/PSYNC: errorf
 // answers an error reply as the session counts them, endSession closes
 // the connection.
-func (d *downstream) newReplica(id int64, conn, raw net.Conn, out io.Writer, br *bufio.Reader, addr string, isTLS, delayed bool,
-	log *slog.Logger, ctx context.Context, ident vocab.Identity, ann announce, errorf func(string, ...any) error,
-	endSession func(vocab.DisconnectReason)) *replica {
-	r := &replica{d: d, announce: ann, id: id, conn: conn, raw: raw, out: out, br: br, addr: addr, tls: isTLS, delayed: delayed,
+func (d *Downstream) NewReplica(id int64, conn, raw net.Conn, out io.Writer, br *bufio.Reader, addr string, isTLS, delayed bool,
+	log *slog.Logger, ctx context.Context, ident vocab.Identity, ann Announce, errorf func(string, ...any) error,
+	endSession func(vocab.DisconnectReason)) *Replica {
+	r := &Replica{d: d, Announce: ann, id: id, conn: conn, raw: raw, out: out, br: br, addr: addr, tls: isTLS, delayed: delayed,
 		log: log, ctx: ctx, ident: ident, errorf: errorf, endSession: endSession}
 	r.ackOff.Store(-1)
 	return r
 }
 
 // upstreamView is what replicas ask of the upstream side.
-type upstreamView interface {
+type Upstream interface {
 	// WantRefresh asks for a snapshot refresh now (a replica waits for one).
 	WantRefresh(why string)
 	// ReplicaAcked wakes the ACK policy's upstream ACKs.
@@ -284,3 +301,6 @@ type upstreamView interface {
 	Refreshing() bool
 	LastRefresh() vocab.RefreshStatus
 }
+
+// queuedFullSyncs is the number of replicas waiting for a full-sync slot.
+func (d *Downstream) QueuedFullSyncs() int64 { return d.queued.Load() }
