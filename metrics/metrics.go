@@ -321,7 +321,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	cnt(dSnapRefreshes, float64(stats.Refreshes.Load()))
 	cnt(dSnapFailures, float64(stats.RefreshFailures.Load()))
 	for _, src := range vocab.SnapshotSources {
-		g(dSnapSource, b(st.Snapshot != nil && proxy.SnapshotSource(st.Snapshot) == src), src)
+		g(dSnapSource, b(st.Snapshot != nil && vocab.SnapshotSource(st.Snapshot) == src), src)
 		for _, o := range vocab.RefreshOutcomes {
 			cnt(dSnapAttempts, float64(stats.RefreshAttempts.Load(src+"/"+o)), src, o)
 		}

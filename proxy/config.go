@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/tlsconf"
+	"github.com/replproxy/replproxy/proxy/command"
 	"github.com/replproxy/replproxy/proxy/downstream"
 	"github.com/replproxy/replproxy/proxy/security"
 	"github.com/replproxy/replproxy/proxy/upstream"
@@ -426,4 +427,12 @@ func Probe(ctx context.Context, cfg Config) []upstream.ProbeResult {
 func (c Config) downOptions() downstream.Options {
 	return downstream.Options{ReplicaTimeout: c.ReplicaTimeout, HoldAhead: c.HoldAhead, MaxParallelFullSyncs: c.MaxParallelFullSyncs,
 		FullSyncRateLimit: c.FullSyncRateLimit, RDBRefusalTTL: c.RDBRefusalTTL, RDBOnlyMaxAge: c.RDBOnlyMaxAge, Observer: c.Observer}
+}
+
+// cmdOptions is what the command surface reads.
+func (c Config) cmdOptions() command.Options {
+	return command.Options{MaxClients: c.MaxClients, AnnounceIP: c.AnnounceIP, AnnouncePort: c.AnnouncePort, ConfigFile: c.ConfigFile,
+		BacklogSize: c.BacklogSize, ReplTimeout: c.ReplTimeout, DataDir: c.DataDir, RefreshTrust: c.RefreshTrust,
+		RefreshUpstream: c.RefreshUpstream, TLSAuthClients: c.TLSAuthClients, Upstream: c.Upstream, UpstreamTLS: c.UpstreamTLS,
+		Fanout: !c.DisableFanout}
 }

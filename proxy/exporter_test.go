@@ -51,7 +51,7 @@ func TestExporterScrape(t *testing.T) {
 	must(t, origin.Client().Set(ctx, "k", "v", 0).Err())
 	p := startProxy(t, origin.Addr(), t.TempDir())
 	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
-	replica := redistest.StartT(t, "replica", "--replicaof", "127.0.0.1", strconv.Itoa(listenerPort(p.srv.ln)))
+	replica := redistest.StartT(t, "replica", "--replicaof", "127.0.0.1", strconv.Itoa(p.port()))
 	redistest.Eventually(t, 20*time.Second, "replica online", func() bool {
 		return strings.Contains(infoText(replica), "master_link_status:up")
 	})

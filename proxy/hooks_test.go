@@ -22,10 +22,13 @@ func (p *Proxy) linkUp() bool { return p.follower.LinkUp() }
 func (p *Proxy) refreshing() bool { return p.follower.Refreshing() }
 
 // moveUpstream is REPLICAOF host:port.
-func (p *Proxy) moveUpstream(addr string) bool { return p.follower.MoveUpstream(addr) }
+func (p *Proxy) moveUpstream(addr string) bool { return p.MoveUpstream(addr) }
 
 // closeSessions disconnects replicas as a history change does.
 func (p *Proxy) closeSessions(reason vocab.DisconnectReason) int { return p.down.CloseReplicas(reason) }
 
 // dropTrimmedReplicas runs the trim check.
 func (p *Proxy) dropTrimmedReplicas() { p.down.DropTrimmedReplicas() }
+
+// info is INFO's reply.
+func (p *Proxy) info(sections ...string) string { return p.srv.Info(sections...) }

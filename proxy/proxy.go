@@ -10,11 +10,11 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/replproxy/replproxy/internal/acl"
 	"github.com/replproxy/replproxy/internal/tlsconf"
+	"github.com/replproxy/replproxy/proxy/command"
 	"github.com/replproxy/replproxy/proxy/downstream"
 	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/proxy/security"
@@ -36,12 +36,12 @@ type Proxy struct {
 	store    *store.Store
 	follower *upstream.Follower
 	down     *downstream.Downstream
-	srv      *server
-	sec      *security.Service
-	commands *commandStats
-	pubsub   *pubsub.Registry
-	fanout   *downstream.Fanout // nil with DisableFanout
-	memPeak  atomic.Int64       // the highest used_memory INFO has seen
+	srv      *command.Server
+	// delayedLn is the delayed listener until Serve attaches it.
+	delayedLn net.Listener
+	sec       *security.Service
+	pubsub    *pubsub.Registry
+	fanout    *downstream.Fanout // nil with DisableFanout
 }
 
 func newStats() *vocab.Stats {
@@ -63,8 +63,8 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	var rnd [20]byte
 	_, _ = rand.Read(rnd[:])
 	p := &Proxy{cfg: cfg, log: log, runID: hex.EncodeToString(rnd[:]), started: time.Now(), stats: newStats(),
-		commands: newCommandStats(), pubsub: pubsub.New()}
-	sec, err := security.New(cfg.securityOptions(func() { p.srv.dropUnusableUsers() }), log, p.stats.AuthFailures)
+		pubsub: pubsub.New()}
+	sec, err := security.New(cfg.securityOptions(func() { p.srv.DropUnusableUsers() }), log, p.stats.AuthFailures)
 	if err != nil {
 		return nil, err
 	}
@@ -84,7 +84,7 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 		return nil, err
 	}
 	p.down = downstream.New(cfg.downOptions(), log, p.stats.ReplicaCounters, p.store, p.follower, p.fanout)
-	p.srv = newServer(p)
+	p.srv = command.New(cfg.cmdOptions(), log, p.stats, sec, p.pubsub, p.down, p)
 	return p, nil
 }
 
@@ -132,7 +132,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 			p.shutdown()
 			return fmt.Errorf("listen %s: %w", p.cfg.DelayedListen, err)
 		}
-		p.srv.delayedLn = ln
+		p.delayedLn = ln
 	}
 	return p.ServeListeners(ctx, lns[0], lns[1])
 }
@@ -160,61 +160,46 @@ func (p *Proxy) ServeListeners(ctx context.Context, ln, tlsLn net.Listener) erro
 		p.shutdown()
 		return fmt.Errorf("a TLS listener needs --tls-listen with its certificate")
 	}
-	p.srv.ln, p.srv.tlsLn = ln, tlsLn // before any goroutine reads them
+	p.srv.Attach(ln, tlsLn, p.delayedLn) // before any goroutine reads them
 	p.log.Info("replproxy started", "listen", addrText(ln), "tls_listen", addrText(tlsLn), "upstream", p.follower.UpstreamAddr(),
 		"upstream_tls", p.cfg.UpstreamTLS, "data_dir", p.cfg.DataDir, "backlog_size", p.cfg.BacklogSize, "fsync", p.cfg.Fsync.String())
 	p.follower.WarnConfig()
-	p.warnUnprotected()
+	p.srv.WarnUnprotected()
 	var wg sync.WaitGroup
 	wg.Go(func() { p.follower.Follow(ctx) })
 	wg.Go(func() { p.follower.Maintain(ctx) })
 	wg.Go(func() { p.sec.Watch(ctx) })
-	for _, l := range []net.Listener{ln, tlsLn} {
-		if l != nil {
-			isTLS := l == tlsLn
-			wg.Go(func() { p.srv.acceptLoop(ctx, l, isTLS, false) })
-		}
-	}
-	if dl := p.srv.delayedLn; dl != nil {
-		wg.Go(func() { p.srv.acceptLoop(ctx, dl, false, true) })
-	}
+	wg.Go(func() { p.srv.Serve(ctx) })
 	if snap := p.position().Snap; snap != nil && snap.Keyspace == nil {
 		wg.Go(func() { p.store.Keyspace.Scan(ctx, p.store.SnapDir, snap, p.log) })
 	}
-	<-ctx.Done()
-	for _, l := range []net.Listener{ln, tlsLn, p.srv.delayedLn} {
-		if l != nil {
-			l.Close()
-		}
-	}
-	p.srv.closeAll(vocab.DownShutdown)
-	wg.Wait()
+	wg.Wait() // until ctx ends: the server closes its listeners and sessions
+
 	return p.shutdown()
 }
 
 // Addr is the plaintext listening address once Serve has started (nil
 // without one).
-func (p *Proxy) Addr() net.Addr { return p.srv.addr() }
+func (p *Proxy) Addr() net.Addr {
+	a, _, _ := p.srv.Addrs()
+	return a
+}
 
 // SetDelayedListener serves delayed replicas on ln (for callers of Serve
 // that open their own listeners); before Serve.
-func (p *Proxy) SetDelayedListener(ln net.Listener) { p.srv.delayedLn = ln }
+func (p *Proxy) SetDelayedListener(ln net.Listener) { p.delayedLn = ln }
 
 // DelayedAddr is the delayed listener's address (nil without one).
 func (p *Proxy) DelayedAddr() net.Addr {
-	if p.srv.delayedLn == nil {
-		return nil
-	}
-	return p.srv.delayedLn.Addr()
+	_, _, a := p.srv.Addrs()
+	return a
 }
 
 // TLSAddr is the TLS listening address once Serve has started (nil
 // without one).
 func (p *Proxy) TLSAddr() net.Addr {
-	if p.srv.tlsLn == nil {
-		return nil
-	}
-	return p.srv.tlsLn.Addr()
+	_, a, _ := p.srv.Addrs()
+	return a
 }
 
 // Reload re-reads the certificate and users files (SIGHUP). A file that
@@ -234,7 +219,7 @@ func (p *Proxy) MetricsTLSConfig() *tls.Config {
 func (p *Proxy) GuardStatus() vocab.GuardStatus { return p.follower.GuardStatus() }
 
 // GuardText is REPLPROXY GUARD STATUS's reply.
-func (p *Proxy) GuardText() string { return guardText(p.GuardStatus()) }
+func (p *Proxy) GuardText() string { return command.GuardText(p.GuardStatus()) }
 
 // Authenticate checks a credential as AUTH does (counted when refused),
 // for endpoints outside the Redis port.
@@ -261,24 +246,6 @@ func addrText(ln net.Listener) string {
 		return ""
 	}
 	return ln.Addr().String()
-}
-
-// warnUnprotected is Redis' protected mode in spirit: a listener reachable
-// beyond loopback with neither a password nor client certificates.
-func (p *Proxy) warnUnprotected() {
-	open := p.sec.Users.Load().DefaultOpen()
-	for _, l := range []struct {
-		ln       net.Listener
-		certAuth bool
-	}{{p.srv.ln, false}, {p.srv.tlsLn, p.sec.Auth == tlsconf.AuthYes}} {
-		if l.ln == nil || !open || l.certAuth {
-			continue
-		}
-		if a, ok := l.ln.Addr().(*net.TCPAddr); ok && !a.IP.IsLoopback() {
-			p.log.Warn("listener open to the network with no authentication: anyone who reaches it can take the data; set --requirepass, a users file or TLS client certificates",
-				"addr", a.String())
-		}
-	}
 }
 
 func (p *Proxy) shutdown() error {
@@ -312,3 +279,11 @@ func (v replicaView) NthAck(n int) int64   { return v.p.down.NthAck(n) }
 func (v replicaView) RefreshCandidates(avoid string, refused func(string) bool) []vocab.Candidate {
 	return v.p.down.RefreshCandidates(avoid, refused)
 }
+
+// RedisVersion is the redis_version tools see: the upstream's, as its last
+// snapshot recorded it.
+func (p *Proxy) RedisVersion() string { return p.store.UpstreamVersion() }
+
+// MoveUpstream is REPLICAOF host:port: it reports false when addr is the
+// upstream already.
+func (p *Proxy) MoveUpstream(addr string) bool { return p.follower.MoveUpstream(addr) }

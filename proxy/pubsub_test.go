@@ -172,19 +172,19 @@ func TestSentinelPubSubLink(t *testing.T) {
 	redistest.Eventually(t, 20*time.Second, "link up", p.linkUp)
 	sen := redistest.StartSentinelT(t, origin.Addr(), "sentinel down-after-milliseconds mymaster 5000")
 	ctx := context.Background()
-	find := func() *session {
-		for _, s := range p.srv.selectSessions(func(s *session) bool {
-			name, _ := s.clientName.Load().(string)
-			return strings.HasPrefix(name, "sentinel-") && strings.HasSuffix(name, "-pubsub")
-		}) {
-			return s
+	find := func() (id int64, sent int64, ok bool) {
+		for _, v := range p.srv.Subscribers() {
+			if strings.HasPrefix(v.Name, "sentinel-") && strings.HasSuffix(v.Name, "-pubsub") && v.Channels == 1 {
+				return v.ID, v.Sent, true
+			}
 		}
-		return nil
+		return 0, 0, false
 	}
-	var link *session
+	var link int64
 	redistest.Eventually(t, 30*time.Second, "Sentinel subscribes to the proxy", func() bool {
-		link = find()
-		return link != nil && link.subCount.Load() == 1
+		id, _, ok := find()
+		link = id
+		return ok
 	})
 	cli := redis.NewClient(&redis.Options{Addr: p.addr})
 	defer cli.Close()
@@ -192,17 +192,17 @@ func TestSentinelPubSubLink(t *testing.T) {
 	defer sentinel.Close()
 	start := time.Now()
 	for time.Since(start) < 60*time.Second {
-		if s := find(); s != link {
+		if id, _, _ := find(); id != link {
 			t.Fatalf("after %v Sentinel's pub/sub link is a new connection", time.Since(start).Round(time.Second))
 		}
 		list, err := cli.ClientList(ctx).Result()
 		must(t, err)
-		if !strings.Contains(list, fmt.Sprintf("id=%d ", link.id)) {
-			t.Fatalf("CLIENT LIST lost client %d", link.id)
+		if !strings.Contains(list, fmt.Sprintf("id=%d ", link)) {
+			t.Fatalf("CLIENT LIST lost client %d", link)
 		}
 		time.Sleep(time.Second) // pacing the checks, not synchronisation
 	}
-	if n := link.subs.Sent(); n < 20 { // hellos every 2 s, from Sentinel directly and through the stream
+	if _, n, _ := find(); n < 20 { // hellos every 2 s, from Sentinel directly and through the stream
 		t.Errorf("Sentinel's pub/sub link got %d frames in 60 s", n)
 	}
 	reps, err := sentinel.Replicas(ctx, "mymaster").Result()

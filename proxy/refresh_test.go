@@ -89,12 +89,12 @@ func TestRefreshFromReplicasNoOriginFork(t *testing.T) {
 	st := p.Status()
 	ok := p.Stats().RefreshAttempts.Load("replica/ok")
 	t.Logf("refreshes from replicas: %d ok, %d failed; from upstream: %d; snapshot source %s",
-		ok, p.Stats().RefreshAttempts.Load("replica/failed"), p.Stats().RefreshAttempts.Load("upstream/ok"), SnapshotSource(st.Snapshot))
+		ok, p.Stats().RefreshAttempts.Load("replica/failed"), p.Stats().RefreshAttempts.Load("upstream/ok"), vocab.SnapshotSource(st.Snapshot))
 	if forks, fulls := origin.InfoInt("stats", "total_forks"), origin.InfoInt("stats", "sync_full"); forks != 1 || fulls != 1 {
 		t.Fatalf("origin total_forks %d, sync_full %d; want 1 and 1", forks, fulls)
 	}
-	if ok < 5 || SnapshotSource(st.Snapshot) != "replica" {
-		t.Fatalf("%d refreshes from replicas; snapshot from %s", ok, SnapshotSource(st.Snapshot))
+	if ok < 5 || vocab.SnapshotSource(st.Snapshot) != "replica" {
+		t.Fatalf("%d refreshes from replicas; snapshot from %s", ok, vocab.SnapshotSource(st.Snapshot))
 	}
 	if !strings.Contains(p.info("replproxy"), "snapshot_source:replica") {
 		t.Fatal("INFO does not say the snapshot came from a replica")

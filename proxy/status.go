@@ -39,8 +39,12 @@ func (p *Proxy) Status() vocab.Status {
 		st.OldestEntry = t
 	}
 	st.Keyspace = p.store.Keyspace.Get(pub.Snap)
+	st.RedisVersion = p.store.UpstreamVersion()
+	st.UpstreamAddr, st.UpstreamSource = up.Addr, up.Source
+	st.Refresh, st.Guard, st.Delay = up.Refresh, up.Guard, p.delayStatus(up)
+	st.TailCapacity = p.store.Backlog.TailCapacity()
 	st.Replicas = p.down.Replicas(end, now)
-	st.Clients = max(p.srv.sessionCount()-len(st.Replicas), 0)
+	st.Clients = max(p.srv.SessionCount()-len(st.Replicas), 0)
 	for _, r := range st.Replicas {
 		if r.State == vocab.ReplicaSendBulk {
 			st.FullSyncing++
@@ -64,9 +68,11 @@ func (p *Proxy) BacklogCounters() (written, trimmed int64) { return p.store.Back
 func (p *Proxy) BacklogSyncErrors() int64 { return p.store.Backlog.SyncErrors() }
 
 // DelayStatus reports the delayed listener.
-func (p *Proxy) DelayStatus() vocab.DelayStatus {
+func (p *Proxy) DelayStatus() vocab.DelayStatus { return p.delayStatus(p.follower.Status(time.Now())) }
+
+func (p *Proxy) delayStatus(up vocab.UpstreamStatus) vocab.DelayStatus {
 	if p.cfg.Delay == 0 {
 		return vocab.DelayStatus{}
 	}
-	return vocab.DelayStatus{Enabled: true, Delay: p.cfg.Delay, Horizon: p.store.Horizon(), Covered: !p.follower.Status(time.Now()).DelayShort}
+	return vocab.DelayStatus{Enabled: true, Delay: p.cfg.Delay, Horizon: p.store.Horizon(), Covered: !up.DelayShort}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/proxy/command"
 	"github.com/replproxy/replproxy/proxy/upstream"
 )
 
@@ -75,7 +76,7 @@ func TestToolCommands(t *testing.T) {
 	if v, err := conn.Do(ctx, "SLOWLOG", "RESET").Text(); err != nil || v != "OK" {
 		t.Errorf("SLOWLOG RESET: %v %v", v, err)
 	}
-	if n, err := conn.Do(ctx, "COMMAND", "COUNT").Int(); err != nil || n != len(supportedCommands) {
+	if n, err := conn.Do(ctx, "COMMAND", "COUNT").Int(); err != nil || n != len(command.SupportedCommands) {
 		t.Errorf("COMMAND COUNT: %d %v", n, err)
 	}
 	if v, err := conn.Do(ctx, "COMMAND", "INFO", "ping", "get").Slice(); err != nil || len(v) != 2 || v[0] == nil || v[1] != nil {

@@ -149,8 +149,8 @@ func TestRefreshImpostor(t *testing.T) {
 			redistest.Eventually(t, 60*time.Second, "the late replica loads the impostor's snapshot", func() bool {
 				return late.Client().Get(ctx, "impostor:key").Val() == "planted"
 			})
-			if served.Load() < 1 || SnapshotSource(p.Status().Snapshot) != vocab.SnapFromReplica {
-				t.Fatalf("served %d; snapshot from %s", served.Load(), SnapshotSource(p.Status().Snapshot))
+			if served.Load() < 1 || vocab.SnapshotSource(p.Status().Snapshot) != vocab.SnapFromReplica {
+				t.Fatalf("served %d; snapshot from %s", served.Load(), vocab.SnapshotSource(p.Status().Snapshot))
 			}
 		})
 	}

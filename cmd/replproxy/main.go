@@ -24,6 +24,7 @@ import (
 	"github.com/replproxy/replproxy/metrics"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/proxy/store"
+	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=...".
@@ -220,7 +221,7 @@ func inspect(args []string, stdout, stderr io.Writer) int {
 	if s := in.Snapshot; s != nil {
 		w("snapshot:             %s offset %d, %d bytes, %s version %d, taken %s",
 			s.Name, s.Offset, s.Size, s.Magic, s.RDBVersion, s.Created.Format(time.RFC3339))
-		w("snapshot source:      %s", proxy.SnapshotSource(s))
+		w("snapshot source:      %s", vocab.SnapshotSource(s))
 	} else {
 		w("snapshot:             none")
 	}

@@ -20,6 +20,20 @@ type Status struct {
 	RunID   string
 	Version string
 	Started time.Time
+	// RedisVersion is the redis_version tools see: the upstream's, as its
+	// last snapshot recorded it.
+	RedisVersion string
+
+	// Upstream is where the follower connects and why (the configuration
+	// or a REPLICAOF); Refresh is the last snapshot refresh; Guard the
+	// empty-origin guard; Delay the delayed listener.
+	UpstreamAddr, UpstreamSource string
+	Refresh                      RefreshStatus
+	Guard                        GuardStatus
+	Delay                        DelayStatus
+	// TailCapacity is the backlog's in-memory tail (INFO's
+	// mem_replication_backlog).
+	TailCapacity int64
 
 	UpstreamHost   string
 	UpstreamPort   int

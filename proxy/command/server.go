@@ -1,4 +1,4 @@
-package proxy
+package command
 
 import (
 	"bufio"
@@ -11,10 +11,13 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/replproxy/replproxy/internal/acl"
+	"github.com/replproxy/replproxy/internal/tlsconf"
 	"github.com/replproxy/replproxy/proxy/downstream"
+	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/proxy/security"
 	"github.com/replproxy/replproxy/proxy/vocab"
 )
@@ -24,13 +27,18 @@ import (
 // connection to the downstream as a replica. Its goroutines: acceptLoop
 // (run by Serve), one per session (joined by acceptLoop before it
 // returns).
-type server struct {
-	cfg   Config
-	log   *slog.Logger
-	stats *vocab.ClientCounters
-	p     *Proxy       // what sessions answer from: INFO, ROLE, REPLICAOF
-	ln    net.Listener // plaintext; nil without --listen
-	tlsLn net.Listener // nil without --tls-listen
+type Server struct {
+	cfg      Options
+	log      *slog.Logger
+	stats    *vocab.Stats // INFO shows them all; the server writes ClientCounters
+	daemon   Daemon       // what sessions answer from: INFO, ROLE, REPLICAOF
+	sec      *security.Service
+	pubsub   *pubsub.Registry
+	down     *downstream.Downstream // sessions become its replicas at SYNC/PSYNC
+	commands *commandStats
+	memPeak  atomic.Int64 // the highest used_memory INFO has seen
+	ln       net.Listener // plaintext; nil without --listen
+	tlsLn    net.Listener // nil without --tls-listen
 	// delayedLn serves delayed replicas; nil without --delayed-listen.
 	delayedLn net.Listener
 
@@ -40,34 +48,58 @@ type server struct {
 	nextID   int64
 }
 
-func newServer(p *Proxy) *server {
-	return &server{cfg: p.cfg, log: p.log, stats: p.stats.ClientCounters, p: p, sessions: map[*session]struct{}{}}
+// cmdOptions are what the command surface reads of the configuration
+// (see the flags of the same names); INFO and CONFIG GET show them.
+type Options struct {
+	MaxClients      int
+	AnnounceIP      string
+	AnnouncePort    int
+	ConfigFile      string
+	BacklogSize     int64
+	ReplTimeout     time.Duration
+	DataDir         string
+	RefreshTrust    []string
+	RefreshUpstream string
+	TLSAuthClients  string
+	Upstream        string
+	UpstreamTLS     bool
+	Fanout          bool // the fan-out writer is on
+}
+
+// daemon is what the command surface asks of the rest of the proxy.
+type Daemon interface {
+	// Status is the proxy's state for INFO, ROLE and CLIENT.
+	Status() vocab.Status
+	// RedisVersion is the redis_version tools see (HELLO).
+	RedisVersion() string
+	// MoveUpstream is REPLICAOF host:port; false when it is the upstream already.
+	MoveUpstream(addr string) bool
+	// GuardAccept installs the history the empty-origin guard holds.
+	GuardAccept() error
+}
+
+func New(cfg Options, log *slog.Logger, stats *vocab.Stats, sec *security.Service, ps *pubsub.Registry,
+	down *downstream.Downstream, d Daemon) *Server {
+	return &Server{cfg: cfg, log: log, stats: stats, daemon: d, sec: sec, pubsub: ps, down: down, commands: newCommandStats(),
+		sessions: map[*session]struct{}{}}
 }
 
 // closeAll ends every session (shutdown).
-func (d *server) closeAll(reason vocab.DisconnectReason) {
+func (d *Server) closeAll(reason vocab.DisconnectReason) {
 	for _, s := range d.selectSessions(func(*session) bool { return true }) {
 		s.close(reason)
 	}
 }
 
-// addr is the listening address once serving; nil before.
-func (d *server) addr() net.Addr {
-	if d.ln == nil {
-		return nil
-	}
-	return d.ln.Addr()
-}
-
 // port is the listening port announced upstream: the plaintext one, else
 // the TLS one (0 before serving).
-func (d *server) Port() int {
+func (d *Server) Port() int {
 	return cmp.Or(listenerPort(d.ln), listenerPort(d.tlsLn))
 }
 
 // acceptLoop accepts connections until the listener closes, then waits for
 // the sessions it started: Serve closes them all on shutdown.
-func (d *server) acceptLoop(ctx context.Context, ln net.Listener, isTLS, delayed bool) {
+func (d *Server) acceptLoop(ctx context.Context, ln net.Listener, isTLS, delayed bool) {
 	var sessions sync.WaitGroup
 	defer sessions.Wait()
 	for {
@@ -84,18 +116,18 @@ func (d *server) acceptLoop(ctx context.Context, ln net.Listener, isTLS, delayed
 	}
 }
 
-func (d *server) handleConn(ctx context.Context, conn net.Conn, isTLS, delayed bool) {
+func (d *Server) handleConn(ctx context.Context, conn net.Conn, isTLS, delayed bool) {
 	sctx, cancel := context.WithCancel(ctx)
-	s := &session{p: d.p, conn: conn, raw: conn, out: conn, addr: conn.RemoteAddr().String(), ctx: sctx, cancel: cancel, tls: isTLS, delayed: delayed, startTime: time.Now()}
+	s := &session{srv: d, conn: conn, raw: conn, out: conn, addr: conn.RemoteAddr().String(), ctx: sctx, cancel: cancel, tls: isTLS, delayed: delayed, startTime: time.Now()}
 	var tc *tls.Conn
 	if isTLS {
 		// The handshake runs after the --max-clients check, on the
 		// session's goroutine; closing the session closes it too.
-		tc = tls.Server(conn, d.p.sec.Server.ServerConfig(d.p.sec.Auth))
+		tc = tls.Server(conn, d.sec.Server.ServerConfig(d.sec.Auth))
 		s.conn, s.out = tc, downstream.NewBufferedWriter(tc)
 	}
 	s.br = bufio.NewReaderSize(countingReader{s.conn, d.stats}, 16<<10)
-	if d.p.sec.Users.Load().DefaultOpen() {
+	if d.sec.Users.Load().DefaultOpen() {
 		s.authed = true
 		s.user.Store(acl.DefaultUser)
 	}
@@ -128,7 +160,7 @@ func (d *server) handleConn(ctx context.Context, conn net.Conn, isTLS, delayed b
 		d.mu.Unlock()
 		s.close(vocab.DownClosed)
 		if s.subs != nil {
-			d.p.pubsub.Drop(s.subs)
+			d.pubsub.Drop(s.subs)
 			s.subs.End()
 		}
 	}()
@@ -143,7 +175,7 @@ func (d *server) handleConn(ctx context.Context, conn net.Conn, isTLS, delayed b
 // countingReader counts a session's input for INFO's Stats.
 type countingReader struct {
 	r     io.Reader
-	stats *vocab.ClientCounters
+	stats *vocab.Stats
 }
 
 func (c countingReader) Read(b []byte) (int, error) {
@@ -156,8 +188,8 @@ func (c countingReader) Read(b []byte) (int, error) {
 // admit runs the TLS handshake (with a deadline), or on the plaintext
 // port refuses a TLS ClientHello, which would otherwise wait for a
 // newline forever. A refused client has had no byte of data.
-func (d *server) admit(s *session, tc *tls.Conn) bool {
-	sec := d.p.sec
+func (d *Server) admit(s *session, tc *tls.Conn) bool {
+	sec := d.sec
 	if tc == nil {
 		// No deadline: a client may connect and type later, as with Redis.
 		b, err := s.br.Peek(1)
@@ -184,8 +216,8 @@ func (d *server) admit(s *session, tc *tls.Conn) bool {
 
 // dropUnusableUsers disconnects sessions authenticated as a user that a
 // users reload removed or turned off (as Redis 7.2's ACL LOAD does).
-func (d *server) dropUnusableUsers() {
-	users := d.p.sec.Users.Load()
+func (d *Server) DropUnusableUsers() {
+	users := d.sec.Users.Load()
 	for _, s := range d.selectSessions(func(s *session) bool {
 		u := s.authUser()
 		return u != "" && !users.Usable(u)
@@ -197,7 +229,7 @@ func (d *server) dropUnusableUsers() {
 
 // selectSessions returns the sessions that match; the caller acts on them
 // outside mu (closing logs and touches sockets).
-func (d *server) selectSessions(match func(*session) bool) []*session {
+func (d *Server) selectSessions(match func(*session) bool) []*session {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var out []*session
@@ -211,7 +243,7 @@ func (d *server) selectSessions(match func(*session) bool) []*session {
 
 // isSelf reports whether host:port is one of this proxy's own listeners:
 // a local address (or the announced IP) on a listening port.
-func (d *server) isSelf(host string, port int) bool {
+func (d *Server) isSelf(host string, port int) bool {
 	for _, ln := range []net.Listener{d.ln, d.tlsLn, d.delayedLn} {
 		if ln == nil {
 			continue
@@ -252,7 +284,7 @@ func isLocal(a *net.TCPAddr, host, announceIP string) bool {
 
 // sourcePorts are the ports a refresh source's master_port may name: the
 // listeners replicas follow (not the delayed one) and the announced port.
-func (d *server) SourcePorts() []int {
+func (d *Server) SourcePorts() []int {
 	var out []int
 	for _, port := range []int{listenerPort(d.ln), listenerPort(d.tlsLn), d.cfg.AnnouncePort} {
 		if port != 0 {
@@ -263,8 +295,68 @@ func (d *server) SourcePorts() []int {
 }
 
 // sessionCount is the number of connections, replicas included.
-func (d *server) sessionCount() int {
+func (d *Server) SessionCount() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return len(d.sessions)
+}
+
+// attach sets the listeners (plaintext, TLS, delayed; any may be nil)
+// before any goroutine reads them.
+func (d *Server) Attach(ln, tlsLn, delayedLn net.Listener) {
+	d.ln, d.tlsLn, d.delayedLn = ln, tlsLn, delayedLn
+}
+
+// serve accepts on the attached listeners until ctx ends, then closes
+// them and every session and returns once all have ended.
+func (d *Server) Serve(ctx context.Context) {
+	var loops sync.WaitGroup
+	for _, l := range []struct {
+		ln             net.Listener
+		isTLS, delayed bool
+	}{{d.ln, false, false}, {d.tlsLn, true, false}, {d.delayedLn, false, true}} {
+		if l.ln != nil {
+			loops.Go(func() { d.acceptLoop(ctx, l.ln, l.isTLS, l.delayed) })
+		}
+	}
+	<-ctx.Done()
+	for _, l := range []net.Listener{d.ln, d.tlsLn, d.delayedLn} {
+		if l != nil {
+			l.Close()
+		}
+	}
+	d.closeAll(vocab.DownShutdown)
+	loops.Wait()
+}
+
+// listenAddr is a listener's address, nil without one.
+func listenAddr(ln net.Listener) net.Addr {
+	if ln == nil {
+		return nil
+	}
+	return ln.Addr()
+}
+
+// addrs are the listening addresses: plaintext, TLS and delayed (nil
+// without one).
+func (d *Server) Addrs() (plain, tls, delayed net.Addr) {
+	return listenAddr(d.ln), listenAddr(d.tlsLn), listenAddr(d.delayedLn)
+}
+
+// warnUnprotected is Redis' protected mode in spirit: a listener reachable
+// beyond loopback with neither a password nor client certificates.
+func (p *Server) WarnUnprotected() {
+	open := p.sec.Users.Load().DefaultOpen()
+	for _, l := range []struct {
+		ln       net.Listener
+		certAuth bool
+	}{{p.ln, false}, {p.tlsLn, p.sec.Auth == tlsconf.AuthYes}} {
+		if l.ln == nil || !open || l.certAuth {
+			continue
+		}
+		if a, ok := l.ln.Addr().(*net.TCPAddr); ok && !a.IP.IsLoopback() {
+			p.log.Warn("listener open to the network with no authentication: anyone who reaches it can take the data; set --requirepass, a users file or TLS client certificates",
+				"addr", a.String())
+		}
+	}
 }

@@ -1,4 +1,4 @@
-package proxy
+package command
 
 import (
 	"fmt"
@@ -15,7 +15,6 @@ import (
 	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/proxy/security"
 	"github.com/replproxy/replproxy/proxy/vocab"
-	"github.com/replproxy/replproxy/psync/snapshot"
 	"github.com/tidwall/resp"
 )
 
@@ -58,9 +57,9 @@ func infoSections(args []string) map[string]bool {
 // info renders INFO in Redis' format and field order (server.c:genRedisInfoString()).
 // No field appears twice; fields with no truthful value for a proxy (hz,
 // lru_clock, Lua memory, ...) are left out rather than invented.
-func (p *Proxy) info(sections ...string) string {
+func (p *Server) Info(sections ...string) string {
 	want := infoSections(sections)
-	st := p.Status()
+	st := p.daemon.Status()
 	now := time.Now()
 	var b strings.Builder
 	section := func(name string, lines ...string) {
@@ -81,7 +80,7 @@ func (p *Proxy) info(sections ...string) string {
 		}
 		return 0
 	}
-	tcpPort := p.srv.Port()
+	tcpPort := p.Port()
 	uptime := int64(now.Sub(st.Started).Seconds())
 	if want["server"] {
 		exe, _ := os.Executable()
@@ -90,7 +89,7 @@ func (p *Proxy) info(sections ...string) string {
 			supervised = "systemd"
 		}
 		section("Server",
-			kv("redis_version", p.store.UpstreamVersion()),
+			kv("redis_version", st.RedisVersion),
 			kv("redis_git_sha1", "00000000"),
 			kv("redis_git_dirty", 0),
 			kv("redis_build_id", buildID(st.Version)),
@@ -155,7 +154,7 @@ func (p *Proxy) info(sections ...string) string {
 			fmt.Sprintf("mem_fragmentation_ratio:%.2f", frag),
 			kv("mem_fragmentation_bytes", rss-used),
 			// The backlog lives on disk; its in-memory part is the tail.
-			kv("mem_replication_backlog", p.store.Backlog.TailCapacity()),
+			kv("mem_replication_backlog", st.TailCapacity),
 			kv("mem_aof_buffer", 0),
 			kv("mem_cluster_links", 0),
 			kv("mem_allocator", "go-"+strings.TrimPrefix(runtime.Version(), "go")),
@@ -168,7 +167,7 @@ func (p *Proxy) info(sections ...string) string {
 	if st.Snapshot != nil {
 		snapTime = st.Snapshot.Created.Unix()
 	}
-	rl := p.follower.LastRefresh()
+	rl := st.Refresh
 	section("Persistence",
 		kv("loading", 0),
 		kv("async_loading", 0),
@@ -360,7 +359,7 @@ func (p *Proxy) info(sections ...string) string {
 		kv("upstream_sync_failures", ps.UpstreamSyncFailures.Load()),
 		kv("snapshot_refreshes", ps.Refreshes.Load()),
 		kv("snapshot_refresh_failures", ps.RefreshFailures.Load()),
-		kv("snapshot_source", SnapshotSource(st.Snapshot)),
+		kv("snapshot_source", vocab.SnapshotSource(st.Snapshot)),
 		kv("snapshot_budget_exceeded", map[bool]int{true: 1, false: 0}[st.BudgetExceeded()]),
 		kv("snapshot_stale", map[bool]int{true: 1, false: 0}[st.SnapshotStale()]),
 	}
@@ -404,16 +403,16 @@ func (p *Proxy) info(sections ...string) string {
 		kv("full_sync_next_attempt_in_seconds", next),
 		kv("full_sync_blocked", vocab.OneLine(fs.Blocked)),
 	)
-	rp = append(rp, kv("fanout_writer", on(p.fanout != nil)), kv("fanout_bytes", ps.FanoutBytes.Load()),
+	rp = append(rp, kv("fanout_writer", on(p.cfg.Fanout)), kv("fanout_bytes", ps.FanoutBytes.Load()),
 		kv("fanout_handbacks", ps.FanoutHandbacks.Load()))
-	rp = append(rp, strings.Split(strings.TrimSuffix(guardText(p.GuardStatus()), "\r\n"), "\r\n")...)
-	if ds := p.DelayStatus(); ds.Enabled {
+	rp = append(rp, strings.Split(strings.TrimSuffix(GuardText(st.Guard), "\r\n"), "\r\n")...)
+	if ds := st.Delay; ds.Enabled {
 		rp = append(rp, kv("delay_seconds", int64(ds.Delay.Seconds())), kv("delay_horizon_offset", ds.Horizon),
-			kv("delay_port", listenerPort(p.srv.delayedLn)), kv("delay_covered", map[bool]int{true: 1, false: 0}[ds.Covered]))
+			kv("delay_port", listenerPort(p.delayedLn)), kv("delay_covered", map[bool]int{true: 1, false: 0}[ds.Covered]))
 	}
-	upAddr, upSource := p.follower.UpstreamOrigin()
+	upAddr, upSource := st.UpstreamAddr, st.UpstreamSource
 	rp = append(rp, kv("upstream", upAddr), kv("upstream_source", upSource), kv("upstream_configured", p.cfg.Upstream))
-	rp = append(rp, kv("upstream_tls", map[bool]int{true: 1, false: 0}[p.cfg.UpstreamTLS]), kv("tls_port", listenerPort(p.srv.tlsLn)))
+	rp = append(rp, kv("upstream_tls", map[bool]int{true: 1, false: 0}[p.cfg.UpstreamTLS]), kv("tls_port", listenerPort(p.tlsLn)))
 	var fails []string
 	for _, r := range security.AuthFailureReasons() {
 		fails = append(fails, fmt.Sprintf("%s=%d", r, ps.AuthFailures.Load(r)))
@@ -429,18 +428,6 @@ func (p *Proxy) info(sections ...string) string {
 	}
 	section("Replproxy", rp...)
 	return b.String()
-}
-
-// SnapshotSource names where a snapshot came from; snapshots kept from before
-// sources were recorded came from the upstream.
-func SnapshotSource(s *snapshot.Info) string {
-	switch {
-	case s == nil:
-		return "none"
-	case s.Source == "":
-		return vocab.SnapFromUpstream
-	}
-	return s.Source
 }
 
 // kv is one INFO line.
@@ -459,8 +446,8 @@ func listenerPort(ln net.Listener) int {
 }
 
 // role renders ROLE as a replica does (replication.c:roleCommand()).
-func (p *Proxy) role() resp.Value {
-	st := p.Status()
+func (p *Server) role() resp.Value {
+	st := p.daemon.Status()
 	off := st.BacklogEnd
 	if st.History.Empty() || st.LinkState != vocab.LinkConnected {
 		off = -1 // as Redis: the offset exists only with a master link
@@ -472,7 +459,7 @@ func (p *Proxy) role() resp.Value {
 }
 
 // configGet answers CONFIG GET for the few parameters tools ask for.
-func (p *Proxy) configGet(patterns [][]byte) resp.Value {
+func (p *Server) configGet(patterns [][]byte) resp.Value {
 	params := [][2]string{
 		{"repl-backlog-size", strconv.FormatInt(p.cfg.BacklogSize, 10)},
 		{"repl-timeout", strconv.Itoa(int(p.cfg.ReplTimeout.Seconds()))},
@@ -484,8 +471,8 @@ func (p *Proxy) configGet(patterns [][]byte) resp.Value {
 		{"replica-read-only", "yes"},
 		{"masterauth", ""},
 		{"requirepass", ""},
-		{"port", strconv.Itoa(listenerPort(p.srv.ln))},
-		{"tls-port", strconv.Itoa(listenerPort(p.srv.tlsLn))},
+		{"port", strconv.Itoa(listenerPort(p.ln))},
+		{"tls-port", strconv.Itoa(listenerPort(p.tlsLn))},
 		{"tls-replication", map[bool]string{true: "yes", false: "no"}[p.cfg.UpstreamTLS]},
 		{"tls-auth-clients", p.cfg.TLSAuthClients},
 		{"maxclients", strconv.Itoa(p.cfg.MaxClients)},
@@ -525,7 +512,7 @@ func buildID(version string) string {
 }
 
 // guardText renders the guard's state as INFO-style lines.
-func guardText(g vocab.GuardStatus) string {
+func GuardText(g vocab.GuardStatus) string {
 	state := "watching"
 	switch {
 	case !g.Enabled:

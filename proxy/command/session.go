@@ -1,4 +1,4 @@
-package proxy
+package command
 
 import (
 	"bufio"
@@ -43,7 +43,7 @@ func (e redisError) Error() string { return string(e) }
 // session's goroutine before replica is stored true, and others read them
 // only after loading replica == true; everything else is atomic.
 type session struct {
-	p    *Proxy
+	srv  *Server
 	id   int64
 	conn net.Conn  // *tls.Conn on the TLS listener
 	raw  net.Conn  // the TCP connection under conn
@@ -77,6 +77,7 @@ type session struct {
 	errReplies int
 	rejected   bool
 	subs       *pubsub.Subscriber
+	subsView   atomic.Pointer[pubsub.Subscriber] // subs, published for the status views
 	// subCount, psubCount: the subscriptions, for CLIENT LIST.
 	subCount, psubCount atomic.Int32
 
@@ -111,7 +112,7 @@ func (s *session) reply(v resp.Value) error {
 	}
 	if v.Type() == resp.Error {
 		s.errReplies++
-		s.p.commands.recordError(v.String())
+		s.srv.commands.recordError(v.String())
 	}
 	return s.clientWrite(b)
 }
@@ -123,8 +124,8 @@ func (s *session) clientWrite(b []byte) error {
 	}
 	_ = s.conn.SetWriteDeadline(time.Now().Add(vocab.WriteTimeout))
 	n, err := s.conn.Write(b)
-	s.p.stats.NetOutputBytes.Add(int64(n))
-	s.p.stats.WritesProcessed.Add(1)
+	s.srv.stats.NetOutputBytes.Add(int64(n))
+	s.srv.stats.WritesProcessed.Add(1)
 	return err
 }
 
@@ -146,9 +147,9 @@ func (s *session) count(cmd string, args [][]byte, start time.Time, errs int) {
 		return
 	}
 	if !s.rejected {
-		s.p.stats.CommandsProcessed.Add(1)
+		s.srv.stats.CommandsProcessed.Add(1)
 	}
-	s.p.commands.record(name, time.Since(start), s.rejected, s.errReplies > errs)
+	s.srv.commands.record(name, time.Since(start), s.rejected, s.errReplies > errs)
 }
 
 func (s *session) ok() error { return s.reply(resp.SimpleStringValue("OK")) }
@@ -239,7 +240,7 @@ func (s *session) serve(ctx context.Context) error {
 }
 
 // supportedCommands are the commands a session answers.
-var supportedCommands = []string{"auth", "client", "command", "config", "discard", "echo", "exec", "hello", "info",
+var SupportedCommands = []string{"auth", "client", "command", "config", "discard", "echo", "exec", "hello", "info",
 	"latency", "multi", "ping", "psubscribe", "psync", "publish", "punsubscribe", "quit", "replconf", "replicaof",
 	"replproxy", "reset", "role", "select", "slaveof", "slowlog", "subscribe", "sync", "unsubscribe"}
 
@@ -279,7 +280,7 @@ func (s *session) queue(cmd string, args [][]byte) error {
 }
 
 func (s *session) command(cmd string, args [][]byte) error {
-	p := s.p
+	p := s.srv
 	argc := len(args)
 	arity := func(min, max int) bool { return argc >= min && (max < 0 || argc <= max) }
 	wrongArgs := func() error {
@@ -317,7 +318,7 @@ func (s *session) command(cmd string, args [][]byte) error {
 		for _, a := range args[1:] {
 			sections = append(sections, string(a))
 		}
-		return s.reply(resp.StringValue(p.info(sections...)))
+		return s.reply(resp.StringValue(s.srv.Info(sections...)))
 	case "role":
 		return s.reply(p.role())
 	case "client":
@@ -330,12 +331,12 @@ func (s *session) command(cmd string, args [][]byte) error {
 		}
 		switch strings.ToLower(string(args[1])) {
 		case "count":
-			return s.reply(resp.IntegerValue(len(supportedCommands)))
+			return s.reply(resp.IntegerValue(len(SupportedCommands)))
 		case "info":
 			return s.reply(commandInfo(args[2:]))
 		case "list":
 			var names []resp.Value
-			for _, n := range supportedCommands {
+			for _, n := range SupportedCommands {
 				names = append(names, resp.StringValue(n))
 			}
 			return s.reply(resp.ArrayValue(names))
@@ -401,10 +402,10 @@ func (s *session) replicaof(host, port string) error {
 	if host == "" || strings.ContainsAny(host, " \r\n") {
 		return s.errorf("ERR Invalid master host")
 	}
-	if s.p.srv.isSelf(host, n) {
+	if s.srv.isSelf(host, n) {
 		return s.errorf("ERR %s:%d is this replproxy itself", host, n)
 	}
-	if !s.p.follower.MoveUpstream(net.JoinHostPort(host, port)) {
+	if !s.srv.daemon.MoveUpstream(net.JoinHostPort(host, port)) {
 		return s.reply(resp.SimpleStringValue("OK Already connected to specified master"))
 	}
 	return s.ok()
@@ -418,9 +419,9 @@ func (s *session) replproxyCommand(args [][]byte) error {
 	}
 	switch strings.ToLower(string(args[1])) {
 	case "status":
-		return s.reply(resp.StringValue(guardText(s.p.GuardStatus())))
+		return s.reply(resp.StringValue(GuardText(s.srv.daemon.Status().Guard)))
 	case "accept":
-		err := s.p.GuardAccept()
+		err := s.srv.daemon.GuardAccept()
 		switch {
 		case errors.Is(err, upstream.ErrNothingHeld):
 			return s.errorf("ERR the guard holds no history: nothing to accept")
@@ -439,7 +440,7 @@ func (s *session) auth(args [][]byte) error {
 	user := acl.DefaultUser
 	if len(args) == 2 {
 		user = string(args[0])
-	} else if s.p.sec.Users.Load().DefaultOpen() {
+	} else if s.srv.sec.Users.Load().DefaultOpen() {
 		// As Redis: the one-argument form with a nopass default user.
 		return s.errorf("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
 	}
@@ -482,7 +483,7 @@ func (s *session) hello(args [][]byte) error {
 	}
 	return s.reply(resp.ArrayValue([]resp.Value{
 		resp.StringValue("server"), resp.StringValue("redis"),
-		resp.StringValue("version"), resp.StringValue(s.p.store.UpstreamVersion()),
+		resp.StringValue("version"), resp.StringValue(s.srv.daemon.RedisVersion()),
 		resp.StringValue("proto"), resp.IntegerValue(2),
 		resp.StringValue("id"), resp.IntegerValue(int(s.id)),
 		resp.StringValue("mode"), resp.StringValue("standalone"),
@@ -492,10 +493,10 @@ func (s *session) hello(args [][]byte) error {
 }
 
 func (s *session) checkAuth(user, pass []byte) error {
-	users := s.p.sec.Users.Load()
+	users := s.srv.sec.Users.Load()
 	name := string(user)
 	if fail := users.Check(name, pass); fail != "" {
-		s.p.sec.AuthFailed(string(fail), s.addr, nil)
+		s.srv.sec.AuthFailed(string(fail), s.addr, nil)
 		return errWrongPass
 	}
 	s.authed = true
@@ -603,7 +604,7 @@ func (s *session) client(args [][]byte) error {
 	case "list":
 		now := time.Now()
 		var b strings.Builder
-		for _, o := range s.p.srv.selectSessions(func(*session) bool { return true }) {
+		for _, o := range s.srv.selectSessions(func(*session) bool { return true }) {
 			b.WriteString(o.clientLine(now) + "\n")
 		}
 		return s.reply(resp.StringValue(b.String()))
@@ -621,7 +622,7 @@ func (s *session) client(args [][]byte) error {
 // becomeReplica hands the connection to the downstream as a replica link
 // (SYNC or PSYNC) and serves it until it ends.
 func (s *session) becomeReplica(ctx context.Context, cmd string, args [][]byte) error {
-	r := s.p.down.NewReplica(s.id, s.conn, s.raw, s.out, s.br, s.addr, s.tls, s.delayed, s.log, s.ctx, s.identity(), s.Announce,
+	r := s.srv.down.NewReplica(s.id, s.conn, s.raw, s.out, s.br, s.addr, s.tls, s.delayed, s.log, s.ctx, s.identity(), s.Announce,
 		s.errorf, s.closeConn)
 	s.rep.Store(r)
 	return r.Run(ctx, cmd, args)

@@ -1,4 +1,4 @@
-package proxy
+package command
 
 import (
 	"fmt"
@@ -29,7 +29,7 @@ func (s *session) latency(args [][]byte) error {
 		for _, a := range args[1:] {
 			names = append(names, strings.ToLower(string(a)))
 		}
-		return s.reply(s.p.commands.histogram(names))
+		return s.reply(s.srv.commands.histogram(names))
 	case "reset":
 		return s.reply(resp.IntegerValue(0))
 	case "doctor":
@@ -81,7 +81,7 @@ func (s *session) clientLine(now time.Time) string {
 // (ID, TYPE normal|replica|slave|pubsub|master, ADDR, LADDR, USER,
 // SKIPME); it answers as Redis does.
 func (s *session) clientKill(args [][]byte) error {
-	d := s.p.srv
+	d := s.srv
 	if len(args) == 1 {
 		addr := string(args[0])
 		victims := d.selectSessions(func(o *session) bool { return o.addr == addr })
@@ -174,14 +174,14 @@ func commandInfo(names [][]byte) resp.Value {
 	}
 	var out []resp.Value
 	if names == nil {
-		for _, n := range supportedCommands {
+		for _, n := range SupportedCommands {
 			out = append(out, entry(n))
 		}
 		return resp.ArrayValue(out)
 	}
 	for _, n := range names {
 		name := strings.ToLower(string(n))
-		if slices.Contains(supportedCommands, name) {
+		if slices.Contains(SupportedCommands, name) {
 			out = append(out, entry(name))
 		} else {
 			out = append(out, resp.NullValue())

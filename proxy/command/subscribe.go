@@ -1,4 +1,4 @@
-package proxy
+package command
 
 import (
 	"github.com/tidwall/resp"
@@ -25,12 +25,12 @@ func (s *session) subscriberFor() *pubsub.Subscriber {
 	if s.subs == nil {
 		s.subs = pubsub.NewSubscriber(s.conn, pubsub.Hooks{
 			Wrote: func(n int) {
-				s.p.stats.NetOutputBytes.Add(int64(n))
-				s.p.stats.WritesProcessed.Add(1)
+				s.srv.stats.NetOutputBytes.Add(int64(n))
+				s.srv.stats.WritesProcessed.Add(1)
 			},
 			Close: func() { s.close(vocab.DownClosed) },
 			Overflow: func(pending int64) {
-				s.p.stats.OutputBufferDrops.Add(1)
+				s.srv.stats.OutputBufferDrops.Add(1)
 				s.log.Warn("closing a subscriber that does not read its messages", "pending_bytes", pending)
 			},
 			Counts: func(channels, patterns int) {
@@ -38,15 +38,20 @@ func (s *session) subscriberFor() *pubsub.Subscriber {
 				s.psubCount.Store(int32(patterns))
 			},
 		})
+		s.subsView.Store(s.subs)
 	}
 	return s.subs
 }
+
+// subscriber is the session's subscriber for other goroutines (nil: not
+// in pub/sub mode).
+func (s *session) subscriber() *pubsub.Subscriber { return s.subsView.Load() }
 
 // subscribeCommand answers SUBSCRIBE, PSUBSCRIBE, UNSUBSCRIBE and
 // PUNSUBSCRIBE: one confirmation per name with the client's subscription
 // count after it, as Redis does.
 func (s *session) subscribeCommand(cmd string, names [][]byte) error {
-	ps := s.p.pubsub
+	ps := s.srv.pubsub
 	pattern := cmd == "psubscribe" || cmd == "punsubscribe"
 	if cmd == "subscribe" || cmd == "psubscribe" {
 		sub := s.subscriberFor()
@@ -106,14 +111,37 @@ func (s *session) pingSubscribed(args [][]byte) error {
 func (s *session) reset() error {
 	s.multi = nil
 	if s.subs != nil {
-		s.p.pubsub.Drop(s.subs)
+		s.srv.pubsub.Drop(s.subs)
 	}
 	s.clientName.Store("")
-	s.authed = s.p.sec.Users.Load().DefaultOpen()
+	s.authed = s.srv.sec.Users.Load().DefaultOpen()
 	if s.authed {
 		s.user.Store(acl.DefaultUser)
 	} else {
 		s.user.Store("")
 	}
 	return s.reply(resp.SimpleStringValue("RESET"))
+}
+
+// subscriberView is one client in pub/sub mode, as the status page and
+// tests see it.
+type SubscriberView struct {
+	ID       int64
+	Name     string
+	Channels int   // subscriptions: channels and patterns
+	Sent     int64 // messages and replies written to it
+}
+
+// subscribers lists the clients in pub/sub mode.
+func (d *Server) Subscribers() []SubscriberView {
+	var out []SubscriberView
+	for _, s := range d.selectSessions(func(s *session) bool { return s.subCount.Load()+s.psubCount.Load() > 0 }) {
+		name, _ := s.clientName.Load().(string)
+		v := SubscriberView{ID: s.id, Name: name, Channels: int(s.subCount.Load() + s.psubCount.Load())}
+		if sub := s.subscriber(); sub != nil {
+			v.Sent = sub.Sent()
+		}
+		out = append(out, v)
+	}
+	return out
 }

@@ -1,4 +1,4 @@
-package proxy
+package command
 
 import (
 	"fmt"
@@ -218,7 +218,7 @@ var subcommands = map[string][]string{
 // statName is the name a call is counted under: "" for a command the
 // proxy does not know (Redis keeps no stats for those either).
 func statName(cmd string, args [][]byte) string {
-	if !slices.Contains(supportedCommands, cmd) {
+	if !slices.Contains(SupportedCommands, cmd) {
 		return ""
 	}
 	if subs, ok := subcommands[cmd]; ok && len(args) >= 2 {

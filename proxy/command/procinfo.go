@@ -1,4 +1,4 @@
-package proxy
+package command
 
 import (
 	"bufio"
