@@ -16,8 +16,22 @@ const module = "github.com/replproxy/replproxy"
 var layers = map[string][]string{
 	// The sync planner is pure: no I/O, no clock, nothing of the daemon.
 	module + "/proxy/plan": {"net", "os", "time", "log/slog", module + "/proxy", module + "/proxy/..."},
-	// Leaves: nothing of the daemon above them.
-	module + "/proxy/pubsub": {module + "/proxy", module + "/proxy/..."},
+	// Leaves: nothing of the daemon above them (security may use the
+	// vocabulary, the one leaf below it).
+	module + "/proxy/vocab":    {module + "/proxy", module + "/proxy/..."},
+	module + "/proxy/pubsub":   {module + "/proxy", module + "/proxy/..."},
+	module + "/proxy/request":  {module + "/proxy", module + "/proxy/..."},
+	module + "/proxy/security": {module + "/proxy", module + "/proxy/store", module + "/proxy/upstream", module + "/proxy/downstream", module + "/proxy/command", module + "/proxy/plan", module + "/proxy/pubsub", module + "/proxy/request"},
+	// The store: the data dir, no network and no other component.
+	module + "/proxy/store": {"net", "crypto/tls", module + "/proxy", module + "/proxy/upstream", module + "/proxy/downstream",
+		module + "/proxy/command", module + "/proxy/security", module + "/proxy/pubsub", module + "/proxy/request"},
+	// The two sides of the relay know each other only through the
+	// interfaces each declares; neither knows the command surface.
+	module + "/proxy/upstream":   {module + "/proxy", module + "/proxy/downstream", module + "/proxy/command"},
+	module + "/proxy/downstream": {module + "/proxy", module + "/proxy/upstream", module + "/proxy/command"},
+	// The command surface renders status values: it imports no
+	// component's internals, only the replica side it hands sessions to.
+	module + "/proxy/command": {module + "/proxy", module + "/proxy/upstream", module + "/proxy/store"},
 }
 
 // banned reports whether imp is what rule names.

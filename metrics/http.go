@@ -15,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/replproxy/replproxy/proxy"
-	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
@@ -69,7 +68,7 @@ func Handler(p *proxy.Proxy, reg *prometheus.Registry, opts HandlerOptions) http
 			return
 		}
 		switch err := p.GuardAccept(); {
-		case errors.Is(err, upstream.ErrNothingHeld):
+		case errors.Is(err, vocab.ErrNothingHeld):
 			http.Error(w, "the guard holds no history: nothing to accept", http.StatusConflict)
 		case err != nil:
 			http.Error(w, "guard accept failed: "+err.Error(), http.StatusInternalServerError)

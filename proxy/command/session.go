@@ -21,7 +21,6 @@ import (
 	"github.com/replproxy/replproxy/proxy/downstream"
 	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/proxy/request"
-	"github.com/replproxy/replproxy/proxy/upstream"
 	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
@@ -423,7 +422,7 @@ func (s *session) replproxyCommand(args [][]byte) error {
 	case "accept":
 		err := s.srv.daemon.GuardAccept()
 		switch {
-		case errors.Is(err, upstream.ErrNothingHeld):
+		case errors.Is(err, vocab.ErrNothingHeld):
 			return s.errorf("ERR the guard holds no history: nothing to accept")
 		case err != nil:
 			s.log.Error("guard accept failed", "err", err)

@@ -251,9 +251,6 @@ func (f *Follower) appendHeldLocked(h *heldHistory, chunk []byte, u *upstreamCon
 	return nil
 }
 
-// ErrNothingHeld answers an accept with nothing to accept.
-var ErrNothingHeld = errors.New("the guard holds no history")
-
 // acceptHeld installs the held history as if it had just arrived: its
 // snapshot, then its stream since, copied into the backlog. Replicas of
 // the old history are disconnected by the reset and full-sync to it.
@@ -263,7 +260,7 @@ func (f *Follower) AcceptHeld() error {
 	defer g.mu.Unlock()
 	h := g.held
 	if h == nil {
-		return ErrNothingHeld
+		return vocab.ErrNothingHeld
 	}
 	info := h.Snapshot
 	if err := os.Rename(filepath.Join(g.dir.Held(), info.Name), filepath.Join(f.store.SnapDir, info.Name)); err != nil {

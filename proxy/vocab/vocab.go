@@ -1,6 +1,7 @@
 package vocab
 
 import (
+	"errors"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -129,3 +130,6 @@ func Truncate(s string, n int) string {
 
 // OneLine makes s fit on one line of INFO or of an error reply.
 func OneLine(s string) string { return strings.NewReplacer("\r", " ", "\n", " ").Replace(s) }
+
+// ErrNothingHeld answers a guard accept with nothing to accept.
+var ErrNothingHeld = errors.New("the guard holds no history")
