@@ -2,12 +2,17 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/replproxy/replproxy/internal/faultproxy"
 	"github.com/replproxy/replproxy/internal/redistest"
+	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
 // TestGuardEmptyOrigin: an origin with 100k keys is killed and restarts
@@ -106,4 +111,79 @@ func TestGuardEmptyOrigin(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestGuardAcceptDuringFullSync: operators' GUARD ACCEPTs arrive from
+// several goroutines while a history is held and the main link receives
+// a slow full sync of yet another history. An accept is a request the
+// follow goroutine serves between links (it owns the held history and the
+// stream scanner; under -race a write from another goroutine is
+// reported), and a full sync in flight is not cut for it. The proxy ends
+// on the origin's history with its data, and a replica matches the origin.
+func TestGuardAcceptDuringFullSync(t *testing.T) {
+	t.Parallel()
+	origin := redistest.StartT(t, "origin")
+	ctx := context.Background()
+	must(t, origin.Client().Do(ctx, "DEBUG", "POPULATE", 20000, "key", 16).Err())
+	fp, err := faultproxy.New(origin.Addr())
+	must(t, err)
+	defer fp.Close()
+	p := startProxy(t, fp.Addr(), t.TempDir())
+	redistest.Eventually(t, 30*time.Second, "link up", p.linkUp)
+	origin.Kill()
+	must(t, origin.Restart())
+	redistest.Eventually(t, 30*time.Second, "the guard holds the empty history", func() bool { return p.GuardStatus().Holding })
+
+	// Another history with data (DEBUG POPULATE is not replicated: the
+	// proxy gets it only in the full sync), sent slowly: the accepts land
+	// during its full sync, while the empty history is held, and after.
+	fp.Refuse(true)
+	origin.Kill()
+	must(t, origin.Restart())
+	must(t, origin.Client().Do(ctx, "DEBUG", "POPULATE", 3000, "other", 16).Err())
+	must(t, origin.Client().ConfigSet(ctx, "rdb-key-save-delay", "1000").Err())
+	fp.Refuse(false)
+	redistest.Eventually(t, 30*time.Second, "the full sync of the newest history is under way", func() bool {
+		return p.Status().LinkState == vocab.LinkSync
+	})
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	var served atomic.Int64
+	for range 4 { // during the full sync, a history held
+		wg.Go(func() {
+			for !stop.Load() {
+				switch err := p.GuardAccept(); {
+				case err == nil:
+					served.Add(1)
+				case !errors.Is(err, vocab.ErrNothingHeld):
+					t.Errorf("accept: %v", err)
+					return
+				}
+			}
+		})
+	}
+	// The origin names its history when it creates its backlog, at the
+	// first full sync: read it then.
+	var replid string
+	redistest.Eventually(t, 60*time.Second, "the proxy streams or holds the origin's newest history", func() bool {
+		replid = mustInfo(t, origin, "replication")["master_replid"]
+		return p.linkUp() && p.Status().History.ReplID == replid || p.GuardStatus().Holding && p.GuardStatus().ReplID == replid
+	})
+	stop.Store(true)
+	wg.Wait()
+	if served.Load() == 0 {
+		t.Fatal("no accept was served")
+	}
+	if p.GuardStatus().Holding { // the newest history arrived after the last accept
+		must(t, p.GuardAccept())
+	}
+	must(t, origin.Client().ConfigSet(ctx, "rdb-key-save-delay", "0").Err())
+	redistest.Eventually(t, 30*time.Second, "the proxy follows the origin's history", func() bool {
+		return p.linkUp() && p.Status().History.ReplID == replid
+	})
+	if f := origin.InfoInt("stats", "total_forks"); f != 1 {
+		t.Fatalf("the origin forked %d times for one history: an accept cut a full sync", f)
+	}
+	replicas := startReplicas(t, 1, p.addr)
+	waitConverged(t, origin, replicas, 60*time.Second)
 }

@@ -124,6 +124,8 @@ func (f *Follower) awaitCalm(ctx context.Context, cut *burstCut) {
 		case <-f.movedCh:
 			f.repostMove()
 			return
+		case done := <-f.guard.accepts:
+			done <- f.acceptHeld()
 		case <-tick.C:
 		}
 	}

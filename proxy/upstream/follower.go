@@ -54,8 +54,9 @@ type Follower struct {
 
 	scanner psync.Scanner // the stream's position within a command; follow's goroutine only
 	// publishes finds the stream's PUBLISH commands for pubsub's
-	// subscribers; written with scanner, under guard.mu.
+	// subscribers; follow's goroutine only, as scanner.
 	publishes streamPublishes
+	stopped   chan struct{} // closed when Follow returns: no request is served after
 	pubsub    *pubsub.Registry
 	Refresh   atomic.Bool // a snapshot refresh is running
 	// refreshLast: when the running refresh began, how the last one went.
@@ -140,7 +141,7 @@ func New(cfg Options, log *slog.Logger, stats *vocab.UpstreamCounters, st *store
 		link:    vocab.LinkStatus{State: vocab.LinkConnect, DownSince: time.Now()},
 		movedCh: make(chan struct{}, 1), kick: make(chan struct{}, 1), ackKick: make(chan struct{}, 1),
 		gate:  newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, store.Layout{Dir: cfg.DataDir}.FullSyncGate()),
-		guard: &guard{dir: store.Layout{Dir: cfg.DataDir}}, refusals: newSourceRefusals(log, stats.SourceRefusals),
+		guard: &guard{dir: store.Layout{Dir: cfg.DataDir}, accepts: make(chan chan error, 1)}, stopped: make(chan struct{}), refusals: newSourceRefusals(log, stats.SourceRefusals),
 	}
 	if !st.Position().Hist.Empty() { // a restart: replicas were here and come back
 		f.graceUntil = time.Now().Add(refreshStartGrace)
@@ -315,8 +316,10 @@ func (f *Follower) touchIO() {
 // follow keeps the upstream link alive until ctx ends, reconnecting with
 // capped exponential backoff and jitter.
 func (f *Follower) Follow(ctx context.Context) {
+	defer close(f.stopped)
 	backoff := backoffMin
 	for ctx.Err() == nil {
+		f.serveAccept()
 		if !f.awaitFullSyncTurn(ctx) {
 			return
 		}
@@ -327,6 +330,12 @@ func (f *Follower) Follow(ctx context.Context) {
 		if ctx.Err() != nil {
 			f.stats.UpstreamDisconnects.Add(vocab.UpShutdown, vocab.UpError)
 			return
+		}
+		if errors.Is(err, errAccepting) { // an operator's order, not a failure: serve it, connect at once
+			f.log.Info("upstream link cut to accept the held history", "upstream", f.UpstreamAddr())
+			f.serveAccept()
+			backoff = backoffMin
+			continue
 		}
 		reason := disconnectReason(err)
 		f.stats.UpstreamDisconnects.Add(reason, vocab.UpError)
@@ -371,6 +380,10 @@ func (f *Follower) Follow(ctx context.Context) {
 		case <-f.movedCh:
 			backoff = backoffMin
 			continue
+		case done := <-f.guard.accepts:
+			done <- f.acceptHeld()
+			backoff = backoffMin
+			continue
 		case <-time.After(sleep):
 		}
 		backoff = min(backoff*2, BackoffMax)
@@ -395,8 +408,8 @@ func (f *Follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 		f.mu.Lock()
 		f.cutLink = nil
 		f.mu.Unlock()
-		if errors.Is(context.Cause(ctx), errMoved) {
-			err = errMoved // whatever the cut connection reported
+		if cause := context.Cause(ctx); errors.Is(cause, errMoved) || errors.Is(cause, errAccepting) {
+			err = cause // an operator's order, whatever the cut connection reported
 		}
 		cut(nil)
 	}()
@@ -543,9 +556,7 @@ func (f *Follower) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*sn
 	if err := f.installFullSync(info); err != nil {
 		return nil, n, localError(err)
 	}
-	f.guard.mu.Lock() // a history with enough keys replaces a held one
-	f.guard.dropLocked(f)
-	f.guard.mu.Unlock()
+	f.guard.drop(f) // a history with enough keys replaces a held one
 	f.log.Info("snapshot installed", "replid", info.ReplID, "offset", info.Offset, "bytes", info.Size,
 		"rdb_version", info.RDBVersion, "seconds", time.Since(start).Seconds())
 	return info, n, nil
@@ -647,6 +658,8 @@ func (f *Follower) awaitFullSyncTurn(ctx context.Context) bool {
 			default:
 			}
 			return true
+		case done := <-f.guard.accepts:
+			done <- f.acceptHeld()
 		case <-time.After(d):
 		}
 	}
@@ -675,12 +688,8 @@ func (f *Follower) installFullSync(info *snapshot.Info) error {
 	f.cancelRefresh("new history")
 	installed, err := f.store.InstallFullSync(info)
 	if installed {
-		// Under guard.mu, as everywhere: a GUARD ACCEPT resets and advances
-		// the scanner from the operator's goroutine.
-		f.guard.mu.Lock()
 		f.scanner.Reset() // the new backlog starts at a command boundary
 		f.publishes = streamPublishes{}
-		f.guard.mu.Unlock()
 		f.stats.UpstreamFullSyncs.Add(1)
 	}
 	return err

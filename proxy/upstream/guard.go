@@ -38,13 +38,24 @@ type heldHistory struct {
 	scanner psync.Scanner
 }
 
-// guard is the follower's: mu serialises its appends to the held stream
-// with an accept from another goroutine; held is read by status under mu.
+// guard is the follower's empty-origin guard. The held history is the
+// follow goroutine's: it alone holds, appends to, accepts and drops it (an
+// operator's accept is a request to it, on accepts). mu guards only the
+// held pointer, for the readers on other goroutines (status, the ACK
+// ticker); the follow goroutine reads it without mu and writes it under mu.
 type guard struct {
-	dir   store.Layout
-	mu    sync.Mutex
-	held  *heldHistory
-	holds atomic.Int64
+	dir     store.Layout
+	mu      sync.Mutex
+	held    *heldHistory
+	holds   atomic.Int64
+	accepts chan chan error // an operator's accept, answered on the channel sent
+}
+
+// set publishes the held history (the follow goroutine only).
+func (g *guard) set(h *heldHistory) {
+	g.mu.Lock()
+	g.held = h
+	g.mu.Unlock()
 }
 
 func (f *Follower) GuardStatus() vocab.GuardStatus {
@@ -104,13 +115,12 @@ func (f *Follower) shouldHold(info *snapshot.Info) (hold bool, cur, nw int64) {
 	return float64(nw) < f.cfg.GuardMinKeysRatio*float64(cur), cur, nw
 }
 
-// hold moves the new snapshot aside and starts its stream in the held dir,
-// under g.mu.
+// hold moves the new snapshot aside and starts its stream in the held dir.
+// The files are written before the history is published: readers never
+// wait for them.
 func (f *Follower) hold(info *snapshot.Info, cur, nw int64) error {
 	g := f.guard
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.dropLocked(f)
+	g.drop(f)
 	if err := os.MkdirAll(g.dir.Held(), 0o755); err != nil {
 		return fmt.Errorf("guard: %w", err)
 	}
@@ -130,7 +140,7 @@ func (f *Follower) hold(info *snapshot.Info, cur, nw int64) error {
 		bl.Close()
 		return err
 	}
-	g.held = h
+	g.set(h)
 	g.holds.Add(1)
 	f.cancelRefresh("guard holds a new history")
 	f.log.Error("guard: the upstream offers a new history with far fewer keys; holding it, replicas keep the current data until an operator accepts it (REPLPROXY GUARD ACCEPT or POST /guard/accept)",
@@ -138,13 +148,14 @@ func (f *Follower) hold(info *snapshot.Info, cur, nw int64) error {
 	return nil
 }
 
-// dropLocked forgets a held history and its files.
-func (g *guard) dropLocked(f *Follower) {
-	if g.held == nil {
+// drop forgets a held history and its files (the follow goroutine only).
+func (g *guard) drop(f *Follower) {
+	h := g.held
+	if h == nil {
 		return
 	}
-	g.held.bl.Close()
-	g.held = nil
+	g.set(nil)
+	h.bl.Close()
 	if err := os.RemoveAll(g.dir.Held()); err != nil {
 		f.log.Warn("guard: remove the held history", "err", err)
 	}
@@ -176,15 +187,14 @@ func (f *Follower) loadHeld() error {
 	return nil
 }
 
-// heldPosition is where the held history continues, ok false when none.
+// heldPosition is where the held history continues, ok false when none
+// (the follow goroutine only).
 func (f *Follower) heldPosition() (replid string, next int64, ok bool) {
-	g := f.guard
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.held == nil {
+	h := f.guard.held
+	if h == nil {
 		return "", 0, false
 	}
-	return g.held.Snapshot.ReplID, g.held.bl.End() + 1, true
+	return h.Snapshot.ReplID, h.bl.End() + 1, true
 }
 
 // ackOffset is the offset the proxy acknowledges upstream: what it has
@@ -200,8 +210,7 @@ func (f *Follower) ackOffset() int64 {
 	return f.ackFor(h)
 }
 
-// ackFor is ackOffset with the held history already read (g.mu held or
-// not needed).
+// ackFor is ackOffset with the held history already read.
 func (f *Follower) ackFor(h *heldHistory) int64 {
 	if h != nil {
 		if f.cfg.AckReplicas > 0 {
@@ -227,8 +236,8 @@ func (f *Follower) ReplicaAcked() {
 	}
 }
 
-// appendHeldLocked stores a chunk of the held history; g.mu held.
-func (f *Follower) appendHeldLocked(h *heldHistory, chunk []byte, u *upstreamConn) error {
+// appendHeld stores a chunk of the held history.
+func (f *Follower) appendHeld(h *heldHistory, chunk []byte, u *upstreamConn) error {
 	sc := h.scanner
 	boundary, getack := -1, false
 	if err := sc.Scan(chunk, func(end int, c *psync.Command) {
@@ -236,7 +245,7 @@ func (f *Follower) appendHeldLocked(h *heldHistory, chunk []byte, u *upstreamCon
 		getack = getack || c.IsGetAck()
 	}); err != nil {
 		f.log.Error("invalid replication stream in the held history; dropping it", "err", err)
-		f.guard.dropLocked(f)
+		f.guard.drop(f)
 		return err
 	}
 	if n, err := h.bl.Append(chunk, boundary); err != nil {
@@ -251,13 +260,62 @@ func (f *Follower) appendHeldLocked(h *heldHistory, chunk []byte, u *upstreamCon
 	return nil
 }
 
+// errAccepting cuts the link so the follow goroutine serves an accept.
+var errAccepting = errors.New("an operator accepts the held history")
+
+// errStopped answers a request the follow goroutine will not serve.
+var errStopped = errors.New("replproxy is stopping")
+
+// AcceptHeld installs the history the guard holds (REPLPROXY GUARD ACCEPT).
+// It is a request to the follow goroutine, which owns the held history and
+// the stream scanner: the current link is cut (it streams the held
+// history; the next one continues it with a partial resync), and the
+// answer comes once the history is installed.
+func (f *Follower) AcceptHeld() error {
+	f.guard.mu.Lock()
+	held := f.guard.held != nil
+	f.guard.mu.Unlock()
+	if !held { // no link is cut for nothing
+		return vocab.ErrNothingHeld
+	}
+	done := make(chan error, 1)
+	select {
+	case f.guard.accepts <- done:
+	case <-f.stopped:
+		return errStopped
+	}
+	// A full sync being received is not cut (the origin forked for it):
+	// the request is served once it is installed, before streaming.
+	f.mu.Lock()
+	if f.cutLink != nil && f.link.State != vocab.LinkSync {
+		f.cutLink(errAccepting)
+	}
+	f.mu.Unlock()
+	select {
+	case err := <-done:
+		return err
+	case <-f.stopped:
+		return errStopped
+	}
+}
+
+// serveAccept answers an accept request, if one waits.
+func (f *Follower) serveAccept() bool {
+	select {
+	case done := <-f.guard.accepts:
+		done <- f.acceptHeld()
+		return true
+	default:
+		return false
+	}
+}
+
 // acceptHeld installs the held history as if it had just arrived: its
 // snapshot, then its stream since, copied into the backlog. Replicas of
-// the old history are disconnected by the reset and full-sync to it.
-func (f *Follower) AcceptHeld() error {
+// the old history are disconnected by the reset and full-sync to it. The
+// follow goroutine only, between links.
+func (f *Follower) acceptHeld() error {
 	g := f.guard
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	h := g.held
 	if h == nil {
 		return vocab.ErrNothingHeld
@@ -275,7 +333,7 @@ func (f *Follower) AcceptHeld() error {
 	f.publishes = streamPublishes{}
 	f.stats.UpstreamFullSyncs.Add(1)
 	copied, cerr := f.copyHeld(h)
-	g.held = nil
+	g.set(nil)
 	h.bl.Close()
 	_ = os.RemoveAll(g.dir.Held())
 	f.log.Warn("guard: the held history is accepted and installed; replicas full-sync to it",

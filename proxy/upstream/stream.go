@@ -20,6 +20,9 @@ import (
 // stream appends upstream bytes to the backlog until the link fails, ACKing
 // once a second and at once on REPLCONF GETACK.
 func (f *Follower) stream(ctx context.Context, u *upstreamConn) error {
+	if len(f.guard.accepts) > 0 { // asked during the full sync just installed
+		return errAccepting
+	}
 	var acks sync.WaitGroup
 	defer acks.Wait()
 	done := make(chan struct{})
@@ -129,10 +132,8 @@ func (e *closedBehindError) Unwrap() error { return e.err }
 // offset just written. busy says more is waiting upstream (the fan-out
 // then leaves the copying to the replicas' own loops).
 func (f *Follower) appendStream(chunk []byte, busy bool, u *upstreamConn) error {
-	f.guard.mu.Lock()
-	defer f.guard.mu.Unlock()
-	if h := f.guard.held; h != nil {
-		return f.appendHeldLocked(h, chunk, u)
+	if h := f.guard.held; h != nil { // the follow goroutine's own: no lock to read it
+		return f.appendHeld(h, chunk, u)
 	}
 	sc := f.scanner // scan a copy: it is committed only with the bytes
 	boundary, getack := -1, false
