@@ -59,62 +59,107 @@ func infoSections(args []string) map[string]bool {
 // lru_clock, Lua memory, ...) are left out rather than invented.
 func (p *Server) Info(sections ...string) string {
 	want := infoSections(sections)
-	st := p.daemon.Status()
-	now := time.Now()
+	v := &infoView{st: p.daemon.Status(), now: time.Now(), srv: p}
 	var b strings.Builder
-	section := func(name string, lines ...string) {
-		if !want[strings.ToLower(name)] {
-			return
+	for _, s := range infoRenderers {
+		if !want[strings.ToLower(s.name)] {
+			continue
 		}
 		if b.Len() > 0 {
 			b.WriteString("\r\n")
 		}
-		b.WriteString("# " + name + "\r\n")
-		for _, l := range lines {
+		b.WriteString("# " + s.name + "\r\n")
+		if s.render == nil {
+			continue
+		}
+		for _, l := range s.render(v) {
 			b.WriteString(l + "\r\n")
 		}
 	}
-	on := func(v bool) int {
-		if v {
-			return 1
-		}
-		return 0
+	return b.String()
+}
+
+// infoView is what one INFO renders from: a status value taken once, the
+// time, and the server's own counters and options.
+type infoView struct {
+	st  vocab.Status
+	now time.Time
+	srv *Server
+}
+
+// infoRenderers are INFO's sections in Redis 7's order, each rendered by
+// its own function as genRedisInfoString() calls one per section; nil:
+// a section with no fields here.
+var infoRenderers = []struct {
+	name   string
+	render func(*infoView) []string
+}{
+	{"Server", (*infoView).server},
+	{"Clients", (*infoView).clients},
+	{"Memory", (*infoView).memory},
+	{"Persistence", (*infoView).persistence},
+	{"Stats", (*infoView).stats},
+	{"Replication", (*infoView).replication},
+	{"CPU", (*infoView).cpu},
+	{"Modules", nil},
+	{"Commandstats", func(v *infoView) []string { return v.srv.commands.commandstats() }},
+	{"Errorstats", func(v *infoView) []string { return v.srv.commands.errorstats() }},
+	{"Latencystats", func(v *infoView) []string { return v.srv.commands.latencystats() }},
+	{"Cluster", func(*infoView) []string { return []string{kv("cluster_enabled", 0)} }},
+	// The proxy cannot count keys live (a write may create a key or not),
+	// and the snapshot's counts are old: # Replproxy has those, labelled.
+	{"Keyspace", nil},
+	{"Replproxy", (*infoView).replproxy},
+}
+
+// on is INFO's 1 or 0.
+func on(v bool) int {
+	if v {
+		return 1
 	}
+	return 0
+}
+
+// server is # Server.
+func (v *infoView) server() []string {
+	st, now, p := v.st, v.now, v.srv
 	tcpPort := p.Port()
 	uptime := int64(now.Sub(st.Started).Seconds())
-	if want["server"] {
-		exe, _ := os.Executable()
-		supervised := "no"
-		if os.Getenv("NOTIFY_SOCKET") != "" {
-			supervised = "systemd"
-		}
-		section("Server",
-			kv("redis_version", st.RedisVersion),
-			kv("redis_git_sha1", "00000000"),
-			kv("redis_git_dirty", 0),
-			kv("redis_build_id", buildID(st.Version)),
-			kv("redis_mode", "standalone"),
-			kv("os", osName()),
-			kv("arch_bits", strconv.Itoa(32<<(^uint(0)>>63))),
-			kv("monotonic_clock", "POSIX clock_gettime"),
-			kv("multiplexing_api", map[string]string{"linux": "epoll", "darwin": "kqueue", "freebsd": "kqueue"}[runtime.GOOS]),
-			kv("go_version", runtime.Version()),
-			kv("process_id", os.Getpid()),
-			kv("process_supervised", supervised),
-			kv("run_id", st.RunID),
-			kv("tcp_port", tcpPort),
-			kv("server_time_usec", now.UnixMicro()),
-			kv("uptime_in_seconds", uptime),
-			kv("uptime_in_days", uptime/86400),
-			kv("executable", exe),
-			kv("config_file", p.cfg.ConfigFile),
-			kv("io_threads_active", 0),
-			kv("replproxy_version", st.Version),
-		)
+	exe, _ := os.Executable()
+	supervised := "no"
+	if os.Getenv("NOTIFY_SOCKET") != "" {
+		supervised = "systemd"
 	}
-	chans, pats, subscribers := p.pubsub.Counts()
-	// As Redis: replicas are not clients; the link to the master is one.
-	section("Clients",
+	return []string{
+		kv("redis_version", st.RedisVersion),
+		kv("redis_git_sha1", "00000000"),
+		kv("redis_git_dirty", 0),
+		kv("redis_build_id", buildID(st.Version)),
+		kv("redis_mode", "standalone"),
+		kv("os", osName()),
+		kv("arch_bits", strconv.Itoa(32<<(^uint(0)>>63))),
+		kv("monotonic_clock", "POSIX clock_gettime"),
+		kv("multiplexing_api", map[string]string{"linux": "epoll", "darwin": "kqueue", "freebsd": "kqueue"}[runtime.GOOS]),
+		kv("go_version", runtime.Version()),
+		kv("process_id", os.Getpid()),
+		kv("process_supervised", supervised),
+		kv("run_id", st.RunID),
+		kv("tcp_port", tcpPort),
+		kv("server_time_usec", now.UnixMicro()),
+		kv("uptime_in_seconds", uptime),
+		kv("uptime_in_days", uptime/86400),
+		kv("executable", exe),
+		kv("config_file", p.cfg.ConfigFile),
+		kv("io_threads_active", 0),
+		kv("replproxy_version", st.Version),
+	}
+}
+
+// clients is # Clients: as Redis, replicas are not clients; the link to the master is one.
+func (v *infoView) clients() []string {
+	st, p := v.st, v.srv
+	_, _, subscribers := p.pubsub.Counts()
+	return []string{
 		kv("connected_clients", st.Clients+on(st.LinkUp)),
 		kv("cluster_connections", 0),
 		kv("maxclients", p.cfg.MaxClients),
@@ -122,53 +167,61 @@ func (p *Server) Info(sections ...string) string {
 		kv("tracking_clients", 0),
 		kv("pubsub_clients", subscribers),
 		kv("clients_in_timeout_table", 0),
-	)
-	if want["memory"] {
-		used, rss := goMemory(), residentMemory()
-		peak := p.memPeak.Load()
-		for used > peak && !p.memPeak.CompareAndSwap(peak, used) {
-			peak = p.memPeak.Load()
-		}
-		peak = max(peak, used)
-		total := systemMemory()
-		frag := 0.0
-		if used > 0 {
-			frag = float64(rss) / float64(used)
-		}
-		section("Memory",
-			kv("used_memory", used),
-			kv("used_memory_human", redisHumanBytes(used)),
-			kv("used_memory_rss", rss),
-			kv("used_memory_rss_human", redisHumanBytes(rss)),
-			kv("used_memory_peak", peak),
-			kv("used_memory_peak_human", redisHumanBytes(peak)),
-			fmt.Sprintf("used_memory_peak_perc:%.2f%%", float64(used)*100/float64(max(peak, 1))),
-			kv("used_memory_dataset", 0), // the proxy holds no keys in memory
-			kv("used_memory_lua", 0),     // nor a Lua VM
-			kv("number_of_cached_scripts", 0),
-			kv("total_system_memory", total),
-			kv("total_system_memory_human", redisHumanBytes(total)),
-			kv("maxmemory", 0),
-			kv("maxmemory_human", "0B"),
-			kv("maxmemory_policy", "noeviction"),
-			fmt.Sprintf("mem_fragmentation_ratio:%.2f", frag),
-			kv("mem_fragmentation_bytes", rss-used),
-			// The backlog lives on disk; its in-memory part is the tail.
-			kv("mem_replication_backlog", st.TailCapacity),
-			kv("mem_aof_buffer", 0),
-			kv("mem_cluster_links", 0),
-			kv("mem_allocator", "go-"+strings.TrimPrefix(runtime.Version(), "go")),
-			kv("active_defrag_running", 0),
-			kv("lazyfree_pending_objects", 0),
-			kv("lazyfreed_objects", 0),
-		)
 	}
+}
+
+// memory is # Memory; it records the peak used_memory.
+func (v *infoView) memory() []string {
+	st, p := v.st, v.srv
+	used, rss := goMemory(), residentMemory()
+	peak := p.memPeak.Load()
+	for used > peak && !p.memPeak.CompareAndSwap(peak, used) {
+		peak = p.memPeak.Load()
+	}
+	peak = max(peak, used)
+	total := systemMemory()
+	frag := 0.0
+	if used > 0 {
+		frag = float64(rss) / float64(used)
+	}
+	return []string{
+		kv("used_memory", used),
+		kv("used_memory_human", redisHumanBytes(used)),
+		kv("used_memory_rss", rss),
+		kv("used_memory_rss_human", redisHumanBytes(rss)),
+		kv("used_memory_peak", peak),
+		kv("used_memory_peak_human", redisHumanBytes(peak)),
+		fmt.Sprintf("used_memory_peak_perc:%.2f%%", float64(used)*100/float64(max(peak, 1))),
+		kv("used_memory_dataset", 0), // the proxy holds no keys in memory
+		kv("used_memory_lua", 0),     // nor a Lua VM
+		kv("number_of_cached_scripts", 0),
+		kv("total_system_memory", total),
+		kv("total_system_memory_human", redisHumanBytes(total)),
+		kv("maxmemory", 0),
+		kv("maxmemory_human", "0B"),
+		kv("maxmemory_policy", "noeviction"),
+		fmt.Sprintf("mem_fragmentation_ratio:%.2f", frag),
+		kv("mem_fragmentation_bytes", rss-used),
+		// The backlog lives on disk; its in-memory part is the tail.
+		kv("mem_replication_backlog", st.TailCapacity),
+		kv("mem_aof_buffer", 0),
+		kv("mem_cluster_links", 0),
+		kv("mem_allocator", "go-"+strings.TrimPrefix(runtime.Version(), "go")),
+		kv("active_defrag_running", 0),
+		kv("lazyfree_pending_objects", 0),
+		kv("lazyfreed_objects", 0),
+	}
+}
+
+// persistence is # Persistence: the snapshot refreshes are the BGSAVEs.
+func (v *infoView) persistence() []string {
+	st, p := v.st, v.srv
 	var snapTime int64 = st.Started.Unix() // as Redis: the start, before any save
 	if st.Snapshot != nil {
 		snapTime = st.Snapshot.Created.Unix()
 	}
 	rl := st.Refresh
-	section("Persistence",
+	return []string{
 		kv("loading", 0),
 		kv("async_loading", 0),
 		kv("rdb_bgsave_in_progress", on(st.Refreshing)),
@@ -188,9 +241,15 @@ func (p *Server) Info(sections ...string) string {
 		kv("aof_last_cow_size", 0),
 		kv("module_fork_in_progress", 0),
 		kv("module_fork_last_cow_size", 0),
-	)
+	}
+}
+
+// stats is # Stats.
+func (v *infoView) stats() []string {
+	p := v.srv
+	chans, pats, _ := p.pubsub.Counts()
 	ps := p.stats
-	section("Stats",
+	return []string{
 		kv("total_connections_received", ps.ConnectionsReceived.Load()),
 		kv("total_commands_processed", ps.CommandsProcessed.Load()),
 		kv("total_net_input_bytes", ps.NetInputBytes.Load()),
@@ -234,7 +293,12 @@ func (p *Server) Info(sections ...string) string {
 		kv("io_threaded_reads_processed", 0),
 		kv("io_threaded_writes_processed", 0),
 		kv("client_output_buffer_limit_disconnections", ps.OutputBufferDrops.Load()),
-	)
+	}
+}
+
+// replication is # Replication, as a replica reports it.
+func (v *infoView) replication() []string {
+	st, now := v.st, v.now
 	repl := []string{
 		kv("role", "slave"),
 		kv("master_host", st.UpstreamHost),
@@ -311,28 +375,24 @@ func (p *Server) Info(sections ...string) string {
 		kv("repl_backlog_first_byte_offset", first),
 		kv("repl_backlog_histlen", histlen),
 	)
-	section("Replication", repl...)
+	return repl
+}
+
+// cpu is # CPU.
+func (v *infoView) cpu() []string {
 	sys, user, csys, cuser := cpuTimes()
-	section("CPU",
+	return []string{
 		fmt.Sprintf("used_cpu_sys:%.6f", sys),
 		fmt.Sprintf("used_cpu_user:%.6f", user),
 		fmt.Sprintf("used_cpu_sys_children:%.6f", csys),
 		fmt.Sprintf("used_cpu_user_children:%.6f", cuser),
-	)
-	section("Modules")
-	if want["commandstats"] {
-		section("Commandstats", p.commands.commandstats()...)
 	}
-	if want["errorstats"] {
-		section("Errorstats", p.commands.errorstats()...)
-	}
-	if want["latencystats"] {
-		section("Latencystats", p.commands.latencystats()...)
-	}
-	section("Cluster", kv("cluster_enabled", 0))
-	// The proxy cannot count keys live (a write may create a key or not),
-	// and the snapshot's counts are old: # Replproxy has those, labelled.
-	section("Keyspace")
+}
+
+// replproxy is # Replproxy: the proxy's own fields.
+func (v *infoView) replproxy() []string {
+	st, now, p := v.st, v.now, v.srv
+	ps := p.stats
 	var snapOff, snapSize int64
 	if st.Snapshot != nil {
 		snapOff, snapSize = st.Snapshot.Offset, st.Snapshot.Size
@@ -426,8 +486,7 @@ func (p *Server) Info(sections ...string) string {
 		rp = append(rp, fmt.Sprintf("replica%d:ip=%s,port=%d,state=%s,ack_offset=%d,lag_bytes=%d,lag_seconds=%.3f",
 			i, r.IP, r.Port, r.State, max(r.AckOff, 0), r.LagBytes, r.LagSeconds))
 	}
-	section("Replproxy", rp...)
-	return b.String()
+	return rp
 }
 
 // kv is one INFO line.
