@@ -3,9 +3,7 @@ package command
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -17,7 +15,6 @@ import (
 
 	"github.com/tidwall/resp"
 
-	"github.com/replproxy/replproxy/internal/acl"
 	"github.com/replproxy/replproxy/proxy/downstream"
 	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/proxy/request"
@@ -153,9 +150,7 @@ func (s *session) count(cmd string, args [][]byte, start time.Time, errs int) {
 
 func (s *session) ok() error { return s.reply(resp.SimpleStringValue("OK")) }
 
-func (s *session) errorf(format string, a ...any) error {
-	return s.reply(resp.ErrorValue(fmt.Errorf(format, a...)))
-}
+func (s *session) errorf(format string, a ...any) error { return s.reply(errorValue(format, a...)) }
 
 // serve reads and answers commands until SYNC/PSYNC turns the connection
 // into a replica link, or it ends.
@@ -323,36 +318,9 @@ func (s *session) command(cmd string, args [][]byte) error {
 	case "client":
 		return s.client(args[1:])
 	case "command":
-		// Enough for redis-cli (COMMAND DOCS for hints) and tools that
-		// count: the commands a proxy answers.
-		if argc == 1 {
-			return s.reply(commandInfo(nil))
-		}
-		switch strings.ToLower(string(args[1])) {
-		case "count":
-			return s.reply(resp.IntegerValue(len(SupportedCommands)))
-		case "info":
-			return s.reply(commandInfo(args[2:]))
-		case "list":
-			var names []resp.Value
-			for _, n := range SupportedCommands {
-				names = append(names, resp.StringValue(n))
-			}
-			return s.reply(resp.ArrayValue(names))
-		}
-		return s.reply(resp.ArrayValue(nil)) // DOCS: no docs, which redis-cli accepts
+		return s.reply(commandReply(args[1:]))
 	case "config":
-		if argc >= 3 && strings.EqualFold(string(args[1]), "get") {
-			return s.reply(p.configGet(args[2:]))
-		}
-		if argc == 2 && strings.EqualFold(string(args[1]), "rewrite") {
-			return s.ok() // Sentinel's follow-up to SLAVEOF: REPLICAOF is persisted already
-		}
-		if argc == 2 && strings.EqualFold(string(args[1]), "resetstat") {
-			p.commands.reset()
-			return s.ok()
-		}
-		return s.errorf("ERR replproxy supports only CONFIG GET, CONFIG REWRITE and CONFIG RESETSTAT; its settings are flags")
+		return s.reply(p.config(args[1:]))
 	case "subscribe", "psubscribe":
 		if argc < 2 {
 			return wrongArgs()
@@ -375,9 +343,9 @@ func (s *session) command(cmd string, args [][]byte) error {
 	case "replproxy":
 		return s.replproxyCommand(args[1:])
 	case "latency":
-		return s.latency(args[1:])
+		return s.reply(latencyReply(s.srv.commands, args[1:]))
 	case "slowlog":
-		return s.slowlog(args[1:])
+		return s.reply(slowlogReply(args[1:]))
 	case "select":
 		if argc == 2 && string(args[1]) == "0" {
 			return s.ok()
@@ -385,237 +353,6 @@ func (s *session) command(cmd string, args [][]byte) error {
 		return s.errorf("ERR replproxy serves no data; only DB 0 can be selected")
 	}
 	return s.errorf("ERR unknown command '%s': replproxy is a replication proxy and serves no data", vocab.Truncate(string(args[0]), 64))
-}
-
-// replicaof moves the upstream, as REPLICAOF moves a Redis replica: for an
-// operator repointing the proxy after a failover. The proxy never becomes a
-// master, so NO ONE is refused.
-func (s *session) replicaof(host, port string) error {
-	if strings.EqualFold(host, "no") && strings.EqualFold(port, "one") {
-		return s.errorf("ERR replproxy never becomes a master; promote a Redis replica and point replproxy at it with REPLICAOF <host> <port>")
-	}
-	n, err := strconv.Atoi(port)
-	if err != nil || n < 1 || n > 65535 {
-		return s.errorf("ERR Invalid master port")
-	}
-	if host == "" || strings.ContainsAny(host, " \r\n") {
-		return s.errorf("ERR Invalid master host")
-	}
-	if s.srv.isSelf(host, n) {
-		return s.errorf("ERR %s:%d is this replproxy itself", host, n)
-	}
-	if !s.srv.daemon.MoveUpstream(net.JoinHostPort(host, port)) {
-		return s.reply(resp.SimpleStringValue("OK Already connected to specified master"))
-	}
-	return s.ok()
-}
-
-// replproxyCommand is REPLPROXY GUARD STATUS|ACCEPT: the operator's side
-// of the empty-origin guard.
-func (s *session) replproxyCommand(args [][]byte) error {
-	if len(args) != 2 || !strings.EqualFold(string(args[0]), "guard") {
-		return s.errorf("ERR usage: REPLPROXY GUARD STATUS|ACCEPT")
-	}
-	switch strings.ToLower(string(args[1])) {
-	case "status":
-		return s.reply(resp.StringValue(GuardText(s.srv.daemon.Status().Guard)))
-	case "accept":
-		err := s.srv.daemon.GuardAccept()
-		switch {
-		case errors.Is(err, vocab.ErrNothingHeld):
-			return s.errorf("ERR the guard holds no history: nothing to accept")
-		case err != nil:
-			s.log.Error("guard accept failed", "err", err)
-			return s.errorf("ERR guard accept failed: %s", vocab.OneLine(err.Error()))
-		}
-		s.log.Warn("guard: an operator accepted the held history")
-		return s.ok()
-	}
-	return s.errorf("ERR unknown REPLPROXY GUARD subcommand '%s': want STATUS or ACCEPT", vocab.Truncate(string(args[1]), 32))
-}
-
-func (s *session) auth(args [][]byte) error {
-	pass := args[len(args)-1]
-	user := acl.DefaultUser
-	if len(args) == 2 {
-		user = string(args[0])
-	} else if s.srv.sec.Users.Load().DefaultOpen() {
-		// As Redis: the one-argument form with a nopass default user.
-		return s.errorf("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
-	}
-	if err := s.checkAuth([]byte(user), pass); err != nil {
-		return s.reply(resp.ErrorValue(err)) // counted and logged by checkAuth
-	}
-	return s.ok()
-}
-
-func (s *session) hello(args [][]byte) error {
-	if len(args) > 0 {
-		if v, err := strconv.Atoi(string(args[0])); err != nil || v < 2 || v > 3 {
-			return s.errorf("NOPROTO unsupported protocol version")
-		} else if v == 3 {
-			return s.errorf("NOPROTO replproxy speaks RESP2 only")
-		}
-		for i := 1; i < len(args); i++ {
-			switch strings.ToLower(string(args[i])) {
-			case "auth":
-				if i+2 >= len(args) {
-					return s.errorf("ERR Syntax error in HELLO option 'auth'")
-				}
-				if err := s.checkAuth(args[i+1], args[i+2]); err != nil {
-					return s.reply(resp.ErrorValue(err))
-				}
-				i += 2
-			case "setname":
-				if i+1 >= len(args) {
-					return s.errorf("ERR Syntax error in HELLO option 'setname'")
-				}
-				s.clientName.Store(string(args[i+1]))
-				i++
-			default:
-				return s.errorf("ERR Syntax error in HELLO option '%s'", vocab.Truncate(string(args[i]), 32))
-			}
-		}
-	}
-	if !s.authed {
-		return s.reply(resp.ErrorValue(errors.New("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")))
-	}
-	return s.reply(resp.ArrayValue([]resp.Value{
-		resp.StringValue("server"), resp.StringValue("redis"),
-		resp.StringValue("version"), resp.StringValue(s.srv.daemon.RedisVersion()),
-		resp.StringValue("proto"), resp.IntegerValue(2),
-		resp.StringValue("id"), resp.IntegerValue(int(s.id)),
-		resp.StringValue("mode"), resp.StringValue("standalone"),
-		resp.StringValue("role"), resp.StringValue("replica"),
-		resp.StringValue("modules"), resp.ArrayValue(nil),
-	}))
-}
-
-func (s *session) checkAuth(user, pass []byte) error {
-	users := s.srv.sec.Users.Load()
-	name := string(user)
-	if fail := users.Check(name, pass); fail != "" {
-		s.srv.sec.AuthFailed(string(fail), s.addr, nil)
-		return errWrongPass
-	}
-	s.authed = true
-	s.user.Store(name)
-	return nil
-}
-
-// authUser is the user the session authenticated as; "" before.
-func (s *session) authUser() string {
-	u, _ := s.user.Load().(string)
-	return u
-}
-
-// identity is who the session authenticated as: its user and, on TLS, the
-// CN of a verified client certificate.
-func (s *session) identity() vocab.Identity {
-	id := vocab.Identity{User: s.authUser()}
-	if tc, ok := s.conn.(*tls.Conn); ok {
-		if cs := tc.ConnectionState(); len(cs.VerifiedChains) > 0 && len(cs.PeerCertificates) > 0 {
-			id.CN = cs.PeerCertificates[0].Subject.CommonName
-		}
-	}
-	return id
-}
-
-// replconf follows replconfCommand(): option/value pairs, +OK, no reply for
-// ack and getack, unknown capabilities ignored.
-func (s *session) replconf(args [][]byte) error {
-	if len(args)%2 != 0 || len(args) == 0 {
-		return s.errorf("ERR syntax error")
-	}
-	for i := 0; i < len(args); i += 2 {
-		opt, val := strings.ToLower(string(args[i])), string(args[i+1])
-		switch opt {
-		case "listening-port":
-			port, err := strconv.Atoi(val)
-			if err != nil || port < 0 || port > 65535 {
-				return s.errorf("ERR value is not an integer or out of range")
-			}
-			s.ListeningPort = port
-		case "ip-address":
-			if len(val) >= 256 {
-				return s.errorf("ERR REPLCONF ip-address provided by replica instance is too long: %d bytes", len(val))
-			}
-			s.IPAddress = val
-		case "capa":
-			switch strings.ToLower(val) {
-			case "eof":
-				s.CapaEOF = true
-			case "psync2":
-				s.CapaPsync2 = true
-			}
-		case "ack", "getack":
-			return nil // no reply; ACKs matter only once the link is a replica
-		case "rdb-only":
-			switch val {
-			case "0":
-				s.RDBOnly = false
-			case "1":
-				s.RDBOnly = true
-			default:
-				return s.errorf("ERR syntax error")
-			}
-		case "rdb-filter-only":
-			// As Redis 7: a space-separated list of filters, "functions"
-			// the only one; none at all means no data.
-			s.FilterAll, s.FilterFunctions = false, false
-			for _, f := range strings.Fields(val) {
-				if !strings.EqualFold(f, "functions") {
-					return s.errorf("ERR Unsupported rdb-filter-only option: %s", vocab.Truncate(f, 64))
-				}
-				s.FilterFunctions = true
-			}
-			s.FilterAll = !s.FilterFunctions // redis-cli --replica: no data, the live stream only
-		case "version":
-			s.Version = vocab.Truncate(val, 32)
-		default:
-			return s.errorf("ERR Unrecognized REPLCONF option: %s", vocab.Truncate(string(args[i]), 64))
-		}
-	}
-	return s.ok()
-}
-
-func (s *session) client(args [][]byte) error {
-	if len(args) == 0 {
-		return s.errorf("ERR wrong number of arguments for 'client' command")
-	}
-	switch strings.ToLower(string(args[0])) {
-	case "setname":
-		if len(args) != 2 {
-			return s.errorf("ERR wrong number of arguments for 'client|setname' command")
-		}
-		s.clientName.Store(string(args[1]))
-		return s.ok()
-	case "getname":
-		name, _ := s.clientName.Load().(string)
-		if name == "" {
-			return s.reply(resp.NullValue())
-		}
-		return s.reply(resp.StringValue(name))
-	case "setinfo":
-		return s.ok()
-	case "id":
-		return s.reply(resp.IntegerValue(int(s.id)))
-	case "list":
-		now := time.Now()
-		var b strings.Builder
-		for _, o := range s.srv.selectSessions(func(*session) bool { return true }) {
-			b.WriteString(o.clientLine(now) + "\n")
-		}
-		return s.reply(resp.StringValue(b.String()))
-	case "info":
-		return s.reply(resp.StringValue(s.clientLine(time.Now()) + "\n"))
-	case "kill":
-		if len(args) < 2 {
-			return s.errorf("ERR wrong number of arguments for 'client|kill' command")
-		}
-		return s.clientKill(args[1:])
-	}
-	return s.errorf("ERR replproxy supports CLIENT SETNAME, GETNAME, SETINFO, ID, LIST, INFO and KILL")
 }
 
 // becomeReplica hands the connection to the downstream as a replica link

@@ -16,43 +16,46 @@ import (
 // Sentinel's failover transaction, redis_exporter's LATENCY and SLOWLOG,
 // CLIENT LIST/KILL. Answered truthfully for a proxy.
 
-// latency answers LATENCY: the proxy records no latency events.
-func (s *session) latency(args [][]byte) error {
+// latencyReply answers LATENCY: the proxy records no latency events.
+func latencyReply(c *commandStats, args [][]byte) resp.Value {
 	if len(args) == 0 {
-		return s.errorf("ERR wrong number of arguments for 'latency' command")
+		return errorValue("ERR wrong number of arguments for 'latency' command")
 	}
 	switch strings.ToLower(string(args[0])) {
 	case "latest", "history":
-		return s.reply(resp.ArrayValue(nil)) // no latency monitor events: the proxy runs no slow operation on its event path
+		return resp.ArrayValue(nil) // no latency monitor events: the proxy runs no slow operation on its event path
 	case "histogram":
 		var names []string
 		for _, a := range args[1:] {
 			names = append(names, strings.ToLower(string(a)))
 		}
-		return s.reply(s.srv.commands.histogram(names))
+		return c.histogram(names)
 	case "reset":
-		return s.reply(resp.IntegerValue(0))
+		return resp.IntegerValue(0)
 	case "doctor":
-		return s.reply(resp.StringValue("Dave, no latency spike was observed during the lifetime of this Redis instance, not in the slightest bit. I honestly think you ought to sleep tonight.\n"))
+		return resp.StringValue("Dave, no latency spike was observed during the lifetime of this Redis instance, not in the slightest bit. I honestly think you ought to sleep tonight.\n")
 	}
-	return s.errorf("ERR unknown subcommand '%s'. Try LATENCY HELP.", vocab.Truncate(string(args[0]), 32))
+	return errorValue("ERR unknown subcommand '%s'. Try LATENCY HELP.", vocab.Truncate(string(args[0]), 32))
 }
 
-// slowlog answers SLOWLOG: nothing the proxy runs is slow to log.
-func (s *session) slowlog(args [][]byte) error {
+// slowlogReply answers SLOWLOG: nothing the proxy runs is slow to log.
+func slowlogReply(args [][]byte) resp.Value {
 	if len(args) == 0 {
-		return s.errorf("ERR wrong number of arguments for 'slowlog' command")
+		return errorValue("ERR wrong number of arguments for 'slowlog' command")
 	}
 	switch strings.ToLower(string(args[0])) {
 	case "get":
-		return s.reply(resp.ArrayValue(nil))
+		return resp.ArrayValue(nil)
 	case "len":
-		return s.reply(resp.IntegerValue(0))
+		return resp.IntegerValue(0)
 	case "reset":
-		return s.ok()
+		return resp.SimpleStringValue("OK")
 	}
-	return s.errorf("ERR unknown subcommand '%s'. Try SLOWLOG HELP.", vocab.Truncate(string(args[0]), 32))
+	return errorValue("ERR unknown subcommand '%s'. Try SLOWLOG HELP.", vocab.Truncate(string(args[0]), 32))
 }
+
+// errorValue is an error reply.
+func errorValue(format string, a ...any) resp.Value { return resp.ErrorValue(fmt.Errorf(format, a...)) }
 
 // clientLine is one CLIENT LIST line, in Redis' field order (a subset).
 func (s *session) clientLine(now time.Time) string {
@@ -188,4 +191,39 @@ func commandInfo(names [][]byte) resp.Value {
 		}
 	}
 	return resp.ArrayValue(out)
+}
+
+// commandReply answers COMMAND: enough for redis-cli (COMMAND DOCS for
+// hints) and tools that count the commands a proxy answers.
+func commandReply(args [][]byte) resp.Value {
+	if len(args) == 0 {
+		return commandInfo(nil)
+	}
+	switch strings.ToLower(string(args[0])) {
+	case "count":
+		return resp.IntegerValue(len(SupportedCommands))
+	case "info":
+		return commandInfo(args[1:])
+	case "list":
+		var names []resp.Value
+		for _, n := range SupportedCommands {
+			names = append(names, resp.StringValue(n))
+		}
+		return resp.ArrayValue(names)
+	}
+	return resp.ArrayValue(nil) // DOCS: no docs, which redis-cli accepts
+}
+
+// config answers CONFIG GET, REWRITE and RESETSTAT.
+func (p *Server) config(args [][]byte) resp.Value {
+	switch {
+	case len(args) >= 2 && strings.EqualFold(string(args[0]), "get"):
+		return p.configGet(args[1:])
+	case len(args) == 1 && strings.EqualFold(string(args[0]), "rewrite"):
+		return resp.SimpleStringValue("OK") // Sentinel's follow-up to SLAVEOF: REPLICAOF is persisted already
+	case len(args) == 1 && strings.EqualFold(string(args[0]), "resetstat"):
+		p.commands.reset()
+		return resp.SimpleStringValue("OK")
+	}
+	return errorValue("ERR replproxy supports only CONFIG GET, CONFIG REWRITE and CONFIG RESETSTAT; its settings are flags")
 }

@@ -44,6 +44,7 @@ type calmStatus struct {
 	// infoRefused: the upstream answered INFO with an error (no +info);
 	// follow's goroutine only, reset by a move.
 	infoRefused bool
+	f           *Follower // whose link waits
 }
 
 // calmFraction: an origin writing below this share of what replproxy can
@@ -54,11 +55,12 @@ const calmFraction = 0.8
 // awaitCalm holds the next connection after an upstream hang-up until the
 // origin's backlog covers replproxy's offset, its write rate is below what
 // replproxy can take, the wait's limit passes, or ctx ends.
-func (f *Follower) awaitCalm(ctx context.Context, cut *burstCut) {
-	if f.cfg.CalmWaitMax <= 0 || f.calm.infoRefused { // said once: the upstream user may not read INFO
+func (c *calmStatus) awaitCalm(ctx context.Context, cut *burstCut) {
+	f := c.f
+	if f.cfg.CalmWaitMax <= 0 || c.infoRefused { // said once: the upstream user may not read INFO
 		return
 	}
-	cli, err := f.dialInfoClient(ctx)
+	cli, err := c.dialInfoClient(ctx)
 	if err != nil {
 		f.log.Info("cannot read the origin's INFO before reconnecting; not waiting for a burst to calm", "err", err)
 		return
@@ -66,10 +68,10 @@ func (f *Follower) awaitCalm(ctx context.Context, cut *burstCut) {
 	defer cli.conn.Close()
 	stop := context.AfterFunc(ctx, func() { cli.conn.Close() })
 	defer stop()
-	defer f.calm.waiting.Store(false)
+	defer c.waiting.Store(false)
 
 	limit, measured := cut.intake.limit()
-	f.calm.intake.Store(int64(cut.intake.busy)) // 0: never behind, nothing measured
+	c.intake.Store(int64(cut.intake.busy)) // 0: never behind, nothing measured
 	start := time.Now()
 	deadline := start.Add(f.cfg.CalmWaitMax)
 	var prev originSample
@@ -81,7 +83,7 @@ func (f *Follower) awaitCalm(ctx context.Context, cut *burstCut) {
 		if err != nil {
 			var he *psync.HandshakeError
 			if errors.As(err, &he) { // an error reply, not a broken link: it will not change
-				f.calm.infoRefused = true
+				c.infoRefused = true
 			}
 			f.log.Warn("reading the origin's write rate failed; reconnecting now", "err", err,
 				"advice", "allow the upstream user INFO (+info), so replproxy can wait out a write burst instead of forking the origin for nothing")
@@ -92,19 +94,19 @@ func (f *Follower) awaitCalm(ctx context.Context, cut *burstCut) {
 		}
 		if !prev.at.IsZero() {
 			rate := float64(s.offset-prev.offset) / s.at.Sub(prev.at).Seconds()
-			f.calm.originRate.Store(int64(rate))
+			c.originRate.Store(int64(rate))
 			peak = max(peak, rate)
 			if rate < limit {
-				if f.calm.waiting.Load() {
+				if c.waiting.Load() {
 					f.log.Info("the origin's write burst has calmed; asking for a full sync",
 						"origin_bytes_per_sec", int64(rate), "intake_bytes_per_sec", int64(limit),
 						"waited", time.Since(start).Round(time.Second).String())
-					f.adviseBurst(cut, s, peak)
+					c.adviseBurst(cut, s, peak)
 				}
 				return
 			}
-			if !f.calm.waiting.Swap(true) {
-				f.calm.waits.Add(1)
+			if !c.waiting.Swap(true) {
+				c.waits.Add(1)
 				f.log.Warn("the upstream hung up while the origin writes faster than replproxy can take; holding the next full sync until the burst calms, "+
 					"so that the origin does not fork for a sync it would cut the same way",
 					"origin_bytes_per_sec", int64(rate), "intake_bytes_per_sec", int64(limit), "intake_measured_while_behind", measured,
@@ -113,8 +115,8 @@ func (f *Follower) awaitCalm(ctx context.Context, cut *burstCut) {
 		}
 		if time.Now().After(deadline) {
 			f.log.Warn("the origin's write burst goes on past --full-sync-calm-wait; asking for a full sync anyway",
-				"origin_bytes_per_sec", f.calm.originRate.Load(), "intake_bytes_per_sec", int64(limit))
-			f.adviseBurst(cut, s, peak)
+				"origin_bytes_per_sec", c.originRate.Load(), "intake_bytes_per_sec", int64(limit))
+			c.adviseBurst(cut, s, peak)
 			return
 		}
 		prev = s
@@ -122,17 +124,18 @@ func (f *Follower) awaitCalm(ctx context.Context, cut *burstCut) {
 		case <-ctx.Done():
 			return
 		case <-f.movedCh:
-			f.repostMove()
+			c.repostMove()
 			return
 		case done := <-f.guard.accepts:
-			done <- f.acceptHeld()
+			done <- f.guard.acceptHeld()
 		case <-tick.C:
 		}
 	}
 }
 
 // repostMove puts a move back for the follow loop, which acts on it.
-func (f *Follower) repostMove() {
+func (c *calmStatus) repostMove() {
+	f := c.f
 	select {
 	case f.movedCh <- struct{}{}:
 	default:
@@ -143,7 +146,8 @@ func (f *Follower) repostMove() {
 // without a cut, from what was seen: the stream the origin had to queue
 // while replproxy read at its intake rate, and the stream written between
 // the cut and now (a backlog that size makes the reconnection partial).
-func (f *Follower) adviseBurst(cut *burstCut, s originSample, peak float64) {
+func (c *calmStatus) adviseBurst(cut *burstCut, s originSample, peak float64) {
+	f := c.f
 	in := cut.intake
 	burst := s.offset - in.from
 	took := s.at.Sub(in.since).Seconds()
@@ -172,7 +176,8 @@ type infoClient struct {
 
 // dialInfoClient connects to the upstream as a client (AUTH, no replica
 // handshake), over TLS when the link uses it.
-func (f *Follower) dialInfoClient(ctx context.Context) (*infoClient, error) {
+func (cs *calmStatus) dialInfoClient(ctx context.Context) (*infoClient, error) {
+	f := cs.f
 	addr := f.UpstreamAddr()
 	var tlsCfg *tls.Config
 	if f.cfg.UpstreamTLS {

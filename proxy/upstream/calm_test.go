@@ -77,7 +77,7 @@ func TestOriginCovers(t *testing.T) {
 // not the backlog's size (right after a refresh the trim to the new
 // snapshot may not have run yet: that is no reason to lapse it).
 func TestOverrunCapped(t *testing.T) {
-	f := &Follower{cfg: Options{BacklogSize: 100}, log: slog.New(slog.DiscardHandler)}
+	m := &maintainer{f: &Follower{cfg: Options{BacklogSize: 100}, log: slog.New(slog.DiscardHandler)}}
 	snap := &snapshot.Info{Name: "s", Offset: 1000}
 	for _, tc := range []struct {
 		first, end int64
@@ -88,7 +88,7 @@ func TestOverrunCapped(t *testing.T) {
 		{first: 1001, end: 1200, want: true}, // twice the budget since it
 		{first: 1002, end: 1010, want: true}, // lapsed already
 	} {
-		if got := f.overrunCapped(store.Position{First: tc.first, End: tc.end, Snap: snap}); got != tc.want {
+		if got := m.overrunCapped(store.Position{First: tc.first, End: tc.end, Snap: snap}); got != tc.want {
 			t.Errorf("backlog [%d, %d], snapshot at 1000: capped %v, want %v", tc.first, tc.end, got, tc.want)
 		}
 	}

@@ -30,7 +30,8 @@ func freeBytes(dir string) (int64, error) {
 // into the data dir now, "" when it can. probe also writes, syncs and
 // removes a small file, for causes free space does not show (read-only,
 // permissions, I/O errors).
-func (f *Follower) diskCheck(size int64, probe bool) string {
+func (s *fullSyncer) diskCheck(size int64, probe bool) string {
+	f := s.f
 	free, err := freeBytes(f.cfg.DataDir)
 	if err != nil {
 		return vocab.BlockedDataDir + ": " + err.Error()

@@ -64,6 +64,8 @@ type Follower struct {
 	kick        chan struct{} // wakes maintain when trimming or a refresh is due
 	gate        *forkGate     // spaces out requests that cost the origin a fork
 	guard       *guard        // the empty-origin guard's held history
+	maint       *maintainer   // the maintain goroutine's part: trimming, refreshes
+	full        *fullSyncer   // receiving and installing full syncs
 	// delayShort: the budget cannot hold the stream delayed replicas need.
 	delayShort atomic.Bool
 	// ackKick wakes the upstream ACK loop when a replica ACKs, under
@@ -72,27 +74,18 @@ type Follower struct {
 	// upstreamSource says why upstream is what it is (under mu).
 	upstreamSource string
 
-	// Refresh state, touched by one refresh at a time (maintain starts the
-	// next only after the last one ended).
-	lastRefreshReplica string             // not asked twice in a row while others exist
-	retryBudget        refreshRetry       // after failed refreshes the budget called for
-	retryDemand        refreshRetry       // after failed refreshes a replica waited for
-	refreshWanted      atomic.Bool        // lazy mode: a replica waits for a fresh snapshot
-	refreshCancel      context.CancelFunc // ends the refresh in flight; guarded by mu
+	refreshWanted atomic.Bool        // lazy mode: a replica waits for a fresh snapshot
+	refreshCancel context.CancelFunc // ends the refresh in flight; guarded by mu
 	// trust names the identities whose replicas may serve refreshes;
 	// refusals remembers the replicas that could not.
-	trust       []trustRule
-	refusals    *sourceRefusals
-	graceUntil  time.Time // after a restart, replicas are waited for until then
-	graceLogged bool      // the wait was logged (one refresh at a time)
+	trust    []trustRule
+	refusals *sourceRefusals
 
 	// follow's goroutine only: advice given (once per cause and upstream
 	// address), and whether the last link had reached streaming.
 	advised      map[vocab.UpstreamReason]bool
 	streamedLast bool
 	windowShort  atomic.Bool // the backlog is full and covers under minBacklogWindow
-	windowWarned time.Time   // maintain's goroutine only
-	lapseWarned  string      // maintain's goroutine only: the snapshot whose lapse was logged
 	// follow's goroutine only: the upstream's last hang-up on a streaming
 	// link (set by stream), kept as burst until a link streams again.
 	lastCut, burst *burstCut
@@ -125,7 +118,8 @@ func (f *Follower) WantRefresh(why string) {
 
 // cancelRefresh ends a refresh in flight: its snapshot would not fit the
 // history any more (a history change, REPLICAOF).
-func (f *Follower) cancelRefresh(why string) {
+func (m *maintainer) cancelRefresh(why string) {
+	f := m.f
 	f.mu.Lock()
 	cancel := f.refreshCancel
 	f.mu.Unlock()
@@ -140,11 +134,13 @@ func New(cfg Options, log *slog.Logger, stats *vocab.UpstreamCounters, st *store
 	f := &Follower{cfg: cfg, log: log, stats: stats, store: st, down: down, sec: sec, pubsub: ps,
 		link:    vocab.LinkStatus{State: vocab.LinkConnect, DownSince: time.Now()},
 		movedCh: make(chan struct{}, 1), kick: make(chan struct{}, 1), ackKick: make(chan struct{}, 1),
-		gate:  newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, store.Layout{Dir: cfg.DataDir}.FullSyncGate()),
-		guard: &guard{dir: store.Layout{Dir: cfg.DataDir}, accepts: make(chan chan error, 1)}, stopped: make(chan struct{}), refusals: newSourceRefusals(log, stats.SourceRefusals),
+		gate:    newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, store.Layout{Dir: cfg.DataDir}.FullSyncGate()),
+		stopped: make(chan struct{}), refusals: newSourceRefusals(log, stats.SourceRefusals),
 	}
+	f.guard = &guard{dir: store.Layout{Dir: cfg.DataDir}, accepts: make(chan chan error, 1), f: f}
+	f.maint, f.full, f.calm.f = &maintainer{f: f}, &fullSyncer{f: f}, f
 	if !st.Position().Hist.Empty() { // a restart: replicas were here and come back
-		f.graceUntil = time.Now().Add(refreshStartGrace)
+		f.maint.graceUntil = time.Now().Add(refreshStartGrace)
 	}
 	f.trust, _ = ParseTrust(cfg.RefreshTrust) // Validate has checked them
 	f.refreshLast.lastSecs.Store(-1)          // as Redis before its first BGSAVE
@@ -157,7 +153,7 @@ func New(cfg Options, log *slog.Logger, stats *vocab.UpstreamCounters, st *store
 		log.Warn("following the upstream set by REPLICAOF before the restart, not --upstream", "upstream", addr, "configured", cfg.Upstream)
 	}
 	f.upstream, f.upstreamSource = addr, source
-	if err := f.loadHeld(); err != nil {
+	if err := f.guard.loadHeld(); err != nil {
 		return nil, fmt.Errorf("the guard's held history in %s: %w (move the directory away to start without it)", f.guard.dir.Held(), err)
 	}
 	cut, err := f.gate.load()
@@ -174,6 +170,13 @@ func New(cfg Options, log *slog.Logger, stats *vocab.UpstreamCounters, st *store
 			"next_attempt_in", time.Until(gs.NextAt).Round(time.Second).String(), "last_failure", gs.LastClass, "err", gs.LastError)
 	}
 	return f, nil
+}
+
+// fullSyncer is the follower's part that receives full syncs (the main
+// link's and refreshes') and installs them, behind the fork gate and the
+// data dir's room.
+type fullSyncer struct {
+	f *Follower
 }
 
 // deadlineReader extends the read deadline before every read, so a link is
@@ -284,7 +287,7 @@ func (f *Follower) MoveUpstream(addr string) bool {
 	}
 	f.kickAdvice.Store(true) // a new address: advice may be given again
 	f.gate.moved()           // a new upstream has its own costs; persisted outside mu
-	f.cancelRefresh("REPLICAOF")
+	f.maint.cancelRefresh("REPLICAOF")
 	return true
 }
 
@@ -319,8 +322,8 @@ func (f *Follower) Follow(ctx context.Context) {
 	defer close(f.stopped)
 	backoff := backoffMin
 	for ctx.Err() == nil {
-		f.serveAccept()
-		if !f.awaitFullSyncTurn(ctx) {
+		f.guard.serveAccept()
+		if !f.full.awaitFullSyncTurn(ctx) {
 			return
 		}
 		f.stats.UpstreamConnects.Add(1)
@@ -333,7 +336,7 @@ func (f *Follower) Follow(ctx context.Context) {
 		}
 		if errors.Is(err, errAccepting) { // an operator's order, not a failure: serve it, connect at once
 			f.log.Info("upstream link cut to accept the held history", "upstream", f.UpstreamAddr())
-			f.serveAccept()
+			f.guard.serveAccept()
 			backoff = backoffMin
 			continue
 		}
@@ -381,14 +384,14 @@ func (f *Follower) Follow(ctx context.Context) {
 			backoff = backoffMin
 			continue
 		case done := <-f.guard.accepts:
-			done <- f.acceptHeld()
+			done <- f.guard.acceptHeld()
 			backoff = backoffMin
 			continue
 		case <-time.After(sleep):
 		}
 		backoff = min(backoff*2, BackoffMax)
 		if f.burst != nil {
-			f.awaitCalm(ctx, f.burst)
+			f.calm.awaitCalm(ctx, f.burst)
 		}
 	}
 }
@@ -428,7 +431,7 @@ func (f *Follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 	if !pos.Hist.Empty() {
 		id, off = pos.Hist.ReplID, pos.End+1
 	}
-	heldID, heldNext, holding := f.heldPosition()
+	heldID, heldNext, holding := f.guard.heldPosition()
 	if holding { // continue the held history: asking for the served one would be a fork
 		id, off = heldID, heldNext
 	}
@@ -456,17 +459,17 @@ func (f *Follower) syncOnce(ctx context.Context) (streamed bool, err error) {
 	case psync.ReplyFullResync:
 		f.log.Info("upstream full resync", "replid", reply.ReplID, "offset", reply.Offset, "purpose", purpose)
 		f.gate.started(purpose)
-		info, got, err := f.receiveFullSync(u, reply)
+		info, got, err := f.full.receiveFullSync(u, reply)
 		if err != nil && ctx.Err() != nil { // shutdown or REPLICAOF: no failure of the origin's
 			f.gate.aborted(purpose)
 			return false, fmt.Errorf("full sync: %w", err)
 		}
 		if err != nil {
 			f.stats.UpstreamSyncFailures.Add(1)
-			f.fullSyncFailed(purpose, err, got)
+			f.full.fullSyncFailed(purpose, err, got)
 			return false, fmt.Errorf("full sync: %w", err)
 		}
-		f.fullSyncSucceeded(purpose, info)
+		f.full.fullSyncSucceeded(purpose, info)
 	case psync.ReplyTryLater:
 		return false, &upstreamReplyError{step: "PSYNC", line: reply.Line}
 	default:
@@ -507,7 +510,7 @@ func (f *Follower) onContinue(newID string, off int64) {
 		f.log.Info("upstream partial resync", "offset", off)
 		return
 	}
-	f.cancelRefresh("replication ID changed")
+	f.maint.cancelRefresh("replication ID changed")
 	n := f.down.CloseReplicas(vocab.DownReplIDChanged)
 	f.log.Info("upstream replication ID changed", "replid", newID, "replid2", old,
 		"second_repl_offset", off, "replicas_disconnected", n)
@@ -517,11 +520,12 @@ func (f *Follower) onContinue(newID string, off int64) {
 // installs it, and starts a new backlog after its offset. Until then the old
 // history keeps being served.
 // It returns the snapshot and how many payload bytes arrived (also on error).
-func (f *Follower) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*snapshot.Info, int64, error) {
+func (s *fullSyncer) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*snapshot.Info, int64, error) {
+	f := s.f
 	f.setLink(vocab.LinkSync)
 	start := time.Now()
 	defer func() { f.cfg.Observer.ObserveUpstreamFullSync(time.Since(start).Seconds()) }()
-	rcv, n, err := f.receivePayload(u, reply, func(n int64) {
+	rcv, n, err := s.receivePayload(u, reply, func(n int64) {
 		f.mu.Lock()
 		f.link.SyncRead = n
 		f.mu.Unlock()
@@ -541,22 +545,22 @@ func (f *Follower) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*sn
 			return nil, n, fmt.Errorf("ack after payload: %w", err)
 		}
 	}
-	info, err := f.finishSnapshot(rcv, reply)
+	info, err := s.finishSnapshot(rcv, reply)
 	if err != nil {
 		return nil, n, err // logged with its class by fullSyncFailed
 	}
 	info.Source = vocab.SnapFromUpstream
-	if hold, cur, nw := f.shouldHold(info); hold {
-		if err := f.hold(info, cur, nw); err != nil {
+	if hold, cur, nw := f.guard.shouldHold(info); hold {
+		if err := f.guard.hold(info, cur, nw); err != nil {
 			_ = snapshot.Remove(f.store.SnapDir, info)
 			return nil, n, localError(err)
 		}
 		return info, n, nil
 	}
-	if err := f.installFullSync(info); err != nil {
+	if err := s.installFullSync(info); err != nil {
 		return nil, n, localError(err)
 	}
-	f.guard.drop(f) // a history with enough keys replaces a held one
+	f.guard.drop() // a history with enough keys replaces a held one
 	f.log.Info("snapshot installed", "replid", info.ReplID, "offset", info.Offset, "bytes", info.Size,
 		"rdb_version", info.RDBVersion, "seconds", time.Since(start).Seconds())
 	return info, n, nil
@@ -567,8 +571,9 @@ func (f *Follower) receiveFullSync(u *upstreamConn, reply psync.PsyncReply) (*sn
 // announced length cannot fit the data dir is refused at its header,
 // before the origin sends the rest. Data-dir failures come back as local
 // errors; the caller owns the receiver (Abort) on success.
-func (f *Follower) receivePayload(u *upstreamConn, reply psync.PsyncReply, progress func(int64),
+func (s *fullSyncer) receivePayload(u *upstreamConn, reply psync.PsyncReply, progress func(int64),
 	onHeader func(psync.PayloadHeader)) (*snapshot.Receiver, int64, error) {
+	f := s.f
 	hdr, err := psync.ReadPayloadHeader(u.br, nil)
 	if err != nil {
 		return nil, 0, err
@@ -578,7 +583,7 @@ func (f *Follower) receivePayload(u *upstreamConn, reply psync.PsyncReply, progr
 		onHeader(hdr)
 	}
 	if hdr.Length >= 0 {
-		if reason := f.diskCheck(hdr.Length, false); reason != "" {
+		if reason := s.diskCheck(hdr.Length, false); reason != "" {
 			return nil, hdr.Length, localError(errors.New(reason))
 		}
 	}
@@ -608,7 +613,8 @@ func (l localWriter) Write(b []byte) (int, error) {
 
 // fullSyncFailed records a failed fork-costing sync and says when the next
 // may be asked for.
-func (f *Follower) fullSyncFailed(purpose vocab.SyncPurpose, err error, got int64) {
+func (s *fullSyncer) fullSyncFailed(purpose vocab.SyncPurpose, err error, got int64) {
+	f := s.f
 	class := f.gate.failed(purpose, err, got)
 	countFullSync(f.stats, purpose, class)
 	gs := f.gate.status()
@@ -626,7 +632,8 @@ func (f *Follower) fullSyncFailed(purpose vocab.SyncPurpose, err error, got int6
 	}
 }
 
-func (f *Follower) fullSyncSucceeded(purpose vocab.SyncPurpose, info *snapshot.Info) {
+func (s *fullSyncer) fullSyncSucceeded(purpose vocab.SyncPurpose, info *snapshot.Info) {
+	f := s.f
 	f.gate.succeeded(purpose, info.Size)
 	countFullSync(f.stats, purpose, "")
 }
@@ -635,7 +642,8 @@ func (f *Follower) fullSyncSucceeded(purpose vocab.SyncPurpose, info *snapshot.I
 // next connection will most likely need, must wait: the cost backoff, or a
 // local cause (a full data dir) that retrying cannot fix. It reports false
 // when ctx ends.
-func (f *Follower) awaitFullSyncTurn(ctx context.Context) bool {
+func (s *fullSyncer) awaitFullSyncTurn(ctx context.Context) bool {
+	f := s.f
 	for {
 		noHistory := f.store.Position().Hist.Empty()
 		d := f.gate.wait(true, noHistory)
@@ -644,7 +652,7 @@ func (f *Follower) awaitFullSyncTurn(ctx context.Context) bool {
 			if !noHistory && !gs.Pending { // a partial resync is expected: no fork
 				return true
 			}
-			if f.roomForSnapshot(f.gate.expected()) {
+			if s.roomForSnapshot(f.gate.expected()) {
 				return true
 			}
 			d = diskRecheck
@@ -659,7 +667,7 @@ func (f *Follower) awaitFullSyncTurn(ctx context.Context) bool {
 			}
 			return true
 		case done := <-f.guard.accepts:
-			done <- f.acceptHeld()
+			done <- f.guard.acceptHeld()
 		case <-time.After(d):
 		}
 	}
@@ -670,8 +678,9 @@ const diskRecheck = 2 * time.Second
 
 // roomForSnapshot reports whether a snapshot of about size bytes fits the
 // data dir now; a change of verdict is logged once.
-func (f *Follower) roomForSnapshot(size int64) bool {
-	reason := f.diskCheck(size, f.gate.status().LastClass == string(vocab.FailLocal))
+func (s *fullSyncer) roomForSnapshot(size int64) bool {
+	f := s.f
+	reason := s.diskCheck(size, f.gate.status().LastClass == string(vocab.FailLocal))
 	if f.gate.setBlocked(reason) {
 		if reason != "" {
 			f.log.Error("full sync from the upstream held back until the data dir has room; not asking the origin to fork",
@@ -684,8 +693,9 @@ func (f *Follower) roomForSnapshot(size int64) bool {
 }
 
 // installFullSync makes info the snapshot of a new history.
-func (f *Follower) installFullSync(info *snapshot.Info) error {
-	f.cancelRefresh("new history")
+func (s *fullSyncer) installFullSync(info *snapshot.Info) error {
+	f := s.f
+	f.maint.cancelRefresh("new history")
 	installed, err := f.store.InstallFullSync(info)
 	if installed {
 		f.scanner.Reset() // the new backlog starts at a command boundary
@@ -700,7 +710,8 @@ var errMoved = errors.New("upstream moved by REPLICAOF")
 
 // refreshSourceReady reports whether some configured source may be asked
 // now: replicas always may; the upstream only outside the cost backoff.
-func (f *Follower) refreshSourceReady() bool {
+func (s *fullSyncer) refreshSourceReady() bool {
+	f := s.f
 	for _, src := range f.cfg.RefreshFrom {
 		if src == SourceReplicas || f.gate.wait(false, false) == 0 {
 			return true
@@ -712,8 +723,9 @@ func (f *Follower) refreshSourceReady() bool {
 // receiveRefresh receives and installs a refreshed snapshot of the current
 // history from source; it returns how many payload bytes arrived (also on
 // error).
-func (f *Follower) receiveRefresh(ctx context.Context, u *upstreamConn, reply psync.PsyncReply, source string) (*snapshot.Info, int64, error) {
-	rcv, got, err := f.receivePayload(u, reply, nil, nil)
+func (s *fullSyncer) receiveRefresh(ctx context.Context, u *upstreamConn, reply psync.PsyncReply, source string) (*snapshot.Info, int64, error) {
+	f := s.f
+	rcv, got, err := s.receivePayload(u, reply, nil, nil)
 	if err != nil {
 		return nil, got, fmt.Errorf("refresh payload: %w", err)
 	}
@@ -729,7 +741,7 @@ func (f *Follower) receiveRefresh(ctx context.Context, u *upstreamConn, reply ps
 		return nil, got, fmt.Errorf("%w: snapshot %s at %d, history %s holding [%d, %d]",
 			store.ErrRefreshRejected, reply.ReplID, reply.Offset, pos.Hist.ReplID, pos.First, pos.End)
 	}
-	info, err := f.finishSnapshot(rcv, reply)
+	info, err := s.finishSnapshot(rcv, reply)
 	if err != nil {
 		return nil, got, err
 	}
@@ -745,7 +757,8 @@ func (f *Follower) receiveRefresh(ctx context.Context, u *upstreamConn, reply ps
 
 // finishSnapshot verifies and installs a received payload as the snapshot
 // file of reply's (replid, offset).
-func (f *Follower) finishSnapshot(rcv *snapshot.Receiver, reply psync.PsyncReply) (*snapshot.Info, error) {
+func (s *fullSyncer) finishSnapshot(rcv *snapshot.Receiver, reply psync.PsyncReply) (*snapshot.Info, error) {
+	f := s.f
 	info, err := rcv.Finish(reply.ReplID, reply.Offset)
 	var ve *snapshot.VerifyError
 	if err != nil && !errors.As(err, &ve) {

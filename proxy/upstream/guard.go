@@ -49,6 +49,7 @@ type guard struct {
 	held    *heldHistory
 	holds   atomic.Int64
 	accepts chan chan error // an operator's accept, answered on the channel sent
+	f       *Follower       // whose store, stream and link the guard works with
 }
 
 // set publishes the held history (the follow goroutine only).
@@ -79,7 +80,7 @@ func totalKeys(ks []snapshot.KeyStats) int64 {
 }
 
 // keysOf counts a snapshot's keys: from its metadata, else by a scan.
-func (f *Follower) keysOf(info *snapshot.Info, dir string) (int64, error) {
+func (g *guard) keysOf(info *snapshot.Info, dir string) (int64, error) {
 	if info.Keyspace != nil {
 		return totalKeys(info.Keyspace), nil
 	}
@@ -91,7 +92,8 @@ func (f *Follower) keysOf(info *snapshot.Info, dir string) (int64, error) {
 }
 
 // shouldHold decides on a new history's snapshot, installed in snapDir.
-func (f *Follower) shouldHold(info *snapshot.Info) (hold bool, cur, nw int64) {
+func (g *guard) shouldHold(info *snapshot.Info) (hold bool, cur, nw int64) {
+	f := g.f
 	if f.cfg.GuardDisabled {
 		return false, 0, 0
 	}
@@ -99,12 +101,12 @@ func (f *Follower) shouldHold(info *snapshot.Info) (hold bool, cur, nw int64) {
 	if curSnap == nil || curSnap.ReplID == info.ReplID {
 		return false, 0, 0
 	}
-	cur, err := f.keysOf(curSnap, f.store.SnapDir)
+	cur, err := g.keysOf(curSnap, f.store.SnapDir)
 	if err != nil {
 		f.log.Warn("guard: the current snapshot's keys cannot be counted; not guarding this history change", "err", err)
 		return false, 0, 0
 	}
-	nw, err = f.keysOf(info, f.store.SnapDir)
+	nw, err = g.keysOf(info, f.store.SnapDir)
 	if err != nil {
 		f.log.Warn("guard: the new snapshot's keys cannot be counted; not guarding this history change", "err", err)
 		return false, cur, 0
@@ -118,9 +120,9 @@ func (f *Follower) shouldHold(info *snapshot.Info) (hold bool, cur, nw int64) {
 // hold moves the new snapshot aside and starts its stream in the held dir.
 // The files are written before the history is published: readers never
 // wait for them.
-func (f *Follower) hold(info *snapshot.Info, cur, nw int64) error {
-	g := f.guard
-	g.drop(f)
+func (g *guard) hold(info *snapshot.Info, cur, nw int64) error {
+	f := g.f
+	g.drop()
 	if err := os.MkdirAll(g.dir.Held(), 0o755); err != nil {
 		return fmt.Errorf("guard: %w", err)
 	}
@@ -142,14 +144,15 @@ func (f *Follower) hold(info *snapshot.Info, cur, nw int64) error {
 	}
 	g.set(h)
 	g.holds.Add(1)
-	f.cancelRefresh("guard holds a new history")
+	f.maint.cancelRefresh("guard holds a new history")
 	f.log.Error("guard: the upstream offers a new history with far fewer keys; holding it, replicas keep the current data until an operator accepts it (REPLPROXY GUARD ACCEPT or POST /guard/accept)",
 		"current_keys", cur, "new_keys", nw, "min_keys_ratio", f.cfg.GuardMinKeysRatio, "new_replid", info.ReplID, "current_replid", f.store.Position().Hist.ReplID)
 	return nil
 }
 
 // drop forgets a held history and its files (the follow goroutine only).
-func (g *guard) drop(f *Follower) {
+func (g *guard) drop() {
+	f := g.f
 	h := g.held
 	if h == nil {
 		return
@@ -162,8 +165,8 @@ func (g *guard) drop(f *Follower) {
 }
 
 // loadHeld recovers a history held before a restart.
-func (f *Follower) loadHeld() error {
-	g := f.guard
+func (g *guard) loadHeld() error {
+	f := g.f
 	rec, err := g.dir.ReadHeldRecord()
 	if errors.Is(err, os.ErrNotExist) {
 		_ = os.RemoveAll(g.dir.Held()) // a hold that never completed
@@ -189,8 +192,8 @@ func (f *Follower) loadHeld() error {
 
 // heldPosition is where the held history continues, ok false when none
 // (the follow goroutine only).
-func (f *Follower) heldPosition() (replid string, next int64, ok bool) {
-	h := f.guard.held
+func (g *guard) heldPosition() (replid string, next int64, ok bool) {
+	h := g.held
 	if h == nil {
 		return "", 0, false
 	}
@@ -237,7 +240,8 @@ func (f *Follower) ReplicaAcked() {
 }
 
 // appendHeld stores a chunk of the held history.
-func (f *Follower) appendHeld(h *heldHistory, chunk []byte, u *upstreamConn) error {
+func (g *guard) appendHeld(h *heldHistory, chunk []byte, u *upstreamConn) error {
+	f := g.f
 	sc := h.scanner
 	boundary, getack := -1, false
 	if err := sc.Scan(chunk, func(end int, c *psync.Command) {
@@ -245,7 +249,7 @@ func (f *Follower) appendHeld(h *heldHistory, chunk []byte, u *upstreamConn) err
 		getack = getack || c.IsGetAck()
 	}); err != nil {
 		f.log.Error("invalid replication stream in the held history; dropping it", "err", err)
-		f.guard.drop(f)
+		g.drop()
 		return err
 	}
 	if n, err := h.bl.Append(chunk, boundary); err != nil {
@@ -300,10 +304,10 @@ func (f *Follower) AcceptHeld() error {
 }
 
 // serveAccept answers an accept request, if one waits.
-func (f *Follower) serveAccept() bool {
+func (g *guard) serveAccept() bool {
 	select {
-	case done := <-f.guard.accepts:
-		done <- f.acceptHeld()
+	case done := <-g.accepts:
+		done <- g.acceptHeld()
 		return true
 	default:
 		return false
@@ -314,8 +318,8 @@ func (f *Follower) serveAccept() bool {
 // snapshot, then its stream since, copied into the backlog. Replicas of
 // the old history are disconnected by the reset and full-sync to it. The
 // follow goroutine only, between links.
-func (f *Follower) acceptHeld() error {
-	g := f.guard
+func (g *guard) acceptHeld() error {
+	f := g.f
 	h := g.held
 	if h == nil {
 		return vocab.ErrNothingHeld
@@ -324,7 +328,7 @@ func (f *Follower) acceptHeld() error {
 	if err := os.Rename(filepath.Join(g.dir.Held(), info.Name), filepath.Join(f.store.SnapDir, info.Name)); err != nil {
 		return fmt.Errorf("guard: move the held snapshot back: %w", err)
 	}
-	f.cancelRefresh("guard accepted a new history")
+	f.maint.cancelRefresh("guard accepted a new history")
 	installed, err := f.store.InstallFullSync(info)
 	if !installed {
 		return fmt.Errorf("guard: install: %w", err)
@@ -332,7 +336,7 @@ func (f *Follower) acceptHeld() error {
 	f.scanner.Reset()
 	f.publishes = streamPublishes{}
 	f.stats.UpstreamFullSyncs.Add(1)
-	copied, cerr := f.copyHeld(h)
+	copied, cerr := g.copyHeld(h)
 	g.set(nil)
 	h.bl.Close()
 	_ = os.RemoveAll(g.dir.Held())
@@ -342,7 +346,8 @@ func (f *Follower) acceptHeld() error {
 }
 
 // copyHeld appends the held stream to the (just reset) backlog.
-func (f *Follower) copyHeld(h *heldHistory) (int64, error) {
+func (g *guard) copyHeld(h *heldHistory) (int64, error) {
+	f := g.f
 	cur, err := h.bl.NewCursor(h.Snapshot.Offset + 1)
 	if err != nil {
 		if errors.Is(err, backlog.ErrAhead) {

@@ -8,12 +8,30 @@ import (
 	"github.com/replproxy/replproxy/proxy/store"
 )
 
+// maintainer is the maintain goroutine's part of the follower: trimming
+// the backlog, the budget's overrun and lapse, and snapshot refreshes
+// (one at a time, joined by Maintain). Requests reach it on the
+// follower's kick channel.
+type maintainer struct {
+	f *Follower
+	// Refresh state, touched by one refresh at a time (maintain starts the
+	// next only after the last one ended).
+	lastRefreshReplica string       // not asked twice in a row while others exist
+	retryBudget        refreshRetry // after failed refreshes the budget called for
+	retryDemand        refreshRetry // after failed refreshes a replica waited for
+	graceUntil         time.Time    // after a restart, replicas are waited for until then
+	graceLogged        bool         // the wait was logged (one refresh at a time)
+	windowWarned       time.Time    // when a short backlog window was last logged
+	lapseWarned        string       // the snapshot whose lapse was logged
+}
+
 // The follower's maintain loop: trimming the backlog to its budget, and
 // scheduling snapshot refreshes (refresh.go runs them).
 
 // maybeKick wakes maintain when the backlog needs trimming or the snapshot
 // a refresh; it is cheap enough for every append.
-func (f *Follower) maybeKick(end int64) {
+func (m *maintainer) maybeKick(end int64) {
+	f := m.f
 	if end-f.store.SnapOffset.Load() > int64(float64(f.cfg.BacklogSize)*f.cfg.RefreshRatio) || f.store.Backlog.Size() > f.cfg.BacklogSize {
 		select {
 		case f.kick <- struct{}{}:
@@ -43,10 +61,10 @@ func (f *Follower) Maintain(ctx context.Context) {
 		// Eager: never trim past the snapshot (a refresh comes first). Lazy:
 		// trim to the budget and let the snapshot lapse; a replica that
 		// needs a full sync asks for a refresh (wantRefresh).
-		keepFrom := f.trimFloor(pos)
-		f.checkWindow(pos)
+		keepFrom := f.maint.trimFloor(pos)
+		f.maint.checkWindow(pos)
 		if f.cfg.Delay > 0 {
-			keepFrom = f.delayTrimFrom(pos, keepFrom)
+			keepFrom = f.maint.delayTrimFrom(pos, keepFrom)
 		}
 		if n, err := f.store.Backlog.Trim(keepFrom, f.cfg.BacklogSize); err != nil {
 			f.log.Error("backlog trim failed", "err", err)
@@ -65,8 +83,8 @@ func (f *Follower) Maintain(ctx context.Context) {
 			due = due || since > int64(float64(f.cfg.BacklogSize)*f.cfg.RefreshRatio)
 		}
 		if !due || !f.LinkUp() || f.Refresh.Load() ||
-			time.Now().UnixNano() < f.retryFor(wanted).notBefore.Load() || !f.refreshSourceReady() ||
-			!f.roomForSnapshot(max(pos.Snap.Size, f.gate.expected())) {
+			time.Now().UnixNano() < f.maint.retryFor(wanted).notBefore.Load() || !f.full.refreshSourceReady() ||
+			!f.full.roomForSnapshot(max(pos.Snap.Size, f.gate.expected())) {
 			continue
 		}
 		f.Refresh.Store(true)
@@ -83,7 +101,7 @@ func (f *Follower) Maintain(ctx context.Context) {
 				f.mu.Unlock()
 				cancel()
 			}()
-			f.refreshSnapshot(rctx, since, demand)
+			f.maint.refreshSnapshot(rctx, since, demand)
 		})
 	}
 }
@@ -99,19 +117,21 @@ const overrunLimit = 2
 // it lapses (lazy mode, or the overrun is capped). While a refresh runs
 // nothing it may land inside is trimmed: a source replica a few seconds
 // behind makes a snapshot at its own offset, which must still fit.
-func (f *Follower) trimFloor(pos store.Position) int64 {
+func (m *maintainer) trimFloor(pos store.Position) int64 {
+	f := m.f
 	pinned := pos.Snap.Offset + 1
-	if f.Refresh.Load() && !f.diskShort(pos) {
+	if f.Refresh.Load() && !m.diskShort(pos) {
 		return max(pinned, pos.First) // lapsed: trim nothing until it lands
 	}
-	if f.cfg.RefreshMode == RefreshLazy || f.overrunCapped(pos) {
+	if f.cfg.RefreshMode == RefreshLazy || m.overrunCapped(pos) {
 		return pos.End + 1
 	}
 	return pinned
 }
 
 // diskShort reports whether the data dir would not hold the next snapshot.
-func (f *Follower) diskShort(pos store.Position) bool {
+func (m *maintainer) diskShort(pos store.Position) bool {
+	f := m.f
 	if f.store.Backlog.Size() <= f.cfg.BacklogSize {
 		return false // within the budget the store's own checks suffice
 	}
@@ -125,7 +145,8 @@ func (f *Follower) diskShort(pos store.Position) bool {
 // next snapshot (then the overrun would make every refresh impossible).
 // A replica that needs a full sync afterwards asks for a refresh, which
 // may go to the upstream.
-func (f *Follower) overrunCapped(pos store.Position) bool {
+func (m *maintainer) overrunCapped(pos store.Position) bool {
+	f := m.f
 	if pos.First > pos.Snap.Offset+1 {
 		return true // lapsed already: keep to the budget until a refresh
 	}
@@ -138,13 +159,13 @@ func (f *Follower) overrunCapped(pos store.Position) bool {
 	}
 	why := "the stream since the snapshot reached twice the backlog budget"
 	if since < overrunLimit*f.cfg.BacklogSize {
-		if !f.diskShort(pos) {
+		if !m.diskShort(pos) {
 			return false
 		}
 		why = "the data dir no longer has room for the next snapshot"
 	}
-	if f.lapseWarned != pos.Snap.Name {
-		f.lapseWarned = pos.Snap.Name
+	if m.lapseWarned != pos.Snap.Name {
+		m.lapseWarned = pos.Snap.Name
 		f.log.Warn("no snapshot refresh succeeded and "+why+"; letting the snapshot lapse: a replica that needs a full sync now waits for a refresh",
 			"stream_since_snapshot", since, "budget", f.cfg.BacklogSize)
 	}
@@ -157,17 +178,18 @@ const minBacklogWindow = 10 * time.Second
 
 // checkWindow warns (once per transition) when the backlog is full and
 // covers less than minBacklogWindow at the current write rate.
-func (f *Follower) checkWindow(pos store.Position) {
+func (m *maintainer) checkWindow(pos store.Position) {
+	f := m.f
 	full := pos.End-pos.First+1 >= f.cfg.BacklogSize*15/16
 	var window time.Duration
 	if t, ok := f.store.Arrivals.Arrival(pos.First); ok {
 		window = time.Since(t)
 	}
 	short := full && window > 0 && window < minBacklogWindow
-	if f.windowShort.Swap(short) == short || !short || time.Since(f.windowWarned) < 10*time.Minute {
+	if f.windowShort.Swap(short) == short || !short || time.Since(m.windowWarned) < 10*time.Minute {
 		return // the metric flips freely; the log says it once in ten minutes
 	}
-	f.windowWarned = time.Now()
+	m.windowWarned = time.Now()
 	rate := float64(pos.End-pos.First+1) / window.Seconds()
 	f.log.Warn("the backlog covers only seconds of stream at the current write rate: a replica away longer needs a full sync; raise --backlog-size",
 		"psync_window", window.Round(100*time.Millisecond).String(), "write_rate_bytes_per_second", int64(rate),
@@ -177,7 +199,8 @@ func (f *Follower) checkWindow(pos store.Position) {
 // delayTrimFrom keeps what delayed replicas need while the budget allows
 // it; beyond, the budget wins and the shortfall is reported once per
 // episode (replproxy_delay_covered 0).
-func (f *Follower) delayTrimFrom(pos store.Position, keepFrom int64) int64 {
+func (m *maintainer) delayTrimFrom(pos store.Position, keepFrom int64) int64 {
+	f := m.f
 	want := f.store.DelayKeepFrom(pos)
 	if want >= keepFrom {
 		f.delayShort.Store(false)

@@ -76,7 +76,8 @@ const (
 // demand says a replica (or an rdb-only client) waits for it; only then,
 // or when the operator asked for eager upstream refreshes, is the
 // upstream asked: a refresh the budget calls for must not fork the origin.
-func (f *Follower) refreshSnapshot(ctx context.Context, since int64, demand bool) {
+func (m *maintainer) refreshSnapshot(ctx context.Context, since int64, demand bool) {
+	f := m.f
 	f.log.Info("snapshot refresh started", "stream_since_snapshot", since, "sources", strings.Join(f.cfg.RefreshFrom, ","), "demand", demand)
 	start := time.Now()
 	f.refreshLast.started.Store(start.UnixNano())
@@ -87,31 +88,31 @@ func (f *Follower) refreshSnapshot(ctx context.Context, since int64, demand bool
 		var err error
 		switch src {
 		case SourceReplicas:
-			info, err = f.refreshFromReplicas(ctx)
+			info, err = m.refreshFromReplicas(ctx)
 		case SourceUpstream:
 			// A replica that began to wait during this refresh makes it one
 			// on demand.
 			demand = demand || f.refreshWanted.Swap(false)
-			if !demand && !f.upstreamRefreshEager() {
+			if !demand && !m.upstreamRefreshEager() {
 				err = errUpstreamOnDemand
 				break
 			}
-			if wait := time.Until(f.graceUntil); wait > 0 && f.awaitingReplicas(errs) {
+			if wait := time.Until(m.graceUntil); wait > 0 && m.awaitingReplicas(errs) {
 				// Replicas may still be reconnecting: ask them again, each
 				// second, until the grace ends.
-				if !f.graceLogged {
-					f.graceLogged = true
+				if !m.graceLogged {
+					m.graceLogged = true
 					f.log.Info("snapshot refresh: waiting for replicas to reconnect before asking the upstream", "at_most", wait.Round(time.Second).String())
 				}
-				f.retryIn(demand, time.Second)
+				m.retryIn(demand, time.Second)
 				return
 			}
 			if d := f.gate.wait(false, false); d > 0 {
 				err = fmt.Errorf("upstream: the full-sync backoff holds it for %v", d.Round(time.Second))
 				break
 			}
-			info, err = f.fetchSnapshot(ctx)
-			f.countRefresh(vocab.SnapFromUpstream, err)
+			info, err = m.fetchSnapshot(ctx)
+			m.countRefresh(vocab.SnapFromUpstream, err)
 		}
 		if ctx.Err() != nil {
 			return
@@ -119,7 +120,7 @@ func (f *Follower) refreshSnapshot(ctx context.Context, since int64, demand bool
 		if err == nil {
 			f.stats.Refreshes.Add(1)
 			f.refreshLast.done(start, true)
-			f.retryBudget.backoff, f.retryDemand.backoff = 0, 0
+			m.retryBudget.backoff, m.retryDemand.backoff = 0, 0
 			f.log.Info("snapshot refreshed", "source", info.Source, "replid", info.ReplID, "offset", info.Offset,
 				"bytes", info.Size, "seconds", time.Since(start).Seconds())
 			return
@@ -134,17 +135,17 @@ func (f *Follower) refreshSnapshot(ctx context.Context, since int64, demand bool
 			f.log.Warn("snapshot refresh from "+src+" failed", "next_source", nextSource(f.cfg.RefreshFrom, src), "err", err)
 		}
 	}
-	if time.Now().Before(f.graceUntil) && f.awaitingReplicas(errs) {
+	if time.Now().Before(m.graceUntil) && m.awaitingReplicas(errs) {
 		f.log.Debug("snapshot refresh: no replica has reconnected since the start yet; asking again in a second")
-		f.retryIn(demand, time.Second)
+		m.retryIn(demand, time.Second)
 		return
 	}
 	f.stats.RefreshFailures.Add(1)
 	f.refreshLast.done(start, false)
-	retry := f.retryFor(demand)
+	retry := m.retryFor(demand)
 	retry.backoff = min(max(retry.backoff*2, refreshRetryMin), refreshRetryMax)
 	wait := time.Duration(float64(retry.backoff) * (0.75 + 0.25*rand.Float64()))
-	f.retryIn(demand, wait)
+	m.retryIn(demand, wait)
 	f.log.Warn("snapshot refresh failed from every source; the backlog grows past its budget until one succeeds",
 		"sources", strings.Join(f.cfg.RefreshFrom, ","), "next_attempt_in", wait.Round(time.Second).String(), "err", errors.Join(errs...))
 }
@@ -158,17 +159,18 @@ type refreshRetry struct {
 }
 
 // retryFor is the schedule of a refresh on demand or for the budget.
-func (f *Follower) retryFor(demand bool) *refreshRetry {
+func (m *maintainer) retryFor(demand bool) *refreshRetry {
 	if demand {
-		return &f.retryDemand
+		return &m.retryDemand
 	}
-	return &f.retryBudget
+	return &m.retryBudget
 }
 
 // retryIn schedules the next refresh of its kind after d; a replica that
 // waited still waits.
-func (f *Follower) retryIn(demand bool, d time.Duration) {
-	f.retryFor(demand).notBefore.Store(time.Now().Add(d).UnixNano())
+func (m *maintainer) retryIn(demand bool, d time.Duration) {
+	f := m.f
+	m.retryFor(demand).notBefore.Store(time.Now().Add(d).UnixNano())
 	if demand {
 		f.refreshWanted.Store(true)
 	}
@@ -177,7 +179,7 @@ func (f *Follower) retryIn(demand bool, d time.Duration) {
 // awaitingReplicas reports whether a refresh found nobody to ask (no
 // replica, or none that could serve), so that after a start it is only
 // waiting for replicas to reconnect: no failure, no growing backoff.
-func (f *Follower) awaitingReplicas(errs []error) bool {
+func (m *maintainer) awaitingReplicas(errs []error) bool {
 	for _, err := range errs {
 		if !errors.Is(err, errNoReplica) && !errors.Is(err, errUpstreamOnDemand) {
 			return false
@@ -192,7 +194,8 @@ var errUpstreamOnDemand = errors.New("upstream: asked only when a replica needs 
 // upstreamRefreshEager reports whether the budget alone may ask the
 // upstream: when the operator said so, or named the upstream as the only
 // source.
-func (f *Follower) upstreamRefreshEager() bool {
+func (m *maintainer) upstreamRefreshEager() bool {
+	f := m.f
 	return f.cfg.RefreshUpstream == RefreshUpstreamEager || !f.cfg.hasRefreshSource(SourceReplicas)
 }
 
@@ -238,7 +241,8 @@ func nextSource(order []string, src string) string {
 }
 
 // countRefresh counts one attempt from a source.
-func (f *Follower) countRefresh(source string, err error) {
+func (m *maintainer) countRefresh(source string, err error) {
+	f := m.f
 	outcome := "ok"
 	if err != nil {
 		outcome = "failed"
@@ -251,8 +255,9 @@ func (f *Follower) countRefresh(source string, err error) {
 // time nor one refused before while others exist. At most
 // replicaRefreshAttempts of them are asked for a snapshot (each a fork on
 // the replica); refusals before that cost nothing and do not count.
-func (f *Follower) refreshFromReplicas(ctx context.Context) (*snapshot.Info, error) {
-	cands := f.down.RefreshCandidates(f.lastRefreshReplica, f.refusals.refused)
+func (m *maintainer) refreshFromReplicas(ctx context.Context) (*snapshot.Info, error) {
+	f := m.f
+	cands := f.down.RefreshCandidates(m.lastRefreshReplica, f.refusals.refused)
 	if len(cands) == 0 {
 		return nil, errNoReplica
 	}
@@ -267,7 +272,7 @@ func (f *Follower) refreshFromReplicas(ctx context.Context) (*snapshot.Info, err
 			errs = append(errs, fmt.Errorf("replica %s: not trusted (%s)", c.Addr, c.ID))
 			continue
 		}
-		info, err := f.fetchFromReplica(ctx, c)
+		info, err := m.fetchFromReplica(ctx, c)
 		var refused *errSourceRefused
 		if errors.As(err, &refused) {
 			f.refusals.note(c.Addr, refused)
@@ -275,9 +280,9 @@ func (f *Follower) refreshFromReplicas(ctx context.Context) (*snapshot.Info, err
 			continue
 		}
 		asked++
-		f.countRefresh(vocab.SnapFromReplica, err)
+		m.countRefresh(vocab.SnapFromReplica, err)
 		if err == nil {
-			f.lastRefreshReplica = c.Addr
+			m.lastRefreshReplica = c.Addr
 			f.refusals.served(c.Addr)
 			return info, nil
 		}
@@ -298,7 +303,8 @@ func (f *Follower) refreshFromReplicas(ctx context.Context) (*snapshot.Info, err
 // history, REPLCONF rdb-only 1, PSYNC ? -1. It is accepted only as an
 // upstream snapshot would be (header, CRC, version) and only of the current
 // history at an offset the backlog holds.
-func (f *Follower) fetchFromReplica(ctx context.Context, c vocab.Candidate) (*snapshot.Info, error) {
+func (m *maintainer) fetchFromReplica(ctx context.Context, c vocab.Candidate) (*snapshot.Info, error) {
+	f := m.f
 	var tlsCfg *tls.Config
 	if c.TLS {
 		tlsCfg = f.sec.ClientConfig(c.Addr, true)
@@ -328,7 +334,7 @@ func (f *Follower) fetchFromReplica(ctx context.Context, c vocab.Candidate) (*sn
 	if cur := f.store.Position(); reply.ReplID != cur.Hist.ReplID {
 		return nil, fmt.Errorf("%w: the replica is at history %s, the proxy at %s", store.ErrRefreshRejected, reply.ReplID, cur.Hist.ReplID)
 	}
-	info, _, err := f.receiveRefresh(ctx, u, reply, vocab.SnapFromReplica)
+	info, _, err := f.full.receiveRefresh(ctx, u, reply, vocab.SnapFromReplica)
 	return info, err
 }
 
@@ -352,7 +358,8 @@ func askRDBOnly(u *upstreamConn) error {
 // while the main link keeps streaming: REPLCONF rdb-only 1 and PSYNC ? -1,
 // or a plain second sync dropped after the payload when rdb-only is
 // refused. Each is a fork on the origin.
-func (f *Follower) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
+func (m *maintainer) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
+	f := m.f
 	u, err := f.dialUpstream(ctx, true, nil)
 	if errors.Is(err, psync.ErrRDBOnlyRefused) {
 		f.log.Info("upstream refuses rdb-only; refreshing with a plain sync")
@@ -371,12 +378,12 @@ func (f *Follower) fetchSnapshot(ctx context.Context) (*snapshot.Info, error) {
 	defer stop()
 	// The origin forks now: from here on, a failure is a wasted fork.
 	f.gate.started(vocab.PurposeRefresh)
-	info, got, err := f.receiveRefresh(ctx, u, reply, vocab.SnapFromUpstream)
+	info, got, err := f.full.receiveRefresh(ctx, u, reply, vocab.SnapFromUpstream)
 	switch {
 	case err == nil:
-		f.fullSyncSucceeded(vocab.PurposeRefresh, info)
+		f.full.fullSyncSucceeded(vocab.PurposeRefresh, info)
 	case ctx.Err() == nil:
-		f.fullSyncFailed(vocab.PurposeRefresh, err, got)
+		f.full.fullSyncFailed(vocab.PurposeRefresh, err, got)
 	default: // a shutdown or a cancel is no failure of the origin's
 		f.gate.aborted(vocab.PurposeRefresh)
 	}

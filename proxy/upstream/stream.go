@@ -133,7 +133,7 @@ func (e *closedBehindError) Unwrap() error { return e.err }
 // then leaves the copying to the replicas' own loops).
 func (f *Follower) appendStream(chunk []byte, busy bool, u *upstreamConn) error {
 	if h := f.guard.held; h != nil { // the follow goroutine's own: no lock to read it
-		return f.appendHeld(h, chunk, u)
+		return f.guard.appendHeld(h, chunk, u)
 	}
 	sc := f.scanner // scan a copy: it is committed only with the bytes
 	boundary, getack := -1, false
@@ -172,7 +172,7 @@ func (f *Follower) appendStream(chunk []byte, busy bool, u *upstreamConn) error 
 	}
 	f.stats.UpstreamStreamBytes.Add(int64(len(chunk)))
 	f.store.Arrivals.Record(end, time.Now())
-	f.maybeKick(end)
+	f.maint.maybeKick(end)
 	if getack {
 		return u.ack(f.ackFor(nil))
 	}
@@ -185,7 +185,7 @@ func (f *Follower) discardHistory(cause error) {
 	f.log.Error("invalid replication stream from upstream; discarding history", "err", cause)
 	f.scanner.Reset()
 	f.publishes = streamPublishes{}
-	f.cancelRefresh("history discarded")
+	f.maint.cancelRefresh("history discarded")
 	f.store.Discard()
 	f.down.CloseReplicas(vocab.DownHistoryReset)
 }
