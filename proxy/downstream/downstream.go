@@ -118,7 +118,7 @@ func (d *Downstream) CloseReplicas(reason vocab.DisconnectReason) int {
 func (d *Downstream) NthAck(n int) int64 {
 	var offs []int64
 	for _, s := range d.selectReplicas(func(s *Replica) bool {
-		return !s.legacy && !s.delayed && s.state.Load() == stateOnline
+		return s.onlineStock()
 	}) {
 		offs = append(offs, s.ackOff.Load())
 	}
@@ -147,8 +147,7 @@ func (d *Downstream) RefreshCandidates(avoid string, refused func(addr string) b
 	recent := time.Now().Add(-CandidateAckAge).UnixNano()
 	var cs []cand
 	for _, s := range d.selectReplicas(func(s *Replica) bool {
-		return !s.legacy && !s.RDBOnly && !s.delayed && s.ListeningPort > 0 && s.state.Load() == stateOnline &&
-			s.ackTime.Load() >= recent
+		return s.onlineStock() && s.ListeningPort > 0 && s.ackTime.Load() >= recent
 	}) {
 		addr := s.replicaAddr()
 		cs = append(cs, cand{Candidate: vocab.Candidate{Addr: addr, TLS: s.tls, ID: s.ident},

@@ -163,3 +163,10 @@ func (s *Replica) replicaIP() string {
 	}
 	return host
 }
+
+// onlineStock reports whether the replica streams the live history as a
+// stock replica does: PSYNC (not SYNC: it ACKs), not delayed, not an
+// rdb-only client, online.
+func (s *Replica) onlineStock() bool {
+	return !s.legacy && !s.delayed && !s.RDBOnly && s.state.Load() == stateOnline
+}

@@ -242,21 +242,14 @@ func (f *Follower) ReplicaAcked() {
 // appendHeld stores a chunk of the held history.
 func (g *guard) appendHeld(h *heldHistory, chunk []byte, u *upstreamConn) error {
 	f := g.f
-	sc := h.scanner
-	boundary, getack := -1, false
-	if err := sc.Scan(chunk, func(end int, c *psync.Command) {
-		boundary = end
-		getack = getack || c.IsGetAck()
-	}); err != nil {
-		f.log.Error("invalid replication stream in the held history; dropping it", "err", err)
-		g.drop()
+	getack := false
+	if err := scanAppend(&h.scanner, h.bl, chunk, func(_ int, c *psync.Command) { getack = getack || c.IsGetAck() }); err != nil {
+		if errors.Is(err, errStreamInvalid) {
+			f.log.Error("invalid replication stream in the held history; dropping it", "err", err)
+			g.drop()
+		}
 		return err
 	}
-	if n, err := h.bl.Append(chunk, boundary); err != nil {
-		_ = h.scanner.Scan(chunk[:n], nil)
-		return fmt.Errorf("%w: %w", errBacklogWrite, err)
-	}
-	h.scanner = sc
 	f.stats.UpstreamStreamBytes.Add(int64(len(chunk)))
 	if getack {
 		return u.ack(f.ackFor(h))
@@ -361,11 +354,7 @@ func (g *guard) copyHeld(h *heldHistory) (int64, error) {
 	for {
 		n, err := cur.Read(buf)
 		if n > 0 {
-			boundary := -1
-			if serr := f.scanner.Scan(buf[:n], func(end int, _ *psync.Command) { boundary = end }); serr != nil {
-				return total, serr
-			}
-			if _, aerr := f.store.Backlog.Append(buf[:n], boundary); aerr != nil {
+			if aerr := scanAppend(&f.scanner, f.store.Backlog, buf[:n], nil); aerr != nil {
 				return total, aerr
 			}
 			total += int64(n)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
+	"github.com/replproxy/replproxy/psync/backlog"
 )
 
 // The follower's streaming phase: reading the upstream's stream, scanning
@@ -135,38 +136,30 @@ func (f *Follower) appendStream(chunk []byte, busy bool, u *upstreamConn) error 
 	if h := f.guard.held; h != nil { // the follow goroutine's own: no lock to read it
 		return f.guard.appendHeld(h, chunk, u)
 	}
-	sc := f.scanner // scan a copy: it is committed only with the bytes
-	boundary, getack := -1, false
+	getack := false
 	watch := f.pubsub.Active()
 	var published [][2]int
-	if err := sc.Scan(chunk, func(end int, c *psync.Command) {
-		boundary = end
-		if c.IsGetAck() {
-			getack = true
-		}
+	if err := scanAppend(&f.scanner, f.store.Backlog, chunk, func(end int, c *psync.Command) {
+		getack = getack || c.IsGetAck()
 		if watch && c.Argc == 3 && c.Name() == "publish" {
 			published = append(published, [2]int{end, int(c.Size)})
 		}
 	}); err != nil {
-		// A stock master never sends this. The bytes already relayed may be
-		// part of a corrupt command, so the history cannot be trusted.
-		f.discardHistory(err)
+		if errors.Is(err, errStreamInvalid) {
+			// A stock master never sends this. The bytes already relayed may
+			// be part of a corrupt command, so the history cannot be trusted.
+			f.discardHistory(err)
+		} else {
+			f.publishes = streamPublishes{} // a PUBLISH cut here is not delivered
+		}
 		return err
 	}
-	if n, err := f.store.Backlog.Append(chunk, boundary); err != nil {
-		// Part of the chunk may have reached the disk (ENOSPC); the next
-		// PSYNC resumes after it, so the scanner must have seen exactly it.
-		_ = f.scanner.Scan(chunk[:n], nil)
-		f.publishes = streamPublishes{} // a PUBLISH cut here is not delivered
-		return fmt.Errorf("%w: %w", errBacklogWrite, err)
-	}
-	f.scanner = sc
 	end := f.store.Backlog.End()
 	if f.cfg.Deliver != nil {
 		f.cfg.Deliver(end-int64(len(chunk))+1, chunk, busy)
 	}
 	if watch {
-		f.publishes.scan(chunk, published, &sc, func(channel, msg []byte) { f.pubsub.Publish(channel, msg) })
+		f.publishes.scan(chunk, published, &f.scanner, func(channel, msg []byte) { f.pubsub.Publish(channel, msg) })
 	} else {
 		f.publishes = streamPublishes{}
 	}
@@ -193,3 +186,31 @@ func (f *Follower) discardHistory(cause error) {
 // errBacklogWrite: the backlog could not store received bytes (disk full,
 // I/O error). The link is dropped and resumes after what was stored.
 var errBacklogWrite = errors.New("append to backlog")
+
+// errStreamInvalid: the upstream sent bytes that are not a replication
+// stream (a stock master never does).
+var errStreamInvalid = errors.New("invalid replication stream")
+
+// scanAppend appends chunk to bl, marking the last command boundary in it,
+// and advances *sc over exactly what reached the backlog (on a partial
+// write, a full disk, the next PSYNC resumes after it); seen sees each
+// command that ends in chunk. A chunk that does not parse is not written
+// (errStreamInvalid); a failed append is errBacklogWrite.
+func scanAppend(sc *psync.Scanner, bl *backlog.Log, chunk []byte, seen func(end int, c *psync.Command)) error {
+	next := *sc // scan a copy: it is committed only with the bytes
+	boundary := -1
+	if err := next.Scan(chunk, func(end int, c *psync.Command) {
+		boundary = end
+		if seen != nil {
+			seen(end, c)
+		}
+	}); err != nil {
+		return fmt.Errorf("%w: %w", errStreamInvalid, err)
+	}
+	if n, err := bl.Append(chunk, boundary); err != nil {
+		_ = sc.Scan(chunk[:n], nil)
+		return fmt.Errorf("%w: %w", errBacklogWrite, err)
+	}
+	*sc = next
+	return nil
+}
