@@ -1,58 +1,40 @@
-// Package proxy is the replproxy daemon. To its upstream it is one replica;
-// to any number of stock Redis/Valkey replicas it is their master, serving
-// full syncs from a stored snapshot and partial resyncs from a disk
-// backlog, relaying the upstream's bytes and offsets unchanged.
+// Package proxy is the replproxy daemon's wiring. To its upstream the
+// daemon is one replica; to any number of stock Redis/Valkey replicas it
+// is their master, serving full syncs from a stored snapshot and partial
+// resyncs from a disk backlog, relaying the upstream's bytes and offsets
+// unchanged.
 //
-// # Components and what each owns
+// # Packages
 //
-// Proxy composes three components; each is the only writer of its state.
+// Each component is a package under proxy/, the only owner of its state;
+// imports point one way (layers_test.go at the repository root checks it):
 //
-//   - store (store.go): the data dir: its lock, the replication history,
-//     the snapshot, the backlog and the state file, and the rule that ties
-//     them together (inconsistency, also used by Inspect). Writers (the
-//     follower) take its write mutex and persist under it; readers never
-//     take it: they load the published history and snapshot, an immutable
-//     value, and the backlog's lock-free View. So INFO, /metrics and PSYNC
-//     decisions never wait for an fsync.
-//   - follower (follower.go): the upstream connection, the stream scanner,
-//     the reconnect backoff, the cost backoff of full syncs (forkgate.go),
-//     the wait for a write burst to calm before one (calm.go), the ACKs,
-//     the link state and its reasons (upstreamerr.go), the streaming
-//     phase (stream.go), trimming
-//     (maintain.go) and snapshot refreshes with their sources' trust
-//     (refresh.go, refreshsource.go).
-//   - downstream (downstream.go, session.go, replica.go): the listener and
-//     the sessions. A session is a thin executor of the pure sync planner
-//     (package plan): the planner decides Continue, Hold, FullSync or Refuse
-//     from the request, the store's position and what the replica announced;
-//     the session writes, waits and streams.
+//   - vocab, security, request, pubsub, plan: leaves (the vocabulary and
+//     status values; TLS material and users; the client request reader;
+//     the pub/sub registry; the pure sync planner).
+//   - store: the data dir (layout, lock, history, snapshot, backlog, state
+//     file, arrival index, delay retention).
+//   - upstream: the follower (link, full syncs behind the fork gate,
+//     refreshes, the guard, the ACK policy).
+//   - downstream: the replicas (serving SYNC/PSYNC, fan-out, full-sync
+//     slots and rate).
+//   - command: the listeners, the client sessions and the Redis command
+//     surface (INFO from status values).
 //
-// Packages below the root, each importing nothing of the daemon above it
-// (layers_test.go at the repository root checks it): plan, the pure sync
-// planner; pubsub, the subscriber registry and each subscriber's writer.
-//
-// The vocabulary of states and reasons (vocab.go) is typed and listed once;
-// metrics iterate over it, so every series exists from start-up.
+// upstream and downstream know each other only through the interfaces each
+// declares (Replicas, Upstream); command sees the rest through Daemon.
+// This package builds each one's options from Config, constructs them in
+// dependency order (fan-out, store, upstream, downstream, command; no
+// field set afterwards), adapts them to each other's interfaces, and
+// aggregates their status values into Status.
 //
 // # Goroutines and who joins them
 //
-// Serve runs and joins: the follower's follow loop (each link's ACK ticker
-// is joined when the link ends) and maintain loop (which joins the one
-// refresh it may run), the downstream's accept loop (which joins every
-// session; each session joins its replica's ACK reader and, in pub/sub
-// mode, its subscriber's writer), and a keyspace
-// scan of a snapshot recovered without counts. A snapshot being received
-// runs one key-counting goroutine, joined by the receiver's Finish or
-// Abort; the backlog's background fsync loop is joined by its Close.
-// Shutdown cancels the context, closes the listener and every session,
-// waits for all of the above, then closes the store (persist, backlog,
-// data-dir lock).
-//
-// # Locks
-//
-// Each component's mutex guards only its own fields and is never held
-// across network I/O or an fsync a reader could wait on: the store's write
-// mutex is taken by writers only; the follower's guards the link status and
-// the upstream address; the downstream's guards the session set (sessions
-// are closed after it is released).
+// ServeListeners runs and joins: the follower's Follow and Maintain, the
+// security file watch, the command server's Serve (which joins its accept
+// loops, which join their sessions, which join their replicas' ACK readers
+// and their subscribers' writers), and a key count of a snapshot recovered
+// without one. Shutdown cancels the context; the server closes its
+// listeners and every session; once all have returned the store is closed
+// (persist, backlog, data-dir lock).
 package proxy
