@@ -84,7 +84,7 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 		return nil, err
 	}
 	p.down = downstream.New(cfg.downOptions(), log, p.stats.ReplicaCounters, p.store, p.follower, p.fanout)
-	p.srv = command.New(cfg.cmdOptions(), log, p.stats, sec, p.pubsub, p.down, p)
+	p.srv = command.New(cfg.cmdOptions(), log, p.stats, sec, p.pubsub, replicaMaker{p.down}, p)
 	return p, nil
 }
 
@@ -287,3 +287,8 @@ func (p *Proxy) RedisVersion() string { return p.store.UpstreamVersion() }
 // MoveUpstream is REPLICAOF host:port: it reports false when addr is the
 // upstream already.
 func (p *Proxy) MoveUpstream(addr string) bool { return p.follower.MoveUpstream(addr) }
+
+// replicaMaker gives the command surface the downstream's replicas.
+type replicaMaker struct{ d *downstream.Downstream }
+
+func (m replicaMaker) NewReplica(l vocab.ReplicaLink) command.Replica { return m.d.NewReplica(l) }

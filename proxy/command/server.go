@@ -16,7 +16,6 @@ import (
 
 	"github.com/replproxy/replproxy/internal/acl"
 	"github.com/replproxy/replproxy/internal/tlsconf"
-	"github.com/replproxy/replproxy/proxy/downstream"
 	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/proxy/security"
 	"github.com/replproxy/replproxy/proxy/vocab"
@@ -34,7 +33,7 @@ type Server struct {
 	daemon   Daemon       // what sessions answer from: INFO, ROLE, REPLICAOF
 	sec      *security.Service
 	pubsub   *pubsub.Registry
-	down     *downstream.Downstream // sessions become its replicas at SYNC/PSYNC
+	replicas Replicas // sessions become its replicas at SYNC/PSYNC
 	commands *commandStats
 	memPeak  atomic.Int64 // the highest used_memory INFO has seen
 	ln       net.Listener // plaintext; nil without --listen
@@ -66,7 +65,21 @@ type Options struct {
 	Fanout          bool // the fan-out writer is on
 }
 
-// daemon is what the command surface asks of the rest of the proxy.
+// Replicas takes over the connections that SYNC or PSYNC make replica
+// links.
+type Replicas interface {
+	NewReplica(link vocab.ReplicaLink) Replica
+}
+
+// Replica is a replica link, run on its session's goroutine.
+type Replica interface {
+	// Run serves the link (the SYNC or PSYNC in cmd, args) until it ends.
+	Run(ctx context.Context, cmd string, args [][]byte) error
+	// Close ends the link, counting reason, and the session with it.
+	Close(reason vocab.DisconnectReason)
+}
+
+// Daemon is what the command surface asks of the rest of the proxy.
 type Daemon interface {
 	// Status is the proxy's state for INFO, ROLE and CLIENT.
 	Status() vocab.Status
@@ -79,8 +92,8 @@ type Daemon interface {
 }
 
 func New(cfg Options, log *slog.Logger, stats *vocab.Stats, sec *security.Service, ps *pubsub.Registry,
-	down *downstream.Downstream, d Daemon) *Server {
-	return &Server{cfg: cfg, log: log, stats: stats, daemon: d, sec: sec, pubsub: ps, down: down, commands: newCommandStats(),
+	replicas Replicas, d Daemon) *Server {
+	return &Server{cfg: cfg, log: log, stats: stats, daemon: d, sec: sec, pubsub: ps, replicas: replicas, commands: newCommandStats(),
 		sessions: map[*session]struct{}{}}
 }
 
@@ -118,13 +131,13 @@ func (d *Server) acceptLoop(ctx context.Context, ln net.Listener, isTLS, delayed
 
 func (d *Server) handleConn(ctx context.Context, conn net.Conn, isTLS, delayed bool) {
 	sctx, cancel := context.WithCancel(ctx)
-	s := &session{srv: d, conn: conn, raw: conn, out: conn, addr: conn.RemoteAddr().String(), ctx: sctx, cancel: cancel, tls: isTLS, delayed: delayed, startTime: time.Now()}
+	s := &session{srv: d, conn: conn, raw: conn, addr: conn.RemoteAddr().String(), ctx: sctx, cancel: cancel, tls: isTLS, delayed: delayed, startTime: time.Now()}
 	var tc *tls.Conn
 	if isTLS {
 		// The handshake runs after the --max-clients check, on the
 		// session's goroutine; closing the session closes it too.
 		tc = tls.Server(conn, d.sec.Server.ServerConfig(d.sec.Auth))
-		s.conn, s.out = tc, downstream.NewBufferedWriter(tc)
+		s.conn = tc
 	}
 	s.br = bufio.NewReaderSize(countingReader{s.conn, d.stats}, 16<<10)
 	if d.sec.Users.Load().DefaultOpen() {

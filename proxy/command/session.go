@@ -15,7 +15,6 @@ import (
 
 	"github.com/tidwall/resp"
 
-	"github.com/replproxy/replproxy/proxy/downstream"
 	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/proxy/request"
 	"github.com/replproxy/replproxy/proxy/vocab"
@@ -41,9 +40,8 @@ func (e redisError) Error() string { return string(e) }
 type session struct {
 	srv  *Server
 	id   int64
-	conn net.Conn  // *tls.Conn on the TLS listener
-	raw  net.Conn  // the TCP connection under conn
-	out  io.Writer // conn, buffered for TLS (no sendfile there)
+	conn net.Conn // *tls.Conn on the TLS listener
+	raw  net.Conn // the TCP connection under conn
 	tls  bool
 	// delayed: on --delayed-listen, the session sees the stream only up to
 	// the delay's horizon.
@@ -63,9 +61,9 @@ type session struct {
 	multi [][][]byte
 	user  atomic.Value // string: the user authenticated as (read by reloads)
 	// announce is what REPLCONF said, handed to the replica at PSYNC.
-	downstream.Announce
+	vocab.Announce
 	// rep is the replica the connection became at SYNC/PSYNC; nil before.
-	rep       atomic.Pointer[downstream.Replica]
+	rep       atomic.Value // Replica, once SYNC/PSYNC made the connection one
 	startTime time.Time
 	// Owned by the session's goroutine: error replies sent (for
 	// Commandstats' failed_calls), the current call was refused before it
@@ -83,7 +81,7 @@ type session struct {
 
 // close ends the session; a replica's counts its reason first.
 func (s *session) close(reason vocab.DisconnectReason) {
-	if r := s.rep.Load(); r != nil {
+	if r, ok := s.rep.Load().(Replica); ok {
 		r.Close(reason) // which ends the connection
 		return
 	}
@@ -358,8 +356,9 @@ func (s *session) command(cmd string, args [][]byte) error {
 // becomeReplica hands the connection to the downstream as a replica link
 // (SYNC or PSYNC) and serves it until it ends.
 func (s *session) becomeReplica(ctx context.Context, cmd string, args [][]byte) error {
-	r := s.srv.down.NewReplica(s.id, s.conn, s.raw, s.out, s.br, s.addr, s.tls, s.delayed, s.log, s.ctx, s.identity(), s.Announce,
-		s.errorf, s.closeConn)
+	r := s.srv.replicas.NewReplica(vocab.ReplicaLink{ID: s.id, Conn: s.conn, Raw: s.raw, Reader: s.br, Addr: s.addr, TLS: s.tls,
+		Delayed: s.delayed, Log: s.log, Ctx: s.ctx, Identity: s.identity(), Announce: s.Announce, Errorf: s.errorf,
+		EndSession: s.closeConn})
 	s.rep.Store(r)
 	return r.Run(ctx, cmd, args)
 }

@@ -1,11 +1,9 @@
 package downstream
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -281,11 +279,13 @@ func (d *Downstream) Replicas(end int64, now time.Time) (out []vocab.ReplicaStat
 // newReplica takes over a session's connection at SYNC/PSYNC: errorf
 // answers an error reply as the session counts them, endSession closes
 // the connection.
-func (d *Downstream) NewReplica(id int64, conn, raw net.Conn, out io.Writer, br *bufio.Reader, addr string, isTLS, delayed bool,
-	log *slog.Logger, ctx context.Context, ident vocab.Identity, ann Announce, errorf func(string, ...any) error,
-	endSession func(vocab.DisconnectReason)) *Replica {
-	r := &Replica{d: d, Announce: ann, id: id, conn: conn, raw: raw, out: out, br: br, addr: addr, tls: isTLS, delayed: delayed,
-		log: log, ctx: ctx, ident: ident, errorf: errorf, endSession: endSession}
+func (d *Downstream) NewReplica(l vocab.ReplicaLink) *Replica {
+	var out io.Writer = l.Conn
+	if l.TLS {
+		out = newBufferedWriter(l.Conn) // no sendfile through TLS
+	}
+	r := &Replica{d: d, Announce: l.Announce, id: l.ID, conn: l.Conn, raw: l.Raw, out: out, br: l.Reader, addr: l.Addr, tls: l.TLS,
+		delayed: l.Delayed, log: l.Log, ctx: l.Ctx, ident: l.Identity, errorf: l.Errorf, endSession: l.EndSession}
 	r.ackOff.Store(-1)
 	return r
 }

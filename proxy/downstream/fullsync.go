@@ -219,7 +219,7 @@ func (s *Replica) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, 
 		if s.delayed {
 			pos = p.store.DelayedPosition(pos)
 		}
-		pl := plan.Sync(plan.Input{Req: req, Pos: pos.Plan(), HoldAhead: time.Now().Before(holdUntil), FullSync: full})
+		pl := plan.Sync(plan.Input{Req: req, Pos: planPosition(pos), HoldAhead: time.Now().Before(holdUntil), FullSync: full})
 		if pl.Kind == plan.Continue {
 			cur, err := p.store.Backlog.NewCursorGen(req.Offset, pos.Gen)
 			if err != nil { // trimmed or reset since the position: judge again
@@ -418,4 +418,9 @@ func (s *Replica) sendSnapshot(f *os.File, cur *backlog.Cursor, snap *snapshot.I
 	s.ackOff.Store(snap.Offset)
 	s.ackTime.Store(time.Now().UnixNano())
 	return cur, nil
+}
+
+// planPosition is the part of the store's position the planner reads.
+func planPosition(pos store.Position) plan.Position {
+	return plan.Position{Hist: pos.Hist, First: pos.First, End: pos.End, Snap: pos.Snap}
 }

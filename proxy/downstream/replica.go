@@ -23,7 +23,7 @@ import (
 // registered; the rest is atomic, or its own goroutine's.
 type Replica struct {
 	d *Downstream
-	Announce
+	vocab.Announce
 	id      int64
 	conn    net.Conn  // *tls.Conn on the TLS listener
 	raw     net.Conn  // the TCP connection under conn
@@ -51,20 +51,6 @@ type Replica struct {
 	sentRDB   atomic.Int32
 	acked     atomic.Bool
 	closeOnce sync.Once
-}
-
-// announce is what a replica says of itself with REPLCONF before PSYNC.
-type Announce struct {
-	ListeningPort int
-	IPAddress     string
-	CapaPsync2    bool
-	CapaEOF       bool
-	RDBOnly       bool
-	FilterAll     bool // rdb-filter-only "": an empty RDB, then the stream from now
-	// filterFunctions: rdb-filter-only functions, the snapshot's function
-	// libraries only (redis-cli --functions-rdb).
-	FilterFunctions bool
-	Version         string // REPLCONF version: only Valkey 8+ announce one
 }
 
 // Replica state codes (vocab.ReplicaStateByCode names them).

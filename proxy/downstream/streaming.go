@@ -175,4 +175,4 @@ func (b *bufferedWriter) ReadFrom(r io.Reader) (int64, error) {
 }
 
 // newBufferedWriter wraps a TLS connection for copies from files.
-func NewBufferedWriter(w io.Writer) io.Writer { return &bufferedWriter{w: w} }
+func newBufferedWriter(w io.Writer) io.Writer { return &bufferedWriter{w: w} }

@@ -10,7 +10,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/replproxy/replproxy/proxy/plan"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/backlog"
 	"github.com/replproxy/replproxy/psync/snapshot"
@@ -66,11 +65,6 @@ type Position struct {
 	Gen   uint64 // backlog generation: cursors opened from this view check it
 	// retained: see published.retained.
 	Retained *snapshot.Info
-}
-
-// plan is the part of the position the sync planner reads.
-func (pos Position) Plan() plan.Position {
-	return plan.Position{Hist: pos.Hist, First: pos.First, End: pos.End, Snap: pos.Snap}
 }
 
 // storeOptions are what the store needs of the configuration.

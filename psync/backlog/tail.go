@@ -2,7 +2,6 @@ package backlog
 
 import (
 	"io"
-	"net"
 	"sort"
 	"sync/atomic"
 )
@@ -156,7 +155,7 @@ func (t *tail) copyFrom(gen uint64, pos int64, w io.Writer) (n int64, ok bool, e
 			b.refs.Add(-1)
 		}
 	}()
-	var bufs net.Buffers
+	var bufs [][]byte
 	at, total := pos, int64(0)
 	for ; i < len(es) && total < maxTailWrite; i++ {
 		e := es[i]
@@ -187,6 +186,14 @@ func (t *tail) copyFrom(gen uint64, pos int64, w io.Writer) (n int64, ok bool, e
 	if total == 0 {
 		return 0, true, nil
 	}
-	n, err = bufs.WriteTo(w)
-	return n, true, err
+	// One write per block (the tail serves TLS replicas, whose writer
+	// encrypts record by record: a vectored write would gain nothing).
+	for _, b := range bufs {
+		m, werr := w.Write(b)
+		n += int64(m)
+		if werr != nil {
+			return n, true, werr
+		}
+	}
+	return n, true, nil
 }
