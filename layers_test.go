@@ -23,10 +23,11 @@ var layers = map[string][]string{
 	module + "/proxy/vocab":    {module + "/proxy", module + "/proxy/..."},
 	module + "/proxy/pubsub":   {module + "/proxy", module + "/proxy/..."},
 	module + "/proxy/request":  {module + "/proxy", module + "/proxy/..."},
+	module + "/proxy/handoff":  {module + "/proxy", module + "/proxy/store", module + "/proxy/upstream", module + "/proxy/downstream", module + "/proxy/command", module + "/proxy/security", module + "/proxy/pubsub", module + "/proxy/request", module + "/proxy/plan"},
 	module + "/proxy/security": {module + "/proxy", module + "/proxy/store", module + "/proxy/upstream", module + "/proxy/downstream", module + "/proxy/command", module + "/proxy/plan", module + "/proxy/pubsub", module + "/proxy/request"},
 	// The store: the data dir, no network and no other component.
 	module + "/proxy/store": {"net", "crypto/tls", module + "/proxy", module + "/proxy/upstream", module + "/proxy/downstream",
-		module + "/proxy/command", module + "/proxy/security", module + "/proxy/pubsub", module + "/proxy/request"},
+		module + "/proxy/command", module + "/proxy/security", module + "/proxy/pubsub", module + "/proxy/request", module + "/proxy/handoff", module + "/proxy/vocab", module + "/proxy/plan"},
 	// The two sides of the relay know each other only through the
 	// interfaces each declares; neither knows the command surface.
 	module + "/proxy/upstream":   {module + "/proxy", module + "/proxy/downstream", module + "/proxy/command"},

@@ -9,9 +9,10 @@
 // Each component is a package under proxy/, the only owner of its state;
 // imports point one way (layers_test.go at the repository root checks it):
 //
-//   - vocab, security, request, pubsub, plan: leaves (the vocabulary and
-//     status values; TLS material and users; the client request reader;
-//     the pub/sub registry; the pure sync planner).
+//   - vocab, security, request, handoff, pubsub, plan: leaves (the
+//     vocabulary, counters and status values; TLS material and users; the
+//     client request reader; a connection handed over at SYNC/PSYNC; the
+//     pub/sub registry; the pure sync planner).
 //   - store: the data dir (layout, lock, history, snapshot, backlog, state
 //     file, arrival index, delay retention).
 //   - upstream: the follower (link, full syncs behind the fork gate,
@@ -26,7 +27,7 @@
 // This package builds each one's options from Config, constructs them in
 // dependency order (fan-out, store, upstream, downstream, command; no
 // field set afterwards), adapts them to each other's interfaces, and
-// aggregates their status values into Status.
+// aggregates their status values (each component's Status) into Status.
 //
 // # Goroutines and who joins them
 //

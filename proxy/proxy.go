@@ -16,6 +16,7 @@ import (
 	"github.com/replproxy/replproxy/internal/tlsconf"
 	"github.com/replproxy/replproxy/proxy/command"
 	"github.com/replproxy/replproxy/proxy/downstream"
+	"github.com/replproxy/replproxy/proxy/handoff"
 	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/proxy/security"
 	"github.com/replproxy/replproxy/proxy/store"
@@ -291,4 +292,4 @@ func (p *Proxy) MoveUpstream(addr string) bool { return p.follower.MoveUpstream(
 // replicaMaker gives the command surface the downstream's replicas.
 type replicaMaker struct{ d *downstream.Downstream }
 
-func (m replicaMaker) NewReplica(l vocab.ReplicaLink) command.Replica { return m.d.NewReplica(l) }
+func (m replicaMaker) NewReplica(l handoff.Link) command.Replica { return m.d.NewReplica(l) }

@@ -5,9 +5,10 @@
 // value, ROLE, CONFIG, LATENCY, SLOWLOG and command statistics. A session
 // that sends SYNC or PSYNC is handed to the downstream as a replica.
 //
-// It sees the rest of the proxy only through the Daemon interface it
-// declares (a status value, REPLICAOF, the guard's accept); it imports no
-// upstream or store internals.
+// It sees the rest of the proxy only through the interfaces it declares:
+// Daemon (a status value, REPLICAOF, the guard's accept) and Replicas
+// (which takes a connection at SYNC/PSYNC); it depends on no other
+// component.
 //
 // # Goroutines
 //

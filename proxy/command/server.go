@@ -16,6 +16,7 @@ import (
 
 	"github.com/replproxy/replproxy/internal/acl"
 	"github.com/replproxy/replproxy/internal/tlsconf"
+	"github.com/replproxy/replproxy/proxy/handoff"
 	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/proxy/security"
 	"github.com/replproxy/replproxy/proxy/vocab"
@@ -68,7 +69,7 @@ type Options struct {
 // Replicas takes over the connections that SYNC or PSYNC make replica
 // links.
 type Replicas interface {
-	NewReplica(link vocab.ReplicaLink) Replica
+	NewReplica(link handoff.Link) Replica
 }
 
 // Replica is a replica link, run on its session's goroutine.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tidwall/resp"
 
+	"github.com/replproxy/replproxy/proxy/handoff"
 	"github.com/replproxy/replproxy/proxy/pubsub"
 	"github.com/replproxy/replproxy/proxy/request"
 	"github.com/replproxy/replproxy/proxy/vocab"
@@ -61,7 +62,7 @@ type session struct {
 	multi [][][]byte
 	user  atomic.Value // string: the user authenticated as (read by reloads)
 	// announce is what REPLCONF said, handed to the replica at PSYNC.
-	vocab.Announce
+	handoff.Announce
 	// rep is the replica the connection became at SYNC/PSYNC; nil before.
 	rep       atomic.Value // Replica, once SYNC/PSYNC made the connection one
 	startTime time.Time
@@ -356,7 +357,7 @@ func (s *session) command(cmd string, args [][]byte) error {
 // becomeReplica hands the connection to the downstream as a replica link
 // (SYNC or PSYNC) and serves it until it ends.
 func (s *session) becomeReplica(ctx context.Context, cmd string, args [][]byte) error {
-	r := s.srv.replicas.NewReplica(vocab.ReplicaLink{ID: s.id, Conn: s.conn, Raw: s.raw, Reader: s.br, Addr: s.addr, TLS: s.tls,
+	r := s.srv.replicas.NewReplica(handoff.Link{ID: s.id, Conn: s.conn, Raw: s.raw, Reader: s.br, Addr: s.addr, TLS: s.tls,
 		Delayed: s.delayed, Log: s.log, Ctx: s.ctx, Identity: s.identity(), Announce: s.Announce, Errorf: s.errorf,
 		EndSession: s.closeConn})
 	s.rep.Store(r)

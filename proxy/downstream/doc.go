@@ -10,7 +10,8 @@
 // could not load an RDB version.
 //
 // It sees the upstream side only through the Upstream interface it
-// declares; the command surface hands it connections (NewReplica, Run).
+// declares; the command surface hands it connections (package handoff;
+// NewReplica, Run).
 //
 // # Goroutines
 //

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/replproxy/replproxy/proxy/handoff"
 	"github.com/replproxy/replproxy/proxy/store"
 	"github.com/replproxy/replproxy/proxy/vocab"
 )
@@ -279,7 +280,7 @@ func (d *Downstream) Replicas(end int64, now time.Time) (out []vocab.ReplicaStat
 // newReplica takes over a session's connection at SYNC/PSYNC: errorf
 // answers an error reply as the session counts them, endSession closes
 // the connection.
-func (d *Downstream) NewReplica(l vocab.ReplicaLink) *Replica {
+func (d *Downstream) NewReplica(l handoff.Link) *Replica {
 	var out io.Writer = l.Conn
 	if l.TLS {
 		out = newBufferedWriter(l.Conn) // no sendfile through TLS
@@ -303,3 +304,8 @@ type Upstream interface {
 
 // queuedFullSyncs is the number of replicas waiting for a full-sync slot.
 func (d *Downstream) QueuedFullSyncs() int64 { return d.queued.Load() }
+
+// Status is the replica side's state now.
+func (d *Downstream) Status(end int64, now time.Time) vocab.DownstreamStatus {
+	return vocab.DownstreamStatus{Replicas: d.Replicas(end, now), Queued: d.QueuedFullSyncs()}
+}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replproxy/replproxy/proxy/handoff"
 	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
@@ -15,7 +16,7 @@ func TestRefreshCandidates(t *testing.T) {
 	d := &Downstream{replicas: map[*Replica]struct{}{}}
 	now := time.Now().UnixNano()
 	add := func(ip string, port int, ack int64, state int32, ackAge time.Duration, legacy bool) {
-		s := &Replica{Announce: vocab.Announce{IPAddress: ip, ListeningPort: port}, legacy: legacy}
+		s := &Replica{Announce: handoff.Announce{IPAddress: ip, ListeningPort: port}, legacy: legacy}
 		s.ackOff.Store(ack)
 		s.ackTime.Store(now - int64(ackAge))
 		s.state.Store(state)
@@ -58,7 +59,7 @@ func TestRefreshCandidates(t *testing.T) {
 func TestAwaitAbandonedSync(t *testing.T) {
 	d := &Downstream{replicas: map[*Replica]struct{}{}}
 	add := func(port int, sentRDB int32, acked bool) *Replica {
-		s := &Replica{Announce: vocab.Announce{IPAddress: "10.0.0.1", ListeningPort: port}}
+		s := &Replica{Announce: handoff.Announce{IPAddress: "10.0.0.1", ListeningPort: port}}
 		s.sentRDB.Store(sentRDB)
 		s.acked.Store(acked)
 		d.mu.Lock()

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/replproxy/replproxy/proxy/handoff"
 	"github.com/replproxy/replproxy/proxy/plan"
 	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync/backlog"
@@ -23,7 +24,7 @@ import (
 // registered; the rest is atomic, or its own goroutine's.
 type Replica struct {
 	d *Downstream
-	vocab.Announce
+	handoff.Announce
 	id      int64
 	conn    net.Conn  // *tls.Conn on the TLS listener
 	raw     net.Conn  // the TCP connection under conn

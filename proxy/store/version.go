@@ -1,6 +1,9 @@
 package store
 
 import (
+	"time"
+
+	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
 
@@ -47,4 +50,33 @@ func (s *Store) UpstreamVersion() string {
 	}
 	s.versions.Store(snap.Name, v)
 	return v
+}
+
+// Status is the store's state now; it takes no lock a writer holds.
+func (s *Store) Status(now time.Time) Status {
+	pub := s.Published()
+	first, end := s.Backlog.Range()
+	st := Status{History: pub.Hist, BacklogFirst: first, BacklogEnd: end, Snapshot: pub.Snap,
+		Keyspace: s.Keyspace.Get(pub.Snap), RedisVersion: s.UpstreamVersion(), TailCapacity: s.Backlog.TailCapacity()}
+	if t, ok := s.Arrivals.Arrival(first); ok && end >= first {
+		st.OldestEntry = t
+	}
+	if s.delay > 0 {
+		st.Horizon = s.Horizon()
+	}
+	return st
+}
+
+// Status is the data dir as INFO and metrics show it: the store's
+// published position (no lock taken) and what it knows of the snapshot.
+type Status struct {
+	History      psync.History
+	BacklogFirst int64
+	BacklogEnd   int64
+	Snapshot     *snapshot.Info
+	Keyspace     []snapshot.KeyStats
+	OldestEntry  time.Time // arrival of the backlog's first byte (zero if unknown)
+	RedisVersion string    // the upstream's, as the snapshot records it
+	TailCapacity int64     // the backlog's in-memory tail
+	Horizon      int64     // the last offset delayed replicas may have now
 }

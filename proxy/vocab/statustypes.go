@@ -106,3 +106,10 @@ type RefreshStatus struct {
 	CurrentSecs int64     // rdb_current_bgsave_time_sec, -1 when none runs
 	DoneAt      time.Time // when the last one ended; zero before any
 }
+
+// DownstreamStatus is the replica side: the replicas by ID and the full
+// syncs waiting for a slot.
+type DownstreamStatus struct {
+	Replicas []ReplicaStatus
+	Queued   int64
+}
