@@ -24,10 +24,14 @@
 //
 // upstream and downstream know each other only through the interfaces each
 // declares (Replicas, Upstream); command sees the rest through Daemon.
-// This package builds each one's options from Config, constructs them in
-// dependency order (fan-out, store, upstream, downstream, command; no
-// field set afterwards), adapts them to each other's interfaces, and
-// aggregates their status values (each component's Status) into Status.
+// This package builds each one's options from Config and constructs them
+// in dependency order: security, the fan-out, the store, the upstream (its
+// view of the replicas reads the downstream and the command server when
+// called, once New has built them), the downstream, the command server. A
+// component's fields are not set after its constructor; the listeners are
+// attached to the command server when Serve starts, before any goroutine.
+// It adapts the components to each other's interfaces and aggregates their
+// status values (each component's Status) into Status.
 //
 // # Goroutines and who joins them
 //

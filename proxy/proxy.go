@@ -147,10 +147,10 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 // handshake is the proxy's; pass a plain TCP listener), either may be nil.
 //
 // It runs and joins every goroutine of the daemon: the follower's follow
-// and maintain loops, the downstream's accept loop (which joins its
-// sessions) and a keyspace scan of a recovered snapshot. Shutdown closes
-// the listener and every session, waits for all of them, then closes the
-// store (persist, backlog, lock).
+// and maintain loops, the security file watch, the command server (its
+// accept loops join their sessions) and a keyspace scan of a recovered
+// snapshot. Shutdown closes the listeners and every session, waits for
+// all of them, then closes the store (persist, backlog, lock).
 func (p *Proxy) ServeListeners(ctx context.Context, ln, tlsLn net.Listener) error {
 	if ln == nil && tlsLn == nil {
 		p.shutdown()
@@ -292,4 +292,10 @@ func (p *Proxy) MoveUpstream(addr string) bool { return p.follower.MoveUpstream(
 // replicaMaker gives the command surface the downstream's replicas.
 type replicaMaker struct{ d *downstream.Downstream }
 
-func (m replicaMaker) NewReplica(l handoff.Link) command.Replica { return m.d.NewReplica(l) }
+func (m replicaMaker) NewReplica(l handoff.Link, cmd string, args [][]byte) (command.Replica, error) {
+	r, err := m.d.NewReplica(l, cmd, args)
+	if r == nil {
+		return nil, err // no typed nil in the interface
+	}
+	return r, err
+}

@@ -69,13 +69,16 @@ type Options struct {
 // Replicas takes over the connections that SYNC or PSYNC make replica
 // links.
 type Replicas interface {
-	NewReplica(link handoff.Link) Replica
+	// NewReplica takes link for the SYNC or PSYNC in cmd and args; a
+	// malformed one is answered and gives no replica (nil, and the
+	// reply's write error).
+	NewReplica(link handoff.Link, cmd string, args [][]byte) (Replica, error)
 }
 
 // Replica is a replica link, run on its session's goroutine.
 type Replica interface {
-	// Run serves the link (the SYNC or PSYNC in cmd, args) until it ends.
-	Run(ctx context.Context, cmd string, args [][]byte) error
+	// Run serves the link until it ends.
+	Run(ctx context.Context) error
 	// Close ends the link, counting reason, and the session with it.
 	Close(reason vocab.DisconnectReason)
 }

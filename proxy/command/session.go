@@ -32,12 +32,12 @@ type redisError string
 
 func (e redisError) Error() string { return string(e) }
 
-// session is one downstream connection: a client until SYNC/PSYNC, then a
-// replica fed from the backlog. Publication rule: id, conn, addr and log
-// are set before the session joins the downstream's set; the handshake
-// fields (name, listening port, capabilities...) are written only by the
-// session's goroutine before replica is stored true, and others read them
-// only after loading replica == true; everything else is atomic.
+// session is one client connection, handed to the downstream as a replica
+// at SYNC/PSYNC. Publication rule: id, conn, addr and log are set before
+// the session joins the server's set; what REPLCONF announced is written
+// only by the session's goroutine, before it is handed over with the
+// connection; what other sessions read (name, user, subscription counts,
+// the replica it became) is atomic.
 type session struct {
 	srv  *Server
 	id   int64
@@ -355,11 +355,15 @@ func (s *session) command(cmd string, args [][]byte) error {
 }
 
 // becomeReplica hands the connection to the downstream as a replica link
-// (SYNC or PSYNC) and serves it until it ends.
+// (SYNC or PSYNC) and serves it until it ends; a malformed SYNC or PSYNC
+// is answered with an error and makes no replica.
 func (s *session) becomeReplica(ctx context.Context, cmd string, args [][]byte) error {
-	r := s.srv.replicas.NewReplica(handoff.Link{ID: s.id, Conn: s.conn, Raw: s.raw, Reader: s.br, Addr: s.addr, TLS: s.tls,
+	r, err := s.srv.replicas.NewReplica(handoff.Link{ID: s.id, Conn: s.conn, Raw: s.raw, Reader: s.br, Addr: s.addr, TLS: s.tls,
 		Delayed: s.delayed, Log: s.log, Ctx: s.ctx, Identity: s.identity(), Announce: s.Announce, Errorf: s.errorf,
-		EndSession: s.closeConn})
+		EndSession: s.closeConn}, cmd, args)
+	if r == nil {
+		return err
+	}
 	s.rep.Store(r)
-	return r.Run(ctx, cmd, args)
+	return r.Run(ctx)
 }

@@ -146,7 +146,7 @@ func (d *Downstream) RefreshCandidates(avoid string, refused func(addr string) b
 	recent := time.Now().Add(-CandidateAckAge).UnixNano()
 	var cs []cand
 	for _, s := range d.selectReplicas(func(s *Replica) bool {
-		return s.onlineStock() && s.ListeningPort > 0 && s.ackTime.Load() >= recent
+		return s.onlineStock() && !s.RDBOnly && s.ListeningPort > 0 && s.ackTime.Load() >= recent
 	}) {
 		addr := s.replicaAddr()
 		cs = append(cs, cand{Candidate: vocab.Candidate{Addr: addr, TLS: s.tls, ID: s.ident},
@@ -280,7 +280,15 @@ func (d *Downstream) Replicas(end int64, now time.Time) (out []vocab.ReplicaStat
 // newReplica takes over a session's connection at SYNC/PSYNC: errorf
 // answers an error reply as the session counts them, endSession closes
 // the connection.
-func (d *Downstream) NewReplica(l handoff.Link) *Replica {
+//
+// The SYNC or PSYNC in cmd and args is checked first: a malformed one is
+// answered with Redis' error and no replica (nil) is made; err is then the
+// reply's write error.
+func (d *Downstream) NewReplica(l handoff.Link, cmd string, args [][]byte) (*Replica, error) {
+	req, perr := parseSync(cmd, args)
+	if perr != nil {
+		return nil, l.Errorf("%s", perr.Error())
+	}
 	var out io.Writer = l.Conn
 	if l.TLS {
 		out = newBufferedWriter(l.Conn) // no sendfile through TLS
@@ -288,7 +296,11 @@ func (d *Downstream) NewReplica(l handoff.Link) *Replica {
 	r := &Replica{d: d, Announce: l.Announce, id: l.ID, conn: l.Conn, raw: l.Raw, out: out, br: l.Reader, addr: l.Addr, tls: l.TLS,
 		delayed: l.Delayed, log: l.Log, ctx: l.Ctx, ident: l.Identity, errorf: l.Errorf, endSession: l.EndSession}
 	r.ackOff.Store(-1)
-	return r
+	r.legacy, r.req = req.legacy, req
+	// Everything others read once they see the replica (the logger, the
+	// announced address) is written before it is published.
+	r.log = r.log.With("replica", r.replicaAddr())
+	return r, nil
 }
 
 // upstreamView is what replicas ask of the upstream side.

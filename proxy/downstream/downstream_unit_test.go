@@ -2,6 +2,8 @@ package downstream
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -103,5 +105,51 @@ func TestAwaitAbandonedSync(t *testing.T) {
 	d.awaitAbandonedSync(ctx, self, 50*time.Millisecond)
 	if time.Since(start) > 10*time.Second {
 		t.Fatal("the limit did not end the wait")
+	}
+}
+
+// TestNewReplicaChecksSync: a malformed SYNC or PSYNC is answered with
+// Redis' error and makes no replica (so no replica is listed, counted or
+// disconnected for it); a well-formed one is parsed once.
+func TestNewReplicaChecksSync(t *testing.T) {
+	d := &Downstream{replicas: map[*Replica]struct{}{}}
+	var replied []string
+	link := handoff.Link{Log: slog.New(slog.DiscardHandler), Errorf: func(format string, a ...any) error {
+		replied = append(replied, fmt.Sprintf(format, a...))
+		return nil
+	}}
+	args := func(s ...string) [][]byte {
+		var out [][]byte
+		for _, a := range s {
+			out = append(out, []byte(a))
+		}
+		return out
+	}
+	for _, c := range []struct {
+		cmd   string
+		args  [][]byte
+		reply string
+	}{
+		{"sync", args("sync", "x"), "ERR wrong number of arguments for 'sync' command"},
+		{"psync", args("psync", "?"), "ERR wrong number of arguments for 'psync' command"},
+		{"psync", args("psync", "?", "abc"), "ERR value is not an integer or out of range"},
+		{"psync", args("psync", "id", "1", "FAILOVER"), "ERR PSYNC FAILOVER can't be sent to replproxy: it never becomes a master"},
+		{"psync", args("psync", "id", "1", "x"), "ERR syntax error"},
+	} {
+		replied = nil
+		r, err := d.NewReplica(link, c.cmd, c.args)
+		if r != nil || err != nil || len(replied) != 1 || replied[0] != c.reply {
+			t.Errorf("%q: replica %v, err %v, replied %q; want none and %q", c.args, r, err, replied, c.reply)
+		}
+	}
+	r, err := d.NewReplica(link, "psync", args("psync", "abc", "42"))
+	if err != nil || r == nil || r.req.replid != "abc" || r.req.offset != 42 || r.legacy {
+		t.Fatalf("PSYNC abc 42: %+v, %v", r, err)
+	}
+	if r, _ := d.NewReplica(link, "sync", args("sync")); r == nil || !r.legacy || r.req.offset != -1 {
+		t.Fatalf("SYNC: %+v", r)
+	}
+	if len(d.replicas) != 0 {
+		t.Fatal("a replica was registered before it ran")
 	}
 }

@@ -3,6 +3,7 @@ package downstream
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -42,6 +43,7 @@ type Replica struct {
 	endSession func(reason vocab.DisconnectReason)
 
 	legacy  bool                           // SYNC: no +FULLRESYNC, no ACKs
+	req     syncRequest                    // what SYNC or PSYNC asked
 	cur     atomic.Pointer[backlog.Cursor] // set while streaming
 	state   atomic.Int32
 	ackOff  atomic.Int64
@@ -72,37 +74,49 @@ func (s *Replica) Close(reason vocab.DisconnectReason) {
 	s.endSession(reason)
 }
 
-// run serves the replica link (SYNC or PSYNC) until it ends. (SYNC or PSYNC) and
-// feeds it until it ends. The reply line is written in one write; before it,
-// only keepalive newlines, which stock replicas skip while they wait.
-func (s *Replica) Run(ctx context.Context, cmd string, args [][]byte) error {
-	id, off := "?", int64(-1)
+// syncRequest is a SYNC or PSYNC's arguments: "?" and -1 ask for a full
+// sync; legacy is SYNC.
+type syncRequest struct {
+	cmd    string
+	replid string
+	offset int64
+	legacy bool
+}
+
+// parseSync reads SYNC or PSYNC's arguments as Redis does; the error is
+// Redis' reply.
+func parseSync(cmd string, args [][]byte) (syncRequest, error) {
+	req := syncRequest{cmd: cmd, replid: "?", offset: -1}
 	if cmd == "sync" {
 		if len(args) != 1 {
-			return s.errorf("ERR wrong number of arguments for 'sync' command")
+			return req, errors.New("ERR wrong number of arguments for 'sync' command")
 		}
-		s.legacy = true
-	} else {
-		switch {
-		case len(args) < 3:
-			return s.errorf("ERR wrong number of arguments for 'psync' command")
-		case len(args) > 3 && strings.EqualFold(string(args[3]), "failover"):
-			return s.errorf("ERR PSYNC FAILOVER can't be sent to replproxy: it never becomes a master")
-		case len(args) > 3:
-			return s.errorf("ERR syntax error")
-		}
-		id = string(args[1])
-		n, err := strconv.ParseInt(string(args[2]), 10, 64)
-		if err != nil {
-			return s.errorf("ERR value is not an integer or out of range")
-		}
-		off = n
+		req.legacy = true
+		return req, nil
 	}
-	// Everything others read once they see a replica (the logger, the
-	// announced address) is written before it is published.
-	s.log = s.log.With("replica", s.replicaAddr())
+	switch {
+	case len(args) < 3:
+		return req, errors.New("ERR wrong number of arguments for 'psync' command")
+	case len(args) > 3 && strings.EqualFold(string(args[3]), "failover"):
+		return req, errors.New("ERR PSYNC FAILOVER can't be sent to replproxy: it never becomes a master")
+	case len(args) > 3:
+		return req, errors.New("ERR syntax error")
+	}
+	n, err := strconv.ParseInt(string(args[2]), 10, 64)
+	if err != nil {
+		return req, errors.New("ERR value is not an integer or out of range")
+	}
+	req.replid, req.offset = string(args[1]), n
+	return req, nil
+}
+
+// Run serves the replica link (SYNC or PSYNC) until it ends. The reply
+// line is written in one write; before it, only keepalive newlines, which
+// stock replicas skip while they wait.
+func (s *Replica) Run(ctx context.Context) error {
 	s.d.add(s)
 	defer s.d.remove(s)
+	id, off, cmd := s.req.replid, s.req.offset, s.req.cmd
 	s.log.Info("replica sync requested", "command", cmd, "replid", id, "offset", off, "rdb_only", s.RDBOnly)
 
 	var cur *backlog.Cursor
@@ -152,8 +166,8 @@ func (s *Replica) replicaIP() string {
 }
 
 // onlineStock reports whether the replica streams the live history as a
-// stock replica does: PSYNC (not SYNC: it ACKs), not delayed, not an
-// rdb-only client, online.
+// stock replica does: PSYNC (not SYNC: it ACKs), not delayed, online (an
+// rdb-only client is online only with rdb-filter-only "", streaming).
 func (s *Replica) onlineStock() bool {
-	return !s.legacy && !s.delayed && !s.RDBOnly && s.state.Load() == stateOnline
+	return !s.legacy && !s.delayed && s.state.Load() == stateOnline
 }

@@ -3,7 +3,8 @@
 // default user's password, reloaded on SIGHUP and when the files change.
 // Sessions read the users through an atomic pointer.
 //
-// Watch (run and joined by the daemon) polls the files; it is the one
-// goroutine the package starts. mu serialises reloads and guards the
-// reload status; it is held for no I/O sessions wait on.
+// The package starts no goroutine: Watch, which polls the files, runs on
+// the daemon's, which joins it. mu serialises users reloads and guards
+// their status (certificate sources reload under their own locks, in
+// package tlsconf); it is held for no I/O sessions wait on.
 package security

@@ -126,8 +126,8 @@ func (c *calmStatus) awaitCalm(ctx context.Context, cut *burstCut) {
 		case <-f.movedCh:
 			c.repostMove()
 			return
-		case done := <-f.guard.accepts:
-			done <- f.guard.acceptHeld()
+		case req := <-f.guard.accepts:
+			req.done <- f.guard.acceptHeld(req.replid)
 		case <-tick.C:
 		}
 	}

@@ -18,9 +18,10 @@
 // streaming link's ACK ticker is joined before the link returns. Maintain
 // runs one refresh at a time and joins it. Requests that touch a
 // goroutine's state are sent to it: an operator's guard accept goes to the
-// follow goroutine on the guard's accepts channel (the link it is
-// streaming is cut; a full sync in flight is not), refresh wishes reach
-// the maintain goroutine on the kick channel.
+// follow goroutine on the guard's accepts channel (a link streaming the
+// held history is cut; a link still connecting or receiving a full sync
+// is not, and the request is served before it streams), refresh wishes
+// reach the maintain goroutine on the kick channel.
 //
 // # Locks
 //

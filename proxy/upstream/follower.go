@@ -56,6 +56,7 @@ type Follower struct {
 	// subscribers; follow's goroutine only, as scanner.
 	publishes streamPublishes
 	stopped   chan struct{} // closed when Follow returns: no request is served after
+	following atomic.Bool   // Follow runs (or ran): requests will be served or refused
 	pubsub    *pubsub.Registry
 	Refresh   atomic.Bool // a snapshot refresh is running
 	// refreshLast: when the running refresh began, how the last one went.
@@ -136,7 +137,7 @@ func New(cfg Options, log *slog.Logger, stats *vocab.UpstreamCounters, st *store
 		gate:    newForkGate(cfg.FullSyncRetryMin, cfg.FullSyncRetryMax, store.Layout{Dir: cfg.DataDir}.FullSyncGate()),
 		stopped: make(chan struct{}), refusals: newSourceRefusals(log, stats.SourceRefusals),
 	}
-	f.guard = &guard{dir: store.Layout{Dir: cfg.DataDir}, accepts: make(chan chan error, 1), f: f}
+	f.guard = &guard{dir: store.Layout{Dir: cfg.DataDir}, accepts: make(chan acceptRequest, 1), f: f}
 	f.maint, f.full, f.calm.f = &maintainer{f: f}, &fullSyncer{f: f}, f
 	if !st.Position().Hist.Empty() { // a restart: replicas were here and come back
 		f.maint.graceUntil = time.Now().Add(refreshStartGrace)
@@ -311,6 +312,7 @@ func (f *Follower) touchIO() {
 // follow keeps the upstream link alive until ctx ends, reconnecting with
 // capped exponential backoff and jitter.
 func (f *Follower) Follow(ctx context.Context) {
+	f.following.Store(true)
 	defer close(f.stopped)
 	backoff := backoffMin
 	for ctx.Err() == nil {
@@ -375,8 +377,8 @@ func (f *Follower) Follow(ctx context.Context) {
 		case <-f.movedCh:
 			backoff = backoffMin
 			continue
-		case done := <-f.guard.accepts:
-			done <- f.guard.acceptHeld()
+		case req := <-f.guard.accepts:
+			req.done <- f.guard.acceptHeld(req.replid)
 			backoff = backoffMin
 			continue
 		case <-time.After(sleep):

@@ -158,8 +158,8 @@ func (s *fullSyncer) awaitFullSyncTurn(ctx context.Context) bool {
 			default:
 			}
 			return true
-		case done := <-f.guard.accepts:
-			done <- f.guard.acceptHeld()
+		case req := <-f.guard.accepts:
+			req.done <- f.guard.acceptHeld(req.replid)
 		case <-time.After(d):
 		}
 	}

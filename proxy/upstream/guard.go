@@ -48,8 +48,9 @@ type guard struct {
 	mu      sync.Mutex
 	held    *heldHistory
 	holds   atomic.Int64
-	accepts chan chan error // an operator's accept, answered on the channel sent
-	f       *Follower       // whose store, stream and link the guard works with
+	accepts chan acceptRequest // an operator's accept
+	pending *acceptRequest     // taken at a link's start, served after it (follow goroutine only)
+	f       *Follower          // whose store, stream and link the guard works with
 }
 
 // set publishes the held history (the follow goroutine only).
@@ -257,6 +258,13 @@ func (g *guard) appendHeld(h *heldHistory, chunk []byte, u *upstreamConn) error 
 	return nil
 }
 
+// acceptRequest is an operator's accept of the history replid, the one
+// held when it was asked; the answer goes on done.
+type acceptRequest struct {
+	replid string
+	done   chan error
+}
+
 // errAccepting cuts the link so the follow goroutine serves an accept.
 var errAccepting = errors.New("an operator accepts the held history")
 
@@ -265,57 +273,90 @@ var errStopped = errors.New("replproxy is stopping")
 
 // AcceptHeld installs the history the guard holds (REPLPROXY GUARD ACCEPT).
 // It is a request to the follow goroutine, which owns the held history and
-// the stream scanner: the current link is cut (it streams the held
-// history; the next one continues it with a partial resync), and the
-// answer comes once the history is installed.
+// the stream scanner. A link streaming the held history is cut (the next
+// one continues the accepted history with a partial resync); any other
+// link is left to reach the follow goroutine's next wait, or the start of
+// its streaming, where the request is served (a full sync the origin
+// forked for is never cut for it). The request names the history held
+// when it was asked: if another is held by the time it is served, it is
+// refused, so an operator never accepts a history not seen.
 func (f *Follower) AcceptHeld() error {
 	f.guard.mu.Lock()
-	held := f.guard.held != nil
+	h := f.guard.held
 	f.guard.mu.Unlock()
-	if !held { // no link is cut for nothing
+	if h == nil { // no link is cut for nothing
 		return vocab.ErrNothingHeld
 	}
-	done := make(chan error, 1)
+	if !f.following.Load() {
+		return errNotFollowing
+	}
+	req := acceptRequest{replid: h.Snapshot.ReplID, done: make(chan error, 1)}
 	select {
-	case f.guard.accepts <- done:
+	case f.guard.accepts <- req:
 	case <-f.stopped:
 		return errStopped
 	}
-	// A full sync being received is not cut (the origin forked for it):
-	// the request is served once it is installed, before streaming.
 	f.mu.Lock()
-	if f.cutLink != nil && f.link.State != vocab.LinkSync {
+	if f.cutLink != nil && f.link.State == vocab.LinkConnected {
 		f.cutLink(errAccepting)
 	}
 	f.mu.Unlock()
 	select {
-	case err := <-done:
+	case err := <-req.done:
 		return err
 	case <-f.stopped:
 		return errStopped
 	}
 }
 
+// errNotFollowing answers an accept before the follow goroutine runs.
+var errNotFollowing = errors.New("replproxy is not following its upstream yet; accept again once it runs")
+
 // serveAccept answers an accept request, if one waits.
 func (g *guard) serveAccept() bool {
+	if req := g.pending; req != nil {
+		g.pending = nil
+		req.done <- g.acceptHeld(req.replid)
+		return true
+	}
 	select {
-	case done := <-g.accepts:
-		done <- g.acceptHeld()
+	case req := <-g.accepts:
+		req.done <- g.acceptHeld(req.replid)
 		return true
 	default:
 		return false
 	}
 }
 
+// acceptBeforeStreaming takes an accept asked while this link connected or
+// received a full sync. One for the history held now ends the link before
+// it streams (it is served between links); any other is answered at once
+// (nothing held any more, or another history) and the link streams on.
+func (g *guard) acceptBeforeStreaming() bool {
+	select {
+	case req := <-g.accepts:
+		if h := g.held; h != nil && h.Snapshot.ReplID == req.replid {
+			g.pending = &req
+			return true
+		}
+		req.done <- g.acceptHeld(req.replid)
+	default:
+	}
+	return false
+}
+
 // acceptHeld installs the held history as if it had just arrived: its
 // snapshot, then its stream since, copied into the backlog. Replicas of
 // the old history are disconnected by the reset and full-sync to it. The
 // follow goroutine only, between links.
-func (g *guard) acceptHeld() error {
+func (g *guard) acceptHeld(replid string) error {
 	f := g.f
 	h := g.held
 	if h == nil {
 		return vocab.ErrNothingHeld
+	}
+	if h.Snapshot.ReplID != replid {
+		return fmt.Errorf("%w (now %s, asked %s): check REPLPROXY GUARD STATUS and accept again", vocab.ErrHeldChanged, h.Snapshot.ReplID, replid)
 	}
 	info := h.Snapshot
 	if err := os.Rename(filepath.Join(g.dir.Held(), info.Name), filepath.Join(f.store.SnapDir, info.Name)); err != nil {

@@ -21,7 +21,7 @@ import (
 // stream appends upstream bytes to the backlog until the link fails, ACKing
 // once a second and at once on REPLCONF GETACK.
 func (f *Follower) stream(ctx context.Context, u *upstreamConn) error {
-	if len(f.guard.accepts) > 0 { // asked during the full sync just installed
+	if f.guard.acceptBeforeStreaming() {
 		return errAccepting
 	}
 	var acks sync.WaitGroup

@@ -133,3 +133,7 @@ func OneLine(s string) string { return strings.NewReplacer("\r", " ", "\n", " ")
 
 // ErrNothingHeld answers a guard accept with nothing to accept.
 var ErrNothingHeld = errors.New("the guard holds no history")
+
+// ErrHeldChanged answers a guard accept of a history no longer held:
+// another arrived while the accept waited.
+var ErrHeldChanged = errors.New("the held history changed")
