@@ -54,7 +54,7 @@ func infoSections(args []string) map[string]bool {
 	return want
 }
 
-// info renders INFO in Redis' format and field order (server.c:genRedisInfoString()).
+// Info renders INFO in Redis' format and field order (server.c:genRedisInfoString()).
 // No field appears twice; fields with no truthful value for a proxy (hz,
 // lru_clock, Lua memory, ...) are left out rather than invented.
 func (p *Server) Info(sections ...string) string {
@@ -570,7 +570,7 @@ func buildID(version string) string {
 	return strconv.FormatUint(h.Sum64(), 16)
 }
 
-// guardText renders the guard's state as INFO-style lines.
+// GuardText renders the guard's state as INFO-style lines.
 func GuardText(g vocab.GuardStatus) string {
 	state := "watching"
 	switch {

@@ -22,7 +22,7 @@ import (
 	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
-// server owns the client side: the listeners and the sessions on them.
+// Server owns the client side: the listeners and the sessions on them.
 // A session reads commands and answers them until SYNC/PSYNC hands its
 // connection to the downstream as a replica. Its goroutines: acceptLoop
 // (run by Serve), one per session (joined by acceptLoop before it
@@ -48,7 +48,7 @@ type Server struct {
 	nextID   int64
 }
 
-// cmdOptions are what the command surface reads of the configuration
+// Options are what the command surface reads of the configuration
 // (see the flags of the same names); INFO and CONFIG GET show them.
 type Options struct {
 	MaxClients      int
@@ -108,7 +108,7 @@ func (d *Server) closeAll(reason vocab.DisconnectReason) {
 	}
 }
 
-// port is the listening port announced upstream: the plaintext one, else
+// Port is the listening port announced upstream: the plaintext one, else
 // the TLS one (0 before serving).
 func (d *Server) Port() int {
 	return cmp.Or(listenerPort(d.ln), listenerPort(d.tlsLn))
@@ -231,7 +231,7 @@ func (d *Server) admit(s *session, tc *tls.Conn) bool {
 	return true
 }
 
-// dropUnusableUsers disconnects sessions authenticated as a user that a
+// DropUnusableUsers disconnects sessions authenticated as a user that a
 // users reload removed or turned off (as Redis 7.2's ACL LOAD does).
 func (d *Server) DropUnusableUsers() {
 	users := d.sec.Users.Load()
@@ -299,7 +299,7 @@ func isLocal(a *net.TCPAddr, host, announceIP string) bool {
 	return false
 }
 
-// sourcePorts are the ports a refresh source's master_port may name: the
+// SourcePorts are the ports a refresh source's master_port may name: the
 // listeners replicas follow (not the delayed one) and the announced port.
 func (d *Server) SourcePorts() []int {
 	var out []int
@@ -311,20 +311,20 @@ func (d *Server) SourcePorts() []int {
 	return out
 }
 
-// sessionCount is the number of connections, replicas included.
+// SessionCount is the number of connections, replicas included.
 func (d *Server) SessionCount() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return len(d.sessions)
 }
 
-// attach sets the listeners (plaintext, TLS, delayed; any may be nil)
+// Attach sets the listeners (plaintext, TLS, delayed; any may be nil)
 // before any goroutine reads them.
 func (d *Server) Attach(ln, tlsLn, delayedLn net.Listener) {
 	d.ln, d.tlsLn, d.delayedLn = ln, tlsLn, delayedLn
 }
 
-// serve accepts on the attached listeners until ctx ends, then closes
+// Serve accepts on the attached listeners until ctx ends, then closes
 // them and every session and returns once all have ended.
 func (d *Server) Serve(ctx context.Context) {
 	var loops sync.WaitGroup
@@ -354,13 +354,13 @@ func listenAddr(ln net.Listener) net.Addr {
 	return ln.Addr()
 }
 
-// addrs are the listening addresses: plaintext, TLS and delayed (nil
+// Addrs are the listening addresses: plaintext, TLS and delayed (nil
 // without one).
 func (d *Server) Addrs() (plain, tls, delayed net.Addr) {
 	return listenAddr(d.ln), listenAddr(d.tlsLn), listenAddr(d.delayedLn)
 }
 
-// warnUnprotected is Redis' protected mode in spirit: a listener reachable
+// WarnUnprotected is Redis' protected mode in spirit: a listener reachable
 // beyond loopback with neither a password nor client certificates.
 func (p *Server) WarnUnprotected() {
 	open := p.sec.Users.Load().DefaultOpen()

@@ -232,7 +232,7 @@ func (s *session) serve(ctx context.Context) error {
 	}
 }
 
-// supportedCommands are the commands a session answers.
+// SupportedCommands are the commands a session answers.
 var SupportedCommands = []string{"auth", "client", "command", "config", "discard", "echo", "exec", "hello", "info",
 	"latency", "multi", "ping", "psubscribe", "psync", "publish", "punsubscribe", "quit", "replconf", "replicaof",
 	"replproxy", "reset", "role", "select", "slaveof", "slowlog", "subscribe", "sync", "unsubscribe"}

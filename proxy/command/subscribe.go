@@ -123,7 +123,7 @@ func (s *session) reset() error {
 	return s.reply(resp.SimpleStringValue("RESET"))
 }
 
-// subscriberView is one client in pub/sub mode, as the status page and
+// SubscriberView is one client in pub/sub mode, as the status page and
 // tests see it.
 type SubscriberView struct {
 	ID       int64
@@ -132,7 +132,7 @@ type SubscriberView struct {
 	Sent     int64 // messages and replies written to it
 }
 
-// subscribers lists the clients in pub/sub mode.
+// Subscribers lists the clients in pub/sub mode.
 func (d *Server) Subscribers() []SubscriberView {
 	var out []SubscriberView
 	for _, s := range d.selectSessions(func(s *session) bool { return s.subCount.Load()+s.psubCount.Load() > 0 }) {

@@ -14,7 +14,7 @@ import (
 	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
-// downstream owns the replica side: the replicas the sessions hand over
+// Downstream owns the replica side: the replicas the sessions hand over
 // at SYNC/PSYNC, serving each from the store (a thin executor around the
 // sync planner, plan.Sync), the fan-out writer and the full-sync slots
 // and rate. Its goroutines: each replica's ACK reader, joined by the
@@ -43,7 +43,7 @@ type Downstream struct {
 	queued    atomic.Int64 // replicas waiting for a slot
 }
 
-// downOptions are what the replica side reads of the configuration (see
+// Options are what the replica side reads of the configuration (see
 // the flags of the same names).
 type Options struct {
 	ReplicaTimeout       time.Duration
@@ -59,7 +59,7 @@ type Options struct {
 	}
 }
 
-// newDownstream serves replicas from st; fan is the fan-out writer (nil:
+// New serves replicas from st; fan is the fan-out writer (nil:
 // none).
 func New(cfg Options, log *slog.Logger, stats *vocab.ReplicaCounters, st *store.Store, up Upstream, fan *Fanout) *Downstream {
 	d := &Downstream{cfg: cfg, log: log, stats: stats, store: st, up: up, fanout: fan, replicas: map[*Replica]struct{}{},
@@ -84,7 +84,7 @@ func (d *Downstream) selectReplicas(match func(*Replica) bool) []*Replica {
 	return out
 }
 
-// dropTrimmedReplicas disconnects replicas whose next byte was trimmed
+// DropTrimmedReplicas disconnects replicas whose next byte was trimmed
 // away. Their writers may be blocked on a full socket and would otherwise
 // notice only at the replica timeout.
 func (d *Downstream) DropTrimmedReplicas() {
@@ -112,7 +112,7 @@ func (d *Downstream) CloseReplicas(reason vocab.DisconnectReason) int {
 	return len(victims)
 }
 
-// nthAck is the offset at least n online replicas have acknowledged (0
+// NthAck is the offset at least n online replicas have acknowledged (0
 // when fewer are online).
 func (d *Downstream) NthAck(n int) int64 {
 	var offs []int64
@@ -128,11 +128,11 @@ func (d *Downstream) NthAck(n int) int64 {
 	return max(offs[n-1], 0)
 }
 
-// candidateAckAge: replicas ACK every second; one silent for longer is
+// CandidateAckAge: replicas ACK every second; one silent for longer is
 // not asked for a snapshot.
 const CandidateAckAge = 3 * time.Second
 
-// refreshCandidates lists the replicas a snapshot refresh may ask, most
+// RefreshCandidates lists the replicas a snapshot refresh may ask, most
 // caught up first: online (so not busy with a full sync), ACKing (a frozen
 // replica still accepts connections, and would hold the refresh for the
 // repl-timeout), with an announced listening port. The one asked last time
@@ -277,7 +277,7 @@ func (d *Downstream) Replicas(end int64, now time.Time) (out []vocab.ReplicaStat
 	return out
 }
 
-// newReplica takes over a session's connection at SYNC/PSYNC: errorf
+// NewReplica takes over a session's connection at SYNC/PSYNC: errorf
 // answers an error reply as the session counts them, endSession closes
 // the connection.
 //
@@ -303,7 +303,7 @@ func (d *Downstream) NewReplica(l handoff.Link, cmd string, args [][]byte) (*Rep
 	return r, nil
 }
 
-// upstreamView is what replicas ask of the upstream side.
+// Upstream is what replicas ask of the upstream side.
 type Upstream interface {
 	// WantRefresh asks for a snapshot refresh now (a replica waits for one).
 	WantRefresh(why string)
@@ -314,7 +314,7 @@ type Upstream interface {
 	LastRefresh() vocab.RefreshStatus
 }
 
-// queuedFullSyncs is the number of replicas waiting for a full-sync slot.
+// QueuedFullSyncs is the number of replicas waiting for a full-sync slot.
 func (d *Downstream) QueuedFullSyncs() int64 { return d.queued.Load() }
 
 // Status is the replica side's state now.

@@ -14,7 +14,7 @@ import (
 	"github.com/replproxy/replproxy/psync/backlog"
 )
 
-// fanout writes each appended chunk straight from the follower's memory
+// Fanout writes each appended chunk straight from the follower's memory
 // to the caught-up plaintext replicas, with one non-blocking write each,
 // as a chained Redis writes to its replicas from one event loop. A replica
 // goroutine with nothing left to copy parks here instead of waiting for
@@ -159,7 +159,7 @@ func (f *Fanout) remove(m *fanMember) {
 	f.members.Store(&next)
 }
 
-// deliver writes chunk, which holds offsets [start, start+len(chunk)), to
+// Deliver writes chunk, which holds offsets [start, start+len(chunk)), to
 // every parked replica; called by the follower right after appending it.
 // busy says the follower's read filled its buffer, so more is waiting
 // upstream: the follower is the bottleneck, and the writes are handed to
@@ -202,7 +202,7 @@ func (f *Fanout) Deliver(start int64, chunk []byte, busy bool) {
 	}
 }
 
-// releaseAll hands every parked replica back (a history reset: their
+// ReleaseAll hands every parked replica back (a history reset: their
 // cursors fail and they end).
 func (f *Fanout) ReleaseAll() {
 	for _, m := range *f.members.Load() {
@@ -234,5 +234,5 @@ func writeNonBlocking(rc syscall.RawConn, b []byte) int {
 	return n
 }
 
-// parked is the number of replicas the fan-out feeds now.
+// Parked is the number of replicas the fan-out feeds now.
 func (f *Fanout) Parked() int { return len(*f.members.Load()) }

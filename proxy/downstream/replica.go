@@ -19,7 +19,7 @@ import (
 	"github.com/replproxy/replproxy/psync/backlog"
 )
 
-// replica is a session's connection once SYNC or PSYNC made it a replica
+// Replica is a session's connection once SYNC or PSYNC made it a replica
 // link. The session's fields it keeps (id, connection, reader, logger,
 // context, identity, what REPLCONF announced) are set before it is
 // registered; the rest is atomic, or its own goroutine's.
@@ -64,7 +64,7 @@ const (
 	stateOnline                  // streaming
 )
 
-// close ends the replica link once, counting the first reason, and the
+// Close ends the replica link once, counting the first reason, and the
 // session's connection with it.
 func (s *Replica) Close(reason vocab.DisconnectReason) {
 	s.closeOnce.Do(func() {

@@ -25,13 +25,13 @@ const (
 	keepRawCap = 64 << 10
 )
 
-// protocolError is a malformed or oversized command; the reply names it and
+// ProtocolError is a malformed or oversized command; the reply names it and
 // the connection is closed, as Redis does.
 type ProtocolError struct{ msg string }
 
 func (e *ProtocolError) Error() string { return "Protocol error: " + e.msg }
 
-// cmdReader reads one command at a time under our limits, collecting its
+// Reader reads one command at a time under our limits, collecting its
 // arguments as it frames them: RESP multibulk, or an inline line split as
 // Redis splits it (sdssplitargs: quotes and escapes).
 type Reader struct {
@@ -43,7 +43,7 @@ type Reader struct {
 
 func NewReader(br *bufio.Reader) *Reader { return &Reader{br: br} }
 
-// next returns the next command's arguments, valid until the next call; an
+// Next returns the next command's arguments, valid until the next call; an
 // empty slice is a bare newline (a keepalive).
 func (r *Reader) Next() ([][]byte, error) {
 	if cap(r.raw) > keepRawCap {

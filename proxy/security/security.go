@@ -49,7 +49,7 @@ func AuthFailureReasons() []string {
 // the TLS port and never completes a handshake is closed, not kept.
 const TLSHandshakeTimeout = 10 * time.Second
 
-// security owns what authenticates connections: certificates and the users
+// Service owns what authenticates connections: certificates and the users
 // file, reloaded on SIGHUP (Reload) and when the files change (watch).
 // Sessions read the users through an atomic pointer; reloads are
 // serialised by mu, which guards no I/O that sessions wait on.
@@ -169,7 +169,7 @@ func (s *Service) sources() []*tlsconf.Source {
 	return out
 }
 
-// reload re-reads every file (force) or those that changed. Failures keep
+// Reload re-reads every file (force) or those that changed. Failures keep
 // the previous material and are logged here, once per change of the files.
 func (s *Service) Reload(force bool) error {
 	var errs []error
@@ -220,7 +220,7 @@ func (s *Service) reloadUsers(force bool) error {
 	return nil
 }
 
-// watch polls the files: Kubernetes rotates a mounted Secret by swapping a
+// Watch polls the files: Kubernetes rotates a mounted Secret by swapping a
 // symlink, which no inotify watch on the old file would see.
 func (s *Service) Watch(ctx context.Context) {
 	if len(s.sources()) == 0 && s.cfg.UsersFile == "" {
@@ -268,7 +268,7 @@ func serialText(st tlsconf.Status) string {
 	return st.Serial.Text(16)
 }
 
-// authFailed counts a refused authentication and logs it, at most once a
+// AuthFailed counts a refused authentication and logs it, at most once a
 // second per reason (a brute force must not flood the log).
 func (s *Service) AuthFailed(reason, addr string, err error) {
 	s.failures.Add(reason, AuthTLSHandshake)
@@ -281,7 +281,7 @@ func (s *Service) AuthFailed(reason, addr string, err error) {
 	}
 }
 
-// classifyHandshake names why a downstream TLS handshake failed.
+// ClassifyHandshake names why a downstream TLS handshake failed.
 func ClassifyHandshake(err error) string {
 	var rh tls.RecordHeaderError
 	var cv *tls.CertificateVerificationError
@@ -297,7 +297,7 @@ func ClassifyHandshake(err error) string {
 	return AuthTLSHandshake
 }
 
-// userFromCert is the user a verified client certificate maps to with
+// UserFromCert is the user a verified client certificate maps to with
 // --tls-auth-user-from-cn: its subject CN, when that user exists and is on.
 func (s *Service) UserFromCert(tc *tls.Conn) string {
 	if !s.cfg.TLSAuthUserFromCN {
@@ -314,7 +314,7 @@ func (s *Service) UserFromCert(tc *tls.Conn) string {
 	return ""
 }
 
-// clientConfig is the client configuration for one dial of the upstream
+// ClientConfig is the client configuration for one dial of the upstream
 // (name verified) or of a replica (chain only, as Redis does; replicas are
 // dialled by the IP they connected from).
 func (s *Service) ClientConfig(addr string, toReplica bool) *tls.Config {
@@ -332,7 +332,7 @@ func (s *Service) ClientConfig(addr string, toReplica bool) *tls.Config {
 	return src.ClientConfig(o)
 }
 
-// dialTLS connects and, with tlsCfg, runs a client handshake within the
+// DialTLS connects and, with tlsCfg, runs a client handshake within the
 // same timeout.
 func DialTLS(ctx context.Context, addr string, timeout time.Duration, tlsCfg *tls.Config) (net.Conn, error) {
 	d := net.Dialer{Timeout: timeout, KeepAlive: 15 * time.Second}

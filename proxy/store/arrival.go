@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// arrivalIndex maps stream offsets to the time they arrived from upstream,
+// ArrivalIndex maps stream offsets to the time they arrived from upstream,
 // for lag in seconds without writing anything to the origin. Samples are
 // taken at most every arrivalResolution; when the index is full, adjacent
 // samples are merged (keeping the earlier time), so memory is bounded and
@@ -25,7 +25,7 @@ const (
 
 func newArrivalIndex() *ArrivalIndex { return &ArrivalIndex{max: arrivalSamples} }
 
-// record notes that stream bytes up to end arrived at now.
+// Record notes that stream bytes up to end arrived at now.
 func (a *ArrivalIndex) Record(end int64, now time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -47,7 +47,7 @@ func (a *ArrivalIndex) Record(end int64, now time.Time) {
 	}
 }
 
-// arrival returns when the byte at off arrived; ok is false when it has
+// Arrival returns when the byte at off arrived; ok is false when it has
 // not arrived (or nothing is known).
 func (a *ArrivalIndex) Arrival(off int64) (time.Time, bool) {
 	a.mu.Lock()
@@ -66,7 +66,7 @@ func (a *ArrivalIndex) reset() {
 	a.ends, a.times = a.ends[:0], a.times[:0]
 }
 
-// lagSeconds is how long ago the first byte after acked arrived; 0 when
+// LagSeconds is how long ago the first byte after acked arrived; 0 when
 // the replica has everything.
 func (a *ArrivalIndex) LagSeconds(acked int64, now time.Time) float64 {
 	t, ok := a.Arrival(acked + 1)

@@ -13,7 +13,7 @@ import (
 // refreshes) plus the stream after it; the backlog keeps that stream while
 // its budget allows, and says when it cannot.
 
-// horizon is the last offset a delayed replica may have now.
+// Horizon is the last offset a delayed replica may have now.
 func (s *Store) Horizon() int64 {
 	h, ok := s.Arrivals.horizon(time.Now().Add(-s.delay))
 	if !ok {
@@ -23,7 +23,7 @@ func (s *Store) Horizon() int64 {
 	return h
 }
 
-// delayedPosition is pos as a delayed replica may act on it.
+// DelayedPosition is pos as a delayed replica may act on it.
 func (s *Store) DelayedPosition(pos Position) Position {
 	h := s.Horizon()
 	pos.End = min(pos.End, h)
@@ -69,7 +69,7 @@ func (s *Store) retainForDelay(old, retained, fresh *snapshot.Info) (keep *snaps
 	return old, nil // none old enough yet: old will be first
 }
 
-// delayKeepFrom is the first offset delayed replicas may still need.
+// DelayKeepFrom is the first offset delayed replicas may still need.
 func (s *Store) DelayKeepFrom(pos Position) int64 {
 	keep := s.Horizon() + 1
 	if pos.Retained != nil {

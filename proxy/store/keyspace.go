@@ -8,7 +8,7 @@ import (
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
 
-// keyspaceStats serves INFO's key counts. A snapshot carries its counts,
+// KeyspaceStats serves INFO's key counts. A snapshot carries its counts,
 // taken while it was received; one recovered from a data dir written
 // before counts were kept is scanned once in the background (values
 // skipped, a fixed buffer: memory does not follow the data).
@@ -18,7 +18,7 @@ type KeyspaceStats struct {
 	stats []snapshot.KeyStats
 }
 
-// scan counts the keys of info; run by Serve's group, cancelled with ctx.
+// Scan counts the keys of info; run by Serve's group, cancelled with ctx.
 func (k *KeyspaceStats) Scan(ctx context.Context, dir string, info *snapshot.Info, log *slog.Logger) {
 	stats, err := snapshot.ScanFile(ctx, dir, info, snapshot.ScanOptions{})
 	if err != nil {
@@ -32,7 +32,7 @@ func (k *KeyspaceStats) Scan(ctx context.Context, dir string, info *snapshot.Inf
 	k.mu.Unlock()
 }
 
-// get returns the counts of snap, nil when unknown.
+// Get returns the counts of snap, nil when unknown.
 func (k *KeyspaceStats) Get(snap *snapshot.Info) []snapshot.KeyStats {
 	switch {
 	case snap == nil:

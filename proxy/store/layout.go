@@ -11,7 +11,7 @@ import (
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
 
-// layout names every file and directory replproxy keeps in its data dir,
+// Layout names every file and directory replproxy keeps in its data dir,
 // so the layout is spelled out once.
 type Layout struct{ Dir string }
 
@@ -23,16 +23,16 @@ func (l Layout) snapshots() string { return filepath.Join(l.Dir, "snapshots") }
 // upstream is the upstream REPLICAOF set, kept across restarts.
 func (l Layout) upstream() string { return filepath.Join(l.Dir, "upstream.json") }
 
-// fullSyncGate is the cost backoff of full syncs asked of the upstream.
+// FullSyncGate is the cost backoff of full syncs asked of the upstream.
 func (l Layout) FullSyncGate() string { return filepath.Join(l.Dir, "fullsync-backoff") }
 
-// held is the directory of the history the empty-origin guard holds:
+// Held is the directory of the history the empty-origin guard holds:
 // its record, its snapshot and its backlog.
 func (l Layout) Held() string           { return filepath.Join(l.Dir, "held") }
 func (l Layout) HeldRecordFile() string { return filepath.Join(l.Held(), "held.json") }
 func (l Layout) HeldBacklog() string    { return filepath.Join(l.Held(), "backlog") }
 
-// heldRecord is what the data dir keeps of a history the guard holds.
+// HeldRecord is what the data dir keeps of a history the guard holds.
 type HeldRecord struct {
 	Snapshot *snapshot.Info `json:"snapshot"`
 	Since    time.Time      `json:"since"`
@@ -40,7 +40,7 @@ type HeldRecord struct {
 	NewKeys  int64          `json:"new_keys"`
 }
 
-// writeHeldRecord persists h, atomically.
+// WriteHeldRecord persists h, atomically.
 func (l Layout) WriteHeldRecord(h HeldRecord) error {
 	b, err := json.Marshal(h)
 	if err != nil {
@@ -52,7 +52,7 @@ func (l Layout) WriteHeldRecord(h HeldRecord) error {
 	return nil
 }
 
-// readHeldRecord loads the held record; os.ErrNotExist when none is held.
+// ReadHeldRecord loads the held record; os.ErrNotExist when none is held.
 func (l Layout) ReadHeldRecord() (HeldRecord, error) {
 	var h HeldRecord
 	b, err := os.ReadFile(l.HeldRecordFile())

@@ -15,7 +15,7 @@ import (
 	"github.com/replproxy/replproxy/psync/snapshot"
 )
 
-// store owns the data dir: its lock, the replication history, the snapshot,
+// Store owns the data dir: its lock, the replication history, the snapshot,
 // the backlog and the state file. It is the only writer of persistent
 // state. Writers (the follower and its refreshes) take wmu, and persist
 // while holding it; readers never take it: they load the published value,
@@ -44,7 +44,7 @@ type Store struct {
 	cur atomic.Pointer[Published]
 }
 
-// published is one version of the history and its snapshot.
+// Published is one version of the history and its snapshot.
 type Published struct {
 	Hist psync.History
 	Snap *snapshot.Info
@@ -56,7 +56,7 @@ type Published struct {
 	Next     chan struct{} // closed when a newer version is published
 }
 
-// position is a consistent view of history, backlog range and snapshot.
+// Position is a consistent view of history, backlog range and snapshot.
 type Position struct {
 	Hist  psync.History
 	First int64
@@ -67,7 +67,7 @@ type Position struct {
 	Retained *snapshot.Info
 }
 
-// storeOptions are what the store needs of the configuration.
+// Options are what the store needs of the configuration.
 type Options struct {
 	// Delay: --delay, the age of the data delayed replicas see (0: none).
 	Delay time.Duration
@@ -81,7 +81,7 @@ type Options struct {
 	TailSize    int64                // in-memory tail of the backlog; 0: none
 }
 
-// openStore locks the data dir, opens the backlog and recovers the state
+// Open locks the data dir, opens the backlog and recovers the state
 // that goes with it.
 func Open(opts Options, log *slog.Logger) (*Store, error) {
 	s := &Store{log: log, dir: opts.DataDir, SnapDir: Layout{Dir: opts.DataDir}.snapshots(), Arrivals: newArrivalIndex(), delay: opts.Delay, afterReset: opts.AfterReset}
@@ -195,11 +195,11 @@ func (s *Store) publishRetainedLocked(hist psync.History, snap, retained *snapsh
 	}
 }
 
-// published returns the current version: a waiter for a newer one selects
+// Published returns the current version: a waiter for a newer one selects
 // on its next channel.
 func (s *Store) Published() *Published { return s.cur.Load() }
 
-// position is what a reader may act on. While a reset is under way (the
+// Position is what a reader may act on. While a reset is under way (the
 // backlog of a new history exists, its history is not yet published) it
 // offers no history at all, so no replica continues into the wrong one.
 func (s *Store) Position() Position {
@@ -217,7 +217,7 @@ func (s *Store) persistLocked() error {
 	return saveState(s.statePath(), persisted{History: p.Hist, Snapshot: p.Snap, BacklogTag: s.Backlog.Tag()})
 }
 
-// installFullSync makes info the snapshot of a new history: the backlog
+// InstallFullSync makes info the snapshot of a new history: the backlog
 // restarts after its offset. Replicas of the old history end on their own
 // (the reset fails their cursors); those waiting for a snapshot get this.
 // installed reports that the new history is in force, even when persisting
@@ -244,10 +244,10 @@ func (s *Store) InstallFullSync(info *snapshot.Info) (installed bool, err error)
 	return true, err
 }
 
-// errRefreshRejected: the refreshed snapshot does not fit the history.
+// ErrRefreshRejected: the refreshed snapshot does not fit the history.
 var ErrRefreshRejected = errors.New("refreshed snapshot does not fit the current history")
 
-// installRefresh makes info the served snapshot of the current history,
+// InstallRefresh makes info the served snapshot of the current history,
 // if it still fits it.
 func (s *Store) InstallRefresh(info *snapshot.Info) error {
 	s.wmu.Lock()
@@ -284,7 +284,7 @@ func (s *Store) removeOld(old, now *snapshot.Info) {
 	}
 }
 
-// shiftHistory takes the upstream's new ID after +CONTINUE <newid>: the
+// ShiftHistory takes the upstream's new ID after +CONTINUE <newid>: the
 // old one becomes replid2, valid up to the current end. It reports the
 // old ID and whether anything changed.
 func (s *Store) ShiftHistory(newID string) (string, bool) {
@@ -302,7 +302,7 @@ func (s *Store) ShiftHistory(newID string) (string, bool) {
 	return cur.Hist.ReplID, true
 }
 
-// discard forgets the history (after stream corruption): the next
+// Discard forgets the history (after stream corruption): the next
 // connection takes a full resync.
 func (s *Store) Discard() {
 	s.wmu.Lock()
@@ -313,7 +313,7 @@ func (s *Store) Discard() {
 	}
 }
 
-// close persists the state, closes the backlog and releases the lock.
+// Close persists the state, closes the backlog and releases the lock.
 func (s *Store) Close() error {
 	s.wmu.Lock()
 	var err error

@@ -29,7 +29,7 @@ const (
 	UpstreamFromReplicaof = "replicaof"
 )
 
-// loadUpstream decides the upstream to start with and why.
+// LoadUpstream decides the upstream to start with and why.
 func LoadUpstream(dataDir, configured string) (addr, source string, note error) {
 	b, err := os.ReadFile(Layout{dataDir}.upstream())
 	if errors.Is(err, os.ErrNotExist) {
@@ -49,7 +49,7 @@ func LoadUpstream(dataDir, configured string) (addr, source string, note error) 
 	return pu.Upstream, UpstreamFromReplicaof, nil
 }
 
-// persistUpstream records a REPLICAOF.
+// PersistUpstream records a REPLICAOF.
 func PersistUpstream(dataDir, addr, configured string, sync atomicfile.SyncFunc) error {
 	b, err := json.Marshal(persistedUpstream{Upstream: addr, Configured: configured, At: time.Now().UTC()})
 	if err != nil {

@@ -28,7 +28,7 @@ const (
 	readBuf    = 256 << 10
 )
 
-// follower owns the upstream side: the connection, the stream scanner,
+// Follower owns the upstream side: the connection, the stream scanner,
 // the reconnect and full-sync backoffs, the ACKs, the link state and the
 // snapshot refreshes. Its goroutines are follow and maintain (both run by
 // Serve) and their children: the ACK ticker of a link (joined when the
@@ -103,7 +103,7 @@ func (f *Follower) noteDown(reason vocab.UpstreamReason, err error) {
 	}
 }
 
-// wantRefresh asks for a refresh now: in lazy mode a replica needs a full
+// WantRefresh asks for a refresh now: in lazy mode a replica needs a full
 // sync and the snapshot has lapsed; in any mode an rdb-only client wants
 // a younger snapshot than the stored one.
 func (f *Follower) WantRefresh(why string) {
@@ -253,21 +253,21 @@ func (f *Follower) dial(ctx context.Context, what, addr string, tlsCfg *tls.Conf
 	return u, nil
 }
 
-// upstreamOrigin is the upstream and why it is the one followed.
+// UpstreamOrigin is the upstream and why it is the one followed.
 func (f *Follower) UpstreamOrigin() (addr, source string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.upstream, f.upstreamSource
 }
 
-// upstreamAddr is the address the follower connects to.
+// UpstreamAddr is the address the follower connects to.
 func (f *Follower) UpstreamAddr() string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.upstream
 }
 
-// moveUpstream points the follower at another upstream (REPLICAOF) and ends
+// MoveUpstream points the follower at another upstream (REPLICAOF) and ends
 // the current link; the next one PSYNCs the new address with the current
 // history, so a promoted replica of the same history answers +CONTINUE.
 // It reports false when addr is the current upstream already.
@@ -309,7 +309,7 @@ func (f *Follower) touchIO() {
 	f.mu.Unlock()
 }
 
-// follow keeps the upstream link alive until ctx ends, reconnecting with
+// Follow keeps the upstream link alive until ctx ends, reconnecting with
 // capped exponential backoff and jitter.
 func (f *Follower) Follow(ctx context.Context) {
 	f.following.Store(true)
@@ -555,7 +555,7 @@ func (f *Follower) setLink(state vocab.LinkState) {
 	}
 }
 
-// warnConfig says, at start, what in the configuration will hurt.
+// WarnConfig says, at start, what in the configuration will hurt.
 func (f *Follower) WarnConfig() {
 	if f.cfg.ReplTimeout <= originPingPeriod {
 		f.log.Warn("--repl-timeout does not exceed the origin's default repl-ping-replica-period: an idle link will time out between PINGs and resync; use 60s (Redis' repl-timeout) or more",

@@ -355,5 +355,5 @@ func (g *forkGate) status() vocab.GateStatus {
 	return gs
 }
 
-// persist saves the fork gate if its last save failed (at shutdown).
+// Persist saves the fork gate if its last save failed (at shutdown).
 func (f *Follower) Persist() error { return f.gate.flush() }

@@ -229,7 +229,7 @@ func (f *Follower) ackFor(h *heldHistory) int64 {
 	return end
 }
 
-// replicaAcked tells the ACK loop a replica ACKed (replicas:N only).
+// ReplicaAcked tells the ACK loop a replica ACKed (replicas:N only).
 func (f *Follower) ReplicaAcked() {
 	if f.cfg.AckReplicas == 0 {
 		return

@@ -40,7 +40,7 @@ func (m *maintainer) maybeKick(end int64) {
 	}
 }
 
-// maintain trims the backlog to its budget and refreshes the snapshot before
+// Maintain trims the backlog to its budget and refreshes the snapshot before
 // the stream since it outgrows the budget.
 func (f *Follower) Maintain(ctx context.Context) {
 	t := time.NewTicker(500 * time.Millisecond)

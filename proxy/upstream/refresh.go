@@ -55,7 +55,7 @@ var errNoReplica = errors.New("no online replica with an announced address to as
 // replicaHandshakeTimeout bounds a replica's answers up to +FULLRESYNC.
 const replicaHandshakeTimeout = 5 * time.Second
 
-// replicaStallTimeout bounds a source replica's silence while it saves:
+// ReplicaStallTimeout bounds a source replica's silence while it saves:
 // it sends a newline a second until its fork starts, then the payload, so
 // a longer silence is a replica that froze after answering (SIGSTOP, a
 // stuck disk). The refresh moves on to the next source rather than wait

@@ -76,7 +76,7 @@ func refusedBecause(err error) error {
 // trustRule is one --snapshot-refresh-trust entry.
 type trustRule struct{ kind, name string }
 
-// parseTrust parses --snapshot-refresh-trust entries.
+// ParseTrust parses --snapshot-refresh-trust entries.
 func ParseTrust(entries []string) ([]trustRule, error) {
 	var out []trustRule
 	for _, e := range entries {

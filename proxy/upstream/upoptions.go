@@ -9,7 +9,7 @@ import (
 	"github.com/replproxy/replproxy/psync/backlog"
 )
 
-// upOptions are what the upstream side reads of the configuration (see
+// Options are what the upstream side reads of the configuration (see
 // the flags of the same names).
 type Options struct {
 	Upstream                           string
@@ -44,7 +44,7 @@ type Options struct {
 // hasRefreshSource reports whether src is one of the refresh sources.
 func (o *Options) hasRefreshSource(src string) bool { return slices.Contains(o.RefreshFrom, src) }
 
-// replicas is the upstream side's view of the replicas the proxy serves.
+// Replicas is the upstream side's view of the replicas the proxy serves.
 type Replicas interface {
 	// Port is the port replicas follow, announced to the upstream as the
 	// listening port when none is configured.

@@ -6,7 +6,7 @@ import (
 	"github.com/replproxy/replproxy/proxy/vocab"
 )
 
-// status is the upstream side's state now.
+// Status is the upstream side's state now.
 func (f *Follower) Status(now time.Time) vocab.UpstreamStatus {
 	addr, source := f.UpstreamOrigin()
 	st := vocab.UpstreamStatus{Addr: addr, Source: source, Link: f.linkStatus(), Refreshing: f.Refresh.Load(),
@@ -17,8 +17,8 @@ func (f *Follower) Status(now time.Time) vocab.UpstreamStatus {
 	return st
 }
 
-// refreshing reports whether a snapshot refresh runs now.
+// Refreshing reports whether a snapshot refresh runs now.
 func (f *Follower) Refreshing() bool { return f.Refresh.Load() }
 
-// lastRefresh is how the last refresh went.
+// LastRefresh is how the last refresh went.
 func (f *Follower) LastRefresh() vocab.RefreshStatus { return f.refreshLast.status(time.Now()) }

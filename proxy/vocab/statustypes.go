@@ -77,7 +77,7 @@ type CalmStatus struct {
 	Intake     int64 // bytes/s replproxy measured it can take, at the last cut
 }
 
-// upStatus is the upstream side as INFO, ROLE and metrics show it: a
+// UpstreamStatus is the upstream side as INFO, ROLE and metrics show it: a
 // value, each part read under its own owner's lock or atomically.
 type UpstreamStatus struct {
 	Addr   string // where the follower connects

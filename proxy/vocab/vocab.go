@@ -87,10 +87,10 @@ const (
 // ReplicaStates lists the states of sessions that are replicas.
 var ReplicaStates = []ReplicaState{ReplicaWaitBgsave, ReplicaSendBulk, ReplicaOnline}
 
-// replicaStateByCode maps a session's atomic state code to its name.
+// ReplicaStateByCode maps a session's atomic state code to its name.
 var ReplicaStateByCode = [...]ReplicaState{ReplicaHandshake, ReplicaWaitBgsave, ReplicaSendBulk, ReplicaOnline}
 
-// counts is a fixed set of counters, one per value of a vocabulary: the
+// Counts is a fixed set of counters, one per value of a vocabulary: the
 // map is built once and only read, so it needs no lock.
 type Counts[R ~string] map[R]*atomic.Int64
 
@@ -102,7 +102,7 @@ func NewCounts[R ~string](all []R) Counts[R] {
 	return c
 }
 
-// add counts one r; a value outside the vocabulary is a bug, counted under
+// Add counts one r; a value outside the vocabulary is a bug, counted under
 // fallback rather than lost.
 func (c Counts[R]) Add(r, fallback R) {
 	if n, ok := c[r]; ok {
