@@ -366,11 +366,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for _, r := range vocab.DisconnectReasons {
 		cnt(dDownDisconnects, float64(stats.Disconnects.Load(r)), string(r))
 	}
-	if ds := c.p.DelayStatus(); ds.Enabled {
+	if ds := st.Delay; ds.Enabled {
 		g(dDelayHorizon, float64(max(ds.Horizon, 0)))
 		g(dDelayCovered, b(ds.Covered))
 	}
-	gs := c.p.GuardStatus()
+	gs := st.Guard
 	g(dGuardHolding, b(gs.Holding))
 	cnt(dGuardHolds, float64(gs.Holds))
 	g(dGuardKeys, float64(gs.CurKeys), "current")

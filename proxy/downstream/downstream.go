@@ -296,7 +296,7 @@ func (d *Downstream) NewReplica(l handoff.Link, cmd string, args [][]byte) (*Rep
 	r := &Replica{d: d, Announce: l.Announce, id: l.ID, conn: l.Conn, raw: l.Raw, out: out, br: l.Reader, addr: l.Addr, tls: l.TLS,
 		delayed: l.Delayed, log: l.Log, ctx: l.Ctx, ident: l.Identity, errorf: l.Errorf, endSession: l.EndSession}
 	r.ackOff.Store(-1)
-	r.legacy, r.req = req.legacy, req
+	r.legacy, r.req = req.cmd == "sync", req
 	// Everything others read once they see the replica (the logger, the
 	// announced address) is written before it is published.
 	r.log = r.log.With("replica", r.replicaAddr())

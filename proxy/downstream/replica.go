@@ -75,12 +75,11 @@ func (s *Replica) Close(reason vocab.DisconnectReason) {
 }
 
 // syncRequest is a SYNC or PSYNC's arguments: "?" and -1 ask for a full
-// sync; legacy is SYNC.
+// sync.
 type syncRequest struct {
 	cmd    string
 	replid string
 	offset int64
-	legacy bool
 }
 
 // parseSync reads SYNC or PSYNC's arguments as Redis does; the error is
@@ -91,7 +90,6 @@ func parseSync(cmd string, args [][]byte) (syncRequest, error) {
 		if len(args) != 1 {
 			return req, errors.New("ERR wrong number of arguments for 'sync' command")
 		}
-		req.legacy = true
 		return req, nil
 	}
 	switch {
