@@ -34,7 +34,12 @@ type Config struct {
 	// feeds caught-up TLS replicas from there (plaintext ones get sendfile,
 	// which measured faster). Allocated only with a TLS listener. 0 picks
 	// the default; negative disables it.
-	TailBuffer   int64
+	TailBuffer int64
+	// IntakeBuffer is how far the backlog's files may trail the stream
+	// received: a burst is taken into memory (and served from there) at
+	// network speed while the disk catches up. 0 picks the default;
+	// negative disables it. Not used with --fsync always.
+	IntakeBuffer int64
 	SegmentSize  int64 // backlog segment size; 0 picks one from BacklogSize
 	Fsync        backlog.FsyncPolicy
 	ReplTimeout  time.Duration // upstream silence before the link is declared dead
@@ -186,6 +191,7 @@ const (
 	DefaultHoldAhead      = 10 * time.Second
 	DefaultReloadInterval = 5 * time.Second
 	DefaultTailBuffer     = 16 << 20
+	DefaultIntakeBuffer   = 64 << 20
 	DefaultRDBRefusalTTL  = 10 * time.Minute
 	DefaultRDBOnlyMaxAge  = time.Minute
 	DefaultCalmWaitMax    = 2 * time.Minute
@@ -251,6 +257,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.TailBuffer == 0 {
 		c.TailBuffer = DefaultTailBuffer
+	}
+	if c.IntakeBuffer == 0 {
+		c.IntakeBuffer = DefaultIntakeBuffer
 	}
 	if c.TLSAuthClients == "" {
 		c.TLSAuthClients = "yes"

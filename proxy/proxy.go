@@ -72,7 +72,7 @@ func New(cfg Config, log *slog.Logger) (*Proxy, error) {
 	p.sec = sec
 	var deliver func(start int64, chunk []byte, busy bool)
 	storeOpts := store.Options{DataDir: cfg.DataDir, SegmentSize: cfg.SegmentSize, Fsync: cfg.Fsync, SyncFile: cfg.syncFile,
-		TailSize: tailSize(cfg), Delay: cfg.Delay}
+		TailSize: tailSize(cfg), WriteBehind: max(cfg.IntakeBuffer, 0), Delay: cfg.Delay}
 	if !cfg.DisableFanout {
 		p.fanout = downstream.NewFanout(p.stats.ReplicaCounters)
 		deliver, storeOpts.AfterReset = p.fanout.Deliver, p.fanout.ReleaseAll

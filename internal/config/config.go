@@ -66,6 +66,7 @@ func (e UsageError) Unwrap() error { return e.Err }
 type raw struct {
 	backlogSize              sizeValue
 	tailBuffer               sizeValue
+	intakeBuffer             sizeValue
 	guard                    bool
 	fanout                   bool
 	fullSyncRate             sizeValue
@@ -116,6 +117,8 @@ func newFlagSet(s *Settings, r *raw, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.ReplicaAuthPassword, "replica-auth-password", "", "password for AUTH at downstream replicas when refreshing from them (default: the upstream credentials)")
 	fs.StringVar(&r.replicaPassFile, "replica-auth-password-file", "", "read the replicas' password from `FILE`")
 	fs.Var(&r.backlogSize, "backlog-size", "on-disk backlog budget, e.g. 512mb, 10gb")
+	r.intakeBuffer = sizeValue(proxy.DefaultIntakeBuffer)
+	fs.Var(&r.intakeBuffer, "intake-buffer", "stream received but not yet written to the backlog's files, kept in memory and served to replicas from there, so a write burst is taken at network speed while the disk catches up; a SIGKILL loses it from the data dir (replicas that have it are held until the upstream resends it); not used with --fsync always; 0 disables")
 	r.tailBuffer = sizeValue(proxy.DefaultTailBuffer)
 	fs.Var(&r.tailBuffer, "tail-buffer", "newest part of the backlog also kept in memory (with --tls-listen only), from which caught-up TLS replicas are fed with one write per wake-up; plaintext replicas get sendfile from the files, which measured faster; 0 disables")
 	fs.DurationVar(&r.replTimeout, "repl-timeout", proxy.DefaultReplTimeout, "declare the upstream link dead after this much silence")
@@ -300,6 +303,10 @@ func (s *Settings) finish(r *raw, offline bool) error {
 		errs = append(errs, fmt.Errorf("ack-policy %q: want self or replicas:N with N >= 1", r.ackPolicy))
 	}
 	c.BacklogSize = int64(r.backlogSize)
+	c.IntakeBuffer = int64(r.intakeBuffer)
+	if c.IntakeBuffer == 0 {
+		c.IntakeBuffer = -1 // as --tail-buffer 0
+	}
 	c.TailBuffer = int64(r.tailBuffer)
 	if c.TailBuffer == 0 {
 		c.TailBuffer = -1 // 0 on the command line disables it; in Config it picks the default

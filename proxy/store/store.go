@@ -79,6 +79,7 @@ type Options struct {
 	Fsync       backlog.FsyncPolicy
 	SyncFile    func(*os.File) error // test hook for the backlog's fsyncs
 	TailSize    int64                // in-memory tail of the backlog; 0: none
+	WriteBehind int64                // intake buffer: how far the backlog's files may trail its end; 0: none
 }
 
 // Open locks the data dir, opens the backlog and recovers the state
@@ -101,7 +102,7 @@ func Open(opts Options, log *slog.Logger) (*Store, error) {
 	}
 	s.lock = lf
 	bl, rep, err := backlog.Open(Layout{s.dir}.backlog(), backlog.Options{
-		SegmentSize: opts.SegmentSize, Fsync: opts.Fsync, ValidPrefix: ValidStreamPrefix, SyncFile: opts.SyncFile, TailSize: opts.TailSize,
+		SegmentSize: opts.SegmentSize, Fsync: opts.Fsync, ValidPrefix: ValidStreamPrefix, SyncFile: opts.SyncFile, TailSize: opts.TailSize, WriteBehind: opts.WriteBehind,
 		OnSyncError: func(err error) {
 			log.Error("backlog fsync failed; bytes since the last fsync may not survive a power loss", "err", err)
 		},

@@ -222,11 +222,12 @@ func (f *Follower) ackFor(h *heldHistory) int64 {
 		}
 		return h.bl.End()
 	}
-	end := f.store.Backlog.End()
 	if f.cfg.AckReplicas > 0 {
-		return min(end, f.down.NthAck(f.cfg.AckReplicas))
+		return min(f.store.Backlog.End(), f.down.NthAck(f.cfg.AckReplicas))
 	}
-	return end
+	// What a SIGKILL would not lose: with an intake buffer, the files
+	// trail what replicas were sent.
+	return f.store.Backlog.Flushed()
 }
 
 // ReplicaAcked tells the ACK loop a replica ACKed (replicas:N only).

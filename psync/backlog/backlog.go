@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -66,6 +67,10 @@ type Options struct {
 	// TailSize keeps the newest TailSize bytes in memory as well, and feeds
 	// cursors there from it (0: files only).
 	TailSize int64
+	// WriteBehind, when > 0, lets the segment files trail the log by up to
+	// this many bytes, held in the tail (writebehind.go). Ignored with
+	// FsyncAlways, whose bytes are on disk before anyone sees them.
+	WriteBehind int64
 }
 
 var (
@@ -113,6 +118,11 @@ type Log struct {
 	tail   *tail                         // nil without Options.TailSize
 	closed bool
 	dirty  bool
+	// flushed is the last byte the segment files hold: end, or behind it
+	// with write-behind (wb), whose flusher advances it.
+	flushed int64
+	wb      *writeBehind
+	closing bool // Close has begun: Append refuses bytes
 	// rolled holds segments rolled since the last background sync, still
 	// open: with FsyncEverySec they are fsynced (with the directory) by the
 	// sync loop, off the appender's path, not at the roll under mu.
@@ -139,11 +149,12 @@ type View struct {
 	Tag        string
 	Written    int64 // bytes appended since Open
 	Trimmed    int64 // bytes trimmed since Open
+	Flushed    int64 // last byte the segment files hold (End without write-behind)
 }
 
 // publishLocked publishes the current state; called with mu held.
 func (l *Log) publishLocked() {
-	l.view.Store(&View{Start: l.start, End: l.end, Gen: l.gen, Closed: l.closed, Tag: l.tag, Written: l.written, Trimmed: l.trimmed})
+	l.view.Store(&View{Start: l.start, End: l.end, Gen: l.gen, Closed: l.closed, Tag: l.tag, Written: l.written, Trimmed: l.trimmed, Flushed: l.flushed})
 }
 
 // wakeLocked wakes every waiting reader at once, after publishLocked;
@@ -177,7 +188,13 @@ func Open(dir string, opts Options) (*Log, RecoveryReport, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, rep, fmt.Errorf("backlog: %w", err)
 	}
-	l := &Log{dir: dir, opts: opts, start: 0, end: -1, tail: newTail(opts.TailSize)}
+	l := &Log{dir: dir, opts: opts, start: 0, end: -1, flushed: -1, tail: newTail(opts.TailSize)}
+	if opts.WriteBehind > 0 && opts.Fsync != FsyncAlways {
+		l.wb = newWriteBehind(opts.WriteBehind)
+		if l.tail == nil { // holds the unwritten bytes; keeps nothing written
+			l.tail = &tail{blockSize: tailBlockSize}
+		}
+	}
 	ch := make(chan struct{})
 	l.notify.Store(&ch)
 	if b, err := os.ReadFile(filepath.Join(dir, tagFile)); err == nil {
@@ -231,9 +248,16 @@ func Open(dir string, opts Options) (*Log, RecoveryReport, error) {
 		l.segs = segs
 		l.start = segs[0].base
 		l.end = last.base + last.size - 1
+		l.flushed = l.end
+		if l.wb != nil {
+			l.wb.segStart = last.base
+		}
 	}
 	rep.Segments = len(segs)
 	l.publishLocked()
+	if l.wb != nil {
+		go l.flushLoop()
+	}
 	if opts.Fsync == FsyncEverySec {
 		l.stopSync, l.syncDone, l.rollKick = make(chan struct{}), make(chan struct{}), make(chan struct{}, 1)
 		go l.syncLoop()
@@ -373,6 +397,10 @@ func (l *Log) Reset(start int64, tag string) error {
 	if start < 1 {
 		return fmt.Errorf("backlog: reset to offset %d: offsets start at 1", start)
 	}
+	if l.wb != nil {
+		l.wb.fmu.Lock() // no write in flight to a segment being removed
+		defer l.wb.fmu.Unlock()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -393,7 +421,10 @@ func (l *Log) Reset(start int64, tag string) error {
 	}
 	l.segs = nil
 	l.gen++
-	l.start, l.end = start, start-1
+	l.start, l.end, l.flushed = start, start-1, start-1
+	if l.wb != nil {
+		l.wb.resetLocked(start)
+	}
 	l.tag = ""
 	if l.tail != nil {
 		l.tail.reset(l.gen)
@@ -436,6 +467,9 @@ func (l *Log) Append(p []byte, boundary int) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if l.wb != nil {
+		return l.appendBehind(p, boundary)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -448,7 +482,7 @@ func (l *Log) Append(p []byte, boundary int) (int, error) {
 	err := l.appendLocked(p, boundary)
 	if l.end > start { // wake readers for whatever was stored
 		if l.tail != nil {
-			l.tail.append(l.gen, start+1, p[:l.end-start])
+			l.tail.append(l.gen, start+1, p[:l.end-start], math.MaxInt64)
 		}
 		l.publishLocked()
 		l.wakeLocked()
@@ -489,6 +523,7 @@ func (l *Log) write(p []byte) error {
 	cur := &l.segs[len(l.segs)-1]
 	cur.size += int64(n)
 	l.end += int64(n)
+	l.flushed = l.end
 	l.written += int64(n)
 	if err != nil {
 		return fmt.Errorf("backlog: append: %w", err)
@@ -521,7 +556,7 @@ func (l *Log) roll() error {
 		l.active.Close()
 	}
 	l.active = nil
-	if err := l.openSegment(l.end + 1); err != nil {
+	if err := l.openSegment(l.flushed + 1); err != nil {
 		return err
 	}
 	if background {
@@ -556,10 +591,14 @@ func (l *Log) Trim(keepFrom, budget int64) (int64, error) {
 	return removed, nil
 }
 
-// Close syncs and closes the log; cursors fail with ErrClosed. Closing
-// again does nothing.
+// Close writes what write-behind holds, syncs and closes the log; cursors
+// fail with ErrClosed. Closing again does nothing.
 func (l *Log) Close() error {
+	var flushErr error
 	l.stopOnce.Do(func() {
+		if l.wb != nil {
+			flushErr = l.stopFlusher()
+		}
 		if l.stopSync != nil {
 			close(l.stopSync)
 			<-l.syncDone
@@ -593,7 +632,7 @@ func (l *Log) Close() error {
 		}
 		l.active = nil
 	}
-	return err
+	return errors.Join(flushErr, err)
 }
 
 func (l *Log) writeFileAtomic(path string, data []byte) error {

@@ -204,11 +204,16 @@ func (c *Cursor) copySegment(w io.Writer, last int64) (n int64, more bool, err e
 func (c *Cursor) CopyTo(w io.Writer) (int64, error) {
 	var total int64
 	for {
-		if t := c.l.tail; t != nil && c.useTail {
-			if err := c.checkView(c.l.view.Load()); err != nil {
+		if t := c.l.tail; t != nil {
+			v := c.l.view.Load()
+			if err := c.checkView(v); err != nil {
 				return total, err
 			}
-			n, ok, err := t.copyFrom(c.gen, c.pos.Load(), w)
+			// Bytes past the files' end (write-behind) are only in the tail.
+			n, ok, err := int64(0), false, error(nil)
+			if c.useTail || c.pos.Load() > v.Flushed {
+				n, ok, err = t.copyFrom(c.gen, c.pos.Load(), maxTailWrite, w)
+			}
 			if ok {
 				if n > 0 && c.f != nil {
 					c.Close() // its read position is behind now; reopened (and sought) when needed
@@ -235,8 +240,17 @@ func (c *Cursor) CopyTo(w io.Writer) (int64, error) {
 // at the tail rather than blocking (use Wait).
 func (c *Cursor) Read(p []byte) (int, error) {
 	avail, err := c.open()
-	if err != nil || avail <= 0 {
+	if err != nil {
 		return 0, err
+	}
+	if avail <= 0 {
+		if t := c.l.tail; t != nil && c.l.wb != nil { // not in the files yet
+			sw := sliceWriter{p: p}
+			n, _, _ := t.copyFrom(c.gen, c.pos.Load(), int64(len(p)), &sw)
+			c.pos.Add(n)
+			return int(n), nil
+		}
+		return 0, nil
 	}
 	if int64(len(p)) > avail {
 		p = p[:avail]
@@ -269,4 +283,16 @@ func (c *Cursor) Wait(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// sliceWriter fills a slice; the tail copies into it for Read.
+type sliceWriter struct {
+	p []byte
+	n int
+}
+
+func (s *sliceWriter) Write(b []byte) (int, error) {
+	n := copy(s.p[s.n:], b)
+	s.n += n
+	return n, nil
 }

@@ -74,8 +74,9 @@ func (t *tail) reset(gen uint64) {
 
 // append adds p, which the log stored at offset off of generation gen. A
 // gap (the ring was reset or has not seen the bytes before off) starts
-// the ring afresh at off.
-func (t *tail) append(gen uint64, off int64, p []byte) {
+// the ring afresh at off. Blocks holding any byte at or after keepFrom
+// stay (write-behind: bytes not yet in the files), whatever the capacity.
+func (t *tail) append(gen uint64, off int64, p []byte, keepFrom int64) {
 	idx := t.idx.Load()
 	if idx == nil || idx.gen != gen || len(idx.entries) == 0 || tailEnd(idx) != off {
 		t.reset(gen)
@@ -99,7 +100,7 @@ func (t *tail) append(gen uint64, off int64, p []byte) {
 		p, off = p[c:], off+int64(c)
 	}
 	// Evict from the front beyond capacity, keeping the newest block.
-	for len(entries) > 1 && off-entries[1].base >= t.capacity {
+	for len(entries) > 1 && off-entries[1].base >= t.capacity && entries[1].base <= keepFrom {
 		t.recycle(entries[0].b)
 		entries, changed = entries[1:], true
 	}
@@ -139,10 +140,10 @@ func tailEnd(idx *tailIndex) int64 {
 // blocks and its write deadline covers a bounded amount.
 const maxTailWrite = 4 << 20
 
-// copyFrom writes what the ring holds from pos on to w. ok is false when
-// the ring does not hold pos (the caller reads the files); n is how many
-// bytes went out.
-func (t *tail) copyFrom(gen uint64, pos int64, w io.Writer) (n int64, ok bool, err error) {
+// copyFrom writes what the ring holds from pos on, at most limit bytes, to
+// w. ok is false when the ring does not hold pos (the caller reads the
+// files); n is how many bytes went out.
+func (t *tail) copyFrom(gen uint64, pos, limit int64, w io.Writer) (n int64, ok bool, err error) {
 	idx := t.idx.Load()
 	if idx == nil || idx.gen != gen || len(idx.entries) == 0 || pos < idx.entries[0].base {
 		return 0, false, nil
@@ -157,7 +158,7 @@ func (t *tail) copyFrom(gen uint64, pos int64, w io.Writer) (n int64, ok bool, e
 	}()
 	var bufs [][]byte
 	at, total := pos, int64(0)
-	for ; i < len(es) && total < maxTailWrite; i++ {
+	for ; i < len(es) && total < limit; i++ {
 		e := es[i]
 		if r := e.b.refs.Add(1); r <= 0 { // recycled: leave the count dead
 			return 0, false, nil
@@ -171,8 +172,8 @@ func (t *tail) copyFrom(gen uint64, pos int64, w io.Writer) (n int64, ok bool, e
 			return 0, false, nil // a gap: cannot happen in one index, but never guess
 		}
 		chunk := e.b.data[at-e.base : filled]
-		if int64(len(chunk)) > maxTailWrite-total {
-			chunk = chunk[:maxTailWrite-total]
+		if int64(len(chunk)) > limit-total {
+			chunk = chunk[:limit-total]
 		}
 		if len(chunk) > 0 {
 			bufs = append(bufs, chunk)
