@@ -45,8 +45,8 @@ type writeBehind struct {
 
 	drop     dropBehind // flusher only (under fmu)
 	rollAt   []int64    // mu: offsets where the next segments start, ascending
-	segStart int64   // mu: first offset of the newest segment as Append sees it
-	err      error   // mu: the last write error, until a write succeeds
+	segStart int64      // mu: first offset of the newest segment as Append sees it
+	err      error      // mu: the last write error, until a write succeeds
 }
 
 // flushBatch bounds one write to the files, so Reset and Close wait out
