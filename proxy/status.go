@@ -23,6 +23,7 @@ func (p *Proxy) Status() vocab.Status {
 		UpstreamHost: host, UpstreamPort: port, UpstreamAddr: up.Addr, UpstreamSource: up.Source,
 		History: sto.History, BacklogFirst: sto.BacklogFirst, BacklogEnd: sto.BacklogEnd, Snapshot: sto.Snapshot,
 		Keyspace: sto.Keyspace, OldestEntry: sto.OldestEntry, RedisVersion: sto.RedisVersion, TailCapacity: sto.TailCapacity,
+		IntakeBuffer: sto.IntakeBuffer, IntakeBuffered: sto.IntakeBuffered,
 		Refreshing: up.Refreshing, Refresh: up.Refresh, FullSync: up.FullSync, Guard: up.Guard, Calm: up.Calm,
 		RefusedSources: up.RefusedSources, BacklogWindowShort: up.WindowShort,
 		Replicas: down.Replicas, Queued: down.Queued, Delay: p.delayStatus(up, sto),

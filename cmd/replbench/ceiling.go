@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/loopback"
+	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/psync"
 )
 
@@ -45,6 +46,12 @@ func ceiling(c *common, _ *flag.FlagSet) (*report, error) {
 	}
 	rep.Rows = append(rep.Rows, rw)
 
+	rw = row{Label: "chained replica", Values: map[string]float64{}}
+	if err := chainedCeiling(c, stream, &rw); err != nil {
+		rw.Error = err.Error()
+	}
+	rep.Rows = append(rep.Rows, rw)
+
 	rw = row{Label: "proxy", Values: map[string]float64{}}
 	if err := proxyCeiling(c, stream, &rw); err != nil {
 		rw.Error = err.Error()
@@ -54,6 +61,7 @@ func ceiling(c *common, _ *flag.FlagSet) (*report, error) {
 		rep.Notes = append(rep.Notes, "--tls: every socket (upstream, sinks, the plain fan-out's too) is TLS 1.3 with client certificates.")
 	}
 	rep.Notes = append(rep.Notes, "new page-cache pages: the stream written once to a new file, in the 256 KB writes the proxy appends, without fsync; the file is kept until the proxy's run ends, so the proxy gets no pages it just freed. Every byte the proxy relays goes into such new pages: where they cost more than the copy (a VM whose host takes freed guest memory back), this row, not the proxy, bounds its stream MB/s.")
+	rep.Notes = append(rep.Notes, "chained replica: a stock redis-server replica of the synthetic upstream, with the sinks as its replicas, attached (and past their full sync) before the stream starts; it applies every SET to its dataset (1000 keys overwritten) and relays the stream from memory.")
 	rep.Notes = append(rep.Notes, "The stream is SET commands with 16 KB values. replproxy writes every byte to its disk backlog (fsync everysec) and each sink reads it back through its own cursor; the plain copy keeps one buffer in memory. Both run on the same 2 cores as their sinks.")
 	return rep, nil
 }
@@ -74,8 +82,9 @@ func minimalRDB() []byte {
 }
 
 // fakeUpstream answers the replica handshake, sends a full sync of an
-// empty RDB at offset 0, then the stream as fast as the socket takes it.
-func fakeUpstream(stream []byte) (string, func(), error) {
+// empty RDB at offset 0, then, once gate is closed (nil: at once), the
+// stream as fast as the socket takes it.
+func fakeUpstream(stream []byte, gate <-chan struct{}) (string, func(), error) {
 	tcp, err := loopback.Listen()
 	if err != nil {
 		return "", nil, err
@@ -116,6 +125,9 @@ func fakeUpstream(stream []byte) (string, func(), error) {
 						fmt.Fprintf(conn, "+FULLRESYNC %s 0\r\n$%d\r\n", id, len(rdb))
 						conn.Write(rdb)
 						go io.Copy(io.Discard, br) // ACKs
+						if gate != nil {
+							<-gate
+						}
 						conn.Write(stream)
 						time.Sleep(time.Hour) // keep the link open; the scenario closes it
 						return
@@ -129,8 +141,9 @@ func fakeUpstream(stream []byte) (string, func(), error) {
 	return ln.Addr().String(), func() { ln.Close() }, nil
 }
 
-// sink is a synthetic replica: PSYNC, skip the payload, read n stream bytes.
-func sink(addr string, n int64) error {
+// sink is a synthetic replica: PSYNC, skip the payload, read n stream
+// bytes. ready (if not nil) hears when the payload is read.
+func sink(addr string, n int64, ready func()) error {
 	conn, err := tlsOf.dial(addr, 5*time.Second)
 	if err != nil {
 		return err
@@ -150,6 +163,9 @@ func sink(addr string, n int64) error {
 	}
 	if _, err := psync.CopyPayload(io.Discard, br, h, nil); err != nil {
 		return err
+	}
+	if ready != nil {
+		ready()
 	}
 	// ACK at once, as a replica does after loading: the sinks all announce
 	// one address, and a sink that got the payload and hung up before its
@@ -228,7 +244,7 @@ func newPageWrite(path string, stream []byte) (float64, error) {
 const readChunk = 256 << 10
 
 func proxyCeiling(c *common, stream []byte, rw *row) error {
-	up, closeUp, err := fakeUpstream(stream)
+	up, closeUp, err := fakeUpstream(stream, nil)
 	if err != nil {
 		return err
 	}
@@ -251,7 +267,7 @@ func proxyCeiling(c *common, stream []byte, rw *row) error {
 	start := time.Now()
 	errs := make(chan error, c.replicas)
 	for range c.replicas {
-		go func() { errs <- sink(p.addr, int64(len(stream))) }()
+		go func() { errs <- sink(p.addr, int64(len(stream)), nil) }()
 	}
 	for range c.replicas {
 		if err := <-errs; err != nil {
@@ -331,4 +347,63 @@ func plainFanout(stream []byte, k int) (float64, error) {
 	}
 	readers.Wait()
 	return time.Since(start).Seconds(), nil
+}
+
+// chainedCeiling: the same stream through a stock replica. Its sinks can
+// only get the stream from the moment they attach (its backlog is small),
+// so they attach first and the upstream streams once all are in.
+func chainedCeiling(c *common, stream []byte, rw *row) error {
+	gate := make(chan struct{})
+	up, closeUp, err := fakeUpstream(stream, gate)
+	if err != nil {
+		close(gate)
+		return err
+	}
+	defer closeUp()
+	opened := false
+	open := func() {
+		if !opened {
+			opened = true
+			close(gate)
+		}
+	}
+	defer open() // unblock the upstream's writer on every path
+	host, port, _ := net.SplitHostPort(up)
+	mid, err := redistest.StartTLS(c.dir("ceiling", "chained"), c.tls.redis(), "--replicaof", host, port, "--repl-diskless-sync-delay", "0")
+	if err != nil {
+		return err
+	}
+	defer mid.Kill()
+	if err := waitFor(time.Minute, func() bool {
+		m, err := mid.Info("replication")
+		return err == nil && m["master_link_status"] == "up"
+	}); err != nil {
+		return err
+	}
+	ready := make(chan struct{}, c.replicas)
+	errs := make(chan error, c.replicas)
+	for range c.replicas {
+		go func() { errs <- sink(mid.Addr(), int64(len(stream)), func() { ready <- struct{}{} }) }()
+	}
+	for range c.replicas {
+		select {
+		case <-ready:
+		case err := <-errs:
+			return err
+		}
+	}
+	cpu0, _ := procStats(mid.PID())
+	start := time.Now()
+	open()
+	for range c.replicas {
+		if err := <-errs; err != nil {
+			return err
+		}
+	}
+	secs := time.Since(start).Seconds()
+	cpu, rss := procStats(mid.PID())
+	rw.rates(len(stream), c.replicas, secs)
+	rw.Values["relay CPU s per GB in"] = (cpu - cpu0) / (float64(len(stream)) / 1e9)
+	rw.Values["relay peak RSS MB"] = float64(rss >> 20)
+	return nil
 }

@@ -35,6 +35,7 @@ var scenarios = []scenario{
 	{"outage", "one replica offline T seconds under load: which resync, how many bytes", 2, "32mb", 0, outage},
 	{"restart", "the intermediate SIGKILLed and restarted under load", 3, "32mb", 5 * time.Second, restart},
 	{"churn", "sustained writes at a fixed byte rate, replicas joining and restarting: what it costs the origin", 2, "64mb", time.Minute, churn},
+	{"burst", "a bulk load at the origin's full speed with default output-buffer limits: chained replica and replproxy, cuts and forks", 1, "0", 0, burst},
 	{"ceiling", "synthetic upstream at full speed into replproxy with K sinks, next to a plain socket copy", 4, "512mb", 0, ceiling},
 }
 
@@ -46,6 +47,10 @@ func runScenario(s scenario, args []string, stdout, stderr io.Writer) int {
 	if s.name == "churn" {
 		fs.String("write-rate", "8mb", "load, bytes/s")
 		fs.String("churn-every", "10s", "interval between churn steps (a replica restarted, one added)")
+	}
+	if s.name == "burst" {
+		c.budget = 4 << 30 // room for the whole of a 4 GB burst, as a user sizing for bulk loads would
+		fs.String("bursts", "1gb:100kb,4gb:100kb,8gb:100kb,2gb:1kb", "bursts to run, TOTAL:VALUE-SIZE, comma-separated")
 	}
 	if s.name == "relay" {
 		fs.Duration("freeze", 0, "SIGSTOP the last replica this long, 2s into the load; the lag is then the others' (the load must last 4s longer)")

@@ -204,6 +204,9 @@ func (v *infoView) memory() []string {
 		kv("mem_fragmentation_bytes", rss-used),
 		// The backlog lives on disk; its in-memory part is the tail.
 		kv("mem_replication_backlog", st.TailCapacity),
+		// Stream received and served to replicas, not yet in the files.
+		kv("mem_intake_buffer", st.IntakeBuffered),
+		kv("intake_buffer_limit", st.IntakeBuffer),
 		kv("mem_aof_buffer", 0),
 		kv("mem_cluster_links", 0),
 		kv("mem_allocator", "go-"+strings.TrimPrefix(runtime.Version(), "go")),

@@ -213,6 +213,7 @@ func (s *Replica) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, 
 	defer tick.Stop()
 	keepalive := func() error { return s.write([]byte{'\n'}) }
 	full := false // the continue rule has been judged: a full sync it is
+	held := false // logged once
 	for {
 		pub := p.store.Published()
 		pos := p.store.Position()
@@ -228,6 +229,11 @@ func (s *Replica) sync(ctx context.Context, req plan.Request) (*backlog.Cursor, 
 			return cur, s.continued(cur, pos)
 		}
 		if pl.Kind == plan.Hold && !pl.WaitSnapshot { // just ahead of our end: the upstream is refilling it
+			if !held {
+				held = true
+				s.log.Info("replica is ahead of the backlog (stream lost with a restart); holding it while the upstream resends",
+					"offset", req.Offset, "backlog_end", pos.End, "hold_ahead", p.cfg.HoldAhead)
+			}
 			select {
 			case <-ctx.Done():
 				return nil, ctx.Err()

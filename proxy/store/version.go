@@ -55,9 +55,11 @@ func (s *Store) UpstreamVersion() string {
 // Status is the store's state now; it takes no lock a writer holds.
 func (s *Store) Status(now time.Time) Status {
 	pub := s.Published()
-	first, end := s.Backlog.Range()
+	v := s.Backlog.View()
+	first, end := v.Start, v.End
 	st := Status{History: pub.Hist, BacklogFirst: first, BacklogEnd: end, Snapshot: pub.Snap,
-		Keyspace: s.Keyspace.Get(pub.Snap), RedisVersion: s.UpstreamVersion(), TailCapacity: s.Backlog.TailCapacity()}
+		Keyspace: s.Keyspace.Get(pub.Snap), RedisVersion: s.UpstreamVersion(), TailCapacity: s.Backlog.TailCapacity(),
+		IntakeBuffer: s.Backlog.WriteBehindLimit(), IntakeBuffered: max(v.End-v.Flushed, 0)}
 	if t, ok := s.Arrivals.Arrival(first); ok && end >= first {
 		st.OldestEntry = t
 	}
@@ -78,5 +80,8 @@ type Status struct {
 	OldestEntry  time.Time // arrival of the backlog's first byte (zero if unknown)
 	RedisVersion string    // the upstream's, as the snapshot records it
 	TailCapacity int64     // the backlog's in-memory tail
-	Horizon      int64     // the last offset delayed replicas may have now
+	// IntakeBuffer is the write-behind limit; IntakeBuffered the stream
+	// held in memory that the backlog's files do not have yet.
+	IntakeBuffer, IntakeBuffered int64
+	Horizon                      int64 // the last offset delayed replicas may have now
 }

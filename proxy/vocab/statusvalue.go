@@ -34,6 +34,9 @@ type Status struct {
 	// TailCapacity is the backlog's in-memory tail (INFO's
 	// mem_replication_backlog).
 	TailCapacity int64
+	// IntakeBuffer is --intake-buffer in force (0: off); IntakeBuffered
+	// the stream in memory not yet in the backlog's files.
+	IntakeBuffer, IntakeBuffered int64
 
 	UpstreamHost   string
 	UpstreamPort   int
