@@ -166,7 +166,7 @@ func (l *Log) flushOnce() (more bool, err error) {
 	to := min(end, from+flushBatch-1)
 	roll := len(wb.rollAt) > 0 && wb.rollAt[0] <= to+1
 	if roll {
-		to = wb.rollAt[0] - 1
+		to = wb.rollAt[0] - 1 // Append only adds later roll points
 	}
 	l.mu.Unlock()
 	if f == nil || (from > end && !roll) {
@@ -186,7 +186,7 @@ func (l *Log) flushOnce() (more bool, err error) {
 	if n > 0 {
 		wb.drop.wrote(f, from+n-segBase)
 	}
-	if err == nil && roll && from+n == wb.rollAt[0] {
+	if err == nil && roll && from+n == to+1 {
 		wb.drop.finish(f) // the segment is complete: none of its pages stay
 	}
 	l.mu.Lock()
@@ -199,7 +199,7 @@ func (l *Log) flushOnce() (more bool, err error) {
 	if n > 0 {
 		l.dirty = true
 	}
-	if err == nil && roll && l.flushed+1 == wb.rollAt[0] {
+	if err == nil && roll && l.flushed == to {
 		wb.rollAt = wb.rollAt[1:]
 		err = l.roll()
 	}
