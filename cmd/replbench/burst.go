@@ -68,7 +68,9 @@ func burst(c *common, fs *flag.FlagSet) (*report, error) {
 
 type burstSpec struct{ total, value int64 }
 
-func (b burstSpec) String() string { return sizeLabel(b.total) + " of " + sizeLabel(b.value) + " values" }
+func (b burstSpec) String() string {
+	return sizeLabel(b.total) + " of " + sizeLabel(b.value) + " values"
+}
 
 func sizeLabel(n int64) string {
 	switch {

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -245,12 +246,26 @@ func (s *Store) InstallFullSync(info *snapshot.Info) (installed bool, err error)
 	return true, err
 }
 
+// flushWait bounds how long a refresh waits for the backlog's files to
+// reach its snapshot (a burst in the intake buffer; a failing disk).
+const flushWait = time.Minute
+
 // ErrRefreshRejected: the refreshed snapshot does not fit the history.
 var ErrRefreshRejected = errors.New("refreshed snapshot does not fit the current history")
 
 // InstallRefresh makes info the served snapshot of the current history,
 // if it still fits it.
 func (s *Store) InstallRefresh(info *snapshot.Info) error {
+	// The state is about to say the files hold every byte after the
+	// snapshot: with an intake buffer they may trail its offset, and a
+	// restart would then find the data dir inconsistent.
+	ctx, cancel := context.WithTimeout(context.Background(), flushWait)
+	err := s.Backlog.WaitFlushed(ctx, info.Offset)
+	cancel()
+	if err != nil {
+		_ = snapshot.Remove(s.SnapDir, info)
+		return fmt.Errorf("%w: the backlog's files do not reach its offset %d: %w", ErrRefreshRejected, info.Offset, err)
+	}
 	s.wmu.Lock()
 	cur := s.cur.Load()
 	first, end := s.Backlog.Range()
@@ -269,7 +284,7 @@ func (s *Store) InstallRefresh(info *snapshot.Info) error {
 		drop = []*snapshot.Info{cur.Snap}
 	}
 	s.publishRetainedLocked(cur.Hist, info, retained)
-	err := s.persistLocked()
+	err = s.persistLocked()
 	s.wmu.Unlock()
 	for _, d := range drop {
 		s.removeOld(d, info)

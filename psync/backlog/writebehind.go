@@ -1,6 +1,7 @@
 package backlog
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -298,4 +299,29 @@ func (d *dropBehind) dropTo(to int64) {
 	_ = unix.SyncFileRange(fd, d.dropped, to-d.dropped, unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER)
 	_ = unix.Fadvise(fd, d.dropped, to-d.dropped, unix.FADV_DONTNEED)
 	d.dropped = to
+}
+
+// WaitFlushed blocks until the files hold offset off (or the log ends
+// before it), ctx ends, or the log is reset or closed: for a caller about
+// to record off as durable state (a snapshot's offset) that a restart
+// must find in the files.
+func (l *Log) WaitFlushed(ctx context.Context, off int64) error {
+	gen := l.view.Load().Gen
+	for {
+		ch := l.notify.Load() // before the view: a change after it closes ch
+		v := l.view.Load()
+		switch {
+		case v.Closed:
+			return ErrClosed
+		case v.Gen != gen:
+			return ErrReset
+		case v.Flushed >= off || v.End < off:
+			return nil
+		}
+		select {
+		case <-*ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }

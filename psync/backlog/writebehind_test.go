@@ -2,6 +2,7 @@ package backlog
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"testing"
@@ -242,5 +243,30 @@ func TestWriteBehindReadFromMemory(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatal("read differs")
+	}
+}
+
+// WaitFlushed returns once the files hold the offset, not before.
+func TestWriteBehindWaitFlushed(t *testing.T) {
+	l := openBehind(t, t.TempDir(), 1<<20, 1<<20)
+	if err := l.Reset(1, "t"); err != nil {
+		t.Fatal(err)
+	}
+	l.wb.fmu.Lock()
+	chunked(t, l, 0, 10)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	err := l.WaitFlushed(ctx, 50)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		l.wb.fmu.Unlock()
+		t.Fatalf("wait while the files hold nothing: %v", err)
+	}
+	l.wb.fmu.Unlock()
+	l.Append(cmd(10), len(cmd(10))) // kicks the flusher
+	if err := l.WaitFlushed(context.Background(), 50); err != nil || l.Flushed() < 50 {
+		t.Fatalf("wait: %v, flushed %d", err, l.Flushed())
+	}
+	if err := l.WaitFlushed(context.Background(), l.End()+100); err != nil {
+		t.Fatalf("wait past the end: %v", err)
 	}
 }
