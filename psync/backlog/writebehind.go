@@ -97,6 +97,9 @@ func (l *Log) appendBehind(p []byte, boundary int) (int, error) {
 	}
 	defer l.mu.Unlock()
 	start := l.end
+	if n, err, ok := l.appendInline(p, boundary); ok {
+		return n, err
+	}
 	if boundary > 0 {
 		// As appendLocked rolls: after a boundary that fills the segment.
 		if next := start + int64(boundary) + 1; next-wb.segStart >= l.opts.SegmentSize {
@@ -114,6 +117,30 @@ func (l *Log) appendBehind(p []byte, boundary int) (int, error) {
 	default:
 	}
 	return len(p), nil
+}
+
+// inlineMax: a read this small is steady-state traffic, not a burst; with
+// nothing waiting it is written at once, as without write-behind, which
+// costs one write(2) instead of a hand-over to the flusher and back.
+const inlineMax = 64 << 10
+
+// appendInline writes p through when nothing waits for the flusher and p
+// is small; ok is false when it did not. Called with mu held.
+func (l *Log) appendInline(p []byte, boundary int) (n int, err error, ok bool) {
+	wb := l.wb
+	if len(p) > inlineMax || l.flushed != l.end || len(wb.rollAt) > 0 || !wb.fmu.TryLock() {
+		return 0, nil, false
+	}
+	defer wb.fmu.Unlock()
+	start := l.end
+	err = l.appendLocked(p, boundary)
+	wb.segStart = l.segs[len(l.segs)-1].base // appendLocked may have rolled
+	if l.end > start {
+		l.tail.append(l.gen, start+1, p[:l.end-start], l.flushed+1)
+		l.publishLocked()
+		l.wakeLocked()
+	}
+	return int(l.end - start), err, true
 }
 
 // flushLoop is the flusher: it writes the tail's unwritten bytes to the
@@ -263,8 +290,10 @@ type dropBehind struct {
 }
 
 const (
-	dropKeep = 32 << 20 // newest bytes kept cached
-	dropStep = 16 << 20 // dropped at a time, past dropKeep
+	dropKeep      = 32 << 20 // newest bytes kept cached
+	dropStep      = 16 << 20 // dropped at a time, past dropKeep
+	writebackStep = 4 << 20  // writeback started at a time
+	pageSize      = 4096
 )
 
 // wrote notes that f now holds size bytes: it starts their writeback and
@@ -274,9 +303,11 @@ func (d *dropBehind) wrote(f *os.File, size int64) {
 		*d = dropBehind{f: f}
 	}
 	fd := int(f.Fd())
-	if size > d.started {
-		_ = unix.SyncFileRange(fd, d.started, size-d.started, unix.SYNC_FILE_RANGE_WRITE)
-		d.started = size
+	// Whole pages only, and in steps: a page still being filled would be
+	// written again at every call.
+	if to := size &^ (pageSize - 1); to-d.started >= writebackStep {
+		_ = unix.SyncFileRange(fd, d.started, to-d.started, unix.SYNC_FILE_RANGE_WRITE)
+		d.started = to
 	}
 	if size-d.dropped >= dropKeep+dropStep {
 		d.dropTo(size - dropKeep)
@@ -286,12 +317,16 @@ func (d *dropBehind) wrote(f *os.File, size int64) {
 // finish drops every page of f, a complete segment.
 func (d *dropBehind) finish(f *os.File) {
 	if d.f == f {
+		if st, err := f.Stat(); err == nil {
+			d.started = st.Size() // the rest: the segment is complete
+		}
 		d.dropTo(d.started)
 	}
 	*d = dropBehind{}
 }
 
 func (d *dropBehind) dropTo(to int64) {
+	to = min(to, d.started) // only what was written back in full pages
 	if to <= d.dropped {
 		return
 	}
