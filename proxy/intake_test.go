@@ -48,7 +48,8 @@ func TestIntakeBufferSIGKILLDuringBursts(t *testing.T) {
 	const rounds = 4
 	for round := range rounds {
 		done := make(chan error, 1)
-		go func() { done <- bulkLoad(origin.Client(), int64(60+rnd.IntN(60))<<20, 100_000) }()
+		size := int64(60+rnd.IntN(60)) << 20
+		go func() { done <- bulkLoad(origin.Client(), size, 100_000) }()
 		// Kill while the buffer holds bytes the files do not, or, if the
 		// disk keeps up this time, at a random point of the load.
 		want := int64(1+rnd.IntN(8)) << 20

@@ -36,6 +36,9 @@ func (s *fullSyncer) diskCheck(size int64, probe bool) string {
 	if err != nil {
 		return vocab.BlockedDataDir + ": " + err.Error()
 	}
+	// Stream in the intake buffer is about to take space as well.
+	v := f.store.Backlog.View()
+	free -= max(v.End-v.Flushed, 0)
 	if need := spaceNeeded(size); free < need {
 		return fmt.Sprintf("%s: a snapshot needs about %s (last known size %s), the data dir has %s free",
 			vocab.BlockedDiskFull, humanBytes(need), humanBytes(size), humanBytes(free))
