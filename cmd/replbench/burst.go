@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -41,7 +40,7 @@ func burst(c *common, fs *flag.FlagSet) (*report, error) {
 	rw := row{Label: "new page-cache pages (machine)", Values: map[string]float64{}}
 	page := bytes.Repeat([]byte{'p'}, readChunk)
 	const pageBytes = 1 << 30
-	if secs, err := newPageWriteN(c.dir("burst", "pages"), page, pageBytes); err != nil {
+	if secs, err := writeNewFile(c.dir("burst", "pages"), pageBytes, func(int64) []byte { return page }); err != nil {
 		rw.Error = err.Error()
 	} else {
 		rw.Values["intake MB/s"] = pageBytes / secs / 1e6
@@ -182,28 +181,4 @@ func countLines(path, sub string) int {
 		return 0
 	}
 	return strings.Count(string(b), sub)
-}
-
-// newPageWriteN writes total bytes of chunk to a new file at path, as
-// newPageWrite does, without holding the bytes in memory.
-func newPageWriteN(path string, chunk []byte, total int64) (float64, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return 0, err
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return 0, err
-	}
-	start := time.Now()
-	for n := int64(0); n < total && err == nil; n += int64(len(chunk)) {
-		_, err = f.Write(chunk)
-	}
-	secs := time.Since(start).Seconds()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return 0, fmt.Errorf("page-cache write: %w", err)
-	}
-	return secs, nil
 }

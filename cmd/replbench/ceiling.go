@@ -218,6 +218,14 @@ func (rw *row) rates(streamLen, sinks int, secs float64) {
 // newPageWrite writes stream to a new file at path as the proxy appends
 // it, and leaves the file in place.
 func newPageWrite(path string, stream []byte) (float64, error) {
+	return writeNewFile(path, int64(len(stream)), func(off int64) []byte {
+		return stream[off:min(off+readChunk, int64(len(stream)))]
+	})
+}
+
+// writeNewFile writes total bytes to a new file at path, chunk(off)
+// giving the bytes at off, and returns the seconds the writes took.
+func writeNewFile(path string, total int64, chunk func(off int64) []byte) (float64, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return 0, err
 	}
@@ -226,8 +234,10 @@ func newPageWrite(path string, stream []byte) (float64, error) {
 		return 0, err
 	}
 	start := time.Now()
-	for off := 0; off < len(stream) && err == nil; off += readChunk {
-		_, err = f.Write(stream[off:min(off+readChunk, len(stream))])
+	for off := int64(0); off < total && err == nil; {
+		var n int
+		n, err = f.Write(chunk(off))
+		off += int64(n)
 	}
 	secs := time.Since(start).Seconds()
 	if cerr := f.Close(); err == nil {

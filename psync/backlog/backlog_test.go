@@ -101,19 +101,7 @@ func TestSegmentsStartAtBoundaries(t *testing.T) {
 	_ = l.Reset(1, "t")
 	// Each append carries one and a half commands: rolls happen only at the
 	// boundary inside the chunk.
-	var all []byte
-	for i := 0; i < 40; i += 2 {
-		a, b := cmd(i), cmd(i+1)
-		chunk := append(append([]byte{}, a...), b[:5]...)
-		if _, err := l.Append(chunk, len(a)); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := l.Append(b[5:], len(b)-5); err != nil {
-			t.Fatal(err)
-		}
-		all = append(all, a...)
-		all = append(all, b...)
-	}
+	all := chunked(t, l, 0, 40)
 	segs, _ := listSegments(dir)
 	if len(segs) < 5 {
 		t.Fatalf("only %d segments", len(segs))
