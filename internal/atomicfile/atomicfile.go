@@ -6,9 +6,11 @@
 package atomicfile
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // SyncFunc fsyncs a file; nil means (*os.File).Sync. Tests pass hooks to
@@ -56,4 +58,30 @@ func SyncDir(dir string, sync SyncFunc) error {
 		return fmt.Errorf("fsync dir %s: %w", dir, err)
 	}
 	return nil
+}
+
+// MkdirAll is os.MkdirAll that makes each directory it creates durable:
+// it is fsynced into its parent, so that a power loss cannot take it away
+// with everything later written (and fsynced) under it.
+func MkdirAll(dir string, perm os.FileMode, sync SyncFunc) error {
+	dir = filepath.Clean(dir)
+	if st, err := os.Stat(dir); err == nil {
+		if st.IsDir() {
+			return nil
+		}
+		return &os.PathError{Op: "mkdir", Path: dir, Err: syscall.ENOTDIR}
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := MkdirAll(parent, perm, sync); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, perm); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil
+		}
+		return err
+	}
+	return SyncDir(parent, sync)
 }

@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -42,7 +43,13 @@ type FS struct {
 	durable tree             // the directory tree as the last fsyncs left it
 	nextIno uint64
 	cuts    int
+	// writeDelay is added to every write request: a slow disk.
+	writeDelay atomic.Int64
 }
+
+// SetWriteDelay makes every write request take at least d longer, as a
+// slow disk would (the kernel sends at most 128 KB per request).
+func (l *FS) SetWriteDelay(d time.Duration) { l.writeDelay.Store(int64(d)) }
 
 // tree is the durable directory tree: each directory's entries by inode.
 type tree struct {

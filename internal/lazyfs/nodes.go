@@ -323,6 +323,9 @@ func (n *fileNode) Read(_ context.Context, _ fs.FileHandle, dest []byte, off int
 }
 
 func (n *fileNode) Write(_ context.Context, _ fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	if d := time.Duration(n.l.writeDelay.Load()); d > 0 {
+		time.Sleep(d) // the slow disk SetWriteDelay asks for
+	}
 	f := n.file()
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/replproxy/replproxy/internal/atomicfile"
+
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/backlog"
 	"github.com/replproxy/replproxy/psync/snapshot"
@@ -90,7 +92,7 @@ func Open(opts Options, log *slog.Logger) (*Store, error) {
 	if opts.Delay > 0 {
 		s.retain = s.retainForDelay
 	}
-	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+	if err := atomicfile.MkdirAll(s.dir, 0o755, opts.SyncFile); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 	lf, err := os.OpenFile(Layout{s.dir}.lock(), os.O_RDWR|os.O_CREATE, 0o644)

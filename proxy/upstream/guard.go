@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/replproxy/replproxy/internal/atomicfile"
+
 	"github.com/replproxy/replproxy/proxy/store"
 	"github.com/replproxy/replproxy/proxy/vocab"
 	"github.com/replproxy/replproxy/psync"
@@ -124,7 +126,7 @@ func (g *guard) shouldHold(info *snapshot.Info) (hold bool, cur, nw int64) {
 func (g *guard) hold(info *snapshot.Info, cur, nw int64) error {
 	f := g.f
 	g.drop()
-	if err := os.MkdirAll(g.dir.Held(), 0o755); err != nil {
+	if err := atomicfile.MkdirAll(g.dir.Held(), 0o755, nil); err != nil {
 		return fmt.Errorf("guard: %w", err)
 	}
 	if err := os.Rename(filepath.Join(f.store.SnapDir, info.Name), filepath.Join(g.dir.Held(), info.Name)); err != nil {

@@ -185,7 +185,7 @@ func Open(dir string, opts Options) (*Log, RecoveryReport, error) {
 		opts.SegmentSize = 64 << 20
 	}
 	var rep RecoveryReport
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := atomicfile.MkdirAll(dir, 0o755, opts.SyncFile); err != nil {
 		return nil, rep, fmt.Errorf("backlog: %w", err)
 	}
 	l := &Log{dir: dir, opts: opts, start: 0, end: -1, flushed: -1, tail: newTail(opts.TailSize)}

@@ -121,7 +121,7 @@ func (k *keyCounter) finish(cause error) ([]KeyStats, error) {
 
 // NewReceiver starts receiving a payload into dir.
 func NewReceiver(dir string) (*Receiver, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := atomicfile.MkdirAll(dir, 0o755, nil); err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
 	var rnd [8]byte
