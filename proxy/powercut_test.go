@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"math/rand/v2"
 	"os"
@@ -72,6 +73,14 @@ func powerCuts(t *testing.T, policy string) {
 		must(t, err)
 		t.Logf("round %d: origin had the proxy's ACK at %d; the data dir kept up to %d; the recording replica had %d",
 			round, acked, sum.End, rec.end())
+		// What the cut left is the origin's stream, byte for byte.
+		if from := max(sum.First, sum.End-(8<<20)+1); sum.End >= from && from > 0 {
+			kept := backlogFileBytes(t, dataDir, from, sum.End)
+			if ref := originStream(t, origin, replid, from, sum.End); !bytes.Equal(kept, ref) {
+				t.Fatalf("round %d: after the cut the data dir's backlog differs from the origin's stream at offset %d of [%d, %d]",
+					round, from+int64(firstDiff(kept, ref)), from, sum.End)
+			}
+		}
 		if policy == "always" && sum.End < acked {
 			t.Fatalf("--fsync always lost acknowledged stream: the origin had an ACK for %d, the data dir ends at %d", acked, sum.End)
 		}

@@ -32,6 +32,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "demo":
 		return demo(args[1:], stdout, stderr)
+	case "chaos":
+		return chaosCmd(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		usage(stdout)
 		return 0
@@ -48,5 +50,6 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-8s  %s\n", sc.name, sc.help)
 	}
 	fmt.Fprintf(w, "  %-8s  %s\n", "all", "every scenario in turn, with the same flags")
+	fmt.Fprintf(w, "  %-8s  %s\n", "chaos", "randomized combined faults with an invariant checker (--seed, --runs, --duration)")
 	fmt.Fprint(w, "\nCommon flags: --replicas N --dataset SIZE --duration D --rate N --out DIR\n")
 }

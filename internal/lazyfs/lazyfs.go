@@ -45,7 +45,12 @@ type FS struct {
 	cuts    int
 	// writeDelay is added to every write request: a slow disk.
 	writeDelay atomic.Int64
+	full       atomic.Bool // writes and creates fail with ENOSPC
 }
+
+// SetFull makes the file system full (writes, creates and mkdirs fail
+// with ENOSPC) or not.
+func (l *FS) SetFull(full bool) { l.full.Store(full) }
 
 // SetWriteDelay makes every write request take at least d longer, as a
 // slow disk would (the kernel sends at most 128 KB per request).

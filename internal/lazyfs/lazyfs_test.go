@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -214,5 +215,34 @@ func TestTruncateNeedsFsync(t *testing.T) {
 	want := append(append([]byte{}, data[:pageSize+1]...), "xy"...)
 	if got := content(t, p); !bytes.Equal(got, want) {
 		t.Fatalf("after a synced truncate and write: %d bytes, want %d", len(got), len(want))
+	}
+}
+
+// A full file system refuses writes and creates with ENOSPC, and says so
+// in statfs, until it is not full.
+func TestFull(t *testing.T) {
+	l := mountT(t)
+	p := filepath.Join(l.Mountpoint, "f")
+	writeFile(t, p, []byte("a"), true)
+	l.SetFull(true)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("b")); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("write on a full file system: %v", err)
+	}
+	f.Close()
+	if _, err := os.Create(filepath.Join(l.Mountpoint, "g")); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("create on a full file system: %v", err)
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(l.Mountpoint, &st); err != nil || st.Bavail != 0 {
+		t.Fatalf("statfs on a full file system: %v, %d blocks available", err, st.Bavail)
+	}
+	l.SetFull(false)
+	appendFile(t, p, []byte("b"), true)
+	if got := content(t, p); string(got) != "ab" {
+		t.Fatalf("after the disk had room again: %q", got)
 	}
 }

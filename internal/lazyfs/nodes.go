@@ -191,6 +191,9 @@ func (d *dirNode) Statfs(_ context.Context, out *fuse.StatfsOut) syscall.Errno {
 	if err := syscall.Statfs(d.l.backing, &st); err != nil {
 		return fs.ToErrno(err)
 	}
+	if d.l.full.Load() {
+		st.Bfree, st.Bavail = 0, 0
+	}
 	out.FromStatfsT(&st)
 	return 0
 }
@@ -204,6 +207,9 @@ func (d *dirNode) allocIno() uint64 {
 }
 
 func (d *dirNode) Mkdir(ctx context.Context, name string, _ uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if d.l.full.Load() {
+		return nil, syscall.ENOSPC
+	}
 	if d.GetChild(name) != nil {
 		return nil, syscall.EEXIST
 	}
@@ -213,6 +219,9 @@ func (d *dirNode) Mkdir(ctx context.Context, name string, _ uint32, out *fuse.En
 }
 
 func (d *dirNode) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	if d.l.full.Load() {
+		return nil, nil, 0, syscall.ENOSPC
+	}
 	if d.GetChild(name) != nil {
 		return nil, nil, 0, syscall.EEXIST
 	}
@@ -224,7 +233,7 @@ func (d *dirNode) Create(ctx context.Context, name string, flags, mode uint32, o
 	f.size, f.synced, f.trunc = 0, 0, 0
 	n := &fileNode{l: d.l, ino: ino}
 	out.Mode = syscall.S_IFREG | mode&0o777
-	return d.NewPersistentInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino}), nil, 0, 0
+	return d.NewPersistentInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino}), nil, fuse.FOPEN_DIRECT_IO, 0
 }
 
 func (d *dirNode) Unlink(context.Context, string) syscall.Errno { return 0 }
@@ -277,8 +286,13 @@ func (n *fileNode) file() *file {
 	return n.l.files[n.ino]
 }
 
+// Open asks the kernel not to cache the file's pages: reads and writes all
+// come here, so what readers see is what this file system holds. (With
+// the page cache, and attributes never cached, readers of a file being
+// appended to saw zeros where bytes had been written: a size from a
+// GETATTR racing a WRITE.)
 func (n *fileNode) Open(context.Context, uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	return nil, 0, 0
+	return nil, fuse.FOPEN_DIRECT_IO, 0
 }
 
 func (n *fileNode) Flush(context.Context, fs.FileHandle) syscall.Errno { return 0 }
@@ -325,6 +339,9 @@ func (n *fileNode) Read(_ context.Context, _ fs.FileHandle, dest []byte, off int
 func (n *fileNode) Write(_ context.Context, _ fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
 	if d := time.Duration(n.l.writeDelay.Load()); d > 0 {
 		time.Sleep(d) // the slow disk SetWriteDelay asks for
+	}
+	if n.l.full.Load() {
+		return 0, syscall.ENOSPC
 	}
 	f := n.file()
 	f.mu.Lock()

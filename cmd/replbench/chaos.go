@@ -1,0 +1,76 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/replproxy/replproxy/internal/chaos"
+	"github.com/replproxy/replproxy/internal/redistest"
+)
+
+// chaosCmd runs chaos.Run once per seed and writes each report.
+func chaosCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("chaos", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	seed := fs.Uint64("seed", uint64(time.Now().UnixNano()), "first seed; each further run takes the next")
+	runs := fs.Int("runs", 1, "runs, one seed each")
+	duration := fs.Duration("duration", 10*time.Minute, "faults injected for this long in each run")
+	out := fs.String("out", "out/chaos", "directory for each run's report and schedule")
+	bin := fs.String("replproxy", "", "replproxy binary (default: bin/replproxy next to replbench, else built)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if err := redistest.Available(); err != nil {
+		fmt.Fprintln(stderr, "replbench chaos:", err)
+		return 1
+	}
+	work, err := os.MkdirTemp("", "replbench-chaos-")
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(work)
+	c := &common{log: stderr, proxyBin: *bin, work: work}
+	if c.proxyBin == "" {
+		if exe, err := os.Executable(); err == nil {
+			if p := filepath.Join(filepath.Dir(exe), "replproxy"); fileExists(p) {
+				c.proxyBin = p
+			}
+		}
+	}
+	if c.proxyBin == "" {
+		if c.proxyBin, err = redistest.BuildProxy(work, false); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+	}
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	code := 0
+	for i := range *runs {
+		s := *seed + uint64(i)
+		dir := filepath.Join(work, fmt.Sprint(s))
+		rep, err := chaos.Run(chaos.Config{Seed: s, Duration: *duration, Dir: dir, ProxyBin: c.proxyBin, Log: stderr})
+		if rep != nil {
+			text := rep.String() + "\nschedule:\n" + strings.Join(rep.Schedule, "\n") + "\n"
+			_ = os.WriteFile(filepath.Join(*out, fmt.Sprintf("seed-%d.txt", s)), []byte(text), 0o644)
+			fmt.Fprint(stdout, rep.String())
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "replbench chaos: seed %d: %v\n", s, err)
+			if !errors.Is(err, chaos.ErrFindings) {
+				return 1
+			}
+			code = 1
+		}
+	}
+	return code
+}
