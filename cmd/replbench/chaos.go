@@ -23,6 +23,7 @@ func chaosCmd(args []string, stdout, stderr io.Writer) int {
 	duration := fs.Duration("duration", 10*time.Minute, "faults injected for this long in each run")
 	out := fs.String("out", "out/chaos", "directory for each run's report and schedule")
 	bin := fs.String("replproxy", "", "replproxy binary (default: bin/replproxy next to replbench, else built)")
+	race := fs.Bool("race", false, "build replproxy with the race detector for these runs (a DATA RACE in its log is a finding)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -37,7 +38,7 @@ func chaosCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	defer os.RemoveAll(work)
 	c := &common{log: stderr, proxyBin: *bin, work: work}
-	if c.proxyBin == "" {
+	if c.proxyBin == "" && !*race {
 		if exe, err := os.Executable(); err == nil {
 			if p := filepath.Join(filepath.Dir(exe), "replproxy"); fileExists(p) {
 				c.proxyBin = p
@@ -45,7 +46,7 @@ func chaosCmd(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if c.proxyBin == "" {
-		if c.proxyBin, err = redistest.BuildProxy(work, false); err != nil {
+		if c.proxyBin, err = redistest.BuildProxy(work, *race); err != nil {
 			fmt.Fprintln(stderr, err)
 			return 1
 		}

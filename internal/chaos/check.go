@@ -178,12 +178,9 @@ func (w *world) describe(origin interface {
 	return b.String()
 }
 
-// streamWindow is how much of the newest stream each check compares.
-const streamWindow = 2 << 20
-
-// streamMatches compares what proxy p serves for the newest stream with
-// what the origin serves at the same offsets, each read by a PSYNC of
-// its own. "" when they are equal.
+// streamMatches compares what proxy p serves with what the origin serves
+// at the same offsets, each read by a PSYNC of its own: every byte since
+// the previous check that both still hold. "" when they are equal.
 func (w *world) streamMatches(p *proxyNode, origin interface {
 	Info(string) (map[string]string, error)
 	Addr() string
@@ -197,54 +194,83 @@ func (w *world) streamMatches(p *proxyNode, origin interface {
 		return fmt.Sprintf("origin INFO: %v", err)
 	}
 	end := infoInt(m, "master_repl_offset")
-	from := max(infoInt(m, "repl_backlog_first_byte_offset"), infoInt(o, "repl_backlog_first_byte_offset"), end-streamWindow+1)
+	from := max(infoInt(m, "repl_backlog_first_byte_offset"), infoInt(o, "repl_backlog_first_byte_offset"), p.checked+1)
 	if end < from {
 		return ""
 	}
 	replid := m["master_replid"]
-	got, err := psyncRead(p.addr, replid, from, end)
+	mine, err := psyncOpen(p.addr, replid, from)
 	if err != nil {
-		return fmt.Sprintf("proxy %s serving [%d, %d]: %v", p.name, from, end, err)
+		return fmt.Sprintf("proxy %s serving from %d: %v", p.name, from, err)
 	}
-	want, err := psyncRead(origin.Addr(), replid, from, end)
+	defer mine.Close()
+	ref, err := psyncOpen(origin.Addr(), replid, from)
 	if err != nil {
-		return fmt.Sprintf("origin serving [%d, %d] of %s: %v", from, end, replid, err)
+		return fmt.Sprintf("origin serving from %d of %s: %v", from, replid, err)
 	}
-	if !bytes.Equal(got, want) {
-		i := 0
-		for i < len(got) && i < len(want) && got[i] == want[i] {
-			i++
+	defer ref.Close()
+	a, b := make([]byte, 1<<20), make([]byte, 1<<20)
+	for at := from; at <= end; {
+		n := min(int64(len(a)), end-at+1)
+		if _, err := io.ReadFull(mine, a[:n]); err != nil {
+			return fmt.Sprintf("proxy %s serving [%d, %d]: %v", p.name, at, end, err)
 		}
-		return fmt.Sprintf("DIVERGENCE: proxy %s serves bytes that differ from the origin's stream at offset %d", p.name, from+int64(i))
+		if _, err := io.ReadFull(ref, b[:n]); err != nil {
+			return fmt.Sprintf("origin serving [%d, %d]: %v", at, end, err)
+		}
+		if i := firstDiff(a[:n], b[:n]); i >= 0 {
+			return fmt.Sprintf("DIVERGENCE: proxy %s serves bytes that differ from the origin's stream at offset %d", p.name, at+int64(i))
+		}
+		at += n
 	}
+	p.checked = end
+	w.compared += end - from + 1
 	return ""
 }
 
-// psyncRead reads [from, end] of history replid from addr, which must
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	if len(a) != len(b) {
+		return min(len(a), len(b))
+	}
+	return -1
+}
+
+// psyncConn is a continued replication stream.
+type psyncConn struct {
+	net.Conn
+	br *bufio.Reader
+}
+
+func (c *psyncConn) Read(p []byte) (int, error) { return c.br.Read(p) }
+
+// psyncOpen continues history replid at from on addr, which must
 // continue it.
-func psyncRead(addr, replid string, from, end int64) ([]byte, error) {
+func psyncOpen(addr, replid string, from int64) (*psyncConn, error) {
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Minute))
 	br := bufio.NewReaderSize(conn, 1<<20)
 	if err := psync.Handshake(conn, br, psync.HandshakeConfig{ListeningPort: 1}); err != nil {
+		conn.Close()
 		return nil, err
 	}
 	reply, err := psync.Psync(conn, br, replid, from, nil)
 	if err != nil {
+		conn.Close()
 		return nil, err
 	}
 	if reply.Kind != psync.ReplyContinue {
+		conn.Close()
 		return nil, fmt.Errorf("PSYNC %s %d not continued: %+v", replid, from, reply)
 	}
-	out := make([]byte, end-from+1)
-	if _, err := io.ReadFull(br, out); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return &psyncConn{Conn: conn, br: br}, nil
 }
 
 func infoAt(addr, section string) (map[string]string, error) {

@@ -14,6 +14,7 @@ type Report struct {
 	Elapsed  time.Duration
 	Faults   map[string]int // by kind
 	Checks   int
+	Compared int64    // stream bytes compared with the origin's, both proxies
 	Schedule []string // every fault, in order, with its target and time
 	Findings []string // broken invariants; empty when the run passed
 }
@@ -29,7 +30,8 @@ func (r *Report) Total() int {
 
 func (r *Report) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "seed %d, %s, %d faults, %d checks, %d findings\n", r.Seed, r.Elapsed.Round(time.Second), r.Total(), r.Checks, len(r.Findings))
+	fmt.Fprintf(&b, "seed %d, %s, %d faults, %d checks, %d MB of stream compared, %d findings\n",
+		r.Seed, r.Elapsed.Round(time.Second), r.Total(), r.Checks, r.Compared>>20, len(r.Findings))
 	kinds := make([]string, 0, len(r.Faults))
 	for k := range r.Faults {
 		kinds = append(kinds, k)
@@ -95,6 +97,7 @@ func Run(cfg Config) (*Report, error) {
 		w.checkLogged(rep)
 	}
 	rep.Elapsed = time.Since(w.start)
+	rep.Compared = w.compared
 	if len(rep.Findings) > 0 {
 		return rep, ErrFindings
 	}

@@ -49,7 +49,8 @@ type proxyNode struct {
 	logPath string
 	cmd     *exec.Cmd
 	done    chan struct{}
-	stopped bool // SIGSTOPped
+	stopped bool  // SIGSTOPped
+	checked int64 // the stream it serves was compared with the origin's up to here
 }
 
 func (p *proxyNode) start() error {
@@ -116,6 +117,7 @@ type world struct {
 	load     *loadRunner
 	ledger   *ledger
 	start    time.Time
+	compared int64 // stream bytes the checks compared, over both proxies
 }
 
 type replicaNode struct {
