@@ -117,6 +117,8 @@ var faults = []fault{
 		if err := waitFor(20*time.Second, o.Exited); err != nil {
 			return "", fmt.Errorf("origin did not shut down: %w", err)
 		}
+		w.load.stop() // Restart replaces the server's client, which the load uses
+		defer w.load.run()
 		return "", o.Restart()
 	}},
 	{"replica-move", func(w *world) (string, error) {
