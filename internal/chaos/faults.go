@@ -119,7 +119,9 @@ var faults = []fault{
 		}
 		w.load.stop() // Restart replaces the server's client, which the load uses
 		defer w.load.run()
-		return "", o.Restart()
+		// As a master, whatever it was started as: after a failover the
+		// origin is the old standby, whose arguments say --replicaof.
+		return "", o.Restart("--replicaof", "no", "one")
 	}},
 	{"replica-move", func(w *world) (string, error) {
 		r := w.replicas[w.rnd.IntN(len(w.replicas))]
