@@ -66,6 +66,7 @@ func chaosCmd(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprint(stdout, rep.String())
 		}
 		if err != nil {
+			keepLogs(dir, filepath.Join(*out, fmt.Sprintf("seed-%d-logs", s)))
 			fmt.Fprintf(stderr, "replbench chaos: seed %d: %v\n", s, err)
 			if !errors.Is(err, chaos.ErrFindings) {
 				return 1
@@ -74,4 +75,23 @@ func chaosCmd(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	return code
+}
+
+// keepLogs copies every log of a failed run (the proxies', the redis
+// servers') to dst: the work dir goes when the command ends.
+func keepLogs(src, dst string) {
+	_ = filepath.WalkDir(src, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".log") {
+			return nil
+		}
+		rel, _ := filepath.Rel(src, path)
+		b, err := os.ReadFile(path)
+		if err == nil {
+			target := filepath.Join(dst, strings.ReplaceAll(rel, string(filepath.Separator), "_"))
+			if os.MkdirAll(dst, 0o755) == nil {
+				_ = os.WriteFile(target, b, 0o644)
+			}
+		}
+		return nil
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -111,14 +112,18 @@ var faults = []fault{
 	{"origin-restart", func(w *world) (string, error) {
 		o := w.currentOrigin()
 		ctx := context.Background()
-		// SHUTDOWN SAVE keeps the replication ID and offset in the RDB:
-		// everything continues with partial resyncs.
+		w.load.stop() // Restart replaces the server's client, which the load uses
+		defer w.load.run()
+		// SHUTDOWN SAVE keeps the replication ID and offset in the RDB, but
+		// not the backlog: a replica that had not caught up (a proxy just
+		// restarted, say) cannot continue and must full-sync, and the tier
+		// below it with it.
+		end := o.InfoInt("replication", "master_repl_offset")
 		_ = o.Client().Do(ctx, "SHUTDOWN", "SAVE").Err()
 		if err := waitFor(20*time.Second, o.Exited); err != nil {
 			return "", fmt.Errorf("origin did not shut down: %w", err)
 		}
-		w.load.stop() // Restart replaces the server's client, which the load uses
-		defer w.load.run()
+		w.allowBehind(end)
 		// As a master, whatever it was started as: after a failover the
 		// origin is the old standby, whose arguments say --replicaof.
 		return "", o.Restart("--replicaof", "no", "one")
@@ -140,6 +145,23 @@ var faults = []fault{
 		n := 20 + w.rnd.IntN(60)
 		return strconv.Itoa(n) + " MB", burst(w.currentOrigin().Client(), int64(n)<<20)
 	}},
+}
+
+// allowBehind lets whatever is behind offset end (the origin's last byte
+// before it restarted) take one full sync: proxy A and everything under
+// it when A is behind, the standby when it is.
+func (w *world) allowBehind(end int64) {
+	why := fmt.Sprintf("behind the origin's offset %d when it restarted without its backlog", end)
+	if m, err := w.standby.Info("replication"); err != nil || infoInt(m, "master_repl_offset") < end {
+		w.ledger.allow(filepath.Base(w.standby.Dir), why)
+	}
+	if m, err := infoAt(w.proxies[0].addr, "replication"); err != nil || infoInt(m, "master_repl_offset") < end {
+		w.ledger.allow("proxyA", why)
+		w.ledger.allow("proxyB", why)
+		for _, r := range w.replicas {
+			w.ledger.allow(r.name, why)
+		}
+	}
 }
 
 func (w *world) pickProxy() *proxyNode { return w.proxies[w.rnd.IntN(len(w.proxies))] }
