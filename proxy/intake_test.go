@@ -20,7 +20,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/replproxy/replproxy/internal/lazyfs"
 	"github.com/replproxy/replproxy/internal/redistest"
 	"github.com/replproxy/replproxy/psync"
 	"github.com/replproxy/replproxy/psync/backlog"
@@ -39,16 +38,7 @@ func TestIntakeBufferSIGKILLDuringBursts(t *testing.T) {
 	// about 64 MB/s), so that the buffer holds stream the files do not at
 	// every kill, however fast this machine's own disk is. No power cut:
 	// a SIGKILL keeps what reached the file system.
-	lfs, err := lazyfs.Mount(t.TempDir(), filepath.Join(t.TempDir(), "mnt"))
-	if errors.Is(err, lazyfs.ErrUnavailable) {
-		t.Skipf("no FUSE here for the slow disk this test needs: %v", err)
-	}
-	must(t, err)
-	t.Cleanup(func() {
-		if err := lfs.Unmount(); err != nil {
-			t.Error(err)
-		}
-	})
+	lfs := mountLazyFS(t, "slow disk")
 	lfs.SetWriteDelay(2 * time.Millisecond)
 	dataDir := filepath.Join(lfs.Mountpoint, "data")
 	origin := redistest.StartT(t, "origin", "--repl-backlog-size", "1gb")

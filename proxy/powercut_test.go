@@ -32,16 +32,7 @@ func TestPowerCutDataDir(t *testing.T) {
 }
 
 func powerCuts(t *testing.T, policy string) {
-	lfs, err := lazyfs.Mount(t.TempDir(), filepath.Join(t.TempDir(), "mnt"))
-	if errors.Is(err, lazyfs.ErrUnavailable) {
-		t.Skipf("no FUSE here, so no power cuts to simulate: %v", err)
-	}
-	must(t, err)
-	t.Cleanup(func() {
-		if err := lfs.Unmount(); err != nil {
-			t.Error(err)
-		}
-	})
+	lfs := mountLazyFS(t, "power cuts")
 	origin := redistest.StartT(t, "origin", "--repl-backlog-size", "256mb")
 	populate(t, origin)
 	dataDir := filepath.Join(lfs.Mountpoint, "data")
@@ -125,4 +116,21 @@ func proxyAckAtOrigin(t *testing.T, origin *redistest.Server) int64 {
 		return online
 	})
 	return off
+}
+
+// mountLazyFS mounts a lazyfs for the test (unmounted at its end), or
+// skips it, saying what it needs, where FUSE is not available.
+func mountLazyFS(t *testing.T, needs string) *lazyfs.FS {
+	t.Helper()
+	lfs, err := lazyfs.Mount(t.TempDir(), filepath.Join(t.TempDir(), "mnt"))
+	if errors.Is(err, lazyfs.ErrUnavailable) {
+		t.Skipf("no FUSE here for the %s this test needs: %v", needs, err)
+	}
+	must(t, err)
+	t.Cleanup(func() {
+		if err := lfs.Unmount(); err != nil {
+			t.Error(err)
+		}
+	})
+	return lfs
 }
