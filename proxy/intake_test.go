@@ -65,6 +65,7 @@ func TestIntakeBufferSIGKILLDuringBursts(t *testing.T) {
 			if m, err := proxyInfo(proc.addr, "memory"); err == nil && atoi(m["mem_intake_buffer"]) >= want {
 				break
 			}
+			time.Sleep(2 * time.Millisecond) // poll pace
 		}
 		proc.Kill()
 		sum, err := backlog.Inspect(filepath.Join(dataDir, "backlog"))
@@ -141,17 +142,15 @@ type recorder struct {
 	addr, replid string
 	from         int64
 	mu           sync.Mutex
-	next         int64 // offset of the next byte
-	hash         hashState
+	next         int64     // offset of the next byte
+	hash         hash.Hash // of every byte read
 	err          error
 	quit         chan struct{}
 	wg           sync.WaitGroup
 }
 
-type hashState struct{ h hash.Hash }
-
 func startRecorder(t *testing.T, addr, replid string, from int64) *recorder {
-	r := &recorder{addr: addr, replid: replid, from: from, next: from, hash: hashState{sha256.New()}, quit: make(chan struct{})}
+	r := &recorder{addr: addr, replid: replid, from: from, next: from, hash: sha256.New(), quit: make(chan struct{})}
 	r.wg.Go(r.run)
 	t.Cleanup(r.stop)
 	return r
@@ -228,7 +227,7 @@ func (r *recorder) session() error {
 		n, err := br.Read(buf)
 		if n > 0 {
 			r.mu.Lock()
-			r.hash.h.Write(buf[:n])
+			r.hash.Write(buf[:n])
 			r.next += int64(n)
 			off := r.next - 1
 			r.mu.Unlock()
@@ -265,7 +264,7 @@ func (r *recorder) matchOrigin(t *testing.T, origin *redistest.Server, replid st
 		r.mu.Unlock()
 		t.Fatalf("recorded through %d, the origin's offset is %d", r.next-1, end)
 	}
-	got := r.hash.h.Sum(nil)
+	got := r.hash.Sum(nil)
 	r.mu.Unlock()
 	conn, err := net.DialTimeout("tcp", origin.Addr(), 5*time.Second)
 	must(t, err)

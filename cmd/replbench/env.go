@@ -8,13 +8,11 @@ import (
 	"math"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/replproxy/replproxy/internal/config"
@@ -170,15 +168,12 @@ func procStatusBytes(pid int, field string) int64 {
 
 // proxyProc is replproxy run as its own process.
 type proxyProc struct {
-	cmd  *exec.Cmd
-	done chan struct{}
+	*redistest.Process
 	addr string
 	args []string
 	bin  string
 	logf string
 }
-
-func (p *proxyProc) PID() int { return p.cmd.Process.Pid }
 
 func startProxyProc(bin, upstream, dataDir, logPath string, budget int64, extra ...string) (*proxyProc, error) {
 	port, err := redistest.FreePort()
@@ -199,22 +194,11 @@ func startProxyProc(bin, upstream, dataDir, logPath string, budget int64, extra 
 }
 
 func (p *proxyProc) start() error {
-	if err := os.MkdirAll(filepath.Dir(p.logf), 0o755); err != nil {
-		return err
-	}
-	lf, err := os.OpenFile(p.logf, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	proc, err := redistest.StartProcess(p.bin, p.logf, p.args...)
 	if err != nil {
 		return err
 	}
-	p.cmd = exec.Command(p.bin, p.args...)
-	p.cmd.Stdout, p.cmd.Stderr = lf, lf
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		lf.Close()
-		return err
-	}
-	p.done = make(chan struct{})
-	go func() { _ = p.cmd.Wait(); lf.Close(); close(p.done) }()
+	p.Process = proc
 	return waitFor(10*time.Second, func() bool {
 		c, err := tlsOf.dial(p.addr, time.Second)
 		if err == nil {
@@ -224,10 +208,7 @@ func (p *proxyProc) start() error {
 	})
 }
 
-func (p *proxyProc) kill() {
-	_ = p.cmd.Process.Kill()
-	<-p.done
-}
+func (p *proxyProc) kill() { p.Kill() }
 
 // topology is origin -> [intermediate] -> replicas.
 type topology struct {

@@ -115,7 +115,7 @@ func (w *world) check() []string {
 				}
 			}
 		}
-		if rss := rssBytes(p.cmd.Process.Pid); rss > rssLimit {
+		if rss := rssBytes(p.proc.PID()); rss > rssLimit {
 			findings = append(findings, fmt.Sprintf("proxy %s RSS %d MB, above %d MB", p.name, rss>>20, rssLimit>>20))
 		}
 	}
@@ -128,10 +128,7 @@ const rssLimit = 400 << 20
 
 // converged: every server and proxy at the origin's offset, then every
 // replica and the standby with the origin's digest.
-func (w *world) converged(origin interface {
-	Info(string) (map[string]string, error)
-	Digest() (string, error)
-}) bool {
+func (w *world) converged(origin *redistest.Server) bool {
 	o, err := origin.Info("replication")
 	if err != nil {
 		return false
@@ -161,9 +158,7 @@ func (w *world) converged(origin interface {
 	return true
 }
 
-func (w *world) describe(origin interface {
-	Info(string) (map[string]string, error)
-}) string {
+func (w *world) describe(origin *redistest.Server) string {
 	var b strings.Builder
 	o, _ := origin.Info("replication")
 	fmt.Fprintf(&b, "origin offset %s;", o["master_repl_offset"])
@@ -181,10 +176,7 @@ func (w *world) describe(origin interface {
 // streamMatches compares what proxy p serves with what the origin serves
 // at the same offsets, each read by a PSYNC of its own: every byte since
 // the previous check that both still hold. "" when they are equal.
-func (w *world) streamMatches(p *proxyNode, origin interface {
-	Info(string) (map[string]string, error)
-	Addr() string
-}) string {
+func (w *world) streamMatches(p *proxyNode, origin *redistest.Server) string {
 	m, err := infoAt(p.addr, "replication")
 	if err != nil {
 		return fmt.Sprintf("proxy %s INFO: %v", p.name, err)
@@ -296,13 +288,7 @@ func infoAt(addr, section string) (map[string]string, error) {
 	if _, err := io.ReadFull(br, body); err != nil {
 		return nil, err
 	}
-	out := map[string]string{}
-	for _, line := range strings.Split(string(body), "\r\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok {
-			out[k] = v
-		}
-	}
-	return out, nil
+	return redistest.ParseInfo(string(body)), nil
 }
 
 func rssBytes(pid int) int64 {

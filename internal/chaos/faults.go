@@ -34,9 +34,7 @@ var faults = []fault{
 			p.signal(syscall.SIGCONT)
 		}
 		p.signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(15 * time.Second):
+		if err := waitFor(15*time.Second, p.proc.Exited); err != nil {
 			return p.name, fmt.Errorf("proxy %s did not exit within 15 s of SIGTERM", p.name)
 		}
 		return p.name, p.start()

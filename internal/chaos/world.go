@@ -11,8 +11,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -47,29 +45,17 @@ type proxyNode struct {
 	up      *faultproxy.Proxy // its upstream link: origin↔A, A↔B
 	fs      *lazyfs.FS        // its data dir's file system: power cuts, disk full
 	logPath string
-	cmd     *exec.Cmd
-	done    chan struct{}
+	proc    *redistest.Process
 	stopped bool  // SIGSTOPped
 	checked int64 // the stream it serves was compared with the origin's up to here
 }
 
 func (p *proxyNode) start() error {
-	lf, err := os.OpenFile(p.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	proc, err := redistest.StartProcess(p.bin, p.logPath, p.args...)
 	if err != nil {
 		return err
 	}
-	p.cmd = exec.Command(p.bin, p.args...)
-	p.cmd.Stdout, p.cmd.Stderr = lf, lf
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		lf.Close()
-		return err
-	}
-	done := make(chan struct{})
-	p.done = done
-	cmd := p.cmd
-	go func() { _ = cmd.Wait(); lf.Close(); close(done) }()
-	p.stopped = false
+	p.proc, p.stopped = proc, false
 	return waitFor(20*time.Second, func() bool {
 		c, err := net.DialTimeout("tcp", p.addr, time.Second)
 		if err == nil {
@@ -79,29 +65,19 @@ func (p *proxyNode) start() error {
 	})
 }
 
-func (p *proxyNode) running() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return p.cmd != nil
-	}
-}
+func (p *proxyNode) running() bool { return p.proc != nil && !p.proc.Exited() }
 
+// signal sends sig to a running proxy and returns at once.
 func (p *proxyNode) signal(sig syscall.Signal) {
 	if p.running() {
-		_ = p.cmd.Process.Signal(sig)
+		_ = p.proc.Notify(sig)
 	}
 }
 
-// kill SIGKILLs and waits.
+// kill SIGKILLs (a stopped process too) and waits.
 func (p *proxyNode) kill() {
-	if p.stopped {
-		p.signal(syscall.SIGCONT)
-	}
-	p.signal(syscall.SIGKILL)
-	if p.done != nil {
-		<-p.done
+	if p.proc != nil {
+		p.proc.Kill()
 	}
 }
 

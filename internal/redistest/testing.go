@@ -116,22 +116,37 @@ type Process struct {
 	Log  string
 }
 
-// StartProxyProcess runs the replproxy binary with args; output goes to
-// logPath (appended).
-func StartProxyProcess(t testing.TB, bin, logPath string, args ...string) *Process {
-	t.Helper()
+// StartProcess runs bin with args, its output appended to logPath; it is
+// SIGKILLed if the caller dies. For tests, StartProxyProcess.
+func StartProcess(bin, logPath string, args ...string) (*Process, error) {
+	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
+		return nil, err
+	}
 	lf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		lf.Close()
+		return nil, err
 	}
 	p := &Process{cmd: cmd, done: make(chan struct{}), Log: logPath}
 	go func() { _ = cmd.Wait(); lf.Close(); close(p.done) }()
+	return p, nil
+}
+
+// StartProxyProcess runs the replproxy binary with args; output goes to
+// logPath (appended). It is killed at cleanup, and its log tail printed
+// if the test failed.
+func StartProxyProcess(t testing.TB, bin, logPath string, args ...string) *Process {
+	t.Helper()
+	p, err := StartProcess(bin, logPath, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		p.Kill()
 		if t.Failed() {

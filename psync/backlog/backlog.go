@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -478,11 +477,17 @@ func (l *Log) Append(p []byte, boundary int) (int, error) {
 	if l.active == nil {
 		return 0, ErrEmpty
 	}
+	return l.appendThroughLocked(p, boundary)
+}
+
+// appendThroughLocked writes p to the files now, then to the tail, and
+// wakes readers for whatever was stored. Called with mu held.
+func (l *Log) appendThroughLocked(p []byte, boundary int) (int, error) {
 	start := l.end
 	err := l.appendLocked(p, boundary)
-	if l.end > start { // wake readers for whatever was stored
+	if l.end > start {
 		if l.tail != nil {
-			l.tail.append(l.gen, start+1, p[:l.end-start], math.MaxInt64)
+			l.tail.append(l.gen, start+1, p[:l.end-start], l.end+1) // all written: capacity alone evicts
 		}
 		l.publishLocked()
 		l.wakeLocked()

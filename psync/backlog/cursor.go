@@ -204,29 +204,16 @@ func (c *Cursor) copySegment(w io.Writer, last int64) (n int64, more bool, err e
 func (c *Cursor) CopyTo(w io.Writer) (int64, error) {
 	var total int64
 	for {
-		if t := c.l.tail; t != nil {
-			v := c.l.view.Load()
-			if err := c.checkView(v); err != nil {
+		n, fromTail, err := c.copyFromTail(w)
+		total += n
+		if fromTail {
+			if err != nil || n == 0 {
 				return total, err
 			}
-			// Bytes past the files' end (write-behind) are only in the tail.
-			n, ok, err := int64(0), false, error(nil)
-			if c.useTail || c.pos.Load() > v.Flushed {
-				n, ok, err = t.copyFrom(c.gen, c.pos.Load(), maxTailWrite, w)
-			}
-			if ok {
-				if n > 0 && c.f != nil {
-					c.Close() // its read position is behind now; reopened (and sought) when needed
-				}
-				c.pos.Add(n)
-				c.tailBytes += n
-				c.l.tailServed.Add(n)
-				total += n
-				if err != nil || n == 0 {
-					return total, err
-				}
-				continue
-			}
+			continue
+		}
+		if err != nil {
+			return total, err
 		}
 		n, more, err := c.copySegment(w, math.MaxInt64)
 		total += n
@@ -234,6 +221,34 @@ func (c *Cursor) CopyTo(w io.Writer) (int64, error) {
 			return total, err
 		}
 	}
+}
+
+// copyFromTail is one write from the in-memory tail, when the cursor reads
+// there (UseTail) or must (bytes past the files' end, with write-behind)
+// and the tail holds its position; fromTail is false otherwise.
+func (c *Cursor) copyFromTail(w io.Writer) (n int64, fromTail bool, err error) {
+	t := c.l.tail
+	if t == nil {
+		return 0, false, nil
+	}
+	v := c.l.view.Load()
+	if err := c.checkView(v); err != nil {
+		return 0, false, err
+	}
+	if !c.useTail && c.pos.Load() <= v.Flushed {
+		return 0, false, nil
+	}
+	n, ok, err := t.copyFrom(c.gen, c.pos.Load(), maxTailWrite, w)
+	if !ok {
+		return 0, false, nil
+	}
+	if n > 0 && c.f != nil {
+		c.Close() // its read position is behind now; reopened (and sought) when needed
+	}
+	c.pos.Add(n)
+	c.tailBytes += n
+	c.l.tailServed.Add(n)
+	return n, true, err
 }
 
 // Read implements io.Reader over the bytes available now; it returns 0, nil

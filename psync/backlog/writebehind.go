@@ -1,8 +1,8 @@
 package backlog
 
 import (
+	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -132,15 +132,9 @@ func (l *Log) appendInline(p []byte, boundary int) (n int, err error, ok bool) {
 		return 0, nil, false
 	}
 	defer wb.fmu.Unlock()
-	start := l.end
-	err = l.appendLocked(p, boundary)
-	wb.segStart = l.segs[len(l.segs)-1].base // appendLocked may have rolled
-	if l.end > start {
-		l.tail.append(l.gen, start+1, p[:l.end-start], l.flushed+1)
-		l.publishLocked()
-		l.wakeLocked()
-	}
-	return int(l.end - start), err, true
+	n, err = l.appendThroughLocked(p, boundary)
+	wb.segStart = l.segs[len(l.segs)-1].base // it may have rolled
+	return n, err, true
 }
 
 // flushLoop is the flusher: it writes the tail's unwritten bytes to the
@@ -250,7 +244,7 @@ func (l *Log) stopFlusher() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if lost := l.end - l.flushed; lost > 0 {
-		return fmt.Errorf("backlog: %d bytes not written at close: %w", lost, errors.Join(l.wb.err, io.ErrShortWrite))
+		return fmt.Errorf("backlog: %d bytes not written at close: %w", lost, cmp.Or(l.wb.err, io.ErrShortWrite))
 	}
 	return nil
 }
